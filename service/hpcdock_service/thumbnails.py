@@ -57,6 +57,10 @@ class ThumbnailError(Exception):
     """A thumbnail could not be made; the message names the file and the reason."""
 
 
+class _NeedsOpenImageIO(ThumbnailError):
+    """The file may be fine, but only OpenImageIO (not installed) could decode it."""
+
+
 def sniff_format(path: Path | str) -> str | None:
     """Return ``"PNG"``, ``"JPEG"``, ``"TIFF"`` or ``"EXR"`` from the file's magic bytes, else None.
 
@@ -114,9 +118,10 @@ def is_output_complete(path: Path | str, *, settle_s: float = 0.0) -> bool:
         if fmt in (TIFF, EXR):
             try:
                 _load(path, fmt)
-            except ThumbnailError as exc:
-                return fmt == EXR and isinstance(exc.__cause__, ImportError)
-            return True
+            except _NeedsOpenImageIO:
+                return True  # magic bytes present, and nothing here can decode more
+            except Exception:  # any decode failure means "not complete"
+                return False
         return True
     except (OSError, ValueError):
         return False
@@ -159,12 +164,18 @@ def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MA
     if max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
     try:
+        if src.stat().st_size == 0:
+            raise ThumbnailError(f"{src}: unreadable: the file is empty")
         fmt = sniff_format(src)
     except OSError as exc:
         raise ThumbnailError(f"{src}: unreadable: {exc.strerror or exc}") from exc
-    if src.stat().st_size == 0:
-        raise ThumbnailError(f"{src}: unreadable: the file is empty")
-    img = _load(src, fmt, max_side=max_side)
+    try:
+        img = _load(src, fmt, max_side=max_side)
+    except ThumbnailError:
+        raise
+    except Exception as exc:
+        # Decoders meeting corrupt data raise all sorts (struct.error, IndexError, ...).
+        raise ThumbnailError(f"{src}: unreadable (corrupt): {type(exc).__name__}: {exc}") from exc
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     _write_png_atomically(img, dest)
@@ -208,8 +219,8 @@ def _load(src: Path, fmt: str | None, *, max_side: int | None = None) -> Image.I
                         f"{src}: unsupported format (not PNG, JPEG, TIFF or EXR, and neither Pillow "
                         f"nor OpenImageIO could read it)"
                     ) from oiio_exc
-                if isinstance(oiio_exc.__cause__, ImportError):
-                    raise ThumbnailError(
+                if isinstance(oiio_exc, _NeedsOpenImageIO):
+                    raise _NeedsOpenImageIO(
                         f"{src}: unreadable by Pillow ({exc}): corrupt, truncated, or a TIFF variant "
                         f"(e.g. multi-channel float) that needs OpenImageIO, which is not installed"
                     ) from exc
@@ -319,7 +330,7 @@ def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None) -> Image
         oiio = _import_oiio()
         import numpy as np
     except ImportError as exc:
-        raise ThumbnailError(
+        raise _NeedsOpenImageIO(
             f"{src}: reading {fmt or 'this image'} files needs OpenImageIO, which is not installed "
             f"(pip install 'hpcdock[exr]' or pip install OpenImageIO)"
         ) from exc

@@ -496,3 +496,17 @@ def test_float_tiff_without_openimageio_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(ThumbnailError) as err:
         make_thumbnail(src, tmp_path / "t.png")
     assert str(src) in str(err.value) and "OpenImageIO" in str(err.value)
+    # A float TIFF only OpenImageIO can decode: the header magic is the best we can say.
+    assert is_output_complete(src)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_corrupt_data_inside_a_valid_header_raises_thumbnail_error(tmp_path):
+    src = tmp_path / "f.tif"
+    gradient((64, 64)).save(src, format="TIFF")
+    data = bytearray(src.read_bytes())
+    data[8:] = b"\xff" * (len(data) - 8)  # keep the magic, destroy the directory
+    src.write_bytes(bytes(data))
+    with pytest.raises(ThumbnailError, match="f.tif"):
+        make_thumbnail(src, tmp_path / "t.png")
+    assert not is_output_complete(src)
