@@ -1,0 +1,556 @@
+"""The monitor panel: jobs, the frame grid of the selected job, the log of a task, actions.
+
+Pure Qt (through ``qtpy``); it talks to the service only through ``hpcdock.client`` and
+to its host application only through ``hpcdock.panel.host.Host``.
+"""
+
+import queue
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from qtpy import QtCore, QtGui, QtWidgets
+
+from ..client import Client
+from . import service as service_launcher
+from .host import Host, default_host
+from .models import (
+    OBJECT_ROLE,
+    PROGRESS_ROLE,
+    STATE_COLORS,
+    THUMB_ROLE,
+    FramesModel,
+    JobsModel,
+    ThumbnailCache,
+)
+from .qt import qenum
+from .worker import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    EventPump,
+    EventWorker,
+    LogTailer,
+    RequestWorker,
+    ThumbnailWorker,
+)
+
+QStyle = QtWidgets.QStyle
+CELL = QtCore.QSize(72, 54)
+ACTIVE_TASK_STATES = ("running", "pending")
+
+
+def _state_selected(option: Any) -> bool:
+    return bool(option.state & qenum(QStyle, "StateFlag", "State_Selected"))
+
+
+class ProgressDelegate(QtWidgets.QStyledItemDelegate):
+    """Draws the job's progress as a bar (PROGRESS_ROLE, 0..100)."""
+
+    def paint(self, painter: QtGui.QPainter, option: Any, index: QtCore.QModelIndex) -> None:
+        value = index.data(PROGRESS_ROLE)
+        if value is None:
+            super().paint(painter, option, index)
+            return
+        bar = QtWidgets.QStyleOptionProgressBar()
+        bar.rect = option.rect.adjusted(2, 3, -2, -3)
+        bar.minimum, bar.maximum = 0, 100
+        bar.progress = int(round(value))
+        bar.text = f"{value:.0f}%"
+        bar.textVisible = True
+        bar.state = option.state | qenum(QStyle, "StateFlag", "State_Horizontal")
+        style = option.widget.style() if option.widget is not None else QtWidgets.QApplication.style()
+        style.drawControl(qenum(QStyle, "ControlElement", "CE_ProgressBar"), bar, painter, option.widget)
+
+
+class FrameDelegate(QtWidgets.QStyledItemDelegate):
+    """One cell per frame: state colour, thumbnail once done, frame number, task progress."""
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None, cell: QtCore.QSize = CELL) -> None:
+        super().__init__(parent)
+        self.cell = cell
+        self._colors = {k: QtGui.QColor(v) for k, v in STATE_COLORS.items()}
+        self._text = QtGui.QColor("#f0f0f0")
+        self._highlight = QtGui.QColor("#f5c542")
+
+    def sizeHint(self, option: Any, index: QtCore.QModelIndex) -> QtCore.QSize:
+        return self.cell
+
+    def paint(self, painter: QtGui.QPainter, option: Any, index: QtCore.QModelIndex) -> None:
+        frame = index.data(OBJECT_ROLE) or {}
+        rect = option.rect.adjusted(1, 1, -1, -1)
+        color = self._colors.get(frame.get("state") or "", self._colors["waiting"])
+        painter.save()
+        painter.fillRect(rect, color)
+        image = index.data(THUMB_ROLE)
+        if image is not None and not image.isNull():
+            inner = rect.adjusted(2, 2, -2, -2)
+            size = image.size().scaled(inner.size(), qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"))
+            x = inner.x() + (inner.width() - size.width()) // 2
+            y = inner.y() + (inner.height() - size.height()) // 2
+            painter.drawImage(QtCore.QRect(x, y, size.width(), size.height()), image)
+        progress = index.data(PROGRESS_ROLE)
+        if progress:
+            bar = QtCore.QRect(rect.x(), rect.bottom() - 3, int(rect.width() * min(progress, 100.0) / 100.0), 4)
+            painter.fillRect(bar, QtGui.QColor("#9cc7ff"))
+        painter.setPen(self._text)
+        text_rect = rect.adjusted(3, 0, -3, -2)
+        painter.drawText(text_rect, _align_bottom_left(), str(frame.get("frame", "")))
+        if _state_selected(option):
+            pen = QtGui.QPen(self._highlight)
+            pen.setWidth(2)
+            painter.setPen(pen)
+            painter.drawRect(rect.adjusted(1, 1, -1, -1))
+        painter.restore()
+
+
+def _align_bottom_left() -> Any:
+    return qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(QtCore.Qt, "AlignmentFlag", "AlignBottom")
+
+
+class FrameView(QtWidgets.QListView):
+    """A wrapping grid of uniform cells; cheap to relayout with 10,000 frames."""
+
+    def __init__(self, parent: Optional[QtWidgets.QWidget] = None, cell: QtCore.QSize = CELL) -> None:
+        super().__init__(parent)
+        self.setViewMode(qenum(QtWidgets.QListView, "ViewMode", "ListMode"))
+        self.setFlow(qenum(QtWidgets.QListView, "Flow", "LeftToRight"))
+        self.setWrapping(True)
+        self.setResizeMode(qenum(QtWidgets.QListView, "ResizeMode", "Adjust"))
+        self.setUniformItemSizes(True)
+        self.setLayoutMode(qenum(QtWidgets.QListView, "LayoutMode", "Batched"))
+        self.setBatchSize(2000)
+        self.setSpacing(1)
+        self.setMovement(qenum(QtWidgets.QListView, "Movement", "Static"))
+        self.setSelectionMode(qenum(QtWidgets.QAbstractItemView, "SelectionMode", "ExtendedSelection"))
+        self.setMouseTracking(True)
+        self.setItemDelegate(FrameDelegate(self, cell))
+
+
+class MonitorPanel(QtWidgets.QWidget):
+    """The whole panel. ``client_factory`` makes one Client per worker thread."""
+
+    connectionChanged = QtCore.Signal(str, str)
+    message = QtCore.Signal(str)
+
+    def __init__(self, client_factory: Optional[Callable[[], Client]] = None, host: Optional[Host] = None,
+                 url: Optional[str] = None, token: Optional[str] = None,
+                 parent: Optional[QtWidgets.QWidget] = None, start: bool = True,
+                 pump_interval_ms: int = 50) -> None:
+        super().__init__(parent)
+        self.setObjectName("hpcdockMonitorPanel")
+        if client_factory is None:
+            def client_factory() -> Client:
+                return Client(url=url, token=token)
+        self.client_factory = client_factory
+        self.host = host or default_host()
+        self.url = url or client_factory().url
+        self.inbox: "queue.Queue[Any]" = queue.Queue()
+        self.pump = EventPump(self, self.inbox, interval_ms=pump_interval_ms, parent=self)
+        self.cache = ThumbnailCache()
+        self.jobs_model = JobsModel(self)
+        self.frames_model = FramesModel(self, cache=self.cache)
+        self.connection_state = CONNECTING
+        self.connection_detail = ""
+        self.events_worker: Optional[EventWorker] = None
+        self.requests: Optional[RequestWorker] = None
+        self.thumbs: Optional[ThumbnailWorker] = None
+        self.tailer: Optional[LogTailer] = None
+        self._log_generation = 0
+        self._tail_task: Optional[Tuple[int, Any]] = None  # (task id, attempt)
+        self._pending_select: Optional[int] = None
+        self._auto_select = True
+        self.log_text_chars = 0
+        self._build()
+        self.frames_model.thumbnailWanted.connect(self._want_thumbnail)
+        self.tick_timer = QtCore.QTimer(self)
+        self.tick_timer.setInterval(1000)
+        self.tick_timer.timeout.connect(self._tick)
+        if start:
+            self.start()
+
+    # -- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.conn_label = QtWidgets.QLabel(self)
+        self.conn_label.setObjectName("connection")
+        self.start_button = QtWidgets.QPushButton("Start hpcdock-service", self)
+        self.start_button.setToolTip("Start hpcdock-service in the background (found next to this "
+                                     "Python or on PATH)")
+        self.start_button.clicked.connect(self.start_service)
+        self.start_button.hide()
+        self.cancel_button = QtWidgets.QPushButton("Cancel job", self)
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.retry_button = QtWidgets.QPushButton("Retry failed", self)
+        self.retry_button.clicked.connect(self.retry_selected)
+        self.copy_button = QtWidgets.QPushButton("Copy output path", self)
+        self.copy_button.setToolTip("The selected frames' outputs, or the job's output directory")
+        self.copy_button.clicked.connect(self.copy_output_path)
+
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(self.conn_label)
+        top.addWidget(self.start_button)
+        top.addStretch(1)
+        for button in (self.cancel_button, self.retry_button, self.copy_button):
+            top.addWidget(button)
+
+        self.jobs_view = QtWidgets.QTableView(self)
+        self.jobs_view.setModel(self.jobs_model)
+        self.jobs_view.setSelectionBehavior(qenum(QtWidgets.QAbstractItemView, "SelectionBehavior", "SelectRows"))
+        self.jobs_view.setSelectionMode(qenum(QtWidgets.QAbstractItemView, "SelectionMode", "SingleSelection"))
+        self.jobs_view.verticalHeader().hide()
+        self.jobs_view.setAlternatingRowColors(True)
+        self.jobs_view.setItemDelegateForColumn(JobsModel.PROGRESS, ProgressDelegate(self.jobs_view))
+        header = self.jobs_view.horizontalHeader()
+        header.setStretchLastSection(True)
+        header.resizeSection(JobsModel.NAME, 220)
+        header.resizeSection(JobsModel.PROGRESS, 160)
+        self.jobs_view.selectionModel().currentRowChanged.connect(self._job_row_changed)
+
+        self.frames_label = QtWidgets.QLabel("Frames", self)
+        self.frames_view = FrameView(self)
+        self.frames_view.setModel(self.frames_model)
+        self.frames_view.selectionModel().currentChanged.connect(self._frame_changed)
+        self.frames_view.doubleClicked.connect(self._frame_double_clicked)
+        frames_box = QtWidgets.QWidget(self)
+        frames_layout = QtWidgets.QVBoxLayout(frames_box)
+        frames_layout.setContentsMargins(0, 0, 0, 0)
+        frames_layout.addWidget(self.frames_label)
+        frames_layout.addWidget(self.frames_view)
+
+        self.log_label = QtWidgets.QLabel("Log: select a frame to follow its task", self)
+        self.log_view = QtWidgets.QPlainTextEdit(self)
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(20000)
+        self.log_view.setLineWrapMode(qenum(QtWidgets.QPlainTextEdit, "LineWrapMode", "NoWrap"))
+        font = QtGui.QFontDatabase.systemFont(qenum(QtGui.QFontDatabase, "SystemFont", "FixedFont"))
+        self.log_view.setFont(font)
+        log_box = QtWidgets.QWidget(self)
+        log_layout = QtWidgets.QVBoxLayout(log_box)
+        log_layout.setContentsMargins(0, 0, 0, 0)
+        log_layout.addWidget(self.log_label)
+        log_layout.addWidget(self.log_view)
+
+        bottom = QtWidgets.QSplitter(qenum(QtCore.Qt, "Orientation", "Horizontal"), self)
+        bottom.addWidget(frames_box)
+        bottom.addWidget(log_box)
+        bottom.setStretchFactor(0, 3)
+        bottom.setStretchFactor(1, 2)
+        split = QtWidgets.QSplitter(qenum(QtCore.Qt, "Orientation", "Vertical"), self)
+        split.addWidget(self.jobs_view)
+        split.addWidget(bottom)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 3)
+
+        self.status_label = QtWidgets.QLabel("", self)
+        self.status_label.setObjectName("status")
+        self.message.connect(self.status_label.setText)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(split, 1)
+        layout.addWidget(self.status_label)
+        self._show_connection(CONNECTING, self.url)
+        self._update_actions()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.events_worker is not None:
+            return
+        self.requests = RequestWorker(self.client_factory, self.inbox)
+        self.thumbs = ThumbnailWorker(self.client_factory, self.inbox,
+                                      size=(CELL.width() - 6, CELL.height() - 6))
+        self.events_worker = EventWorker(self.client_factory, self.inbox)
+        for worker in (self.requests, self.thumbs, self.events_worker):
+            worker.start()
+        self.pump.start()
+        self.tick_timer.start()
+
+    def shutdown(self) -> None:
+        """Stop timers and worker threads (the panel is being closed)."""
+        self.pump.stop()
+        self.tick_timer.stop()
+        for worker in (self.events_worker, self.requests, self.thumbs, self.tailer):
+            if worker is not None:
+                worker.stop()
+        self.events_worker = self.requests = self.thumbs = self.tailer = None
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    # -- the pump's sink ----------------------------------------------------------------
+    def apply_batch(self, jobs: Sequence[Tuple[int, Dict[str, Any]]], tasks: Sequence[Tuple[int, Dict[str, Any]]],
+                    frames: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        if jobs:
+            new_ids = [o.get("id") for _, o in jobs if self.jobs_model.row_of(o.get("id")) is None]
+            self.jobs_model.apply([o for _, o in jobs], event_ids=[i for i, _ in jobs])
+            shown = self.frames_model.job_id
+            for _, job in jobs:
+                if job.get("id") == shown:
+                    self.frames_model.set_steps([s.get("name") for s in job.get("steps") or ()])
+            self._maybe_follow(new_ids)
+        shown = self.frames_model.job_id
+        if tasks and shown is not None:
+            mine = [o for _, o in tasks if o.get("job_id") == shown]
+            if mine:
+                self.frames_model.apply_tasks(mine)
+                self._task_updated(mine)
+        if frames and shown is not None:
+            mine = [(i, o) for i, o in frames if o.get("job_id") == shown]
+            if mine:
+                self.frames_model.apply([o for _, o in mine], event_ids=[i for i, _ in mine])
+                self._update_frames_label()
+        if jobs:
+            self._update_actions()
+
+    def handle(self, msg: Tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "conn":
+            self._show_connection(msg[1], msg[2])
+        elif kind == "jobs":
+            self.jobs_model.apply(msg[2], anchor=msg[1])
+            if self._pending_select is not None and self.jobs_model.row_of(self._pending_select) is not None:
+                self.select_job(self._pending_select)
+            elif self.selected_job() is None and self.jobs_model.rowCount() and self._auto_select:
+                self.jobs_view.selectRow(0)
+            self._update_actions()
+        elif kind == "frames":
+            if msg[1] == self.frames_model.job_id:
+                self.frames_model.apply(msg[3], anchor=msg[2])
+                self._update_frames_label()
+        elif kind == "tasks":
+            if msg[1] == self.frames_model.job_id:
+                self.frames_model.apply_tasks(msg[3])
+                self._task_updated(msg[3])
+        elif kind == "thumb":
+            self.frames_model.set_thumbnail(msg[1], msg[2])
+        elif kind == "log":
+            if msg[3] == self._log_generation:
+                self._append_log(msg[2])
+        elif kind == "done":
+            tag, result, error = msg[1], msg[2], msg[3]
+            if error is not None:
+                self.message.emit(f"{tag} failed: {error}")
+            elif isinstance(result, str):
+                self.message.emit(result)
+
+    # -- connection ---------------------------------------------------------------------
+    def _show_connection(self, state: str, detail: str) -> None:
+        self.connection_state, self.connection_detail = state, detail or ""
+        color = {CONNECTED: "#2e8b45", CONNECTING: "#c9a227"}.get(state, "#b8332e")
+        if state == CONNECTED:
+            text = f"connected to {detail}"
+        elif state == CONNECTING:
+            text = f"connecting to {detail}…"
+        elif state == DISCONNECTED:
+            text = f"no service at {self.url}: reconnecting…"
+        else:
+            text = f"service error: {detail}"
+        self.conn_label.setText(f'<span style="color:{color}">●</span> {text}')
+        self.conn_label.setToolTip(detail or "")
+        self.start_button.setVisible(state == DISCONNECTED)
+        self.connectionChanged.emit(state, self.connection_detail)
+
+    def start_service(self) -> bool:
+        try:
+            proc = service_launcher.start_service()
+        except Exception as exc:
+            self.message.emit(f"could not start hpcdock-service: {exc}")
+            return False
+        self.message.emit(f"started hpcdock-service (pid {proc.pid}); connecting…")
+        self.start_button.hide()
+        if self.events_worker is not None:
+            self.events_worker.wake()
+        return True
+
+    # -- selection ----------------------------------------------------------------------
+    def selected_job(self) -> Optional[Dict[str, Any]]:
+        index = self.jobs_view.selectionModel().currentIndex()
+        if not index.isValid():
+            return None
+        return self.jobs_model.job(index.row())
+
+    def select_job(self, job_id: int) -> bool:
+        row = self.jobs_model.row_of(job_id)
+        if row is None:
+            self._pending_select = job_id
+            return False
+        self._pending_select = None
+        self.jobs_view.selectRow(row)
+        return True
+
+    def _maybe_follow(self, new_ids: List[Any]) -> None:
+        """A job submitted while the panel is open is shown unless the user watches a live one."""
+        if not new_ids or not self._auto_select:
+            return
+        if self._pending_select in new_ids:
+            self.select_job(self._pending_select)
+            return
+        current = self.selected_job()
+        if current is None or current.get("state") not in ("running", "queued"):
+            self.select_job(max(i for i in new_ids if i is not None))
+
+    def _job_row_changed(self, current: QtCore.QModelIndex, previous: QtCore.QModelIndex) -> None:
+        job = self.jobs_model.job(current.row()) if current.isValid() else None
+        self._show_job(job)
+
+    def _show_job(self, job: Optional[Dict[str, Any]]) -> None:
+        job_id = job.get("id") if job else None
+        if job_id == self.frames_model.job_id:
+            return
+        self._stop_tail()
+        self.frames_model.set_job(job_id, [s.get("name") for s in (job or {}).get("steps") or ()])
+        self._update_frames_label()
+        self._update_actions()
+        if job_id is None:
+            return
+        if self.thumbs is not None:
+            self.thumbs.forget(job_id)
+        anchor = self.pump.last_event_id if self.pump.last_event_id is not None else -1
+        if self.requests is not None:
+            self.requests.submit("frames", lambda c: ("frames", job_id, anchor, c.frames(job_id)))
+            self.requests.submit("tasks", lambda c: ("tasks", job_id, anchor, c.tasks(job_id)))
+
+    def _frame_changed(self, current: QtCore.QModelIndex, previous: QtCore.QModelIndex) -> None:
+        frame = self.frames_model.frame(current.row()) if current.isValid() else None
+        if frame and frame.get("task_id") is not None:
+            self.tail_task(frame["task_id"])
+
+    def _frame_double_clicked(self, index: QtCore.QModelIndex) -> None:
+        frame = self.frames_model.frame(index.row())
+        if not frame:
+            return
+        self.open_frame(frame)
+
+    def open_frame(self, frame: Dict[str, Any]) -> bool:
+        output = frame.get("output")
+        if not output or frame.get("state") != "done":
+            self.message.emit(f"frame {frame.get('frame')} has no finished output yet")
+            return False
+        sequence = self.frames_model.outputs(frame.get("step"))
+        ok = self.host.open_frames(sequence, current=output)
+        self.message.emit(f"opened {output} in {self.host.viewer_name}" if ok else f"could not open {output}")
+        return ok
+
+    # -- log ------------------------------------------------------------------------------
+    def tail_task(self, task_id: int) -> None:
+        task = self.frames_model.tasks.get(task_id) or {}
+        ident = (task_id, task.get("attempt"))
+        if self._tail_task == ident and self.tailer is not None:
+            return
+        self._stop_tail()
+        self._log_generation += 1
+        self._tail_task = ident
+        self.log_view.clear()
+        self.log_text_chars = 0
+        self._update_log_label(task_id)
+        running = task.get("state", "running") in ACTIVE_TASK_STATES
+        self.tailer = LogTailer(self.client_factory, self.inbox, task_id, self._log_generation, running=running)
+        self.tailer.start()
+
+    def _stop_tail(self) -> None:
+        if self.tailer is not None:
+            self.tailer.stop()
+        self.tailer = None
+        self._tail_task = None
+
+    def _task_updated(self, tasks: Sequence[Dict[str, Any]]) -> None:
+        if self._tail_task is None:
+            return
+        for task in tasks:
+            if task.get("id") != self._tail_task[0]:
+                continue
+            if task.get("attempt") != self._tail_task[1] and self._tail_task[1] is not None:
+                self.tail_task(task["id"])  # a retry: follow the new attempt from the start
+            elif self.tailer is not None:
+                self.tailer.set_running(task.get("state") in ACTIVE_TASK_STATES)
+                if self._tail_task[1] is None:
+                    self._tail_task = (task["id"], task.get("attempt"))
+            self._update_log_label(task["id"])
+
+    def _update_log_label(self, task_id: int) -> None:
+        task = self.frames_model.tasks.get(task_id) or {}
+        parts = [f"Log: task {task_id}"]
+        if task:
+            parts.append(f"{task.get('step')} #{task.get('index')}")
+            parts.append(f"attempt {task.get('attempt')}")
+            state = str(task.get("state"))
+            if state == "running" and task.get("progress") is not None:
+                state += f" {task['progress']:.0f}%"
+            parts.append(state)
+        self.log_label.setText(" · ".join(parts))
+
+    def _append_log(self, text: str) -> None:
+        bar = self.log_view.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 2
+        cursor = self.log_view.textCursor()
+        cursor.movePosition(qenum(QtGui.QTextCursor, "MoveOperation", "End"))
+        cursor.insertText(text)
+        self.log_text_chars += len(text)
+        if at_end:
+            bar.setValue(bar.maximum())
+
+    # -- actions --------------------------------------------------------------------------
+    def cancel_selected(self) -> None:
+        job = self.selected_job()
+        if not job or self.requests is None:
+            return
+        job_id = job["id"]
+        self.requests.submit("cancel", lambda c: (c.cancel(job_id), f"cancel requested for job {job_id}")[1])
+        self.message.emit(f"canceling job {job_id}…")
+
+    def retry_selected(self) -> None:
+        job = self.selected_job()
+        if not job or self.requests is None:
+            return
+        job_id = job["id"]
+        self.requests.submit("retry", lambda c: (c.retry(job_id), f"retrying failed tasks of job {job_id}")[1])
+        self.message.emit(f"retrying job {job_id}…")
+
+    def output_paths(self) -> List[str]:
+        rows = sorted(i.row() for i in self.frames_view.selectionModel().selectedIndexes())
+        outputs = [f["output"] for f in (self.frames_model.frame(r) for r in rows) if f and f.get("output")]
+        if outputs:
+            return outputs
+        directory = self.frames_model.output_dir()
+        return [directory] if directory else []
+
+    def copy_output_path(self) -> str:
+        text = "\n".join(self.output_paths())
+        if not text:
+            self.message.emit("no output path to copy yet")
+            return ""
+        QtWidgets.QApplication.clipboard().setText(text)
+        first = text.splitlines()[0]
+        more = len(text.splitlines()) - 1
+        self.message.emit(f"copied {first}" + (f" (+{more} more)" if more else ""))
+        return text
+
+    def _update_actions(self) -> None:
+        job = self.selected_job()
+        state = job.get("state") if job else None
+        self.cancel_button.setEnabled(state in ("queued", "running"))
+        failed = bool(job and (job.get("tasks_failed") or job.get("frames_failed") or state in ("failed", "canceled")))
+        self.retry_button.setEnabled(failed)
+        self.copy_button.setEnabled(job is not None)
+
+    # -- thumbnails, labels -------------------------------------------------------------
+    def _want_thumbnail(self, key: Tuple[Any, ...]) -> None:
+        if self.thumbs is not None:
+            self.thumbs.request(key)
+        else:
+            self.cache.pending.discard(key)
+
+    def _update_frames_label(self) -> None:
+        if self.frames_model.job_id is None:
+            self.frames_label.setText("Frames")
+            return
+        counts = self.frames_model.counts()
+        total = sum(counts.values())
+        parts = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "waiting") if counts.get(s)]
+        self.frames_label.setText(f"Frames of job {self.frames_model.job_id}: {total}"
+                                  + (" — " + ", ".join(parts) if parts else ""))
+
+    def _tick(self) -> None:
+        self.jobs_model.tick()
+        if self._tail_task is not None:
+            self._update_log_label(self._tail_task[0])
