@@ -5,6 +5,16 @@ from .attach import AttachError, Attachment, EngineCaps, plan_attachment, verify
 from .inventory import CdiDevice, Gpu, GpuInventory, detect_gpus, load_cdi_specs
 
 __all__ = [
-    "AttachError", "Attachment", "CdiDevice", "EngineCaps", "Gpu", "GpuAllocator", "GpuConflict",
-    "GpuInventory", "detect_gpus", "load_cdi_specs", "plan_attachment", "verify_attachment",
+    "AttachError",
+    "Attachment",
+    "CdiDevice",
+    "EngineCaps",
+    "Gpu",
+    "GpuAllocator",
+    "GpuConflict",
+    "GpuInventory",
+    "detect_gpus",
+    "load_cdi_specs",
+    "plan_attachment",
+    "verify_attachment",
 ]

@@ -13,7 +13,9 @@ from .attach import create_attached
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpcdock_service.gpu")
-    p.add_argument("--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU")
+    p.add_argument(
+        "--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU"
+    )
     args = p.parse_args(argv)
     inv = detect_gpus()
     print(json.dumps(inv.to_json(), indent=2))
@@ -34,7 +36,9 @@ def main(argv=None) -> int:
     except AttachError as e:
         print(e, file=sys.stderr)
         return 1
-    print(json.dumps({"engine": caps.name, "version": caps.version_text, "attachment": att.to_json()}, indent=2))
+    print(
+        json.dumps({"engine": caps.name, "version": caps.version_text, "attachment": att.to_json()}, indent=2)
+    )
     cid = create_attached(client, att, args.run[0], args.run[1:], labels={"hpcdock.task": "gpu-check"})
     ct = client.containers.get(cid)
     try:

@@ -30,14 +30,13 @@ class GpuAllocator:
         """Refusal message for a job whose tasks each need ``count`` GPUs, or None if it can run."""
         total = len(self._gpus)
         if count < 0:
-            return "amount.worker.gpu must be 0 or more, got %d" % count
+            return f"amount.worker.gpu must be 0 or more, got {count}"
         if count <= total:
             return None
-        have = ("no NVIDIA GPU" if total == 0 else
-                "%d GPU%s (%s)" % (total, "" if total == 1 else "s",
-                                   ", ".join("%d: %s" % (g.index, g.name or g.uuid) for g in self._gpus)))
-        return ("amount.worker.gpu asks for %d GPU%s per task, but this machine has %s"
-                % (count, "" if count == 1 else "s", have))
+        listing = ", ".join(f"{g.index}: {g.name or g.uuid}" for g in self._gpus)
+        have = "no NVIDIA GPU" if total == 0 else f"{total} GPU{'' if total == 1 else 's'} ({listing})"
+        plural = "" if count == 1 else "s"
+        return f"amount.worker.gpu asks for {count} GPU{plural} per task, but this machine has {have}"
 
     def try_acquire(self, task_id: Hashable, count: int) -> Optional[List[Gpu]]:
         """Pin ``count`` free GPUs (lowest indices first) to ``task_id``; None if not enough are free.
@@ -46,7 +45,7 @@ class GpuAllocator:
             held = self._held_locked(task_id)
             if held:
                 if len(held) != count:
-                    raise ValueError("task %r already holds %d GPUs, asked for %d" % (task_id, len(held), count))
+                    raise ValueError(f"task {task_id!r} already holds {len(held)} GPUs, asked for {count}")
                 return held
             if count <= 0:
                 return []
@@ -90,10 +89,10 @@ class GpuAllocator:
         with self._cond:
             for i in wanted:
                 if i not in self._by_index:
-                    raise GpuConflict("task %r holds GPU %d, which this machine does not have" % (task_id, i))
+                    raise GpuConflict(f"task {task_id!r} holds GPU {i}, which this machine does not have")
                 owner = self._owner.get(i, task_id)
                 if owner != task_id:
-                    raise GpuConflict("GPU %d is claimed by both task %r and task %r" % (i, owner, task_id))
+                    raise GpuConflict(f"GPU {i} is claimed by both task {owner!r} and task {task_id!r}")
             for i in wanted:
                 self._owner[i] = task_id
             return [self._by_index[i] for i in wanted]
@@ -108,8 +107,10 @@ class GpuAllocator:
 
     def to_json(self) -> List[dict]:
         with self._cond:
-            return [{"index": g.index, "uuid": g.uuid, "name": g.name, "task": self._owner.get(g.index)}
-                    for g in self._gpus]
+            return [
+                {"index": g.index, "uuid": g.uuid, "name": g.name, "task": self._owner.get(g.index)}
+                for g in self._gpus
+            ]
 
     def _held_locked(self, task_id: Hashable) -> List[Gpu]:
         return [self._by_index[i] for i in sorted(i for i, t in self._owner.items() if t == task_id)]

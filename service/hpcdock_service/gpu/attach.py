@@ -26,8 +26,10 @@ from .inventory import NVIDIA_CDI_KIND, Gpu, GpuInventory
 
 DRIVER_CAPABILITIES = "compute,utility,graphics"
 LIB_DIR = "/usr/local/nvidia/lib64"
-_LIB_NAMES = re.compile(r"^(libcuda\.so|libnvidia-[\w.-]+\.so|libnvoptix\.so|libnvcuvid\.so|libEGL_nvidia\.so"
-                        r"|libGLX_nvidia\.so|libGLESv[12]\w*_nvidia\.so)")
+_LIB_NAMES = re.compile(
+    r"^(libcuda\.so|libnvidia-[\w.-]+\.so|libnvoptix\.so|libnvcuvid\.so|libEGL_nvidia\.so"
+    r"|libGLX_nvidia\.so|libGLESv[12]\w*_nvidia\.so)"
+)
 _NODE_OK = re.compile(r"^/dev/nvidia(\d+|ctl|-uvm|-uvm-tools|-modeset)$")
 
 
@@ -48,15 +50,22 @@ class EngineCaps:
     libpod_create: bool = False  # the engine layer can create containers through Podman's libpod API
 
     @classmethod
-    def from_engine(cls, version: Dict[str, Any], info: Dict[str, Any], libpod_create: bool = False) -> EngineCaps:
+    def from_engine(
+        cls, version: Dict[str, Any], info: Dict[str, Any], libpod_create: bool = False
+    ) -> EngineCaps:
         """From the docker SDK's ``client.version()`` and ``client.info()``."""
         name, ver = "docker", version.get("Version", "0")
         for comp in version.get("Components") or []:
             if "podman" in str(comp.get("Name", "")).lower():
                 name, ver = "podman", comp.get("Version", ver)
         dirs = info.get("CDISpecDirs")
-        return cls(name, _vtuple(ver), "nvidia" in (info.get("Runtimes") or {}),
-                   None if dirs is None else bool(dirs), libpod_create and name == "podman")
+        return cls(
+            name,
+            _vtuple(ver),
+            "nvidia" in (info.get("Runtimes") or {}),
+            None if dirs is None else bool(dirs),
+            libpod_create and name == "podman",
+        )
 
     @property
     def version_text(self) -> str:
@@ -104,9 +113,13 @@ class Attachment:
         kw: Dict[str, Any] = {"environment": dict(self.environment)}
         if self.device_requests:
             kw["device_requests"] = [
-                docker.types.DeviceRequest(driver=r["driver"], device_ids=list(r["device_ids"]),
-                                           capabilities=[list(c) for c in r.get("capabilities", [])])
-                for r in self.device_requests]
+                docker.types.DeviceRequest(
+                    driver=r["driver"],
+                    device_ids=list(r["device_ids"]),
+                    capabilities=[list(c) for c in r.get("capabilities", [])],
+                )
+                for r in self.device_requests
+            ]
         if self.devices:
             kw["devices"] = list(self.devices)
         if self.mounts:
@@ -129,10 +142,17 @@ class Attachment:
     def libpod_fields(self) -> Dict[str, Any]:
         """Fields for Podman's libpod ``POST /v4.0.0/libpod/containers/create`` body (via == "libpod");
         merge ``env`` into the body's env and extend its ``devices``/``mounts``."""
-        devices = [{"path": n} for n in self.cdi_names] + [{"path": d.rsplit(":", 1)[0]} for d in self.devices]
-        return {"devices": devices, "env": dict(self.environment),
-                "mounts": [{"destination": t, "source": s, "type": "bind", "options": ["rbind", "ro"]}
-                           for s, t in self.mounts]}
+        devices = [{"path": n} for n in self.cdi_names] + [
+            {"path": d.rsplit(":", 1)[0]} for d in self.devices
+        ]
+        return {
+            "devices": devices,
+            "env": dict(self.environment),
+            "mounts": [
+                {"destination": t, "source": s, "type": "bind", "options": ["rbind", "ro"]}
+                for s, t in self.mounts
+            ],
+        }
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -185,7 +205,7 @@ def plan_attachment(
     known = {(g.index, g.uuid) for g in inventory.gpus}
     for g in gpus:
         if (g.index, g.uuid) not in known:
-            raise AttachError("GPU %d (%s) is not in this machine's inventory" % (g.index, g.uuid))
+            raise AttachError(f"GPU {g.index} ({g.uuid}) is not in this machine's inventory")
     base = dict(engine=caps.name, engine_version=caps.version_text, gpus=gpus, environment=_env(gpus))
     tried: List[str] = []
 
@@ -196,56 +216,103 @@ def plan_attachment(
         expect_dev = sorted({p for d in cdi if d for p in d.device_nodes})
         expect_env = sorted({e for d in cdi if d for e in d.env})
         if caps.cdi_compat:
-            return Attachment("cdi", "compat", cdi_names=list(names),  # type: ignore[arg-type]
-                              device_requests=[{"driver": "cdi", "device_ids": list(names)}],
-                              expect_devices=expect_dev, expect_env=expect_env,
-                              verify_after="init" if caps.name == "podman" else "create", **base)
+            return Attachment(
+                "cdi",
+                "compat",
+                cdi_names=list(names),  # type: ignore[arg-type]
+                device_requests=[{"driver": "cdi", "device_ids": list(names)}],
+                expect_devices=expect_dev,
+                expect_env=expect_env,
+                verify_after="init" if caps.name == "podman" else "create",
+                **base,
+            )
         if caps.cdi_libpod:
-            return Attachment("cdi", "libpod", cdi_names=list(names),  # type: ignore[arg-type]
-                              expect_devices=expect_dev, expect_env=expect_env, verify_after="init", **base)
-        tried.append("CDI specs exist, but %s %s cannot take CDI names through its Docker-compatible API%s"
-                     % (caps.name, caps.version_text,
-                        " (Podman 5.4+ can; older Podman only through the libpod API)" if caps.name == "podman"
-                        else " (Docker 25+ with CDI enabled can)"))
+            return Attachment(
+                "cdi",
+                "libpod",
+                cdi_names=list(names),  # type: ignore[arg-type]
+                expect_devices=expect_dev,
+                expect_env=expect_env,
+                verify_after="init",
+                **base,
+            )
+        tried.append(
+            "CDI specs exist, but {} {} cannot take CDI names through its Docker-compatible API{}".format(
+                caps.name,
+                caps.version_text,
+                " (Podman 5.4+ can; older Podman only through the libpod API)"
+                if caps.name == "podman"
+                else " (Docker 25+ with CDI enabled can)",
+            )
+        )
     else:
-        tried.append("no CDI spec names %s" % ", ".join(
-            "%s=%s" % (cdi_kind, g.uuid) for g, n in zip(gpus, names) if not n))
+        tried.append(
+            "no CDI spec names {}".format(
+                ", ".join(f"{cdi_kind}={g.uuid}" for g, n in zip(gpus, names) if not n)
+            )
+        )
 
     # 2. Docker DeviceRequest with the NVIDIA runtime, pinned by UUID (never count=N)
     if caps.name == "docker" and caps.nvidia_runtime:
         ids = [g.uuid or str(g.index) for g in gpus]
-        return Attachment("nvidia-runtime", "compat",
-                          device_requests=[{"driver": "nvidia", "device_ids": ids, "capabilities": [["gpu"]]}],
-                          **base)
-    tried.append("no NVIDIA runtime registered with Docker" if caps.name == "docker"
-                 else "Podman's Docker-compatible API drops DeviceRequests")
+        return Attachment(
+            "nvidia-runtime",
+            "compat",
+            device_requests=[{"driver": "nvidia", "device_ids": ids, "capabilities": [["gpu"]]}],
+            **base,
+        )
+    tried.append(
+        "no NVIDIA runtime registered with Docker"
+        if caps.name == "docker"
+        else "Podman's Docker-compatible API drops DeviceRequests"
+    )
 
     # 3. raw device nodes + driver libraries, read-only
     present = set(inventory.device_nodes)
     nodes = [g.device_node for g in gpus]
     missing = [n for n in nodes + ["/dev/nvidiactl"] if n not in present]
     if not missing:
-        nodes += [n for n in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
-                  if n in present]
+        nodes += [
+            n
+            for n in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+            if n in present
+        ]
         assert all(_NODE_OK.match(n) for n in nodes)
-        mounts = [(path, "%s/%s" % (LIB_DIR, soname)) for soname, path in parse_ldconfig(ldconfig())]
+        mounts = [(path, f"{LIB_DIR}/{soname}") for soname, path in parse_ldconfig(ldconfig())]
         smi = shutil.which("nvidia-smi") if nvidia_smi == "auto" else nvidia_smi
         if smi:
             mounts.append((smi, "/usr/bin/nvidia-smi"))
-        att = Attachment("raw", "compat", devices=["%s:%s:rwm" % (n, n) for n in nodes], mounts=mounts,
-                         expect_devices=[] if caps.name == "podman" else list(nodes), **base)
+        att = Attachment(
+            "raw",
+            "compat",
+            devices=[f"{n}:{n}:rwm" for n in nodes],
+            mounts=mounts,
+            expect_devices=[] if caps.name == "podman" else list(nodes),
+            **base,
+        )
         att.environment["LD_LIBRARY_PATH"] = LIB_DIR
         if not any(s.startswith("libcuda.so") for s, _ in parse_ldconfig(ldconfig())):
-            att.notes.append("libcuda.so not found by ldconfig -p: the container must bring a matching driver")
+            att.notes.append(
+                "libcuda.so not found by ldconfig -p: the container must bring a matching driver"
+            )
         if caps.name == "podman":
-            att.notes.append("rootless Podman does not show raw devices in inspect; only the environment is verified")
+            att.notes.append(
+                "rootless Podman does not show raw devices in inspect; only the environment is verified"
+            )
         return att
-    tried.append("device nodes missing: %s" % ", ".join(missing))
-    raise AttachError("cannot attach GPU %s on %s %s: %s. Fix: install nvidia-container-toolkit and run, as root, "
-                      "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`%s."
-                      % (",".join(str(g.index) for g in gpus), caps.name, caps.version_text, "; ".join(tried),
-                         ", and create GPU containers through Podman's libpod API or use Podman 5.4+"
-                         if caps.name == "podman" else ", and enable CDI or register the nvidia runtime"))
+    tried.append("device nodes missing: {}".format(", ".join(missing)))
+    raise AttachError(
+        "cannot attach GPU {} on {} {}: {}. Fix: install nvidia-container-toolkit and run, as root, "
+        "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`{}.".format(
+            ",".join(str(g.index) for g in gpus),
+            caps.name,
+            caps.version_text,
+            "; ".join(tried),
+            ", and create GPU containers through Podman's libpod API or use Podman 5.4+"
+            if caps.name == "podman"
+            else ", and enable CDI or register the nvidia runtime",
+        )
+    )
 
 
 def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]:
@@ -256,17 +323,18 @@ def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]
     for d in hc.get("Devices") or []:
         devs.update(p for p in (d.get("PathInContainer"), d.get("PathOnHost")) if p)
     req_ids = {str(i) for r in hc.get("DeviceRequests") or [] for i in (r.get("DeviceIDs") or [])}
-    who = "%s %s" % (att.engine.capitalize(), att.engine_version)
-    want = ", ".join(att.cdi_names) or ", ".join("GPU %d" % i for i in att.indices)
+    who = f"{att.engine.capitalize()} {att.engine_version}"
+    want = ", ".join(att.cdi_names) or ", ".join(f"GPU {i}" for i in att.indices)
 
     allowed = {g.device_node for g in att.gpus}
     stray = sorted(p for p in devs if re.match(r"^/dev/nvidia\d+$", p) and p not in allowed)
     if stray:
-        return "container got GPU devices it was not allocated: %s (allocated: %s)" % (
-            ", ".join(stray), ", ".join(sorted(allowed)))
-    cuda = "CUDA_VISIBLE_DEVICES=%s" % att.environment.get("CUDA_VISIBLE_DEVICES", "")
+        return "container got GPU devices it was not allocated: {} (allocated: {})".format(
+            ", ".join(stray), ", ".join(sorted(allowed))
+        )
+    cuda = "CUDA_VISIBLE_DEVICES={}".format(att.environment.get("CUDA_VISIBLE_DEVICES", ""))
     if cuda not in env:
-        return "%s dropped the GPU environment (%s missing from the container's Config.Env)" % (who, cuda)
+        return f"{who} dropped the GPU environment ({cuda} missing from the container's Config.Env)"
 
     if att.mechanism == "cdi":
         if set(att.cdi_names) <= req_ids:
@@ -275,31 +343,41 @@ def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]
         shown_env = set(att.expect_env) <= env
         if (shown_dev or not att.expect_devices) and shown_env and (att.expect_devices or att.expect_env):
             return None
-        seen = "no DeviceRequests and none of %s" % (", ".join(att.expect_devices + att.expect_env) or "its edits")
+        seen = "no DeviceRequests and none of %s" % (
+            ", ".join(att.expect_devices + att.expect_env) or "its edits"
+        )
         if att.engine == "podman" and att.via == "compat":
-            return ("%s's Docker-compatible API dropped the CDI request for %s (inspect shows %s). Podman honours "
-                    "CDI there only from 5.4: upgrade, or create GPU containers through the libpod API."
-                    % (who, want, seen))
+            return (
+                f"{who}'s Docker-compatible API dropped the CDI request for {want} (inspect shows {seen}). Podman honours "
+                "CDI there only from 5.4: upgrade, or create GPU containers through the libpod API."
+            )
         if att.engine == "podman":
-            return ("%s did not apply CDI device %s (inspect after init shows %s). Inspect only after "
-                    "`init`/start; check the spec in /etc/cdi is readable and valid: "
-                    "`podman run --rm --device %s IMAGE true`." % (who, want, seen, att.cdi_names[0]))
-        return ("%s dropped the CDI device request for %s (inspect shows %s). Enable CDI (Docker 25-28.1: "
-                "`\"features\": {\"cdi\": true}` in daemon.json; on by default from 28.2)." % (who, want, seen))
+            return (
+                f"{who} did not apply CDI device {want} (inspect after init shows {seen}). Inspect only after "
+                "`init`/start; check the spec in /etc/cdi is readable and valid: "
+                f"`podman run --rm --device {att.cdi_names[0]} IMAGE true`."
+            )
+        return (
+            f"{who} dropped the CDI device request for {want} (inspect shows {seen}). Enable CDI (Docker 25-28.1: "
+            '`"features": {"cdi": true}` in daemon.json; on by default from 28.2).'
+        )
 
     if att.mechanism == "nvidia-runtime":
         ids = {str(i) for r in att.device_requests for i in r["device_ids"]}
         if ids <= req_ids:
             return None
-        return ("%s dropped the GPU DeviceRequest for %s (inspect shows no DeviceRequests; Podman's "
-                "Docker-compatible API ignores them). Install nvidia-container-toolkit and run, as root, "
-                "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` so hpcdock attaches by CDI."
-                % (who, want))
+        return (
+            f"{who} dropped the GPU DeviceRequest for {want} (inspect shows no DeviceRequests; Podman's "
+            "Docker-compatible API ignores them). Install nvidia-container-toolkit and run, as root, "
+            "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` so hpcdock attaches by CDI."
+        )
 
     missing = [p for p in att.expect_devices if p not in devs]
     if missing:
-        return ("%s dropped the GPU device nodes %s (not in HostConfig.Devices). Generate a CDI spec with "
-                "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` instead." % (who, ", ".join(missing)))
+        return (
+            "{} dropped the GPU device nodes {} (not in HostConfig.Devices). Generate a CDI spec with "
+            "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` instead.".format(who, ", ".join(missing))
+        )
     return None
 
 
@@ -308,22 +386,35 @@ def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]
 # hpcdock_service.gpu --run`; the service's engine layer does the same with its full create options.
 
 
-def create_attached(client: Any, att: Attachment, image: str, command: Sequence[str],
-                    labels: Optional[Dict[str, str]] = None) -> str:
+def create_attached(
+    client: Any, att: Attachment, image: str, command: Sequence[str], labels: Optional[Dict[str, str]] = None
+) -> str:
     """Create (not start) a container with ``att``, no network, all capabilities dropped; returns its id.
     Then the container is initialised if ``att.verify_after == "init"``, so inspect shows the devices."""
     api = client.api
     if att.via == "libpod":
-        body = {"image": image, "command": list(command), "netns": {"nsmode": "none"},
-                "cap_drop": ["ALL"], "no_new_privileges": True, "labels": dict(labels or {})}
+        body = {
+            "image": image,
+            "command": list(command),
+            "netns": {"nsmode": "none"},
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "labels": dict(labels or {}),
+        }
         body.update(att.libpod_fields())
         resp = api._post_json(api.base_url + "/v4.0.0/libpod/containers/create", data=body)
         api._raise_for_status(resp)
         cid = resp.json()["Id"]
     else:
-        kw = att.apply({"network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
-                        "labels": dict(labels or {})})
+        kw = att.apply(
+            {
+                "network_mode": "none",
+                "cap_drop": ["ALL"],
+                "security_opt": ["no-new-privileges"],
+                "labels": dict(labels or {}),
+            }
+        )
         cid = client.containers.create(image, list(command), **kw).id
     if att.verify_after == "init" and att.engine == "podman":
-        api._raise_for_status(api._post(api.base_url + "/v4.0.0/libpod/containers/%s/init" % cid))
+        api._raise_for_status(api._post(api.base_url + f"/v4.0.0/libpod/containers/{cid}/init"))
     return cid

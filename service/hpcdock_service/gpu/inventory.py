@@ -38,7 +38,7 @@ class Gpu:
 
     @property
     def device_node(self) -> str:
-        return "/dev/nvidia%d" % (self.index if self.minor is None else self.minor)
+        return f"/dev/nvidia{self.index if self.minor is None else self.minor}"
 
 
 @dataclass
@@ -80,8 +80,8 @@ class GpuInventory:
         """The CDI name of exactly this GPU: by UUID first (CDI and CUDA indices may disagree on a
         multi-GPU host), else by index. Never ``all``."""
         for candidate in (gpu.uuid, str(gpu.index)):
-            if candidate and self.cdi_device("%s=%s" % (kind, candidate)) is not None:
-                return "%s=%s" % (kind, candidate)
+            if candidate and self.cdi_device(f"{kind}={candidate}") is not None:
+                return f"{kind}={candidate}"
         return None
 
     def to_json(self) -> Dict[str, Any]:
@@ -119,7 +119,9 @@ def _from_nvml(nvml: Any) -> Tuple[List[Gpu], str]:
             except Exception:
                 bus = ""
             mem = int(nvml.nvmlDeviceGetMemoryInfo(h).total) // (1024 * 1024)
-            gpus.append(Gpu(i, _text(nvml.nvmlDeviceGetUUID(h)), _text(nvml.nvmlDeviceGetName(h)), mem, minor, bus))
+            gpus.append(
+                Gpu(i, _text(nvml.nvmlDeviceGetUUID(h)), _text(nvml.nvmlDeviceGetName(h)), mem, minor, bus)
+            )
         return gpus, driver
     finally:
         try:
@@ -136,8 +138,16 @@ def parse_nvidia_smi(text: str) -> List[Gpu]:
         if len(parts) < 4 or not parts[0].isdigit():
             continue
         mem = re.match(r"\d+", parts[3])
-        gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(mem.group()) if mem else 0, None,
-                        parts[4] if len(parts) > 4 else ""))
+        gpus.append(
+            Gpu(
+                int(parts[0]),
+                parts[1],
+                parts[2],
+                int(mem.group()) if mem else 0,
+                None,
+                parts[4] if len(parts) > 4 else "",
+            )
+        )
     return gpus
 
 
@@ -172,7 +182,11 @@ def _edits(obj: Any) -> Tuple[List[str], List[str], List[str]]:
     edits = (obj or {}).get("containerEdits") or {}
     nodes = [n["path"] for n in edits.get("deviceNodes") or [] if isinstance(n, dict) and n.get("path")]
     env = [str(e) for e in edits.get("env") or []]
-    mounts = [m["containerPath"] for m in edits.get("mounts") or [] if isinstance(m, dict) and m.get("containerPath")]
+    mounts = [
+        m["containerPath"]
+        for m in edits.get("mounts") or []
+        if isinstance(m, dict) and m.get("containerPath")
+    ]
     return nodes, env, mounts
 
 
@@ -199,12 +213,13 @@ def load_cdi_specs(dirs: Sequence[str] = DEFAULT_CDI_DIRS) -> Tuple[List[CdiDevi
                 for dev in spec.get("devices") or []:
                     name = str(dev.get("name", ""))
                     if not _DEVICE_NAME.match(name):
-                        raise ValueError("bad device name %r" % name)
+                        raise ValueError(f"bad device name {name!r}")
                     nodes, env, mounts = _edits(dev)
-                    found["%s=%s" % (kind, name)] = CdiDevice(
-                        "%s=%s" % (kind, name), kind, path, nodes + common[0], env + common[1], mounts + common[2])
+                    found[f"{kind}={name}"] = CdiDevice(
+                        f"{kind}={name}", kind, path, nodes + common[0], env + common[1], mounts + common[2]
+                    )
             except Exception as e:  # a broken spec must not hide the others
-                notes.append("CDI spec %s ignored: %s" % (path, e))
+                notes.append(f"CDI spec {path} ignored: {e}")
     return list(found.values()), notes
 
 
@@ -254,6 +269,8 @@ def detect_gpus(
     if not inv.gpus:
         inv.notes.append("no NVIDIA GPU found (no NVML driver, no working nvidia-smi)")
     elif not inv.cdi_names(NVIDIA_CDI_KIND):
-        inv.notes.append("no CDI spec for nvidia.com/gpu: as root run "
-                         "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` (nvidia-container-toolkit)")
+        inv.notes.append(
+            "no CDI spec for nvidia.com/gpu: as root run "
+            "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` (nvidia-container-toolkit)"
+        )
     return inv
