@@ -344,7 +344,13 @@ def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None) -> Image
     try:
         spec = inp.spec()
         names = [str(n) for n in spec.channelnames]
-        pixels = inp.read_image(0, 0, 0, spec.nchannels, "float")
+        if len(names) != spec.nchannels:
+            names = [f"channel{i}" for i in range(spec.nchannels)]
+        idx, has_alpha, is_colour = _pick_channels(names)
+        # Read only the span of channels the thumbnail uses: a multi-layer EXR with dozens of
+        # AOVs would otherwise cost gigabytes of float pixels for a 256 px picture.
+        first, last = min(idx), max(idx) + 1
+        pixels = inp.read_image(0, 0, first, last, "float")
         if pixels is None:
             err = _first_line(inp.geterror()) or "pixel data could not be read"
             raise ThumbnailError(f"{src}: truncated or corrupt: {err}")
@@ -355,9 +361,10 @@ def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None) -> Image
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    pixels = pixels[:, :, [i - first for i in idx]]
     if max_side:
         pixels = _box_reduce(pixels, max_side)
-    return _oiio_to_display(pixels, names, linear=is_float)
+    return _oiio_to_display(pixels, has_alpha=has_alpha, is_colour=is_colour, linear=is_float)
 
 
 def _box_reduce(pixels: Any, max_side: int) -> Any:
@@ -422,13 +429,10 @@ def _pick_channels(names: list[str]) -> tuple[list[int], bool, bool]:
     return [0], False, first not in _DATA_CHANNELS
 
 
-def _oiio_to_display(pixels: Any, names: list[str], *, linear: bool) -> Image.Image:
+def _oiio_to_display(arr: Any, *, has_alpha: bool, is_colour: bool, linear: bool) -> Image.Image:
+    """Picked float channels (h, w, c) -> 8-bit Pillow image; see the module docstring."""
     import numpy as np
 
-    if len(names) != pixels.shape[2]:
-        names = [f"channel{i}" for i in range(pixels.shape[2])]
-    idx, has_alpha, is_colour = _pick_channels(names)
-    arr = pixels[:, :, idx]
     if not is_colour:
         # Data (depth): normalise its finite range to 0..1, near = dark.
         finite = arr[np.isfinite(arr)]

@@ -510,3 +510,28 @@ def test_corrupt_data_inside_a_valid_header_raises_thumbnail_error(tmp_path):
     with pytest.raises(ThumbnailError, match="f.tif"):
         make_thumbnail(src, tmp_path / "t.png")
     assert not is_output_complete(src)
+
+
+@needs_oiio
+def test_exr_channels_found_by_name_not_position(tmp_path):
+    px = np.zeros((16, 48, 5), np.float32)
+    px[..., 0] = 100.0  # Z
+    px[..., 1] = 0.18  # R
+    px[..., 2] = 0.18  # G
+    px[..., 3] = 0.18  # B
+    px[..., 4] = 7.0  # N.x, an unrelated layer
+    src = write_exr(tmp_path / "zrgb.exr", px, channels=["Z", "R", "G", "B", "N.x"], fmt="float")
+    img = check_png(make_thumbnail(src, tmp_path / "t.png"))
+    assert img.mode == "RGB"
+    assert all(abs(c - srgb8(0.18)) <= 1 for c in img.getpixel((4, 4)))
+
+
+@needs_oiio
+def test_exr_large_is_reduced_in_linear_light(tmp_path):
+    # Alternating 0/1 columns average to linear 0.5 (sRGB ~188), not sRGB 127.
+    px = np.zeros((512, 1024, 3), np.float32)
+    px[:, ::2] = 1.0
+    src = write_exr(tmp_path / "stripes.exr", px)
+    img = check_png(make_thumbnail(src, tmp_path / "t.png"))
+    assert img.size == (256, 128)
+    assert all(abs(c - srgb8(0.5)) <= 2 for c in img.getpixel((100, 60)))
