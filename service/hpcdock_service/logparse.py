@@ -42,6 +42,7 @@ __all__ = [
     "FrameStarted",
     "LogParser",
     "MAX_LINE_CHARS",
+    "NO_REASON",
     "Progress",
     "Update",
     "parse_progress",
