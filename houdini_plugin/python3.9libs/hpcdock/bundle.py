@@ -1,0 +1,362 @@
+"""Write an OpenJD job bundle that hpcdock-service runs. Pure Python: no ``hou``.
+
+A bundle is a directory holding
+
+* ``template.yaml``         OpenJD ``jobtemplate-2023-09`` with the ``TASK_CHUNKING``
+                            extension; one step per ROP, frames as a ``CHUNK[INT]``
+                            task parameter named ``Frame``;
+* ``parameter_values.yaml`` ``parameterValues: [{name, value}]`` (the layout
+                            deadline-cloud job bundles use);
+* ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
+                            mounts, priority, attempts and where each frame's
+                            output lands;
+* ``hpcdock_farm/``         the farm-side render script and ``markers.py``, so the
+                            container needs Houdini but not this plugin;
+* ``hip/<name>.hip``        the scene snapshot (written by the caller, see
+                            :func:`write_bundle`'s ``write_snapshot``).
+
+:class:`JobSpec` and :class:`StepSpec` are plain data; ``hpcdock.houdini`` fills them
+from the scene. Everything here runs on Python 3.9 and is tested without Houdini.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import yaml
+
+FRAME_PARAM = "Frame"
+FARM_DIR = "hpcdock_farm"
+SNAPSHOT_DIR = "hip"
+TEMPLATE_FILE = "template.yaml"
+PARAMETER_VALUES_FILE = "parameter_values.yaml"
+HPCDOCK_FILE = "hpcdock.yaml"
+SPEC_VERSION = "jobtemplate-2023-09"
+
+# Files copied from this package into <bundle>/hpcdock_farm/.
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+FARM_FILES = (
+    (os.path.join(_PKG_DIR, "farm", "render.py"), "render.py"),
+    (os.path.join(_PKG_DIR, "farm", "husk.py"), "husk.py"),
+    (os.path.join(_PKG_DIR, "markers.py"), "markers.py"),
+)
+
+_STEP_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class BundleError(ValueError):
+    """The job cannot be written as a bundle; the message says why, for an artist."""
+
+
+@dataclass
+class Mount:
+    source: str
+    target: str
+    readonly: bool = True
+
+
+@dataclass
+class StepSpec:
+    """One OpenJD step: render ``rop`` over ``frames``."""
+
+    name: str
+    rop: str
+    frames: List[int]
+    dependencies: List[str] = field(default_factory=list)
+    output_pattern: Optional[str] = None  # Python format string with {frame}
+    gpus: int = 0
+    with_inputs: bool = False  # render the ROP's inputs too (single-step mode)
+
+
+@dataclass
+class JobSpec:
+    name: str
+    image: str
+    steps: List[StepSpec]
+    hip_name: str  # basename of the artist's scene, e.g. "shot.hip"
+    project_dir: str  # the artist's $HIP
+    env: Dict[str, str] = field(default_factory=dict)
+    network: bool = False
+    mounts: List[Mount] = field(default_factory=list)
+    priority: int = 50
+    max_attempts: int = 2
+    frames_per_task: int = 1
+    timeout: int = 0  # seconds per task, 0 = none
+    hython: str = "hython"
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def frames_to_range(frames: Iterable[int]) -> str:
+    """Return an OpenJD range expression for ``frames``: "1-10", "1-9:2" or "1,4,9"."""
+    values = sorted(set(int(f) for f in frames))
+    if not values:
+        raise BundleError("empty frame list")
+    if len(values) == 1:
+        return str(values[0])
+    step = values[1] - values[0]
+    if all(b - a == step for a, b in zip(values, values[1:])):
+        rng = f"{values[0]}-{values[-1]}"
+        return rng if step == 1 else f"{rng}:{step}"
+    # Irregular: group maximal runs of consecutive frames.
+    parts: List[str] = []
+    start = prev = values[0]
+    for v in values[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ",".join(parts)
+
+
+def frame_range(start: float, end: float, inc: float) -> List[int]:
+    """Integer frames of a ROP's Start/End/Inc, or BundleError if empty or fractional."""
+    if inc <= 0:
+        raise BundleError(f"frame increment must be positive, got {inc:g}")
+    if end < start:
+        raise BundleError(f"empty frame range: start {start:g} is after end {end:g}")
+    for v in (start, end, inc):
+        if abs(v - round(v)) > 1e-6:
+            raise BundleError(f"fractional frames are not supported (start/end/inc {start:g} {end:g} {inc:g})")
+    s, e, i = int(round(start)), int(round(end)), int(round(inc))
+    return list(range(s, e + 1, i))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def infer_frame_pattern(samples: Dict[int, str]) -> Optional[str]:
+    """Turn evaluated output paths ``{frame: path}`` into a ``{frame}`` pattern.
+
+    Tries each run of digits in one sample whose value is that sample's frame, as
+    ``{frame:0Nd}`` (zero padded) or ``{frame}``, and keeps the candidate that
+    reproduces every sample. Needs at least two distinct frames to tell a frame
+    number from e.g. a version number. Returns None when no candidate fits (the
+    output does not change per frame, or changes in a way we cannot express).
+    """
+    if len(samples) < 2:
+        raise ValueError("need at least two frames to infer an output pattern")
+    frame0 = min(samples)
+    path0 = samples[frame0]
+
+    def esc(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    fits: List[str] = []
+    for m in re.finditer(r"\d+", path0):
+        text = m.group(0)
+        if int(text) != frame0:
+            continue
+        fmts = [f"{{frame:0{len(text)}d}}"]
+        if len(text) == len(str(frame0)):
+            fmts.insert(0, "{frame}")
+        for fmt in fmts:
+            pattern = esc(path0[: m.start()]) + fmt + esc(path0[m.end():])
+            if all(pattern.format(frame=f) == p for f, p in samples.items()):
+                fits.append(pattern)
+                break
+    if not fits:
+        return None
+    # Several runs can fit (e.g. "f1/img.1.exr"); the last one is the file name's.
+    return fits[-1]
+
+
+def relative_to_bundle(pattern: str, bundle_dir: str) -> str:
+    """Make ``pattern`` relative when it lies inside the bundle directory."""
+    if not os.path.isabs(pattern):
+        return pattern
+    root = os.path.abspath(bundle_dir)
+    norm = os.path.normpath(pattern)
+    if norm == root or not norm.startswith(root + os.sep):
+        return pattern
+    return os.path.relpath(norm, root)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def step_name(base: str, taken: Sequence[str]) -> str:
+    """A valid, unique OpenJD step name made from a node name."""
+    name = _STEP_NAME_BAD.sub("_", base).strip("_") or "step"
+    name = name[:60]
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate = f"{name}_{n}"
+        n += 1
+    return candidate
+
+
+def default_bundle_dir(jobs_dir: str, job_name: str, stamp: str) -> str:
+    safe = _STEP_NAME_BAD.sub("_", job_name).strip("_") or "job"
+    return os.path.join(jobs_dir, f"{safe}-{stamp}")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def snapshot_relpath(job: JobSpec) -> str:
+    return f"{SNAPSHOT_DIR}/{job.hip_name}"
+
+
+def validate(job: JobSpec) -> None:
+    """Raise BundleError naming the first thing an artist has to fix."""
+    if not job.image or not job.image.strip():
+        raise BundleError("no container image is set: fill in 'Image' on the submit node")
+    if not job.steps:
+        raise BundleError("nothing to render: connect at least one ROP to the submit node")
+    names = [s.name for s in job.steps]
+    if len(set(names)) != len(names):
+        raise BundleError(f"duplicate step names: {names}")
+    for s in job.steps:
+        if not s.frames:
+            raise BundleError(f"empty frame range for {s.rop}")
+        for d in s.dependencies:
+            if d not in names:
+                raise BundleError(f"step {s.name} depends on unknown step {d}")
+        if s.gpus < 0:
+            raise BundleError("GPUs per task cannot be negative")
+    if not 0 <= job.priority <= 100:
+        raise BundleError(f"priority must be 0-100, got {job.priority}")
+    if job.max_attempts < 1:
+        raise BundleError(f"max attempts must be at least 1, got {job.max_attempts}")
+    if job.frames_per_task < 1:
+        raise BundleError(f"frames per task must be at least 1, got {job.frames_per_task}")
+    if not job.hip_name or "/" in job.hip_name or "\\" in job.hip_name:
+        raise BundleError(f"bad scene file name {job.hip_name!r}")
+    for k in job.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise BundleError(f"bad environment variable name {k!r}")
+
+
+def build_template(job: JobSpec) -> dict:
+    steps = []
+    for s in job.steps:
+        args = [
+            f"{FARM_DIR}/render.py",
+            "--hip",
+            "{{Param.HipFile}}",
+            "--hip-dir",
+            "{{Param.ProjectDir}}",
+            "--rop",
+            s.rop,
+            "--frames",
+            "{{Task.Param.%s}}" % FRAME_PARAM,
+        ]
+        if s.with_inputs:
+            args.append("--with-inputs")
+        on_run: dict = {"command": job.hython, "args": args}
+        if job.timeout > 0:
+            on_run["timeout"] = int(job.timeout)
+        step: dict = {
+            "name": s.name,
+            "parameterSpace": {
+                "taskParameterDefinitions": [
+                    {
+                        "name": FRAME_PARAM,
+                        "type": "CHUNK[INT]",
+                        "range": frames_to_range(s.frames),
+                        "chunks": {
+                            "defaultTaskCount": int(job.frames_per_task),
+                            "rangeConstraint": "CONTIGUOUS",
+                        },
+                    }
+                ]
+            },
+            "script": {"actions": {"onRun": on_run}},
+        }
+        if s.dependencies:
+            step["dependencies"] = [{"dependsOn": d} for d in s.dependencies]
+        if s.gpus > 0:
+            step["hostRequirements"] = {"amounts": [{"name": "amount.worker.gpu", "min": int(s.gpus)}]}
+        steps.append(step)
+    return {
+        "specificationVersion": SPEC_VERSION,
+        "extensions": ["TASK_CHUNKING"],
+        "name": job.name[:128] or "houdini",
+        "parameterDefinitions": [
+            {
+                "name": "HipFile",
+                "type": "STRING",
+                "description": "Scene snapshot, relative to the bundle directory",
+                "default": snapshot_relpath(job),
+            },
+            {
+                "name": "ProjectDir",
+                "type": "STRING",
+                "description": "The artist's $HIP, restored after loading the snapshot",
+                "default": job.project_dir,
+            },
+        ],
+        "steps": steps,
+    }
+
+
+def build_parameter_values(job: JobSpec) -> dict:
+    return {
+        "parameterValues": [
+            {"name": "HipFile", "value": snapshot_relpath(job)},
+            {"name": "ProjectDir", "value": job.project_dir},
+        ]
+    }
+
+
+def build_hpcdock(job: JobSpec, bundle_dir: str) -> dict:
+    doc: dict = {
+        "name": job.name,
+        "image": job.image.strip(),
+        "env": {str(k): str(v) for k, v in job.env.items()},
+        "network": bool(job.network),
+        "mounts": [{"source": m.source, "target": m.target, "readonly": bool(m.readonly)} for m in job.mounts],
+        "priority": int(job.priority),
+        "max_attempts": int(job.max_attempts),
+    }
+    patterns = {s.name: relative_to_bundle(s.output_pattern, bundle_dir) for s in job.steps if s.output_pattern}
+    if patterns:
+        frames: dict = {"parameter": FRAME_PARAM}
+        if len(patterns) == len(job.steps):
+            # Every step has outputs: the final step's pattern is the default.
+            final = job.steps[-1].name
+            frames["output"] = patterns.pop(final)
+        # Otherwise no default, so a step without outputs never inherits another's.
+        if patterns:
+            frames["steps"] = patterns
+        doc["frames"] = frames
+    return doc
+
+
+def _dump(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def write_bundle(
+    job: JobSpec,
+    bundle_dir: str,
+    write_snapshot: Optional[Callable[[str], None]] = None,
+) -> str:
+    """Validate ``job`` and write its bundle into ``bundle_dir`` (created; must be empty).
+
+    ``write_snapshot(path)`` is called with the absolute path the scene snapshot must
+    be written to (``<bundle>/hip/<hip_name>``). Returns the bundle directory.
+    """
+    validate(job)
+    bundle_dir = os.path.abspath(bundle_dir)
+    if os.path.isdir(bundle_dir) and os.listdir(bundle_dir):
+        raise BundleError(f"bundle directory is not empty: {bundle_dir}")
+    os.makedirs(os.path.join(bundle_dir, SNAPSHOT_DIR), exist_ok=True)
+    os.makedirs(os.path.join(bundle_dir, FARM_DIR), exist_ok=True)
+    for src, name in FARM_FILES:
+        shutil.copyfile(src, os.path.join(bundle_dir, FARM_DIR, name))
+    if write_snapshot is not None:
+        write_snapshot(os.path.join(bundle_dir, snapshot_relpath(job)))
+    _dump(os.path.join(bundle_dir, TEMPLATE_FILE), build_template(job))
+    _dump(os.path.join(bundle_dir, PARAMETER_VALUES_FILE), build_parameter_values(job))
+    _dump(os.path.join(bundle_dir, HPCDOCK_FILE), build_hpcdock(job, bundle_dir))
+    return bundle_dir

@@ -1,0 +1,221 @@
+"""Farm-side render script: ``hython render.py --hip H --rop /out/x --frames 1-10``.
+
+Runs inside the container, with the bundle directory as the working directory. Loads
+the scene snapshot, points ``$HIP`` back at the artist's project directory (so output
+paths such as ``$HIP/render/x.$F4.exr`` land where they would locally), renders each
+frame of the chunk on its own and prints, for each frame::
+
+    ::hpcdock::frame-start F
+    ::hpcdock::frame-done F /path/of/the/output      (or frame-failed F reason)
+    ALF_PROGRESS N%
+
+Exit status: 0 all frames done, 1 a frame failed (later frames are not attempted),
+2 the job could not start (bad arguments, scene would not load, ROP missing).
+
+With ``--husk USD --output PATTERN`` it renders a USD file with ``husk`` instead and
+needs no ``hou``. Python 3.9, stdlib only; ``hou`` is imported only in hython mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from typing import Callable, Dict, List, Optional
+
+try:  # inside the plugin package
+    from hpcdock.farm.husk import husk_argv
+    from hpcdock.markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker
+except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from husk import husk_argv  # type: ignore[no-redef]
+    from markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker  # type: ignore[no-redef]
+
+# Output file parameter per ROP type (base name, without namespace or version).
+OUTPUT_PARMS: Dict[str, str] = {
+    "ifd": "vm_picture",  # Mantra
+    "karma": "picture",  # Karma ROP
+    "usdrender_rop": "outputimage",  # USD Render ROP (/out)
+    "usdrender": "outputimage",  # USD Render ROP (LOPs)
+    "opengl": "picture",  # OpenGL ROP
+    "geometry": "sopoutput",  # Geometry ROP
+    "rop_geometry": "sopoutput",  # ROP Geometry Output SOP
+    "filecache": "sopoutput",  # File Cache
+    "alembic": "filename",  # Alembic ROP
+    "rop_alembic": "filename",  # ROP Alembic Output SOP
+    "Redshift_ROP": "RS_outputFileNamePrefix",  # Redshift
+}
+
+# Values of image outputs that are not files (MPlay, interactive render).
+_NOT_FILES = ("ip", "md", "imdisplay")
+
+_FRAMES_ITEM = re.compile(r"^\s*(-?\d+)(?:\s*-\s*(-?\d+)(?:\s*:\s*(-?\d+))?)?\s*$")
+
+
+def base_type_name(name: str) -> str:
+    """``"sidefx::filecache::2.0"`` -> ``"filecache"``; ``"ifd"`` -> ``"ifd"``."""
+    parts = name.split("::")
+    if len(parts) >= 3:
+        return parts[1]
+    if len(parts) == 2:
+        return parts[0] if re.match(r"^[\d.]+$", parts[1]) else parts[1]
+    return name
+
+
+def output_parm_name(type_name: str) -> Optional[str]:
+    return OUTPUT_PARMS.get(base_type_name(type_name))
+
+
+def parse_frames(expr: str) -> List[int]:
+    """Parse an OpenJD range expression as chunks hand it over: "1-10", "1-9:2", "3,5,7-9"."""
+    frames: List[int] = []
+    for item in str(expr).split(","):
+        m = _FRAMES_ITEM.match(item)
+        if not m:
+            raise ValueError(f"bad frame range {expr!r}")
+        start = int(m.group(1))
+        end = int(m.group(2)) if m.group(2) is not None else start
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        if step <= 0 or end < start:
+            raise ValueError(f"bad frame range {expr!r}")
+        frames.extend(range(start, end + 1, step))
+    if not frames:
+        raise ValueError(f"empty frame range {expr!r}")
+    return frames
+
+
+def _emit(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def _is_file_output(path: str) -> bool:
+    return bool(path) and path.strip() not in _NOT_FILES
+
+
+def _progress(done: int, total: int) -> None:
+    _emit(f"ALF_PROGRESS {int(round(100.0 * done / total))}%")
+
+
+def _fail_all(frames: List[int], reason: str) -> int:
+    for f in frames:
+        _emit(format_marker(FRAME_FAILED, f, _one_line(reason)))
+    return 2
+
+
+def _render_frames(frames: List[int], render_one: Callable[[int], Optional[str]]) -> int:
+    """Run ``render_one(frame) -> output path or None`` per frame with markers."""
+    total = len(frames)
+    for i, frame in enumerate(frames):
+        _emit(format_marker(FRAME_START, frame))
+        try:
+            path = render_one(frame)
+        except Exception as exc:  # the reason goes into the marker, the trace to the log
+            _emit(format_marker(FRAME_FAILED, frame, _one_line(exc)))
+            return 1
+        if path and _is_file_output(path) and not os.path.exists(path):
+            _emit(format_marker(FRAME_FAILED, frame, f"output not written: {path}"))
+            return 1
+        _emit(format_marker(FRAME_DONE, frame, path or ""))
+        _progress(i + 1, total)
+    return 0
+
+
+def _hscript_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
+    """Render ``args.rop`` over ``frames`` in the loaded snapshot."""
+    try:
+        hou.hipFile.load(args.hip, suppress_save_prompt=True, ignore_load_warnings=True)
+    except hou.OperationFailed as exc:
+        print(f"hpcdock: could not load {args.hip}: {exc}", file=sys.stderr)
+        return _fail_all(frames, f"could not load scene {args.hip}: {exc}")
+    if args.hip_dir:
+        # Loading sets $HIP to the bundle's hip/ directory; point it back at the project.
+        hou.hscript(f"set -g HIP = {_hscript_quote(args.hip_dir)}")
+        hou.hscript("varchange")
+    node = hou.node(args.rop)
+    if node is None or not hasattr(node, "render"):
+        print(f"hpcdock: no ROP at {args.rop}", file=sys.stderr)
+        return _fail_all(frames, f"no ROP at {args.rop}")
+    parm_name = output_parm_name(node.type().name())
+    parm = node.parm(parm_name) if parm_name else None
+
+    def render_one(frame: int) -> Optional[str]:
+        node.render(
+            frame_range=(frame, frame),
+            ignore_inputs=not args.with_inputs,
+            verbose=False,
+            output_progress=False,
+        )
+        errors = node.errors()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        return parm.evalAsStringAtFrame(frame) if parm is not None else None
+
+    return _render_frames(frames, render_one)
+
+
+def run_husk(args: argparse.Namespace, frames: List[int]) -> int:
+    def render_one(frame: int) -> Optional[str]:
+        out = args.output.format(frame=frame) if args.output else None
+        if out and os.path.dirname(out):
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        argv = husk_argv(
+            args.husk, frame, output=out, renderer=args.renderer, settings=args.settings, husk=args.husk_bin
+        )
+        print("hpcdock: " + " ".join(argv), file=sys.stderr)
+        rc = subprocess.call(argv)
+        if rc != 0:
+            raise RuntimeError(f"husk exited with status {rc}")
+        return out
+
+    return _render_frames(frames, render_one)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="render.py", description=__doc__.split("\n")[0])
+    p.add_argument("--frames", required=True, help="OpenJD range: 1-10, 1-9:2, 3,5,7")
+    p.add_argument("--hip", help="scene snapshot to load (hython mode)")
+    p.add_argument("--hip-dir", default="", help="set $HIP to this after loading")
+    p.add_argument("--rop", help="ROP node path to render (hython mode)")
+    p.add_argument("--with-inputs", action="store_true", help="also render the ROP's inputs")
+    p.add_argument("--husk", help="USD file to render with husk instead of hython")
+    p.add_argument("--output", help="husk mode: output path pattern with {frame}")
+    p.add_argument("--renderer", help="husk mode: Hydra render delegate")
+    p.add_argument("--settings", help="husk mode: RenderSettings prim path")
+    p.add_argument("--husk-bin", default="husk", help="husk mode: husk executable")
+    args = p.parse_args(argv)
+    if not args.husk and not (args.hip and args.rop):
+        p.error("give --hip and --rop, or --husk")
+    return args
+
+
+def main(argv: Optional[List[str]] = None, hou_module=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) and 2
+    try:
+        frames = parse_frames(args.frames)
+    except ValueError as exc:
+        print(f"hpcdock: {exc}", file=sys.stderr)
+        return 2
+    if args.husk:
+        return run_husk(args, frames)
+    hou = hou_module
+    if hou is None:
+        import hou  # noqa: F811  (hython provides it)
+    return run_hython(args, frames, hou)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
