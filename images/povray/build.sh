@@ -78,10 +78,10 @@ make_rootfs() {
     # Use the host apt's proxy, if it has one.
     proxy=$(apt-config dump 2>/dev/null | sed -n 's/^Acquire::http::Proxy "\(.*\)";$/\1/p' | head -n1)
     if [ -n "$proxy" ]; then set -- "$@" --aptopt="Acquire::http::Proxy \"$proxy\""; fi
-    if is_root; then set -- "$@" --mode=root; else set -- "$@" --mode=unshare; fi
-    set -- "$@" "$SUITE" "$out"
+    if is_root; then mode=root; else mode=unshare; fi
+    set -- "$@" --mode=$mode "$SUITE" "$out"
     if [ -n "${HPCDOCK_DEBIAN_MIRROR:-}" ]; then set -- "$@" "$HPCDOCK_DEBIAN_MIRROR"; fi
-    say "mmdebstrap $*"
+    say "mmdebstrap: Debian $SUITE, $VARIANT + $PACKAGES, $mode mode, mirror ${HPCDOCK_DEBIAN_MIRROR:-default}"
     log=$(mktemp "${TMPDIR:-/tmp}/hpcdock-mmdebstrap.XXXXXX")
     if ! mmdebstrap "$@" >"$log" 2>&1; then
         tail -n 40 "$log" >&2
