@@ -75,19 +75,25 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         return self.cell
 
     def paint(self, painter: QtGui.QPainter, option: Any, index: QtCore.QModelIndex) -> None:
-        frame = index.data(OBJECT_ROLE) or {}
+        model = index.model()
+        if isinstance(model, FramesModel):  # direct access: no QVariant round trip per cell
+            frame = model.frame(index.row()) or {}
+            image = model.data(index, THUMB_ROLE)
+            progress = model.data(index, PROGRESS_ROLE)
+        else:
+            frame = index.data(OBJECT_ROLE) or {}
+            image = index.data(THUMB_ROLE)
+            progress = index.data(PROGRESS_ROLE)
         rect = option.rect.adjusted(1, 1, -1, -1)
         color = self._colors.get(frame.get("state") or "", self._colors["waiting"])
         painter.save()
         painter.fillRect(rect, color)
-        image = index.data(THUMB_ROLE)
         if image is not None and not image.isNull():
             inner = rect.adjusted(2, 2, -2, -2)
             size = image.size().scaled(inner.size(), qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"))
             x = inner.x() + (inner.width() - size.width()) // 2
             y = inner.y() + (inner.height() - size.height()) // 2
             painter.drawImage(QtCore.QRect(x, y, size.width(), size.height()), image)
-        progress = index.data(PROGRESS_ROLE)
         if progress:
             bar = QtCore.QRect(rect.x(), rect.bottom() - 3, int(rect.width() * min(progress, 100.0) / 100.0), 4)
             painter.fillRect(bar, QtGui.QColor("#9cc7ff"))
