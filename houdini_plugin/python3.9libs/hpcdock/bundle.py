@@ -194,8 +194,14 @@ def step_name(base: str, taken: Sequence[str]) -> str:
 
 
 def default_bundle_dir(jobs_dir: str, job_name: str, stamp: str) -> str:
+    """``<jobs_dir>/<name>-<stamp>``, with ``-2``, ``-3``... if that already exists."""
     safe = _STEP_NAME_BAD.sub("_", job_name).strip("_") or "job"
-    return os.path.join(jobs_dir, f"{safe}-{stamp}")
+    path = os.path.join(jobs_dir, f"{safe}-{stamp}")
+    candidate, n = path, 2
+    while os.path.exists(candidate):
+        candidate = f"{path}-{n}"
+        n += 1
+    return candidate
 
 
 # --------------------------------------------------------------------------- documents
@@ -247,7 +253,7 @@ def build_template(job: JobSpec) -> dict:
             "--rop",
             s.rop,
             "--frames",
-            "{{Task.Param.%s}}" % FRAME_PARAM,
+            "{{Task.Param." + FRAME_PARAM + "}}",
         ]
         if s.with_inputs:
             args.append("--with-inputs")

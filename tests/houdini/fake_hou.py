@@ -1,0 +1,457 @@
+"""A fake ``hou`` with only what ``hpcdock.houdini`` and the farm render script call.
+
+Signatures and behaviour follow SideFX's HOM reference (sidefx.com/docs/houdini/hom):
+
+* ``hou.node(path)``, ``hou.selectedNodes()``, ``hou.frame()``, ``hou.isUIAvailable()``
+* ``hou.hscript(command) -> (stdout, stderr)`` (here: ``set -g NAME = value``, ``varchange``)
+* ``hou.hipFile.path()``, ``isNewFile()``, ``saveAsBackup() -> str`` (a numbered backup
+  under ``$HIP/backup``; the session's file name is unchanged),
+  ``load(file_name, suppress_save_prompt=False, ignore_load_warnings=False)``
+  (sets ``$HIP``, ``$HIPNAME``, ``$HIPFILE``; ``hou.OperationFailed`` if unreadable)
+* ``hou.ui.displayMessage(text, buttons=("OK",), severity=..., default_choice=0,
+  close_choice=None, help=None, title=None, details=None, ...) -> int``
+* ``hou.Node``: ``path()``, ``name()``, ``type().name()``, ``inputs()`` (a tuple,
+  ``None`` for an unconnected input before a connected one), ``parm(name)`` (``None``
+  if absent), ``parmTuple(name)``, ``node(path)`` (relative to this node), ``errors()``
+* ``hou.RopNode``: ``isBypassed()``, ``render(frame_range=(), res=(), output_file=None,
+  output_format=None, to_flipbook=False, quality=2, ignore_inputs=False, method=...,
+  ignore_bypass_flags=False, ignore_lock_flags=False, verbose=False,
+  output_progress=False)``; raises ``hou.OperationFailed`` when the render fails
+* ``hou.Parm``: ``name()``, ``eval()``, ``evalAsString()``, ``evalAtFrame(frame)``,
+  ``evalAsStringAtFrame(frame)``; ``hou.ParmTuple.eval()``
+* ``hou.severityType``, ``hou.OperationFailed``, ``hou.LoadWarning``
+
+String parameter values are expanded like Houdini does: ``$HIP``, ``$HIPNAME``,
+``$HIPFILE``, ``$JOB``, ``$FSTART``/``$FEND``, ``$F``, ``$F2``..``$F9`` (zero padded),
+``$FF``, ``$OS`` and ``${NAME}``. A value may also be a callable taking the frame.
+
+Anything else is deliberately missing, so a call outside this surface fails the tests
+(``hou.hipFile.save``, which would rename the artist's file, is not here on purpose).
+Test helpers (not part of hou) start with ``fake_``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import uuid
+from typing import Any, Dict, List, Optional, Sequence
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class Error(Exception):
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self._message = message
+
+    def instanceMessage(self) -> str:
+        return self._message
+
+
+class OperationFailed(Error):
+    pass
+
+
+class LoadWarning(Error):
+    pass
+
+
+class _EnumValue:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def name(self) -> str:
+        return self._name.split(".")[-1]
+
+    def __repr__(self) -> str:
+        return f"hou.{self._name}"
+
+
+class severityType:
+    Message = _EnumValue("severityType.Message")
+    ImportantMessage = _EnumValue("severityType.ImportantMessage")
+    Warning = _EnumValue("severityType.Warning")
+    Error = _EnumValue("severityType.Error")
+    Fatal = _EnumValue("severityType.Fatal")
+
+
+class renderMethod:
+    RopByRop = _EnumValue("renderMethod.RopByRop")
+    FrameByFrame = _EnumValue("renderMethod.FrameByFrame")
+
+
+# --------------------------------------------------------------------------- state
+
+
+class _State:
+    def __init__(self) -> None:
+        self.nodes: Dict[str, Node] = {}
+        self.vars: Dict[str, str] = {"HIP": os.getcwd(), "HIPNAME": "untitled", "HIPFILE": "", "JOB": os.getcwd(),
+                                     "FSTART": "1", "FEND": "240"}
+        self.hip_path = os.path.join(os.getcwd(), "untitled.hip")
+        self.new_file = True
+        self.frame = 1.0
+        self.ui = True
+        self.selected: List[Node] = []
+        self.messages: List[dict] = []
+        self.renders: List[dict] = []
+        self.hscripts: List[str] = []
+        self.backup_count = 0
+        self.scenes: Dict[str, list] = {}  # saved "hip files": token -> node specs
+
+
+_state = _State()
+
+
+def fake_reset() -> None:
+    global _state
+    scenes = _state.scenes  # saved files outlive a reset, like files on disk
+    _state = _State()
+    _state.scenes = scenes
+
+
+def fake_state() -> _State:
+    return _state
+
+
+def fake_open_scene(hip_path: str) -> None:
+    """Pretend the artist opened (saved) ``hip_path``."""
+    _set_hip(hip_path)
+    _state.new_file = False
+
+
+def _set_hip(hip_path: str) -> None:
+    hip_path = os.path.abspath(hip_path)
+    _state.hip_path = hip_path
+    _state.vars["HIP"] = os.path.dirname(hip_path)
+    _state.vars["HIPFILE"] = hip_path
+    _state.vars["HIPNAME"] = os.path.splitext(os.path.basename(hip_path))[0]
+
+
+# --------------------------------------------------------------------------- expansion
+
+_VAR = re.compile(r"\$\{(\w+)\}|\$(F[2-9]|FF|F|OS|\w+)")
+
+
+def _expand(text: str, frame: float, node: Optional[Node]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name == "F":
+            return str(int(round(frame)))
+        if name == "FF":
+            return f"{frame:g}"
+        if re.match(r"^F[2-9]$", name):
+            return str(int(round(frame))).zfill(int(name[1]))
+        if name == "OS" and node is not None:
+            return node.name()
+        if name in _state.vars:
+            return _state.vars[name]
+        if name in os.environ:
+            return os.environ[name]
+        return m.group(0)  # Houdini leaves unknown variables as they are
+
+    return _VAR.sub(sub, text)
+
+
+# --------------------------------------------------------------------------- parms
+
+
+class Parm:
+    def __init__(self, node: Node, name: str, value: Any) -> None:
+        self._node = node
+        self._name = name
+        self._value = value
+
+    def name(self) -> str:
+        return self._name
+
+    def node(self) -> Node:
+        return self._node
+
+    def _raw(self, frame: float) -> Any:
+        return self._value(frame) if callable(self._value) else self._value
+
+    def evalAtFrame(self, frame: float) -> Any:
+        value = self._raw(frame)
+        if isinstance(value, str):
+            return _expand(value, frame, self._node)
+        return value
+
+    def evalAsStringAtFrame(self, frame: float) -> str:
+        value = self.evalAtFrame(frame)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    def eval(self) -> Any:
+        return self.evalAtFrame(_state.frame)
+
+    def evalAsString(self) -> str:
+        return self.evalAsStringAtFrame(_state.frame)
+
+    def fake_set(self, value: Any) -> None:
+        self._value = value
+
+
+class ParmTuple:
+    def __init__(self, parms: Sequence[Parm]) -> None:
+        self._parms = tuple(parms)
+
+    def eval(self) -> tuple:
+        return tuple(p.eval() for p in self._parms)
+
+    def __len__(self) -> int:
+        return len(self._parms)
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class NodeType:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def name(self) -> str:
+        return self._name
+
+
+class Node:
+    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None) -> None:
+        self._path = path
+        self._type = NodeType(type_name)
+        self._parms: Dict[str, Parm] = {}
+        self._inputs: List[Optional[Node]] = []
+        self._errors: List[str] = []
+        for k, v in (parms or {}).items():
+            self.fake_set_parm(k, v)
+
+    # -- hou.Node
+    def path(self) -> str:
+        return self._path
+
+    def name(self) -> str:
+        return self._path.rstrip("/").rsplit("/", 1)[-1]
+
+    def type(self) -> NodeType:
+        return self._type
+
+    def inputs(self) -> tuple:
+        items = list(self._inputs)
+        while items and items[-1] is None:
+            items.pop()
+        return tuple(items)
+
+    def parm(self, parm_path: str) -> Optional[Parm]:
+        return self._parms.get(parm_path)
+
+    def parmTuple(self, name: str) -> Optional[ParmTuple]:
+        members = [self._parms.get(f"{name}{i}") for i in (1, 2, 3, 4)]
+        members = [p for p in members if p is not None]
+        if members:
+            return ParmTuple(members)
+        if name in self._parms:
+            return ParmTuple([self._parms[name]])
+        return None
+
+    def node(self, node_path: str) -> Optional[Node]:
+        """The node at ``node_path``, absolute or relative to this node (``../mantra1``)."""
+        return _state.nodes.get(os.path.normpath(os.path.join(self._path, node_path)))
+
+    def errors(self) -> tuple:
+        return tuple(self._errors)
+
+    def setInput(self, input_index: int, item_to_become_input: Optional[Node], output_index: int = 0) -> None:
+        while len(self._inputs) <= input_index:
+            self._inputs.append(None)
+        self._inputs[input_index] = item_to_become_input
+
+    # -- helpers
+    def fake_set_parm(self, name: str, value: Any) -> None:
+        if name == "f" and isinstance(value, (tuple, list)):
+            for i, v in enumerate(value, 1):
+                self._parms[f"f{i}"] = Parm(self, f"f{i}", v)
+            return
+        self._parms[name] = Parm(self, name, value)
+
+    def fake_parm_names(self) -> List[str]:
+        return sorted(self._parms)
+
+
+class RopNode(Node):
+    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
+                 output_parm: Optional[str] = None) -> None:
+        super().__init__(path, type_name, parms)
+        self._bypassed = False
+        self._output_parm = output_parm  # which parm the fake "render" writes to
+        self.fake_fail_frames: Dict[int, str] = {}
+        self.fake_error_frames: Dict[int, str] = {}
+
+    def isBypassed(self) -> bool:
+        return self._bypassed
+
+    def bypass(self, on: bool) -> None:
+        self._bypassed = bool(on)
+
+    def render(self, frame_range: Sequence[float] = (), res: Sequence[float] = (), output_file: Optional[str] = None,
+               output_format: Optional[str] = None, to_flipbook: bool = False, quality: int = 2,
+               ignore_inputs: bool = False, method: Any = renderMethod.RopByRop, ignore_bypass_flags: bool = False,
+               ignore_lock_flags: bool = False, verbose: bool = False, output_progress: bool = False) -> None:
+        if frame_range:
+            start, end = frame_range[0], frame_range[1]
+            inc = frame_range[2] if len(frame_range) > 2 else 1
+        else:
+            start = end = _state.frame
+            inc = 1
+        _state.renders.append({"node": self._path, "frame_range": tuple(frame_range),
+                               "ignore_inputs": ignore_inputs})
+        self._errors = []
+        f = start
+        while f <= end + 1e-9:
+            _state.frame = f
+            frame = int(round(f))
+            if frame in self.fake_fail_frames:
+                raise OperationFailed(self.fake_fail_frames[frame])
+            if frame in self.fake_error_frames:
+                self._errors = [self.fake_error_frames[frame]]
+                return
+            if self._output_parm:
+                out = self._parms[self._output_parm].evalAsStringAtFrame(f)
+                os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+                with open(out, "w") as fh:
+                    fh.write(f"{self._path} frame {frame}\n")
+            f += inc
+
+
+def fake_create(path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
+                inputs: Sequence[Optional[Node]] = (), output_parm: Optional[str] = None, rop: bool = True) -> Node:
+    node: Node
+    if rop:
+        node = RopNode(path, type_name, parms, output_parm)
+    else:
+        node = Node(path, type_name, parms)
+    for i, n in enumerate(inputs):
+        node.setInput(i, n)
+    _state.nodes[path] = node
+    return node
+
+
+# --------------------------------------------------------------------------- module functions
+
+
+def node(path: str) -> Optional[Node]:
+    return _state.nodes.get(path)
+
+
+def selectedNodes() -> tuple:
+    return tuple(_state.selected)
+
+
+def frame() -> float:
+    return _state.frame
+
+
+def setFrame(frame: float) -> None:
+    _state.frame = float(frame)
+
+
+def isUIAvailable() -> bool:
+    return _state.ui
+
+
+def hscript(command: str) -> tuple:
+    _state.hscripts.append(command)
+    words = shlex.split(command)
+    if words[:2] == ["set", "-g"] and len(words) >= 5 and words[3] == "=":
+        _state.vars[words[2]] = " ".join(words[4:])
+        return "", ""
+    if words == ["varchange"]:
+        return "", ""
+    return "", f"Unknown command: {words[0] if words else ''}\n"
+
+
+class ui:
+    @staticmethod
+    def displayMessage(text: str, buttons: Sequence[str] = ("OK",), severity: Any = severityType.Message,
+                       default_choice: int = 0, close_choice: Optional[int] = None, help: Optional[str] = None,
+                       title: Optional[str] = None, details: Optional[str] = None,
+                       details_label: Optional[str] = None, details_expanded: bool = False) -> int:
+        if not _state.ui:
+            raise RuntimeError("hou.ui is not available without a UI")
+        _state.messages.append({"text": text, "severity": severity, "title": title, "details": details})
+        return default_choice
+
+
+def _node_specs() -> list:
+    specs = []
+    for path, n in _state.nodes.items():
+        specs.append({
+            "path": path, "type": n.type().name(), "rop": isinstance(n, RopNode),
+            "parms": {k: p._value for k, p in n._parms.items()},
+            "inputs": [i.path() if i is not None else None for i in n._inputs],
+            "bypass": n.isBypassed() if isinstance(n, RopNode) else False,
+            "output_parm": n._output_parm if isinstance(n, RopNode) else None,
+            "fail": {str(k): v for k, v in n.fake_fail_frames.items()} if isinstance(n, RopNode) else {},
+            "errors": {str(k): v for k, v in n.fake_error_frames.items()} if isinstance(n, RopNode) else {},
+        })
+    return specs
+
+
+class hipFile:
+    @staticmethod
+    def path() -> str:
+        return _state.hip_path
+
+    @staticmethod
+    def basename() -> str:
+        return os.path.basename(_state.hip_path)
+
+    @staticmethod
+    def isNewFile() -> bool:
+        return _state.new_file
+
+    @staticmethod
+    def hasUnsavedChanges() -> bool:
+        return True
+
+    @staticmethod
+    def saveAsBackup() -> str:
+        """Save the session to a numbered backup file; the session's name is unchanged."""
+        stem, ext = os.path.splitext(os.path.basename(_state.hip_path))
+        backup_dir = os.environ.get("HOUDINI_BACKUP_DIR") or os.path.join(os.path.dirname(_state.hip_path), "backup")
+        os.makedirs(backup_dir, exist_ok=True)
+        _state.backup_count += 1
+        path = os.path.join(backup_dir, f"{stem}_bak{_state.backup_count}{ext}")
+        specs = _node_specs()
+        try:  # plain values: the file holds the scene, so another process can load it
+            text = json.dumps({"fake_hou_specs": specs})
+        except TypeError:  # callables: keep them in this process, the file holds a key
+            token = uuid.uuid4().hex
+            _state.scenes[token] = specs
+            text = json.dumps({"fake_hou_scene": token})
+        with open(path, "w") as fh:
+            fh.write(text)
+        return path
+
+    @staticmethod
+    def load(file_name: str, suppress_save_prompt: bool = False, ignore_load_warnings: bool = False) -> None:
+        try:
+            with open(file_name) as fh:
+                data = json.load(fh)
+            specs = data["fake_hou_specs"] if "fake_hou_specs" in data else _state.scenes[data["fake_hou_scene"]]
+        except (OSError, ValueError, KeyError) as exc:
+            raise OperationFailed(f"Unable to open file: {file_name} ({exc})") from None
+        _state.nodes.clear()
+        for s in specs:
+            n = fake_create(s["path"], s["type"], s["parms"], output_parm=s["output_parm"], rop=s["rop"])
+            if isinstance(n, RopNode):
+                n.bypass(s["bypass"])
+                n.fake_fail_frames = {int(k): v for k, v in s["fail"].items()}
+                n.fake_error_frames = {int(k): v for k, v in s["errors"].items()}
+        for s in specs:
+            for i, p in enumerate(s["inputs"]):
+                _state.nodes[s["path"]].setInput(i, _state.nodes[p] if p else None)
+        _set_hip(file_name)
+        _state.new_file = False

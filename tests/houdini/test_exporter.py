@@ -1,0 +1,344 @@
+"""The exporter (hpcdock.houdini) against the fake hou: bundles, errors, frame rules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_submit_node, set_multiparm
+from hpcdock import houdini
+from openjd.model import (
+    StepParameterSpaceIterator,
+    create_job,
+    decode_job_template,
+    preprocess_job_parameters,
+)
+
+
+def _scene(hou, submit_range=(1, 10, 1), **submit):
+    geo = hou.fake_create("/out/geo1", "geometry",
+                          {"trange": 1, "f": (1.0, 10.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+                          output_parm="sopoutput")
+    mantra = hou.fake_create("/out/mantra1", "ifd",
+                             {"trange": 1, "f": (1.0, 10.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
+                             inputs=[geo], output_parm="vm_picture")
+    values = {"image": "hpcdock/houdini:20.5", "frames_per_task": 4, "gpus_per_task": 1}
+    values.update(submit)
+    node = make_submit_node(inputs=[mantra], trange=1, f=tuple(float(v) for v in submit_range), **values)
+    return geo, mantra, node
+
+
+def _load(bundle: Path):
+    def read(name):
+        return yaml.safe_load((bundle / name).read_text())
+
+    return read("template.yaml"), read("parameter_values.yaml"), read("hpcdock.yaml")
+
+
+def _openjd(bundle: Path):
+    """Validate and expand the bundle the way hpcdock-service does."""
+    template, values, _ = _load(bundle)
+    jt = decode_job_template(template=template, supported_extensions=["TASK_CHUNKING"])
+    params = preprocess_job_parameters(
+        job_template=jt,
+        job_parameter_values={v["name"]: str(v["value"]) for v in values["parameterValues"]},
+        job_template_dir=bundle,
+        current_working_dir=bundle,
+    )
+    job = create_job(job_template=jt, job_parameter_values=params)
+    tasks = {}
+    for step in job.steps:
+        tasks[step.name] = [{k: v.value for k, v in t.items()} for t in StepParameterSpaceIterator(space=step.parameterSpace)]
+    return job, tasks
+
+
+def _frames(expr: str):
+    from hpcdock.farm.render import parse_frames
+
+    return parse_frames(expr)
+
+
+# --------------------------------------------------------------------------- the main case
+
+
+def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, project, client, tmp_path):
+    geo, mantra, node = _scene(hou)
+    result = houdini.submit_node(node)
+
+    assert result == {"id": 42, "state": "queued"}
+    assert len(client.calls) == 1
+    bundle = Path(client.calls[0]["bundle_dir"])
+    assert bundle.parent == project / "hpcdock_jobs"
+
+    job, tasks = _openjd(bundle)
+    assert [s.name for s in job.steps] == ["geo1", "mantra1"]
+    assert job.steps[0].dependencies is None
+    assert [d.dependsOn for d in job.steps[1].dependencies] == ["geo1"]
+    for step in job.steps:
+        assert step.hostRequirements.amounts[0].name == "amount.worker.gpu"
+        assert step.hostRequirements.amounts[0].min == 1
+
+    template, _, settings = _load(bundle)
+    for step in template["steps"]:
+        (param,) = step["parameterSpace"]["taskParameterDefinitions"]
+        assert param["type"] == "CHUNK[INT]"
+        assert param["chunks"] == {"defaultTaskCount": 4, "rangeConstraint": "CONTIGUOUS"}
+        args = step["script"]["actions"]["onRun"]["args"]
+        assert args[:2] == ["hpcdock_farm/render.py", "--hip"]
+        assert "--rop" in args and args[args.index("--rop") + 1] == f"/out/{step['name']}"
+
+    # Chunks: contiguous, at most 4 frames, together exactly frames 1-10, per step.
+    for name in ("geo1", "mantra1"):
+        chunks = [_frames(t["Frame"]) for t in tasks[name]]
+        assert all(1 <= len(c) <= 4 and c == list(range(c[0], c[-1] + 1)) for c in chunks)
+        assert sorted(f for c in chunks for f in c) == list(range(1, 11))
+
+    # Per-frame outputs: the final step's pattern is the default, the cache step overrides.
+    assert settings["image"] == "hpcdock/houdini:20.5"
+    assert settings["frames"]["parameter"] == "Frame"
+    assert settings["frames"]["output"] == f"{project}/render/ball.{{frame:04d}}.exr"
+    assert settings["frames"]["steps"] == {"geo1": f"{project}/geo/shot.{{frame:04d}}.bgeo.sc"}
+    for f in range(1, 11):
+        assert settings["frames"]["output"].format(frame=f) == mantra.parm("vm_picture").evalAsStringAtFrame(f)
+        assert settings["frames"]["steps"]["geo1"].format(frame=f) == geo.parm("sopoutput").evalAsStringAtFrame(f)
+
+    assert settings["mounts"] == [{"source": str(project), "target": str(project), "readonly": False}]
+    assert settings["network"] is False
+    assert settings["priority"] == 50 and settings["max_attempts"] == 2
+    assert settings["name"] == "shot"
+
+    # The farm script and markers travel with the bundle; the snapshot keeps the scene's name.
+    assert (bundle / "hpcdock_farm" / "render.py").is_file()
+    assert (bundle / "hpcdock_farm" / "markers.py").is_file()
+    assert (bundle / "hpcdock_farm" / "husk.py").is_file()
+    assert (bundle / "hip" / "shot.hip").is_file()
+    # The artist's file is untouched, still current, and no backup is left behind.
+    assert hou.hipFile.path() == str(project / "shot.hip")
+    assert (project / "shot.hip").read_text() == "artist's file\n"
+    assert os.listdir(project / "backup") == []
+
+    assert hou.fake_state().messages[-1]["severity"] is hou.severityType.Message
+    assert "Submitted job 42" in hou.fake_state().messages[-1]["text"]
+
+
+def test_save_bundle_writes_without_submitting(hou, project, client):
+    _scene(hou)
+    bundle = houdini.save_bundle(hou.node("/out/hpcdock_submit1"))
+    assert bundle and os.path.isfile(os.path.join(bundle, "template.yaml"))
+    assert client.calls == []
+    _openjd(Path(bundle))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _assert_refused(hou, client, project, text):
+    msg = hou.fake_state().messages[-1]
+    assert msg["severity"] is hou.severityType.Error
+    assert text in msg["text"]
+    assert client.calls == []
+    assert not (project / "hpcdock_jobs").exists()
+
+
+def test_unsaved_scene_is_refused(hou, project, client):
+    *_, node = _scene(hou)
+    hou.fake_state().new_file = True
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "Save the scene first")
+
+
+def test_missing_image_is_refused(hou, project, client):
+    *_, node = _scene(hou, image="")
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "No container image is set")
+
+
+def test_empty_frame_range_is_refused(hou, project, client):
+    *_, node = _scene(hou, submit_range=(10, 1, 1))
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "empty frame range")
+
+
+def test_strict_range_with_no_requested_frame_is_refused(hou, project, client):
+    geo, _, node = _scene(hou, submit_range=(1, 10, 1))
+    geo.fake_set_parm("trange", 2)
+    geo.fake_set_parm("f", (20.0, 30.0, 1.0))
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "empty frame range for /out/geo1")
+
+
+def test_cycle_in_rop_graph_is_refused(hou, project, client):
+    geo, mantra, node = _scene(hou)
+    geo.setInput(0, mantra)
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "cycle")
+    assert "/out/geo1" in hou.fake_state().messages[-1]["text"]
+
+
+def test_nothing_connected_is_refused(hou, project, client):
+    node = make_submit_node(image="img")
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, "Nothing to render")
+
+
+def test_service_down_keeps_the_bundle_and_says_how_to_submit_later(hou, project, client):
+    *_, node = _scene(hou)
+    client.fail = ConnectionError("connection refused")
+    assert houdini.submit_node(node) is None
+    msg = hou.fake_state().messages[-1]
+    assert msg["severity"] is hou.severityType.Error and "hpcdock submit" in msg["text"]
+    assert len(os.listdir(project / "hpcdock_jobs")) == 1
+
+
+def test_without_ui_errors_are_printed(hou, project, client, capsys):
+    *_, node = _scene(hou, image="")
+    hou.fake_state().ui = False
+    assert houdini.submit_node(node) is None
+    assert "No container image is set" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- frame rules
+
+
+def test_frames_follow_houdinis_request_rule(hou, project, client):
+    geo, mantra, node = _scene(hou, submit_range=(5, 8, 1))
+    geo.fake_set_parm("trange", 2)  # strict: only its own 1-6
+    geo.fake_set_parm("f", (1.0, 6.0, 1.0))
+    job, _ = houdini.build_job([node], houdini.read_settings(node), node)
+    frames = {s.name: s.frames for s in job.steps}
+    assert frames == {"geo1": [5, 6], "mantra1": [5, 6, 7, 8]}
+
+
+def test_render_current_frame(hou, project, client):
+    _, _, node = _scene(hou)
+    node.fake_set_parm("trange", 0)
+    hou.setFrame(17)
+    job, _ = houdini.build_job([node], houdini.read_settings(node), node)
+    assert {s.name: s.frames for s in job.steps} == {"geo1": [17], "mantra1": [17]}
+
+
+def test_frame_increment_and_fractional_frames(hou, project, client, tmp_path):
+    _, _, node = _scene(hou, submit_range=(1, 9, 2))
+    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
+    assert job.steps[0].frames == [1, 3, 5, 7, 9]
+    _, tasks = _openjd(Path(bundle))
+    assert sorted(f for t in tasks["mantra1"] for f in _frames(t["Frame"])) == [1, 3, 5, 7, 9]
+    node.fake_set_parm("f", (1.0, 2.0, 0.5))
+    with pytest.raises(houdini.SubmitError, match="fractional"):
+        houdini.build_job([node], houdini.read_settings(node), node)
+
+
+def test_bypass_merge_and_fetch(hou, project, client):
+    a = hou.fake_create("/out/a", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/a.$F.bgeo"})
+    b = hou.fake_create("/out/b", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/b.$F.bgeo"},
+                        inputs=[a])
+    b.bypass(True)  # renders nothing, passes on
+    merge = hou.fake_create("/out/merge1", "merge", {}, inputs=[b, None])
+    target = hou.fake_create("/obj/geo1/rop_alembic1", "rop_alembic", {"trange": 1, "f": (1.0, 2.0, 1.0),
+                                                                        "filename": "$HIP/cache.abc"})
+    fetch = hou.fake_create("/out/fetch1", "fetch", {"source": "/obj/geo1/rop_alembic1"})
+    final = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0),
+                                                     "picture": "$HIP/render/k.$F4.exr"}, inputs=[merge, fetch])
+    node = make_submit_node(inputs=[final], image="img", f=(1.0, 2.0, 1.0))
+    job, warnings = houdini.build_job([node], houdini.read_settings(node), node)
+    assert [(s.name, s.rop, s.dependencies) for s in job.steps] == [
+        ("a", "/out/a", []),
+        ("rop_alembic1", "/obj/geo1/rop_alembic1", []),
+        ("karma1", "/out/karma1", ["a", "rop_alembic1"]),
+    ]
+    assert target is not None
+    # One Alembic file for all frames: no per-frame pattern, and no default that it could inherit.
+    assert any("does not change with the frame" in w for w in warnings)
+    settings = houdini.B.build_hpcdock(job, "/nonexistent")
+    assert "output" not in settings["frames"]
+    assert settings["frames"]["steps"] == {"a": f"{project}/a.{{frame}}.bgeo",
+                                           "karma1": f"{project}/render/k.{{frame:04d}}.exr"}
+
+
+def test_unknown_rop_type_is_submitted_with_a_warning(hou, project, client):
+    shell = hou.fake_create("/out/shell1", "shell", {"trange": 1, "f": (1.0, 3.0, 1.0)})
+    node = make_submit_node(inputs=[shell], image="img", f=(1.0, 3.0, 1.0))
+    job, warnings = houdini.build_job([node], houdini.read_settings(node), node)
+    assert [s.name for s in job.steps] == ["shell1"] and job.steps[0].output_pattern is None
+    assert warnings == ["/out/shell1: ROP type 'shell' is submitted without per-frame output paths"]
+
+
+def test_single_step_mode_renders_inputs_in_the_task(hou, project, client, tmp_path):
+    *_, node = _scene(hou, separate_steps=0)
+    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
+    assert [s.name for s in job.steps] == ["mantra1"]
+    template, _, _ = _load(Path(bundle))
+    assert template["steps"][0]["script"]["actions"]["onRun"]["args"][-1] == "--with-inputs"
+    _openjd(Path(bundle))
+
+
+def test_settings_env_mounts_network_priority(hou, project, client, tmp_path):
+    *_, node = _scene(hou, network=1, priority=80, max_retries=3, task_timeout=600, gpus_per_task=0,
+                      service_url="http://127.0.0.1:9999", job_name="ballshot")
+    set_multiparm(node, "envvars", [{"envname#": "HOUDINI_LMINFO_VERBOSE", "envvalue#": "1"},
+                                    {"envname#": "", "envvalue#": "ignored"}])
+    set_multiparm(node, "mounts", [{"mountpath#": "/srv/textures"}, {"mountpath#": "/srv/cache", "mountro#": 0}])
+    houdini.submit_node(node)
+    assert client.calls[0]["url"] == "http://127.0.0.1:9999"
+    bundle = Path(client.calls[0]["bundle_dir"])
+    assert bundle.name.startswith("ballshot-")
+    template, _, settings = _load(bundle)
+    assert settings["env"] == {"HOUDINI_LMINFO_VERBOSE": "1"}
+    assert settings["mounts"][1:] == [{"source": "/srv/textures", "target": "/srv/textures", "readonly": True},
+                                      {"source": "/srv/cache", "target": "/srv/cache", "readonly": False}]
+    assert settings["network"] is True and settings["priority"] == 80 and settings["max_attempts"] == 4
+    assert all("hostRequirements" not in s for s in template["steps"])
+    assert all(s["script"]["actions"]["onRun"]["timeout"] == 600 for s in template["steps"])
+    _openjd(bundle)
+
+
+# --------------------------------------------------------------------------- shelf and render hook
+
+
+def test_shelf_submits_selected_rops_with_environment_defaults(hou, project, client, monkeypatch):
+    geo, mantra, _ = _scene(hou)
+    hou.fake_state().selected = [mantra]
+    monkeypatch.delenv("HPCDOCK_IMAGE", raising=False)
+    assert houdini.submit_selected() is None
+    assert "HPCDOCK_IMAGE" in hou.fake_state().messages[-1]["text"] and client.calls == []
+    monkeypatch.setenv("HPCDOCK_IMAGE", "img:1")
+    assert houdini.submit_selected()["id"] == 42
+    _, _, settings = _load(Path(client.calls[0]["bundle_dir"]))
+    assert settings["image"] == "img:1"
+
+
+def test_shelf_with_nothing_selected_warns(hou, project, client):
+    hou.fake_state().selected = []
+    assert houdini.submit_selected() is None
+    assert hou.fake_state().messages[-1]["severity"] is hou.severityType.Warning
+
+
+def test_rendering_the_node_submits_once_through_soho(hou, project, client, monkeypatch):
+    *_, node = _scene(hou, submit_range=(3, 6, 1))
+    soho = types.ModuleType("soho")
+
+    class _Driver:
+        def getName(self):
+            return node.path()
+
+    soho.getOutputDriver = lambda: _Driver()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "soho", soho)
+    from hpcdock import rop
+
+    for frame in (3, 4, 5, 6):  # SOHO runs the program once per frame
+        hou.setFrame(frame)
+        rop.soho_render()
+    assert len(client.calls) == 1
+
+
+def test_hda_callbacks_reach_the_exporter(hou, project, client):
+    *_, node = _scene(hou)
+    from hpcdock import rop
+
+    assert rop.on_submit({"node": node})["id"] == 42
+    assert rop.on_save_bundle({"node": node})
+    assert len(client.calls) == 1

@@ -1,0 +1,181 @@
+"""The farm-side render script with the fake hou: markers, $HIP, failures, husk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HERE, make_submit_node
+from hpcdock import houdini
+from hpcdock.farm import render
+from hpcdock.farm.husk import husk_argv
+from hpcdock.markers import parse_marker
+
+
+def _export(hou, project, tmp_path, fail=None, error=None):
+    geo = hou.fake_create("/out/geo1", "geometry",
+                          {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+                          output_parm="sopoutput")
+    mantra = hou.fake_create("/out/mantra1", "ifd",
+                             {"trange": 1, "f": (1.0, 4.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
+                             inputs=[geo], output_parm="vm_picture")
+    if fail:
+        mantra.fake_fail_frames[fail[0]] = fail[1]
+    if error:
+        mantra.fake_error_frames[error[0]] = error[1]
+    node = make_submit_node(inputs=[mantra], image="img", f=(1.0, 4.0, 1.0))
+    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "bundle"))
+    return Path(bundle), job
+
+
+def _markers(out: str):
+    return [(m.kind, m.frame, m.detail) for m in map(parse_marker, out.splitlines()) if m]
+
+
+def _run_in_container(hou, bundle: Path, args):
+    """Like the container: a fresh session, the bundle as working directory."""
+    hou.fake_reset()
+    cwd = os.getcwd()
+    os.chdir(bundle)
+    try:
+        return render.main(args, hou_module=hou)
+    finally:
+        os.chdir(cwd)
+
+
+def test_renders_chunk_with_markers_and_outputs_under_the_project(hou, project, tmp_path, capsys):
+    bundle, job = _export(hou, project, tmp_path)
+    step = job.steps[1]
+    rc = _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(project),
+                                         "--rop", step.rop, "--frames", "2-4"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert _markers(out) == [
+        ("frame-start", 2, ""), ("frame-done", 2, f"{project}/render/ball.0002.exr"),
+        ("frame-start", 3, ""), ("frame-done", 3, f"{project}/render/ball.0003.exr"),
+        ("frame-start", 4, ""), ("frame-done", 4, f"{project}/render/ball.0004.exr"),
+    ]
+    assert [ln for ln in out.splitlines() if ln.startswith("ALF_PROGRESS")] == [
+        "ALF_PROGRESS 33%", "ALF_PROGRESS 67%", "ALF_PROGRESS 100%"]
+    for f in (2, 3, 4):
+        assert (project / "render" / f"ball.{f:04d}.exr").is_file()
+        assert step.output_pattern.format(frame=f) == f"{project}/render/ball.{f:04d}.exr"
+    # $HIP was pointed back at the project, not left at the snapshot's directory.
+    assert not (bundle / "hip" / "render").exists()
+    assert hou.fake_state().vars["HIP"] == str(project)
+    assert hou.fake_state().vars["HIPNAME"] == "shot"
+    assert [r["ignore_inputs"] for r in hou.fake_state().renders] == [True, True, True]
+    assert [r["frame_range"] for r in hou.fake_state().renders] == [(2, 2), (3, 3), (4, 4)]
+
+
+def test_a_failed_frame_stops_the_chunk_and_exits_non_zero(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path, fail=(3, "mantra: license\nnot found"))
+    rc = _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(project),
+                                         "--rop", "/out/mantra1", "--frames", "1-4"])
+    assert rc == 1
+    markers = _markers(capsys.readouterr().out)
+    assert markers[-1] == ("frame-failed", 3, "mantra: license not found")
+    assert ("frame-start", 4, "") not in markers
+    assert [m[1] for m in markers if m[0] == "frame-done"] == [1, 2]
+
+
+def test_node_errors_after_render_fail_the_frame(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path, error=(2, "cannot open camera"))
+    rc = _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(project),
+                                         "--rop", "/out/mantra1", "--frames", "2"])
+    assert rc == 1
+    assert _markers(capsys.readouterr().out)[-1] == ("frame-failed", 2, "cannot open camera")
+
+
+def test_missing_output_fails_the_frame(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path)
+    hou.fake_reset()
+    rc = render.main(["--hip", str(bundle / "hip" / "shot.hip"), "--hip-dir", str(project), "--rop", "/out/mantra1",
+                      "--frames", "1"], hou_module=_NoWriteHou(hou))
+    assert rc == 1
+    assert _markers(capsys.readouterr().out)[-1] == ("frame-failed", 1,
+                                                     f"output not written: {project}/render/ball.0001.exr")
+
+
+class _NoWriteHou:
+    """The fake hou, but the loaded ROP writes no file."""
+
+    def __init__(self, hou):
+        self._hou = hou
+
+    def __getattr__(self, name):
+        return getattr(self._hou, name)
+
+    def node(self, path):
+        n = self._hou.node(path)
+        n._output_parm = None
+        return n
+
+
+def test_scene_that_will_not_load_fails_every_frame(hou, tmp_path, capsys):
+    rc = render.main(["--hip", str(tmp_path / "missing.hip"), "--rop", "/out/x", "--frames", "1-2"], hou_module=hou)
+    assert rc == 2
+    assert [m[:2] for m in _markers(capsys.readouterr().out)] == [("frame-failed", 1), ("frame-failed", 2)]
+
+
+def test_missing_rop_and_bad_arguments(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path)
+    assert _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--rop", "/out/nope", "--frames", "1"]) == 2
+    assert render.main(["--frames", "1"], hou_module=hou) == 2
+    assert render.main(["--hip", "x", "--rop", "/out/x", "--frames", "3-1"], hou_module=hou) == 2
+
+
+@pytest.mark.parametrize("expr,frames", [("7", [7]), ("1-4", [1, 2, 3, 4]), ("1-9:4", [1, 5, 9]),
+                                         ("1-2,5,8-9", [1, 2, 5, 8, 9]), ("-2--1", [-2, -1])])
+def test_parse_frames(expr, frames):
+    assert render.parse_frames(expr) == frames
+
+
+@pytest.mark.parametrize("bad", ["", "a", "1-", "5-1", "1-9:0"])
+def test_parse_frames_rejects(bad):
+    with pytest.raises(ValueError):
+        render.parse_frames(bad)
+
+
+def test_bundle_copy_runs_standalone_without_the_plugin(hou, project, tmp_path):
+    """``hython hpcdock_farm/render.py`` in the container: no hpcdock package, a hou module."""
+    bundle, _ = _export(hou, project, tmp_path)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "hou.py").write_text(f"import sys\nsys.path.insert(0, {HERE!r})\nfrom fake_hou import *\n")
+    env = dict(os.environ, PYTHONPATH=str(shim))
+    # -S: no site-packages, so the installed hpcdock package cannot be imported.
+    proc = subprocess.run([sys.executable, "-S", "hpcdock_farm/render.py", "--hip", "hip/shot.hip", "--hip-dir",
+                           str(project), "--rop", "/out/geo1", "--frames", "1-2"],
+                          cwd=bundle, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert _markers(proc.stdout)[-1] == ("frame-done", 2, f"{project}/geo/shot.0002.bgeo.sc")
+    assert (project / "geo" / "shot.0002.bgeo.sc").is_file()
+
+
+def test_husk_argv():
+    assert husk_argv("scene.usd", 12, output="/r/b.0012.exr", renderer="BRAY_HdKarma", settings="/Render/rs") == [
+        "husk", "--frame", "12", "--frame-count", "1", "--frame-inc", "1", "--renderer", "BRAY_HdKarma",
+        "--settings", "/Render/rs", "--output", "/r/b.0012.exr", "scene.usd"]
+    with pytest.raises(ValueError):
+        husk_argv("", 1)
+
+
+def test_husk_mode_runs_husk_per_frame(tmp_path, capsys):
+    fake_husk = tmp_path / "husk"
+    fake_husk.write_text("#!/bin/sh\n# writes the file after --output\nwhile [ $# -gt 0 ]; do\n"
+                         "  if [ \"$1\" = --output ]; then echo img > \"$2\"; fi; shift\ndone\n")
+    fake_husk.chmod(0o755)
+    out = tmp_path / "out" / "b.{frame:04d}.exr"
+    rc = render.main(["--husk", "scene.usd", "--husk-bin", str(fake_husk), "--output", str(out),
+                      "--frames", "1-2"])
+    assert rc == 0
+    assert _markers(capsys.readouterr().out) == [
+        ("frame-start", 1, ""), ("frame-done", 1, str(out).format(frame=1)),
+        ("frame-start", 2, ""), ("frame-done", 2, str(out).format(frame=2))]
+    fake_husk.write_text("#!/bin/sh\nexit 3\n")
+    assert render.main(["--husk", "scene.usd", "--husk-bin", str(fake_husk), "--frames", "1"]) == 1
+    assert "husk exited with status 3" in capsys.readouterr().out
