@@ -1,7 +1,6 @@
 """Reports which Qt binding the Qt tests ran on, or why they were skipped."""
 
 import pytest
-
 import qtenv
 
 

@@ -4,8 +4,6 @@ import queue
 
 import pytest
 from fakes import PNG, make_frame, make_job, make_task
-from qtpy import QtGui
-
 from hpcdock.client import Event
 from hpcdock.panel.models import (
     OBJECT_ROLE,
@@ -21,6 +19,7 @@ from hpcdock.panel.models import (
 )
 from hpcdock.panel.qt import BACKGROUND, DISPLAY, TOOLTIP
 from hpcdock.panel.worker import EventPump, decode_thumbnail
+from qtpy import QtGui
 
 pytestmark = pytest.mark.qt
 
@@ -223,7 +222,7 @@ def test_pump_stops_at_its_budget(qtbot):
     for i in range(1, 1001):
         inbox.put(("event", Event(i, "frame", {"frame": make_frame(i)})))
     first = pump.drain()
-    assert first == 256  # checks the clock every 256 events
+    assert first == 64  # checks the clock every 64 events
     total = first
     while not inbox.empty():
         total += pump.drain()

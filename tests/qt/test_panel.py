@@ -8,14 +8,13 @@ import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import hpcdock
 import pytest
 from fakes import FakeService, make_frame, make_job, make_task
-from qtpy import QtCore, QtWidgets
-
-import hpcdock
 from hpcdock.panel import Host, create_panel
 from hpcdock.panel import service as launcher
 from hpcdock.panel.widgets import MonitorPanel
+from qtpy import QtCore, QtWidgets
 
 pytestmark = pytest.mark.qt
 ROOT = Path(__file__).resolve().parents[2]

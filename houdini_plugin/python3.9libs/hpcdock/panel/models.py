@@ -238,7 +238,7 @@ class ThumbnailCache:
 
     def __init__(self, capacity: int = 3000) -> None:
         self.capacity = capacity
-        self._items: "OrderedDict[Tuple[Any, ...], Any]" = OrderedDict()
+        self._items: OrderedDict[Tuple[Any, ...], Any] = OrderedDict()
         self.missing: set = set()  # keys the service had no thumbnail for
         self.pending: set = set()  # requested, not answered yet
 
@@ -280,6 +280,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._sort: List[Tuple[int, int, str]] = []
         self._index: Dict[FrameKey, int] = {}
         self._evid: Dict[FrameKey, int] = {}
+        self._counts: Dict[str, int] = {}
         self.tasks: Dict[int, JSON] = {}
 
     # -- Qt API -------------------------------------------------------------------------
@@ -355,11 +356,16 @@ class FramesModel(QtCore.QAbstractListModel):
         return list(self._frames)
 
     def counts(self) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for frame in self._frames:
-            state = frame.get("state") or "?"
-            out[state] = out.get(state, 0) + 1
-        return out
+        """Frames per state (kept up to date as frames are applied)."""
+        return {k: v for k, v in self._counts.items() if v}
+
+    def _count(self, old: Optional[JSON], new: JSON) -> None:
+        counts = self._counts
+        if old is not None:
+            state = old.get("state") or "?"
+            counts[state] = counts.get(state, 0) - 1
+        state = new.get("state") or "?"
+        counts[state] = counts.get(state, 0) + 1
 
     def outputs(self, step: Optional[str] = None) -> List[str]:
         return [f["output"] for f in self._frames
@@ -378,6 +384,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self.job_id = job_id
         self._steps = {name: i for i, name in enumerate(steps)}
         self._frames, self._sort, self._index, self._evid = [], [], {}, {}
+        self._counts = {}
         self.tasks = {}
         self.endResetModel()
 
@@ -411,6 +418,8 @@ class FramesModel(QtCore.QAbstractListModel):
                         old.get("state") == "done" and frame.get("state") != "done"):
                     self.cache.missing.discard(self.thumb_key(old))
                 self._frames[row] = frame
+                if old.get("state") != frame.get("state"):
+                    self._count(old, frame)
                 updated.append(row)
                 if event_ids is not None:
                     self._evid[key] = event_ids[i]
@@ -421,6 +430,8 @@ class FramesModel(QtCore.QAbstractListModel):
         for first, last in ranges(updated):
             self.dataChanged.emit(self.index(first), self.index(last))
         if new:
+            for frame in new.values():
+                self._count(None, frame)
             self._insert(list(new.values()))
             self._evid.update(new_ids)
         return len(updated) + len(new)

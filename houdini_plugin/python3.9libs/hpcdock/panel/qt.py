@@ -47,5 +47,5 @@ ALIGN_CENTER = qenum(Qt, "AlignmentFlag", "AlignCenter")
 
 
 def exec_app(app: Any) -> int:
-    runner = getattr(app, "exec", None) or getattr(app, "exec_")
+    runner = getattr(app, "exec", None) or app.exec_
     return int(runner() or 0)

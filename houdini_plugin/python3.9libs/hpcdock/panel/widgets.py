@@ -36,10 +36,15 @@ from .worker import (
 QStyle = QtWidgets.QStyle
 CELL = QtCore.QSize(72, 54)
 ACTIVE_TASK_STATES = ("running", "pending")
+INBOX_SIZE = 4000
+
+
+_SELECTED = qenum(QStyle, "StateFlag", "State_Selected")
+_KEEP_ASPECT = qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio")
 
 
 def _state_selected(option: Any) -> bool:
-    return bool(option.state & qenum(QStyle, "StateFlag", "State_Selected"))
+    return bool(option.state & _SELECTED)
 
 
 class ProgressDelegate(QtWidgets.QStyledItemDelegate):
@@ -90,7 +95,7 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         painter.fillRect(rect, color)
         if image is not None and not image.isNull():
             inner = rect.adjusted(2, 2, -2, -2)
-            size = image.size().scaled(inner.size(), qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"))
+            size = image.size().scaled(inner.size(), _KEEP_ASPECT)
             x = inner.x() + (inner.width() - size.width()) // 2
             y = inner.y() + (inner.height() - size.height()) // 2
             painter.drawImage(QtCore.QRect(x, y, size.width(), size.height()), image)
@@ -99,7 +104,7 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
             painter.fillRect(bar, QtGui.QColor("#9cc7ff"))
         painter.setPen(self._text)
         text_rect = rect.adjusted(3, 0, -3, -2)
-        painter.drawText(text_rect, _align_bottom_left(), str(frame.get("frame", "")))
+        painter.drawText(text_rect, _BOTTOM_LEFT, str(frame.get("frame", "")))
         if _state_selected(option):
             pen = QtGui.QPen(self._highlight)
             pen.setWidth(2)
@@ -108,27 +113,203 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         painter.restore()
 
 
-def _align_bottom_left() -> Any:
-    return qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(QtCore.Qt, "AlignmentFlag", "AlignBottom")
+_BOTTOM_LEFT = qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(QtCore.Qt, "AlignmentFlag", "AlignBottom")
 
 
-class FrameView(QtWidgets.QListView):
-    """A wrapping grid of uniform cells; cheap to relayout with 10,000 frames."""
+class FrameView(QtWidgets.QAbstractItemView):
+    """A grid of uniform cells, one per row of a list model, row-major.
+
+    Where a cell is follows from its row by arithmetic, so inserting 10,000 frames costs
+    no layout pass (a QListView lays every item out again on each insert), and a paint
+    touches only the cells in view.
+    """
 
     def __init__(self, parent: Optional[QtWidgets.QWidget] = None, cell: QtCore.QSize = CELL) -> None:
         super().__init__(parent)
-        self.setViewMode(qenum(QtWidgets.QListView, "ViewMode", "ListMode"))
-        self.setFlow(qenum(QtWidgets.QListView, "Flow", "LeftToRight"))
-        self.setWrapping(True)
-        self.setResizeMode(qenum(QtWidgets.QListView, "ResizeMode", "Adjust"))
-        self.setUniformItemSizes(True)
-        self.setLayoutMode(qenum(QtWidgets.QListView, "LayoutMode", "Batched"))
-        self.setBatchSize(2000)
-        self.setSpacing(1)
-        self.setMovement(qenum(QtWidgets.QListView, "Movement", "Static"))
-        self.setSelectionMode(qenum(QtWidgets.QAbstractItemView, "SelectionMode", "ExtendedSelection"))
-        self.setMouseTracking(True)
+        self.cell = cell
         self.setItemDelegate(FrameDelegate(self, cell))
+        self.setSelectionMode(qenum(QtWidgets.QAbstractItemView, "SelectionMode", "ExtendedSelection"))
+        self.setSelectionBehavior(qenum(QtWidgets.QAbstractItemView, "SelectionBehavior", "SelectItems"))
+        self.setMouseTracking(True)
+        self.verticalScrollBar().setSingleStep(cell.height())
+        self.setHorizontalScrollBarPolicy(qenum(QtCore.Qt, "ScrollBarPolicy", "ScrollBarAlwaysOff"))
+
+    # -- geometry -----------------------------------------------------------------------
+    def columns(self) -> int:
+        return max(1, self.viewport().width() // self.cell.width())
+
+    def _count(self) -> int:
+        model = self.model()
+        return model.rowCount() if model is not None else 0
+
+    def _rect_of_row(self, row: int) -> QtCore.QRect:
+        cols = self.columns()
+        x = (row % cols) * self.cell.width()
+        y = (row // cols) * self.cell.height() - self.verticalScrollBar().value()
+        return QtCore.QRect(x, y, self.cell.width(), self.cell.height())
+
+    def visualRect(self, index: QtCore.QModelIndex) -> QtCore.QRect:
+        if not index.isValid() or index.row() >= self._count():
+            return QtCore.QRect()
+        return self._rect_of_row(index.row())
+
+    def indexAt(self, point: QtCore.QPoint) -> QtCore.QModelIndex:
+        model = self.model()
+        if model is None or point.x() < 0:
+            return QtCore.QModelIndex()
+        cols = self.columns()
+        col = point.x() // self.cell.width()
+        if col >= cols:
+            return QtCore.QModelIndex()
+        line = (point.y() + self.verticalScrollBar().value()) // self.cell.height()
+        row = line * cols + col
+        if point.y() + self.verticalScrollBar().value() < 0 or row >= self._count():
+            return QtCore.QModelIndex()
+        return model.index(row, 0)
+
+    def scrollTo(self, index: QtCore.QModelIndex, hint: Any = None) -> None:
+        if not index.isValid():
+            return
+        rect = self._rect_of_row(index.row())
+        bar = self.verticalScrollBar()
+        if rect.top() < 0:
+            bar.setValue(bar.value() + rect.top())
+        elif rect.bottom() > self.viewport().height():
+            bar.setValue(bar.value() + rect.bottom() - self.viewport().height() + 1)
+
+    def horizontalOffset(self) -> int:
+        return 0
+
+    def verticalOffset(self) -> int:
+        return self.verticalScrollBar().value()
+
+    def isIndexHidden(self, index: QtCore.QModelIndex) -> bool:
+        return False
+
+    def updateGeometries(self) -> None:
+        lines = -(-self._count() // self.columns())
+        bar = self.verticalScrollBar()
+        page = self.viewport().height()
+        bar.setPageStep(max(self.cell.height(), page))
+        bar.setRange(0, max(0, lines * self.cell.height() - page))
+        super().updateGeometries()
+
+    def moveCursor(self, action: Any, modifiers: Any) -> QtCore.QModelIndex:
+        model = self.model()
+        count = self._count()
+        if model is None or not count:
+            return QtCore.QModelIndex()
+        current = self.currentIndex()
+        row = current.row() if current.isValid() else 0
+        cols = self.columns()
+        page = max(1, self.viewport().height() // self.cell.height()) * cols
+        moves = {"MoveLeft": -1, "MoveRight": 1, "MoveUp": -cols, "MoveDown": cols, "MovePrevious": -1,
+                 "MoveNext": 1, "MovePageUp": -page, "MovePageDown": page}
+        for name, delta in moves.items():
+            if action == qenum(QtWidgets.QAbstractItemView, "CursorAction", name):
+                row += delta
+                break
+        else:
+            if action == qenum(QtWidgets.QAbstractItemView, "CursorAction", "MoveHome"):
+                row = 0
+            elif action == qenum(QtWidgets.QAbstractItemView, "CursorAction", "MoveEnd"):
+                row = count - 1
+        return model.index(min(max(row, 0), count - 1), 0)
+
+    def _rows_in(self, rect: QtCore.QRect) -> List[int]:
+        """Rows whose cells intersect ``rect`` (viewport coordinates)."""
+        count = self._count()
+        if not count:
+            return []
+        cols = self.columns()
+        off = self.verticalScrollBar().value()
+        top = max(0, (rect.top() + off) // self.cell.height())
+        bottom = (rect.bottom() + off) // self.cell.height()
+        left = max(0, rect.left() // self.cell.width())
+        right = min(cols - 1, rect.right() // self.cell.width())
+        rows: List[int] = []
+        for line in range(top, bottom + 1):
+            first = line * cols + left
+            if first >= count:
+                break
+            rows.extend(range(first, min(line * cols + right + 1, count)))
+        return rows
+
+    def setSelection(self, rect: QtCore.QRect, flags: Any) -> None:
+        model = self.model()
+        if model is None:
+            return
+        selection = QtCore.QItemSelection()
+        for first, last in _runs(self._rows_in(rect.normalized())):
+            selection.select(model.index(first, 0), model.index(last, 0))
+        self.selectionModel().select(selection, flags)
+
+    def visualRegionForSelection(self, selection: QtCore.QItemSelection) -> QtGui.QRegion:
+        region = QtGui.QRegion()
+        viewport = self.viewport().rect()
+        for rng in selection:
+            for row in range(rng.top(), rng.bottom() + 1):
+                rect = self._rect_of_row(row)
+                if rect.intersects(viewport):
+                    region += rect
+        return region
+
+    # -- reacting to the model ----------------------------------------------------------
+    def rowsInserted(self, parent: QtCore.QModelIndex, first: int, last: int) -> None:
+        super().rowsInserted(parent, first, last)
+        self.updateGeometries()
+        self.viewport().update()
+
+    def rowsAboutToBeRemoved(self, parent: QtCore.QModelIndex, first: int, last: int) -> None:
+        super().rowsAboutToBeRemoved(parent, first, last)
+        QtCore.QTimer.singleShot(0, self.updateGeometries)
+
+    def reset(self) -> None:
+        super().reset()
+        self.verticalScrollBar().setValue(0)
+        self.updateGeometries()
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.updateGeometries()
+
+    def scrollContentsBy(self, dx: int, dy: int) -> None:
+        self.viewport().update()
+
+    # -- painting -----------------------------------------------------------------------
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:
+        model = self.model()
+        if model is None:
+            return
+        painter = QtGui.QPainter(self.viewport())
+        option = QtWidgets.QStyleOptionViewItem()
+        option.initFrom(self)
+        base_state = option.state
+        delegate = self.itemDelegate()
+        selection = self.selectionModel()
+        current = self.currentIndex()
+        for row in self._rows_in(event.rect()):
+            index = model.index(row, 0)
+            option.rect = self._rect_of_row(row)
+            state = base_state
+            if selection is not None and selection.isSelected(index):
+                state = state | _SELECTED
+            option.state = state
+            delegate.paint(painter, option, index)
+            if index == current and self.hasFocus():
+                painter.setPen(QtGui.QPen(QtGui.QColor("#ffffff"), 1, qenum(QtCore.Qt, "PenStyle", "DotLine")))
+                painter.drawRect(option.rect.adjusted(1, 1, -2, -2))
+        painter.end()
+
+
+def _runs(rows: Sequence[int]) -> List[Tuple[int, int]]:
+    out: List[Tuple[int, int]] = []
+    for row in rows:
+        if out and row == out[-1][1] + 1:
+            out[-1] = (out[-1][0], row)
+        else:
+            out.append((row, row))
+    return out
 
 
 class MonitorPanel(QtWidgets.QWidget):
@@ -149,7 +330,8 @@ class MonitorPanel(QtWidgets.QWidget):
         self.client_factory = client_factory
         self.host = host or default_host()
         self.url = url or client_factory().url
-        self.inbox: "queue.Queue[Any]" = queue.Queue()
+        # bounded: a worker that reads a burst waits for the GUI thread instead of racing it
+        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_SIZE)
         self.pump = EventPump(self, self.inbox, interval_ms=pump_interval_ms, parent=self)
         self.cache = ThumbnailCache()
         self.jobs_model = JobsModel(self)
@@ -165,11 +347,15 @@ class MonitorPanel(QtWidgets.QWidget):
         self._pending_select: Optional[int] = None
         self._auto_select = True
         self.log_text_chars = 0
+        self._labels_dirty = False
         self._build()
         self.frames_model.thumbnailWanted.connect(self._want_thumbnail)
-        self.tick_timer = QtCore.QTimer(self)
+        self.tick_timer = QtCore.QTimer(self)  # elapsed/ETA columns, once a second
         self.tick_timer.setInterval(1000)
         self.tick_timer.timeout.connect(self._tick)
+        self.label_timer = QtCore.QTimer(self)  # summary labels: at most 4 times a second
+        self.label_timer.setInterval(250)
+        self.label_timer.timeout.connect(self._refresh_labels)
         if start:
             self.start()
 
@@ -269,11 +455,13 @@ class MonitorPanel(QtWidgets.QWidget):
             worker.start()
         self.pump.start()
         self.tick_timer.start()
+        self.label_timer.start()
 
     def shutdown(self) -> None:
         """Stop timers and worker threads (the panel is being closed)."""
         self.pump.stop()
         self.tick_timer.stop()
+        self.label_timer.stop()
         for worker in (self.events_worker, self.requests, self.thumbs, self.tailer):
             if worker is not None:
                 worker.stop()
@@ -304,7 +492,7 @@ class MonitorPanel(QtWidgets.QWidget):
             mine = [(i, o) for i, o in frames if o.get("job_id") == shown]
             if mine:
                 self.frames_model.apply([o for _, o in mine], event_ids=[i for i, _ in mine])
-                self._update_frames_label()
+                self._labels_dirty = True
         if jobs:
             self._update_actions()
 
@@ -555,6 +743,11 @@ class MonitorPanel(QtWidgets.QWidget):
         parts = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "waiting") if counts.get(s)]
         self.frames_label.setText(f"Frames of job {self.frames_model.job_id}: {total}"
                                   + (" — " + ", ".join(parts) if parts else ""))
+
+    def _refresh_labels(self) -> None:
+        if self._labels_dirty:
+            self._labels_dirty = False
+            self._update_frames_label()
 
     def _tick(self) -> None:
         self.jobs_model.tick()

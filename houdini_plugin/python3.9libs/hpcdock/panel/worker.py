@@ -55,6 +55,18 @@ class _Thread(threading.Thread):
     def wake(self) -> None:
         self._wake.set()
 
+    def _put(self, inbox: "queue.Queue[Any]", msg: Any) -> bool:
+        """Put into a bounded inbox, waiting while it is full (backpressure: a thread that
+        parses a burst of events does not starve the GUI thread of the GIL); gives up once
+        stopped, so a worker never hangs on a panel that was closed."""
+        while not self.stopped:
+            try:
+                inbox.put(msg, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
@@ -92,30 +104,30 @@ class EventWorker(_Thread):
                         if cursor is None:
                             cursor = _cursor_from(health)
                         jobs = client.jobs()
-                        self.inbox.put(("jobs", None, jobs))
+                        self._put(self.inbox, ("jobs", None, jobs))
                         if self.last_event_id is None:
                             self.last_event_id = cursor
                         snapshot_needed = False
                     state = CONNECTED
-                    self.inbox.put(("conn", CONNECTED, client.url))
+                    self._put(self.inbox, ("conn", CONNECTED, client.url))
                 for event in client.events(last_event_id=self.last_event_id, reconnect=False):
                     if self.stopped:
                         return
+                    self._put(self.inbox, ("event", event))
                     self.last_event_id = event.id
                     self.events_seen += 1
                     backoff = 0.25
-                    self.inbox.put(("event", event))
                 # the service closed the stream (shutting down?): check it and resume
                 state = None
             except ServiceUnavailable as exc:
                 state = DISCONNECTED
-                self.inbox.put(("conn", DISCONNECTED, _describe(exc)))
+                self._put(self.inbox, ("conn", DISCONNECTED, _describe(exc)))
             except ServiceError as exc:
                 state = ERROR
-                self.inbox.put(("conn", ERROR, _describe(exc)))
+                self._put(self.inbox, ("conn", ERROR, _describe(exc)))
             except Exception as exc:  # connection dropped mid-stream, timeouts, bad data
                 state = DISCONNECTED
-                self.inbox.put(("conn", DISCONNECTED, _describe(exc)))
+                self._put(self.inbox, ("conn", DISCONNECTED, _describe(exc)))
             if self.stopped:
                 return
             self._sleep(backoff)
@@ -144,7 +156,7 @@ class RequestWorker(_Thread):
         super().__init__("hpcdock-requests")
         self.client_factory = client_factory
         self.inbox = inbox
-        self.jobs: "queue.Queue[Optional[Tuple[str, Callable[[Client], Any]]]]" = queue.Queue()
+        self.jobs: queue.Queue[Optional[Tuple[str, Callable[[Client], Any]]]] = queue.Queue()
 
     def submit(self, tag: str, fn: Callable[[Client], Any]) -> None:
         self.jobs.put((tag, fn))
@@ -163,12 +175,12 @@ class RequestWorker(_Thread):
             try:
                 result = fn(client)
             except Exception as exc:
-                self.inbox.put(("done", tag, None, exc))
+                self._put(self.inbox, ("done", tag, None, exc))
             else:
                 if isinstance(result, tuple) and result and result[0] in ("jobs", "frames", "tasks"):
-                    self.inbox.put(result)
+                    self._put(self.inbox, result)
                 else:
-                    self.inbox.put(("done", tag, result, None))
+                    self._put(self.inbox, ("done", tag, result, None))
 
 
 def decode_thumbnail(data: bytes, max_w: int, max_h: int) -> Optional[QtGui.QImage]:
@@ -227,7 +239,7 @@ class ThumbnailWorker(_Thread):
             except Exception:
                 image = None
             self.fetched += 1
-            self.inbox.put(("thumb", key, image))
+            self._put(self.inbox, ("thumb", key, image))
 
 
 class LogTailer(_Thread):
@@ -268,17 +280,17 @@ class LogTailer(_Thread):
                     self._sleep(1.0)
                     continue
                 else:
-                    self.inbox.put(("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
+                    self._put(self.inbox, ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
                                     self.generation))
                     return
             except Exception as exc:
-                self.inbox.put(("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
+                self._put(self.inbox, ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
                                 self.generation))
                 return
             if text and not self.stopped:
                 if len(text) > self.max_chunk_chars:
                     text = "[...]\n" + text[-self.max_chunk_chars:]
-                self.inbox.put(("log", self.task_id, text, self.generation))
+                self._put(self.inbox, ("log", self.task_id, text, self.generation))
             if not running and not text:
                 return  # the task had ended before this read: all of it is in
             self._sleep(self.interval if running else 0.05)
@@ -295,11 +307,15 @@ class EventPump(QtCore.QObject):
     batchApplied = QtCore.Signal(int)  # events in the batch
 
     def __init__(self, sink: Any, inbox: "Optional[queue.Queue[Any]]" = None, interval_ms: int = 50,
-                 budget_s: float = 0.025, parent: Optional[QtCore.QObject] = None) -> None:
+                 budget_s: float = 0.008, max_events: int = 1500, busy_interval_ms: int = 8,
+                 parent: Optional[QtCore.QObject] = None) -> None:
         super().__init__(parent)
         self.sink = sink
-        self.inbox: "queue.Queue[Any]" = inbox if inbox is not None else queue.Queue()
+        self.inbox: queue.Queue[Any] = inbox if inbox is not None else queue.Queue()
         self.budget_s = budget_s
+        self.max_events = max_events
+        self.interval_ms = interval_ms
+        self.busy_interval_ms = busy_interval_ms
         self.last_event_id: Optional[int] = None
         self.events_applied = 0
         self.batches = 0
@@ -341,8 +357,9 @@ class EventPump(QtCore.QObject):
                 if self.last_event_id is None or event.id > self.last_event_id:
                     self.last_event_id = event.id
                 count += 1
-                # check the clock every 256 events: reading is cheap, applying is not
-                if count & 255 == 0 and time.perf_counter() > deadline:
+                # a batch is bounded by count and by reading time (the clock is read every 64
+                # events), so applying it stays short; what is left goes in the next batch
+                if count >= self.max_events or (count & 63 == 0 and time.perf_counter() > deadline):
                     break
             else:
                 if jobs or tasks or frames:  # keep order: what came before applies first
@@ -354,6 +371,11 @@ class EventPump(QtCore.QObject):
         if count:
             self.events_applied += count
             self.batchApplied.emit(count)
+        # a backlog is drained in short batches a few ms apart, so paints and input get in
+        busy = not self.inbox.empty()
+        wanted = self.busy_interval_ms if busy else self.interval_ms
+        if self.timer.interval() != wanted:
+            self.timer.setInterval(wanted)
         return count
 
     def _apply(self, jobs: Dict[Any, Tuple[int, Any]], tasks: Dict[Any, Tuple[int, Any]],
