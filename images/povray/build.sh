@@ -53,8 +53,11 @@ engine() {
         if [ ! -d "$run_dir" ]; then
             install -d -m 0700 -o "$uid" -g "$(id -g "$ENGINE_USER")" "$run_dir"
         fi
+        # A rootless Docker listens on the user's runtime dir; Podman needs no socket here.
+        docker_host=${DOCKER_HOST:-unix://$run_dir/docker.sock}
         (cd / && runuser -u "$ENGINE_USER" -- env HOME="$home" USER="$ENGINE_USER" LOGNAME="$ENGINE_USER" \
-            XDG_RUNTIME_DIR="$run_dir" PATH="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" "$CLI" "$@")
+            XDG_RUNTIME_DIR="$run_dir" DOCKER_HOST="$docker_host" \
+            PATH="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" "$CLI" "$@")
     else
         "$CLI" "$@"
     fi
@@ -130,14 +133,15 @@ build() {
         return 0
     fi
     work=$(mktemp -d "${TMPDIR:-/tmp}/hpcdock-povray.XXXXXX")
-    trap 'rm -rf "$work"' EXIT INT TERM
+    trap 'rm -rf "$work"' EXIT
+    trap 'exit 130' INT TERM
     say "building $ref (recipe $hash)"
     make_rootfs "$work/rootfs.tar"
     t1=$(now)
     say "root filesystem: $(du -m "$work/rootfs.tar" | cut -f1) MiB in $((t1 - t0)) s"
     import_rootfs "$work/rootfs.tar" "$ref" "$hash"
     rm -rf "$work"
-    trap - EXIT INT TERM
+    trap - EXIT
     size=$(engine image inspect --format '{{.Size}}' "$ref" 2>/dev/null || echo 0)
     say "imported $ref and $IMAGE:latest ($((size / 1048576)) MiB) in $(($(now) - t1)) s; total $(($(now) - t0)) s"
     echo "$ref"
