@@ -6,11 +6,10 @@ frames and prints hpcdock's frame markers.
 """
 
 import pytest
-
-from tests.helpers import make_bundle
-
 from hpcdock.panel import Host
 from hpcdock.panel.widgets import MonitorPanel
+
+from tests.helpers import make_bundle
 
 pytestmark = [pytest.mark.engine, pytest.mark.qt]
 
