@@ -75,6 +75,7 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         self._colors = {k: QtGui.QColor(v) for k, v in STATE_COLORS.items()}
         self._text = QtGui.QColor("#f0f0f0")
         self._highlight = QtGui.QColor("#f5c542")
+        self._shade = QtGui.QColor(0, 0, 0, 150)
 
     def sizeHint(self, option: Any, index: QtCore.QModelIndex) -> QtCore.QSize:
         return self.cell
@@ -102,9 +103,14 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         if progress:
             bar = QtCore.QRect(rect.x(), rect.bottom() - 3, int(rect.width() * min(progress, 100.0) / 100.0), 4)
             painter.fillRect(bar, QtGui.QColor("#9cc7ff"))
+        label = str(frame.get("frame", ""))
+        metrics = painter.fontMetrics()
+        box = QtCore.QRect(rect.x() + 1, rect.bottom() - metrics.height() - 1,
+                           metrics.horizontalAdvance(label) + 6, metrics.height() + 1)
+        if image is not None:
+            painter.fillRect(box, self._shade)  # keep the number readable over the picture
         painter.setPen(self._text)
-        text_rect = rect.adjusted(3, 0, -3, -2)
-        painter.drawText(text_rect, _BOTTOM_LEFT, str(frame.get("frame", "")))
+        painter.drawText(box.adjusted(3, 0, 0, 0), _BOTTOM_LEFT, label)
         if _state_selected(option):
             pen = QtGui.QPen(self._highlight)
             pen.setWidth(2)
@@ -391,9 +397,12 @@ class MonitorPanel(QtWidgets.QWidget):
         self.jobs_view.setAlternatingRowColors(True)
         self.jobs_view.setItemDelegateForColumn(JobsModel.PROGRESS, ProgressDelegate(self.jobs_view))
         header = self.jobs_view.horizontalHeader()
-        header.setStretchLastSection(True)
-        header.resizeSection(JobsModel.NAME, 220)
-        header.resizeSection(JobsModel.PROGRESS, 160)
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(JobsModel.NAME, qenum(QtWidgets.QHeaderView, "ResizeMode", "Stretch"))
+        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 110),
+                              (JobsModel.ELAPSED, 80), (JobsModel.ETA, 80)):
+            header.resizeSection(column, width)
+        self.jobs_view.verticalHeader().setDefaultSectionSize(24)
         self.jobs_view.selectionModel().currentRowChanged.connect(self._job_row_changed)
 
         self.frames_label = QtWidgets.QLabel("Frames", self)
@@ -429,7 +438,9 @@ class MonitorPanel(QtWidgets.QWidget):
         split.addWidget(self.jobs_view)
         split.addWidget(bottom)
         split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 3)
+        split.setStretchFactor(1, 4)
+        split.setSizes([150, 600])
+        bottom.setSizes([600, 400])
 
         self.status_label = QtWidgets.QLabel("", self)
         self.status_label.setObjectName("status")
