@@ -27,11 +27,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "houdini_plugin" / "python3.9libs"))
 
-from qtpy import QtCore, QtWidgets  # noqa: E402
-
 from hpcdock.client import Client  # noqa: E402
 from hpcdock.panel import create_panel  # noqa: E402
 from hpcdock.panel.qt import qenum  # noqa: E402
+from qtpy import QtCore, QtWidgets  # noqa: E402
 
 
 def free_port() -> int:

@@ -2,11 +2,10 @@
 
 import pytest
 from fakes import make_frame
-from qtpy import QtCore, QtGui
-
 from hpcdock.panel.models import FramesModel
 from hpcdock.panel.qt import qenum
 from hpcdock.panel.widgets import CELL, FrameView
+from qtpy import QtCore, QtGui
 
 pytestmark = pytest.mark.qt
 
