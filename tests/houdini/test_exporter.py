@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_submit_node, set_multiparm
-from hpcdock import houdini
 from openjd.model import (
     StepParameterSpaceIterator,
     create_job,
     decode_job_template,
     preprocess_job_parameters,
 )
+
+from tests.houdini.houdini_env import make_submit_node, set_multiparm
 
 
 def _scene(hou, submit_range=(1, 10, 1), **submit):
@@ -65,7 +65,7 @@ def _frames(expr: str):
 # --------------------------------------------------------------------------- the main case
 
 
-def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, project, client, tmp_path):
+def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, project, client, tmp_path):
     geo, mantra, node = _scene(hou)
     result = houdini.submit_node(node)
 
@@ -125,7 +125,7 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, project, clie
     assert "Submitted job 42" in hou.fake_state().messages[-1]["text"]
 
 
-def test_save_bundle_writes_without_submitting(hou, project, client):
+def test_save_bundle_writes_without_submitting(hou, houdini, project, client):
     _scene(hou)
     bundle = houdini.save_bundle(hou.node("/out/hpcdock_submit1"))
     assert bundle and os.path.isfile(os.path.join(bundle, "template.yaml"))
@@ -144,26 +144,26 @@ def _assert_refused(hou, client, project, text):
     assert not (project / "hpcdock_jobs").exists()
 
 
-def test_unsaved_scene_is_refused(hou, project, client):
+def test_unsaved_scene_is_refused(hou, houdini, project, client):
     *_, node = _scene(hou)
     hou.fake_state().new_file = True
     assert houdini.submit_node(node) is None
     _assert_refused(hou, client, project, "Save the scene first")
 
 
-def test_missing_image_is_refused(hou, project, client):
+def test_missing_image_is_refused(hou, houdini, project, client):
     *_, node = _scene(hou, image="")
     assert houdini.submit_node(node) is None
     _assert_refused(hou, client, project, "No container image is set")
 
 
-def test_empty_frame_range_is_refused(hou, project, client):
+def test_empty_frame_range_is_refused(hou, houdini, project, client):
     *_, node = _scene(hou, submit_range=(10, 1, 1))
     assert houdini.submit_node(node) is None
     _assert_refused(hou, client, project, "empty frame range")
 
 
-def test_strict_range_with_no_requested_frame_is_refused(hou, project, client):
+def test_strict_range_with_no_requested_frame_is_refused(hou, houdini, project, client):
     geo, _, node = _scene(hou, submit_range=(1, 10, 1))
     geo.fake_set_parm("trange", 2)
     geo.fake_set_parm("f", (20.0, 30.0, 1.0))
@@ -171,7 +171,7 @@ def test_strict_range_with_no_requested_frame_is_refused(hou, project, client):
     _assert_refused(hou, client, project, "empty frame range for /out/geo1")
 
 
-def test_cycle_in_rop_graph_is_refused(hou, project, client):
+def test_cycle_in_rop_graph_is_refused(hou, houdini, project, client):
     geo, mantra, node = _scene(hou)
     geo.setInput(0, mantra)
     assert houdini.submit_node(node) is None
@@ -179,13 +179,13 @@ def test_cycle_in_rop_graph_is_refused(hou, project, client):
     assert "/out/geo1" in hou.fake_state().messages[-1]["text"]
 
 
-def test_nothing_connected_is_refused(hou, project, client):
+def test_nothing_connected_is_refused(hou, houdini, project, client):
     node = make_submit_node(image="img")
     assert houdini.submit_node(node) is None
     _assert_refused(hou, client, project, "Nothing to render")
 
 
-def test_service_down_keeps_the_bundle_and_says_how_to_submit_later(hou, project, client):
+def test_service_down_keeps_the_bundle_and_says_how_to_submit_later(hou, houdini, project, client):
     *_, node = _scene(hou)
     client.fail = ConnectionError("connection refused")
     assert houdini.submit_node(node) is None
@@ -194,7 +194,7 @@ def test_service_down_keeps_the_bundle_and_says_how_to_submit_later(hou, project
     assert len(os.listdir(project / "hpcdock_jobs")) == 1
 
 
-def test_without_ui_errors_are_printed(hou, project, client, capsys):
+def test_without_ui_errors_are_printed(hou, houdini, project, client, capsys):
     *_, node = _scene(hou, image="")
     hou.fake_state().ui = False
     assert houdini.submit_node(node) is None
@@ -204,7 +204,7 @@ def test_without_ui_errors_are_printed(hou, project, client, capsys):
 # --------------------------------------------------------------------------- frame rules
 
 
-def test_frames_follow_houdinis_request_rule(hou, project, client):
+def test_frames_follow_houdinis_request_rule(hou, houdini, project, client):
     geo, mantra, node = _scene(hou, submit_range=(5, 8, 1))
     geo.fake_set_parm("trange", 2)  # strict: only its own 1-6
     geo.fake_set_parm("f", (1.0, 6.0, 1.0))
@@ -213,7 +213,7 @@ def test_frames_follow_houdinis_request_rule(hou, project, client):
     assert frames == {"geo1": [5, 6], "mantra1": [5, 6, 7, 8]}
 
 
-def test_render_current_frame(hou, project, client):
+def test_render_current_frame(hou, houdini, project, client):
     _, _, node = _scene(hou)
     node.fake_set_parm("trange", 0)
     hou.setFrame(17)
@@ -221,7 +221,7 @@ def test_render_current_frame(hou, project, client):
     assert {s.name: s.frames for s in job.steps} == {"geo1": [17], "mantra1": [17]}
 
 
-def test_frame_increment_and_fractional_frames(hou, project, client, tmp_path):
+def test_frame_increment_and_fractional_frames(hou, houdini, project, client, tmp_path):
     _, _, node = _scene(hou, submit_range=(1, 9, 2))
     bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
     assert job.steps[0].frames == [1, 3, 5, 7, 9]
@@ -232,7 +232,7 @@ def test_frame_increment_and_fractional_frames(hou, project, client, tmp_path):
         houdini.build_job([node], houdini.read_settings(node), node)
 
 
-def test_bypass_merge_and_fetch(hou, project, client):
+def test_bypass_merge_and_fetch(hou, houdini, project, client):
     a = hou.fake_create("/out/a", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/a.$F.bgeo"})
     b = hou.fake_create("/out/b", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/b.$F.bgeo"},
                         inputs=[a])
@@ -259,7 +259,7 @@ def test_bypass_merge_and_fetch(hou, project, client):
                                            "karma1": f"{project}/render/k.{{frame:04d}}.exr"}
 
 
-def test_unknown_rop_type_is_submitted_with_a_warning(hou, project, client):
+def test_unknown_rop_type_is_submitted_with_a_warning(hou, houdini, project, client):
     shell = hou.fake_create("/out/shell1", "shell", {"trange": 1, "f": (1.0, 3.0, 1.0)})
     node = make_submit_node(inputs=[shell], image="img", f=(1.0, 3.0, 1.0))
     job, warnings = houdini.build_job([node], houdini.read_settings(node), node)
@@ -267,7 +267,7 @@ def test_unknown_rop_type_is_submitted_with_a_warning(hou, project, client):
     assert warnings == ["/out/shell1: ROP type 'shell' is submitted without per-frame output paths"]
 
 
-def test_single_step_mode_renders_inputs_in_the_task(hou, project, client, tmp_path):
+def test_single_step_mode_renders_inputs_in_the_task(hou, houdini, project, client, tmp_path):
     *_, node = _scene(hou, separate_steps=0)
     bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
     assert [s.name for s in job.steps] == ["mantra1"]
@@ -276,7 +276,7 @@ def test_single_step_mode_renders_inputs_in_the_task(hou, project, client, tmp_p
     _openjd(Path(bundle))
 
 
-def test_settings_env_mounts_network_priority(hou, project, client, tmp_path):
+def test_settings_env_mounts_network_priority(hou, houdini, project, client, tmp_path):
     *_, node = _scene(hou, network=1, priority=80, max_retries=3, task_timeout=600, gpus_per_task=0,
                       service_url="http://127.0.0.1:9999", job_name="ballshot")
     set_multiparm(node, "envvars", [{"envname#": "HOUDINI_LMINFO_VERBOSE", "envvalue#": "1"},
@@ -299,7 +299,7 @@ def test_settings_env_mounts_network_priority(hou, project, client, tmp_path):
 # --------------------------------------------------------------------------- shelf and render hook
 
 
-def test_shelf_submits_selected_rops_with_environment_defaults(hou, project, client, monkeypatch):
+def test_shelf_submits_selected_rops_with_environment_defaults(hou, houdini, project, client, monkeypatch):
     geo, mantra, _ = _scene(hou)
     hou.fake_state().selected = [mantra]
     monkeypatch.delenv("HPCDOCK_IMAGE", raising=False)
@@ -311,7 +311,7 @@ def test_shelf_submits_selected_rops_with_environment_defaults(hou, project, cli
     assert settings["image"] == "img:1"
 
 
-def test_shelf_with_nothing_selected_warns(hou, project, client):
+def test_shelf_with_nothing_selected_warns(hou, houdini, project, client):
     hou.fake_state().selected = []
     assert houdini.submit_selected() is None
     assert hou.fake_state().messages[-1]["severity"] is hou.severityType.Warning

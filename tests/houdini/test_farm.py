@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HERE, make_submit_node
-from hpcdock import houdini
 from hpcdock.farm import render
 from hpcdock.farm.husk import husk_argv
 from hpcdock.markers import parse_marker
+
+from tests.houdini.houdini_env import HERE, adapter, make_submit_node
 
 
 def _export(hou, project, tmp_path, fail=None, error=None):
@@ -27,6 +27,7 @@ def _export(hou, project, tmp_path, fail=None, error=None):
     if error:
         mantra.fake_error_frames[error[0]] = error[1]
     node = make_submit_node(inputs=[mantra], image="img", f=(1.0, 4.0, 1.0))
+    houdini = adapter()
     bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "bundle"))
     return Path(bundle), job
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-import dialogscript
 import pytest
-from conftest import HDA, PLUGIN, PYLIBS, ROOT, TYPE_DIR
+
+from tests.houdini import dialogscript
+from tests.houdini.houdini_env import HDA, PLUGIN, PYLIBS, ROOT, TYPE_DIR
 
 HOUDINI_PY = os.path.join(PYLIBS, "hpcdock", "houdini.py")
 ROP_PY = os.path.join(PYLIBS, "hpcdock", "rop.py")
@@ -33,9 +34,24 @@ def _sections(directory):
 
 
 def _all_files(top):
-    for base, _dirs, files in os.walk(top):
+    for base, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         for f in files:
             yield os.path.join(base, f)
+
+
+def _text_head(path, size=4096):
+    """The start of a text file, or None for a binary (or non-UTF-8) one."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(size)
+    if b"\0" in head:
+        return None
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return head[:exc.start].decode("utf-8") if exc.start >= size - 4 else None
 
 
 def test_sections_list_names_every_file_present():
@@ -53,7 +69,7 @@ def test_sections_list_names_every_file_present():
 
 def test_every_xml_file_parses():
     xml_files = [p for p in _all_files(PLUGIN) if p.endswith(".shelf") or p.endswith(".xml")
-                 or (os.path.isfile(p) and _read(p).lstrip().startswith("<?xml"))]
+                 or (_text_head(p) or "").lstrip().startswith("<?xml")]
     assert os.path.join(TYPE_DIR, "Tools.shelf") in xml_files
     assert os.path.join(PLUGIN, "toolbar", "hpcdock.shelf") in xml_files
     for p in xml_files:

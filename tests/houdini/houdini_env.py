@@ -1,0 +1,127 @@
+"""Shared helpers for the Houdini adapter tests: paths, the submit node built from its
+DialogScript, and a recording client.
+
+Import it explicitly (``from tests.houdini.houdini_env import ...``). Importing it installs
+nothing: the fake ``hou`` is put into ``sys.modules`` only while a Houdini test runs (see the
+``hou`` fixture in this directory's conftest.py), and ``hpcdock.houdini`` is imported afresh
+against it through :func:`adapter`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from tests.houdini import dialogscript, fake_hou
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PLUGIN = os.path.join(ROOT, "houdini_plugin")
+PYLIBS = os.path.join(PLUGIN, "python3.9libs")
+HDA = os.path.join(PLUGIN, "otls", "hpcdock_submit.hda")
+TYPE_DIR = os.path.join(HDA, "Driver_1hpcdock__submit")
+
+if PYLIBS not in sys.path:  # where hpcdock is not installed; an installed copy still wins
+    sys.path.append(PYLIBS)
+
+# Modules that hold a reference to the ``hou`` they were imported with.
+ADAPTER_MODULES = ("hpcdock.houdini",)
+
+
+def adapter():
+    """``hpcdock.houdini``, imported against the fake ``hou`` (only inside a Houdini test)."""
+    if sys.modules.get("hou") is not fake_hou:
+        raise RuntimeError("the fake hou is not installed: use the 'hou' fixture")
+    return importlib.import_module("hpcdock.houdini")
+
+
+def forget_adapter() -> Dict[str, Any]:
+    """Drop the adapter modules from ``sys.modules`` and their package; return what was there."""
+    removed: Dict[str, Any] = {}
+    for name in ADAPTER_MODULES:
+        module = sys.modules.pop(name, None)
+        if module is not None:
+            removed[name] = module
+        parent_name, _, attr = name.rpartition(".")
+        parent = sys.modules.get(parent_name)
+        if parent is not None and getattr(parent, attr, None) is not None:
+            removed.setdefault(name, getattr(parent, attr))
+            delattr(parent, attr)
+    return removed
+
+
+def restore_adapter(removed: Dict[str, Any]) -> None:
+    for name, module in removed.items():
+        sys.modules[name] = module
+        parent_name, _, attr = name.rpartition(".")
+        parent = sys.modules.get(parent_name)
+        if parent is not None:
+            setattr(parent, attr, module)
+
+
+def _submit_template():
+    with open(os.path.join(TYPE_DIR, "DialogScript")) as f:
+        return dialogscript.parms(dialogscript.parse(f.read()))
+
+
+def _default(p: dialogscript.Parm) -> Any:
+    if p.type in ("integer", "toggle", "button", "ordinal"):
+        return int(p.defaults[0]) if p.defaults else 0
+    if p.type == "float":
+        return float(p.defaults[0]) if p.defaults else 0.0
+    return p.defaults[0] if p.defaults else ""
+
+
+def _fstart(frame: float) -> float:
+    return float(fake_hou.fake_state().vars["FSTART"])
+
+
+def _fend(frame: float) -> float:
+    return float(fake_hou.fake_state().vars["FEND"])
+
+
+def make_submit_node(path: str = "/out/hpcdock_submit1", inputs: Sequence = (), **values: Any):
+    """An HPC Dock Submit node whose parms are exactly those its DialogScript declares."""
+    parms: Dict[str, Any] = {}
+    for p in _submit_template():
+        if p.kind == "multiparm":
+            parms[p.name] = int(p.defaults[0]) if p.defaults else 0
+        elif p.baseparm:
+            if p.name == "trange":
+                parms["trange"] = 1  # the CreateScript sets "Render Frame Range"
+            elif p.name == "f":
+                parms["f"] = (_fstart, _fend, 1.0)
+            else:
+                parms[p.name] = 0
+        else:
+            parms[p.name] = _default(p)
+    for k, v in values.items():
+        if k not in parms and not (k == "f"):
+            raise KeyError(f"the DialogScript declares no parm {k!r}")
+        parms[k] = v
+    return fake_hou.fake_create(path, "hpcdock_submit", parms, inputs)
+
+
+def set_multiparm(node, name: str, rows: List[Dict[str, Any]]) -> None:
+    template = next(p for p in _submit_template() if p.name == name)
+    node.fake_set_parm(name, len(rows))
+    for i, row in enumerate(rows, 1):
+        for child in template.children:
+            value = row.get(child.name, _default(child))
+            node.fake_set_parm(child.name.replace("#", str(i)), value)
+
+
+class FakeClient:
+    calls: List[dict] = []
+    fail: Optional[Exception] = None
+
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None) -> None:
+        self.url = url
+
+    def submit(self, bundle_dir: str, parameter_values: Optional[dict] = None) -> dict:
+        if FakeClient.fail is not None:
+            raise FakeClient.fail
+        FakeClient.calls.append({"url": self.url, "bundle_dir": bundle_dir})
+        return {"id": 42, "state": "queued"}
