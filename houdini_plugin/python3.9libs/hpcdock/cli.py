@@ -1,0 +1,202 @@
+"""``hpcdock``: the command line for artists' shells and pipeline scripts.
+
+Every command talks to the service through :class:`hpcdock.client.Client`; ``--json``
+prints machine-readable output for scripts. Exit codes: 0 success, 1 the job failed or
+the service refused, 2 bad usage, 3 no service.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, TextIO
+
+from .client import Client, Event, ServiceError, ServiceUnavailable
+
+FINAL = ("succeeded", "failed", "canceled")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpcdock", description="Submit and follow hpcdock render jobs.")
+    p.add_argument("--url", help="service address (default $HPCDOCK_URL or http://127.0.0.1:7654)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("submit", help="submit a job bundle directory")
+    s.add_argument("bundle", help="job bundle directory (template.yaml, hpcdock.yaml)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a job parameter, e.g. -p Frames=1-10")
+    s.add_argument("--priority", type=int, help="0 (low) to 100 (high); default from hpcdock.yaml or 50")
+    s.add_argument("--name", help="job name shown in the monitor")
+    s.add_argument("--follow", action="store_true", help="show live progress; exit 0 only if the job succeeds")
+    s.add_argument("--json", action="store_true", help="print the job as JSON")
+    j = sub.add_parser("jobs", help="list jobs")
+    j.add_argument("--json", action="store_true")
+    f = sub.add_parser("follow", help="show a job's live progress until it ends")
+    f.add_argument("job", type=int)
+    lg = sub.add_parser("logs", help="print a task's log")
+    lg.add_argument("task", type=int)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing while the task runs")
+    c = sub.add_parser("cancel", help="cancel a job")
+    c.add_argument("job", type=int)
+    r = sub.add_parser("retry", help="retry a job's failed tasks")
+    r.add_argument("job", type=int)
+    t = sub.add_parser("tasks", help="list a job's tasks")
+    t.add_argument("job", type=int)
+    t.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    client = Client(url=args.url)
+    try:
+        return _COMMANDS[args.command](client, args)
+    except ServiceUnavailable as exc:
+        print(f"hpcdock: {exc}. Start it with: hpcdock-service &", file=sys.stderr)
+        return 3
+    except ServiceError as exc:
+        print(f"hpcdock: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    params: Dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"hpcdock: -p {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        params[name] = value
+    bundle = os.path.abspath(args.bundle)
+    job = client.submit(bundle, params or None, priority=args.priority, name=args.name)
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        print(f"job {job['id']} submitted: {job['name']} ({job['tasks_total']} tasks, "
+              f"{job['frames_total']} frames)")
+    return _follow_job(client, job["id"], quiet=args.json) if args.follow else 0
+
+
+def _jobs(client: Client, args: argparse.Namespace) -> int:
+    jobs = client.jobs()
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    print(f"{'ID':>5}  {'STATE':<10} {'TASKS':>9} {'FRAMES':>11}  NAME")
+    for job in jobs:
+        print(f"{job['id']:>5}  {job['state']:<10} {job['tasks_done']:>4}/{job['tasks_total']:<4} "
+              f"{job['frames_done']:>5}/{job['frames_total']:<5}  {job['name']}")
+    return 0
+
+
+def _tasks(client: Client, args: argparse.Namespace) -> int:
+    tasks = client.tasks(args.job)
+    if args.json:
+        print(json.dumps(tasks, indent=2))
+        return 0
+    for t in tasks:
+        frames = f"{t['frames'][0]}-{t['frames'][-1]}" if t["frames"] else "-"
+        print(f"{t['id']:>6}  {t['step']:<14} {t['state']:<10} attempt {t['attempt']}/{t['max_attempts']} "
+              f"frames {frames:<12} {t['progress']:5.1f}%  {t['error'] or ''}")
+    return 0
+
+
+def _follow(client: Client, args: argparse.Namespace) -> int:
+    return _follow_job(client, args.job)
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    offset = 0
+    while True:
+        text, offset = client.log(args.task, offset)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if not args.follow or (not text and client.task(args.task)["state"] in FINAL):
+            return 0
+        if not text:
+            time.sleep(0.5)
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job)
+    print(f"job {job['id']}: {job['state']}")
+    return 0
+
+
+def _retry(client: Client, args: argparse.Namespace) -> int:
+    job = client.retry(args.job)
+    print(f"job {job['id']}: {job['state']}")
+    return 0
+
+
+_COMMANDS = {"submit": _submit, "jobs": _jobs, "follow": _follow, "logs": _logs, "cancel": _cancel,
+             "retry": _retry, "tasks": _tasks}
+
+
+# -- live progress --------------------------------------------------------------------------
+
+def _follow_job(client: Client, job_id: int, quiet: bool = False, out: TextIO = sys.stdout) -> int:
+    """Print progress from the event stream until the job ends; 0 only if it succeeded."""
+    job = client.job(job_id)
+    printer = _ProgressPrinter(out, quiet)
+    printer.job(job)
+    if job["state"] not in FINAL:
+        for event in client.events(job=job_id):
+            if printer.handle(event):
+                break
+        job = client.job(job_id)
+    printer.finish(job)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+class _ProgressPrinter:
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self.last: Dict[str, Any] = {}
+
+    def handle(self, event: Event) -> bool:
+        """Show one event; True when the job has ended."""
+        if event.kind == "job":
+            self.job(event.data["job"])
+            return event.data["job"]["state"] in FINAL
+        if event.kind == "task" and not self.quiet:
+            t = event.data["task"]
+            if t["state"] == "failed" or (t["state"] == "pending" and t.get("error")):
+                self._line(f"task {t['id']} attempt {t['attempt']} failed: {t.get('error')}")
+        if event.kind == "frame" and not self.quiet:
+            f = event.data["frame"]
+            if f["state"] == "done":
+                self._line(f"frame {f['frame']:>5} done  {f['output'] or ''}")
+            elif f["state"] == "failed":
+                self._line(f"frame {f['frame']:>5} FAILED {f.get('error') or ''}")
+        return False
+
+    def job(self, job: Dict[str, Any]) -> None:
+        self.last = job
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        frames = f"frames {job['frames_done']}/{job['frames_total']}" if job["frames_total"] else ""
+        self._line(f"[{elapsed:6.1f}s] job {job['id']} {job['state']:<9} tasks {job['tasks_done']}/"
+                   f"{job['tasks_total']} ({job['tasks_running']} running, {job['tasks_failed']} failed) {frames}")
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self, job: Dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        msg = f"job {job['id']} {job['state']}"
+        if job.get("error"):
+            msg += f": {job['error']}"
+        self._line(msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
