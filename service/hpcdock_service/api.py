@@ -1,0 +1,202 @@
+"""The HTTP API under ``/v1`` (see docs/api.md), with the resumable event stream.
+
+Handlers are thin: they check the token, call :class:`~.service.Service` or the store,
+and turn :class:`~.errors.BadInput` into a 4xx whose body names the field. Anything else
+escaping a handler is a bug, logged, and answered as a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__, thumbnails
+from .errors import BadInput, NotFound
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 10.0
+EVENT_BATCH = 500
+
+
+class JobSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle_dir: str = Field(description="Absolute path of the job bundle directory on this machine")
+    parameter_values: Optional[dict[str, Any]] = Field(None, description="Overrides of job parameters")
+    priority: Optional[int] = Field(None, ge=0, le=100)
+    name: Optional[str] = None
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
+
+
+def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
+    """The ASGI app; with ``manage_lifecycle`` it starts the service and closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                service.close()
+
+    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
+                  description="Runs OpenJD job bundles as containers on a rootless engine.")
+    store = service.store
+
+    # -- errors -------------------------------------------------------------------------
+    @app.exception_handler(BadInput)
+    async def bad_input(_: Request, exc: BadInput) -> JSONResponse:
+        return _error(exc.status, exc.field, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return _error(422, ".".join(loc) or "request", str(first.get("msg", "invalid request")))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "request", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "service", f"internal error ({exc.__class__.__name__}); see the service log")
+
+    # -- auth ---------------------------------------------------------------------------
+    def authorized(authorization: Optional[str] = Header(None)) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), service.token):
+            raise BadInput("Authorization", "missing or wrong bearer token (the client reads it from "
+                           f"{service.config.token_file})", 401)
+
+    v1 = [Depends(authorized)]
+
+    # -- jobs ---------------------------------------------------------------------------
+    @app.post("/v1/jobs", status_code=201, dependencies=v1)
+    def submit(body: JobSubmit) -> dict[str, Any]:
+        return service.submit(body.bundle_dir, body.parameter_values, body.priority, body.name)
+
+    @app.get("/v1/jobs", dependencies=v1)
+    def jobs(state: Optional[str] = None) -> dict[str, Any]:
+        return {"jobs": store.jobs(state)}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=v1)
+    def job(job_id: int) -> dict[str, Any]:
+        return store.job(job_id)
+
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=v1)
+    def cancel(job_id: int) -> dict[str, Any]:
+        return service.cancel(job_id)
+
+    @app.post("/v1/jobs/{job_id}/retry", dependencies=v1)
+    def retry(job_id: int) -> dict[str, Any]:
+        return service.retry(job_id)
+
+    @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1)
+    def tasks(job_id: int) -> dict[str, Any]:
+        return {"tasks": store.tasks(job_id)}
+
+    @app.get("/v1/jobs/{job_id}/frames", dependencies=v1)
+    def frames(job_id: int) -> dict[str, Any]:
+        return {"frames": store.frames(job_id)}
+
+    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, response_class=FileResponse)
+    def thumbnail(job_id: int, frame: int, step: Optional[str] = None) -> Response:
+        path = store.thumbnail_path(job_id, frame, step)
+        if path is None:
+            info = store.frame(job_id, frame, step)
+            if info["state"] != "done" or not info["output"]:
+                raise NotFound("frame", f"frame {frame} of job {job_id} has no thumbnail ({info['state']})")
+            dest = service.scheduler.thumbs_dir / str(job_id) / f"{info['step']}.{frame}.png"
+            try:
+                path = str(thumbnails.make_thumbnail(Path(info["output"]), dest))
+            except thumbnails.ThumbnailError as exc:
+                raise NotFound("frame", str(exc)) from None
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/v1/tasks/{task_id}", dependencies=v1)
+    def task(task_id: int) -> dict[str, Any]:
+        return store.task(task_id)
+
+    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, response_class=PlainTextResponse)
+    def task_log(task_id: int, offset: int = Query(0, ge=0)) -> Response:
+        store.task(task_id)
+        path = service.scheduler.log_path(task_id)
+        data, size = b"", 0
+        if path.exists():
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(min(offset, size))
+                data = fh.read(8 * 1024 * 1024)
+        return Response(data, media_type="text/plain; charset=utf-8", headers={"X-Log-Size": str(size)})
+
+    # -- events -------------------------------------------------------------------------
+    @app.get("/v1/events", dependencies=v1)
+    async def events(request: Request, job: Optional[int] = None, since: Optional[int] = Query(None, ge=0),
+                     last_event_id: Optional[str] = Header(None)) -> StreamingResponse:
+        start = since or 0
+        if last_event_id:
+            try:
+                start = int(last_event_id)
+            except ValueError:
+                raise BadInput("Last-Event-ID", f"must be an event id (a whole number), got {last_event_id!r}") from None
+        return StreamingResponse(_stream(request, start, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _stream(request: Request, last_id: int, job_id: Optional[int]) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def on_change(_: int) -> None:
+            try:
+                loop.call_soon_threadsafe(changed.set)
+            except RuntimeError:
+                pass  # the loop is gone: the client left
+
+        store.add_listener(on_change)
+        try:
+            yield ": connected\n\n"
+            while not await request.is_disconnected():
+                changed.clear()
+                rows = await run_in_threadpool(store.events_after, last_id, job_id, EVENT_BATCH)
+                if rows:
+                    yield "".join(f"id: {r['id']}\nevent: {r['kind']}\ndata: {r['data']}\n\n" for r in rows)
+                    last_id = rows[-1]["id"]
+                    if len(rows) == EVENT_BATCH:
+                        continue
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    yield ": keepalive\n\n"
+        finally:
+            store.remove_listener(on_change)
+
+    # -- service ------------------------------------------------------------------------
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=v1)
+    def metrics() -> str:
+        return service.metrics_text()
+
+    return app

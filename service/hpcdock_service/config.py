@@ -1,0 +1,70 @@
+"""Service configuration: ``$XDG_CONFIG_HOME/hpcdock/service.yaml``, then command-line flags.
+
+Every key has a safe default (loopback only, rootless only, mounts only under the
+user's home and temporary directories), so most users never write this file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from hpcdock import paths
+
+from .errors import BadInput
+
+
+def _default_roots() -> list[str]:
+    return [os.path.expanduser("~"), "/tmp", "/var/tmp"]
+
+
+@dataclass
+class ServiceConfig:
+    host: str = paths.DEFAULT_HOST
+    port: int = paths.DEFAULT_PORT
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    state_dir: str = field(default_factory=lambda: str(paths.state_dir()))
+    token_file: str = field(default_factory=lambda: str(paths.token_path()))
+    engine_socket: Optional[str] = None  # unix:///... ; default: discovered (see engines.discovery)
+    embedded_podman: bool = True
+    allow_rootful: bool = False
+    allowed_roots: list[str] = field(default_factory=_default_roots)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+def config_path() -> Path:
+    return paths.config_dir() / "service.yaml"
+
+
+def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None) -> ServiceConfig:
+    """Read the YAML file (if any) and apply ``overrides`` (flags); refuse unknown keys by name."""
+    path = path or config_path()
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise BadInput(str(path), f"is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise BadInput(str(path), "must be a YAML mapping")
+        data.update(loaded)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name: f for f in fields(ServiceConfig)}
+    for key in data:
+        if key not in known:
+            raise BadInput(f"{path}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
+    config = ServiceConfig(**data)
+    if not isinstance(config.port, int) or not 0 < config.port < 65536:
+        raise BadInput(f"{path}: port", f"must be a TCP port number, got {config.port!r}")
+    if not isinstance(config.slots, int) or config.slots < 1:
+        raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
+    if not isinstance(config.allowed_roots, list) or not all(
+            isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots):
+        raise BadInput(f"{path}: allowed_roots", "must be a list of absolute paths")
+    return config

@@ -1,0 +1,72 @@
+"""The one engine interface the scheduler drives, and the value types it exchanges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from ..bundle import Mount
+
+LABEL_STORE = "hpcdock.store"
+LABEL_JOB = "hpcdock.job"
+LABEL_TASK = "hpcdock.task"
+LABEL_ATTEMPT = "hpcdock.attempt"
+
+
+@dataclass
+class ContainerRequest:
+    """One task attempt's container, fully decided by the service (security defaults included)."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    workdir: str
+    mounts: list[Mount]
+    network: bool
+    labels: dict[str, str]
+    # Extra create() keyword arguments from the GPU attachment (devices, device_requests, ...).
+    gpu_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerStatus:
+    id: str
+    name: str
+    status: str  # the engine's word: created, running, exited, ...
+    running: bool
+    exit_code: Optional[int]
+    labels: dict[str, str]
+
+
+class EngineError(Exception):
+    """The engine refused or failed an operation; the message says what and why."""
+
+
+class Engine(Protocol):
+    def describe(self) -> dict[str, Any]:
+        """Name, version, socket, rootless: what ``/v1/health`` shows."""
+
+    def image_exists(self, image: str) -> bool: ...
+
+    def start(self, request: ContainerRequest) -> str:
+        """Create and start the container; return its id."""
+
+    def inspect(self, container_id: str) -> dict[str, Any]: ...
+
+    def find(self, name: str) -> Optional[ContainerStatus]: ...
+
+    def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]: ...
+
+    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
+        """Combined stdout and stderr from the start; with ``follow`` until the container exits."""
+
+    def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
+        """Exit code; raises TimeoutError when ``timeout`` passes first."""
+
+    def stop(self, container_id: str, grace: float = 0) -> None: ...
+
+    def remove(self, container_id: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,159 @@
+"""The local engine: rootless Podman or Docker on this machine, through the ``docker`` SDK.
+
+Podman's Docker-compatible API and Docker's own API take the same calls here, so one
+class serves both; :meth:`LocalEngine.describe` says which one answered. Every container
+gets the security defaults of DESIGN.md no matter what the request says: all
+capabilities dropped, ``no-new-privileges``, no network unless asked, mounts as decided
+(and checked) by the bundle loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import Mount as DockerMount
+
+from .base import ContainerRequest, ContainerStatus, EngineError
+
+
+class LocalEngine:
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self.base_url = base_url
+        try:
+            self.client = docker.DockerClient(base_url=base_url, timeout=timeout, version="1.41")
+            version = self.client.version()
+        except (DockerException, requests.RequestException) as exc:
+            raise EngineError(f"no container engine answers at {base_url}: {exc}") from exc
+        names = [c.get("Name", "") for c in version.get("Components") or []]
+        self.kind = "podman" if any("Podman" in n for n in names) else "docker"
+        self.version = str(version.get("Version", "?"))
+        self.rootless = self._detect_rootless()
+
+    def _detect_rootless(self) -> bool:
+        info = self.client.info()
+        if any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []):
+            return True
+        if self.kind == "podman":
+            # Podman's compat /info does not say; its own API does.
+            try:
+                resp = self.client.api.get(self.client.api.base_url + "/v4.0.0/libpod/info")
+                return bool(resp.json()["host"]["security"]["rootless"])
+            except (requests.RequestException, KeyError, ValueError):
+                return False
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.kind, "version": self.version, "socket": self.base_url, "rootless": self.rootless}
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except ImageNotFound:
+            return False
+        except APIError as exc:
+            if exc.status_code in (400, 404):  # podman answers 400 for malformed references
+                return False
+            raise EngineError(f"cannot look up image {image}: {exc.explanation}") from exc
+
+    def start(self, request: ContainerRequest) -> str:
+        kwargs: dict[str, Any] = {
+            "name": request.name,
+            "entrypoint": request.command[:1],
+            "command": request.command[1:],
+            "environment": request.env,
+            "working_dir": request.workdir,
+            "labels": request.labels,
+            "mounts": [DockerMount(target=m.target, source=m.source, type="bind", read_only=m.readonly)
+                       for m in request.mounts],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "detach": True,
+        }
+        if not request.network:
+            kwargs["network_mode"] = "none"
+        for key, value in request.gpu_kwargs.items():
+            if key == "environment":
+                kwargs["environment"] = {**kwargs["environment"], **value}
+            else:
+                kwargs[key] = value
+        try:
+            container = self.client.containers.create(request.image, **kwargs)
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
+        try:
+            container.start()
+        except (APIError, DockerException) as exc:
+            self.remove(container.id)
+            raise EngineError(f"cannot start container: {_explain(exc)}") from exc
+        return container.id
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return self.client.api.inspect_container(container_id)
+
+    def find(self, name: str) -> Optional[ContainerStatus]:
+        try:
+            return _status(self.client.containers.get(name))
+        except NotFound:
+            return None
+
+    def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return [_status(c) for c in self.client.containers.list(all=True, filters=filters)]
+
+    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
+        try:
+            if follow:
+                yield from self.client.api.logs(container_id, stream=True, follow=True)
+            else:
+                yield self.client.api.logs(container_id, stream=False)
+        except NotFound:
+            return
+
+    def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
+        try:
+            result = self.client.api.wait(container_id, timeout=timeout)
+        except requests.exceptions.ReadTimeout as exc:
+            raise TimeoutError(f"container {container_id[:12]} still running after {timeout}s") from exc
+        except requests.exceptions.ConnectionError as exc:
+            if timeout is not None and "timed out" in str(exc).lower():
+                raise TimeoutError(str(exc)) from exc
+            raise
+        return int(result.get("StatusCode", -1))
+
+    def stop(self, container_id: str, grace: float = 0) -> None:
+        try:
+            if grace > 0:
+                self.client.api.stop(container_id, timeout=int(grace))
+            else:
+                self.client.api.kill(container_id)
+        except (NotFound, APIError):
+            pass  # already gone or already stopped: either way it no longer runs
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 404:
+                raise EngineError(f"cannot remove container {container_id[:12]}: {exc.explanation}") from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _status(container: Any) -> ContainerStatus:
+    state = container.attrs.get("State") or {}
+    running = bool(state.get("Running")) if isinstance(state, dict) else container.status == "running"
+    exit_code = None if running else (state.get("ExitCode") if isinstance(state, dict) else None)
+    status = str(state.get("Status") or container.status) if isinstance(state, dict) else container.status
+    return ContainerStatus(container.id, container.name, status, running, exit_code, dict(container.labels or {}))
+
+
+def _explain(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)

@@ -1,0 +1,275 @@
+"""One attempt of one task, from container creation (or re-adoption) to its recorded result.
+
+A runner owns a thread while its container lives: it streams the container's output
+into the task log, turns progress lines and frame markers into store updates as they
+arrive, and when the container exits settles every frame of the chunk (an exit code of
+0 with a missing output still fails that frame, naming the path), then records the
+result and only then removes the container, so a crash at any point leaves enough behind
+for a restarted service to finish the job without running anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from openjd.model import SymbolTable
+from openjd.model.v2023_09 import ArgString
+
+from . import thumbnails
+from .bundle import ContainerSpec
+from .engines.base import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_STORE,
+    LABEL_TASK,
+    ContainerRequest,
+    ContainerStatus,
+    Engine,
+    EngineError,
+)
+from .logparse import FrameDone, FrameFailed, FrameStarted, LogParser, Progress, task_progress
+from .store import Row, Store
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
+
+
+def container_name(store_id: str, task_id: int, attempt: int) -> str:
+    return f"hpcdock-{store_id}-t{task_id}-a{attempt}"
+
+
+def resolve_command(command: list[str], job_params: dict[str, str], task_params: dict[str, str],
+                    workdir: str) -> list[str]:
+    """Resolve the step's OpenJD format strings for one task, as an OpenJD session would."""
+    source: dict[str, Any] = {"Session.WorkingDirectory": workdir, "Session.HasPathMappingRules": "false"}
+    for name, value in job_params.items():
+        source[f"Param.{name}"] = value
+        source[f"RawParam.{name}"] = value
+    for name, value in task_params.items():
+        source[f"Task.Param.{name}"] = value
+        source[f"Task.RawParam.{name}"] = value
+    symtab = SymbolTable(source=source)
+    return [ArgString(part).resolve(symtab=symtab) for part in command]
+
+
+class TaskRunner:
+    def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
+                 thumbs_dir: Path, on_exit: Callable[[int], None],
+                 gpu_kwargs: Optional[dict[str, Any]] = None,
+                 verify: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+                 adopt: Optional[ContainerStatus] = None) -> None:
+        self.store = store
+        self.engine = engine
+        self.task = task
+        self.step = step
+        self.log_path = log_path
+        self.thumbs_dir = thumbs_dir
+        self.on_exit = on_exit
+        self.gpu_kwargs = gpu_kwargs or {}
+        self.verify = verify
+        self.adopt = adopt
+        self.container_id: Optional[str] = adopt.id if adopt else None
+        self.timed_out = False
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
+        self._frames = {f["frame"]: f for f in store.frames_of_task(task["id"])}
+        self._done: set[int] = {n for n, f in self._frames.items() if f["state"] == "done"}
+        self._settled: set[int] = set(self._done)
+        self._failed: dict[int, str] = {}
+        self._current_percent = 0.0
+        self._last_progress = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"task-{task['id']}", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        exit_code: Optional[int] = None
+        error: Optional[str] = None
+        try:
+            if self.container_id is None:
+                self.container_id = self._create()
+            exit_code, error = self._follow()
+        except EngineError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug here must not leave the task 'running' forever
+            log.exception("task %s: runner failed", self.task["id"])
+            error = f"internal error while running the task: {exc}"
+        try:
+            ok = exit_code == 0 and error is None
+            results = self._settle_frames(ok, exit_code, error)
+            failures = {**self._failed, **{f: e for f, (st, e) in results.items() if st == "failed"}}
+            if ok and failures:
+                frame, why = min(failures.items())
+                more = f" (and {len(failures) - 1} more frame(s))" if len(failures) > 1 else ""
+                error = f"frame {frame}: {why}{more}"
+            self.store.finish_task(self.task["id"], exit_code, error, results)
+            if self.container_id is not None:
+                self.engine.remove(self.container_id)
+        except Exception:
+            log.exception("task %s: could not record the result", self.task["id"])
+        finally:
+            self.on_exit(self.task["id"])
+
+    def _create(self) -> str:
+        task, step = self.task, self.step
+        spec: ContainerSpec = self.store.job_container(task["job_id"])
+        command = resolve_command(step["command"], self.store.job_params(task["job_id"]), task["params"],
+                                  spec.workdir)
+        request = ContainerRequest(
+            name=task["container"],
+            image=spec.image,
+            command=command,
+            env={**spec.env, "HPCDOCK_JOB": str(task["job_id"]), "HPCDOCK_TASK": str(task["id"]),
+                 "HPCDOCK_ATTEMPT": str(task["attempt"])},
+            workdir=spec.workdir,
+            mounts=spec.mounts,
+            network=spec.network,
+            labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(task["job_id"]),
+                    LABEL_TASK: str(task["id"]), LABEL_ATTEMPT: str(task["attempt"])},
+            gpu_kwargs=self.gpu_kwargs,
+        )
+        with open(self.log_path, "ab") as fh:
+            fh.write(f"--- attempt {task['attempt']}: {' '.join(command)}\n".encode())
+        container_id = self.engine.start(request)
+        with self._stop_lock:
+            self.container_id = container_id
+            if self._stop_requested:  # canceled while the container was being created
+                self.engine.stop(container_id)
+        if self.verify is not None:
+            problem = self.verify(self.engine.inspect(container_id))
+            if problem:
+                self.engine.stop(container_id)
+                self.container_id = container_id
+                raise EngineError(problem)
+        return container_id
+
+    def _follow(self) -> tuple[Optional[int], Optional[str]]:
+        assert self.container_id is not None
+        timer = None
+        timeout = self.step.get("timeout")
+        if timeout:
+            remaining = max(0.0, float(timeout) - (time.time() - (self.task["started_at"] or time.time())))
+            timer = threading.Timer(remaining, self._time_out)
+            timer.daemon = True
+            timer.start()
+        parser = LogParser()
+        mode = "r+b" if self.adopt else "ab"
+        try:
+            with open(self.log_path, mode) as fh:
+                if self.adopt:  # re-read the whole container log: drop what an earlier run wrote
+                    fh.seek(self.task["log_offset"])
+                    fh.truncate()
+                    fh.write(f"--- attempt {self.task['attempt']} (re-adopted after a service restart)\n"
+                             .encode())
+                for chunk in self.engine.logs(self.container_id, follow=True):
+                    fh.write(chunk)
+                    fh.flush()
+                    for update in parser.feed(chunk):
+                        self._apply(update)
+                for update in parser.close():
+                    self._apply(update)
+            exit_code = self.engine.wait(self.container_id)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if self.timed_out:
+            return exit_code, f"timed out after {timeout:g}s (onRun.timeout) and was stopped"
+        return exit_code, None if exit_code == 0 else f"exited with code {exit_code}"
+
+    def stop(self, grace: float = 0) -> None:
+        """Stop the container now, or as soon as it exists (cancel can race with creation)."""
+        with self._stop_lock:
+            self._stop_requested = True
+            if self.container_id:
+                self.engine.stop(self.container_id, grace=grace)
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.stop(grace=float(self.step.get("cancel_grace") or 0))
+
+    # -- log updates --------------------------------------------------------------------
+    def _apply(self, update: Any) -> None:
+        task_id = self.task["id"]
+        if isinstance(update, Progress):
+            self._current_percent = update.percent
+            self._report_progress()
+        elif isinstance(update, FrameStarted) and update.frame in self._frames:
+            self._current_percent = 0.0
+            self.store.set_frame(self.task["job_id"], self.task["step_idx"], update.frame, "running")
+        elif isinstance(update, FrameDone) and update.frame in self._frames:
+            self._current_percent = 0.0
+            state, error = self._check_output(update.frame)
+            self._settle(update.frame, state, error)
+            self._report_progress(force=True)
+        elif isinstance(update, FrameFailed) and update.frame in self._frames:
+            self._settle(update.frame, "failed", update.reason or "the render script reported a failure")
+        elif isinstance(update, (FrameStarted, FrameDone, FrameFailed)):
+            log.warning("task %s reported frame %s, which is not one of its frames", task_id, update.frame)
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        frames = self.task["frames"]
+        percent = task_progress(frames, self._done, self._current_percent) if frames else self._current_percent
+        self.store.set_progress(self.task["id"], percent)
+
+    def _settle(self, frame: int, state: str, error: Optional[str]) -> None:
+        thumb = self._thumbnail(frame) if state == "done" else None
+        if state == "done":
+            self._done.add(frame)
+        else:
+            self._failed[frame] = error or "failed"
+        self._settled.add(frame)
+        self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, state, error, thumbnail=thumb)
+
+    # -- frames -------------------------------------------------------------------------
+    def _check_output(self, frame: int) -> tuple[str, Optional[str]]:
+        output = self._frames[frame]["output"]
+        if not output:
+            return "done", None
+        if not os.path.exists(output):
+            return "failed", f"output missing: {output}"
+        if not thumbnails.is_output_complete(Path(output)):
+            return "failed", f"output incomplete or unreadable: {output}"
+        return "done", None
+
+    def _thumbnail(self, frame: int) -> Optional[str]:
+        output = self._frames[frame]["output"]
+        if not output or thumbnails.sniff_format(output) is None:
+            return None  # not an image (a geometry cache, say): nothing to show
+        dest = self.thumbs_dir / str(self.task["job_id"]) / f"{self.task['step_idx']}.{frame}.png"
+        try:
+            return str(thumbnails.make_thumbnail(Path(output), dest))
+        except thumbnails.ThumbnailError as exc:
+            log.warning("no thumbnail for frame %s: %s", frame, exc)
+            return None
+
+    def _settle_frames(self, ok: bool, exit_code: Optional[int], error: Optional[str]
+                       ) -> dict[int, tuple[str, Optional[str]]]:
+        """Decide the frames the markers did not settle, and make thumbnails of new outputs."""
+        results: dict[int, tuple[str, Optional[str]]] = {}
+        for frame in self._frames:
+            if frame in self._settled:
+                continue
+            if ok:
+                state, f_error = self._check_output(frame)
+                if state == "done":
+                    thumb = self._thumbnail(frame)
+                    if thumb:
+                        self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, "done",
+                                             thumbnail=thumb)
+                        continue
+                results[frame] = (state, f_error)
+            else:
+                results[frame] = ("failed", error or f"task exited with code {exit_code}")
+        return results

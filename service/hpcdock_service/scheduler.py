@@ -1,0 +1,188 @@
+"""Decides which task runs next, starts it, and puts a restarted service back on its feet.
+
+The scheduler knows slots, priorities, step dependencies and GPUs, never which engine
+it drives. Dispatch is one thread woken by anything that frees or adds work; each
+running task has a :class:`~.runner.TaskRunner` thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+from .engines.base import LABEL_STORE, Engine
+from .runner import TaskRunner, container_name
+from .store import Row, Store
+
+log = logging.getLogger(__name__)
+
+
+class GpuBroker(Protocol):
+    """What the scheduler needs from the GPU package (see :mod:`hpcdock_service.gpu`)."""
+
+    def acquire(self, task_id: int, count: int) -> Optional[list[int]]: ...
+
+    def restore(self, task_id: int, indices: list[int]) -> None: ...
+
+    def release(self, task_id: int) -> None: ...
+
+    def container_kwargs(self, indices: list[int]) -> dict[str, Any]: ...
+
+    def verifier(self, indices: list[int]) -> Callable[[dict[str, Any]], Optional[str]]: ...
+
+
+class Scheduler:
+    def __init__(self, store: Store, engine: Engine, *, slots: int, state_dir: Path,
+                 gpus: Optional[GpuBroker] = None) -> None:
+        self.store = store
+        self.engine = engine
+        self.slots = max(1, slots)
+        self.gpus = gpus
+        self.log_dir = state_dir / "logs"
+        self.thumbs_dir = state_dir / "thumbnails"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        self._running: dict[int, TaskRunner] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    def log_path(self, task_id: int) -> Path:
+        return self.log_dir / f"task-{task_id}.log"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop dispatching. Running containers keep running; the next start re-adopts them."""
+        self._stopped.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.clear()
+            try:
+                self.dispatch()
+            except Exception:
+                log.exception("dispatch failed; retrying")
+            self._wake.wait(timeout=2.0)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def dispatch(self) -> int:
+        """Start as many ready tasks as free slots (and GPUs) allow; return how many started."""
+        started = 0
+        for step in self.store.ready_steps():
+            while self.running_count() < self.slots and not self._stopped.is_set():
+                task_id = self.store.next_pending(step["job_id"], step["step_idx"])
+                if task_id is None:
+                    break
+                gpus: list[int] = []
+                if step["gpus"]:
+                    if self.gpus is None:
+                        break
+                    acquired = self.gpus.acquire(task_id, step["gpus"])
+                    if acquired is None:
+                        break  # this step waits for GPUs; lower-priority CPU steps may still run
+                    gpus = acquired
+                self._launch(task_id, gpus)
+                started += 1
+            if self.running_count() >= self.slots:
+                break
+        return started
+
+    def _launch(self, task_id: int, gpus: list[int]) -> None:
+        attempt = self.store.task(task_id)["attempt"] + 1
+        name = container_name(self.store.store_id, task_id, attempt)
+        log_path = self.log_path(task_id)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        task = self.store.start_task(task_id, name, gpus, offset)
+        task["log_offset"] = offset
+        self._run(task, gpus, adopt=None)
+
+    def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
+        step = self.store.steps(task["job_id"])[task["step_idx"]]
+        runner = TaskRunner(
+            store=self.store, engine=self.engine, task=task, step=step,
+            log_path=self.log_path(task["id"]), thumbs_dir=self.thumbs_dir, on_exit=self._on_exit,
+            gpu_kwargs=self.gpus.container_kwargs(gpus) if (gpus and self.gpus) else None,
+            verify=self.gpus.verifier(gpus) if (gpus and self.gpus) else None,
+            adopt=adopt,
+        )
+        with self._lock:
+            self._running[task["id"]] = runner
+        runner.start()
+
+    def _on_exit(self, task_id: int) -> None:
+        with self._lock:
+            self._running.pop(task_id, None)
+        if self.gpus is not None:
+            self.gpus.release(task_id)
+        self._wake.set()
+
+    # -- cancel -------------------------------------------------------------------------
+    def cancel(self, job_id: int, wait: float = 30.0) -> Row:
+        """Cancel the job: pending tasks never start, running containers are stopped and removed."""
+        running = self.store.cancel_job(job_id)
+        runners = []
+        for task in running:
+            with self._lock:
+                runner = self._running.get(task["id"])
+            if runner is not None:
+                runner.stop()
+                runners.append(runner)
+            elif task["container"]:
+                self.engine.stop(task["container"])
+        for runner in runners:
+            runner.thread.join(timeout=wait)
+        return self.store.job(job_id)
+
+    def _truncate_log(self, task_id: int, offset: int) -> None:
+        path = self.log_path(task_id)
+        if path.exists() and path.stat().st_size > offset:
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+
+    # -- restart ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Re-adopt containers that outlived the previous service process.
+
+        A task the store says is running is looked up by its container name: a live
+        container is followed again, an exited one has its exit code and log collected,
+        and a missing (never created) or never started one is put back to pending
+        without spending an attempt. Containers of this store that no task claims are
+        leftovers of a crash after the result was recorded, and are removed.
+        """
+        claimed = set()
+        for task in self.store.tasks_in_state("running"):
+            status = self.engine.find(task["container"]) if task["container"] else None
+            if status is None or status.status == "created":
+                if status is not None:
+                    self.engine.remove(status.id)
+                self._truncate_log(task["id"], self.store.log_offset(task["id"]))
+                self.store.unstart_task(task["id"])
+                log.info("task %s: container never started; back to pending", task["id"])
+                continue
+            claimed.add(status.id)
+            if self.gpus is not None and task["gpus"]:
+                self.gpus.restore(task["id"], task["gpus"])
+            task["log_offset"] = self.store.log_offset(task["id"])
+            log.info("task %s: re-adopting container %s (%s)", task["id"], status.name,
+                     "running" if status.running else f"exited {status.exit_code}")
+            self._run(task, task["gpus"], adopt=status)
+        for status in self.engine.list_labeled({LABEL_STORE: self.store.store_id}):
+            if status.id not in claimed:
+                log.info("removing leftover container %s", status.name)
+                self.engine.remove(status.id)

@@ -1,0 +1,523 @@
+"""The service's only state: jobs, steps, tasks, frames and the event log, in SQLite (WAL).
+
+Everything that must survive a ``kill -9`` lives here and is written before the action
+it describes (a task is marked running, with its container name, before the container
+is created), so a restarted service can tell what was in flight. Every change of job,
+task or frame state appends an event in the same transaction, which is what makes the
+event stream resumable without gaps.
+
+One connection guarded by one lock: the service is a single process and SQLite
+serialises writers anyway; this keeps every multi-statement change atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .bundle import ContainerSpec, JobPlan
+from .errors import BadInput, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL,
+    bundle_dir TEXT NOT NULL, container TEXT NOT NULL, params TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+    depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
+    timeout REAL, cancel_grace REAL NOT NULL, output TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, idx INTEGER NOT NULL,
+    params TEXT NOT NULL, frames TEXT NOT NULL,
+    state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+    container TEXT, exit_code INTEGER, progress REAL NOT NULL DEFAULT 0, error TEXT,
+    started_at REAL, finished_at REAL, gpus TEXT, log_offset INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id, step_idx, state);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
+CREATE TABLE IF NOT EXISTS frames (
+    job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, frame INTEGER NOT NULL,
+    task_id INTEGER NOT NULL, state TEXT NOT NULL, output TEXT, error TEXT,
+    started_at REAL, finished_at REAL, thumbnail TEXT,
+    PRIMARY KEY (job_id, step_idx, frame)
+);
+CREATE INDEX IF NOT EXISTS frames_by_task ON frames (task_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER, kind TEXT NOT NULL, data TEXT NOT NULL, ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
+"""
+
+JOB_ACTIVE = ("queued", "running")
+_FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
+                 "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
+_TASK_SELECT = ("SELECT t.*, s.name AS step FROM tasks t "
+                "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
+TASK_FINAL = ("succeeded", "failed", "canceled")
+
+Row = dict[str, Any]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[int], None]] = []
+        self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        self._notify()
+
+    def _meta(self, key: str) -> Optional[str]:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> str:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        return value
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def add_listener(self, callback: Callable[[int], None]) -> None:
+        """``callback(last_event_id)`` runs after every committed change (from any thread)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[int], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def _notify(self) -> None:
+        last = self.last_event_id()
+        for cb in list(self._listeners):
+            cb(last)
+
+    # -- events -------------------------------------------------------------------------
+    def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: str, data: Row) -> None:
+        db.execute("INSERT INTO events (job_id, kind, data, ts) VALUES (?, ?, ?, ?)",
+                   (job_id, kind, json.dumps({kind: data}), time.time()))
+
+    def last_event_id(self) -> int:
+        row = self._query("SELECT COALESCE(MAX(id), 0) FROM events")
+        return int(row[0][0])
+
+    def events_after(self, after: int, job_id: Optional[int] = None, limit: int = 500) -> list[Row]:
+        if job_id is None:
+            rows = self._query("SELECT id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                               (after, limit))
+        else:
+            rows = self._query("SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? "
+                               "ORDER BY id LIMIT ?", (job_id, after, limit))
+        return [dict(r) for r in rows]
+
+    # -- jobs ---------------------------------------------------------------------------
+    def add_job(self, plan: JobPlan, priority: Optional[int] = None, name: Optional[str] = None) -> Row:
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (name, state, priority, bundle_dir, container, params, max_attempts, created_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (name or plan.name, plan.priority if priority is None else priority, plan.bundle_dir,
+                 json.dumps(plan.container.to_json()), json.dumps(plan.params), plan.max_attempts, now))
+            job_id = int(cur.lastrowid)
+            for s_idx, step in enumerate(plan.steps):
+                db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
+                            json.dumps(step.command), step.timeout, step.cancel_grace, step.output))
+                first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
+                db.executemany(
+                    "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    ((first + t_idx, job_id, s_idx, t_idx, json.dumps(t.params), _frames_json(t.frames),
+                      plan.max_attempts) for t_idx, t in enumerate(step.tasks)))
+                if step.output is not None:
+                    db.executemany(
+                        "INSERT INTO frames (job_id, step_idx, frame, task_id, state, output) "
+                        "VALUES (?, ?, ?, ?, 'waiting', ?)",
+                        ((job_id, s_idx, f, first + t_idx, step.output.format(frame=f))
+                         for t_idx, t in enumerate(step.tasks) for f in t.frames))
+            self._job_event(db, job_id)
+        return self.job(job_id)
+
+    def job(self, job_id: int) -> Row:
+        rows = self._query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            raise NotFound("job", f"no job {job_id}")
+        return self._job_json(rows[0])
+
+    def jobs(self, state: Optional[str] = None) -> list[Row]:
+        if state:
+            rows = self._query("SELECT * FROM jobs WHERE state=? ORDER BY id DESC", (state,))
+        else:
+            rows = self._query("SELECT * FROM jobs ORDER BY id DESC")
+        return [self._job_json(r) for r in rows]
+
+    def job_container(self, job_id: int) -> ContainerSpec:
+        rows = self._query("SELECT container FROM jobs WHERE id=?", (job_id,))
+        return ContainerSpec.from_json(json.loads(rows[0][0]))
+
+    def job_params(self, job_id: int) -> dict[str, str]:
+        return json.loads(self._query("SELECT params FROM jobs WHERE id=?", (job_id,))[0][0])
+
+    def _job_json(self, row: sqlite3.Row) -> Row:
+        job = dict(row)
+        job.pop("container")
+        job.pop("params")
+        counts = {s: n for s, n in self._db.execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job["id"],))}
+        job["tasks_total"] = sum(counts.values())
+        job["tasks_done"] = counts.get("succeeded", 0)
+        job["tasks_failed"] = counts.get("failed", 0)
+        job["tasks_running"] = counts.get("running", 0)
+        fcounts = {s: n for s, n in self._db.execute(
+            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job["id"],))}
+        job["frames_total"] = sum(fcounts.values())
+        job["frames_done"] = fcounts.get("done", 0)
+        job["frames_failed"] = fcounts.get("failed", 0)
+        job["steps"] = [
+            {"name": s["name"], "depends_on": json.loads(s["depends_on"]), "gpus": s["gpus"],
+             "output": s["output"]}
+            for s in self._db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
+        return job
+
+    def _job_event(self, db: sqlite3.Connection, job_id: int) -> None:
+        row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        self._event(db, job_id, "job", self._job_json(row))
+
+    def steps(self, job_id: int) -> list[Row]:
+        rows = self._query("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,))
+        return [{**dict(r), "depends_on": json.loads(r["depends_on"]), "command": json.loads(r["command"])}
+                for r in rows]
+
+    # -- tasks --------------------------------------------------------------------------
+    def tasks(self, job_id: int) -> list[Row]:
+        self.job(job_id)
+        rows = self._query(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
+                           (job_id,))
+        return [_task_json(r) for r in rows]
+
+    def task(self, task_id: int) -> Row:
+        rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
+        if not rows:
+            raise NotFound("task", f"no task {task_id}")
+        return _task_json(rows[0])
+
+    def _task_event(self, db: sqlite3.Connection, task_id: int) -> None:
+        row = db.execute(_TASK_SELECT + " WHERE t.id=?", (task_id,)).fetchone()
+        self._event(db, row["job_id"], "task", _task_json(row))
+
+    def log_offset(self, task_id: int) -> int:
+        return int(self._query("SELECT log_offset FROM tasks WHERE id=?", (task_id,))[0][0])
+
+    def tasks_in_state(self, state: str) -> list[Row]:
+        rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id",
+                           (state,))
+        return [_task_json(r) for r in rows]
+
+    def ready_steps(self) -> list[Row]:
+        """Steps of active jobs that have pending tasks and whose dependencies all succeeded.
+
+        Ordered by job priority (high first), then submission order, then step order.
+        """
+        rows = self._query(
+            "SELECT t.job_id, t.step_idx, j.priority, s.gpus, s.depends_on "
+            "FROM tasks t JOIN jobs j ON j.id = t.job_id "
+            "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx "
+            "WHERE t.state = 'pending' AND j.state IN ('queued', 'running') "
+            "GROUP BY t.job_id, t.step_idx ORDER BY j.priority DESC, t.job_id, t.step_idx")
+        ready = []
+        for r in rows:
+            deps = json.loads(r["depends_on"])
+            if deps and not self._steps_succeeded(r["job_id"], deps):
+                continue
+            ready.append(dict(r))
+        return ready
+
+    def _steps_succeeded(self, job_id: int, names: list[str]) -> bool:
+        marks = ",".join("?" * len(names))
+        row = self._query(
+            f"SELECT COUNT(*) FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx "
+            f"WHERE t.job_id = ? AND s.name IN ({marks}) AND t.state != 'succeeded'", (job_id, *names))
+        return row[0][0] == 0
+
+    def next_pending(self, job_id: int, step_idx: int) -> Optional[int]:
+        rows = self._query("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
+                           "ORDER BY idx LIMIT 1", (job_id, step_idx))
+        return rows[0][0] if rows else None
+
+    def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Row:
+        """Mark the task running *before* its container exists: the name is what a restart looks for."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET state='running', attempt=attempt+1, container=?, exit_code=NULL, "
+                       "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=? "
+                       "WHERE id=? AND state='pending'",
+                       (container, now, json.dumps(gpus), log_offset, task_id))
+            job_id, attempt = db.execute("SELECT job_id, attempt FROM tasks WHERE id=?", (task_id,)).fetchone()
+            self._reset_frames(db, task_id, "running")
+            if db.execute("UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?) "
+                          "WHERE id=? AND state='queued'", (now, job_id)).rowcount:
+                self._job_event(db, job_id)
+            self._task_event(db, task_id)
+        return self.task(task_id)
+
+    def unstart_task(self, task_id: int) -> None:
+        """Undo :meth:`start_task` for a container that was never created (restart before create)."""
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET state='pending', attempt=attempt-1, container=NULL, started_at=NULL, "
+                       "gpus=NULL WHERE id=? AND state='running'", (task_id,))
+            self._reset_frames(db, task_id, "waiting")
+            self._task_event(db, task_id)
+
+    def set_progress(self, task_id: int, progress: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET progress=? WHERE id=? AND state='running'", (progress, task_id))
+            self._task_event(db, task_id)
+
+    def finish_task(self, task_id: int, exit_code: Optional[int], error: Optional[str],
+                    frame_results: Optional[dict[int, tuple[str, Optional[str]]]] = None) -> Row:
+        """Record how an attempt ended and decide what comes next for the task and its job.
+
+        A failed attempt goes back to ``pending`` while attempts remain; a task of a
+        canceled job ends ``canceled`` whatever its exit code. ``frame_results`` maps each
+        frame not already settled to ``(state, error)``.
+        """
+        now = time.time()
+        with self._tx() as db:
+            t = db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if t["state"] != "running":
+                return self.task(task_id)
+            job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
+            ok = exit_code == 0 and error is None
+            if job_state == "canceled":
+                state = "canceled"
+            elif ok:
+                state = "succeeded"
+            elif t["attempt"] < t["max_attempts"]:
+                state = "pending"
+            else:
+                state = "failed"
+            db.execute("UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
+                       "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
+                       (state, exit_code, error, now, ok, task_id))
+            self._task_event(db, task_id)
+            for frame, (f_state, f_error) in sorted((frame_results or {}).items()):
+                self._set_frame(db, t["job_id"], t["step_idx"], frame, f_state, f_error, now)
+            if state == "pending":
+                self._reset_frames(db, task_id, "waiting")
+            if state == "failed":
+                self._cancel_dependents(db, t["job_id"], t["step_idx"])
+            self._settle_job(db, t["job_id"], now)
+        return self.task(task_id)
+
+    def _cancel_dependents(self, db: sqlite3.Connection, job_id: int, step_idx: int) -> None:
+        steps = {r["name"]: (r["idx"], json.loads(r["depends_on"]))
+                 for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))}
+        failed_names = {n for n, (i, _) in steps.items() if i == step_idx}
+        changed = True
+        while changed:
+            changed = False
+            for name, (_, deps) in steps.items():
+                if name not in failed_names and failed_names.intersection(deps):
+                    failed_names.add(name)
+                    changed = True
+        upstream = next(n for n, (i, _) in steps.items() if i == step_idx)
+        for name in failed_names - {upstream}:
+            idx = steps[name][0]
+            ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending'",
+                                            (job_id, idx))]
+            db.execute("UPDATE tasks SET state='canceled', error=? WHERE job_id=? AND step_idx=? AND state='pending'",
+                       (f"upstream step {upstream!r} failed", job_id, idx))
+            for task_id in ids:
+                self._task_event(db, task_id)
+
+    def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
+        job = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        counts = {s: n for s, n in db.execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job_id,))}
+        active = counts.get("pending", 0) + counts.get("running", 0)
+        if job["state"] in JOB_ACTIVE and not active:
+            if counts.get("failed") or counts.get("canceled"):
+                state, error = "failed", f"{counts.get('failed', 0)} task(s) failed"
+            else:
+                state, error = "succeeded", None
+            db.execute("UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id))
+        elif job["state"] == "canceled" and not counts.get("running"):
+            db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
+        self._job_event(db, job_id)
+
+    def cancel_job(self, job_id: int) -> list[Row]:
+        """Cancel the job's pending tasks; return its running tasks, whose containers the caller stops."""
+        self.job(job_id)
+        now = time.time()
+        with self._tx() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+            if state not in JOB_ACTIVE:
+                return []
+            db.execute("UPDATE jobs SET state='canceled', error='canceled by user' WHERE id=?", (job_id,))
+            ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND state='pending'", (job_id,))]
+            db.execute("UPDATE tasks SET state='canceled', finished_at=? WHERE job_id=? AND state='pending'",
+                       (now, job_id))
+            for task_id in ids:
+                self._task_event(db, task_id)
+            self._settle_job(db, job_id, now)
+        return [t for t in self.tasks(job_id) if t["state"] == "running"]
+
+    def retry_job(self, job_id: int) -> Row:
+        """Put failed and canceled tasks back to pending with a fresh budget of attempts."""
+        job = self.job(job_id)
+        if job["state"] in JOB_ACTIVE:
+            raise BadInput("job", f"job {job_id} is {job['state']}; only finished jobs can be retried", 409)
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM tasks WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id,))]
+            if ids:
+                db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + "
+                           "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL "
+                           "WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id, job_id))
+                db.execute("UPDATE frames SET state='waiting', error=NULL WHERE job_id=? AND state != 'done'",
+                           (job_id,))
+                db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
+                for task_id in ids:
+                    self._task_event(db, task_id)
+                self._job_event(db, job_id)
+        return self.job(job_id)
+
+    # -- frames -------------------------------------------------------------------------
+    def _reset_frames(self, db: sqlite3.Connection, task_id: int, state: str) -> None:
+        """Put the task's unfinished frames in ``state`` (a new attempt starts, or will)."""
+        rows = db.execute("SELECT job_id, step_idx, frame FROM frames WHERE task_id=? AND state != 'done'",
+                          (task_id,)).fetchall()
+        db.execute("UPDATE frames SET state=?, started_at=NULL, finished_at=NULL, thumbnail=NULL "
+                   "WHERE task_id=? AND state != 'done'", (state, task_id))
+        for r in rows:
+            self._frame_event(db, r["job_id"], r["step_idx"], r["frame"])
+
+    def _frame_event(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int) -> None:
+        row = db.execute(_FRAME_SELECT + " WHERE f.job_id=? AND f.step_idx=? AND f.frame=?",
+                         (job_id, step_idx, frame)).fetchone()
+        self._event(db, job_id, "frame", _frame_json(row))
+
+    def frames(self, job_id: int) -> list[Row]:
+        self.job(job_id)
+        rows = self._query(_FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,))
+        return [_frame_json(r) for r in rows]
+
+    def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Row:
+        sql = _FRAME_SELECT + " WHERE f.job_id=? AND f.frame=?"
+        args: list[Any] = [job_id, frame]
+        if step is not None:
+            sql += " AND s.name=?"
+            args.append(step)
+        rows = self._query(sql + " ORDER BY f.step_idx DESC LIMIT 1", args)
+        if not rows:
+            raise NotFound("frame", f"job {job_id} has no frame {frame}" + (f" in step {step!r}" if step else ""))
+        return _frame_json(rows[0])
+
+    def thumbnail_path(self, job_id: int, frame: int, step: Optional[str] = None) -> Optional[str]:
+        sql = ("SELECT f.thumbnail FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
+               "WHERE f.job_id=? AND f.frame=?")
+        args: list[Any] = [job_id, frame]
+        if step is not None:
+            sql += " AND s.name=?"
+            args.append(step)
+        rows = self._query(sql + " ORDER BY f.step_idx DESC LIMIT 1", args)
+        return rows[0][0] if rows and rows[0][0] and Path(rows[0][0]).exists() else None
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs, tasks and frames per state, for /metrics."""
+        return {table: {s: n for s, n in self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")}
+                for table in ("jobs", "tasks", "frames")}
+
+    def frames_of_task(self, task_id: int) -> list[Row]:
+        rows = self._query(_FRAME_SELECT + " WHERE f.task_id=? ORDER BY f.frame", (task_id,))
+        return [_frame_json(r) for r in rows]
+
+    def set_frame(self, job_id: int, step_idx: int, frame: int, state: str, error: Optional[str] = None,
+                  thumbnail: Optional[str] = None) -> None:
+        with self._tx() as db:
+            self._set_frame(db, job_id, step_idx, frame, state, error, time.time(), thumbnail)
+
+    def _set_frame(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, state: str,
+                   error: Optional[str], now: float, thumbnail: Optional[str] = None) -> None:
+        cur = db.execute(
+            "UPDATE frames SET state=?, error=?, "
+            "started_at=CASE WHEN ?='running' THEN ? ELSE COALESCE(started_at, ?) END, "
+            "finished_at=CASE WHEN ? IN ('done', 'failed') THEN ? ELSE NULL END, "
+            "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=?",
+            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame))
+        if cur.rowcount:
+            self._frame_event(db, job_id, step_idx, frame)
+
+
+def _frames_json(frames: list[int]) -> str:
+    """Frames as a compact range list: a 100,000-frame chunk stores as ``[[1, 100000]]``."""
+    runs: list[list[int]] = []
+    for f in frames:
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    return json.dumps(runs)
+
+
+def _expand_frames(text: str) -> list[int]:
+    return [f for a, b in json.loads(text) for f in range(a, b + 1)]
+
+
+def _task_json(row: sqlite3.Row) -> Row:
+    task = dict(row)
+    task["params"] = json.loads(task["params"])
+    task["frames"] = _expand_frames(task["frames"])
+    task["gpus"] = json.loads(task["gpus"]) if task["gpus"] else []
+    task.pop("log_offset", None)
+    task.pop("idx", None)
+    task["index"] = row["idx"]
+    return task
+
+
+def _frame_json(row: sqlite3.Row) -> Row:
+    frame = dict(row)
+    step = frame["step"]
+    frame.pop("step_idx")
+    has_thumb = frame.pop("thumbnail") is not None
+    frame["thumbnail_url"] = (f"/v1/jobs/{frame['job_id']}/frames/{frame['frame']}/thumbnail?step={step}"
+                              if has_thumb else None)
+    start, end = frame.get("started_at"), frame.get("finished_at")
+    frame["render_time"] = round(end - start, 3) if start and end else None
+    return frame
