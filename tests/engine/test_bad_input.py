@@ -1,0 +1,84 @@
+"""Bad bundles are refused with a 4xx (or a non-zero CLI exit) naming the field; no job is created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import ServiceProcess, make_bundle
+
+pytestmark = pytest.mark.engine
+
+
+def _break_yaml(b: Path) -> None:
+    (b / "hpcdock.yaml").write_text("image: [unclosed\n")
+
+
+def _unknown_param(b: Path) -> None:
+    (b / "parameter_values.yaml").write_text("parameterValues:\n- {name: Bogus, value: '1'}\n")
+
+
+def _bad_range(b: Path) -> None:
+    (b / "parameter_values.yaml").write_text("parameterValues:\n- {name: Frames, value: a-b}\n")
+
+
+def _append(b: Path, text: str) -> None:
+    with open(b / "hpcdock.yaml", "a") as fh:
+        fh.write(text)
+
+
+CASES = {
+    "unreadable yaml": (_break_yaml, "hpcdock.yaml", "not valid YAML"),
+    "unknown parameter": (_unknown_param, "parameter_values", "Bogus"),
+    "frame range a-b": (_bad_range, "parameter_values", "a-b"),
+    "mount outside roots": (lambda b: _append(b, "mounts:\n- {source: /etc, target: /etc}\n"),
+                            "hpcdock.yaml: mounts[0].source", "outside the allowed roots"),
+    "privileged": (lambda b: _append(b, "privileged: true\n"), "hpcdock.yaml: privileged", "never run privileged"),
+    "host network": (lambda b: _append(b, "network_mode: host\n"), "hpcdock.yaml: network_mode",
+                     "host networking"),
+    "network: host": (lambda b: _append(b, "network: host\n"), "hpcdock.yaml: network", "true or false"),
+    "raw devices": (lambda b: _append(b, "devices: [/dev/sda]\n"), "hpcdock.yaml: devices", "raw devices"),
+    "missing image": (lambda b: (b / "hpcdock.yaml").write_text(
+        (b / "hpcdock.yaml").read_text().replace("hpcdock-test", "no-such-image")),
+        "hpcdock.yaml: image", "does not exist"),
+    "too many gpus": (lambda b: (b / "template.yaml").write_text((b / "template.yaml").read_text().replace(
+        "  script:", "  hostRequirements:\n    amounts:\n    - {name: amount.worker.gpu, min: 64}\n  script:")),
+        "hostRequirements", "amount.worker.gpu"),
+    "embedded files": (lambda b: (b / "template.yaml").write_text((b / "template.yaml").read_text().replace(
+        "  script:\n", "  script:\n    embeddedFiles:\n    - {name: f, type: TEXT, data: hi}\n")),
+        "embeddedFiles", "not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_bundle_is_refused_by_name(case: str, service: ServiceProcess, tmp_path: Path) -> None:
+    breaker, field, reason = CASES[case]
+    bundle = make_bundle(tmp_path / "bad")
+    breaker(bundle)
+    resp = requests.post(service.url + "/v1/jobs", json={"bundle_dir": str(bundle)},
+                         headers={"Authorization": f"Bearer {service.token}"}, timeout=30)
+    assert 400 <= resp.status_code < 500, resp.text
+    error = resp.json()["error"]
+    assert field in error["field"], error
+    assert reason in error["message"], error
+    result = service.cli("submit", str(bundle))
+    assert result.returncode == 1 and field.split(":")[0] in result.stderr
+    assert "Traceback" not in result.stderr
+    assert service.client().jobs() == []
+    assert not (bundle / "out").exists() or case == "missing image"
+
+
+def test_requests_without_token_or_with_junk_get_4xx(service: ServiceProcess) -> None:
+    assert requests.get(service.url + "/v1/jobs", timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {service.token}"}
+    for body in ({}, {"bundle_dir": 3}, {"bundle_dir": "relative/path"}, {"bundle_dir": "/x", "bogus": 1},
+                 {"bundle_dir": "/nonexistent"}):
+        resp = requests.post(service.url + "/v1/jobs", json=body, headers=auth, timeout=10)
+        assert 400 <= resp.status_code < 500, (body, resp.text)
+        assert resp.json()["error"]["field"]
+    assert requests.get(service.url + "/v1/jobs/999", headers=auth, timeout=10).status_code == 404
+    assert requests.get(service.url + "/v1/jobs/abc", headers=auth, timeout=10).status_code == 422
+    resp = requests.get(service.url + "/v1/events", headers={**auth, "Last-Event-ID": "x"}, timeout=10)
+    assert resp.status_code == 400
