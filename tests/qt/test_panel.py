@@ -238,6 +238,9 @@ def test_pypanel_builds_the_panel_through_the_host(qtbot, monkeypatch):
     assert isinstance(widget, MonitorPanel) and widget.host is host
     namespace["onDestroyInterface"]()
     assert widget.events_worker is None
+    # the script's functions and its globals form a reference cycle holding the widget: break
+    # it here, so the collector never destroys a Qt widget from another thread
+    namespace.clear()
 
 
 def test_monitor_main_opens_a_window(qtbot, qapp, monkeypatch):

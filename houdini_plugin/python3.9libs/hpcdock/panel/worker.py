@@ -22,6 +22,7 @@ Messages (first element is the kind):
 import queue
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qtpy import QtCore, QtGui
@@ -310,7 +311,10 @@ class EventPump(QtCore.QObject):
                  budget_s: float = 0.008, max_events: int = 1500, busy_interval_ms: int = 8,
                  parent: Optional[QtCore.QObject] = None) -> None:
         super().__init__(parent)
-        self.sink = sink
+        # weak: the sink (the panel) usually owns the pump; a strong reference back would make a
+        # reference cycle that Python's collector may free from a worker thread, and Qt objects
+        # must be destroyed in the GUI thread
+        self._sink = weakref.ref(sink)
         self.inbox: queue.Queue[Any] = inbox if inbox is not None else queue.Queue()
         self.budget_s = budget_s
         self.max_events = max_events
@@ -329,8 +333,16 @@ class EventPump(QtCore.QObject):
     def stop(self) -> None:
         self.timer.stop()
 
+    @property
+    def sink(self) -> Any:
+        return self._sink()
+
     def drain(self) -> int:
         """Apply what is queued, for at most ``budget_s`` of reading; returns events applied."""
+        sink = self.sink
+        if sink is None:
+            self.timer.stop()
+            return 0
         deadline = time.perf_counter() + self.budget_s
         jobs: Dict[Any, Tuple[int, Any]] = {}
         tasks: Dict[Any, Tuple[int, Any]] = {}
@@ -363,11 +375,11 @@ class EventPump(QtCore.QObject):
                     break
             else:
                 if jobs or tasks or frames:  # keep order: what came before applies first
-                    self._apply(jobs, tasks, frames)
+                    self._apply(sink, jobs, tasks, frames)
                     jobs, tasks, frames = {}, {}, {}
-                self.sink.handle(msg)
+                sink.handle(msg)
         if jobs or tasks or frames:
-            self._apply(jobs, tasks, frames)
+            self._apply(sink, jobs, tasks, frames)
         if count:
             self.events_applied += count
             self.batchApplied.emit(count)
@@ -378,7 +390,7 @@ class EventPump(QtCore.QObject):
             self.timer.setInterval(wanted)
         return count
 
-    def _apply(self, jobs: Dict[Any, Tuple[int, Any]], tasks: Dict[Any, Tuple[int, Any]],
+    def _apply(self, sink: Any, jobs: Dict[Any, Tuple[int, Any]], tasks: Dict[Any, Tuple[int, Any]],
                frames: Dict[Any, Tuple[int, Any]]) -> None:
         self.batches += 1
-        self.sink.apply_batch(list(jobs.values()), list(tasks.values()), list(frames.values()))
+        sink.apply_batch(list(jobs.values()), list(tasks.values()), list(frames.values()))
