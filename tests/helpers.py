@@ -44,7 +44,7 @@ class ServiceProcess:
     """A real ``hpcdock-service`` in its own process, restartable and killable like the real one."""
 
     def __init__(self, root: Path, engine_url: Optional[str], slots: int = 2,
-                 extra_env: Optional[dict[str, str]] = None) -> None:
+                 extra_env: Optional[dict[str, str]] = None, config: Optional[dict[str, Any]] = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config_home = root / "config"
@@ -56,6 +56,9 @@ class ServiceProcess:
         self.extra_env = extra_env or {}
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = root / "service.log"
+        if config:
+            (self.config_home / "hpcdock").mkdir(parents=True, exist_ok=True)
+            (self.config_home / "hpcdock" / "service.yaml").write_text(yaml.safe_dump(config))
 
     @property
     def env(self) -> dict[str, str]:

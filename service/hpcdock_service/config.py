@@ -32,6 +32,9 @@ class ServiceConfig:
     embedded_podman: bool = True
     allow_rootful: bool = False
     allowed_roots: list[str] = field(default_factory=_default_roots)
+    # GPUs tasks may use, declared by hand ([{index, uuid, name}]); default: all that NVML finds.
+    gpus: Optional[list[dict[str, Any]]] = None
+    gpu_cdi_kind: str = "nvidia.com/gpu"  # CDI device kind GPUs are requested by
 
     @property
     def state_path(self) -> Path:

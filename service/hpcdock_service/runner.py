@@ -32,6 +32,7 @@ from .engines.base import (
     Engine,
     EngineError,
 )
+from .gpu.attach import AttachError, verify_attachment
 from .logparse import FrameDone, FrameFailed, FrameStarted, LogParser, Progress, task_progress
 from .store import Row, Store
 
@@ -61,8 +62,7 @@ def resolve_command(command: list[str], job_params: dict[str, str], task_params:
 class TaskRunner:
     def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
                  thumbs_dir: Path, on_exit: Callable[[int], None],
-                 gpu_kwargs: Optional[dict[str, Any]] = None,
-                 verify: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+                 gpu: Optional[Callable[[], Any]] = None,
                  adopt: Optional[ContainerStatus] = None) -> None:
         self.store = store
         self.engine = engine
@@ -71,8 +71,7 @@ class TaskRunner:
         self.log_path = log_path
         self.thumbs_dir = thumbs_dir
         self.on_exit = on_exit
-        self.gpu_kwargs = gpu_kwargs or {}
-        self.verify = verify
+        self.plan_gpu = gpu  # returns the task's GPU Attachment; raises AttachError when impossible
         self.adopt = adopt
         self.container_id: Optional[str] = adopt.id if adopt else None
         self.timed_out = False
@@ -134,21 +133,26 @@ class TaskRunner:
             network=spec.network,
             labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(task["job_id"]),
                     LABEL_TASK: str(task["id"]), LABEL_ATTEMPT: str(task["attempt"])},
-            gpu_kwargs=self.gpu_kwargs,
         )
+        if self.plan_gpu is not None:
+            try:
+                request.gpu = self.plan_gpu()
+            except AttachError as exc:
+                raise EngineError(str(exc)) from None
         with open(self.log_path, "ab") as fh:
             fh.write(f"--- attempt {task['attempt']}: {' '.join(command)}\n".encode())
-        container_id = self.engine.start(request)
+        container_id = self.engine.create(request)
         with self._stop_lock:
             self.container_id = container_id
-            if self._stop_requested:  # canceled while the container was being created
-                self.engine.stop(container_id)
-        if self.verify is not None:
-            problem = self.verify(self.engine.inspect(container_id))
+        if request.gpu is not None:
+            # Engines drop GPU requests they do not understand without a word: check, never trust.
+            problem = verify_attachment(request.gpu, self.engine.inspect(container_id))
             if problem:
-                self.engine.stop(container_id)
-                self.container_id = container_id
-                raise EngineError(problem)
+                raise EngineError(f"GPU not attached: {problem}")
+        with self._stop_lock:
+            if self._stop_requested:  # canceled while the container was being created
+                raise EngineError("canceled before the container started")
+            self.engine.start(container_id)
         return container_id
 
     def _follow(self) -> tuple[Optional[int], Optional[str]]:

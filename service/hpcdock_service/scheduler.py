@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from .engines.base import LABEL_STORE, Engine
 from .runner import TaskRunner, container_name
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class GpuBroker(Protocol):
-    """What the scheduler needs from the GPU package (see :mod:`hpcdock_service.gpu`)."""
+    """What the scheduler needs from the GPU package (see :mod:`hpcdock_service.gpu_broker`)."""
 
     def acquire(self, task_id: int, count: int) -> Optional[list[int]]: ...
 
@@ -28,9 +28,8 @@ class GpuBroker(Protocol):
 
     def release(self, task_id: int) -> None: ...
 
-    def container_kwargs(self, indices: list[int]) -> dict[str, Any]: ...
-
-    def verifier(self, indices: list[int]) -> Callable[[dict[str, Any]], Optional[str]]: ...
+    def attachment(self, indices: list[int]) -> Any:
+        """How to attach these GPUs on this engine (raises AttachError when it cannot)."""
 
 
 class Scheduler:
@@ -114,11 +113,11 @@ class Scheduler:
 
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
+        broker = self.gpus
         runner = TaskRunner(
             store=self.store, engine=self.engine, task=task, step=step,
             log_path=self.log_path(task["id"]), thumbs_dir=self.thumbs_dir, on_exit=self._on_exit,
-            gpu_kwargs=self.gpus.container_kwargs(gpus) if (gpus and self.gpus) else None,
-            verify=self.gpus.verifier(gpus) if (gpus and self.gpus) else None,
+            gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
             adopt=adopt,
         )
         with self._lock:

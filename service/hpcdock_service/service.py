@@ -17,7 +17,7 @@ from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
 from .engines.base import Engine
 from .engines.discovery import EmbeddedPodman, connect
-from .gpu_broker import GpuBroker, no_gpu_refusal
+from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
 from .store import Row, Store
 
@@ -54,7 +54,7 @@ class Service:
             engine, self.embedded = connect(config.engine_socket, self.state_dir,
                                             allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
         self.engine = engine
-        self.gpus = gpus if gpus is not None else GpuBroker.detect(engine)
+        self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.store = Store(self.state_dir / "hpcdock.db")
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
                                    gpus=self.gpus)
@@ -77,7 +77,7 @@ class Service:
             allowed_roots=self.config.allowed_roots,
             parameter_values=parameter_values,
             image_exists=self.engine.image_exists,
-            gpu_check=self.gpus.check_request if self.gpus else no_gpu_refusal,
+            gpu_check=self.gpus.check_request,
         )
         prepare_output_dirs(plan)
         job = self.store.add_job(plan, priority=priority, name=name)
@@ -111,7 +111,7 @@ class Service:
             "version": __version__,
             "engine": self.engine.describe(),
             "embedded_engine": self.embedded is not None,
-            "gpus": self.gpus.to_json() if self.gpus else [],
+            "gpus": self.gpus.to_json(),
             "slots": self.config.slots,
             "running": self.scheduler.running_count(),
         }

@@ -1,14 +1,21 @@
-"""CDI attach end to end on the real rootless engine, with a harmless test vendor (no GPU needed).
+"""GPU attach end to end on the real rootless engine, with a harmless CDI test vendor (no GPU needed).
 
-Needs the spec tests/engine/cdi/hpcdock-test.yaml installed by root as /etc/cdi/hpcdock-test.yaml:
-rootless Podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi.
+The spec tests/engine/cdi/hpcdock-test.yaml is installed by scripts/setup-system.sh as
+/etc/cdi/hpcdock-test.yaml: rootless Podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi.
+Its devices "0" and "1" stand in for two GPUs (a /dev/null bind named /dev/hpcdock-testN plus an
+environment variable), so the whole path — inventory, exclusive allocation, attach through the
+engine layer, verify, run — is exercised exactly as for NVIDIA's nvidia.com/gpu devices.
 """
 
-import os
+from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
+from hpcdock_service.engines.base import ContainerRequest
 from hpcdock_service.gpu import EngineCaps, Gpu, GpuAllocator, detect_gpus, plan_attachment, verify_attachment
-from hpcdock_service.gpu.attach import create_attached
+
+from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -17,69 +24,89 @@ FAKE_GPUS = [Gpu(0, "HPCDOCK-TEST-0", "test gpu 0"), Gpu(1, "HPCDOCK-TEST-1", "t
 
 
 @pytest.fixture(scope="module")
-def engine():
-    if not os.environ.get("DOCKER_HOST") or not os.environ.get("HPCDOCK_TEST_IMAGE"):
-        pytest.skip("DOCKER_HOST and HPCDOCK_TEST_IMAGE not set (no rootless engine for this run)")
-    docker = pytest.importorskip("docker")
-    client = docker.from_env()
-    yield client, os.environ["HPCDOCK_TEST_IMAGE"]
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def inventory():
     inv = detect_gpus(nvml=None, nvidia_smi=None)
     if not inv.cdi_names(KIND):
-        pytest.skip(
-            "test CDI spec not installed: as root copy tests/engine/cdi/hpcdock-test.yaml to /etc/cdi/"
-        )
-    inv.gpus = list(FAKE_GPUS)  # the spec's devices stand in for GPUs 0 and 1
+        pytest.fail("test CDI spec not installed: scripts/setup-system.sh copies tests/engine/cdi/hpcdock-test.yaml "
+                    "to /etc/cdi/")
+    inv.gpus = list(FAKE_GPUS)
     return inv
 
 
-def test_cdi_device_and_env_reach_the_container(engine, inventory):
-    client, image = engine
-    caps = EngineCaps.from_engine(client.version(), client.info(), libpod_create=True)
+def _caps(engine) -> EngineCaps:
+    return EngineCaps.from_engine(engine.client.version(), engine.client.info(), libpod_create=True)
+
+
+def _request(name: str, command: list[str], att) -> ContainerRequest:
+    return ContainerRequest(name=name, image=TEST_IMAGE, command=command, env={}, workdir="/", mounts=[],
+                            network=False, labels={"hpcdock.test": "gpu-cdi"}, gpu=att)
+
+
+def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine, inventory) -> None:
     alloc = GpuAllocator(inventory.gpus)
     alloc.try_acquire("other", 1)  # GPU 0 busy: the task must get exactly GPU 1
     gpus = alloc.try_acquire("t1", 1)
     assert [g.index for g in gpus] == [1]
-    att = plan_attachment(gpus, caps, inventory, cdi_kind=KIND)
+    att = plan_attachment(gpus, _caps(engine), inventory, cdi_kind=KIND)
     assert att.mechanism == "cdi" and att.cdi_names == [KIND + "=1"]
-    cid = create_attached(
-        client,
-        att,
-        image,
-        [
-            "sh",
-            "-c",
-            "test -c /dev/hpcdock-test1 && ! test -e /dev/hpcdock-test0 && "
-            "echo GPU=$HPCDOCK_TEST_GPU CUDA=$CUDA_VISIBLE_DEVICES",
-        ],
-        labels={"hpcdock.test": "gpu-cdi"},
-    )
-    ct = client.containers.get(cid)
+    cid = engine.create(_request("hpcdock-gpu-test-1", ["sh", "-c",
+                                 "test -c /dev/hpcdock-test1 && ! test -e /dev/hpcdock-test0 && "
+                                 "echo GPU=$HPCDOCK_TEST_GPU CUDA=$CUDA_VISIBLE_DEVICES"], att))
     try:
-        assert verify_attachment(att, ct.attrs) is None
-        ct.start()
-        assert ct.wait(timeout=60)["StatusCode"] == 0, ct.logs().decode()
-        assert ct.logs().decode().strip() == "GPU=1 CUDA=0"
+        assert verify_attachment(att, engine.inspect(cid)) is None
+        engine.start(cid)
+        assert engine.wait(cid, timeout=60) == 0
+        assert b"".join(engine.logs(cid, follow=False)).decode().strip() == "GPU=1 CUDA=0"
     finally:
-        ct.remove(force=True)
+        engine.remove(cid)
 
 
-def test_verify_catches_a_request_the_engine_dropped(engine, inventory):
-    """A plain DeviceRequest through the Docker-compatible API: Podman accepts and drops it."""
-    client, image = engine
-    caps = EngineCaps.from_engine(client.version(), client.info())
+def test_verify_catches_a_request_the_engine_dropped(engine, inventory) -> None:
+    """A CDI DeviceRequest through Podman's Docker-compatible API: Podman before 5.4 accepts and drops it."""
+    caps = _caps(engine)
     if caps.name != "podman" or caps.cdi_compat:
         pytest.skip("only Podman before 5.4 drops CDI DeviceRequests")
-    gpus = [inventory.gpus[0]]
-    att = plan_attachment(gpus, EngineCaps("podman", (5, 4)), inventory, cdi_kind=KIND)  # pretend 5.4
-    att.engine_version = caps.version_text
-    cid = create_attached(client, att, image, ["true"])
+    att = plan_attachment([inventory.gpus[0]], EngineCaps("podman", (5, 4)), inventory, cdi_kind=KIND)
+    att.engine_version = caps.version_text  # planned as if for 5.4, sent to the real 4.x
+    cid = engine.create(_request("hpcdock-gpu-test-dropped", ["true"], att))
     try:
-        problem = verify_attachment(att, client.containers.get(cid).attrs)
+        problem = verify_attachment(att, engine.inspect(cid))
         assert problem and "dropped the CDI request" in problem and KIND + "=0" in problem
     finally:
-        client.containers.get(cid).remove(force=True)
+        engine.remove(cid)
+
+
+def test_gpu_job_gets_exclusive_gpus_and_oversized_request_is_refused(tmp_path: Path, engine_url: str,
+                                                                      inventory) -> None:
+    config = {"gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in FAKE_GPUS],
+              "gpu_cdi_kind": KIND, "slots": 4}
+    svc = ServiceProcess(tmp_path / "svc", engine_url, slots=4, config=config).start()
+    try:
+        client = svc.client()
+        assert [g["index"] for g in client.health()["gpus"]] == [0, 1]
+        step_gpu = "  hostRequirements:\n    amounts:\n    - {name: amount.worker.gpu, min: %d}\n  script:"
+        command = ["sh", "-c", "ls /dev | grep hpcdock-test; echo GPU=$HPCDOCK_TEST_GPU; sleep 1"]
+        bundle = make_bundle(tmp_path / "gpu", frames="1-4", chunk=1, command=command)
+        template = bundle / "template.yaml"
+        template.write_text(template.read_text().replace("  script:", step_gpu % 1, 1))
+        (bundle / "hpcdock.yaml").write_text(f"image: {TEST_IMAGE}\n")
+        job = wait_job(client, client.submit(str(bundle))["id"])
+        assert job["state"] == "succeeded", job
+        tasks = client.tasks(job["id"])
+        for t in tasks:
+            assert len(t["gpus"]) == 1
+            log, _ = client.log(t["id"])
+            gpu = t["gpus"][0]
+            assert f"GPU={gpu}" in log and f"hpcdock-test{gpu}" in log and f"hpcdock-test{1 - gpu}" not in log
+        # 4 slots but 2 GPUs: never more than two GPU tasks at once, and never the same GPU twice at once.
+        spans = sorted((t["started_at"], t["finished_at"], t["gpus"][0]) for t in tasks)
+        for i, (start, _, gpu) in enumerate(spans):
+            overlapping = [g for s, e, g in spans[:i] if e > start]
+            assert gpu not in overlapping and len(overlapping) <= 1
+
+        template.write_text(template.read_text().replace("min: 1}", "min: 3}"))
+        with pytest.raises(Exception) as refused:
+            client.submit(str(bundle))
+        assert "amount.worker.gpu" in str(refused.value) and "3 GPU" in str(refused.value)
+    finally:
+        svc.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from ..bundle import Mount
@@ -26,8 +26,8 @@ class ContainerRequest:
     mounts: list[Mount]
     network: bool
     labels: dict[str, str]
-    # Extra create() keyword arguments from the GPU attachment (devices, device_requests, ...).
-    gpu_kwargs: dict[str, Any] = field(default_factory=dict)
+    # How the task's GPUs attach (a hpcdock_service.gpu.Attachment), decided by the GPU broker.
+    gpu: Optional[Any] = None
 
 
 @dataclass
@@ -50,8 +50,10 @@ class Engine(Protocol):
 
     def image_exists(self, image: str) -> bool: ...
 
-    def start(self, request: ContainerRequest) -> str:
-        """Create and start the container; return its id."""
+    def create(self, request: ContainerRequest) -> str:
+        """Create the container (initialised far enough that inspect shows its devices); return its id."""
+
+    def start(self, container_id: str) -> None: ...
 
     def inspect(self, container_id: str) -> dict[str, Any]: ...
 

@@ -60,7 +60,18 @@ class LocalEngine:
                 return False
             raise EngineError(f"cannot look up image {image}: {exc.explanation}") from exc
 
-    def start(self, request: ContainerRequest) -> str:
+    def create(self, request: ContainerRequest) -> str:
+        gpu = request.gpu
+        if gpu is not None and gpu.via == "libpod":
+            container_id = self._create_libpod(request)
+        else:
+            container_id = self._create_compat(request)
+        if gpu is not None and gpu.verify_after == "init" and self.kind == "podman":
+            # Podman shows CDI devices in inspect only once the container is initialised.
+            self._libpod("post", f"/containers/{container_id}/init", what="initialise container")
+        return container_id
+
+    def _create_compat(self, request: ContainerRequest) -> str:
         kwargs: dict[str, Any] = {
             "name": request.name,
             "entrypoint": request.command[:1],
@@ -72,25 +83,53 @@ class LocalEngine:
                        for m in request.mounts],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
-            "detach": True,
         }
         if not request.network:
             kwargs["network_mode"] = "none"
-        for key, value in request.gpu_kwargs.items():
-            if key == "environment":
-                kwargs["environment"] = {**kwargs["environment"], **value}
-            else:
-                kwargs[key] = value
+        if request.gpu is not None:
+            kwargs = request.gpu.apply(kwargs)
         try:
-            container = self.client.containers.create(request.image, **kwargs)
+            return self.client.containers.create(request.image, **kwargs).id
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
+
+    def _create_libpod(self, request: ContainerRequest) -> str:
+        """Podman's own create call: the only way Podman before 5.4 applies CDI devices."""
+        body: dict[str, Any] = {
+            "name": request.name,
+            "image": request.image,
+            "entrypoint": request.command[:1],
+            "command": request.command[1:],
+            "env": dict(request.env),
+            "work_dir": request.workdir,
+            "labels": request.labels,
+            "mounts": [{"destination": m.target, "source": m.source, "type": "bind",
+                        "options": ["rbind", "ro" if m.readonly else "rw"]} for m in request.mounts],
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "netns": {"nsmode": "private" if request.network else "none"},
+        }
+        fields = request.gpu.libpod_fields()
+        body["env"].update(fields.get("env", {}))
+        body["devices"] = fields.get("devices", [])
+        body["mounts"] += fields.get("mounts", [])
+        return self._libpod("post", "/containers/create", json=body, what=f"create container for {request.image}")["Id"]
+
+    def _libpod(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        api = self.client.api
         try:
-            container.start()
+            resp = getattr(api, "_" + method)(api.base_url + "/v4.0.0/libpod" + path, **kwargs)
+            api._raise_for_status(resp)
+        except (APIError, DockerException, requests.RequestException) as exc:
+            raise EngineError(f"cannot {what}: {_explain(exc)}") from exc
+        return resp.json() if resp.content else None
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.client.api.start(container_id)
         except (APIError, DockerException) as exc:
-            self.remove(container.id)
+            self.remove(container_id)
             raise EngineError(f"cannot start container: {_explain(exc)}") from exc
-        return container.id
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.client.api.inspect_container(container_id)

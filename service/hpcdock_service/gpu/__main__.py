@@ -1,59 +1,68 @@
 """`python -m hpcdock_service.gpu [--run IMAGE CMD...]`: print the GPU inventory as JSON; with --run,
-allocate one GPU, attach it on the engine at $DOCKER_HOST, verify, run CMD and print its output."""
+attach one GPU through hpcdock's engine layer on the engine at $DOCKER_HOST (or the user's rootless
+socket), verify it, run CMD and print its output. What an admin runs on a new GPU node."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import uuid
 
-from . import AttachError, EngineCaps, GpuAllocator, detect_gpus, plan_attachment, verify_attachment
-from .attach import create_attached
+from hpcdock.paths import state_dir
+
+from ..engines.base import ContainerRequest, EngineError
+from ..engines.discovery import connect
+from ..gpu_broker import GpuBroker
+from .attach import AttachError, verify_attachment
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpcdock_service.gpu")
-    p.add_argument(
-        "--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU"
-    )
+    p.add_argument("--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU")
+    p.add_argument("--allow-rootful", action="store_true", help="accept a rootful engine (GPU nodes run by admins)")
     args = p.parse_args(argv)
-    inv = detect_gpus()
-    print(json.dumps(inv.to_json(), indent=2))
     if not args.run:
-        return 0
-    import docker
+        from .inventory import detect_gpus
 
-    client = docker.from_env()
-    caps = EngineCaps.from_engine(client.version(), client.info(), libpod_create=True)
-    alloc = GpuAllocator(inv.gpus)
-    refusal = alloc.check_request(1)
+        print(json.dumps(detect_gpus().to_json(), indent=2))
+        return 0
+    engine, embedded = connect(None, state_dir(), allow_rootful=args.allow_rootful)
+    broker = GpuBroker.detect(engine)
+    print(json.dumps(broker.inventory_json(), indent=2))
+    refusal = broker.check_request(1)
     if refusal:
         print(refusal, file=sys.stderr)
         return 1
-    gpus = alloc.try_acquire("gpu-check", 1)
+    indices = broker.acquire(0, 1) or []
     try:
-        att = plan_attachment(gpus, caps, inv)
-    except AttachError as e:
-        print(e, file=sys.stderr)
+        att = broker.attachment(indices)
+        print(json.dumps({"engine": engine.describe(), "attachment": att.to_json()}, indent=2))
+        request = ContainerRequest(name=f"hpcdock-gpu-check-{uuid.uuid4().hex[:8]}", image=args.run[0],
+                                   command=args.run[1:], env={}, workdir="/", mounts=[], network=False,
+                                   labels={"hpcdock.task": "gpu-check"}, gpu=att)
+        cid = engine.create(request)
+        try:
+            problem = verify_attachment(att, engine.inspect(cid))
+            if problem:
+                print("verify: " + problem, file=sys.stderr)
+                return 1
+            print("verify: ok")
+            engine.start(cid)
+            code = engine.wait(cid, timeout=300)
+            for chunk in engine.logs(cid, follow=False):
+                sys.stdout.write(chunk.decode(errors="replace"))
+            return code
+        finally:
+            engine.remove(cid)
+    except (AttachError, EngineError) as exc:
+        print(exc, file=sys.stderr)
         return 1
-    print(
-        json.dumps({"engine": caps.name, "version": caps.version_text, "attachment": att.to_json()}, indent=2)
-    )
-    cid = create_attached(client, att, args.run[0], args.run[1:], labels={"hpcdock.task": "gpu-check"})
-    ct = client.containers.get(cid)
-    try:
-        problem = verify_attachment(att, ct.attrs)
-        if problem:
-            print("verify: " + problem, file=sys.stderr)
-            return 1
-        print("verify: ok")
-        ct.start()
-        code = ct.wait(timeout=120)["StatusCode"]
-        sys.stdout.write(ct.logs().decode(errors="replace"))
-        return code
     finally:
-        ct.remove(force=True)
-        alloc.release("gpu-check")
+        broker.release(0)
+        engine.close()
+        if embedded is not None:
+            embedded.stop()
 
 
 if __name__ == "__main__":
