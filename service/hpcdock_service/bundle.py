@@ -162,7 +162,7 @@ def load_bundle(
     step_names = {s.name for s in job.steps}
     for index, step in enumerate(job.steps):
         steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check))
-    if frames_param is not None and not any(s.output for s in steps):
+    if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
         raise BadInput("hpcdock.yaml: frames.parameter",
                        f"no step has a task parameter named {frames_param!r}")
     return JobPlan(

@@ -61,7 +61,8 @@ class Scheduler:
         """Stop dispatching. Running containers keep running; the next start re-adopts them."""
         self._stopped.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def wake(self) -> None:
         self._wake.set()
