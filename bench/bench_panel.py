@@ -1,8 +1,8 @@
 """Feed 10,000 frame events into the panel and measure how long the GUI thread stalls.
 
-The events go through the panel's real path: a producer thread puts them into the panel's
-inbox as fast as it can (the worst case: a whole job's events arriving at once, as after a
-reconnect), the ``EventPump`` drains them every 50 ms in the GUI thread, coalesces and
+The events go through the panel's real path: its ``EventWorker`` thread reads them from a
+stand-in client's stream as fast as it can (the worst case: a whole job's events arriving at
+once, as after a reconnect), the ``EventPump`` drains them in the GUI thread, coalesces and
 applies them to the models, and the visible frame grid repaints. A 5 ms ``QTimer``
 heartbeat records the longest gap between its ticks: that gap is the longest time the
 event loop could not react (the stall a user would feel). The baseline is the same
@@ -14,9 +14,9 @@ heartbeat over an idle event loop of the same duration, in the same process.
 import argparse
 import os
 import platform
+import queue
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -31,6 +31,7 @@ from hpcdock.client import Event  # noqa: E402
 from hpcdock.panel.host import Host  # noqa: E402
 from hpcdock.panel.qt import qenum  # noqa: E402
 from hpcdock.panel.widgets import MonitorPanel  # noqa: E402
+from hpcdock.panel.worker import EventWorker  # noqa: E402
 from qtpy import QtCore, QtWidgets  # noqa: E402
 
 
@@ -93,29 +94,37 @@ def spin(app: QtWidgets.QApplication, until, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-PREFILL = os.environ.get("BENCH_PREFILL") == "1"
+class StreamClient:
+    """Stands in for ``hpcdock.client.Client`` in the panel's real ``EventWorker``: its event
+    stream yields each phase's events as the bench hands them over, made one by one as a
+    real stream's are parsed."""
+
+    url = "http://bench"
+
+    def __init__(self) -> None:
+        self.phases: queue.Queue[Iterator[Event]] = queue.Queue()
+
+    def health(self) -> dict:
+        return {"ok": True, "last_event_id": 0}
+
+    def jobs(self) -> list:
+        return []
+
+    def events(self, job=None, last_event_id=None, reconnect=True) -> Iterator[Event]:
+        while True:
+            yield from self.phases.get()
 
 
-def run_phase(app, panel: MonitorPanel, beat: Heartbeat, events: Iterator[Event], count: int) -> Dict[str, float]:
+def run_phase(app, panel: MonitorPanel, beat: Heartbeat, stream: StreamClient, events: Iterator[Event],
+              count: int) -> Dict[str, float]:
     target = panel.pump.events_applied + count
-
-    def produce() -> None:
-        for event in events:
-            panel.inbox.put(("event", event))
-
     beat.start()
     t0 = time.perf_counter()
-    producer = threading.Thread(target=produce)
-    if PREFILL:
-        produce()
-    else:
-        producer.start()
+    stream.phases.put(events)
     spin(app, lambda: panel.pump.events_applied >= target, timeout=120)
     total = time.perf_counter() - t0
     spin(app, lambda: False, timeout=0.1)  # let the last repaint happen inside the measurement
     beat.stop()
-    if not PREFILL:
-        producer.join()
     out = beat.summary()
     out["total_s"] = total
     out["events"] = count
@@ -124,9 +133,12 @@ def run_phase(app, panel: MonitorPanel, beat: Heartbeat, events: Iterator[Event]
 
 def one_run(app, n: int) -> Dict[str, Dict[str, float]]:
     """A fresh panel; the three phases; then the idle baseline of the same length."""
-    panel = MonitorPanel(client_factory=lambda: None, host=Host(), url="http://bench", start=False)
+    stream = StreamClient()
+    panel = MonitorPanel(client_factory=lambda: stream, host=Host(), url="http://bench", start=False)
     panel.resize(1200, 760)
     panel.show()
+    panel.events_worker = EventWorker(lambda: stream, panel.inbox)  # the real worker thread
+    panel.events_worker.start()
     panel.pump.start()
     beat = Heartbeat(5)
     job_id = 1
@@ -161,9 +173,9 @@ def one_run(app, n: int) -> Dict[str, Dict[str, float]]:
     results = {}
     spin(app, lambda: False, 0.3)
     t_phases = time.perf_counter()
-    results["appear"] = run_phase(app, panel, beat, appear(), n)
-    results["finish"] = run_phase(app, panel, beat, finish(), n + n // 100)
-    results["retry"] = run_phase(app, panel, beat, retry(), 3 * n)
+    results["appear"] = run_phase(app, panel, beat, stream, appear(), n)
+    results["finish"] = run_phase(app, panel, beat, stream, finish(), n + n // 100)
+    results["retry"] = run_phase(app, panel, beat, stream, retry(), 3 * n)
     busy = time.perf_counter() - t_phases
     assert panel.frames_model.rowCount() == n, panel.frames_model.rowCount()
     assert panel.frames_model.counts() == {"done": n}
@@ -200,14 +212,16 @@ def main(argv=None) -> int:
         "",
         f"`bench/bench_panel.py --frames {n} --repeat {args.repeat}` (offscreen {qtpy.API_NAME} {qtpy.QT_VERSION}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end). A producer thread puts the events into the panel's inbox at once "
-        "(worst case: a whole job's events arriving together, as after a reconnect); the `EventPump` applies "
-        "them in bounded batches (at most 1,500 events, 8 ms apart while a backlog lasts, else every 50 ms) "
-        "to the models while the 1200x760 panel shows the job's frame grid. A 5 ms heartbeat timer measures "
-        "the longest gap of the event loop, i.e. the longest stall a user would feel; *CPU in the longest "
-        "gap* is the GUI thread's own CPU time in its worst gap (wall time above it is other processes on a "
-        "shared machine, or the GIL held by the producer). The baseline is the same heartbeat over an idle "
-        "loop as long as the three phases, in the same process. Median of the runs; worst run in brackets.",
+        f"{os.getloadavg()[0]:.1f} at the end). The events come through the panel's real path: its "
+        "`EventWorker` thread reads them from a stand-in client's stream (made one by one, as a real "
+        "stream's are parsed, all at once: the worst case, a whole job's backlog after a reconnect) into the "
+        "bounded inbox; the `EventPump` applies them in the GUI thread in bounded batches (at most 1,500 "
+        "events, 8 ms apart while a backlog lasts, else every 50 ms) to the models while the 1200x760 panel "
+        "shows the job's frame grid. A 5 ms heartbeat timer measures the longest gap of the event loop, i.e. "
+        "the longest stall a user would feel; *GUI-thread CPU in a gap* is the GUI thread's own CPU time in "
+        "its worst gap (wall time above it is the worker thread holding the GIL, or other processes on a "
+        "shared machine). The baseline is the same heartbeat over an idle loop as long as the three phases, "
+        "in the same process. Median of the runs; worst run in brackets.",
         "",
         "| phase | events | total | longest stall | GUI-thread CPU in a gap, max | p99 gap | median gap |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

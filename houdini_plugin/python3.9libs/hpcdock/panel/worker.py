@@ -118,6 +118,12 @@ class EventWorker(_Thread):
                     self.last_event_id = event.id
                     self.events_seen += 1
                     backoff = 0.25
+                    if self.events_seen & 31 == 0:
+                        # a burst (a backlog after a reconnect) is parsed in pure Python and would
+                        # hold the GIL for a whole switch interval (5 ms) at a time; every entry
+                        # of the GUI thread into Python (a paint, a model's data()) would wait
+                        # that long. Handing the GIL over every 32 events keeps those waits short.
+                        time.sleep(0)
                 # the service closed the stream (shutting down?): check it and resume
                 state = None
             except ServiceUnavailable as exc:
