@@ -24,5 +24,8 @@ def pytest_report_header(config):
     if QT_ERROR:
         return f"qt: unavailable ({QT_ERROR})"
     import qtpy
+    from hpcdock.panel.qt import binding_problem
 
-    return f"qt: {qtpy.API_NAME} {qtpy.QT_VERSION} (platform {os.environ.get('QT_QPA_PLATFORM')})"
+    problem = binding_problem()
+    header = f"qt: {qtpy.API_NAME} {qtpy.QT_VERSION} (platform {os.environ.get('QT_QPA_PLATFORM')})"
+    return header + (f"\nqt: WARNING: {problem}" if problem else "")

@@ -227,3 +227,18 @@ def test_pump_stops_at_its_budget(qtbot):
     while not inbox.empty():
         total += pump.drain()
     assert total == 1000 and pump.last_event_id == 1000
+
+
+def test_known_bad_binding_is_named(monkeypatch):
+    import sys
+
+    import qtpy
+    from hpcdock.panel.qt import binding_problem
+
+    if qtpy.API_NAME != "PySide6":
+        assert binding_problem() == ""
+        return
+    monkeypatch.setattr(qtpy, "PYSIDE_VERSION", "6.12.0")
+    assert ("6.12.0" in binding_problem()) == (sys.version_info < (3, 12))
+    monkeypatch.setattr(qtpy, "PYSIDE_VERSION", "6.11.3")
+    assert binding_problem() == ""

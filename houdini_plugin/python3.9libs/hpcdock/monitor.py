@@ -23,7 +23,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from .panel import create_panel
-    from .panel.qt import exec_app
+    from .panel.qt import binding_problem, exec_app
+
+    problem = binding_problem()
+    if problem:
+        print(f"hpcdock-monitor: warning: {problem}", file=sys.stderr)
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     window = QtWidgets.QMainWindow()

@@ -49,3 +49,24 @@ ALIGN_CENTER = qenum(Qt, "AlignmentFlag", "AlignCenter")
 def exec_app(app: Any) -> int:
     runner = getattr(app, "exec", None) or app.exec_
     return int(runner() or 0)
+
+
+def binding_problem() -> str:
+    """A known-bad binding for this interpreter, in words ("" when none is known).
+
+    PySide6 6.12.0 on Python before 3.12 drops a reference to ``None``/``True``/``False`` on
+    every call from C++ into a Python override (a model's ``data()``, a ``paintEvent``), so a
+    long-running panel dies with "deallocating None" (measured here; 6.11.3 does not).
+    Python 3.12+ makes those objects immortal, which hides it.
+    """
+    import sys
+
+    import qtpy
+
+    if qtpy.API_NAME == "PySide6" and sys.version_info < (3, 12):
+        version = str(getattr(qtpy, "PYSIDE_VERSION", "") or "")
+        if version.startswith("6.12.0"):
+            return (f"PySide6 {version} on Python {sys.version_info[0]}.{sys.version_info[1]} leaks "
+                    "references to None/True/False on every Qt-to-Python call and crashes long sessions; "
+                    "use PySide6 6.11 (pip install 'PySide6-Essentials<6.12')")
+    return ""
