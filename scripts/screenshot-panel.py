@@ -123,8 +123,12 @@ def main(argv=None) -> int:
             return bool(total) and done >= args.done * total and (counts.get("running") or done == total)
 
         spin(app, middle, args.timeout, f"{args.done:.0%} of the frames to be done")
+        # follow the log of the running task that has been at it longest (the most to show)
+        tasks = panel.frames_model.tasks
         running = [r for r in range(panel.frames_model.rowCount())
                    if panel.frames_model.frame(r).get("state") == "running"]
+        running.sort(key=lambda r: (tasks.get(panel.frames_model.frame(r).get("task_id")) or {}).get(
+            "started_at") or float("inf"))
         row = running[0] if running else panel.frames_model.rowCount() - 1
         panel.frames_view.setCurrentIndex(panel.frames_model.index(row))
         done_keys = [panel.frames_model.thumb_key(f) for f in panel.frames_model.frames()
@@ -132,6 +136,9 @@ def main(argv=None) -> int:
         spin(app, lambda: all(k in panel.cache or k in panel.cache.missing for k in done_keys), 60,
              "the thumbnails")
         spin(app, lambda: panel.log_view.toPlainText().strip() != "", 30, "the log")
+        settle = time.monotonic() + 8  # a few more lines of the running task, if they come
+        spin(app, lambda: panel.log_view.toPlainText().count("\n") >= 6 or time.monotonic() > settle, 10,
+             "more log")
         end = time.monotonic() + 1.0
         spin(app, lambda: time.monotonic() > end, 5, "a last repaint")
         out = Path(args.out)
