@@ -79,6 +79,9 @@ class TaskRunner:
         self._stop_requested = False
         self._frames = {f["frame"]: f for f in store.frames_of_task(task["id"])}
         self._done: set[int] = {n for n, f in self._frames.items() if f["state"] == "done"}
+        # Frames already done when this runner began: a re-adopted container's log is read again
+        # from the start, and a retry renders the whole chunk again; their markers change nothing.
+        self._done_before = frozenset(self._done)
         self._settled: set[int] = set(self._done)
         self._failed: dict[int, str] = {}
         self._current_percent = 0.0
@@ -202,6 +205,9 @@ class TaskRunner:
     # -- log updates --------------------------------------------------------------------
     def _apply(self, update: Any) -> None:
         task_id = self.task["id"]
+        if isinstance(update, (FrameStarted, FrameDone, FrameFailed)) and update.frame in self._done_before:
+            self._current_percent = 0.0
+            return
         if isinstance(update, Progress):
             self._current_percent = update.percent
             self._report_progress()
