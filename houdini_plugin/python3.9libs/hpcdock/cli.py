@@ -144,7 +144,9 @@ def _follow_job(client: Client, job_id: int, quiet: bool = False, out: TextIO = 
     printer.job(job)
     if job["state"] not in FINAL:
         for event in client.events(job=job_id):
-            if printer.handle(event):
+            # The stream replays the job's history first: after a retry that history holds
+            # the earlier run's end, so an ending counts only once the job itself has ended.
+            if printer.handle(event) and client.job(job_id)["state"] in FINAL:
                 break
         job = client.job(job_id)
     printer.finish(job)
