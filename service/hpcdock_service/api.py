@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +29,17 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_SECONDS = 10.0
+
+def _keepalive_seconds() -> float:
+    """Seconds between heartbeat comments on an idle stream: ``HPCDOCK_KEEPALIVE`` or 10."""
+    try:
+        value = float(os.environ.get("HPCDOCK_KEEPALIVE", ""))
+    except ValueError:
+        return 10.0
+    return value if value > 0 else 10.0
+
+
+KEEPALIVE_SECONDS = _keepalive_seconds()
 EVENT_BATCH = 500
 
 
