@@ -11,10 +11,11 @@ import asyncio
 import hmac
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,6 +71,17 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
 
     app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
                   description="Runs OpenJD job bundles as containers on a rootless engine.")
+    # Open event streams end when the server begins to shut down, so a restart is not held up;
+    # clients resume from their last event id.
+    closing = threading.Event()
+    streams: set[Callable[[int], None]] = set()
+
+    def close_streams() -> None:
+        closing.set()
+        for wake in list(streams):
+            wake(0)
+
+    app.state.close_streams = close_streams
     store = service.store
 
     # -- errors -------------------------------------------------------------------------
@@ -184,9 +196,10 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 pass  # the loop is gone: the client left
 
         store.add_listener(on_change)
+        streams.add(on_change)
         try:
             yield ": connected\n\n"
-            while not await request.is_disconnected():
+            while not closing.is_set() and not await request.is_disconnected():
                 changed.clear()
                 rows = await run_in_threadpool(store.events_after, last_id, job_id, EVENT_BATCH)
                 if rows:
@@ -199,6 +212,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 except asyncio.TimeoutError:
                     yield ": keepalive\n\n"
         finally:
+            streams.discard(on_change)
             store.remove_listener(on_change)
 
     # -- service ------------------------------------------------------------------------

@@ -73,8 +73,15 @@ def serve(service) -> int:
                     config.host)
     # The app's lifespan starts the scheduler and closes the service (and an embedded engine)
     # on shutdown: uvicorn re-raises SIGTERM after its shutdown, so code after run() never runs.
-    server = uvicorn.Server(uvicorn.Config(create_app(service, manage_lifecycle=True), host=config.host,
-                                           port=config.port, log_level="warning", timeout_graceful_shutdown=2))
+    app = create_app(service, manage_lifecycle=True)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.close_streams()  # event streams would otherwise hold the shutdown up
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                   timeout_graceful_shutdown=5))
     log.info("hpcdock-service %s on http://%s:%s (engine %s)", service.health()["version"], config.host,
              config.port, service.engine.describe())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
