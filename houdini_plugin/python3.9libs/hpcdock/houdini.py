@@ -309,36 +309,24 @@ def build_job(outputs: list, settings: dict, submit_node=None) -> Tuple[B.JobSpe
     warnings: List[str] = []
     steps: List[B.StepSpec] = []
     names: Dict[str, str] = {}
-    if settings["separate_steps"]:
-        for path in graph.order:
-            node = graph.nodes[path]
-            name = B.step_name(node.name(), list(names.values()))
-            names[path] = name
-            steps.append(
-                B.StepSpec(
-                    name=name,
-                    rop=path,
-                    frames=frames[path],
-                    dependencies=[names[d] for d in graph.deps[path]],
-                    output_pattern=output_pattern(node, frames[path], warnings),
-                    gpus=settings["gpus"],
-                )
+    # Separate steps: every ROP is a step depending on its inputs' steps. Otherwise each ROP
+    # wired straight into the submit node is one step that renders its inputs itself.
+    separate = bool(settings["separate_steps"])
+    for path in graph.order if separate else top:
+        node = graph.nodes[path]
+        name = B.step_name(node.name(), list(names.values()))
+        names[path] = name
+        steps.append(
+            B.StepSpec(
+                name=name,
+                rop=path,
+                frames=frames[path],
+                dependencies=[names[d] for d in graph.deps[path]] if separate else [],
+                output_pattern=output_pattern(node, frames[path], warnings),
+                gpus=settings["gpus"],
+                with_inputs=not separate,
             )
-    else:
-        for path in top:
-            node = graph.nodes[path]
-            name = B.step_name(node.name(), list(names.values()))
-            names[path] = name
-            steps.append(
-                B.StepSpec(
-                    name=name,
-                    rop=path,
-                    frames=frames[path],
-                    output_pattern=output_pattern(node, frames[path], warnings),
-                    gpus=settings["gpus"],
-                    with_inputs=True,
-                )
-            )
+        )
 
     hip_name = os.path.basename(hip)
     mounts = list(settings["mounts"])
