@@ -61,6 +61,9 @@ def ensure_service():
     try:
         health = client.health()
         say(f"hpcdock-service already running at {client.url} ({describe(health)}); using it")
+        pid = _demo_service_pid(paths.state_dir() / "service.pid")
+        if pid:
+            say(f"(started by an earlier demo: pid {pid}; stop it with: kill {pid})")
         return client, None
     except ServiceUnavailable:
         pass
@@ -95,6 +98,16 @@ def ensure_service():
     (state / "service.pid").write_text(f"{proc.pid}\n")
     say(f"hpcdock-service pid {proc.pid} is up ({describe(health)})")
     return client, proc.pid
+
+
+def _demo_service_pid(pid_file: Path):
+    """The pid an earlier demo wrote, if that process is still an hpcdock-service."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"hpcdock-service" in cmdline or b"hpcdock_service" in cmdline else None
 
 
 def describe(health: dict) -> str:
