@@ -258,8 +258,15 @@ def test_monitor_main_opens_a_window(qtbot, qapp, monkeypatch):
             w.close()
         qapp.quit()
 
+    # exactly one quit: closing the last window would post a second one, which Qt would deliver
+    # to the next test's event loops and end them at once
+    quit_on_close = qapp.quitOnLastWindowClosed()
+    qapp.setQuitOnLastWindowClosed(False)
     QtCore.QTimer.singleShot(300, look_and_quit)
-    assert monitor.main(["--job", "3", "--size", "800x500"]) == 0
+    try:
+        assert monitor.main(["--job", "3", "--size", "800x500"]) == 0
+    finally:
+        qapp.setQuitOnLastWindowClosed(quit_on_close)
     assert seen["windows"] and isinstance(seen["panel"], MonitorPanel)
     assert seen["panel"].events_worker is None  # shut down on quit
     assert seen["panel"]._pending_select == 3
