@@ -243,6 +243,21 @@ def test_pypanel_builds_the_panel_through_the_host(qtbot, monkeypatch):
     namespace.clear()
 
 
+def test_open_in_houdini_goes_through_the_adapter(monkeypatch):
+    from hpcdock import panel as panel_pkg
+
+    fake_houdini = types.ModuleType("hpcdock.houdini")
+    opened = []
+    fake_houdini.open_monitor_pane = lambda name: opened.append(name) or "pane"
+    monkeypatch.setitem(sys.modules, "hpcdock.houdini", fake_houdini)
+    monkeypatch.setattr(hpcdock, "houdini", fake_houdini, raising=False)
+    assert panel_pkg.open_in_houdini() == "pane"
+    assert opened == ["hpcdock"] == [panel_pkg.INTERFACE_NAME]
+    del fake_houdini.open_monitor_pane
+    with pytest.raises(NotImplementedError, match="open_monitor_pane"):
+        panel_pkg.open_in_houdini()
+
+
 def test_monitor_main_opens_a_window(qtbot, qapp, monkeypatch):
     from hpcdock import monitor
 

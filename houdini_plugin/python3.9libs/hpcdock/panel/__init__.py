@@ -20,4 +20,23 @@ def create_panel(host: Optional[Host] = None, url: Optional[str] = None, token: 
                         parent=parent, start=start)
 
 
-__all__ = ["DesktopHost", "Host", "create_panel"]
+def open_in_houdini() -> Any:
+    """The shelf tool "Open hpcdock monitor": show the panel in a floating pane tab.
+
+    Every ``hou`` call lives in the Houdini adapter (``hpcdock.houdini``), which provides
+    ``open_monitor_pane(interface_name)`` (a floating Python Panel pane tab showing the
+    ``.pypanel`` interface) and ``panel_host()`` (a ``Host`` whose ``open_frames`` starts MPlay).
+    """
+    from .. import houdini
+
+    opener = getattr(houdini, "open_monitor_pane", None)
+    if opener is None:
+        raise NotImplementedError("hpcdock.houdini.open_monitor_pane() is missing: the Houdini adapter "
+                                  "must provide it to open the monitor panel")
+    return opener(INTERFACE_NAME)
+
+
+#: the name of the Python Panel interface in ``python_panels/hpcdock.pypanel``
+INTERFACE_NAME = "hpcdock"
+
+__all__ = ["INTERFACE_NAME", "DesktopHost", "Host", "create_panel", "open_in_houdini"]

@@ -222,7 +222,7 @@ class ThumbnailWorker(_Thread):
         self.wake()
 
     def forget(self, job_id: Any) -> None:
-        """Drop queued requests of a job no longer shown."""
+        """Keep only the queued requests of the job now shown."""
         with self._lock:
             self._wanted = [k for k in self._wanted if k[0] == job_id]
 
