@@ -1,0 +1,464 @@
+"""hpcdock benchmarks: dispatch against the raw engine and Swarm, submission scale, event latency, panel.
+
+One process, one run, one table (``make bench``; as a user with a rootless engine,
+``.venv/bin/python bench/run.py``). Every ratio is against a baseline measured in the same
+run, interleaved with the figure it is compared to, because a shared 2-core machine is noisy.
+
+    python bench/run.py [--only dispatch,scale,latency,panel] [--repeat 2] [--tasks 100]
+                        [--sizes 1000,10000,100000] [--json out.json]
+
+Traffic goes only to 127.0.0.1 and to the engines' unix sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "houdini_plugin" / "python3.9libs"))
+
+from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle  # noqa: E402
+
+TARGETS = {"baseline": 0.9, "swarm": 2.0, "accept_s": 1.0, "rss_mb": 300.0, "p95_ms": 200.0}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- engines ------------------------------------------------------------------------------------
+
+def runtime_dir() -> str:
+    return os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+
+
+def podman_url() -> Optional[str]:
+    sock = Path(runtime_dir()) / "podman" / "podman.sock"
+    if not sock.exists():
+        if shutil.which("podman") is None:
+            return None
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+    return f"unix://{sock}" if sock.exists() else None
+
+
+def docker_url() -> tuple[Optional[str], str]:
+    """Start (or reuse) the user's rootless Docker with a Swarm; (url, why not)."""
+    try:
+        out = subprocess.run([str(REPO / "scripts" / "setup-docker-rootless.sh")], capture_output=True,
+                             text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    if out.returncode != 0:
+        return None, (out.stderr.strip().splitlines() or ["setup failed"])[-1]
+    return out.stdout.strip().splitlines()[-1], ""
+
+
+def engine_version(url: str) -> str:
+    import docker
+
+    c = docker.DockerClient(base_url=url, version="1.41")
+    try:
+        v = c.version()
+        names = [x.get("Name", "") for x in v.get("Components") or []]
+        kind = "Podman" if any("Podman" in n for n in names) else "Docker"
+        return f"{kind} {v.get('Version')}"
+    finally:
+        c.close()
+
+
+# -- bundles ------------------------------------------------------------------------------------
+
+def trivial_bundle(root: Path, n: int) -> Path:
+    """N tasks, one frame number each (an INT task parameter), each running ``echo FRAME``."""
+    root.mkdir(parents=True, exist_ok=True)
+    template = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "name": "dispatch",
+        "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": f"1-{n}"}],
+        "steps": [{
+            "name": "run",
+            "parameterSpace": {"taskParameterDefinitions": [{"name": "Frame", "type": "INT",
+                                                             "range": "{{Param.Frames}}"}]},
+            "script": {"actions": {"onRun": {"command": "echo", "args": ["{{Task.Param.Frame}}"]}}},
+        }],
+    }
+    (root / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    (root / "hpcdock.yaml").write_text(yaml.safe_dump({"image": TEST_IMAGE, "max_attempts": 1}))
+    return root
+
+
+def scale_bundle(root: Path, n: int) -> Path:
+    """N frames, one per task, with an output pattern (so the store holds N tasks and N frames)."""
+    bundle = trivial_bundle(root, n)
+    settings = {"image": TEST_IMAGE, "max_attempts": 1,
+                "frames": {"parameter": "Frame", "output": "out/f.{frame:06d}.txt"}}
+    (bundle / "hpcdock.yaml").write_text(yaml.safe_dump(settings))
+    return bundle
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+
+def baseline(url: str, n: int, conc: int, workdir: Path) -> float:
+    """Plain docker-SDK loop: create, start, wait, logs, remove; CONC threads. Tasks per second.
+
+    The containers get what hpcdock asks the engine for (the bundle directory mounted read-only,
+    no network, all capabilities dropped, no-new-privileges), so the ratio is hpcdock's own cost.
+    """
+    import docker
+    from docker.types import Mount
+
+    client = docker.DockerClient(base_url=url, version="1.41", timeout=120)
+    todo = list(range(1, n + 1))
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop(0)
+            try:
+                c = client.containers.create(
+                    TEST_IMAGE, entrypoint=["echo"], command=[str(i)], working_dir=str(workdir),
+                    mounts=[Mount(target=str(workdir), source=str(workdir), type="bind", read_only=True)],
+                    network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                    labels={"hpcdock.bench": "baseline"}, detach=True)
+                c.start()
+                client.api.wait(c.id)
+                client.api.logs(c.id, stream=False)
+                client.api.remove_container(c.id, force=True)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(str(exc))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(conc)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    client.close()
+    if errors:
+        raise RuntimeError(f"baseline: {len(errors)} error(s), first: {errors[0]}")
+    return n / elapsed
+
+
+class Service:
+    """A real hpcdock-service process for the duration of a ``with``."""
+
+    def __init__(self, root: Path, url: str, slots: int = 2) -> None:
+        self.proc = ServiceProcess(root / "svc", url, slots=slots)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.proc.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.stop()
+
+    @staticmethod
+    def hwm_mb(svc: ServiceProcess) -> float:
+        for line in Path(f"/proc/{svc.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def hpcdock_dispatch(svc: ServiceProcess, bundle: Path, n: int) -> float:
+    """Submit the N-task job; tasks per second from submit to the job's finish (recorded by the service)."""
+    client = svc.client()
+    t0 = time.time()
+    job = client.submit(str(bundle))
+    while job["state"] not in ("succeeded", "failed", "canceled"):
+        time.sleep(0.2)
+        job = client.job(job["id"])
+    if job["state"] != "succeeded" or job["tasks_done"] != n:
+        raise RuntimeError(f"hpcdock job ended {job['state']}: {job.get('error')}")
+    return n / (job["finished_at"] - t0)
+
+
+def swarm(url: str, n: int, conc: int) -> float:
+    """A replicated-job service of N tasks, at most CONC at once: tasks per second to the last completion."""
+    import docker
+    from docker.types import ServiceMode
+
+    client = docker.DockerClient(base_url=url, version="1.41", timeout=120)
+    name = f"hpcdock-bench-{os.getpid()}-{int(time.time())}"
+    t0 = time.time()
+    service = client.services.create(TEST_IMAGE, command=["true"], name=name,
+                                     mode=ServiceMode("replicated-job", replicas=n, concurrency=conc))
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            tasks = service.tasks()
+            done = [t for t in tasks if t["Status"]["State"] == "complete"]
+            bad = [t for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
+            if bad:
+                raise RuntimeError(f"swarm task {bad[0]['Status']['State']}: {bad[0]['Status'].get('Err')}")
+            if len(done) >= n:
+                end = max(_docker_time(t["Status"]["Timestamp"]) for t in done)
+                return n / (end - t0)
+            time.sleep(0.25)
+        raise RuntimeError("swarm job did not finish within 600 s")
+    finally:
+        service.remove()
+        client.close()
+
+
+def _docker_time(text: str) -> float:
+    from datetime import datetime, timezone
+
+    head, _, frac = text.rstrip("Z").partition(".")
+    base = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    n, conc = args.tasks, 2
+    purl = podman_url()
+    durl, why = docker_url() if not args.no_docker else (None, "--no-docker")
+    results["engines"] = {"podman": engine_version(purl) if purl else None,
+                          "docker": engine_version(durl) if durl else None, "docker_missing": why}
+    bundle = trivial_bundle(tmp / "dispatch", n)
+    runs: dict[str, list[float]] = {}
+
+    def add(key: str, fn: Callable[[], float]) -> None:
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others
+            log(f"{key}: FAILED: {exc}")
+            results.setdefault("errors", []).append(f"{key}: {exc}")
+            return
+        runs.setdefault(key, []).append(value)
+        log(f"{key}: {value:.2f} tasks/s")
+
+    engines = [("podman", purl)] + ([("docker", durl)] if durl else [])
+    for kind, url in engines:
+        if url is None:
+            continue
+        with Service(tmp / f"dispatch-{kind}", url, slots=conc) as svc:
+            for r in range(args.repeat):  # interleaved, so drift hits both alike
+                add(f"baseline_{kind}", lambda u=url: baseline(u, n, conc, bundle))
+                add(f"hpcdock_{kind}", lambda s=svc: hpcdock_dispatch(s, bundle, n))
+    if durl:
+        for r in range(args.repeat):
+            add("swarm", lambda: swarm(durl, n, conc))
+    results["dispatch"] = {"tasks": n, "concurrency": conc, "runs": runs,
+                           "median": {k: statistics.median(v) for k, v in runs.items()}}
+
+
+# -- submission scale ---------------------------------------------------------------------------
+
+def bench_scale(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    purl = podman_url()
+    rows = []
+    for n in args.sizes:
+        bundle = scale_bundle(tmp / f"scale-{n}", n)
+        with Service(tmp / f"scale-svc-{n}", purl, slots=2) as svc:
+            client = svc.client()
+            client.timeout = 600
+            rss0 = Service.hwm_mb(svc)
+            t0 = time.perf_counter()
+            job = client.submit(str(bundle))
+            accept = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            tasks = client.tasks(job["id"])
+            listing = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            frames = client._json("GET", f"/v1/jobs/{job['id']}/frames")["frames"]
+            frames_s = time.perf_counter() - t0
+            rss = Service.hwm_mb(svc)
+            t0 = time.perf_counter()
+            client.cancel(job["id"])
+            cancel = time.perf_counter() - t0
+            assert len(tasks) == n and len(frames) == n, (len(tasks), len(frames))
+            row = {"frames": n, "accept_s": accept, "list_tasks_s": listing, "list_frames_s": frames_s,
+                   "cancel_s": cancel, "rss_idle_mb": rss0, "rss_peak_mb": rss,
+                   "peak_after_cancel_mb": Service.hwm_mb(svc)}
+            log(f"scale {n}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()))
+            rows.append(row)
+    results["scale"] = rows
+
+
+# -- event latency ------------------------------------------------------------------------------
+
+def bench_latency(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """From a frame's output file being written (its mtime) to the client receiving its done event."""
+    purl = podman_url()
+    n = args.latency_frames
+    bundle = make_bundle(tmp / "latency", frames=f"1-{n}", chunk=(n + 1) // 2,
+                         env={"FRAME_SLEEP": str(args.frame_interval)})
+    with Service(tmp / "latency-svc", purl, slots=2) as svc:
+        client = svc.client()
+        received: dict[int, float] = {}
+        outputs: dict[int, str] = {}
+        start_id = client._json("GET", "/v1/jobs")  # noqa: F841 - warms the connection pool
+        job = client.submit(str(bundle))
+        stream = client.events(job=job["id"])
+        for ev in stream:
+            now = time.time()
+            if ev.kind == "frame" and ev.data["frame"]["state"] == "done":
+                f = ev.data["frame"]
+                received.setdefault(f["frame"], now)
+                outputs[f["frame"]] = f["output"]
+            elif ev.kind == "job" and ev.data["job"]["state"] in ("succeeded", "failed", "canceled"):
+                break
+        stream.close()
+    lat = sorted((received[f] - os.stat(outputs[f]).st_mtime_ns / 1e9) * 1000 for f in received)
+    if not lat:
+        raise RuntimeError("no frame events arrived")
+    pct = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))]  # noqa: E731
+    row = {"frames": len(lat), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "max_ms": lat[-1],
+           "min_ms": lat[0], "interval_s": args.frame_interval}
+    log("latency: " + ", ".join(f"{k}={v:.1f}" for k, v in row.items()))
+    results["latency"] = row
+
+
+# -- panel --------------------------------------------------------------------------------------
+
+def bench_panel(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    script = REPO / "bench" / "bench_panel.py"
+    if not script.exists():
+        results["panel"] = {"skipped": "bench/bench_panel.py is missing"}
+        return
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, str(script), "--repeat", str(args.panel_repeat)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    results["panel"] = {"rc": out.returncode, "text": out.stdout.strip(),
+                        "stderr": out.stderr.strip()[-2000:]}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def machine() -> dict[str, str]:
+    def first(path: str, default: str = "?") -> str:
+        try:
+            return Path(path).read_text().strip().splitlines()[0]
+        except OSError:
+            return default
+
+    mem = first("/proc/meminfo")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    return {"os": f"Debian {first('/etc/debian_version')}", "kernel": platform.release(),
+            "cpus": f"{os.cpu_count()} x {cpu}", "memory": f"{int(mem.split()[1]) / 1024 / 1024:.0f} GiB",
+            "python": platform.python_version(), "load_at_end": "%.2f %.2f %.2f" % os.getloadavg()}
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    eng = results.get("engines", {})
+    lines += [f"Machine: {m['cpus']}, {m['memory']}, {m['os']}, kernel {m['kernel']}, Python {m['python']}; "
+              f"engines: {eng.get('podman') or '-'} (rootless), {eng.get('docker') or '-'} (rootless); "
+              f"load average at the end {m['load_at_end']}.", ""]
+    d = results.get("dispatch")
+    if d:
+        med = d["median"]
+        lines += [f"### Dispatch: {d['tasks']} trivial tasks, {d['concurrency']} at a time", "",
+                  "| what | tasks/s (median) | runs | ratio | target |", "| --- | ---: | --- | ---: | --- |"]
+
+        def runs(key: str) -> str:
+            return ", ".join(f"{v:.2f}" for v in d["runs"].get(key, []))
+
+        for kind, label in (("podman", "rootless Podman"), ("docker", "rootless Docker")):
+            b, h = med.get(f"baseline_{kind}"), med.get(f"hpcdock_{kind}")
+            if b:
+                lines.append(f"| baseline: docker SDK loop, {label} | {b:.2f} | {runs('baseline_' + kind)} | | |")
+            if h:
+                ratio = f"{h / b:.2f}x baseline" if b else ""
+                target = f"0.9x: {ok(h / b >= TARGETS['baseline'])}" if b else ""
+                lines.append(f"| hpcdock job, {label} | {h:.2f} | {runs('hpcdock_' + kind)} | {ratio} | {target} |")
+        s = med.get("swarm")
+        if s:
+            lines.append(f"| Docker Swarm replicated-job, rootless Docker | {s:.2f} | {runs('swarm')} | | |")
+            for kind in ("podman", "docker"):
+                h = med.get(f"hpcdock_{kind}")
+                if h:
+                    lines.append(f"| hpcdock ({kind}) / Swarm | | | {h / s:.2f}x | 2x: {ok(h / s >= TARGETS['swarm'])} |")
+        lines.append("")
+    sc = results.get("scale")
+    if sc:
+        lines += ["### Submission scale (one frame per task; rootless Podman)", "",
+                  "| frames | accept (POST /v1/jobs) | list tasks | list frames | cancel | service peak RSS | target |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in sc:
+            target = ""
+            if r["frames"] >= 100_000:
+                target = (f"accept <= 1 s: {ok(r['accept_s'] <= TARGETS['accept_s'])}; "
+                          f"<= 300 MB: {ok(r['rss_peak_mb'] <= TARGETS['rss_mb'])}")
+            lines.append(f"| {r['frames']:,} | {r['accept_s']:.2f} s | {r['list_tasks_s']:.2f} s | "
+                         f"{r['list_frames_s']:.2f} s | {r['cancel_s']:.2f} s | {r['rss_peak_mb']:.0f} MB "
+                         f"(idle {r['rss_idle_mb']:.0f}) | {target} |")
+        lines.append("")
+    la = results.get("latency")
+    if la:
+        lines += ["### Event latency: frame output written -> its `done` event at a client", "",
+                  "| frames | p50 | p95 | min | max | target |", "| ---: | ---: | ---: | ---: | ---: | --- |",
+                  f"| {la['frames']} | {la['p50_ms']:.0f} ms | {la['p95_ms']:.0f} ms | {la['min_ms']:.0f} ms | "
+                  f"{la['max_ms']:.0f} ms | p95 <= 200 ms: {ok(la['p95_ms'] <= TARGETS['p95_ms'])} |", ""]
+    p = results.get("panel")
+    if p:
+        lines += [p.get("text") or f"Panel benchmark: {p}", ""]
+    if results.get("errors"):
+        lines += ["Errors:", *[f"- {e}" for e in results["errors"]], ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="dispatch,scale,latency,panel")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each dispatch figure (median shown)")
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--latency-frames", type=int, default=120)
+    parser.add_argument("--frame-interval", type=float, default=0.1, help="seconds between a task's frames")
+    parser.add_argument("--panel-repeat", type=int, default=3)
+    parser.add_argument("--no-docker", action="store_true", help="skip rootless Docker and Swarm")
+    parser.add_argument("--json", help="also write the raw figures here")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    parts = {"dispatch": bench_dispatch, "scale": bench_scale, "latency": bench_latency, "panel": bench_panel}
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with tempfile.TemporaryDirectory(prefix="hpcdock-bench-") as tmp:
+        for name in args.only.split(","):
+            log(f"{name} ...")
+            try:
+                parts[name](Path(tmp), args, results)
+            except Exception as exc:  # noqa: BLE001
+                log(f"{name}: FAILED: {exc}")
+                results.setdefault("errors", []).append(f"{name}: {exc}")
+    results["machine"] = machine()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

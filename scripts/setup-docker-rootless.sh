@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Rootless Docker (with a single-node Swarm) for the benchmarks' Swarm comparison; `make test`
+# never needs it. Two parts:
+#   as root:  scripts/setup-docker-rootless.sh --system   installs docker.io and rootlesskit
+#   as user:  scripts/setup-docker-rootless.sh            starts the user's dockerd (detached, its
+#             own data-root under ~/.local/share/hpcdock-docker), `docker swarm init`, imports the
+#             busybox test image. Prints the socket URL (unix://...) on its last line.
+# Idempotent: a daemon that already answers is reused. Stop it with `--stop`.
+set -euo pipefail
+image=${HPCDOCK_TEST_IMAGE:-localhost/hpcdock-test:latest}
+
+if [ "${1:-}" = --system ]; then
+  [ "$(id -u)" = 0 ] || { echo "setup-docker-rootless: --system must run as root" >&2; exit 1; }
+  missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v rootlesskit >/dev/null || missing+=(rootlesskit)
+  command -v newuidmap >/dev/null || missing+=(uidmap)
+  command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup-docker-rootless: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+  # The package's rootful daemon is not wanted (and cannot start without systemd anyway).
+  exit 0
+fi
+
+[ "$(id -u)" != 0 ] || { echo "setup-docker-rootless: run the user part as the engine user, not root" >&2; exit 1; }
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/run/user/$(id -u)}
+run_dir=$XDG_RUNTIME_DIR/hpcdock-docker
+data_root=${XDG_DATA_HOME:-$HOME/.local/share}/hpcdock-docker
+sock=$run_dir/docker.sock
+export DOCKER_HOST=unix://$sock
+pidfile=$run_dir/rootlesskit.pid
+mkdir -p "$run_dir" "$data_root"
+
+if [ "${1:-}" = --stop ]; then
+  if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then echo "stopped"; fi
+  exit 0
+fi
+
+docker_cli() { command docker "$@"; }
+
+if ! docker_cli info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null && command -v rootlesskit >/dev/null || {
+    echo "setup-docker-rootless: docker.io/rootlesskit missing; run once as root: $0 --system" >&2; exit 1; }
+  # dockerd-rootless.sh re-execs itself inside rootlesskit; the daemon's own state goes under
+  # run_dir (exec-root, pid file) and data_root, so it never touches a system Docker.
+  setsid nohup /usr/share/docker.io/contrib/dockerd-rootless.sh \
+      --iptables=false --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$run_dir/exec" \
+      --pidfile "$run_dir/dockerd.pid" >"$run_dir/dockerd.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 120); do
+    docker_cli info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker_cli info >/dev/null 2>&1 || {
+    echo "setup-docker-rootless: dockerd did not come up; log:" >&2; tail -20 "$run_dir/dockerd.log" >&2; exit 1; }
+fi
+
+if [ "$(docker_cli info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+  docker_cli swarm init --advertise-addr 127.0.0.1 >/dev/null
+fi
+
+if ! docker_cli image inspect "$image" >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/bin" "$tmp/tmp"
+  chmod 1777 "$tmp/tmp"
+  cp /bin/busybox "$tmp/bin/busybox"
+  for tool in $("$tmp/bin/busybox" --list); do
+    [ "$tool" = busybox ] || ln -s busybox "$tmp/bin/$tool"
+  done
+  tar -C "$tmp" -c . | docker_cli import --change 'ENV PATH=/bin' - "$image" >/dev/null
+fi
+echo "$DOCKER_HOST"
