@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -160,17 +161,23 @@ class Store:
                            (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
                             json.dumps(step.command), step.timeout, step.cancel_grace, step.output))
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
-                db.executemany(
+                # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
+                # 100,000 rows one by one through executemany was most of a big job's accept time.
+                db.execute(
                     "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                    ((first + t_idx, job_id, s_idx, t_idx, json.dumps(t.params), _frames_json(t.frames),
-                      plan.max_attempts) for t_idx, t in enumerate(step.tasks)))
+                    "SELECT ? + key, ?, ?, key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                    "'pending', ? FROM json_each(?)",
+                    (first, job_id, s_idx, plan.max_attempts,
+                     _json_rows([_params_json(t.params), _frames_json(t.frames)] for t in step.tasks)))
                 if step.output is not None:
-                    db.executemany(
+                    pattern = step.output
+                    db.execute(
                         "INSERT INTO frames (job_id, step_idx, frame, task_id, state, output) "
-                        "VALUES (?, ?, ?, ?, 'waiting', ?)",
-                        ((job_id, s_idx, f, first + t_idx, step.output.format(frame=f))
-                         for t_idx, t in enumerate(step.tasks) for f in t.frames))
+                        "SELECT ?, ?, json_extract(value, '$[0]'), ? + json_extract(value, '$[1]'), 'waiting', "
+                        "json_extract(value, '$[2]') FROM json_each(?)",
+                        (job_id, s_idx, first,
+                         _json_rows([f, t_idx, pattern.format(frame=f)]
+                                    for t_idx, t in enumerate(step.tasks) for f in t.frames)))
             self._job_event(db, job_id)
         return self.job(job_id)
 
@@ -227,9 +234,9 @@ class Store:
     # -- tasks --------------------------------------------------------------------------
     def tasks(self, job_id: int) -> list[Row]:
         self.job(job_id)
-        rows = self._query(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
-                           (job_id,))
-        return [_task_json(r) for r in rows]
+        with self._lock:  # convert row by row: a 100,000-task job never holds both forms at once
+            return [_task_json(r) for r in self._db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
+                                                             (job_id,))]
 
     def task(self, task_id: int) -> Row:
         rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
@@ -254,12 +261,14 @@ class Store:
 
         Ordered by job priority (high first), then submission order, then step order.
         """
+        # EXISTS over the (job_id, step_idx, state) index: one probe per step, not a scan of
+        # every pending task (a queued 100,000-task job made each dispatch read 100,000 rows).
         rows = self._query(
-            "SELECT t.job_id, t.step_idx, j.priority, s.gpus, s.depends_on "
-            "FROM tasks t JOIN jobs j ON j.id = t.job_id "
-            "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx "
-            "WHERE t.state = 'pending' AND j.state IN ('queued', 'running') "
-            "GROUP BY t.job_id, t.step_idx ORDER BY j.priority DESC, t.job_id, t.step_idx")
+            "SELECT s.job_id AS job_id, s.idx AS step_idx, j.priority AS priority, s.gpus AS gpus, "
+            "s.depends_on AS depends_on FROM steps s JOIN jobs j ON j.id = s.job_id "
+            "WHERE j.state IN ('queued', 'running') AND EXISTS (SELECT 1 FROM tasks t "
+            "WHERE t.job_id = s.job_id AND t.step_idx = s.idx AND t.state = 'pending') "
+            "ORDER BY j.priority DESC, s.job_id, s.idx")
         ready = []
         for r in rows:
             deps = json.loads(r["depends_on"])
@@ -276,8 +285,10 @@ class Store:
         return row[0][0] == 0
 
     def next_pending(self, job_id: int, step_idx: int) -> Optional[int]:
+        # ids grow with idx within a step (add_job numbers them so), and ordering by id lets the
+        # (job_id, step_idx, state) index answer without sorting every pending task.
         rows = self._query("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
-                           "ORDER BY idx LIMIT 1", (job_id, step_idx))
+                           "ORDER BY id LIMIT 1", (job_id, step_idx))
         return rows[0][0] if rows else None
 
     def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Row:
@@ -435,8 +446,9 @@ class Store:
 
     def frames(self, job_id: int) -> list[Row]:
         self.job(job_id)
-        rows = self._query(_FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,))
-        return [_frame_json(r) for r in rows]
+        with self._lock:
+            return [_frame_json(r) for r in self._db.execute(
+                _FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,))]
 
     def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Row:
         sql = _FRAME_SELECT + " WHERE f.job_id=? AND f.frame=?"
@@ -486,7 +498,14 @@ class Store:
 
 
 def _frames_json(frames: list[int]) -> str:
-    """Frames as a compact range list: a 100,000-frame chunk stores as ``[[1, 100000]]``."""
+    """Frames as a compact range list: a 100,000-frame chunk stores as ``[[1, 100000]]``.
+
+    The text is exactly ``json.dumps`` of the runs, written directly: a 100,000-task job
+    calls this once per task, and the common one-frame task is a plain format.
+    """
+    if len(frames) == 1:
+        f = int(frames[0])
+        return f"[[{f}, {f}]]"
     runs: list[list[int]] = []
     for f in frames:
         if runs and f == runs[-1][1] + 1:
@@ -496,7 +515,24 @@ def _frames_json(frames: list[int]) -> str:
     return json.dumps(runs)
 
 
+def _params_json(params: dict[str, str]) -> str:
+    """``json.dumps(params)``; the usual one-parameter task without the encoder's overhead."""
+    if len(params) == 1:
+        ((k, v),) = params.items()
+        if type(k) is str and type(v) is str:
+            return f"{{{_esc(k)}: {_esc(v)}}}"
+    return json.dumps(params)
+
+
+def _json_rows(rows: Iterable[list[Any]]) -> str:
+    """Rows as one JSON array for ``json_each``; non-ASCII text stays UTF-8 (no \\u escapes to undo)."""
+    return json.dumps(list(rows), ensure_ascii=False, check_circular=False)
+
+
 def _expand_frames(text: str) -> list[int]:
+    if text.startswith("[[") and text.count("[") == 2:  # one run, e.g. "[[17, 17]]" (every frame-per-task row)
+        a, _, b = text[2:-2].partition(",")
+        return list(range(int(a), int(b) + 1))
     return [f for a, b in json.loads(text) for f in range(a, b + 1)]
 
 
