@@ -147,6 +147,7 @@ class FakeClient:
 
     def frames(self, job_id: int) -> List[Dict[str, Any]]:
         self._check()
+        self.s.calls.append(("frames", job_id))
         return [dict(f) for k, f in sorted(self.s.frames.items()) if k[0] == job_id]
 
     def thumbnail(self, job_id: int, frame: int, step: Optional[str] = None) -> bytes:

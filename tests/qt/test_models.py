@@ -242,3 +242,11 @@ def test_known_bad_binding_is_named(monkeypatch):
     assert ("6.12.0" in binding_problem()) == (sys.version_info < (3, 12))
     monkeypatch.setattr(qtpy, "PYSIDE_VERSION", "6.11.3")
     assert binding_problem() == ""
+
+
+def test_task_snapshot_keeps_newer_event_state(qtbot):
+    model = FramesModel()
+    model.set_job(1, ["render"])
+    model.apply_tasks([make_task(3, state="succeeded")], event_ids=[50])
+    model.apply_tasks([make_task(3, state="running"), make_task(4, state="pending")], anchor=49)
+    assert model.tasks[3]["state"] == "succeeded" and model.tasks[4]["state"] == "pending"

@@ -155,6 +155,8 @@ def test_survives_a_service_restart_and_catches_up(qtbot, panel, fake):
     wait(qtbot, lambda: panel.jobs_model.job_by_id(1)["frames_done"] == 5)
     # resumed from the last id it had seen: no gap, no duplicate
     assert fake.stream_requests[-1] == 1
+    # and the shown job's frames were asked again, in case the outage lost a snapshot
+    wait(qtbot, lambda: sum(1 for c in fake.calls if c == ("frames", 1)) >= 2)
     assert sorted(fake.delivered) == sorted(set(fake.delivered)) == list(range(1, len(fake.events) + 1))
 
 

@@ -282,6 +282,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._evid: Dict[FrameKey, int] = {}
         self._counts: Dict[str, int] = {}
         self.tasks: Dict[int, JSON] = {}
+        self._task_evid: Dict[int, int] = {}
 
     # -- Qt API -------------------------------------------------------------------------
     def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008
@@ -385,7 +386,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._steps = {name: i for i, name in enumerate(steps)}
         self._frames, self._sort, self._index, self._evid = [], [], {}, {}
         self._counts = {}
-        self.tasks = {}
+        self.tasks, self._task_evid = {}, {}
         self.endResetModel()
 
     def set_steps(self, steps: Sequence[str]) -> None:
@@ -477,12 +478,19 @@ class FramesModel(QtCore.QAbstractListModel):
     def _reindex(self) -> None:
         self._index = {(f.get("step"), f.get("frame")): r for r, f in enumerate(self._frames)}
 
-    def apply_tasks(self, tasks: Sequence[JSON]) -> List[int]:
-        """Remember tasks of the shown job (tooltips, log tailing); returns rows to refresh."""
+    def apply_tasks(self, tasks: Sequence[JSON], event_ids: Optional[Sequence[int]] = None,
+                    anchor: Optional[int] = None) -> List[int]:
+        """Remember tasks of the shown job (tooltips, log tailing); returns rows to refresh.
+
+        ``event_ids`` and ``anchor`` work as for frames: a snapshot does not undo a newer event."""
         rows: List[int] = []
-        for task in tasks:
+        for i, task in enumerate(tasks):
             if task.get("job_id") != self.job_id:
                 continue
+            if anchor is not None and self._task_evid.get(task["id"], -1) > anchor:
+                continue
+            if event_ids is not None:
+                self._task_evid[task["id"]] = event_ids[i]
             self.tasks[task["id"]] = task
             if task.get("state") == "running":
                 for fr in task.get("frames") or ():

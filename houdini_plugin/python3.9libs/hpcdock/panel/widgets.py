@@ -354,6 +354,7 @@ class MonitorPanel(QtWidgets.QWidget):
         self._auto_select = True
         self.log_text_chars = 0
         self._labels_dirty = False
+        self._connected_before = False
         self._build()
         self.frames_model.thumbnailWanted.connect(self._want_thumbnail)
         self.tick_timer = QtCore.QTimer(self)  # elapsed/ETA columns, once a second
@@ -495,10 +496,10 @@ class MonitorPanel(QtWidgets.QWidget):
             self._maybe_follow(new_ids)
         shown = self.frames_model.job_id
         if tasks and shown is not None:
-            mine = [o for _, o in tasks if o.get("job_id") == shown]
+            mine = [(i, o) for i, o in tasks if o.get("job_id") == shown]
             if mine:
-                self.frames_model.apply_tasks(mine)
-                self._task_updated(mine)
+                self.frames_model.apply_tasks([o for _, o in mine], event_ids=[i for i, _ in mine])
+                self._task_updated([o for _, o in mine])
         if frames and shown is not None:
             mine = [(i, o) for i, o in frames if o.get("job_id") == shown]
             if mine:
@@ -510,7 +511,14 @@ class MonitorPanel(QtWidgets.QWidget):
     def handle(self, msg: Tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "conn":
+            was = self.connection_state
             self._show_connection(msg[1], msg[2])
+            if msg[1] == CONNECTED and was != CONNECTED and self._connected_before:
+                # the stream resumes where it left off; the snapshots are asked again only in
+                # case the shown job's were lost to the outage (they merge, never roll back)
+                self._request_snapshots(self.frames_model.job_id)
+            if msg[1] == CONNECTED:
+                self._connected_before = True
         elif kind == "jobs":
             self.jobs_model.apply(msg[2], anchor=msg[1])
             if self._pending_select is not None and self.jobs_model.row_of(self._pending_select) is not None:
@@ -524,8 +532,8 @@ class MonitorPanel(QtWidgets.QWidget):
                 self._update_frames_label()
         elif kind == "tasks":
             if msg[1] == self.frames_model.job_id:
-                self.frames_model.apply_tasks(msg[3])
-                self._task_updated(msg[3])
+                self.frames_model.apply_tasks(msg[3], anchor=msg[2])
+                self._task_updated([self.frames_model.tasks.get(t.get("id")) or t for t in msg[3]])
         elif kind == "thumb":
             self.frames_model.set_thumbnail(msg[1], msg[2])
         elif kind == "log":
@@ -610,10 +618,15 @@ class MonitorPanel(QtWidgets.QWidget):
             return
         if self.thumbs is not None:
             self.thumbs.forget(job_id)
+        self._request_snapshots(job_id)
+
+    def _request_snapshots(self, job_id: Optional[int]) -> None:
+        """Ask for the frames and tasks of a job; events newer than now win over them."""
+        if job_id is None or self.requests is None:
+            return
         anchor = self.pump.last_event_id if self.pump.last_event_id is not None else -1
-        if self.requests is not None:
-            self.requests.submit("frames", lambda c: ("frames", job_id, anchor, c.frames(job_id)))
-            self.requests.submit("tasks", lambda c: ("tasks", job_id, anchor, c.tasks(job_id)))
+        self.requests.submit("frames", lambda c: ("frames", job_id, anchor, c.frames(job_id)))
+        self.requests.submit("tasks", lambda c: ("tasks", job_id, anchor, c.tasks(job_id)))
 
     def _frame_changed(self, current: QtCore.QModelIndex, previous: QtCore.QModelIndex) -> None:
         frame = self.frames_model.frame(current.row()) if current.isValid() else None
