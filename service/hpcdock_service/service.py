@@ -114,4 +114,5 @@ class Service:
             "gpus": self.gpus.to_json(),
             "slots": self.config.slots,
             "running": self.scheduler.running_count(),
+            "last_event_id": self.store.last_event_id(),
         }

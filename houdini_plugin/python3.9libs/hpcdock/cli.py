@@ -139,13 +139,13 @@ _COMMANDS = {"submit": _submit, "jobs": _jobs, "follow": _follow, "logs": _logs,
 
 def _follow_job(client: Client, job_id: int, quiet: bool = False, out: TextIO = sys.stdout) -> int:
     """Print progress from the event stream until the job ends; 0 only if it succeeded."""
+    since = client.health().get("last_event_id")  # show what happens from now, not the job's history
     job = client.job(job_id)
     printer = _ProgressPrinter(out, quiet)
     printer.job(job)
     if job["state"] not in FINAL:
-        for event in client.events(job=job_id):
-            # The stream replays the job's history first: after a retry that history holds
-            # the earlier run's end, so an ending counts only once the job itself has ended.
+        for event in client.events(job=job_id, last_event_id=since):
+            # An ending event counts only once the job itself says so: a retry can follow it.
             if printer.handle(event) and client.job(job_id)["state"] in FINAL:
                 break
         job = client.job(job_id)
