@@ -300,10 +300,16 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
     if step.parameterSpace is not None:
         names = set(step.parameterSpace.taskParameterDefinitions)
         has_frames = frames_param in names
-        for params in StepParameterSpaceIterator(space=step.parameterSpace):
-            values = {k: str(v.value) for k, v in params.items()}
-            frames = _frames_of(values[frames_param]) if has_frames else []
-            tasks.append(TaskPlan(values, frames))
+        space = StepParameterSpaceIterator(space=step.parameterSpace)
+        if len(names) == 1 and has_frames:  # the frame is the only parameter: 100,000 tasks take this path
+            for params in space:
+                value = str(params[frames_param].value)
+                tasks.append(TaskPlan({frames_param: value}, _frames_of(value)))
+        else:
+            for params in space:
+                values = {k: str(v.value) for k, v in params.items()}
+                frames = _frames_of(values[frames_param]) if has_frames else []
+                tasks.append(TaskPlan(values, frames))
     else:
         tasks.append(TaskPlan({}, []))
     output = None

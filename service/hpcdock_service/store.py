@@ -13,6 +13,7 @@ serialises writers anyway; this keeps every multi-statement change atomic.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -156,6 +157,7 @@ class Store:
                 (name or plan.name, plan.priority if priority is None else priority, plan.bundle_dir,
                  json.dumps(plan.container.to_json()), json.dumps(plan.params), plan.max_attempts, now))
             job_id = int(cur.lastrowid)
+            n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
                 db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
@@ -163,23 +165,46 @@ class Store:
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
                 # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
                 # 100,000 rows one by one through executemany was most of a big job's accept time.
-                db.execute(
-                    "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
-                    "SELECT ? + key, ?, ?, key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-                    "'pending', ? FROM json_each(?)",
-                    (first, job_id, s_idx, plan.max_attempts,
-                     _json_rows([_params_json(t.params), _frames_json(t.frames)] for t in step.tasks)))
+                frame_only = _frame_only_params(step.tasks)
+                if frame_only is not None:  # each task is {NAME: "F"} for its one frame F: printf'd by SQLite
+                    db.execute(
+                        "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
+                        "SELECT ? + key, ?, ?, key, printf(?, value), printf('[[%d, %d]]', value, value), "
+                        "'pending', ? FROM json_each(?)",
+                        (first, job_id, s_idx, frame_only, plan.max_attempts,
+                         _json_rows(t.frames[0] for t in step.tasks)))
+                else:
+                    db.execute(
+                        "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
+                        "SELECT ? + key, ?, ?, key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                        "'pending', ? FROM json_each(?)",
+                        (first, job_id, s_idx, plan.max_attempts,
+                         _json_rows([_params_json(t.params), _frames_json(t.frames)] for t in step.tasks)))
                 if step.output is not None:
-                    pattern = step.output
+                    fmt = _printf_format(step.output)
+                    one_each = all(len(t.frames) == 1 for t in step.tasks)
+                    if one_each:  # one frame per task: a flat array; the task is the array index
+                        frames: list[Any] = [t.frames[0] for t in step.tasks]
+                        frame_sql, task_sql, out_sql = "value", "key", "printf(?, value)"
+                    else:
+                        frames = [[f, t_idx] for t_idx, t in enumerate(step.tasks) for f in t.frames]
+                        frame_sql, task_sql = "json_extract(value, '$[0]')", "json_extract(value, '$[1]')"
+                        out_sql = "printf(?, json_extract(value, '$[0]'))"
+                    if fmt is None:  # not printf-able: the paths come formatted by Python
+                        frames = [[f, t_idx, step.output.format(frame=f)]
+                                  for t_idx, t in enumerate(step.tasks) for f in t.frames]
+                        frame_sql, task_sql = "json_extract(value, '$[0]')", "json_extract(value, '$[1]')"
+                        out_sql = "json_extract(value, '$[2]')"
                     db.execute(
                         "INSERT INTO frames (job_id, step_idx, frame, task_id, state, output) "
-                        "SELECT ?, ?, json_extract(value, '$[0]'), ? + json_extract(value, '$[1]'), 'waiting', "
-                        "json_extract(value, '$[2]') FROM json_each(?)",
-                        (job_id, s_idx, first,
-                         _json_rows([f, t_idx, pattern.format(frame=f)]
-                                    for t_idx, t in enumerate(step.tasks) for f in t.frames)))
-            self._job_event(db, job_id)
-        return self.job(job_id)
+                        f"SELECT ?, ?, {frame_sql}, ? + {task_sql}, 'waiting', {out_sql} FROM json_each(?)",
+                        (job_id, s_idx, first, *([fmt] if fmt is not None else []), _json_rows(frames)))
+                    n_frames += len(frames)
+                n_tasks += len(step.tasks)
+            # a new job's counts are known: every task pending, every frame waiting
+            job = self._job_event(db, job_id, {"pending": n_tasks} if n_tasks else {},
+                                  {"waiting": n_frames} if n_frames else {})
+        return job
 
     def job(self, job_id: int) -> Row:
         rows = self._query("SELECT * FROM jobs WHERE id=?", (job_id,))
@@ -201,18 +226,21 @@ class Store:
     def job_params(self, job_id: int) -> dict[str, str]:
         return json.loads(self._query("SELECT params FROM jobs WHERE id=?", (job_id,))[0][0])
 
-    def _job_json(self, row: sqlite3.Row) -> Row:
+    def _job_json(self, row: sqlite3.Row, counts: Optional[dict[str, int]] = None,
+                  fcounts: Optional[dict[str, int]] = None) -> Row:
         job = dict(row)
         job.pop("container")
         job.pop("params")
-        counts = {s: n for s, n in self._db.execute(
-            "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job["id"],))}
+        if counts is None:
+            counts = {s: n for s, n in self._db.execute(
+                "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job["id"],))}
         job["tasks_total"] = sum(counts.values())
         job["tasks_done"] = counts.get("succeeded", 0)
         job["tasks_failed"] = counts.get("failed", 0)
         job["tasks_running"] = counts.get("running", 0)
-        fcounts = {s: n for s, n in self._db.execute(
-            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job["id"],))}
+        if fcounts is None:
+            fcounts = {s: n for s, n in self._db.execute(
+                "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job["id"],))}
         job["frames_total"] = sum(fcounts.values())
         job["frames_done"] = fcounts.get("done", 0)
         job["frames_failed"] = fcounts.get("failed", 0)
@@ -222,9 +250,12 @@ class Store:
             for s in self._db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
         return job
 
-    def _job_event(self, db: sqlite3.Connection, job_id: int) -> None:
+    def _job_event(self, db: sqlite3.Connection, job_id: int, counts: Optional[dict[str, int]] = None,
+                   fcounts: Optional[dict[str, int]] = None) -> Row:
         row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        self._event(db, job_id, "job", self._job_json(row))
+        job = self._job_json(row, counts, fcounts)
+        self._event(db, job_id, "job", job)
+        return job
 
     def steps(self, job_id: int) -> list[Row]:
         rows = self._query("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,))
@@ -522,6 +553,36 @@ def _params_json(params: dict[str, str]) -> str:
         if type(k) is str and type(v) is str:
             return f"{{{_esc(k)}: {_esc(v)}}}"
     return json.dumps(params)
+
+
+_PRINTF_SAFE = re.compile(r"([^{}]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}]*)")
+
+
+def _printf_format(pattern: str) -> Optional[str]:
+    """The SQLite ``printf`` format equal to ``pattern.format(frame=N)`` for every int N, if simple.
+
+    Only ``PREFIX{frame}SUFFIX`` and ``PREFIX{frame:0Wd}``/``{frame:Wd}``: Python and printf agree
+    on those (sign and padding included); anything else is formatted in Python.
+    """
+    m = _PRINTF_SAFE.fullmatch(pattern)
+    if m is None:
+        return None
+    head, spec, tail = m.groups()
+    return head.replace("%", "%%") + "%" + (spec or "") + "d" + tail.replace("%", "%%")
+
+
+def _frame_only_params(tasks: list[Any]) -> Optional[str]:
+    """The printf format of ``json.dumps(task.params)`` when every task is ``{NAME: str(F)}`` for its
+    one frame F (one frame per task, the frame being the only parameter); else None."""
+    if not tasks or len(tasks[0].params) != 1:
+        return None
+    (name,) = tasks[0].params
+    if type(name) is not str:
+        return None
+    for t in tasks:
+        if len(t.frames) != 1 or len(t.params) != 1 or t.params.get(name) != str(t.frames[0]):
+            return None
+    return "{" + _esc(name).replace("%", "%%") + ': "%d"}'
 
 
 def _json_rows(rows: Iterable[list[Any]]) -> str:
