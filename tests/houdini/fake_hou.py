@@ -101,6 +101,7 @@ class _State:
         self.hscripts: List[str] = []
         self.backup_count = 0
         self.scenes: Dict[str, list] = {}  # saved "hip files": token -> node specs
+        self.pane_tabs: List[Any] = []
 
 
 _state = _State()
@@ -382,6 +383,47 @@ class ui:
             raise RuntimeError("hou.ui is not available without a UI")
         _state.messages.append({"text": text, "severity": severity, "title": title, "details": details})
         return default_choice
+
+
+class paneTabType:
+    PythonPanel = _EnumValue("paneTabType.PythonPanel")
+    NetworkEditor = _EnumValue("paneTabType.NetworkEditor")
+
+
+class PaneTab:
+    def __init__(self, pane_tab_type: Any, python_panel_interface: Optional[str]) -> None:
+        self._type = pane_tab_type
+        self._interface = python_panel_interface
+
+    def type(self) -> Any:
+        return self._type
+
+
+class Desktop:
+    def createFloatingPaneTab(self, pane_tab_type: Any, position: Sequence[int] = (), size: Sequence[int] = (),
+                              python_panel_interface: Optional[str] = None, immediate: bool = False) -> PaneTab:
+        if not _state.ui:
+            raise RuntimeError("hou.ui is not available without a UI")
+        tab = PaneTab(pane_tab_type, python_panel_interface)
+        _state.pane_tabs.append(tab)
+        return tab
+
+
+ui.curDesktop = staticmethod(lambda: Desktop())
+
+
+class qt:
+    _main_window = object()  # stands for Houdini's main QMainWindow
+
+    @staticmethod
+    def mainWindow() -> Any:
+        return qt._main_window
+
+
+class text:
+    @staticmethod
+    def expandString(text: str) -> str:
+        return _expand(text, frame(), None)
 
 
 def _node_specs() -> list:

@@ -466,3 +466,41 @@ def soho_render() -> None:
     if int(round(hou.frame())) != frames[0]:
         return
     submit_node(node)
+
+
+# -- the monitor panel's host -----------------------------------------------------------------
+
+def open_monitor_pane(interface_name: str = "hpcdock"):
+    """Open the hpcdock monitor (the ``.pypanel`` interface) in a floating Python Panel pane tab."""
+    desktop = hou.ui.curDesktop()
+    return desktop.createFloatingPaneTab(hou.paneTabType.PythonPanel, python_panel_interface=interface_name)
+
+
+def mplay_command(paths: Sequence[str]) -> Optional[List[str]]:
+    """The MPlay command line showing ``paths`` in frame order, or None without MPlay."""
+    mplay = os.path.join(hou.text.expandString("$HFS"), "bin", "mplay")
+    if not paths or not os.path.exists(mplay):
+        return None
+    return [mplay] + sorted(paths)
+
+
+def panel_host():
+    """The panel's host inside Houdini: frames open in MPlay, dialogs parent to Houdini's window."""
+    import subprocess
+
+    from hpcdock.panel.host import Host
+
+    class HoudiniHost(Host):
+        viewer_name = "MPlay"
+
+        def open_frames(self, paths: Sequence[str], current: Optional[str] = None) -> bool:
+            command = mplay_command(list(paths) or ([current] if current else []))
+            if command is None:
+                return super().open_frames(paths, current)
+            subprocess.Popen(command, close_fds=True)
+            return True
+
+        def parent_window(self) -> Optional[object]:
+            return hou.qt.mainWindow()
+
+    return HoudiniHost()
