@@ -258,11 +258,11 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
         if url is None:
             continue
         with Service(tmp / f"dispatch-{kind}", url, slots=conc) as svc:
-            for r in range(args.repeat):  # interleaved, so drift hits both alike
+            for _ in range(args.repeat):  # interleaved, so drift hits both alike
                 add(f"baseline_{kind}", lambda u=url: baseline(u, n, conc, bundle))
                 add(f"hpcdock_{kind}", lambda s=svc: hpcdock_dispatch(s, bundle, n))
     if durl:
-        for r in range(args.repeat):
+        for _ in range(args.repeat):
             add("swarm", lambda: swarm(durl, n, conc))
     results["dispatch"] = {"tasks": n, "concurrency": conc, "runs": runs,
                            "median": {k: statistics.median(v) for k, v in runs.items()}}
@@ -380,7 +380,7 @@ def machine() -> dict[str, str]:
                 if ln.startswith("model name")), "?")
     return {"os": f"Debian {first('/etc/debian_version')}", "kernel": platform.release(),
             "cpus": f"{os.cpu_count()} x {cpu}", "memory": f"{int(mem.split()[1]) / 1024 / 1024:.0f} GiB",
-            "python": platform.python_version(), "load_at_end": "%.2f %.2f %.2f" % os.getloadavg()}
+            "python": platform.python_version(), "load_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 def ok(flag: bool) -> str:
