@@ -279,6 +279,17 @@ class Store:
         row = db.execute(_TASK_SELECT + " WHERE t.id=?", (task_id,)).fetchone()
         self._event(db, row["job_id"], "task", _task_json(row))
 
+    def _task_events(self, db: sqlite3.Connection, task_ids: list[int]) -> None:
+        """One task event per id, in that order: what ``_task_event`` in a loop appends, in a few
+        statements (canceling a 100,000-task job took 100,000 lookups and inserts)."""
+        if not task_ids:
+            return
+        rows = {r["id"]: r for r in db.execute(
+            _TASK_SELECT + " WHERE t.id IN (SELECT value FROM json_each(?))", (json.dumps(task_ids),))}
+        db.executemany("INSERT INTO events (job_id, kind, data, ts) VALUES (?, 'task', ?, ?)",
+                       ((rows[i]["job_id"], json.dumps({"task": _task_json(rows[i])}), time.time())
+                        for i in task_ids))
+
     def log_offset(self, task_id: int) -> int:
         return int(self._query("SELECT log_offset FROM tasks WHERE id=?", (task_id,))[0][0])
 
@@ -405,8 +416,7 @@ class Store:
                                             (job_id, idx))]
             db.execute("UPDATE tasks SET state='canceled', error=? WHERE job_id=? AND step_idx=? AND state='pending'",
                        (f"upstream step {upstream!r} failed", job_id, idx))
-            for task_id in ids:
-                self._task_event(db, task_id)
+            self._task_events(db, ids)
 
     def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
         job = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -435,10 +445,10 @@ class Store:
             ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND state='pending'", (job_id,))]
             db.execute("UPDATE tasks SET state='canceled', finished_at=? WHERE job_id=? AND state='pending'",
                        (now, job_id))
-            for task_id in ids:
-                self._task_event(db, task_id)
+            self._task_events(db, ids)
             self._settle_job(db, job_id, now)
-        return [t for t in self.tasks(job_id) if t["state"] == "running"]
+        rows = self._query(_TASK_SELECT + " WHERE t.job_id=? AND t.state='running' ORDER BY t.id", (job_id,))
+        return [_task_json(r) for r in rows]
 
     def retry_job(self, job_id: int) -> Row:
         """Put failed and canceled tasks back to pending with a fresh budget of attempts."""
@@ -455,8 +465,7 @@ class Store:
                 db.execute("UPDATE frames SET state='waiting', error=NULL WHERE job_id=? AND state != 'done'",
                            (job_id,))
                 db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
-                for task_id in ids:
-                    self._task_event(db, task_id)
+                self._task_events(db, ids)
                 self._job_event(db, job_id)
         return self.job(job_id)
 
