@@ -34,7 +34,10 @@ pidfile=$run_dir/rootlesskit.pid
 mkdir -p "$run_dir" "$data_root"
 
 if [ "${1:-}" = --stop ]; then
-  if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then echo "stopped"; fi
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  # only the rootlesskit this script started (a stale pid file may name another process by now)
+  if [ -n "$pid" ] && grep -q rootlesskit "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; then echo "stopped"; fi
+  rm -f "$pidfile"
   exit 0
 fi
 
