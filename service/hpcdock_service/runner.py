@@ -39,6 +39,9 @@ from .store import Row, Store
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
+WATCH_INTERVAL = 0.05  # seconds between looks at a running task's outputs
+LOG_DRAIN_SECONDS = 3.0  # how long a log stream may stay open after its container exited
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
 
 
 def container_name(store_id: str, task_id: int, attempt: int) -> str:
@@ -84,6 +87,7 @@ class TaskRunner:
         self._done_before = frozenset(self._done)
         self._settled: set[int] = set(self._done)
         self._failed: dict[int, str] = {}
+        self._frame_lock = threading.Lock()
         self._current_percent = 0.0
         self._last_progress = 0.0
         self.thread = threading.Thread(target=self._run, name=f"task-{task['id']}", daemon=True)
@@ -159,6 +163,12 @@ class TaskRunner:
         return container_id
 
     def _follow(self) -> tuple[Optional[int], Optional[str]]:
+        """Stream the log into the task log until the container exits; return its exit code.
+
+        Three threads cooperate: this one reads the log, a waiter learns the exit code, and
+        a watcher settles frames as their outputs appear on disk, so a frame's event does not
+        wait for the engine's log path (Podman's lags by a few hundred milliseconds).
+        """
         assert self.container_id is not None
         timer = None
         timeout = self.step.get("timeout")
@@ -169,6 +179,16 @@ class TaskRunner:
             timer.start()
         parser = LogParser()
         mode = "r+b" if self.adopt else "ab"
+        stream = self.engine.logs(self.container_id, follow=True)
+        exited = threading.Event()
+        drained = threading.Event()
+        outcome: dict[str, Any] = {}
+        waiter = threading.Thread(target=self._wait_exit, args=(stream, exited, drained, outcome),
+                                  name=f"task-{self.task['id']}-wait", daemon=True)
+        watcher = threading.Thread(target=self._watch_outputs, args=(exited,),
+                                   name=f"task-{self.task['id']}-watch", daemon=True)
+        waiter.start()
+        watcher.start()
         try:
             with open(self.log_path, mode) as fh:
                 if self.adopt:  # re-read the whole container log: drop what an earlier run wrote
@@ -176,20 +196,66 @@ class TaskRunner:
                     fh.truncate()
                     fh.write(f"--- attempt {self.task['attempt']} (re-adopted after a service restart)\n"
                              .encode())
-                for chunk in self.engine.logs(self.container_id, follow=True):
-                    fh.write(chunk)
-                    fh.flush()
-                    for update in parser.feed(chunk):
-                        self._apply(update)
+                read = 0
+                for chunk in stream:
+                    read += len(chunk)
+                    self._take_log(fh, parser, chunk)
+                drained.set()
+                waiter.join()
+                if outcome.get("cut"):  # the stream was ended for us: fetch what it had not delivered
+                    rest = b"".join(self.engine.logs(self.container_id, follow=False))[read:]
+                    self._take_log(fh, parser, rest)
                 for update in parser.close():
                     self._apply(update)
-            exit_code = self.engine.wait(self.container_id)
         finally:
+            drained.set()
+            exited.set()
+            watcher.join()
             if timer is not None:
                 timer.cancel()
+        if "error" in outcome:
+            raise outcome["error"]
+        exit_code = outcome["code"]
         if self.timed_out:
             return exit_code, f"timed out after {timeout:g}s (onRun.timeout) and was stopped"
         return exit_code, None if exit_code == 0 else f"exited with code {exit_code}"
+
+    def _take_log(self, fh: Any, parser: LogParser, chunk: bytes) -> None:
+        fh.write(chunk)
+        fh.flush()
+        for update in parser.feed(chunk):
+            self._apply(update)
+
+    def _wait_exit(self, stream: Any, exited: threading.Event, drained: threading.Event,
+                   outcome: dict[str, Any]) -> None:
+        try:
+            outcome["code"] = self.engine.wait(self.container_id)
+        except Exception as exc:  # reported by the reading thread
+            outcome["error"] = exc
+        exited.set()
+        # Podman 4 sometimes keeps a follow stream open after the container has exited; the
+        # exit code is the truth, so end the stream and let the reader collect the rest.
+        if not drained.wait(LOG_DRAIN_SECONDS) and hasattr(stream, "close"):
+            outcome["cut"] = True
+            stream.close()
+
+    def _watch_outputs(self, exited: threading.Event) -> None:
+        """Settle image frames as soon as their output files are complete on disk."""
+        since = float(self.task.get("started_at") or 0.0)
+        while not exited.wait(WATCH_INTERVAL):
+            for frame in self._watchable():
+                output = self._frames[frame]["output"]
+                try:
+                    fresh = os.stat(output).st_mtime >= since - 1.0  # not a leftover of an earlier run
+                except OSError:
+                    continue
+                if fresh and thumbnails.is_output_complete(Path(output)):
+                    self._settle(frame, "done", None)
+
+    def _watchable(self) -> list[int]:
+        with self._frame_lock:
+            return [f for f, info in self._frames.items() if f not in self._settled and info["output"]
+                    and info["output"].lower().endswith(_IMAGE_SUFFIXES)]
 
     def stop(self, grace: float = 0) -> None:
         """Stop the container now, or as soon as it exists (cancel can race with creation)."""
@@ -216,8 +282,9 @@ class TaskRunner:
             self.store.set_frame(self.task["job_id"], self.task["step_idx"], update.frame, "running")
         elif isinstance(update, FrameDone) and update.frame in self._frames:
             self._current_percent = 0.0
-            state, error = self._check_output(update.frame)
-            self._settle(update.frame, state, error)
+            if update.frame not in self._settled:
+                state, error = self._check_output(update.frame)
+                self._settle(update.frame, state, error)
             self._report_progress(force=True)
         elif isinstance(update, FrameFailed) and update.frame in self._frames:
             self._settle(update.frame, "failed", update.reason or "the render script reported a failure")
@@ -234,12 +301,16 @@ class TaskRunner:
         self.store.set_progress(self.task["id"], percent)
 
     def _settle(self, frame: int, state: str, error: Optional[str]) -> None:
+        """Record a frame's end once, whichever of the log marker and the watcher sees it first."""
+        with self._frame_lock:
+            if frame in self._settled:
+                return
+            self._settled.add(frame)
+            if state == "done":
+                self._done.add(frame)
+            else:
+                self._failed[frame] = error or "failed"
         thumb = self._thumbnail(frame) if state == "done" else None
-        if state == "done":
-            self._done.add(frame)
-        else:
-            self._failed[frame] = error or "failed"
-        self._settled.add(frame)
         self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, state, error, thumbnail=thumb)
 
     # -- frames -------------------------------------------------------------------------

@@ -62,7 +62,10 @@ class Engine(Protocol):
     def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]: ...
 
     def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
-        """Combined stdout and stderr from the start; with ``follow`` until the container exits."""
+        """Combined stdout and stderr from the start; with ``follow`` until the container exits.
+
+        A following iterator has ``close()``, which ends it from another thread.
+        """
 
     def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
         """Exit code; raises TimeoutError when ``timeout`` passes first."""

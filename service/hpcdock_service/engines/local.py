@@ -146,12 +146,11 @@ class LocalEngine:
 
     def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
         try:
-            if follow:
-                yield from self.client.api.logs(container_id, stream=True, follow=True)
-            else:
-                yield self.client.api.logs(container_id, stream=False)
+            if follow:  # a CancellableStream: close() ends it from another thread
+                return self.client.api.logs(container_id, stream=True, follow=True)
+            return iter([self.client.api.logs(container_id, stream=False)])
         except NotFound:
-            return
+            return iter([])
 
     def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
         try:
