@@ -328,7 +328,8 @@ def bench_scale(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
 # -- event latency ------------------------------------------------------------------------------
 
 def latency_once(tmp: Path, url: str, n: int, interval: float) -> dict[str, float]:
-    bundle = make_bundle(tmp, frames=f"1-{n}", chunk=(n + 1) // 2, env={"FRAME_SLEEP": str(interval)})
+    # PNG frames, as a renderer writes: the service watches image outputs on disk.
+    bundle = make_bundle(tmp, frames=f"1-{n}", chunk=(n + 1) // 2, env={"FRAME_SLEEP": str(interval)}, png=True)
     with Service(tmp / "svc", url, slots=2) as svc:
         client = svc.client()
         received: dict[int, float] = {}

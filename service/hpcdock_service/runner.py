@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
 WATCH_INTERVAL = 0.05  # seconds between looks at a running task's outputs
-LOG_DRAIN_SECONDS = 3.0  # how long a log stream may stay open after its container exited
+# How long a log stream may stay open after its container exited before it is cut and the rest
+# fetched in one call: Podman ends follow streams only on its next poll of the log file, up to
+# a quarter of a second later, which on short tasks costs as much as the container itself.
+LOG_DRAIN_SECONDS = 0.1
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
 
 
@@ -117,12 +120,17 @@ class TaskRunner:
                 more = f" (and {len(failures) - 1} more frame(s))" if len(failures) > 1 else ""
                 error = f"frame {frame}: {why}{more}"
             self.store.finish_task(self.task["id"], exit_code, error, results)
-            if self.container_id is not None:
-                self.engine.remove(self.container_id)
+            recorded = True
         except Exception:
             log.exception("task %s: could not record the result", self.task["id"])
+            recorded = False
         finally:
-            self.on_exit(self.task["id"])
+            self.on_exit(self.task["id"])  # the slot is free: the next task starts while this one is removed
+        if recorded and self.container_id is not None:
+            try:
+                self.engine.remove(self.container_id)
+            except EngineError as exc:  # a restarted service removes leftovers of its store
+                log.warning("task %s: %s", self.task["id"], exc)
 
     def _create(self) -> str:
         task, step = self.task, self.step
@@ -233,8 +241,8 @@ class TaskRunner:
         except Exception as exc:  # reported by the reading thread
             outcome["error"] = exc
         exited.set()
-        # Podman 4 sometimes keeps a follow stream open after the container has exited; the
-        # exit code is the truth, so end the stream and let the reader collect the rest.
+        # Podman ends a follow stream late, and now and then never; the exit code is the truth,
+        # so end the stream and let the reader collect the rest.
         if not drained.wait(LOG_DRAIN_SECONDS) and hasattr(stream, "close"):
             outcome["cut"] = True
             stream.close()

@@ -32,8 +32,8 @@ def test_twelve_frames_in_chunks_of_five_run_as_three_containers(service: Servic
         assert Path(f["output"]).read_text() == f"frame {f['frame']}\n"
     text, _ = client.log(tasks[0]["id"])
     assert "::hpcdock::frame-done 1" in text
-    store_id = service_store_id(service)
-    assert engine.list_labeled({"hpcdock.store": store_id}) == []
+    store_id = service_store_id(service)  # containers are removed right after their result is recorded
+    wait_for(lambda: engine.list_labeled({"hpcdock.store": store_id}) == [], 30, what="containers removed")
 
 
 def service_store_id(service: ServiceProcess) -> str:

@@ -72,24 +72,31 @@ class LocalEngine:
         return container_id
 
     def _create_compat(self, request: ContainerRequest) -> str:
-        kwargs: dict[str, Any] = {
-            "name": request.name,
-            "entrypoint": request.command[:1],
-            "command": request.command[1:],
-            "environment": request.env,
-            "working_dir": request.workdir,
-            "labels": request.labels,
+        # The low-level calls: the high-level containers.create() inspects every new container
+        # once more, a round trip per task that dispatch does not need.
+        host: dict[str, Any] = {
             "mounts": [DockerMount(target=m.target, source=m.source, type="bind", read_only=m.readonly)
                        for m in request.mounts],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
         }
         if not request.network:
-            kwargs["network_mode"] = "none"
+            host["network_mode"] = "none"
+        create: dict[str, Any] = {
+            "name": request.name,
+            "entrypoint": request.command[:1],
+            "command": request.command[1:],
+            "environment": dict(request.env),
+            "working_dir": request.workdir,
+            "labels": request.labels,
+        }
         if request.gpu is not None:
-            kwargs = request.gpu.apply(kwargs)
+            merged = request.gpu.apply({**host, "environment": create["environment"]})
+            create["environment"] = merged.pop("environment")
+            host = merged
+        api = self.client.api
         try:
-            return self.client.containers.create(request.image, **kwargs).id
+            return api.create_container(request.image, host_config=api.create_host_config(**host), **create)["Id"]
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
 
