@@ -64,15 +64,5 @@ if [ "$(docker_cli info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
   docker_cli swarm init --advertise-addr 127.0.0.1 >/dev/null
 fi
 
-if ! docker_cli image inspect "$image" >/dev/null 2>&1; then
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  mkdir -p "$tmp/bin" "$tmp/tmp"
-  chmod 1777 "$tmp/tmp"
-  cp /bin/busybox "$tmp/bin/busybox"
-  for tool in $("$tmp/bin/busybox" --list); do
-    [ "$tool" = busybox ] || ln -s busybox "$tmp/bin/$tool"
-  done
-  tar -C "$tmp" -c . | docker_cli import --change 'ENV PATH=/bin' - "$image" >/dev/null
-fi
+ENGINE=docker "$(dirname "$0")/build-test-image.sh" "$image" >/dev/null
 echo "$DOCKER_HOST"
