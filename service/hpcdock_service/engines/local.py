@@ -19,6 +19,8 @@ from docker.types import Mount as DockerMount
 
 from .base import ContainerRequest, ContainerStatus, EngineError
 
+WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
+
 
 class LocalEngine:
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
@@ -127,6 +129,8 @@ class LocalEngine:
         try:
             resp = getattr(api, "_" + method)(api.base_url + "/v4.0.0/libpod" + path, **kwargs)
             api._raise_for_status(resp)
+        except requests.exceptions.ReadTimeout:
+            raise  # the caller's own timeout (wait), not an engine failure
         except (APIError, DockerException, requests.RequestException) as exc:
             raise EngineError(f"cannot {what}: {_explain(exc)}") from exc
         return resp.json() if resp.content else None
@@ -161,6 +165,12 @@ class LocalEngine:
 
     def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
         try:
+            if self.kind == "podman":
+                # Podman's Docker-compatible wait looks at the container every 250 ms, as long
+                # as a short task itself; its own endpoint takes the interval as a parameter.
+                return int(self._libpod("post", f"/containers/{container_id}/wait", what="wait for container",
+                                        params={"condition": ["exited", "stopped"], "interval": WAIT_INTERVAL},
+                                        timeout=timeout))
             result = self.client.api.wait(container_id, timeout=timeout)
         except requests.exceptions.ReadTimeout as exc:
             raise TimeoutError(f"container {container_id[:12]} still running after {timeout}s") from exc
