@@ -8,7 +8,7 @@ heartbeat records the longest gap between its ticks: that gap is the longest tim
 event loop could not react (the stall a user would feel). The baseline is the same
 heartbeat over an idle event loop of the same duration, in the same process.
 
-    QT_QPA_PLATFORM=offscreen python bench/bench_panel.py [--frames 10000] [--write docs/benchmarks-panel.md]
+    QT_QPA_PLATFORM=offscreen python bench/bench_panel.py [--frames 10000] [--write FILE]
 """
 
 import argparse
