@@ -149,9 +149,9 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             info = store.frame(job_id, frame, step)
             if info["state"] != "done" or not info["output"]:
                 raise NotFound("frame", f"frame {frame} of job {job_id} has no thumbnail ({info['state']})")
-            dest = service.scheduler.thumbs_dir / str(job_id) / f"{info['step']}.{frame}.png"
-            try:
-                path = str(thumbnails.make_thumbnail(Path(info["output"]), dest))
+            dest = service.scheduler.thumbnail_path(job_id, info["step"], frame)
+            try:  # made when the frame finished unless that failed; made once here, then cached
+                path = str(dest if dest.exists() else thumbnails.make_thumbnail(Path(info["output"]), dest))
             except thumbnails.ThumbnailError as exc:
                 raise NotFound("frame", str(exc)) from None
         return FileResponse(path, media_type="image/png")

@@ -34,7 +34,7 @@ from .engines.base import (
 )
 from .gpu.attach import AttachError, verify_attachment
 from .logparse import FrameDone, FrameFailed, FrameStarted, LogParser, Progress, task_progress
-from .store import Row, Store
+from .store import FrameResult, Row, Store
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def resolve_command(command: list[str], job_params: dict[str, str], task_params:
 
 class TaskRunner:
     def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
-                 thumbs_dir: Path, on_exit: Callable[[int], None],
+                 thumbnail_path: Callable[[int, str, int], Path], on_exit: Callable[[int], None],
                  gpu: Optional[Callable[[], Any]] = None,
                  adopt: Optional[ContainerStatus] = None) -> None:
         self.store = store
@@ -75,7 +75,7 @@ class TaskRunner:
         self.task = task
         self.step = step
         self.log_path = log_path
-        self.thumbs_dir = thumbs_dir
+        self.thumbnail_path = thumbnail_path
         self.on_exit = on_exit
         self.plan_gpu = gpu  # returns the task's GPU Attachment; raises AttachError when impossible
         self.adopt = adopt
@@ -114,7 +114,7 @@ class TaskRunner:
         try:
             ok = exit_code == 0 and error is None
             results = self._settle_frames(ok, exit_code, error)
-            failures = {**self._failed, **{f: e for f, (st, e) in results.items() if st == "failed"}}
+            failures = {**self._failed, **{f: e for f, (st, e, _) in results.items() if st == "failed"}}
             if ok and failures:
                 frame, why = min(failures.items())
                 more = f" (and {len(failures) - 1} more frame(s))" if len(failures) > 1 else ""
@@ -336,7 +336,7 @@ class TaskRunner:
         output = self._frames[frame]["output"]
         if not output or thumbnails.sniff_format(output) is None:
             return None  # not an image (a geometry cache, say): nothing to show
-        dest = self.thumbs_dir / str(self.task["job_id"]) / f"{self.task['step_idx']}.{frame}.png"
+        dest = self.thumbnail_path(self.task["job_id"], self.task["step"], frame)
         try:
             return str(thumbnails.make_thumbnail(Path(output), dest))
         except thumbnails.ThumbnailError as exc:
@@ -344,21 +344,15 @@ class TaskRunner:
             return None
 
     def _settle_frames(self, ok: bool, exit_code: Optional[int], error: Optional[str]
-                       ) -> dict[int, tuple[str, Optional[str]]]:
-        """Decide the frames the markers did not settle, and make thumbnails of new outputs."""
-        results: dict[int, tuple[str, Optional[str]]] = {}
+                       ) -> dict[int, FrameResult]:
+        """Decide the frames the markers and the watcher did not settle (with thumbnails of new outputs)."""
+        results: dict[int, FrameResult] = {}
         for frame in self._frames:
             if frame in self._settled:
                 continue
             if ok:
                 state, f_error = self._check_output(frame)
-                if state == "done":
-                    thumb = self._thumbnail(frame)
-                    if thumb:
-                        self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, "done",
-                                             thumbnail=thumb)
-                        continue
-                results[frame] = (state, f_error)
+                results[frame] = (state, f_error, self._thumbnail(frame) if state == "done" else None)
             else:
-                results[frame] = ("failed", error or f"task exited with code {exit_code}")
+                results[frame] = ("failed", error or f"task exited with code {exit_code}", None)
         return results

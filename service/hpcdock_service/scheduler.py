@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Optional, Protocol
 
 from .engines.base import LABEL_STORE, Engine
@@ -51,6 +52,10 @@ class Scheduler:
 
     def log_path(self, task_id: int) -> Path:
         return self.log_dir / f"task-{task_id}.log"
+
+    def thumbnail_path(self, job_id: int, step: str, frame: int) -> Path:
+        """Where a frame's thumbnail is cached (step names may hold any character: quoted)."""
+        return self.thumbs_dir / str(job_id) / f"{quote(step, safe='')}.{frame}.png"
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -117,7 +122,7 @@ class Scheduler:
         broker = self.gpus
         runner = TaskRunner(
             store=self.store, engine=self.engine, task=task, step=step,
-            log_path=self.log_path(task["id"]), thumbs_dir=self.thumbs_dir, on_exit=self._on_exit,
+            log_path=self.log_path(task["id"]), thumbnail_path=self.thumbnail_path, on_exit=self._on_exit,
             gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
             adopt=adopt,
         )

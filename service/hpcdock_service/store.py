@@ -73,6 +73,7 @@ _TASK_SELECT = ("SELECT t.*, s.name AS step FROM tasks t "
 TASK_FINAL = ("succeeded", "failed", "canceled")
 
 Row = dict[str, Any]
+FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
 
 
 class Store:
@@ -232,15 +233,13 @@ class Store:
         job.pop("container")
         job.pop("params")
         if counts is None:
-            counts = {s: n for s, n in self._db.execute(
-                "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job["id"],))}
+            counts = _state_counts(self._db, "tasks", job["id"])
         job["tasks_total"] = sum(counts.values())
         job["tasks_done"] = counts.get("succeeded", 0)
         job["tasks_failed"] = counts.get("failed", 0)
         job["tasks_running"] = counts.get("running", 0)
         if fcounts is None:
-            fcounts = {s: n for s, n in self._db.execute(
-                "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job["id"],))}
+            fcounts = _state_counts(self._db, "frames", job["id"])
         job["frames_total"] = sum(fcounts.values())
         job["frames_done"] = fcounts.get("done", 0)
         job["frames_failed"] = fcounts.get("failed", 0)
@@ -363,12 +362,12 @@ class Store:
             self._task_event(db, task_id)
 
     def finish_task(self, task_id: int, exit_code: Optional[int], error: Optional[str],
-                    frame_results: Optional[dict[int, tuple[str, Optional[str]]]] = None) -> Row:
+                    frame_results: Optional[dict[int, FrameResult]] = None) -> Row:
         """Record how an attempt ended and decide what comes next for the task and its job.
 
         A failed attempt goes back to ``pending`` while attempts remain; a task of a
         canceled job ends ``canceled`` whatever its exit code. ``frame_results`` maps each
-        frame not already settled to ``(state, error)``.
+        frame not already settled to ``(state, error, thumbnail)``.
         """
         now = time.time()
         with self._tx() as db:
@@ -389,8 +388,8 @@ class Store:
                        "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
                        (state, exit_code, error, now, ok, task_id))
             self._task_event(db, task_id)
-            for frame, (f_state, f_error) in sorted((frame_results or {}).items()):
-                self._set_frame(db, t["job_id"], t["step_idx"], frame, f_state, f_error, now)
+            for frame, (f_state, f_error, thumb) in sorted((frame_results or {}).items()):
+                self._set_frame(db, t["job_id"], t["step_idx"], frame, f_state, f_error, now, thumb)
             if state == "pending":
                 self._reset_frames(db, task_id, "waiting")
             if state == "failed":
@@ -420,8 +419,7 @@ class Store:
 
     def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
         job = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        counts = {s: n for s, n in db.execute(
-            "SELECT state, COUNT(*) FROM tasks WHERE job_id=? GROUP BY state", (job_id,))}
+        counts = _state_counts(db, "tasks", job_id)
         active = counts.get("pending", 0) + counts.get("running", 0)
         if job["state"] in JOB_ACTIVE and not active:
             if counts.get("failed") or counts.get("canceled"):
@@ -431,7 +429,7 @@ class Store:
             db.execute("UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id))
         elif job["state"] == "canceled" and not counts.get("running"):
             db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
-        self._job_event(db, job_id)
+        self._job_event(db, job_id, counts)  # only the jobs row changed: the task counts still hold
 
     def cancel_job(self, job_id: int) -> list[Row]:
         """Cancel the job's pending tasks; return its running tasks, whose containers the caller stops."""
@@ -535,6 +533,13 @@ class Store:
             (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame))
         if cur.rowcount:
             self._frame_event(db, job_id, step_idx, frame)
+
+
+def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, int]:
+    """How many of the job's tasks (or frames) are in each state."""
+    assert table in ("tasks", "frames")
+    return dict(db.execute(f"SELECT state, COUNT(*) FROM {table} WHERE job_id=? GROUP BY state",
+                           (job_id,)).fetchall())
 
 
 def _frames_json(frames: list[int]) -> str:
