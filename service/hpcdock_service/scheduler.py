@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any, Optional, Protocol
+from urllib.parse import quote
 
 from .engines.base import LABEL_STORE, Engine
 from .runner import TaskRunner, container_name
@@ -46,6 +46,7 @@ class Scheduler:
         self.thumbs_dir.mkdir(parents=True, exist_ok=True)
         self._running: dict[int, TaskRunner] = {}
         self._lock = threading.Lock()
+        self._launch_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -113,9 +114,16 @@ class Scheduler:
         name = container_name(self.store.store_id, task_id, attempt)
         log_path = self.log_path(task_id)
         offset = log_path.stat().st_size if log_path.exists() else 0
-        task = self.store.start_task(task_id, name, gpus, offset)
-        task["log_offset"] = offset
-        self._run(task, gpus, adopt=None)
+        # Marking the task running and registering its runner happen under the lock cancel takes,
+        # so a cancel sees either a pending task or a runner it can stop, never a task in between.
+        with self._launch_lock:
+            task = self.store.start_task(task_id, name, gpus, offset)
+            if task["state"] != "running":  # canceled after it was chosen
+                if self.gpus is not None and gpus:
+                    self.gpus.release(task_id)
+                return
+            task["log_offset"] = offset
+            self._run(task, gpus, adopt=None)
 
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
@@ -140,16 +148,16 @@ class Scheduler:
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: int, wait: float = 30.0) -> Row:
         """Cancel the job: pending tasks never start, running containers are stopped and removed."""
-        running = self.store.cancel_job(job_id)
         runners = []
-        for task in running:
-            with self._lock:
-                runner = self._running.get(task["id"])
-            if runner is not None:
-                runner.stop()
-                runners.append(runner)
-            elif task["container"]:
-                self.engine.stop(task["container"])
+        with self._launch_lock:
+            for task in self.store.cancel_job(job_id):
+                with self._lock:
+                    runner = self._running.get(task["id"])
+                if runner is not None:
+                    runner.stop()
+                    runners.append(runner)
+                elif task["container"]:
+                    self.engine.stop(task["container"])
         for runner in runners:
             runner.thread.join(timeout=wait)
         return self.store.job(job_id)
