@@ -134,7 +134,7 @@ def load_bundle(
     ``gpu_check`` let the caller check against the live engine and GPU inventory.
     """
     root = _bundle_root(bundle_dir, allowed_roots)
-    template = _read_yaml(root, "template.yaml", required=True)
+    template = _read_yaml(root, _json_or_yaml(root, "template"), required=True)
     settings = _read_yaml(root, "hpcdock.yaml", required=True)
     values = _parameter_values(root, parameter_values)
 
@@ -189,6 +189,12 @@ def _bundle_root(bundle_dir: str, allowed_roots: list[str]) -> Path:
     return root
 
 
+def _json_or_yaml(root: Path, stem: str) -> str:
+    """``<stem>.json`` where the bundle has one (OpenJD allows either; Houdini's submitter
+    writes JSON), else ``<stem>.yaml``. The YAML reader reads JSON too."""
+    return f"{stem}.json" if (root / f"{stem}.json").is_file() else f"{stem}.yaml"
+
+
 def _read_yaml(root: Path, name: str, required: bool) -> Any:
     path = root / name
     try:
@@ -209,7 +215,7 @@ def _read_yaml(root: Path, name: str, required: bool) -> Any:
 
 
 def _parameter_values(root: Path, overrides: Optional[dict[str, Any]]) -> dict[str, str]:
-    data = _read_yaml(root, "parameter_values.yaml", required=False)
+    data = _read_yaml(root, _json_or_yaml(root, "parameter_values"), required=False)
     values: dict[str, str] = {}
     if data is not None:
         entries = data.get("parameterValues") if isinstance(data, dict) else None

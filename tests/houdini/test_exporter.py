@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
-import yaml
 from openjd.model import (
     StepParameterSpaceIterator,
     create_job,
@@ -34,9 +34,9 @@ def _scene(hou, submit_range=(1, 10, 1), **submit):
 
 def _load(bundle: Path):
     def read(name):
-        return yaml.safe_load((bundle / name).read_text())
+        return json.loads((bundle / name).read_text())
 
-    return read("template.yaml"), read("parameter_values.yaml"), read("hpcdock.yaml")
+    return read("template.json"), read("parameter_values.json"), read("hpcdock.yaml")
 
 
 def _openjd(bundle: Path):
@@ -128,7 +128,7 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, proj
 def test_save_bundle_writes_without_submitting(hou, houdini, project, client):
     _scene(hou)
     bundle = houdini.save_bundle(hou.node("/out/hpcdock_submit1"))
-    assert bundle and os.path.isfile(os.path.join(bundle, "template.yaml"))
+    assert bundle and os.path.isfile(os.path.join(bundle, "template.json"))
     assert client.calls == []
     _openjd(Path(bundle))
 

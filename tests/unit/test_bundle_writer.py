@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 from hpcdock import bundle as B
+from hpcdock_service.bundle import load_bundle
 from openjd.model import (
     StepParameterSpaceIterator,
     create_job,
@@ -75,9 +77,9 @@ def test_write_bundle_is_valid_openjd(tmp_path):
     out = B.write_bundle(_job(), str(tmp_path / "b"), lambda p: (written.append(p), Path(p).write_text("hip")))
     root = Path(out)
     assert written == [str(root / "hip" / "shot.hip")]
-    template = yaml.safe_load((root / "template.yaml").read_text())
-    values = yaml.safe_load((root / "parameter_values.yaml").read_text())
-    settings = yaml.safe_load((root / "hpcdock.yaml").read_text())
+    template = json.loads((root / "template.json").read_text())
+    values = json.loads((root / "parameter_values.json").read_text())
+    settings = json.loads((root / "hpcdock.yaml").read_text())
     assert values == {"parameterValues": [{"name": "HipFile", "value": "hip/shot.hip"},
                                           {"name": "ProjectDir", "value": "/p"}]}
     assert settings["frames"] == {"parameter": "Frame", "output": "/p/render/b.{frame:04d}.exr",
@@ -93,3 +95,21 @@ def test_write_bundle_is_valid_openjd(tmp_path):
     assert len(chunks) == 3
     with pytest.raises(B.BundleError, match="not empty"):
         B.write_bundle(_job(), out)
+
+
+def test_bundle_is_json_that_yaml_readers_and_the_service_read_alike(tmp_path):
+    """The writer needs no YAML library; the service, which reads YAML, gets the same data."""
+    job = _job(name="plan é ✓", env={"GREETING": "grüße 🎬", "QUOTE": 'say "hi": \\ \t'},
+               project_dir=str(tmp_path / "proj"), steps=[B.StepSpec("beauty", "/out/mantra1", [1, 2, 3, 4])])
+    root = Path(B.write_bundle(job, str(tmp_path / "b")))
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["hpcdock.yaml", "parameter_values.json",
+                                                                      "template.json"]
+    for name in ("hpcdock.yaml", "parameter_values.json", "template.json"):
+        text = (root / name).read_text(encoding="utf-8")
+        assert yaml.safe_load(text) == json.loads(text), name
+    settings = json.loads((root / "hpcdock.yaml").read_text(encoding="utf-8"))
+    assert settings["env"] == {"GREETING": "grüße 🎬", "QUOTE": 'say "hi": \\ \t'}
+    plan = load_bundle(str(root), allowed_roots=[str(tmp_path)])
+    assert plan.name == "plan é ✓" and plan.container.env["GREETING"] == "grüße 🎬"
+    assert plan.params["HipFile"] == "hip/shot.hip" and plan.params["ProjectDir"] == str(tmp_path / "proj")
+    assert [t.params["Frame"] for t in plan.steps[0].tasks] == ["1-2", "3-4"]

@@ -2,10 +2,10 @@
 
 A bundle is a directory holding
 
-* ``template.yaml``         OpenJD ``jobtemplate-2023-09`` with the ``TASK_CHUNKING``
+* ``template.json``         OpenJD ``jobtemplate-2023-09`` with the ``TASK_CHUNKING``
                             extension; one step per ROP, frames as a ``CHUNK[INT]``
                             task parameter named ``Frame``;
-* ``parameter_values.yaml`` ``parameterValues: [{name, value}]`` (the layout
+* ``parameter_values.json`` ``parameterValues: [{name, value}]`` (the layout
                             deadline-cloud job bundles use);
 * ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
                             mounts, priority, attempts and where each frame's
@@ -17,23 +17,26 @@ A bundle is a directory holding
 
 :class:`JobSpec` and :class:`StepSpec` are plain data; ``hpcdock.houdini`` fills them
 from the scene. Everything here runs on Python 3.9 and is tested without Houdini.
+
+Every document is written as JSON: Houdini's Python has no YAML library, OpenJD reads
+``template.json`` and ``parameter_values.json`` as readily as their YAML twins, and JSON
+text is valid YAML, so ``hpcdock.yaml`` keeps its name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-import yaml
-
 FRAME_PARAM = "Frame"
 FARM_DIR = "hpcdock_farm"
 SNAPSHOT_DIR = "hip"
-TEMPLATE_FILE = "template.yaml"
-PARAMETER_VALUES_FILE = "parameter_values.yaml"
+TEMPLATE_FILE = "template.json"
+PARAMETER_VALUES_FILE = "parameter_values.json"
 HPCDOCK_FILE = "hpcdock.yaml"
 SPEC_VERSION = "jobtemplate-2023-09"
 
@@ -339,7 +342,8 @@ def build_hpcdock(job: JobSpec, bundle_dir: str) -> dict:
 
 def _dump(path: str, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(data, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def write_bundle(
