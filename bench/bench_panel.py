@@ -26,13 +26,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "houdini_plugin" / "python3.9libs"))
 
-import qtpy  # noqa: E402
 from hpcdock.client import Event  # noqa: E402
+from hpcdock.panel import qt  # noqa: E402
 from hpcdock.panel.host import Host  # noqa: E402
-from hpcdock.panel.qt import qenum  # noqa: E402
+from hpcdock.panel.qt import QtCore, QtWidgets, qenum  # noqa: E402
 from hpcdock.panel.widgets import MonitorPanel  # noqa: E402
 from hpcdock.panel.worker import EventWorker  # noqa: E402
-from qtpy import QtCore, QtWidgets  # noqa: E402
 
 
 def frame(job_id: int, n: int, state: str, task_id: int) -> dict:
@@ -210,7 +209,7 @@ def main(argv=None) -> int:
     lines = [
         "## Panel: 10,000 frame events into the panel",
         "",
-        f"`bench/bench_panel.py --frames {n} --repeat {args.repeat}` (offscreen {qtpy.API_NAME} {qtpy.QT_VERSION}, "
+        f"`bench/bench_panel.py --frames {n} --repeat {args.repeat}` (offscreen {qt.API_NAME} {qt.QT_VERSION}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f} at the end). The events come through the panel's real path: its "
         "`EventWorker` thread reads them from a stand-in client's stream (made one by one, as a real "

@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT / "houdini_plugin" / "python3.9libs"))
 
 from hpcdock.client import Client  # noqa: E402
 from hpcdock.panel import create_panel  # noqa: E402
-from hpcdock.panel.qt import qenum  # noqa: E402
-from qtpy import QtCore, QtWidgets  # noqa: E402
+from hpcdock.panel.qt import QtCore, QtWidgets, qenum  # noqa: E402
 
 
 def free_port() -> int:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
-
-import pytest
 
 from tests.houdini import fake_hou
 
@@ -31,9 +28,6 @@ def test_mplay_command_uses_hfs_and_orders_frames(houdini, tmp_path: Path, monke
 
 
 def test_panel_host_says_mplay_and_parents_to_houdini(houdini) -> None:
-    pytest.importorskip("qtpy")
-    if os.environ.get("QT_API", "").lower() == "pyside2":
-        pytest.importorskip("PySide2")
     host = houdini.panel_host()
     assert host.viewer_name == "MPlay"
     assert host.parent_window() is fake_hou.qt.mainWindow()

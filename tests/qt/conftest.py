@@ -1,31 +1,20 @@
-"""Qt tests run offscreen, on whichever binding qtpy picks (or the one forced).
+"""Qt tests run offscreen on the binding ``hpcdock.panel.qt`` picks: the one pytest-qt loaded.
 
-Run them on one binding at a time (a process can load only one):
-
-    QT_QPA_PLATFORM=offscreen pytest tests/qt                                # PySide6 here
-    QT_API=pyside2 FORCE_QT_API=1 PYTEST_QT_API=pyside2 pytest tests/qt      # where PySide2 installs
-
-Where the requested binding is not installed (PySide2 5.15 has no wheel for Python 3.11)
-the Qt tests are not collected and ``test_binding.py`` reports one skip that says why.
+``make test`` runs them twice: in ``.venv`` (PySide6) and in ``.venv-pyside2`` (Debian's
+PySide2, with ``HPCDOCK_EXPECT_QT=PySide2`` so a fallback to another binding fails
+``test_binding.py`` instead of passing unnoticed). One process can load only one binding.
 """
 
 import os
 import sys
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, os.path.dirname(__file__))
-
-from qtenv import QT_ERROR  # noqa: E402
-
-if QT_ERROR:
-    collect_ignore_glob = ["test_[!b]*.py"]
 
 
 def pytest_report_header(config):
-    if QT_ERROR:
-        return f"qt: unavailable ({QT_ERROR})"
-    import qtpy
-    from hpcdock.panel.qt import binding_problem
+    from hpcdock.panel import qt
 
-    problem = binding_problem()
-    header = f"qt: {qtpy.API_NAME} {qtpy.QT_VERSION} (platform {os.environ.get('QT_QPA_PLATFORM')})"
+    header = f"qt: {qt.API_NAME} {qt.PYSIDE_VERSION}, Qt {qt.QT_VERSION} (platform {os.environ['QT_QPA_PLATFORM']})"
+    problem = qt.binding_problem()
     return header + (f"\nqt: WARNING: {problem}" if problem else "")

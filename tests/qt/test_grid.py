@@ -3,9 +3,8 @@
 import pytest
 from fakes import make_frame
 from hpcdock.panel.models import FramesModel
-from hpcdock.panel.qt import qenum
+from hpcdock.panel.qt import QtCore, QtGui, qenum
 from hpcdock.panel.widgets import CELL, FrameView
-from qtpy import QtCore, QtGui
 
 pytestmark = pytest.mark.qt
 

@@ -13,8 +13,8 @@ import pytest
 from fakes import FakeService, make_frame, make_job, make_task
 from hpcdock.panel import Host, create_panel
 from hpcdock.panel import service as launcher
+from hpcdock.panel.qt import QtCore, QtWidgets
 from hpcdock.panel.widgets import MonitorPanel
-from qtpy import QtCore, QtWidgets
 
 pytestmark = pytest.mark.qt
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,13 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from qtpy import QtWidgets
-    except Exception as exc:  # qtpy raises its own error when no binding is installed
+        from .panel.qt import QtWidgets, binding_problem, exec_app
+    except ImportError as exc:
         print(f"hpcdock-monitor needs Qt: pip install 'hpcdock[qt]' ({exc})", file=sys.stderr)
         return 2
 
     from .panel import create_panel
-    from .panel.qt import binding_problem, exec_app
 
     problem = binding_problem()
     if problem:

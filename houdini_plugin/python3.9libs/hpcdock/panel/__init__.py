@@ -1,4 +1,4 @@
-"""The hpcdock monitor panel (Qt through qtpy: PySide2 and PySide6).
+"""The hpcdock monitor panel (Qt for Python: PySide2 or PySide6, see ``qt.py``).
 
 ``create_panel()`` is what the Houdini ``.pypanel`` and the standalone ``hpcdock-monitor``
 both call. Nothing here imports ``hou``: Houdini-only behaviour (opening frames in MPlay)

@@ -13,7 +13,7 @@ any host that does not say otherwise). Inside Houdini the adapter module
 
 from typing import Optional, Sequence
 
-from qtpy import QtCore, QtGui
+from .qt import QtCore, QtGui
 
 
 class Host:

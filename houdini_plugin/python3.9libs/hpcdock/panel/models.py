@@ -19,8 +19,6 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from qtpy import QtCore, QtGui
-
 from .qt import (
     ALIGN_RIGHT_VCENTER,
     ALIGNMENT,
@@ -30,6 +28,9 @@ from .qt import (
     HORIZONTAL,
     TOOLTIP,
     USER,
+    QtCore,
+    QtGui,
+    Signal,
 )
 
 JSON = Dict[str, Any]
@@ -268,7 +269,7 @@ class ThumbnailCache:
 class FramesModel(QtCore.QAbstractListModel):
     """One row per (step, frame) of the selected job, in step order then frame order."""
 
-    thumbnailWanted = QtCore.Signal(object)  # key (job, step, frame, attempt)
+    thumbnailWanted = Signal(object)  # key (job, step, frame, attempt)
 
     def __init__(self, parent: Optional[QtCore.QObject] = None,
                  cache: Optional[ThumbnailCache] = None) -> None:

@@ -1,13 +1,11 @@
 """The monitor panel: jobs, the frame grid of the selected job, the log of a task, actions.
 
-Pure Qt (through ``qtpy``); it talks to the service only through ``hpcdock.client`` and
+Pure Qt (through ``hpcdock.panel.qt``); it talks to the service only through ``hpcdock.client`` and
 to its host application only through ``hpcdock.panel.host.Host``.
 """
 
 import queue
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-from qtpy import QtCore, QtGui, QtWidgets
 
 from ..client import Client
 from . import service as service_launcher
@@ -21,7 +19,7 @@ from .models import (
     JobsModel,
     ThumbnailCache,
 )
-from .qt import qenum
+from .qt import QtCore, QtGui, QtWidgets, Signal, qenum
 from .worker import (
     CONNECTED,
     CONNECTING,
@@ -321,8 +319,8 @@ def _runs(rows: Sequence[int]) -> List[Tuple[int, int]]:
 class MonitorPanel(QtWidgets.QWidget):
     """The whole panel. ``client_factory`` makes one Client per worker thread."""
 
-    connectionChanged = QtCore.Signal(str, str)
-    message = QtCore.Signal(str)
+    connectionChanged = Signal(str, str)
+    message = Signal(str)
 
     def __init__(self, client_factory: Optional[Callable[[], Client]] = None, host: Optional[Host] = None,
                  url: Optional[str] = None, token: Optional[str] = None,

@@ -25,9 +25,8 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qtpy import QtCore, QtGui
-
 from ..client import Client, ServiceError, ServiceUnavailable
+from .qt import QtCore, QtGui, Signal, qenum
 
 ClientFactory = Callable[[], Client]
 
@@ -196,8 +195,6 @@ def decode_thumbnail(data: bytes, max_w: int, max_h: int) -> Optional[QtGui.QIma
     if not image.loadFromData(data):
         return None
     if image.width() > max_w or image.height() > max_h:
-        from .qt import qenum
-
         image = image.scaled(max_w, max_h, qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"),
                              qenum(QtCore.Qt, "TransformationMode", "SmoothTransformation"))
     return image
@@ -311,7 +308,7 @@ class EventPump(QtCore.QObject):
     and ``handle(message)`` for every other message, in queue order.
     """
 
-    batchApplied = QtCore.Signal(int)  # events in the batch
+    batchApplied = Signal(int)  # events in the batch
 
     def __init__(self, sink: Any, inbox: "Optional[queue.Queue[Any]]" = None, interval_ms: int = 50,
                  budget_s: float = 0.008, max_events: int = 1500, busy_interval_ms: int = 8,
