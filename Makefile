@@ -1,10 +1,14 @@
 # hpcdock: `make demo` renders the example animation; `make test` runs the whole suite.
 # Both set up what is missing (system packages and the engine user when run as root).
+# `make unit` runs every test that needs neither the engine nor root.
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYSIDE2_VENV ?= .venv-pyside2
+# What runs again in the PySide2 lane: the plugin's own tests (tests/qt/test_panel_engine.py needs the service).
+PLUGIN_TESTS := tests/qt tests/houdini tests/plugin_env --ignore=tests/qt/test_panel_engine.py
 
-.PHONY: demo test bench lint demo-here test-here bench-here lint-here venv engine
+.PHONY: demo test bench lint demo-here test-here bench-here lint-here venv venv-pyside2 engine unit test-pyside2
 
 demo test bench:
 	@scripts/as-engine-user.sh $@
@@ -17,6 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/pip install -q -e '.[test,qt,exr]'
 	@touch $@
 
+# Debian's Python with Debian's PySide2 (Houdini 19.5-20.5's binding) and test tools only.
+venv-pyside2: $(PYSIDE2_VENV)/.installed
+$(PYSIDE2_VENV)/.installed: scripts/venv-pyside2.sh tests/plugin_env/requirements-pyside2.txt
+	@echo "hpcdock: preparing the PySide2 test environment in $(PYSIDE2_VENV)"
+	@PYTHON=$(PYTHON) scripts/venv-pyside2.sh $(PYSIDE2_VENV)
+	@touch $@
+
 engine:
 	@scripts/setup-engine.sh
 	@scripts/build-test-image.sh
@@ -24,8 +35,22 @@ engine:
 demo-here: venv engine
 	@$(BIN)/python scripts/demo.py
 
-test-here: venv engine
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Both lanes run even when the first fails; the exit status is that of the worse one.
+test-here: venv venv-pyside2 engine
+	@rc=0; HPCDOCK_EXPECT_QT=PySide6 $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=1; \
+	  [ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-pyside2 || rc=1; exit $$rc
+
+unit: venv venv-pyside2
+	@rc=0; HPCDOCK_EXPECT_QT=PySide6 $(BIN)/python -m pytest -m "not engine" --ignore=tests/engine $(PYTEST_ARGS) || rc=1; \
+	  $(MAKE) --no-print-directory test-pyside2 || rc=1; exit $$rc
+
+# The plugin's tests in a Python like Houdini's: PySide2, the test tools, and only the PYTHONPATH that
+# package.json sets (no editable install). --confcutdir keeps tests/conftest.py, whose service fixtures
+# need the service's libraries, out of this run.
+test-pyside2: venv-pyside2
+	@echo "hpcdock: the plugin's tests under PySide2, PYTHONPATH from package.json"
+	@PYTHONPATH="$$($(PYTHON) tests/plugin_env/houdini_package.py PYTHONPATH)" HPCDOCK_EXPECT_QT=PySide2 \
+	  $(PYSIDE2_VENV)/bin/python -m pytest --confcutdir=tests/plugin_env $(PLUGIN_TESTS)
 
 bench-here: venv engine
 	@$(BIN)/python bench/run.py

@@ -26,7 +26,7 @@ uid=$(id -u "$user")
 dest="$home/hpcdock"
 install -d -o "$user" -g "$user" "$dest"
 # Mirror the tree, keeping what the user built there before (virtualenv, rendered frames).
-tar -C "$here" --exclude=./.git --exclude=./.venv --exclude='./examples/*/out' --exclude=./.state \
+tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./.venv-pyside2 --exclude='./examples/*/out' --exclude=./.state \
     --exclude='*/__pycache__' --exclude='*.egg-info' -cf - . | tar -C "$dest" --no-same-owner -xf -
 chown -R "$user:" "$dest"
 echo "hpcdock: system setup took $(( $(date +%s) - t0 ))s; running '$target' as $user in $dest"

@@ -8,7 +8,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 user=${HPCDOCK_USER:-hpcdock}
 
 packages=(podman uidmap slirp4netns runc busybox-static mmdebstrap python3 python3-venv python3-dev
-          libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 fonts-dejavu-core)
+          libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 fonts-dejavu-core
+          # PySide2 5.15, the binding of Houdini 19.5-20.5, for the panel's PySide2 test lane
+          python3-pyside2.qtcore python3-pyside2.qtgui python3-pyside2.qtwidgets python3-pyside2.qttest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -43,7 +43,8 @@ def build_panel() -> str:
 
 
 def foreign_modules(allowed_dirs):
-    allowed = [os.path.realpath(d) + os.sep for d in allowed_dirs]
+    """Loaded modules from files outside the standard library's and ``allowed_dirs``."""
+    allowed = [os.path.realpath(d) + os.sep for d in [os.path.dirname(os.__file__), *allowed_dirs]]
     stdlib = set(sys.stdlib_module_names) | {"__main__"}
     out = []
     for name, module in sorted(sys.modules.items()):
