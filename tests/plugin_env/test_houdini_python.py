@@ -22,6 +22,7 @@ from tests.plugin_env.houdini_package import ROOT, package_env
 
 HERE = Path(__file__).resolve().parent
 PYLIBS = Path(ROOT) / "houdini_plugin" / "python3.9libs"
+FAKE_HOU = Path(ROOT) / "tests" / "houdini" / "fake_hou.py"
 SHIBOKEN = {"PySide6": "shiboken6", "PySide2": "shiboken2"}
 QT_NAMES = {"PySide2", "PySide6", "PyQt5", "PyQt6", "qtpy", "shiboken2", "shiboken6"}
 
@@ -61,6 +62,19 @@ def test_every_plugin_module_imports_and_the_panel_builds(houdini_python):
     assert report["binding"] == binding
     assert report["failures"] == {"hpcdock.houdini": "ModuleNotFoundError: No module named 'hou'"}
     assert report["panel"] == "built"
+    assert report["foreign"] == [] and report["entry_points"] == {}
+
+
+def test_houdini_entry_points_run_with_hou_added(houdini_python):
+    """The same Python plus a stand-in ``hou``: the pane, shelf, HDA and SOHO entry points."""
+    argv, env, binding, qt_dir = houdini_python
+    proc = subprocess.run(argv + [str(HERE / "bare_check.py"), str(PYLIBS), str(qt_dir), str(FAKE_HOU)],
+                          env=env, cwd="/", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["failures"] == {}  # hpcdock.houdini imports once hou exists
+    assert report["entry_points"] == {"pypanel": "ok", "soho": "ok", "PythonModule": "ok",
+                                      "shelf hpcdock_submit_selected": "ok", "shelf hpcdock_open_monitor": "ok"}
     assert report["foreign"] == []
 
 
