@@ -12,9 +12,11 @@ import ast
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, NamedTuple, Optional
 
 import pytest
 
@@ -36,9 +38,27 @@ def _binding() -> str:
     return expected or found[0]
 
 
+class HoudiniPython(NamedTuple):
+    """``python -S`` (no site-packages) with package.json's PYTHONPATH plus a folder holding only the binding."""
+
+    env: Dict[str, str]
+    binding: str
+    qt_dir: Path
+
+    def check(self, pylibs: Path = PYLIBS, *extra: str, pythonpath: Optional[str] = None) -> dict:
+        """Run ``bare_check.py`` in this Python; its JSON report."""
+        env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
+        proc = subprocess.run([sys.executable, "-S", "-s", str(HERE / "bare_check.py"), str(pylibs),
+                               str(self.qt_dir), *extra], env=env, cwd="/", capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.splitlines()[-1])
+        assert report["site"] is False and report["binding"] == self.binding
+        return report
+
+
 @pytest.fixture(scope="module")
-def houdini_python(tmp_path_factory):
-    """(argv prefix, env): ``python -S`` with package.json's PYTHONPATH + only the binding."""
+def houdini_python(tmp_path_factory) -> HoudiniPython:
     binding = _binding()
     qt_dir = tmp_path_factory.mktemp("binding-only")
     for name in (binding, SHIBOKEN[binding]):
@@ -49,17 +69,11 @@ def houdini_python(tmp_path_factory):
     assert set(env) == {"HPCDOCK", "PYTHONPATH"} and env["PYTHONPATH"] == str(PYLIBS)
     env.update(PYTHONPATH=env["PYTHONPATH"] + os.pathsep + str(qt_dir), HOME=str(home),
                XDG_RUNTIME_DIR=str(home), QT_QPA_PLATFORM="offscreen", PATH=os.defpath)
-    return [sys.executable, "-S", "-s"], env, binding, qt_dir
+    return HoudiniPython(env, binding, qt_dir)
 
 
 def test_every_plugin_module_imports_and_the_panel_builds(houdini_python):
-    argv, env, binding, qt_dir = houdini_python
-    proc = subprocess.run(argv + [str(HERE / "bare_check.py"), str(PYLIBS), str(qt_dir)], env=env, cwd="/",
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.splitlines()[-1])
-    assert report["site"] is False  # really no site-packages
-    assert report["binding"] == binding
+    report = houdini_python.check()
     assert report["failures"] == {"hpcdock.houdini": "ModuleNotFoundError: No module named 'hou'"}
     assert report["panel"] == "built"
     assert report["foreign"] == [] and report["entry_points"] == {}
@@ -67,32 +81,27 @@ def test_every_plugin_module_imports_and_the_panel_builds(houdini_python):
 
 def test_houdini_entry_points_run_with_hou_added(houdini_python):
     """The same Python plus a stand-in ``hou``: the pane, shelf, HDA and SOHO entry points."""
-    argv, env, binding, qt_dir = houdini_python
-    proc = subprocess.run(argv + [str(HERE / "bare_check.py"), str(PYLIBS), str(qt_dir), str(FAKE_HOU)],
-                          env=env, cwd="/", capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.splitlines()[-1])
+    report = houdini_python.check(PYLIBS, str(FAKE_HOU))
     assert report["failures"] == {}  # hpcdock.houdini imports once hou exists
     assert report["entry_points"] == {"pypanel": "ok", "soho": "ok", "PythonModule": "ok",
                                       "shelf hpcdock_submit_selected": "ok", "shelf hpcdock_open_monitor": "ok"}
     assert report["foreign"] == []
 
 
-def test_the_check_sees_a_module_that_needs_more_than_houdini_has(houdini_python, tmp_path):
-    argv, env, binding, qt_dir = houdini_python
-    pkg = tmp_path / "hpcdock"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
+def test_the_check_sees_modules_that_need_more_than_houdini_has(houdini_python, tmp_path):
+    # a plugin tree of its own: the real package plus a module importing a third-party library and
+    # one importing a module from a folder that is neither the plugin's nor the binding's
+    pkg = tmp_path / "plugin" / "hpcdock"
+    shutil.copytree(PYLIBS / "hpcdock", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "needs_yaml.py").write_text("import yaml\n")
-    # a plugin tree of its own: the real package plus one module importing a third-party library
-    for entry in (PYLIBS / "hpcdock").iterdir():
-        if entry.name not in ("__init__.py", "__pycache__"):
-            (pkg / entry.name).symlink_to(entry)
-    env = dict(env, PYTHONPATH=f"{tmp_path}{os.pathsep}{qt_dir}")
-    proc = subprocess.run(argv + [str(HERE / "bare_check.py"), str(tmp_path), str(qt_dir)], env=env, cwd="/",
-                          capture_output=True, text=True, timeout=120)
-    report = json.loads(proc.stdout.splitlines()[-1])
+    (pkg / "needs_outside.py").write_text("import outside\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "outside.py").write_text("")
+    report = houdini_python.check(pkg.parent, pythonpath=os.pathsep.join(
+        [str(pkg.parent), str(houdini_python.qt_dir), str(tmp_path / "elsewhere")]))
     assert report["failures"]["hpcdock.needs_yaml"] == "ModuleNotFoundError: No module named 'yaml'"
+    assert "hpcdock.needs_outside" not in report["failures"]
+    assert report["foreign"] == [f"outside ({tmp_path / 'elsewhere' / 'outside.py'})"]
 
 
 def test_farm_script_starts_in_a_bare_python(tmp_path):
