@@ -2,8 +2,8 @@
 
 Signatures and behaviour follow SideFX's HOM reference (sidefx.com/docs/houdini/hom):
 
-* ``hou.node(path)``, ``hou.pwd()``, ``hou.selectedNodes()``, ``hou.frame()``,
-  ``hou.timeToFrame(time)``, ``hou.isUIAvailable()``
+* ``hou.node(path)``, ``hou.pwd()``, ``hou.selectedNodes()``, ``hou.timeToFrame(time)``,
+  ``hou.isUIAvailable()``; ``hou.setFrame(frame)`` moves the playbar
 * ``hou.hscript(command) -> (stdout, stderr)``: words split as hscript does (``$VAR``
   expanded outside single quotes, not inside them); commands ``set -g NAME = value``,
   ``varchange`` and ``render -p -c -F rop`` (the render order, see below)
@@ -17,12 +17,15 @@ Signatures and behaviour follow SideFX's HOM reference (sidefx.com/docs/houdini/
   (``Driver/ifd``, ``Sop/filecache::2.0``, ``Lop/usdrender_rop``), ``inputs()`` (a tuple,
   ``None`` for an unconnected input before a connected one), ``parm(name)`` (``None``
   if absent), ``parmTuple(name)``, ``node(path)`` (relative to this node), ``errors()``
-* ``hou.RopNode``: ``isBypassed()``, ``isLocked()``, ``render(frame_range=(), res=(), output_file=None,
-  output_format=None, to_flipbook=False, quality=2, ignore_inputs=False, method=...,
+* ``hou.RopNode``: ``isBypassed()``, ``isLocked()``, ``setLocked(on)``,
+  ``render(frame_range=(), res=(), output_file=None, output_format=None, to_flipbook=False, quality=2, ignore_inputs=False, method=...,
   ignore_bypass_flags=False, ignore_lock_flags=False, verbose=False,
   output_progress=False)``; raises ``hou.OperationFailed`` when the render fails
-* ``hou.Parm``: ``name()``, ``eval()``, ``evalAsString()``, ``evalAtFrame(frame)``,
+* ``hou.Parm``: ``eval()``, ``evalAsString()``, ``evalAtFrame(frame)``,
   ``evalAsStringAtFrame(frame)``, ``set(value)``; ``hou.ParmTuple.eval()``
+* ``hou.severityType``, ``hou.OperationFailed``, ``hou.paneTabType``,
+  ``hou.ui.curDesktop().createFloatingPaneTab(...)``, ``hou.qt.mainWindow()``,
+  ``hou.text.expandString(text)``
 
 Rendering follows SideFX's "Render nodes" and "render" HScript command pages: a ROP
 renders its inputs first (unless ``ignore_inputs``), dependencies ROP by ROP. The output
@@ -31,12 +34,14 @@ it renders the current frame whatever ``frame_range`` says, with "Strict" only f
 inside its range. Inputs render the frames asked of them, trimmed when Strict. A bypassed
 ROP renders nothing and passes the request on; a locked ROP renders nothing and neither
 does anything above it; a Merge ROP renders nothing; a Fetch ROP stands for its source.
-* ``hou.severityType``, ``hou.OperationFailed``, ``hou.LoadWarning``
+A SOHO output driver (a ``soho_program`` parm) runs its program, per frame or, with
+``soho_multiframe`` on, once (HDK "SOHO Output Drivers"), through ``fake_state().soho_runner``.
 
 String parameter values are expanded like Houdini does: ``$HIP``, ``$HIPNAME``,
 ``$HIPFILE``, ``$JOB``, ``$FSTART``/``$FEND``/``$FPS``, ``$F``, ``$F2``..``$F9`` (zero
 padded), ``$FF``, ``$OS`` and ``${NAME}``: a variable name is read whole before the frame
-variables are tried, so ``$FSTART`` is never ``$F`` followed by ``START``. A value may also be a callable taking the frame.
+variables are tried, so ``$FSTART`` is never ``$F`` followed by ``START``. A value may
+also be a callable taking the frame.
 
 Anything else is deliberately missing, so a call outside this surface fails the tests
 (``hou.hipFile.save``, which would rename the artist's file, is not here on purpose).
@@ -67,9 +72,6 @@ class OperationFailed(Error):
     pass
 
 
-class LoadWarning(Error):
-    pass
-
 
 class _EnumValue:
     def __init__(self, name: str) -> None:
@@ -84,10 +86,8 @@ class _EnumValue:
 
 class severityType:
     Message = _EnumValue("severityType.Message")
-    ImportantMessage = _EnumValue("severityType.ImportantMessage")
     Warning = _EnumValue("severityType.Warning")
     Error = _EnumValue("severityType.Error")
-    Fatal = _EnumValue("severityType.Fatal")
 
 
 class renderMethod:
@@ -182,12 +182,6 @@ class Parm:
         self._name = name
         self._value = value
 
-    def name(self) -> str:
-        return self._name
-
-    def node(self) -> Node:
-        return self._node
-
     def _raw(self, frame: float) -> Any:
         return self._value(frame) if callable(self._value) else self._value
 
@@ -219,9 +213,6 @@ class ParmTuple:
 
     def eval(self) -> tuple:
         return tuple(p.eval() for p in self._parms)
-
-    def __len__(self) -> int:
-        return len(self._parms)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -297,9 +288,6 @@ class Node:
                 self._parms[f"f{i}"] = Parm(self, f"f{i}", v)
             return
         self._parms[name] = Parm(self, name, value)
-
-    def fake_parm_names(self) -> List[str]:
-        return sorted(self._parms)
 
 
 class RopNode(Node):
@@ -509,9 +497,6 @@ def selectedNodes() -> tuple:
     return tuple(_state.selected)
 
 
-def frame() -> float:
-    return _state.frame
-
 
 def setFrame(frame: float) -> None:
     _state.frame = float(frame)
@@ -587,7 +572,6 @@ class ui:
 
 class paneTabType:
     PythonPanel = _EnumValue("paneTabType.PythonPanel")
-    NetworkEditor = _EnumValue("paneTabType.NetworkEditor")
 
 
 class PaneTab:
@@ -623,7 +607,7 @@ class qt:
 class text:
     @staticmethod
     def expandString(text: str) -> str:
-        return _expand(text, frame(), None)
+        return _expand(text, _state.frame, None)
 
 
 def _node_specs() -> list:
@@ -649,16 +633,8 @@ class hipFile:
         return _state.hip_path
 
     @staticmethod
-    def basename() -> str:
-        return os.path.basename(_state.hip_path)
-
-    @staticmethod
     def isNewFile() -> bool:
         return _state.new_file
-
-    @staticmethod
-    def hasUnsavedChanges() -> bool:
-        return True
 
     @staticmethod
     def saveAsBackup() -> str:
