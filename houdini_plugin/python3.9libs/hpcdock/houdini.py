@@ -30,7 +30,7 @@ import hou
 
 from hpcdock import bundle as B
 from hpcdock import jobplan as P
-from hpcdock.farm.render import hscript_quote, output_parm_name
+from hpcdock.farm.render import base_type_name, hscript_quote, output_parm_name
 
 TITLE = "HPC Dock"
 JOBS_SUBDIR = "hpcdock_jobs"
@@ -123,7 +123,7 @@ def listed_rops(node) -> list:
             raise SubmitError(f"{node.path()}: 'ROPs to Submit' names '{path}', which does not exist")
         if not isinstance(rop, hou.RopNode):
             raise SubmitError(f"{node.path()}: 'ROPs to Submit' names {rop.path()}, which is not a ROP")
-        if P.base_type_name(rop.type().name()) == P.SUBMIT_TYPE:
+        if base_type_name(rop.type().name()) == P.SUBMIT_TYPE:
             raise SubmitError(f"{node.path()}: 'ROPs to Submit' names another HPC Dock Submit node, {rop.path()}")
         rops.append(rop)
     return rops
@@ -166,7 +166,10 @@ def node_facts(node, frames: Sequence[int] = ()) -> P.NodeFacts:
 
 
 def _upstream(rops: Sequence) -> List[P.NodeFacts]:
-    """Every ROP wired above ``rops`` (and ``rops`` themselves), for lock and type checks."""
+    """Every ROP wired above ``rops`` (and ``rops`` themselves), for lock and type checks.
+
+    Only ROP inputs are followed: a SOP-level ROP's inputs are the geometry it writes.
+    """
     found: Dict[str, object] = {}
     pending = list(rops)
     while pending:
@@ -174,7 +177,7 @@ def _upstream(rops: Sequence) -> List[P.NodeFacts]:
         if node.path() in found:
             continue
         found[node.path()] = node
-        pending.extend(n for n in node.inputs() if n is not None)
+        pending.extend(n for n in node.inputs() if isinstance(n, hou.RopNode))
     return [node_facts(n) for n in found.values()]
 
 
@@ -241,7 +244,7 @@ def _send(bundle_dir: str, settings: P.Settings) -> dict:
 
 
 def _is_submit_node(node) -> bool:
-    return P.base_type_name(node.type().name()) == P.SUBMIT_TYPE
+    return base_type_name(node.type().name()) == P.SUBMIT_TYPE
 
 
 # --------------------------------------------------------------------------- entry points
