@@ -143,14 +143,14 @@ def test_a_simulation_is_one_sequential_step():
 
 
 def test_a_sequential_step_is_one_task_with_every_frame_in_order():
-    from openjd.model import StepParameterSpaceIterator, create_job, decode_job_template
+    openjd = pytest.importorskip("openjd.model")  # absent from a bare Houdini-like Python
 
     steps, _ = P.plan_steps([_listing("/out/mantra1", GEO_MANTRA)], _geo_mantra_facts(initsim=True), [], True, 0)
     job = P.make_job(P.Settings(image="img", frames_per_task=3), steps, "/p/shot.hip")
     template = B.build_template(job)
-    decoded = decode_job_template(template=template, supported_extensions=["TASK_CHUNKING"])
-    tasks = {s.name: [t[B.FRAME_PARAM].value for t in StepParameterSpaceIterator(space=s.parameterSpace)]
-             for s in create_job(job_template=decoded, job_parameter_values={}).steps}
+    decoded = openjd.decode_job_template(template=template, supported_extensions=["TASK_CHUNKING"])
+    tasks = {s.name: [t[B.FRAME_PARAM].value for t in openjd.StepParameterSpaceIterator(space=s.parameterSpace)]
+             for s in openjd.create_job(job_template=decoded, job_parameter_values={}).steps}
     assert tasks["geo1"] == ["1-10"]
     assert len(tasks["mantra1"]) == 4  # 3 frames per task
     geo_args = template["steps"][0]["script"]["actions"]["onRun"]["args"]
