@@ -113,6 +113,12 @@ def test_wedge_and_batch_rops_are_refused_with_a_message(type_key, label):
         P.plan_steps([_listing("/out/mantra1", "1 [ ] /out/mantra1\t1")], {}, upstream, True, 0)
 
 
+def test_a_submit_node_above_a_submitted_rop_is_refused():
+    upstream = [_facts("/out/hpcdock_submit1", "Driver/hpcdock_submit"), _facts("/out/mantra1", "Driver/ifd")]
+    with pytest.raises(P.PlanError, match="/out/hpcdock_submit1 is an HPC Dock Submit node wired above"):
+        P.plan_steps([_listing("/out/mantra1", "1 [ ] /out/mantra1\t1")], {}, upstream, True, 0)
+
+
 def test_render_frame_range_from_stage_is_refused():
     facts = {"/stage/usdrender_rop1": _facts("/stage/usdrender_rop1", "Lop/usdrender_rop", trange=3)}
     with pytest.raises(P.PlanError, match="Render Frame Range From Stage"):

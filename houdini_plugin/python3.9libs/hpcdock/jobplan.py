@@ -298,6 +298,9 @@ def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upst
     for rop in upstream:
         if rop.base_type in REFUSED_TYPES:
             _check(rop)
+        if rop.base_type == SUBMIT_TYPE:  # as SideFX's HQueue Render ROP refuses its own input chain
+            raise PlanError(f"{rop.path} is an HPC Dock Submit node wired above a ROP it would submit; "
+                            "disconnect it")
         if rop.locked:
             warnings.append(f"{rop.path} is locked: Houdini renders neither it nor the ROPs above it, "
                             "so neither does the job (unlock it to include them)")
