@@ -315,6 +315,12 @@ def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_pat
     _, tasks = _openjd(Path(bundle))
     assert [_frames(t["Frame"]) for t in tasks["geo1"]] == [list(range(1, 11))]
     assert len(tasks["mantra1"]) == 3
+    # The service's own loader makes the same single task of it.
+    from hpcdock_service.bundle import load_bundle
+
+    plan = load_bundle(bundle, allowed_roots=[str(tmp_path)])
+    assert [[t.frames for t in s.tasks] for s in plan.steps][0] == [list(range(1, 11))]
+    assert "--sequential" in plan.steps[0].command
 
 
 def test_unknown_rop_type_is_submitted_with_a_warning(hou, houdini, project, client):
