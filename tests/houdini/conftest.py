@@ -1,4 +1,5 @@
-"""Houdini adapter tests: the fake ``hou`` is installed for each test and removed after it.
+"""Houdini adapter tests: the fake ``hou`` is installed for each test that asks for it
+(the ``hou`` or ``houdini`` fixture) and removed after it; the pure planner's tests need none.
 
 Nothing here touches ``sys.modules`` at import time, so collecting these tests next to
 others (tests/qt asserts that ``hou`` is never imported) changes nothing for them. The
@@ -16,7 +17,7 @@ from tests.houdini import fake_hou
 from tests.houdini.houdini_env import FakeClient, adapter, forget_adapter, restore_adapter
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def hou(monkeypatch):
     """The fake ``hou`` as ``sys.modules["hou"]``, with a fresh ``hpcdock.houdini`` bound to it."""
     before = forget_adapter()  # an hpcdock.houdini imported elsewhere holds another hou

@@ -2,28 +2,46 @@
 
 Signatures and behaviour follow SideFX's HOM reference (sidefx.com/docs/houdini/hom):
 
-* ``hou.node(path)``, ``hou.selectedNodes()``, ``hou.frame()``, ``hou.isUIAvailable()``
-* ``hou.hscript(command) -> (stdout, stderr)`` (here: ``set -g NAME = value``, ``varchange``)
+* ``hou.node(path)``, ``hou.pwd()``, ``hou.selectedNodes()``, ``hou.timeToFrame(time)``,
+  ``hou.isUIAvailable()``; ``hou.setFrame(frame)`` moves the playbar
+* ``hou.hscript(command) -> (stdout, stderr)``: words split as hscript does (``$VAR``
+  expanded outside single quotes, not inside them); commands ``set -g NAME = value``,
+  ``varchange`` and ``render -p -c -F rop`` (the render order, see below)
 * ``hou.hipFile.path()``, ``isNewFile()``, ``saveAsBackup() -> str`` (a numbered backup
   under ``$HIP/backup``; the session's file name is unchanged),
   ``load(file_name, suppress_save_prompt=False, ignore_load_warnings=False)``
   (sets ``$HIP``, ``$HIPNAME``, ``$HIPFILE``; ``hou.OperationFailed`` if unreadable)
 * ``hou.ui.displayMessage(text, buttons=("OK",), severity=..., default_choice=0,
   close_choice=None, help=None, title=None, details=None, ...) -> int``
-* ``hou.Node``: ``path()``, ``name()``, ``type().name()``, ``inputs()`` (a tuple,
+* ``hou.Node``: ``path()``, ``name()``, ``type().name()``, ``type().nameWithCategory()``
+  (``Driver/ifd``, ``Sop/filecache::2.0``, ``Lop/usdrender_rop``), ``inputs()`` (a tuple,
   ``None`` for an unconnected input before a connected one), ``parm(name)`` (``None``
   if absent), ``parmTuple(name)``, ``node(path)`` (relative to this node), ``errors()``
-* ``hou.RopNode``: ``isBypassed()``, ``render(frame_range=(), res=(), output_file=None,
-  output_format=None, to_flipbook=False, quality=2, ignore_inputs=False, method=...,
+* ``hou.RopNode``: ``isBypassed()``, ``isLocked()``, ``setLocked(on)``,
+  ``render(frame_range=(), res=(), output_file=None, output_format=None, to_flipbook=False, quality=2, ignore_inputs=False, method=...,
   ignore_bypass_flags=False, ignore_lock_flags=False, verbose=False,
   output_progress=False)``; raises ``hou.OperationFailed`` when the render fails
-* ``hou.Parm``: ``name()``, ``eval()``, ``evalAsString()``, ``evalAtFrame(frame)``,
-  ``evalAsStringAtFrame(frame)``; ``hou.ParmTuple.eval()``
-* ``hou.severityType``, ``hou.OperationFailed``, ``hou.LoadWarning``
+* ``hou.Parm``: ``eval()``, ``evalAsString()``, ``evalAtFrame(frame)``,
+  ``evalAsStringAtFrame(frame)``, ``set(value)``; ``hou.ParmTuple.eval()``
+* ``hou.severityType``, ``hou.OperationFailed``, ``hou.paneTabType``,
+  ``hou.ui.curDesktop().createFloatingPaneTab(...)``, ``hou.qt.mainWindow()``,
+  ``hou.text.expandString(text)``
+
+Rendering follows SideFX's "Render nodes" and "render" HScript command pages: a ROP
+renders its inputs first (unless ``ignore_inputs``), dependencies ROP by ROP. The output
+node renders ``frame_range`` (or its own Valid Frame Range); with "Render Current Frame"
+it renders the current frame whatever ``frame_range`` says, with "Strict" only frames
+inside its range. Inputs render the frames asked of them, trimmed when Strict. A bypassed
+ROP renders nothing and passes the request on; a locked ROP renders nothing and neither
+does anything above it; a Merge ROP renders nothing; a Fetch ROP stands for its source.
+A SOHO output driver (a ``soho_program`` parm) runs its program, per frame or, with
+``soho_multiframe`` on, once (HDK "SOHO Output Drivers"), through ``fake_state().soho_runner``.
 
 String parameter values are expanded like Houdini does: ``$HIP``, ``$HIPNAME``,
-``$HIPFILE``, ``$JOB``, ``$FSTART``/``$FEND``, ``$F``, ``$F2``..``$F9`` (zero padded),
-``$FF``, ``$OS`` and ``${NAME}``. A value may also be a callable taking the frame.
+``$HIPFILE``, ``$JOB``, ``$FSTART``/``$FEND``/``$FPS``, ``$F``, ``$F2``..``$F9`` (zero
+padded), ``$FF``, ``$OS`` and ``${NAME}``: a variable name is read whole before the frame
+variables are tried, so ``$FSTART`` is never ``$F`` followed by ``START``. A value may
+also be a callable taking the frame.
 
 Anything else is deliberately missing, so a call outside this surface fails the tests
 (``hou.hipFile.save``, which would rename the artist's file, is not here on purpose).
@@ -35,9 +53,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 # --------------------------------------------------------------------------- exceptions
 
@@ -55,9 +72,6 @@ class OperationFailed(Error):
     pass
 
 
-class LoadWarning(Error):
-    pass
-
 
 class _EnumValue:
     def __init__(self, name: str) -> None:
@@ -72,10 +86,8 @@ class _EnumValue:
 
 class severityType:
     Message = _EnumValue("severityType.Message")
-    ImportantMessage = _EnumValue("severityType.ImportantMessage")
     Warning = _EnumValue("severityType.Warning")
     Error = _EnumValue("severityType.Error")
-    Fatal = _EnumValue("severityType.Fatal")
 
 
 class renderMethod:
@@ -90,18 +102,22 @@ class _State:
     def __init__(self) -> None:
         self.nodes: Dict[str, Node] = {}
         self.vars: Dict[str, str] = {"HIP": os.getcwd(), "HIPNAME": "untitled", "HIPFILE": "", "JOB": os.getcwd(),
-                                     "FSTART": "1", "FEND": "240"}
+                                     "FSTART": "1", "FEND": "240", "FPS": "24"}
         self.hip_path = os.path.join(os.getcwd(), "untitled.hip")
         self.new_file = True
         self.frame = 1.0
         self.ui = True
         self.selected: List[Node] = []
         self.messages: List[dict] = []
-        self.renders: List[dict] = []
+        self.renders: List[dict] = []  # render() calls
+        self.rendered: List[tuple] = []  # (path, frame) of every frame any ROP rendered
         self.hscripts: List[str] = []
         self.backup_count = 0
         self.scenes: Dict[str, list] = {}  # saved "hip files": token -> node specs
         self.pane_tabs: List[Any] = []
+        self.pwd: Optional[Node] = None
+        # Runs a SOHO output driver's program: (rop, frame) -> None; set by the tests that need it.
+        self.soho_runner: Optional[Callable[[Node, float], None]] = None
 
 
 _state = _State()
@@ -134,24 +150,24 @@ def _set_hip(hip_path: str) -> None:
 
 # --------------------------------------------------------------------------- expansion
 
-_VAR = re.compile(r"\$\{(\w+)\}|\$(F[2-9]|FF|F|OS|\w+)")
+_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
 def _expand(text: str, frame: float, node: Optional[Node]) -> str:
     def sub(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
+        if name in _state.vars:
+            return _state.vars[name]
+        if name == "OS" and node is not None:
+            return node.name()
+        if name in os.environ:
+            return os.environ[name]
         if name == "F":
             return str(int(round(frame)))
         if name == "FF":
             return f"{frame:g}"
         if re.match(r"^F[2-9]$", name):
             return str(int(round(frame))).zfill(int(name[1]))
-        if name == "OS" and node is not None:
-            return node.name()
-        if name in _state.vars:
-            return _state.vars[name]
-        if name in os.environ:
-            return os.environ[name]
         return m.group(0)  # Houdini leaves unknown variables as they are
 
     return _VAR.sub(sub, text)
@@ -165,12 +181,6 @@ class Parm:
         self._node = node
         self._name = name
         self._value = value
-
-    def name(self) -> str:
-        return self._name
-
-    def node(self) -> Node:
-        return self._node
 
     def _raw(self, frame: float) -> Any:
         return self._value(frame) if callable(self._value) else self._value
@@ -193,7 +203,7 @@ class Parm:
     def evalAsString(self) -> str:
         return self.evalAsStringAtFrame(_state.frame)
 
-    def fake_set(self, value: Any) -> None:
+    def set(self, value: Any) -> None:
         self._value = value
 
 
@@ -204,25 +214,27 @@ class ParmTuple:
     def eval(self) -> tuple:
         return tuple(p.eval() for p in self._parms)
 
-    def __len__(self) -> int:
-        return len(self._parms)
-
 
 # --------------------------------------------------------------------------- nodes
 
 
 class NodeType:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, category: str) -> None:
         self._name = name
+        self._category = category
 
     def name(self) -> str:
         return self._name
 
+    def nameWithCategory(self) -> str:
+        return f"{self._category}/{self._name}"
+
 
 class Node:
-    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
+                 category: str = "Driver") -> None:
         self._path = path
-        self._type = NodeType(type_name)
+        self._type = NodeType(type_name, category)
         self._parms: Dict[str, Parm] = {}
         self._inputs: List[Optional[Node]] = []
         self._errors: List[str] = []
@@ -277,15 +289,13 @@ class Node:
             return
         self._parms[name] = Parm(self, name, value)
 
-    def fake_parm_names(self) -> List[str]:
-        return sorted(self._parms)
-
 
 class RopNode(Node):
     def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
-                 output_parm: Optional[str] = None) -> None:
-        super().__init__(path, type_name, parms)
+                 output_parm: Optional[str] = None, category: str = "Driver") -> None:
+        super().__init__(path, type_name, parms, category)
         self._bypassed = False
+        self._locked = False
         self._output_parm = output_parm  # which parm the fake "render" writes to
         self.fake_fail_frames: Dict[int, str] = {}
         self.fake_error_frames: Dict[int, str] = {}
@@ -296,43 +306,171 @@ class RopNode(Node):
     def bypass(self, on: bool) -> None:
         self._bypassed = bool(on)
 
+    def isLocked(self) -> bool:
+        return self._locked
+
+    def setLocked(self, on: bool) -> None:
+        self._locked = bool(on)
+
     def render(self, frame_range: Sequence[float] = (), res: Sequence[float] = (), output_file: Optional[str] = None,
                output_format: Optional[str] = None, to_flipbook: bool = False, quality: int = 2,
                ignore_inputs: bool = False, method: Any = renderMethod.RopByRop, ignore_bypass_flags: bool = False,
                ignore_lock_flags: bool = False, verbose: bool = False, output_progress: bool = False) -> None:
-        if frame_range:
-            start, end = frame_range[0], frame_range[1]
-            inc = frame_range[2] if len(frame_range) > 2 else 1
-        else:
-            start = end = _state.frame
-            inc = 1
         _state.renders.append({"node": self._path, "frame_range": tuple(frame_range),
                                "ignore_inputs": ignore_inputs})
-        self._errors = []
-        f = start
-        while f <= end + 1e-9:
-            _state.frame = f
-            frame = int(round(f))
-            if frame in self.fake_fail_frames:
-                raise OperationFailed(self.fake_fail_frames[frame])
-            if frame in self.fake_error_frames:
-                self._errors = [self.fake_error_frames[frame]]
-                return
-            if self._output_parm:
-                out = self._parms[self._output_parm].evalAsStringAtFrame(f)
-                os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-                with open(out, "w") as fh:
-                    fh.write(f"{self._path} frame {frame}\n")
-            f += inc
+        plan = _render_plan(self, _asked_frames(self, frame_range), ignore_inputs, ignore_bypass_flags,
+                            ignore_lock_flags)
+        for rop, frames, _deps in plan:
+            rop._errors = []
+            if rop.parm("soho_program") is not None:
+                rop._fake_run_soho(frames)
+                continue
+            for f in frames:
+                _state.frame = f
+                if not rop._fake_render_frame(f):
+                    return
+
+    def _fake_run_soho(self, frames: List[float]) -> None:
+        """A SOHO output driver runs its program per frame, or once with ``soho_multiframe`` on
+        (HDK "SOHO Output Drivers"); the program reads the frame from SOHO, not the playbar."""
+        multiframe = self.parm("soho_multiframe")
+        for f in frames[:1] if multiframe is not None and multiframe.eval() else frames:
+            _state.rendered.append((self._path, int(round(f))))
+            if _state.soho_runner is not None:
+                _state.soho_runner(self, f)
+
+    def _fake_render_frame(self, f: float) -> bool:
+        frame = int(round(f))
+        _state.rendered.append((self._path, frame))
+        if frame in self.fake_fail_frames:
+            raise OperationFailed(self.fake_fail_frames[frame])
+        if frame in self.fake_error_frames:
+            self._errors = [self.fake_error_frames[frame]]
+            return False
+        if self._output_parm:
+            out = self._parms[self._output_parm].evalAsStringAtFrame(f)
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            with open(out, "w") as fh:
+                fh.write(f"{self._path} frame {frame}\n")
+        return True
+
+
+# --------------------------------------------------------------------------- render order
+
+
+def _frange(start: float, end: float, inc: float) -> List[float]:
+    frames, f = [], float(start)
+    while f <= end + 1e-9:
+        frames.append(f)
+        f += inc
+    return frames
+
+
+def _trange(node: Node) -> int:
+    parm = node.parm("trange")
+    return 0 if parm is None else int(parm.eval())
+
+
+def _own_frames(node: Node) -> List[float]:
+    if _trange(node) == 0:
+        return [_state.frame]
+    start, end, inc = node.parmTuple("f").eval()
+    return _frange(start, end, inc)
+
+
+def _asked_frames(node: Node, frame_range: Sequence[float]) -> List[float]:
+    """The frames the output node renders: "Render Current Frame" ignores ``frame_range``."""
+    if not frame_range or _trange(node) == 0:
+        return _own_frames(node)
+    return _frange(frame_range[0], frame_range[1], frame_range[2] if len(frame_range) > 2 else 1)
+
+
+def _stands_for(node: Node, ignore_bypass: bool, ignore_locks: bool, stack: List[str]) -> List[RopNode]:
+    """The ROPs that render when ``node`` is asked for frames."""
+    if node.path() in stack:
+        raise OperationFailed("Dependency loop: " + " -> ".join(stack + [node.path()]))
+    stack = stack + [node.path()]
+    if not isinstance(node, RopNode) or (node.isLocked() and not ignore_locks):
+        return []
+    bypassed = node.isBypassed() and not ignore_bypass
+    if node.type().name() == "fetch" and not bypassed:
+        source = node.node(node.parm("source").evalAsString())
+        if source is None:
+            raise OperationFailed(f"{node.path()}: invalid source")
+        return _stands_for(source, ignore_bypass, ignore_locks, stack)
+    if node.type().name() == "merge" or bypassed:
+        found: List[RopNode] = []
+        for n in node.inputs():
+            if n is not None:
+                found.extend(r for r in _stands_for(n, ignore_bypass, ignore_locks, stack) if r not in found)
+        return found
+    return [node]
+
+
+def _render_plan(top: RopNode, frames: List[float], ignore_inputs: bool, ignore_bypass: bool,
+                 ignore_locks: bool) -> List[tuple]:
+    """``[(rop, frames, dependency rops)]``, dependencies first."""
+    order: List[RopNode] = []
+    deps: Dict[str, List[RopNode]] = {}
+
+    def visit(rop: RopNode, stack: List[str]) -> None:
+        if rop.path() in stack:
+            raise OperationFailed("Dependency loop: " + " -> ".join(stack + [rop.path()]))
+        if rop.path() in deps:
+            return
+        found: List[RopNode] = []
+        if not ignore_inputs:
+            for n in rop.inputs():
+                if n is not None:
+                    found.extend(r for r in _stands_for(n, ignore_bypass, ignore_locks, stack + [rop.path()])
+                                 if r not in found)
+        deps[rop.path()] = found
+        for d in found:
+            visit(d, stack + [rop.path()])
+        order.append(rop)
+
+    roots = _stands_for(top, ignore_bypass, ignore_locks, [])
+    for r in roots:
+        visit(r, [])
+    asked: Dict[str, set] = {r.path(): set(frames) for r in roots}
+    plan = []
+    for rop in reversed(order):  # downstream first: a ROP asks its inputs for what it renders
+        wanted = asked.get(rop.path(), set())
+        if _trange(rop) == 2:
+            wanted = {f for f in wanted if any(abs(f - g) < 1e-9 for g in _own_frames(rop))}
+        for d in deps[rop.path()]:
+            asked.setdefault(d.path(), set()).update(wanted)
+        plan.append((rop, sorted(wanted), deps[rop.path()]))
+    return [p for p in reversed(plan) if p[1]]
+
+
+def _render_listing(top: RopNode) -> str:
+    """``render -p -c -F``: ``id [ dep ids ] /path<TAB>( start end step )`` (or the frames)."""
+    plan = _render_plan(top, _own_frames(top), False, False, False)
+    ids = {rop.path(): str(i) for i, (rop, _f, _d) in enumerate(plan, 1)}
+    lines = []
+    for rop, frames, rop_deps in plan:
+        ints = [int(round(f)) for f in frames]
+        step = ints[1] - ints[0] if len(ints) > 1 else 0
+        if any(abs(f - i) > 1e-9 for f, i in zip(frames, ints)):
+            text = " ".join(f"{f:g}" for f in frames)
+        elif len(ints) > 1 and ints == list(range(ints[0], ints[-1] + 1, step)):
+            text = f"( {ints[0]} {ints[-1]} {step} )"
+        else:
+            text = " ".join(str(i) for i in ints)
+        dep_ids = " ".join(ids[d.path()] for d in rop_deps if d.path() in ids)
+        lines.append(f"{ids[rop.path()]} [ {dep_ids} ] {rop.path()}\t{text}".replace("[  ]", "[ ]"))
+    return "".join(line + "\n" for line in lines)
 
 
 def fake_create(path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
-                inputs: Sequence[Optional[Node]] = (), output_parm: Optional[str] = None, rop: bool = True) -> Node:
+                inputs: Sequence[Optional[Node]] = (), output_parm: Optional[str] = None, rop: bool = True,
+                category: str = "Driver") -> Node:
     node: Node
     if rop:
-        node = RopNode(path, type_name, parms, output_parm)
+        node = RopNode(path, type_name, parms, output_parm, category)
     else:
-        node = Node(path, type_name, parms)
+        node = Node(path, type_name, parms, category)
     for i, n in enumerate(inputs):
         node.setInput(i, n)
     _state.nodes[path] = node
@@ -346,12 +484,18 @@ def node(path: str) -> Optional[Node]:
     return _state.nodes.get(path)
 
 
+def pwd() -> Optional[Node]:
+    """The current node; while a ROP renders, that ROP (the fake sets it with fake_state().pwd)."""
+    return _state.pwd
+
+
+def timeToFrame(time: float) -> float:
+    return time * float(_state.vars["FPS"]) + 1.0
+
+
 def selectedNodes() -> tuple:
     return tuple(_state.selected)
 
-
-def frame() -> float:
-    return _state.frame
 
 
 def setFrame(frame: float) -> None:
@@ -362,14 +506,55 @@ def isUIAvailable() -> bool:
     return _state.ui
 
 
+def _hscript_words(command: str) -> List[str]:
+    """Split like hscript: ``$VAR`` expands unquoted and in double quotes, not in single quotes."""
+    words: List[str] = []
+    word: Optional[List[str]] = None
+    i = 0
+    while i < len(command):
+        c = command[i]
+        if c.isspace():
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            i += 1
+            continue
+        word = word if word is not None else []
+        if c == "'":
+            end = command.index("'", i + 1)
+            word.append(command[i + 1:end])
+            i = end + 1
+        elif c == '"':
+            end = command.index('"', i + 1)
+            word.append(_expand(command[i + 1:end], _state.frame, None))
+            i = end + 1
+        else:
+            j = i
+            while j < len(command) and not command[j].isspace() and command[j] not in "'\"":
+                j += 1
+            word.append(_expand(command[i:j], _state.frame, None))
+            i = j
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
 def hscript(command: str) -> tuple:
     _state.hscripts.append(command)
-    words = shlex.split(command)
+    words = _hscript_words(command)
     if words[:2] == ["set", "-g"] and len(words) >= 5 and words[3] == "=":
         _state.vars[words[2]] = " ".join(words[4:])
         return "", ""
     if words == ["varchange"]:
         return "", ""
+    if words[:4] == ["render", "-p", "-c", "-F"] and len(words) == 5:
+        rop = _state.nodes.get(words[4])
+        if not isinstance(rop, RopNode):
+            return "", f"Invalid output driver: {words[4]}\n"
+        try:
+            return _render_listing(rop), ""
+        except OperationFailed as exc:
+            return "", f"{exc.instanceMessage()}\n"
     return "", f"Unknown command: {words[0] if words else ''}\n"
 
 
@@ -387,7 +572,6 @@ class ui:
 
 class paneTabType:
     PythonPanel = _EnumValue("paneTabType.PythonPanel")
-    NetworkEditor = _EnumValue("paneTabType.NetworkEditor")
 
 
 class PaneTab:
@@ -423,7 +607,7 @@ class qt:
 class text:
     @staticmethod
     def expandString(text: str) -> str:
-        return _expand(text, frame(), None)
+        return _expand(text, _state.frame, None)
 
 
 def _node_specs() -> list:
@@ -431,6 +615,8 @@ def _node_specs() -> list:
     for path, n in _state.nodes.items():
         specs.append({
             "path": path, "type": n.type().name(), "rop": isinstance(n, RopNode),
+            "category": n.type().nameWithCategory().split("/", 1)[0],
+            "locked": n.isLocked() if isinstance(n, RopNode) else False,
             "parms": {k: p._value for k, p in n._parms.items()},
             "inputs": [i.path() if i is not None else None for i in n._inputs],
             "bypass": n.isBypassed() if isinstance(n, RopNode) else False,
@@ -447,16 +633,8 @@ class hipFile:
         return _state.hip_path
 
     @staticmethod
-    def basename() -> str:
-        return os.path.basename(_state.hip_path)
-
-    @staticmethod
     def isNewFile() -> bool:
         return _state.new_file
-
-    @staticmethod
-    def hasUnsavedChanges() -> bool:
-        return True
 
     @staticmethod
     def saveAsBackup() -> str:
@@ -487,9 +665,11 @@ class hipFile:
             raise OperationFailed(f"Unable to open file: {file_name} ({exc})") from None
         _state.nodes.clear()
         for s in specs:
-            n = fake_create(s["path"], s["type"], s["parms"], output_parm=s["output_parm"], rop=s["rop"])
+            n = fake_create(s["path"], s["type"], s["parms"], output_parm=s["output_parm"], rop=s["rop"],
+                            category=s["category"])
             if isinstance(n, RopNode):
                 n.bypass(s["bypass"])
+                n.setLocked(s["locked"])
                 n.fake_fail_frames = {int(k): v for k, v in s["fail"].items()}
                 n.fake_error_frames = {int(k): v for k, v in s["errors"].items()}
         for s in specs:

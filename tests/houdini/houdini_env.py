@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import runpy
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tests.houdini import dialogscript, fake_hou
 
@@ -74,25 +76,22 @@ def _default(p: dialogscript.Parm) -> Any:
     return p.defaults[0] if p.defaults else ""
 
 
-def _fstart(frame: float) -> float:
-    return float(fake_hou.fake_state().vars["FSTART"])
+def make_submit_node(path: str = "/out/hpcdock_submit1", rops: Sequence = (), **values: Any):
+    """An HPC Dock Submit node whose parms are exactly those its DialogScript declares.
 
-
-def _fend(frame: float) -> float:
-    return float(fake_hou.fake_state().vars["FEND"])
-
-
-def make_submit_node(path: str = "/out/hpcdock_submit1", inputs: Sequence = (), **values: Any):
-    """An HPC Dock Submit node whose parms are exactly those its DialogScript declares."""
+    ``rops``: ROP nodes or paths for its "ROPs to Submit" list.
+    """
     parms: Dict[str, Any] = {}
     for p in _submit_template():
         if p.kind == "multiparm":
             parms[p.name] = int(p.defaults[0]) if p.defaults else 0
+            for i in range(1, parms[p.name] + 1):
+                parms.update({c.name.replace("#", str(i)): _default(c) for c in p.children})
         elif p.baseparm:
             if p.name == "trange":
-                parms["trange"] = 1  # the CreateScript sets "Render Frame Range"
+                parms["trange"] = 0  # the CreateScript sets "Render Current Frame"
             elif p.name == "f":
-                parms["f"] = (_fstart, _fend, 1.0)
+                parms["f"] = (1.0, 240.0, 1.0)  # $FSTART, $FEND of a new scene
             else:
                 parms[p.name] = 0
         else:
@@ -101,7 +100,9 @@ def make_submit_node(path: str = "/out/hpcdock_submit1", inputs: Sequence = (), 
         if k not in parms and not (k == "f"):
             raise KeyError(f"the DialogScript declares no parm {k!r}")
         parms[k] = v
-    return fake_hou.fake_create(path, "hpcdock_submit", parms, inputs)
+    node = fake_hou.fake_create(path, "hpcdock_submit", parms)
+    set_multiparm(node, "rops", [{"rop#": r if isinstance(r, str) else r.path()} for r in rops])
+    return node
 
 
 def set_multiparm(node, name: str, rows: List[Dict[str, Any]]) -> None:
@@ -125,3 +126,41 @@ class FakeClient:
             raise FakeClient.fail
         FakeClient.calls.append({"url": self.url, "bundle_dir": bundle_dir})
         return {"id": 42, "state": "queued"}
+
+
+def soho_runner(monkeypatch) -> Callable[[Any, float], None]:
+    """Runs a ROP's SOHO program from houdini_plugin/soho as Houdini would for one frame.
+
+    The ``soho`` module it sees answers ``getDefaultedFloat("state:time", ...)`` with the time of
+    the frame being rendered (SOHO's intrinsic; frame = time * $FPS + 1); ``hou.pwd()`` is the ROP.
+    """
+    def run(rop, frame: float) -> None:
+        soho = types.ModuleType("soho")
+        fps = float(fake_hou.fake_state().vars["FPS"])
+
+        def get_defaulted_float(name: str, default: list) -> list:
+            return [(frame - 1.0) / fps] if name == "state:time" else list(default)
+
+        soho.getDefaultedFloat = get_defaulted_float  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "soho", soho)
+        fake_hou.fake_state().pwd = rop
+        try:
+            runpy.run_path(os.path.join(PLUGIN, "soho", rop.parm("soho_program").evalAsString()))
+        finally:
+            fake_hou.fake_state().pwd = None
+
+    return run
+
+
+class FakeDefer:
+    """``hdefereval`` (graphical Houdini only): ``executeDeferred(callable, *args)`` runs later."""
+
+    def __init__(self) -> None:
+        self.pending: List[tuple] = []
+
+    def executeDeferred(self, callable_object: Callable, *args: Any) -> None:
+        self.pending.append((callable_object, args))
+
+    def fake_run_pending(self) -> list:
+        done, self.pending = self.pending, []
+        return [c(*a) for c, a in done]

@@ -1,11 +1,9 @@
-"""The exporter (hpcdock.houdini) against the fake hou: bundles, errors, frame rules."""
+"""The exporter (hpcdock.houdini) against the fake hou: bundles, errors, frame rules, render hook."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,21 @@ from openjd.model import (
     preprocess_job_parameters,
 )
 
-from tests.houdini.houdini_env import make_submit_node, set_multiparm
+from tests.houdini.houdini_env import FakeDefer, make_submit_node, set_multiparm, soho_runner
 
 
-def _scene(hou, submit_range=(1, 10, 1), **submit):
+def _scene(hou, rop_range=(1, 10, 1), **submit):
     geo = hou.fake_create("/out/geo1", "geometry",
-                          {"trange": 1, "f": (1.0, 10.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+                          {"trange": 1, "f": tuple(float(v) for v in rop_range),
+                           "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
                           output_parm="sopoutput")
     mantra = hou.fake_create("/out/mantra1", "ifd",
-                             {"trange": 1, "f": (1.0, 10.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
+                             {"trange": 1, "f": tuple(float(v) for v in rop_range),
+                              "vm_picture": "$HIP/render/ball.$F4.exr"},
                              inputs=[geo], output_parm="vm_picture")
     values = {"image": "hpcdock/houdini:20.5", "frames_per_task": 4, "gpus_per_task": 1}
     values.update(submit)
-    node = make_submit_node(inputs=[mantra], trange=1, f=tuple(float(v) for v in submit_range), **values)
+    node = make_submit_node(rops=[mantra], **values)
     return geo, mantra, node
 
 
@@ -133,13 +133,17 @@ def test_save_bundle_writes_without_submitting(hou, houdini, project, client):
     _openjd(Path(bundle))
 
 
+def _job(houdini, node):
+    return houdini.build_job(houdini.listed_rops(node), houdini.read_settings(node))
+
+
 # --------------------------------------------------------------------------- errors
 
 
 def _assert_refused(hou, client, project, text):
     msg = hou.fake_state().messages[-1]
     assert msg["severity"] is hou.severityType.Error
-    assert text in msg["text"]
+    assert text in msg["text"], msg["text"]
     assert client.calls == []
     assert not (project / "hpcdock_jobs").exists()
 
@@ -158,31 +162,34 @@ def test_missing_image_is_refused(hou, houdini, project, client):
 
 
 def test_empty_frame_range_is_refused(hou, houdini, project, client):
-    *_, node = _scene(hou, submit_range=(10, 1, 1))
+    *_, node = _scene(hou, rop_range=(10, 1, 1))
     assert houdini.submit_node(node) is None
-    _assert_refused(hou, client, project, "empty frame range")
-
-
-def test_strict_range_with_no_requested_frame_is_refused(hou, houdini, project, client):
-    geo, _, node = _scene(hou, submit_range=(1, 10, 1))
-    geo.fake_set_parm("trange", 2)
-    geo.fake_set_parm("f", (20.0, 30.0, 1.0))
-    assert houdini.submit_node(node) is None
-    _assert_refused(hou, client, project, "empty frame range for /out/geo1")
+    _assert_refused(hou, client, project, "Nothing to render")
 
 
 def test_cycle_in_rop_graph_is_refused(hou, houdini, project, client):
     geo, mantra, node = _scene(hou)
     geo.setInput(0, mantra)
     assert houdini.submit_node(node) is None
-    _assert_refused(hou, client, project, "cycle")
+    _assert_refused(hou, client, project, "Dependency loop")
     assert "/out/geo1" in hou.fake_state().messages[-1]["text"]
 
 
-def test_nothing_connected_is_refused(hou, houdini, project, client):
+def test_nothing_listed_is_refused(hou, houdini, project, client):
     node = make_submit_node(image="img")
     assert houdini.submit_node(node) is None
-    _assert_refused(hou, client, project, "Nothing to render")
+    _assert_refused(hou, client, project, "Nothing to render: add ROPs to 'ROPs to Submit'")
+
+
+@pytest.mark.parametrize("path,text", [("../nope", "'../nope', which does not exist"),
+                                       ("/obj/geo1", "/obj/geo1, which is not a ROP"),
+                                       ("../hpcdock_submit2", "another HPC Dock Submit node")])
+def test_bad_rop_paths_are_refused(hou, houdini, project, client, path, text):
+    hou.fake_create("/obj/geo1", "geo", {}, rop=False, category="Object")
+    make_submit_node("/out/hpcdock_submit2", image="img")
+    node = make_submit_node(rops=[path], image="img")
+    assert houdini.submit_node(node) is None
+    _assert_refused(hou, client, project, text)
 
 
 def test_service_down_keeps_the_bundle_and_says_how_to_submit_later(hou, houdini, project, client):
@@ -201,35 +208,38 @@ def test_without_ui_errors_are_printed(hou, houdini, project, client, capsys):
     assert "No container image is set" in capsys.readouterr().out
 
 
-# --------------------------------------------------------------------------- frame rules
+# --------------------------------------------------------------------------- frame rules: Houdini's
 
 
 def test_frames_follow_houdinis_request_rule(hou, houdini, project, client):
-    geo, mantra, node = _scene(hou, submit_range=(5, 8, 1))
-    geo.fake_set_parm("trange", 2)  # strict: only its own 1-6
+    geo, mantra, node = _scene(hou, rop_range=(5, 8, 1))
+    geo.parm("trange").set(2)  # strict: only its own 1-6
     geo.fake_set_parm("f", (1.0, 6.0, 1.0))
-    job, _ = houdini.build_job([node], houdini.read_settings(node), node)
-    frames = {s.name: s.frames for s in job.steps}
-    assert frames == {"geo1": [5, 6], "mantra1": [5, 6, 7, 8]}
+    job, _ = _job(houdini, node)
+    assert {s.name: s.frames for s in job.steps} == {"geo1": [5, 6], "mantra1": [5, 6, 7, 8]}
+    geo.fake_set_parm("f", (20.0, 30.0, 1.0))  # strict, nothing asked of it in range: it renders nothing
+    job, _ = _job(houdini, node)
+    assert {s.name: s.frames for s in job.steps} == {"mantra1": [5, 6, 7, 8]}
 
 
 def test_render_current_frame(hou, houdini, project, client):
-    _, _, node = _scene(hou)
-    node.fake_set_parm("trange", 0)
+    _, mantra, node = _scene(hou)
+    mantra.parm("trange").set(0)
     hou.setFrame(17)
-    job, _ = houdini.build_job([node], houdini.read_settings(node), node)
+    job, _ = _job(houdini, node)
     assert {s.name: s.frames for s in job.steps} == {"geo1": [17], "mantra1": [17]}
 
 
 def test_frame_increment_and_fractional_frames(hou, houdini, project, client, tmp_path):
-    _, _, node = _scene(hou, submit_range=(1, 9, 2))
-    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
+    _, mantra, node = _scene(hou, rop_range=(1, 9, 2))
+    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                    bundle_dir=str(tmp_path / "b"))
     assert job.steps[0].frames == [1, 3, 5, 7, 9]
     _, tasks = _openjd(Path(bundle))
     assert sorted(f for t in tasks["mantra1"] for f in _frames(t["Frame"])) == [1, 3, 5, 7, 9]
-    node.fake_set_parm("f", (1.0, 2.0, 0.5))
+    mantra.fake_set_parm("f", (1.0, 2.0, 0.5))
     with pytest.raises(houdini.SubmitError, match="fractional"):
-        houdini.build_job([node], houdini.read_settings(node), node)
+        _job(houdini, node)
 
 
 def test_bypass_merge_and_fetch(hou, houdini, project, client):
@@ -238,19 +248,18 @@ def test_bypass_merge_and_fetch(hou, houdini, project, client):
                         inputs=[a])
     b.bypass(True)  # renders nothing, passes on
     merge = hou.fake_create("/out/merge1", "merge", {}, inputs=[b, None])
-    target = hou.fake_create("/obj/geo1/rop_alembic1", "rop_alembic", {"trange": 1, "f": (1.0, 2.0, 1.0),
-                                                                        "filename": "$HIP/cache.abc"})
+    hou.fake_create("/obj/geo1/rop_alembic1", "rop_alembic", {"trange": 1, "f": (1.0, 2.0, 1.0),
+                                                               "filename": "$HIP/cache.abc"}, category="Sop")
     fetch = hou.fake_create("/out/fetch1", "fetch", {"source": "/obj/geo1/rop_alembic1"})
     final = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0),
                                                      "picture": "$HIP/render/k.$F4.exr"}, inputs=[merge, fetch])
-    node = make_submit_node(inputs=[final], image="img", f=(1.0, 2.0, 1.0))
-    job, warnings = houdini.build_job([node], houdini.read_settings(node), node)
+    node = make_submit_node(rops=[final], image="img")
+    job, warnings = _job(houdini, node)
     assert [(s.name, s.rop, s.dependencies) for s in job.steps] == [
         ("a", "/out/a", []),
         ("rop_alembic1", "/obj/geo1/rop_alembic1", []),
         ("karma1", "/out/karma1", ["a", "rop_alembic1"]),
     ]
-    assert target is not None
     # One Alembic file for all frames: no per-frame pattern, and no default that it could inherit.
     assert any("does not change with the frame" in w for w in warnings)
     settings = houdini.B.build_hpcdock(job, "/nonexistent")
@@ -259,17 +268,67 @@ def test_bypass_merge_and_fetch(hou, houdini, project, client):
                                            "karma1": f"{project}/render/k.{{frame:04d}}.exr"}
 
 
+def test_locked_rops_and_what_is_above_them_are_left_out(hou, houdini, project, client):
+    geo, mantra, node = _scene(hou)
+    geo.setLocked(True)
+    job, warnings = _job(houdini, node)
+    assert [s.name for s in job.steps] == ["mantra1"]
+    assert warnings == ["/out/geo1 is locked: Houdini renders neither it nor the ROPs above it, so neither does "
+                        "the job (unlock it to include them)"]
+    houdini.submit_node(node)
+    assert "/out/geo1 is locked" in hou.fake_state().messages[-1]["details"]
+    mantra.setLocked(True)
+    assert houdini.submit_node(node) is None
+    assert "Nothing to render" in hou.fake_state().messages[-1]["text"]
+
+
+def test_file_cache_writes_its_file_parm(hou, houdini, project, client):
+    hou.fake_create("/obj/geo1/filecache1", "filecache::2.0", {"trange": 1, "f": (1.0, 3.0, 1.0),
+                                                                "file": "$HIP/cache/$OS.$F4.bgeo.sc"},
+                    category="Sop")
+    fetch = hou.fake_create("/out/fetch_cache", "fetch", {"source": "/obj/geo1/filecache1"})
+    job, warnings = _job(houdini, make_submit_node(rops=[fetch], image="img"))
+    assert warnings == []
+    assert [(s.rop, s.output_pattern) for s in job.steps] == [
+        ("/obj/geo1/filecache1", f"{project}/cache/filecache1.{{frame:04d}}.bgeo.sc")]
+
+
+def test_usd_render_from_stage_range_is_refused(hou, houdini, project, client):
+    rop = hou.fake_create("/stage/usdrender_rop1", "usdrender_rop", {"trange": 3, "f": (1.0, 3.0, 1.0),
+                                                                     "outputimage": "$HIP/r/u.$F4.exr"},
+                          category="Lop")
+    assert houdini.submit_node(make_submit_node(rops=[rop], image="img")) is None
+    _assert_refused(hou, client, project, "'Render Frame Range From Stage'")
+
+
+def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_path):
+    geo, _, node = _scene(hou)
+    geo.fake_set_parm("initsim", 1)
+    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                    bundle_dir=str(tmp_path / "b"))
+    assert [(s.name, s.sequential) for s in job.steps] == [("geo1", True), ("mantra1", False)]
+    _, tasks = _openjd(Path(bundle))
+    assert [_frames(t["Frame"]) for t in tasks["geo1"]] == [list(range(1, 11))]
+    assert len(tasks["mantra1"]) == 3
+    # The service's own loader makes the same single task of it.
+    from hpcdock_service.bundle import load_bundle
+
+    plan = load_bundle(bundle, allowed_roots=[str(tmp_path)])
+    assert [[t.frames for t in s.tasks] for s in plan.steps][0] == [list(range(1, 11))]
+    assert "--sequential" in plan.steps[0].command
+
+
 def test_unknown_rop_type_is_submitted_with_a_warning(hou, houdini, project, client):
     shell = hou.fake_create("/out/shell1", "shell", {"trange": 1, "f": (1.0, 3.0, 1.0)})
-    node = make_submit_node(inputs=[shell], image="img", f=(1.0, 3.0, 1.0))
-    job, warnings = houdini.build_job([node], houdini.read_settings(node), node)
+    job, warnings = _job(houdini, make_submit_node(rops=[shell], image="img"))
     assert [s.name for s in job.steps] == ["shell1"] and job.steps[0].output_pattern is None
-    assert warnings == ["/out/shell1: ROP type 'shell' is submitted without per-frame output paths"]
+    assert warnings == ["/out/shell1: ROP type 'Driver/shell' is submitted without per-frame output paths"]
 
 
 def test_single_step_mode_renders_inputs_in_the_task(hou, houdini, project, client, tmp_path):
     *_, node = _scene(hou, separate_steps=0)
-    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "b"))
+    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                    bundle_dir=str(tmp_path / "b"))
     assert [s.name for s in job.steps] == ["mantra1"]
     template, _, _ = _load(Path(bundle))
     assert template["steps"][0]["script"]["actions"]["onRun"]["args"][-1] == "--with-inputs"
@@ -317,22 +376,43 @@ def test_shelf_with_nothing_selected_warns(hou, houdini, project, client):
     assert hou.fake_state().messages[-1]["severity"] is hou.severityType.Warning
 
 
-def test_rendering_the_node_submits_once_through_soho(hou, project, client, monkeypatch):
-    *_, node = _scene(hou, submit_range=(3, 6, 1))
-    soho = types.ModuleType("soho")
+@pytest.fixture
+def defer(monkeypatch):
+    module = FakeDefer()
+    monkeypatch.setitem(__import__("sys").modules, "hdefereval", module)
+    return module
 
-    class _Driver:
-        def getName(self):
-            return node.path()
 
-    soho.getOutputDriver = lambda: _Driver()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "soho", soho)
-    from hpcdock import rop
+@pytest.mark.parametrize("multiframe,runs", [(0, 4), (1, 1)])
+def test_rendering_the_node_submits_once_and_renders_nothing_locally(hou, project, client, monkeypatch, defer,
+                                                                     multiframe, runs):
+    *_, node = _scene(hou, soho_multiframe=multiframe)
+    node.parm("trange").set(1)
+    node.fake_set_parm("f", (3.0, 6.0, 1.0))
+    hou.fake_state().soho_runner = soho_runner(monkeypatch)
+    hou.setFrame(1)  # the playbar is elsewhere; SOHO says which frame renders
 
-    for frame in (3, 4, 5, 6):  # SOHO runs the program once per frame
-        hou.setFrame(frame)
-        rop.soho_render()
+    node.render()
+
+    state = hou.fake_state()
+    # Nothing but the submit node rendered on the workstation: the ROPs it lists did not.
+    assert {path for path, _ in state.rendered} == {node.path()}
+    assert len(state.rendered) == runs
+    # Inside the render nothing was saved, shown or submitted; one submit waits for the event loop.
+    assert (state.backup_count, state.messages, client.calls, len(defer.pending)) == (0, [], [], 1)
+    assert defer.fake_run_pending()[0]["id"] == 42
     assert len(client.calls) == 1
+    assert "Submitted job 42" in state.messages[-1]["text"]
+
+
+def test_rendering_the_node_without_a_ui_submits_nothing_and_says_how(hou, project, client, monkeypatch, defer,
+                                                                      capsys):
+    *_, node = _scene(hou)
+    hou.fake_state().ui = False
+    hou.fake_state().soho_runner = soho_runner(monkeypatch)
+    node.render()
+    assert defer.pending == [] and client.calls == []
+    assert "hpcdock.rop.on_submit" in capsys.readouterr().out
 
 
 def test_hda_callbacks_reach_the_exporter(hou, project, client):

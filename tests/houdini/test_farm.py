@@ -15,9 +15,10 @@ from hpcdock.markers import parse_marker
 from tests.houdini.houdini_env import HERE, adapter, make_submit_node
 
 
-def _export(hou, project, tmp_path, fail=None, error=None):
+def _export(hou, project, tmp_path, fail=None, error=None, initsim=0):
     geo = hou.fake_create("/out/geo1", "geometry",
-                          {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+                          {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc",
+                           "initsim": initsim},
                           output_parm="sopoutput")
     mantra = hou.fake_create("/out/mantra1", "ifd",
                              {"trange": 1, "f": (1.0, 4.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
@@ -26,9 +27,10 @@ def _export(hou, project, tmp_path, fail=None, error=None):
         mantra.fake_fail_frames[fail[0]] = fail[1]
     if error:
         mantra.fake_error_frames[error[0]] = error[1]
-    node = make_submit_node(inputs=[mantra], image="img", f=(1.0, 4.0, 1.0))
+    node = make_submit_node(rops=[mantra], image="img")
     houdini = adapter()
-    bundle, job, _ = houdini.export([node], houdini.read_settings(node), node, str(tmp_path / "bundle"))
+    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                    bundle_dir=str(tmp_path / "bundle"))
     return Path(bundle), job
 
 
@@ -70,6 +72,49 @@ def test_renders_chunk_with_markers_and_outputs_under_the_project(hou, project, 
     assert hou.fake_state().vars["HIPNAME"] == "shot"
     assert [r["ignore_inputs"] for r in hou.fake_state().renders] == [True, True, True]
     assert [r["frame_range"] for r in hou.fake_state().renders] == [(2, 2), (3, 3), (4, 4)]
+
+
+def test_a_rop_set_to_render_the_current_frame_renders_the_chunk(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path)
+    hou.fake_reset()
+    hou.hipFile.load(str(bundle / "hip" / "shot.hip"))
+    hou.node("/out/mantra1").parm("trange").set(0)  # "Render Current Frame" in the saved scene
+    snapshot = hou.hipFile.saveAsBackup()
+    rc = _run_in_container(hou, bundle, ["--hip", snapshot, "--hip-dir", str(project), "--rop", "/out/mantra1",
+                                         "--frames", "2-3"])
+    assert rc == 0, capsys.readouterr().out
+    assert [r for r in hou.fake_state().rendered] == [("/out/mantra1", 2), ("/out/mantra1", 3)]
+    assert hou.node("/out/mantra1").parm("trange").eval() == 1
+
+
+def test_a_simulation_chunk_renders_in_one_go_in_order(hou, project, tmp_path, capsys):
+    bundle, job = _export(hou, project, tmp_path, initsim=1)
+    step = job.steps[0]
+    assert step.sequential
+    rc = _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(project), "--rop", step.rop,
+                                         "--frames", "1-4", "--sequential"])
+    assert rc == 0
+    assert [r["frame_range"] for r in hou.fake_state().renders] == [(1, 4, 1)]
+    assert hou.fake_state().rendered == [("/out/geo1", f) for f in (1, 2, 3, 4)]
+    assert _markers(capsys.readouterr().out) == [
+        m for f in (1, 2, 3, 4) for m in (("frame-start", f, ""), ("frame-done", f, f"{project}/geo/shot.{f:04d}.bgeo.sc"))]
+    assert _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--rop", step.rop, "--frames", "1,2,4",
+                                           "--sequential"]) == 2
+    assert "evenly spaced" in capsys.readouterr().out
+
+
+def test_hip_dir_is_passed_to_hscript_literally(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path)
+    odd = tmp_path / "$JOB dir"
+    odd.mkdir()
+    assert _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(odd), "--rop", "/out/geo1",
+                                           "--frames", "1"]) == 0
+    assert hou.fake_state().vars["HIP"] == str(odd)
+    assert (odd / "geo" / "shot.0001.bgeo.sc").is_file()
+    quote = tmp_path / "o'brien"
+    assert _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--hip-dir", str(quote), "--rop", "/out/geo1",
+                                           "--frames", "1"]) == 2
+    assert "single quote" in capsys.readouterr().out
 
 
 def test_a_failed_frame_stops_the_chunk_and_exits_non_zero(hou, project, tmp_path, capsys):

@@ -222,3 +222,16 @@ def test_vermin_check_can_fail(tmp_path):
     proc = subprocess.run(_vermin() + ["-t=3.9-", "--no-tips", "--violations", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
+
+
+def test_submit_node_takes_no_inputs_and_runs_its_soho_program_once():
+    """Wired inputs would render on the workstation before the render hook runs."""
+    index = dict(ln.split(":", 1) for ln in _read(os.path.join(HDA, "INDEX__SECTION")).splitlines() if ":" in ln)
+    assert index["Inputs"].strip() == "0 to 0"
+    root = dialogscript.parse(_read(os.path.join(TYPE_DIR, "DialogScript")))
+    assert root.first("inputlabel") is None
+    parms = {p.name: p for p in dialogscript.parms(root)}
+    assert parms["soho_multiframe"].defaults == ["1"]
+    rop = parms["rops"].children[0]
+    assert (rop.name, rop.type, rop.tags["opfilter"]) == ("rop#", "oppath", "!!ROP!!")
+    assert "opparm $arg1 trange ( off )" in _read(os.path.join(TYPE_DIR, "CreateScript"))

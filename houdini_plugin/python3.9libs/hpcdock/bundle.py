@@ -73,6 +73,7 @@ class StepSpec:
     output_pattern: Optional[str] = None  # Python format string with {frame}
     gpus: int = 0
     with_inputs: bool = False  # render the ROP's inputs too (single-step mode)
+    sequential: bool = False  # a simulation: all frames in one task, rendered in order
 
 
 @dataclass
@@ -244,6 +245,13 @@ def validate(job: JobSpec) -> None:
             raise BundleError(f"bad environment variable name {k!r}")
 
 
+def _chunks(step: StepSpec, frames_per_task: int) -> dict:
+    """Chunking of a step's frames; a sequential step is one chunk holding every frame."""
+    if step.sequential:
+        return {"defaultTaskCount": len(step.frames), "rangeConstraint": "NONCONTIGUOUS"}
+    return {"defaultTaskCount": int(frames_per_task), "rangeConstraint": "CONTIGUOUS"}
+
+
 def build_template(job: JobSpec) -> dict:
     steps = []
     for s in job.steps:
@@ -260,6 +268,8 @@ def build_template(job: JobSpec) -> dict:
         ]
         if s.with_inputs:
             args.append("--with-inputs")
+        if s.sequential:
+            args.append("--sequential")
         on_run: dict = {"command": job.hython, "args": args}
         if job.timeout > 0:
             on_run["timeout"] = int(job.timeout)
@@ -271,10 +281,7 @@ def build_template(job: JobSpec) -> dict:
                         "name": FRAME_PARAM,
                         "type": "CHUNK[INT]",
                         "range": frames_to_range(s.frames),
-                        "chunks": {
-                            "defaultTaskCount": int(job.frames_per_task),
-                            "rangeConstraint": "CONTIGUOUS",
-                        },
+                        "chunks": _chunks(s, job.frames_per_task),
                     }
                 ]
             },

@@ -1,17 +1,18 @@
 """The Houdini adapter: the only module of hpcdock that imports ``hou``.
 
-It reads the scene (the ROPs wired into an *HPC Dock Submit* node, or the selected
-ROPs), turns them into a :class:`hpcdock.bundle.JobSpec`, snapshots the hip file into
-the bundle and, for Submit, sends the bundle to hpcdock-service with
-:mod:`hpcdock.client`. Everything it calls on ``hou`` is listed in
-``tests/houdini/fake_hou.py``, which implements exactly that surface.
+It reads the live scene into the frozen values of :mod:`hpcdock.jobplan`, which decides
+steps, frames and outputs; then it snapshots the hip file into the bundle and, for
+Submit, sends the bundle to hpcdock-service with :mod:`hpcdock.client`. Every ``hou``
+call the plugin makes is in this module and listed in ``docs/houdini.md`` with the SideFX
+page it follows; ``tests/houdini/fake_hou.py`` implements exactly that surface.
 
-Frame ranges follow Houdini's own ROP-network rule: the output node (the submit node,
-or a selected ROP) asks its inputs for its frames: "Render Current Frame" asks for
-the playbar frame, "Render Frame Range" for Start/End/Inc. An input renders the frames
-asked of it; one set to "Render Frame Range Only (Strict)" renders only those inside
-its own range. Bypassed ROPs and Merge ROPs render nothing and pass the request on;
-a Fetch ROP stands for the ROP it fetches.
+The ROPs to submit are named in the submit node's "ROPs to Submit" list (as the HQueue
+Render ROP names its Output Driver), not wired into it: Houdini renders a ROP's inputs
+before the ROP itself, so a wired submit node would render them on the workstation before
+its own render hook could submit them.
+
+For every ROP to submit Houdini itself says what renders, in which order and which
+frames: ``render -p -c -F <rop>`` (see :mod:`hpcdock.jobplan`).
 
 The scene snapshot is written with ``hou.hipFile.saveAsBackup()``, which saves the
 session to a numbered backup file and returns its path without renaming the artist's
@@ -23,16 +24,14 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import hou
 
 from hpcdock import bundle as B
-from hpcdock.farm.render import base_type_name, output_parm_name
+from hpcdock import jobplan as P
+from hpcdock.farm.render import base_type_name, hscript_quote, output_parm_name
 
-SUBMIT_TYPE = "hpcdock_submit"
-PASS_THROUGH_TYPES = ("merge",)  # Merge ROP: renders nothing itself
-FETCH_TYPES = ("fetch",)  # Fetch ROP: stands for the ROP in its "source" parm
 TITLE = "HPC Dock"
 JOBS_SUBDIR = "hpcdock_jobs"
 
@@ -81,277 +80,138 @@ def _sp_multi(node, count_name: str, *instance_names: str) -> list:
     return rows
 
 
-def read_settings(node) -> dict:
+def read_settings(node) -> P.Settings:
     """Job settings from an HPC Dock Submit node."""
-    env = {}
+    env = []
     for name_parm, value_parm in _sp_multi(node, "envvars", "envname#", "envvalue#"):
         name = name_parm.evalAsString().strip()
         if name:
-            env[name] = value_parm.evalAsString()
+            env.append((name, value_parm.evalAsString()))
     mounts = []
     for path_parm, readonly_parm in _sp_multi(node, "mounts", "mountpath#", "mountro#"):
         path = path_parm.evalAsString().strip()
         if path:
             mounts.append(B.Mount(path, path, bool(int(readonly_parm.eval()))))
-    return {
-        "service_url": _sp_str(node, "service_url").strip(),
-        "name": _sp_str(node, "job_name").strip(),
-        "image": _sp_str(node, "image").strip(),
-        "frames_per_task": _sp_int(node, "frames_per_task"),
-        "priority": _sp_int(node, "priority"),
-        "gpus": _sp_int(node, "gpus_per_task"),
-        "max_attempts": _sp_int(node, "max_retries") + 1,
-        "timeout": _sp_int(node, "task_timeout"),
-        "network": bool(_sp_int(node, "network")),
-        "separate_steps": bool(_sp_int(node, "separate_steps")),
-        "mount_project": bool(_sp_int(node, "mount_project")),
-        "jobs_dir": _sp_str(node, "bundle_dir").strip(),
-        "hython": _sp_str(node, "hython").strip() or "hython",
-        "env": env,
-        "mounts": mounts,
-    }
+    return P.Settings(
+        service_url=_sp_str(node, "service_url").strip(),
+        name=_sp_str(node, "job_name").strip(),
+        image=_sp_str(node, "image").strip(),
+        frames_per_task=_sp_int(node, "frames_per_task"),
+        priority=_sp_int(node, "priority"),
+        gpus=_sp_int(node, "gpus_per_task"),
+        max_attempts=_sp_int(node, "max_retries") + 1,
+        timeout=_sp_int(node, "task_timeout"),
+        network=bool(_sp_int(node, "network")),
+        separate_steps=bool(_sp_int(node, "separate_steps")),
+        mount_project=bool(_sp_int(node, "mount_project")),
+        jobs_dir=_sp_str(node, "bundle_dir").strip(),
+        hython=_sp_str(node, "hython").strip() or "hython",
+        env=tuple(env),
+        mounts=tuple(mounts),
+    )
 
 
-def default_settings() -> dict:
-    """Settings for the shelf tool, which has no submit node: from the environment."""
-    env = os.environ
-    return {
-        "service_url": env.get("HPCDOCK_URL", ""),
-        "name": "",
-        "image": env.get("HPCDOCK_IMAGE", ""),
-        "frames_per_task": int(env.get("HPCDOCK_FRAMES_PER_TASK", "10")),
-        "priority": 50,
-        "gpus": int(env.get("HPCDOCK_GPUS", "0")),
-        "max_attempts": 2,
-        "timeout": 0,
-        "network": False,
-        "separate_steps": True,
-        "mount_project": True,
-        "jobs_dir": "",
-        "hython": "hython",
-        "env": {},
-        "mounts": [],
-    }
+def listed_rops(node) -> list:
+    """The ROPs named in the submit node's "ROPs to Submit" list (paths relative to it)."""
+    rops = []
+    for (path_parm,) in _sp_multi(node, "rops", "rop#"):
+        path = path_parm.evalAsString().strip()
+        if not path:
+            continue
+        rop = node.node(path)
+        if rop is None:
+            raise SubmitError(f"{node.path()}: 'ROPs to Submit' names '{path}', which does not exist")
+        if not isinstance(rop, hou.RopNode):
+            raise SubmitError(f"{node.path()}: 'ROPs to Submit' names {rop.path()}, which is not a ROP")
+        if base_type_name(rop.type().name()) == P.SUBMIT_TYPE:
+            raise SubmitError(f"{node.path()}: 'ROPs to Submit' names another HPC Dock Submit node, {rop.path()}")
+        rops.append(rop)
+    return rops
 
 
-# --------------------------------------------------------------------------- frames
+# --------------------------------------------------------------------------- reading the ROP graph
 
 
-def _type_name(node) -> str:
-    return base_type_name(node.type().name())
-
-
-def own_frames(node) -> List[int]:
-    """The frames ``node`` asks for as an output node (its Valid Frame Range)."""
-    trange = node.parm("trange")
-    if trange is None or int(trange.eval()) == 0:
-        return [int(round(hou.frame()))]
+def render_order(rop) -> P.Listing:
+    """What Houdini renders when ``rop`` renders, from the hscript ``render -p`` listing."""
+    out, err = hou.hscript(f"render -p -c -F {hscript_quote(rop.path())}")
+    if err.strip():
+        raise SubmitError(f"Houdini could not list what {rop.path()} renders: {err.strip()}")
     try:
-        start, end, inc = node.parmTuple("f").eval()
-        return B.frame_range(start, end, inc)
-    except B.BundleError as exc:
-        raise SubmitError(f"{node.path()}: {exc}") from None
+        return P.Listing(rop.path(), P.parse_render_order(out))
+    except P.PlanError as exc:
+        raise SubmitError(f"{rop.path()}: {exc}") from None
 
 
-def _is_strict(node) -> bool:
-    trange = node.parm("trange")
-    return trange is not None and int(trange.eval()) == 2
+def _int_parm(node, name: str) -> Optional[int]:
+    parm = node.parm(name)
+    return None if parm is None else int(parm.eval())
 
 
-# --------------------------------------------------------------------------- ROP graph
-
-
-def _inputs(node) -> list:
-    return [n for n in node.inputs() if n is not None]
-
-
-def _cycle(stack: Sequence[str], path: str) -> SubmitError:
-    loop = list(stack[list(stack).index(path):]) + [path]
-    return SubmitError("the ROP graph has a cycle: " + " -> ".join(loop))
-
-
-def _transparent(node) -> bool:
-    return _type_name(node) in PASS_THROUGH_TYPES or _type_name(node) == SUBMIT_TYPE or node.isBypassed()
-
-
-def _resolve(node, stack: List[str]) -> list:
-    """The ROPs that render when ``node`` is asked for frames."""
-    path = node.path()
-    if path in stack:
-        raise _cycle(stack, path)
-    if _type_name(node) in FETCH_TYPES and not node.isBypassed():
-        source_path = node.parm("source").evalAsString()
-        source = node.node(source_path) if source_path else None
-        if source is None:
-            raise SubmitError(f"{path} fetches '{source_path}', which does not exist")
-        return _resolve(source, stack + [path])
-    if _transparent(node):
-        found = []
-        for n in _inputs(node):
-            found.extend(_resolve(n, stack + [path]))
-        return found
-    return [node]
-
-
-class RopGraph:
-    """The render nodes reachable from the output nodes, with dependencies and frames."""
-
-    def __init__(self) -> None:
-        self.nodes: Dict[str, object] = {}
-        self.deps: Dict[str, List[str]] = {}
-        self.order: List[str] = []  # dependencies first
-        self.requests: Dict[str, Set[int]] = {}
-
-    def _visit(self, node, stack: List[str]) -> None:
-        path = node.path()
-        if path in stack:
-            raise _cycle(stack, path)
-        if path in self.deps:
-            return
-        deps: List[str] = []
-        found = []
-        for n in _inputs(node):
-            for d in _resolve(n, stack + [path]):
-                if d.path() not in deps:
-                    deps.append(d.path())
-                    found.append(d)
-        self.nodes[path] = node
-        self.deps[path] = deps
-        for d in found:
-            self._visit(d, stack + [path])
-        self.order.append(path)
-
-    def add_output(self, node, frames: Sequence[int]) -> List[str]:
-        """Add what renders when ``node`` is asked for ``frames``; return those paths."""
-        roots = _resolve(node, [])
-        for r in roots:
-            self._visit(r, [])
-            self.requests.setdefault(r.path(), set()).update(frames)
-        return [r.path() for r in roots]
-
-    def frames(self) -> Dict[str, List[int]]:
-        """Propagate requests from outputs to inputs (Houdini's rule, see module doc)."""
-        result: Dict[str, List[int]] = {}
-        requests = {k: set(v) for k, v in self.requests.items()}
-        for path in reversed(self.order):  # downstream first
-            node = self.nodes[path]
-            wanted = requests.get(path, set())
-            if _is_strict(node):
-                wanted = wanted & set(own_frames(node))
-            if not wanted:
-                raise SubmitError(f"empty frame range for {path}: no requested frame lies in its strict range")
-            result[path] = sorted(wanted)
-            for d in self.deps[path]:
-                requests.setdefault(d, set()).update(wanted)
-        return result
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def output_pattern(node, frames: Sequence[int], warnings: List[str]) -> Optional[str]:
-    """The ``{frame}`` pattern of ``node``'s output file, or None (with a warning)."""
-    path = node.path()
-    type_name = node.type().name()
-    parm_name = output_parm_name(type_name)
+def node_facts(node, frames: Sequence[int] = ()) -> P.NodeFacts:
+    """The frozen values of one ROP; its output parm evaluated at a few of ``frames``."""
+    type_key = node.type().nameWithCategory()
+    parm_name = output_parm_name(type_key)
     parm = node.parm(parm_name) if parm_name else None
-    if parm is None:
-        warnings.append(f"{path}: ROP type '{type_name}' is submitted without per-frame output paths")
-        return None
-    sample = sorted({frames[0], frames[0] + 1, frames[len(frames) // 2], frames[-1]})
-    samples = {f: parm.evalAsStringAtFrame(f) for f in sample}
-    first = samples[sample[0]]
-    if not first.strip():
-        warnings.append(f"{path}: '{parm_name}' is empty; frames are tracked without output paths")
-        return None
-    pattern = B.infer_frame_pattern(samples)
-    if pattern is None:
-        warnings.append(
-            f"{path}: output '{first}' does not change with the frame number; "
-            "frames are tracked without output paths"
-        )
-    return pattern
+    outputs = tuple((f, parm.evalAsStringAtFrame(f)) for f in P.sample_frames(frames)) if parm else ()
+    return P.NodeFacts(
+        path=node.path(),
+        name=node.name(),
+        type_key=type_key,
+        locked=node.isLocked() if isinstance(node, hou.RopNode) else False,
+        trange=_int_parm(node, "trange"),
+        initsim=bool(_int_parm(node, "initsim")),
+        outputs=outputs,
+    )
+
+
+def _upstream(rops: Sequence) -> List[P.NodeFacts]:
+    """Every ROP wired above ``rops`` (and ``rops`` themselves), for lock and type checks.
+
+    Only ROP inputs are followed: a SOP-level ROP's inputs are the geometry it writes.
+    """
+    found: Dict[str, object] = {}
+    pending = list(rops)
+    while pending:
+        node = pending.pop()
+        if node.path() in found:
+            continue
+        found[node.path()] = node
+        pending.extend(n for n in node.inputs() if isinstance(n, hou.RopNode))
+    return [node_facts(n) for n in found.values()]
 
 
 # --------------------------------------------------------------------------- job
 
 
-def _check_scene() -> Tuple[str, str]:
-    """Return (hip path, project dir) or SubmitError if the scene was never saved."""
+def _check_scene() -> str:
+    """The hip path, or SubmitError if the scene was never saved."""
     if hou.hipFile.isNewFile():
         raise SubmitError("Save the scene first: hpcdock renders a snapshot of a saved .hip file.")
-    hip = hou.hipFile.path()
-    return hip, os.path.dirname(hip)
+    return hou.hipFile.path()
 
 
-def build_job(outputs: list, settings: dict, submit_node=None) -> Tuple[B.JobSpec, List[str]]:
-    """Turn the output nodes into a JobSpec. Raises SubmitError; writes nothing."""
-    hip, project_dir = _check_scene()
-    if not settings["image"]:
-        where = "fill in 'Image' on the submit node" if submit_node is not None else "set HPCDOCK_IMAGE"
+def build_job(rops: list, settings: P.Settings, from_node: bool = True) -> Tuple[B.JobSpec, List[str]]:
+    """Turn the ROPs to submit into a JobSpec. Raises SubmitError; writes nothing."""
+    hip = _check_scene()
+    if not settings.image:
+        where = "fill in 'Image' on the submit node" if from_node else "set HPCDOCK_IMAGE"
         raise SubmitError(f"No container image is set: {where}.")
-    graph = RopGraph()
-    top: List[str] = []
-    for out in outputs:
-        if submit_node is not None and out is submit_node:
-            # The submit node asks its inputs for its own frame range.
-            frames = own_frames(out)
-            roots: List[str] = []
-            for n in _inputs(out):
-                roots.extend(graph.add_output(n, frames))
-        else:
-            roots = graph.add_output(out, own_frames(out))
-        top.extend(r for r in roots if r not in top)
-    if not graph.nodes:
-        raise SubmitError("Nothing to render: connect at least one ROP to the submit node.")
-    frames = graph.frames()
-
-    warnings: List[str] = []
-    steps: List[B.StepSpec] = []
-    names: Dict[str, str] = {}
-    # Separate steps: every ROP is a step depending on its inputs' steps. Otherwise each ROP
-    # wired straight into the submit node is one step that renders its inputs itself.
-    separate = bool(settings["separate_steps"])
-    for path in graph.order if separate else top:
-        node = graph.nodes[path]
-        name = B.step_name(node.name(), list(names.values()))
-        names[path] = name
-        steps.append(
-            B.StepSpec(
-                name=name,
-                rop=path,
-                frames=frames[path],
-                dependencies=[names[d] for d in graph.deps[path]] if separate else [],
-                output_pattern=output_pattern(node, frames[path], warnings),
-                gpus=settings["gpus"],
-                with_inputs=not separate,
-            )
-        )
-
-    hip_name = os.path.basename(hip)
-    mounts = list(settings["mounts"])
-    if settings["mount_project"]:
-        mounts.insert(0, B.Mount(project_dir, project_dir, readonly=False))
-    job = B.JobSpec(
-        name=settings["name"] or os.path.splitext(hip_name)[0],
-        image=settings["image"],
-        steps=steps,
-        hip_name=hip_name,
-        project_dir=project_dir,
-        env=dict(settings["env"]),
-        network=settings["network"],
-        mounts=mounts,
-        priority=settings["priority"],
-        max_attempts=settings["max_attempts"],
-        frames_per_task=settings["frames_per_task"],
-        timeout=settings["timeout"],
-        hython=settings["hython"],
-    )
+    if not rops:
+        raise SubmitError("Nothing to render: add ROPs to 'ROPs to Submit' on the submit node.")
+    listings = [render_order(r) for r in rops]
+    frames = P.listed_frames(listings)
+    facts = {}
+    for path, rop_frames in frames.items():
+        node = hou.node(path)
+        if node is None:
+            raise SubmitError(f"Houdini lists {path} in the render order, but there is no such node")
+        facts[path] = node_facts(node, rop_frames)
     try:
-        B.validate(job)
-    except B.BundleError as exc:
+        steps, warnings = P.plan_steps(listings, facts, _upstream(rops), settings.separate_steps, settings.gpus)
+        return P.make_job(settings, steps, hip), warnings
+    except P.PlanError as exc:
         raise SubmitError(str(exc)) from None
-    return job, warnings
 
 
 def write_snapshot(dest: str) -> None:
@@ -363,16 +223,13 @@ def write_snapshot(dest: str) -> None:
     shutil.move(backup, dest)
 
 
-def _jobs_dir(settings: dict, project_dir: str) -> str:
-    return settings["jobs_dir"] or os.path.join(project_dir, JOBS_SUBDIR)
-
-
-def export(outputs: list, settings: dict, submit_node=None, bundle_dir: Optional[str] = None):
+def export(rops: list, settings: P.Settings, from_node: bool = True, bundle_dir: Optional[str] = None):
     """Build and write the bundle. Returns (bundle_dir, job, warnings)."""
-    job, warnings = build_job(outputs, settings, submit_node)
+    job, warnings = build_job(rops, settings, from_node)
     if bundle_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        bundle_dir = B.default_bundle_dir(_jobs_dir(settings, job.project_dir), job.name, stamp)
+        jobs_dir = settings.jobs_dir or os.path.join(job.project_dir, JOBS_SUBDIR)
+        bundle_dir = B.default_bundle_dir(jobs_dir, job.name, stamp)
     try:
         B.write_bundle(job, bundle_dir, write_snapshot)
     except B.BundleError as exc:
@@ -380,16 +237,14 @@ def export(outputs: list, settings: dict, submit_node=None, bundle_dir: Optional
     return bundle_dir, job, warnings
 
 
-def _send(bundle_dir: str, settings: dict) -> dict:
+def _send(bundle_dir: str, settings: P.Settings) -> dict:
     from hpcdock.client import Client  # lazily: another module, not needed to export
 
-    return Client(url=settings["service_url"] or None).submit(bundle_dir)
+    return Client(url=settings.service_url or None).submit(bundle_dir)
 
 
-def _outputs_for(node) -> Tuple[list, dict, object]:
-    if _type_name(node) == SUBMIT_TYPE:
-        return [node], read_settings(node), node
-    return [node], default_settings(), None
+def _is_submit_node(node) -> bool:
+    return base_type_name(node.type().name()) == P.SUBMIT_TYPE
 
 
 # --------------------------------------------------------------------------- entry points
@@ -398,8 +253,7 @@ def _outputs_for(node) -> Tuple[list, dict, object]:
 def save_bundle(node) -> Optional[str]:
     """"Save bundle" button: write the bundle, submit nothing. Returns its directory."""
     try:
-        outputs, settings, submit_node = _outputs_for(node)
-        bundle_dir, _job, warnings = export(outputs, settings, submit_node)
+        bundle_dir, _job, warnings = export(listed_rops(node), read_settings(node))
     except SubmitError as exc:
         _message(str(exc), hou.severityType.Error)
         return None
@@ -407,9 +261,9 @@ def save_bundle(node) -> Optional[str]:
     return bundle_dir
 
 
-def submit(outputs: list, settings: dict, submit_node=None) -> Optional[dict]:
+def submit(rops: list, settings: P.Settings, from_node: bool = True) -> Optional[dict]:
     try:
-        bundle_dir, job, warnings = export(outputs, settings, submit_node)
+        bundle_dir, job, warnings = export(rops, settings, from_node)
     except SubmitError as exc:
         _message(str(exc), hou.severityType.Error)
         return None
@@ -432,11 +286,11 @@ def submit(outputs: list, settings: dict, submit_node=None) -> Optional[dict]:
 def submit_node(node) -> Optional[dict]:
     """Submit button (and Render, through SOHO) of an HPC Dock Submit node."""
     try:
-        outputs, settings, sub = _outputs_for(node)
+        rops, settings = listed_rops(node), read_settings(node)
     except SubmitError as exc:
         _message(str(exc), hou.severityType.Error)
         return None
-    return submit(outputs, settings, sub)
+    return submit(rops, settings)
 
 
 def submit_selected() -> Optional[dict]:
@@ -445,27 +299,52 @@ def submit_selected() -> Optional[dict]:
     if not selected:
         _message("Select one or more ROPs (render nodes) first.", hou.severityType.Warning)
         return None
-    submitters = [n for n in selected if _type_name(n) == SUBMIT_TYPE]
+    submitters = [n for n in selected if _is_submit_node(n)]
     if submitters:
         result = None
         for n in submitters:
             result = submit_node(n)
         return result
-    return submit(selected, default_settings(), None)
+    try:
+        settings = P.settings_from_environment(os.environ)
+    except P.PlanError as exc:
+        _message(str(exc), hou.severityType.Error)
+        return None
+    return submit(selected, settings, from_node=False)
 
 
-def soho_render() -> None:
-    """Render hook: the HDA's ``soho_program`` runs this when the node is rendered.
+def soho_render() -> bool:
+    """Render hook: the HDA's SOHO program runs this when the node is rendered.
 
-    SOHO runs once per frame of the node's range; submit once, on the first frame.
+    Submitting saves the scene and shows messages, neither of which belongs inside a
+    render; so the SOHO program only decides whether this run submits (by the frame SOHO
+    renders, ``state:time``) and leaves the submit to Houdini's event loop through
+    ``hdefereval.executeDeferred``, which exists only in a graphical session. Without one
+    (hbatch, hython) nothing is submitted and the message says how to submit instead.
+    Returns whether a submit was scheduled.
     """
     import soho  # only exists inside a SOHO program
 
-    node = hou.node(soho.getOutputDriver().getName())
-    frames = own_frames(node)
-    if int(round(hou.frame())) != frames[0]:
-        return
-    submit_node(node)
+    node = hou.pwd()
+    frame = hou.timeToFrame(soho.getDefaultedFloat("state:time", [0.0])[0])
+    start = node.parmTuple("f").eval()[0]
+    if not P.soho_submits(_int_parm(node, "trange") or 0, start, frame):
+        return False
+    if not hou.isUIAvailable():
+        print(f"{TITLE}: rendering {node.path()} submits only in a graphical Houdini session; from a script, "
+              f"call hpcdock.rop.on_submit({{'node': hou.node({node.path()!r})}})")
+        return False
+    import hdefereval  # graphical Houdini only
+
+    hdefereval.executeDeferred(_submit_path, node.path())
+    return True
+
+
+def _submit_path(path: str) -> Optional[dict]:
+    node = hou.node(path)
+    if node is None:  # deleted before the event loop came round
+        return None
+    return submit_node(node)
 
 
 # -- the monitor panel's host -----------------------------------------------------------------
@@ -478,7 +357,7 @@ def open_monitor_pane(interface_name: str = "hpcdock"):
 
 def mplay_command(paths: Sequence[str]) -> Optional[List[str]]:
     """The MPlay command line showing ``paths`` in frame order, or None without MPlay."""
-    mplay = os.path.join(hou.text.expandString("$HFS"), "bin", "mplay")
+    mplay = P.mplay_path(hou.text.expandString("$HFS"), windows=os.name == "nt")
     if not paths or not os.path.exists(mplay):
         return None
     return [mplay] + sorted(paths)

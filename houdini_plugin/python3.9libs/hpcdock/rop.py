@@ -22,8 +22,8 @@ def on_save_bundle(kwargs: dict):
     return houdini.save_bundle(kwargs["node"])
 
 
-def soho_render():
-    """Called by ``soho/hpcdock_submit.py`` when the node is rendered."""
+def soho_render() -> bool:
+    """Called by ``soho/hpcdock_submit.py`` when the node is rendered: schedules the submit."""
     from hpcdock import houdini
 
     return houdini.soho_render()

@@ -9,6 +9,11 @@ frame of the chunk on its own and prints, for each frame::
     ::hpcdock::frame-done F /path/of/the/output      (or frame-failed F reason)
     ALF_PROGRESS N%
 
+With ``--sequential`` (a simulation, which restarts whenever a render starts) the chunk is
+rendered by one ``render()`` over all its frames, and the markers follow it. Before
+rendering, the ROP's "Valid Frame Range" is set to "Render Frame Range", as Deadline's and
+Conductor's Houdini handlers do, so that ``frame_range`` is what renders.
+
 Exit status: 0 all frames done, 1 a frame failed (later frames are not attempted),
 2 the job could not start (bad arguments, scene would not load, ROP missing).
 
@@ -33,20 +38,24 @@ except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py
     from husk import husk_argv  # type: ignore[no-redef]
     from markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker  # type: ignore[no-redef]
 
-# Output file parameter per ROP type (base name, without namespace or version).
+# Output file parameter per ROP type: hou.NodeType.nameWithCategory() with the type's
+# namespace and version removed (see base_type_name).
 OUTPUT_PARMS: Dict[str, str] = {
-    "ifd": "vm_picture",  # Mantra
-    "karma": "picture",  # Karma ROP
-    "usdrender_rop": "outputimage",  # USD Render ROP (/out)
-    "usdrender": "outputimage",  # USD Render ROP (LOPs)
-    "opengl": "picture",  # OpenGL ROP
-    "geometry": "sopoutput",  # Geometry ROP
-    "rop_geometry": "sopoutput",  # ROP Geometry Output SOP
-    "filecache": "sopoutput",  # File Cache
-    "alembic": "filename",  # Alembic ROP
-    "rop_alembic": "filename",  # ROP Alembic Output SOP
-    "Redshift_ROP": "RS_outputFileNamePrefix",  # Redshift
+    "Driver/ifd": "vm_picture",  # Mantra
+    "Driver/karma": "picture",  # Karma ROP
+    "Driver/usdrender": "outputimage",  # USD Render ROP (/out)
+    "Lop/usdrender_rop": "outputimage",  # USD Render ROP (LOPs)
+    "Driver/opengl": "picture",  # OpenGL ROP
+    "Driver/geometry": "sopoutput",  # Geometry ROP
+    "Sop/rop_geometry": "sopoutput",  # ROP Geometry Output SOP
+    "Sop/filecache": "file",  # File Cache SOP (filecache and filecache::2.0)
+    "Driver/alembic": "filename",  # Alembic ROP
+    "Sop/rop_alembic": "filename",  # ROP Alembic Output SOP
+    "Driver/Redshift_ROP": "RS_outputFileNamePrefix",  # Redshift
 }
+
+# "Valid Frame Range" menu index of "Render Frame Range".
+TRANGE_FRAME_RANGE = 1
 
 # Values of image outputs that are not files (MPlay, interactive render).
 _NOT_FILES = ("ip", "md", "imdisplay")
@@ -64,8 +73,10 @@ def base_type_name(name: str) -> str:
     return name
 
 
-def output_parm_name(type_name: str) -> Optional[str]:
-    return OUTPUT_PARMS.get(base_type_name(type_name))
+def output_parm_name(type_key: str) -> Optional[str]:
+    """The output parm of a ``Category/type`` (``"Sop/filecache::2.0"`` -> ``"file"``)."""
+    category, _, name = type_key.rpartition("/")
+    return OUTPUT_PARMS.get(f"{category}/{base_type_name(name)}")
 
 
 def parse_frames(expr: str) -> List[int]:
@@ -109,11 +120,16 @@ def _fail_all(frames: List[int], reason: str) -> int:
     return 2
 
 
-def _render_frames(frames: List[int], render_one: Callable[[int], Optional[str]]) -> int:
-    """Run ``render_one(frame) -> output path or None`` per frame with markers."""
+def _render_frames(frames: List[int], render_one: Callable[[int], Optional[str]],
+                   started: Optional[int] = None) -> int:
+    """Run ``render_one(frame) -> output path or None`` per frame with markers.
+
+    ``started``: a frame whose start marker was already printed.
+    """
     total = len(frames)
     for i, frame in enumerate(frames):
-        _emit(format_marker(FRAME_START, frame))
+        if frame != started:
+            _emit(format_marker(FRAME_START, frame))
         try:
             path = render_one(frame)
         except Exception as exc:  # the reason goes into the marker, the trace to the log
@@ -127,8 +143,15 @@ def _render_frames(frames: List[int], render_one: Callable[[int], Optional[str]]
     return 0
 
 
-def _hscript_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def hscript_quote(text: str) -> str:
+    """``text`` as one hscript word, taken literally.
+
+    hscript expands ``$VAR`` inside double quotes but not inside single quotes, which
+    cannot themselves hold a single quote; such a value is refused rather than mangled.
+    """
+    if "'" in text:
+        raise ValueError(f"cannot pass a value holding a single quote to hscript: {text!r}")
+    return "'" + text + "'"
 
 
 def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
@@ -140,18 +163,25 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
         return _fail_all(frames, f"could not load scene {args.hip}: {exc}")
     if args.hip_dir:
         # Loading sets $HIP to the bundle's hip/ directory; point it back at the project.
-        hou.hscript(f"set -g HIP = {_hscript_quote(args.hip_dir)}")
+        try:
+            hou.hscript(f"set -g HIP = {hscript_quote(args.hip_dir)}")
+        except ValueError as exc:
+            return _fail_all(frames, str(exc))
         hou.hscript("varchange")
     node = hou.node(args.rop)
     if node is None or not hasattr(node, "render"):
         print(f"hpcdock: no ROP at {args.rop}", file=sys.stderr)
         return _fail_all(frames, f"no ROP at {args.rop}")
-    parm_name = output_parm_name(node.type().name())
+    parm_name = output_parm_name(node.type().nameWithCategory())
     parm = node.parm(parm_name) if parm_name else None
+    trange = node.parm("trange")
+    if trange is not None and trange.eval() != TRANGE_FRAME_RANGE:
+        # "Render Current Frame" would ignore frame_range; "Strict" could trim it.
+        trange.set(TRANGE_FRAME_RANGE)
 
-    def render_one(frame: int) -> Optional[str]:
+    def render(frame_range: tuple) -> None:
         node.render(
-            frame_range=(frame, frame),
+            frame_range=frame_range,
             ignore_inputs=not args.with_inputs,
             verbose=False,
             output_progress=False,
@@ -159,9 +189,34 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
         errors = node.errors()
         if errors:
             raise RuntimeError("; ".join(errors))
+
+    def output(frame: int) -> Optional[str]:
         return parm.evalAsStringAtFrame(frame) if parm is not None else None
 
+    if args.sequential:
+        return _render_sequence(frames, render, output)
+
+    def render_one(frame: int) -> Optional[str]:
+        render((frame, frame))
+        return output(frame)
+
     return _render_frames(frames, render_one)
+
+
+def _render_sequence(frames: List[int], render: Callable[[tuple], None],
+                     output: Callable[[int], Optional[str]]) -> int:
+    """A simulation: one render over all frames, since each render restarts it at its first frame."""
+    step = frames[1] - frames[0] if len(frames) > 1 else 1
+    if list(range(frames[0], frames[-1] + 1, step)) != frames:
+        return _fail_all(frames, f"a simulation needs evenly spaced frames, got {frames}")
+    _emit(format_marker(FRAME_START, frames[0]))
+    try:
+        render((frames[0], frames[-1], step))
+    except Exception as exc:  # the reason goes into the marker, the trace to the log
+        _emit(format_marker(FRAME_FAILED, frames[0], _one_line(exc)))
+        return 1
+    # One render wrote every frame; report each the way a per-frame render does.
+    return _render_frames(frames, output, started=frames[0])
 
 
 def run_husk(args: argparse.Namespace, frames: List[int]) -> int:
@@ -188,6 +243,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--hip-dir", default="", help="set $HIP to this after loading")
     p.add_argument("--rop", help="ROP node path to render (hython mode)")
     p.add_argument("--with-inputs", action="store_true", help="also render the ROP's inputs")
+    p.add_argument("--sequential", action="store_true", help="render all frames in one go (a simulation)")
     p.add_argument("--husk", help="USD file to render with husk instead of hython")
     p.add_argument("--output", help="husk mode: output path pattern with {frame}")
     p.add_argument("--renderer", help="husk mode: Hydra render delegate")
