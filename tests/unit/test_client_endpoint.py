@@ -161,8 +161,9 @@ def test_unix_socket_of_a_process_of_another_user_is_refused(tmp_path: Path,
 def test_no_service_on_the_socket_is_unavailable_not_refused(tmp_path: Path) -> None:
     private = tmp_path / "run"
     private.mkdir(mode=0o700)
-    with pytest.raises(ServiceUnavailable, match="no hpcdock-service at unix://"):
-        Client(url=f"unix://{private / 'service.sock'}", token=TOKEN).health()
+    for never_run in (private / "service.sock", tmp_path / "no-dir-yet" / "service.sock"):
+        with pytest.raises(ServiceUnavailable, match="no hpcdock-service at unix://"):
+            Client(url=f"unix://{never_run}", token=TOKEN).health()
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -282,14 +282,15 @@ class _UnixConnection(http.client.HTTPConnection):
         self.url = ep.url
 
     def connect(self) -> None:
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:  # no service has run yet (or it was stopped)
+            raise ConnectionRefusedError(f"{self.socket_path} does not exist") from None
+        except OSError as exc:
+            raise NotYourService(f"refusing to talk to {self.url}: {exc.strerror}") from None
         problem = endpoint.private_dir_problem(Path(self.socket_path).parent)
-        if problem is None:
-            try:
-                st = os.lstat(self.socket_path)
-            except FileNotFoundError:
-                raise ConnectionRefusedError(f"{self.socket_path} does not exist") from None
-            if st.st_uid != os.geteuid():
-                problem = f"{self.socket_path} belongs to uid {st.st_uid}"
+        if problem is None and st.st_uid != os.geteuid():
+            problem = f"{self.socket_path} belongs to uid {st.st_uid}"
         if problem is not None:
             raise NotYourService(f"refusing to talk to {self.url}: {problem}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
