@@ -54,8 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         config = load_config(args.config, {"listen": args.listen, "host": args.host, "port": args.port,
-                                           "slots": args.slots,
-                                           "state_dir": args.state_dir, "engine_socket": args.engine_socket})
+                                           "slots": args.slots, "state_dir": args.state_dir,
+                                           "engine_socket": args.engine_socket})
     except BadInput as exc:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 2
