@@ -9,14 +9,13 @@ selects a running frame so its log is tailing, and saves ``widget.grab()``. Run 
 engine user, e.g.::
 
     python scripts/screenshot-panel.py --spawn-service              # private service, then stops it
-    python scripts/screenshot-panel.py --url http://127.0.0.1:7654   # a service already running
+    python scripts/screenshot-panel.py                               # your service, already running
     python scripts/screenshot-panel.py --job 12                      # a job already running
 """
 
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,30 +31,24 @@ from hpcdock.panel import create_panel  # noqa: E402
 from hpcdock.panel.qt import QtCore, QtWidgets, qenum  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn_service(workdir: Path, engine_socket: str = None):
-    """A private hpcdock-service with its own state, config and token; returns (proc, url, token)."""
-    port = free_port()
+    """A private hpcdock-service with its own state, config, token and socket (in ``workdir``,
+    which mkdtemp made private); returns (proc, url, token)."""
+    url = f"unix://{workdir / 'service.sock'}"
     env = dict(os.environ, XDG_CONFIG_HOME=str(workdir / "config"), PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "hpcdock_service.main", "--port", str(port), "--state-dir",
+    args = [sys.executable, "-m", "hpcdock_service.main", "--listen", url, "--state-dir",
             str(workdir / "state"), "--slots", "2"]
     if engine_socket:
         args += ["--engine-socket", engine_socket]
     log = open(workdir / "service.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"hpcdock-service exited:\n{(workdir / 'service.log').read_text()[-2000:]}")
         try:
-            Client(url=url).health()
             token = (workdir / "config" / "hpcdock" / "token").read_text().strip()
+            Client(url=url, token=token).health()
             return proc, url, token
         except Exception:
             time.sleep(0.2)

@@ -26,9 +26,20 @@ if ! id "$user" >/dev/null 2>&1; then
   echo "setup-system: creating user $user"
   useradd --create-home --shell /bin/bash "$user"
 fi
-# Rootless containers need subordinate ids for the user namespace.
-grep -q "^$user:" /etc/subuid || usermod --add-subuids 100000-165535 "$user"
-grep -q "^$user:" /etc/subgid || usermod --add-subgids 100000-165535 "$user"
+# Rootless containers need subordinate ids for the user namespace, a range of 65536 per user
+# that overlaps no other user's: ids shared by two users' containers would let one user's
+# container own (and read or change) files of the other's.
+next_subid() {  # the first id after every range in /etc/sub{u,g}id ($1), 100000 at the least
+  awk -F: 'BEGIN { n = 100000 } NF >= 3 && $2 + $3 > n { n = $2 + $3 } END { print n }' "$1"
+}
+for kind in uid gid; do
+  file=/etc/sub$kind
+  touch "$file"
+  if ! grep -q "^$user:" "$file"; then
+    start=$(next_subid "$file")
+    usermod "--add-sub${kind}s" "$start-$((start + 65535))" "$user"
+  fi
+done
 
 uid=$(id -u "$user")
 install -d -m 0700 -o "$user" -g "$user" "/run/user/$uid"

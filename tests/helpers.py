@@ -41,18 +41,27 @@ def _free_port() -> int:
 
 
 class ServiceProcess:
-    """A real ``hpcdock-service`` in its own process, restartable and killable like the real one."""
+    """A real ``hpcdock-service`` in its own process, restartable and killable like the real one.
+
+    It listens where a user's service listens by default, a private Unix socket under
+    ``$XDG_RUNTIME_DIR``, with a runtime directory of its own; ``tcp=True`` makes it listen on
+    a free loopback port instead.
+    """
 
     def __init__(self, root: Path, engine_url: Optional[str], slots: int = 2,
-                 extra_env: Optional[dict[str, str]] = None, config: Optional[dict[str, Any]] = None) -> None:
+                 extra_env: Optional[dict[str, str]] = None, config: Optional[dict[str, Any]] = None,
+                 tcp: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config_home = root / "config"
         self.state_dir = root / "state"
+        self.runtime_dir = root / "run"
+        self.runtime_dir.mkdir(mode=0o700, exist_ok=True)
         self.engine_url = engine_url
         self.slots = slots
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.listen = f"tcp://127.0.0.1:{_free_port()}" if tcp else None
+        self.url = (f"http://{self.listen[len('tcp://'):]}" if self.listen
+                    else f"unix://{self.runtime_dir / 'hpcdock' / 'service.sock'}")
         self.extra_env = extra_env or {}
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = root / "service.log"
@@ -62,29 +71,35 @@ class ServiceProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "XDG_CONFIG_HOME": str(self.config_home), "HPCDOCK_URL": self.url,
-               "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {**os.environ, "XDG_CONFIG_HOME": str(self.config_home), "XDG_RUNTIME_DIR": str(self.runtime_dir),
+               "HPCDOCK_URL": self.url, "PYTHONUNBUFFERED": "1", **self.extra_env}
         if os.geteuid() == 0:
             env["HPCDOCK_ALLOW_ROOT"] = "1"  # only when a developer points root at a user's engine
         return env
 
-    def start(self) -> ServiceProcess:
-        args = [sys.executable, "-m", "hpcdock_service.main", "--port", str(self.port),
-                "--state-dir", str(self.state_dir), "--slots", str(self.slots)]
+    def command(self) -> list[str]:
+        """The service's command line: its defaults, but for the state and the engine of the test."""
+        args = [sys.executable, "-m", "hpcdock_service.main", "--state-dir", str(self.state_dir),
+                "--slots", str(self.slots)]
+        if self.listen:
+            args += ["--listen", self.listen]
         if self.engine_url:
             args += ["--engine-socket", self.engine_url]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        import requests
+        return args
 
+    def start(self) -> ServiceProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        from hpcdock.client import ServiceError
+
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hpcdock-service exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(self.url + "/v1/health", timeout=1).ok:
-                    return self
-            except requests.RequestException:
+                self.client().health()
+                return self
+            except (ServiceError, OSError):  # no socket yet, or no token yet
                 pass
             time.sleep(0.1)
         raise RuntimeError("hpcdock-service did not answer within 60 s")
@@ -97,6 +112,15 @@ class ServiceProcess:
     @property
     def token(self) -> str:
         return (self.config_home / "hpcdock" / "token").read_text().strip()
+
+    def raw(self, method: str, path: str, *, json_body: Any = None, params: Optional[dict[str, Any]] = None,
+            headers: Optional[dict[str, str]] = None, auth: bool = True):
+        """One hand-made request, answered whatever its status (a ``hpcdock.client.Response``)."""
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        return self.client().send(method, path, params=params, body=body, headers=headers, auth=auth)
 
     def kill(self) -> None:
         """``kill -9``: no clean-up of any kind."""
@@ -117,9 +141,13 @@ class ServiceProcess:
         self.stop()
         return self.start()
 
+    @staticmethod
+    def cli_command(*args: str) -> list[str]:
+        return [sys.executable, "-m", "hpcdock.cli", *args]
+
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hpcdock.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.cli_command(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
 
 def remove_leftovers(svc: ServiceProcess) -> None:

@@ -20,9 +20,12 @@ from typing import Any, Callable, Optional
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from hpcdock import endpoint
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, thumbnails
 from .errors import BadInput, NotFound
@@ -56,6 +59,29 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
 
 
+class LocalHostOnly:
+    """Refuse requests whose ``Host`` is not a loopback name (or the configured listen address).
+
+    A web page the user visits can make the browser connect to 127.0.0.1 under a name the
+    page's owner controls (DNS rebinding); the ``Host`` header still carries that name.
+    """
+
+    def __init__(self, app: ASGIApp, also: str = "") -> None:
+        self.app = app
+        self.allowed = set(endpoint.LOOPBACK_NAMES) | ({also.lower()} if also else set())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            name = host.rpartition("]")[0][1:] if host.startswith("[") else host.partition(":")[0]
+            if name.lower() not in self.allowed:
+                response = _error(400, "Host", f"{host!r} is not a name of this machine's loopback; "
+                                  f"hpcdock-service answers only to {', '.join(sorted(self.allowed))}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     """The ASGI app; with ``manage_lifecycle`` it starts the service and closes it on shutdown."""
 
@@ -69,8 +95,11 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             if manage_lifecycle:
                 service.close()
 
+    # No /docs: a browser cannot send the bearer token. The schema is served below, with the token.
     app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
-                  description="Runs OpenJD job bundles as containers on a rootless engine.")
+                  description="Runs OpenJD job bundles as containers on a rootless engine.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(LocalHostOnly, also=service.config.endpoint.host)
     # Open event streams end when the server begins to shut down, so a restart is not held up;
     # clients resume from their last event id.
     closing = threading.Event()
@@ -108,10 +137,28 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     def authorized(authorization: Optional[str] = Header(None)) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), service.token):
-            raise BadInput("Authorization", "missing or wrong bearer token (the client reads it from "
-                           f"{service.config.token_file})", 401)
+            # The service's token path is not named: the client that gets this may be another user's.
+            raise BadInput("Authorization", "missing or wrong bearer token", 401)
 
     v1 = [Depends(authorized)]
+
+    @app.get("/openapi.json", dependencies=v1, include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    # -- what answers without the token -------------------------------------------------
+    @app.get("/v1/live")
+    def live() -> dict[str, bool]:
+        """Liveness only: says nothing about jobs, engine or configuration."""
+        return {"ok": True}
+
+    @app.get("/v1/hello")
+    def hello(request: Request, nonce: str = Query(..., min_length=16, max_length=128,
+                                                   pattern="^[A-Za-z0-9_-]+$")) -> dict[str, str]:
+        """The TCP client's challenge: proves this service holds the token before the client
+        sends it (see hpcdock.endpoint.proof), bound to the address this connection reached."""
+        server = request.scope.get("server") or ("unix", None)
+        return {"proof": endpoint.proof(service.token, nonce, endpoint.address_of(server))}
 
     # -- jobs ---------------------------------------------------------------------------
     @app.post("/v1/jobs", status_code=201, dependencies=v1)
@@ -216,7 +263,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             store.remove_listener(on_change)
 
     # -- service ------------------------------------------------------------------------
-    @app.get("/v1/health")
+    @app.get("/v1/health", dependencies=v1)
     def health() -> dict[str, Any]:
         return service.health()
 

@@ -1,6 +1,6 @@
 """Service configuration: ``$XDG_CONFIG_HOME/hpcdock/service.yaml``, then command-line flags.
 
-Every key has a safe default (loopback only, rootless only, mounts only under the
+Every key has a safe default (a private Unix socket, rootless only, mounts only under the
 user's home and temporary directories), so most users never write this file.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from hpcdock import paths
+from hpcdock import endpoint, paths
 
 from .errors import BadInput
 
@@ -23,8 +23,11 @@ def _default_roots() -> list[str]:
 
 @dataclass
 class ServiceConfig:
-    host: str = paths.DEFAULT_HOST
-    port: int = paths.DEFAULT_PORT
+    # Where to listen: unix:///path or tcp://host:port; default the user's private socket
+    # (see hpcdock.endpoint). host/port alone mean TCP, on 127.0.0.1:7654 unless given.
+    listen: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     state_dir: str = field(default_factory=lambda: str(paths.state_dir()))
     token_file: str = field(default_factory=lambda: str(paths.token_path()))
@@ -39,6 +42,14 @@ class ServiceConfig:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def endpoint(self) -> endpoint.Endpoint:
+        if self.listen:
+            return endpoint.parse(self.listen)
+        if self.host is None and self.port is None:
+            return endpoint.default()
+        return endpoint.Endpoint(host=self.host or endpoint.DEFAULT_HOST, port=self.port or endpoint.DEFAULT_PORT)
 
 
 def config_path() -> Path:
@@ -63,8 +74,15 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
         if key not in known:
             raise BadInput(f"{path}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
     config = ServiceConfig(**data)
-    if not isinstance(config.port, int) or not 0 < config.port < 65536:
+    if config.port is not None and (not isinstance(config.port, int) or not 0 < config.port < 65536):
         raise BadInput(f"{path}: port", f"must be a TCP port number, got {config.port!r}")
+    if config.listen is not None:
+        if config.host is not None or config.port is not None:
+            raise BadInput(f"{path}: listen", "give either listen or host/port, not both")
+        try:
+            endpoint.parse(str(config.listen))
+        except ValueError as exc:
+            raise BadInput(f"{path}: listen", str(exc)) from None
     if not isinstance(config.slots, int) or config.slots < 1:
         raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
     if not isinstance(config.allowed_roots, list) or not all(

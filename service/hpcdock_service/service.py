@@ -6,6 +6,7 @@ temporary state directory, and ``main`` builds one from the user's config.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -42,12 +43,44 @@ def ensure_token(path: Path) -> str:
     return token
 
 
+class StateDirInUse(Exception):
+    """Another service holds the state directory; this one must not touch its store or containers."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``service.lock`` in the state directory, held for the service's life.
+
+    Taken before the engine is connected or anything recovered: a second service on the same
+    state would otherwise re-adopt and remove the first one's containers. The kernel drops the
+    lock when the holder dies, even by ``kill -9``, so there is never a stale lock to clear.
+    The file says who holds it, for the message the next one prints.
+    """
+
+    def __init__(self, state_dir: Path, endpoint_url: str) -> None:
+        path = state_dir / "service.lock"
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise StateDirInUse(f"another hpcdock-service ({holder}) already uses the state directory "
+                                f"{state_dir}; stop that one first (nothing was changed)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, listening on {endpoint_url}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
 class Service:
     def __init__(self, config: ServiceConfig, engine: Optional[Engine] = None,
                  gpus: Optional[GpuBroker] = None) -> None:
         self.config = config
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock = StateLock(self.state_dir, config.endpoint.url)
         self.token = ensure_token(Path(config.token_file))
         self.embedded: Optional[EmbeddedPodman] = None
         if engine is None:
@@ -69,6 +102,7 @@ class Service:
         self.engine.close()
         if self.embedded is not None:
             self.embedded.stop()
+        self.lock.release()
 
     def submit(self, bundle_dir: str, parameter_values: Optional[dict[str, Any]] = None,
                priority: Optional[int] = None, name: Optional[str] = None) -> Row:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.helpers import ServiceProcess, make_bundle
 
@@ -57,9 +56,8 @@ def test_bad_bundle_is_refused_by_name(case: str, service: ServiceProcess, tmp_p
     breaker, field, reason = CASES[case]
     bundle = make_bundle(tmp_path / "bad")
     breaker(bundle)
-    resp = requests.post(service.url + "/v1/jobs", json={"bundle_dir": str(bundle)},
-                         headers={"Authorization": f"Bearer {service.token}"}, timeout=30)
-    assert 400 <= resp.status_code < 500, resp.text
+    resp = service.raw("POST", "/v1/jobs", json_body={"bundle_dir": str(bundle)})
+    assert 400 <= resp.status < 500, resp.body
     error = resp.json()["error"]
     assert field in error["field"], error
     assert reason in error["message"], error
@@ -71,14 +69,12 @@ def test_bad_bundle_is_refused_by_name(case: str, service: ServiceProcess, tmp_p
 
 
 def test_requests_without_token_or_with_junk_get_4xx(service: ServiceProcess) -> None:
-    assert requests.get(service.url + "/v1/jobs", timeout=10).status_code == 401
-    auth = {"Authorization": f"Bearer {service.token}"}
+    assert service.raw("GET", "/v1/jobs", auth=False).status == 401
     for body in ({}, {"bundle_dir": 3}, {"bundle_dir": "relative/path"}, {"bundle_dir": "/x", "bogus": 1},
                  {"bundle_dir": "/nonexistent"}):
-        resp = requests.post(service.url + "/v1/jobs", json=body, headers=auth, timeout=10)
-        assert 400 <= resp.status_code < 500, (body, resp.text)
+        resp = service.raw("POST", "/v1/jobs", json_body=body)
+        assert 400 <= resp.status < 500, (body, resp.body)
         assert resp.json()["error"]["field"]
-    assert requests.get(service.url + "/v1/jobs/999", headers=auth, timeout=10).status_code == 404
-    assert requests.get(service.url + "/v1/jobs/abc", headers=auth, timeout=10).status_code == 422
-    resp = requests.get(service.url + "/v1/events", headers={**auth, "Last-Event-ID": "x"}, timeout=10)
-    assert resp.status_code == 400
+    assert service.raw("GET", "/v1/jobs/999").status == 404
+    assert service.raw("GET", "/v1/jobs/abc").status == 422
+    assert service.raw("GET", "/v1/events", headers={"Last-Event-ID": "x"}).status == 400

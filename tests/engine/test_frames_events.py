@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-import requests
 
 from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
 
@@ -43,14 +42,13 @@ def service(tmp_path: Path, engine_url: str) -> Iterator[ServiceProcess]:
 def raw_blocks(svc: ServiceProcess, *, params: Optional[dict] = None, headers: Optional[dict] = None,
                timeout: float = 30) -> Iterator[list[str]]:
     """Yield the stream's blocks (the lines between blank lines), comments included."""
-    hdrs = {"Authorization": f"Bearer {svc.token}", **(headers or {})}
-    with requests.get(svc.url + "/v1/events", params=params, headers=hdrs, stream=True,
-                      timeout=(5, timeout)) as resp:
-        assert resp.status_code == 200, resp.text
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        resp.encoding = "utf-8"
+    resp = svc.client().open("GET", "/v1/events", params=params, headers=headers, timeout=timeout)
+    with resp:
+        assert resp.status == 200, resp.read()
+        assert resp.getheader("content-type").startswith("text/event-stream")
         block: list[str] = []
-        for line in resp.iter_lines(decode_unicode=True):
+        for raw in resp:
+            line = raw.decode("utf-8").rstrip("\r\n")
             if line == "":
                 if block:
                     yield block
@@ -148,10 +146,9 @@ def test_every_frame_done_with_thumbnail_and_progress_visible(service: ServicePr
             img.load()  # decodes the whole file: a truncated PNG fails here
             assert img.format == "PNG" and img.size == (256, 144)
         # the URL the events carry serves the same picture
-        resp = requests.get(service.url + f["thumbnail_url"],
-                            headers={"Authorization": f"Bearer {service.token}"}, timeout=10)
-        assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
-        assert resp.content == data
+        resp = service.raw("GET", f["thumbnail_url"])
+        assert resp.status == 200 and resp.headers["content-type"] == "image/png"
+        assert resp.body == data
 
     events = drain(service, job=jid)
     ids = [e[0] for e in events]
@@ -376,9 +373,8 @@ def test_sse_ids_job_filter_heartbeat_and_last_event_id(service: ServiceProcess,
     assert got == expected
     assert drain(service, since=mid) == expected
 
-    resp = requests.get(service.url + "/v1/events", headers={"Authorization": f"Bearer {service.token}",
-                                                             "Last-Event-ID": "abc"}, timeout=5)
-    assert resp.status_code == 400 and resp.json()["error"]["field"] == "Last-Event-ID"
+    resp = service.raw("GET", "/v1/events", headers={"Last-Event-ID": "abc"})
+    assert resp.status == 400 and resp.json()["error"]["field"] == "Last-Event-ID"
 
     # heartbeats keep an idle stream alive (here every second; 10 s by default)
     t0 = time.monotonic()

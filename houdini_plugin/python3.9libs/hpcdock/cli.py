@@ -19,8 +19,10 @@ FINAL = ("succeeded", "failed", "canceled")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpcdock", description="Submit and follow hpcdock render jobs.")
-    p.add_argument("--url", help="service address (default $HPCDOCK_URL or http://127.0.0.1:7654)")
+    p.add_argument("--url", help="service address: unix:///path/to/service.sock or http://host:port "
+                                 "(default $HPCDOCK_URL, else your own service's private socket)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("url", help="print the service address this client uses")
     s = sub.add_parser("submit", help="submit a job bundle directory")
     s.add_argument("bundle", help="job bundle directory (template.yaml, hpcdock.yaml)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -48,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    client = Client(url=args.url)
+    try:
+        client = Client(url=args.url)
+    except ServiceError as exc:
+        print(f"hpcdock: {exc}", file=sys.stderr)
+        return 2
     try:
         return _COMMANDS[args.command](client, args)
     except ServiceUnavailable as exc:
@@ -119,6 +125,11 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
             time.sleep(0.5)
 
 
+def _url(client: Client, args: argparse.Namespace) -> int:
+    print(client.url)
+    return 0
+
+
 def _cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel(args.job)
     print(f"job {job['id']}: {job['state']}")
@@ -132,7 +143,7 @@ def _retry(client: Client, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"submit": _submit, "jobs": _jobs, "follow": _follow, "logs": _logs, "cancel": _cancel,
-             "retry": _retry, "tasks": _tasks}
+             "retry": _retry, "tasks": _tasks, "url": _url}
 
 
 # -- live progress --------------------------------------------------------------------------

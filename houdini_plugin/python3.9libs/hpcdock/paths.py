@@ -7,8 +7,7 @@ the ROP) read it from the same place, so a user never copies a secret by hand.
 import os
 from pathlib import Path
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7654
+from . import endpoint
 
 
 def config_dir() -> Path:
@@ -28,5 +27,5 @@ def token_path() -> Path:
 
 
 def service_url() -> str:
-    """The address clients talk to: ``$HPCDOCK_URL``, else the default local service."""
-    return os.environ.get("HPCDOCK_URL") or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    """The address clients talk to: ``$HPCDOCK_URL``, else the user's own service's socket."""
+    return os.environ.get("HPCDOCK_URL") or endpoint.default().url

@@ -32,9 +32,13 @@ def find_service_executable(extra_dirs: Optional[List[str]] = None) -> Optional[
 def start_service(executable: Optional[str] = None, args: Optional[List[str]] = None) -> subprocess.Popen:
     """Start the service detached from this process (it outlives the panel and Houdini).
 
-    Its output goes to ``<state dir>/service-panel.log``. Raises FileNotFoundError when no
-    executable can be found.
+    Without ``args`` it listens where the panel's client looks: ``$HPCDOCK_URL`` when set,
+    else the user's private socket (the service's default). Its output goes to
+    ``<state dir>/service-panel.log``. Raises FileNotFoundError when no executable can be found.
     """
+    if args is None:
+        url = os.environ.get("HPCDOCK_URL")
+        args = ["--listen", url] if url else []
     exe = executable or find_service_executable()
     if not exe:
         raise FileNotFoundError(f"{EXECUTABLE} was found neither next to {sys.executable} nor on PATH")
