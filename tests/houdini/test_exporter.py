@@ -301,18 +301,24 @@ def test_usd_render_from_stage_range_is_refused(hou, houdini, project, client):
     _assert_refused(hou, client, project, "'Render Frame Range From Stage'")
 
 
-def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_path):
+def _simulation_bundle(hou, houdini, tmp_path):
     geo, _, node = _scene(hou)
     geo.fake_set_parm("initsim", 1)
-    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
-                                    bundle_dir=str(tmp_path / "b"))
+    return houdini.export(houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b"))
+
+
+def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_path):
+    bundle, job, _ = _simulation_bundle(hou, houdini, tmp_path)
     assert [(s.name, s.sequential) for s in job.steps] == [("geo1", True), ("mantra1", False)]
     _, tasks = _openjd(Path(bundle))
     assert [_frames(t["Frame"]) for t in tasks["geo1"]] == [list(range(1, 11))]
     assert len(tasks["mantra1"]) == 3
-    # The service's own loader makes the same single task of it.
-    from hpcdock_service.bundle import load_bundle
 
+
+def test_the_service_runs_a_simulation_as_one_task(hou, houdini, project, client, tmp_path):
+    # The service's own loader (absent from the Houdini-like PySide2 lane) makes the same single task.
+    load_bundle = pytest.importorskip("hpcdock_service.bundle").load_bundle
+    bundle, _, _ = _simulation_bundle(hou, houdini, tmp_path)
     plan = load_bundle(bundle, allowed_roots=[str(tmp_path)])
     assert [[t.frames for t in s.tasks] for s in plan.steps][0] == [list(range(1, 11))]
     assert "--sequential" in plan.steps[0].command
