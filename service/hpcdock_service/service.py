@@ -19,7 +19,7 @@ from .engines.base import Engine
 from .engines.discovery import EmbeddedPodman, connect
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
-from .store import Row, Store
+from .store import Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,23 @@ def ensure_token(path: Path) -> str:
 
 class Service:
     def __init__(self, config: ServiceConfig, engine: Optional[Engine] = None,
-                 gpus: Optional[GpuBroker] = None) -> None:
+                 gpus: Optional[GpuBroker] = None, reset_store: bool = False) -> None:
         self.config = config
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.token = ensure_token(Path(config.token_file))
+        # The store first: a corrupted one stops the start before an embedded engine is started.
+        self.store = Store.open(self.state_dir / "hpcdock.db", reset_corrupt=reset_store)
         self.embedded: Optional[EmbeddedPodman] = None
         if engine is None:
-            engine, self.embedded = connect(config.engine_socket, self.state_dir,
-                                            allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
+            try:
+                engine, self.embedded = connect(config.engine_socket, self.state_dir,
+                                                allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
+            except BaseException:
+                self.store.close()
+                raise
         self.engine = engine
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
-        self.store = Store(self.state_dir / "hpcdock.db")
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
                                    gpus=self.gpus)
 
@@ -106,13 +111,23 @@ class Service:
         return "\n".join(lines) + "\n"
 
     def health(self) -> dict[str, Any]:
+        """What runs, and whether the store takes writes now; never waits for the store.
+
+        ``ok`` is false while another process holds the store's write lock; tasks wait through it.
+        """
+        store = self.store.health().to_json()
+        try:
+            last_event_id: Optional[int] = self.store.last_event_id()
+        except StoreBusy:
+            last_event_id = None
         return {
-            "ok": True,
+            "ok": store["state"] == "ok",
             "version": __version__,
             "engine": self.engine.describe(),
+            "store": store,
             "embedded_engine": self.embedded is not None,
             "gpus": self.gpus.to_json(),
             "slots": self.config.slots,
             "running": self.scheduler.running_count(),
-            "last_event_id": self.store.last_event_id(),
+            "last_event_id": last_event_id,
         }
