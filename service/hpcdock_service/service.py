@@ -16,7 +16,7 @@ from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
 from .engines.base import Engine
-from .engines.discovery import EmbeddedPodman, connect
+from .engines.discovery import EmbeddedPodman, EngineWatch, connect
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
 from .store import Row, Store, StoreBusy
@@ -61,8 +61,9 @@ class Service:
                 raise
         self.engine = engine
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
+        self.watch = EngineWatch(engine, self.embedded)
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
-                                   gpus=self.gpus)
+                                   gpus=self.gpus, watch=self.watch)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -107,23 +108,26 @@ class Service:
             lines += [f'hpcdock_{table}{{state="{s}"}} {n}' for s, n in sorted(by_state.items())]
         lines += ["# TYPE hpcdock_slots gauge", f"hpcdock_slots {self.config.slots}",
                   "# TYPE hpcdock_running_tasks gauge", f"hpcdock_running_tasks {self.scheduler.running_count()}",
+                  "# TYPE hpcdock_engine_up gauge", f"hpcdock_engine_up {int(self.watch.up)}",
                   "# TYPE hpcdock_events_total counter", f"hpcdock_events_total {self.store.last_event_id()}"]
         return "\n".join(lines) + "\n"
 
     def health(self) -> dict[str, Any]:
-        """What runs, and whether the store takes writes now; never waits for the store.
+        """What runs, and whether the engine and the store can be used now; never waits for either.
 
-        ``ok`` is false while another process holds the store's write lock; tasks wait through it.
+        ``ok`` is false while the engine is unreachable or another process holds the store's
+        write lock; tasks wait through both.
         """
+        engine = {**self.engine.describe(), **self.watch.to_json()}
         store = self.store.health().to_json()
         try:
             last_event_id: Optional[int] = self.store.last_event_id()
         except StoreBusy:
             last_event_id = None
         return {
-            "ok": store["state"] == "ok",
+            "ok": engine["state"] == "up" and store["state"] == "ok",
             "version": __version__,
-            "engine": self.engine.describe(),
+            "engine": engine,
             "store": store,
             "embedded_engine": self.embedded is not None,
             "gpus": self.gpus.to_json(),
