@@ -15,8 +15,9 @@ from typing import Any, Optional
 from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
-from .engines.base import Engine
+from .engines.base import Engine, EngineUnreachable
 from .engines.discovery import EmbeddedPodman, EngineWatch, connect
+from .errors import BadInput
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
 from .store import Row, Store, StoreBusy
@@ -78,13 +79,17 @@ class Service:
 
     def submit(self, bundle_dir: str, parameter_values: Optional[dict[str, Any]] = None,
                priority: Optional[int] = None, name: Optional[str] = None) -> Row:
-        plan = load_bundle(
-            bundle_dir,
-            allowed_roots=self.config.allowed_roots,
-            parameter_values=parameter_values,
-            image_exists=self.engine.image_exists,
-            gpu_check=self.gpus.check_request,
-        )
+        try:
+            plan = load_bundle(
+                bundle_dir,
+                allowed_roots=self.config.allowed_roots,
+                parameter_values=parameter_values,
+                image_exists=self.engine.image_exists,
+                gpu_check=self.gpus.check_request,
+            )
+        except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
+            self.watch.lost(exc)
+            raise BadInput("engine", f"{exc}; submit again once it is back", 503) from None
         prepare_output_dirs(plan)
         job = self.store.add_job(plan, priority=priority, name=name)
         log.info("job %s (%s): %d task(s), %d frame(s)", job["id"], job["name"], job["tasks_total"],

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hpcdock.client import ServiceError
 
 from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
 
@@ -184,6 +185,9 @@ def test_engine_api_killed_mid_job_tasks_wait_and_the_job_finishes(tmp_path: Pat
         health = wait_for(lambda: (lambda h: h if h["engine"]["state"] == "down" else None)(client.health()),
                           15, what="/v1/health to report the engine down")
         assert health["ok"] is False
+        with pytest.raises(ServiceError) as refused:  # a job cannot be checked against the engine now
+            client.submit(str(make_bundle(tmp_path / "meanwhile", frames="1")))
+        assert refused.value.status == 503 and refused.value.field == "engine", refused.value
         time.sleep(5)  # the containers go on under conmon; some finish while nobody can ask
         tasks = client.tasks(job["id"])
         assert client.job(job["id"])["state"] == "running"
