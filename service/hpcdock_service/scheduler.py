@@ -167,8 +167,9 @@ class Scheduler:
                     runners.append(runner)
                 elif task["container"]:
                     self.engine.stop(task["container"])
-        for runner in runners:
-            runner.thread.join(timeout=wait)
+        if self.watch.up:  # while the engine is away, runners stop their containers once it is back
+            for runner in runners:
+                runner.thread.join(timeout=wait)
         return self.store.job(job_id)
 
     def _truncate_log(self, task_id: int, offset: int) -> None:
