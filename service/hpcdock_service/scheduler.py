@@ -119,20 +119,24 @@ class Scheduler:
         return started
 
     def _launch(self, task_id: int, gpus: list[int]) -> None:
-        attempt = self.store.task(task_id)["attempt"] + 1
-        name = container_name(self.store.store_id, task_id, attempt)
-        log_path = self.log_path(task_id)
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        # Marking the task running and registering its runner happen under the lock cancel takes,
-        # so a cancel sees either a pending task or a runner it can stop, never a task in between.
-        with self._launch_lock:
-            task = self.store.start_task(task_id, name, gpus, offset)
-            if task["state"] != "running":  # canceled after it was chosen
-                if self.gpus is not None and gpus:
-                    self.gpus.release(task_id)
-                return
-            task["log_offset"] = offset
-            self._run(task, gpus, adopt=None)
+        started = False
+        try:
+            attempt = self.store.task(task_id)["attempt"] + 1
+            name = container_name(self.store.store_id, task_id, attempt)
+            log_path = self.log_path(task_id)
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            # Marking the task running and registering its runner happen under the lock cancel takes,
+            # so a cancel sees either a pending task or a runner it can stop, never a task in between.
+            with self._launch_lock:
+                task = self.store.start_task(task_id, name, gpus, offset)
+                if task["state"] != "running":  # canceled after it was chosen
+                    return
+                task["log_offset"] = offset
+                self._run(task, gpus, adopt=None)
+                started = True
+        finally:
+            if not started and self.gpus is not None and gpus:
+                self.gpus.release(task_id)  # canceled, or the store was locked (StoreBusy): dispatch tries again
 
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]

@@ -15,7 +15,7 @@ import yaml
 from hpcdock_service.bundle import load_bundle
 from hpcdock_service.engines.base import ContainerRequest, ContainerStatus, EngineUnreachable
 from hpcdock_service.scheduler import Scheduler
-from hpcdock_service.store import Store
+from hpcdock_service.store import Store, StoreBusy
 
 
 class FakeEngine:
@@ -298,3 +298,22 @@ def test_tasks_wait_for_a_lost_engine_without_spending_attempts(env, tmp_path: P
     assert store.job(job["id"])["state"] == "succeeded"
     assert [t["attempt"] for t in store.tasks(job["id"])] == [1, 1, 1, 1]
     assert sched.watch.to_json()["state"] == "up"
+
+
+def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(env, tmp_path: Path, monkeypatch) -> None:
+    engine = FakeEngine()
+    gpus = FakeGpus(1)
+    store, sched = env(engine, slots=1, gpus=gpus)
+    job = submit(store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1"))
+    start_task = store.start_task
+
+    def locked(*args: Any) -> Any:
+        monkeypatch.setattr(store, "start_task", start_task)  # free again for the next dispatch
+        raise StoreBusy(store.path, 10.0)
+
+    monkeypatch.setattr(store, "start_task", locked)
+    with pytest.raises(StoreBusy):
+        sched.dispatch()
+    assert gpus.free == [0] and store.tasks(job["id"])[0]["state"] == "pending"
+    run_until_done(store, sched, [job["id"]])
+    assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
