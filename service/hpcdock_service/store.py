@@ -212,9 +212,9 @@ class Store:
                     raise StoreBusy(self.path, time.monotonic() - start)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
                 self._lock.release()
-                if not _is_busy(exc):
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
                     raise
                 self._found_busy()
                 continue
