@@ -35,6 +35,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--slots", type=int, help="tasks run at once (default: the machine's cores)")
     p.add_argument("--state-dir", help="where the store, logs and thumbnails live")
     p.add_argument("--engine-socket", help="engine API socket, e.g. unix:///run/user/1000/podman/podman.sock")
+    p.add_argument("--reset-store", action="store_true",
+                   help="if the store is corrupted, keep it as hpcdock.db.corrupt-TIME and start an empty one "
+                        "(a healthy store is left alone)")
     p.add_argument("--check", action="store_true",
                    help="print what the service would use (engine, GPUs, config) and exit")
     p.add_argument("--install-user-unit", action="store_true",
@@ -64,10 +67,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return install_user_unit(args)
 
     from .service import Service, StateDirInUse  # heavy imports after argument errors are reported
+    from .store import StoreCorrupt
 
     try:
-        service = Service(config)
-    except (EngineError, StateDirInUse) as exc:
+        service = Service(config, reset_store=args.reset_store)
+    except (EngineError, StateDirInUse, StoreCorrupt) as exc:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 1
     if args.check:

@@ -6,12 +6,17 @@ arrive, and when the container exits settles every frame of the chunk (an exit c
 0 with a missing output still fails that frame, naming the path), then records the
 result and only then removes the container, so a crash at any point leaves enough behind
 for a restarted service to finish the job without running anything twice.
+
+Losing the engine is not a task failure: the runner waits for the engine to answer again
+and picks the container up where it is (re-adopts it, or creates it if it never was),
+within the same attempt. A result the store cannot take now is tried again, never dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -31,10 +36,12 @@ from .engines.base import (
     ContainerStatus,
     Engine,
     EngineError,
+    EngineUnreachable,
 )
+from .engines.discovery import EngineWatch
 from .gpu.attach import AttachError, verify_attachment
 from .logparse import FrameDone, FrameFailed, FrameStarted, LogParser, Progress, task_progress
-from .store import FrameResult, Row, Store
+from .store import FrameResult, Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ def resolve_command(command: list[str], job_params: dict[str, str], task_params:
 class TaskRunner:
     def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
                  thumbnail_path: Callable[[int, str, int], Path], on_exit: Callable[[int], None],
-                 gpu: Optional[Callable[[], Any]] = None,
+                 watch: EngineWatch, gpu: Optional[Callable[[], Any]] = None,
                  adopt: Optional[ContainerStatus] = None) -> None:
         self.store = store
         self.engine = engine
@@ -77,8 +84,10 @@ class TaskRunner:
         self.log_path = log_path
         self.thumbnail_path = thumbnail_path
         self.on_exit = on_exit
+        self.watch = watch
         self.plan_gpu = gpu  # returns the task's GPU Attachment; raises AttachError when impossible
         self.adopt = adopt
+        self.adopted_after = "a service restart"
         self.container_id: Optional[str] = adopt.id if adopt else None
         self.timed_out = False
         self._stop_lock = threading.Lock()
@@ -100,17 +109,7 @@ class TaskRunner:
         self.thread.start()
 
     def _run(self) -> None:
-        exit_code: Optional[int] = None
-        error: Optional[str] = None
-        try:
-            if self.container_id is None:
-                self.container_id = self._create()
-            exit_code, error = self._follow()
-        except EngineError as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug here must not leave the task 'running' forever
-            log.exception("task %s: runner failed", self.task["id"])
-            error = f"internal error while running the task: {exc}"
+        exit_code, error = self._attempt()
         try:
             ok = exit_code == 0 and error is None
             results = self._settle_frames(ok, exit_code, error)
@@ -119,7 +118,7 @@ class TaskRunner:
                 frame, why = min(failures.items())
                 more = f" (and {len(failures) - 1} more frame(s))" if len(failures) > 1 else ""
                 error = f"frame {frame}: {why}{more}"
-            self.store.finish_task(self.task["id"], exit_code, error, results)
+            self._record(exit_code, error, results)
             recorded = True
         except Exception:
             log.exception("task %s: could not record the result", self.task["id"])
@@ -127,10 +126,87 @@ class TaskRunner:
         finally:
             self.on_exit(self.task["id"])  # the slot is free: the next task starts while this one is removed
         if recorded and self.container_id is not None:
+            self._remove()
+
+    def _attempt(self) -> tuple[Optional[int], Optional[str]]:
+        """Run the attempt to its exit code, through any number of engine outages."""
+        resuming = False
+        while True:
+            try:
+                if resuming:
+                    gone = self._resume()
+                    if gone:
+                        return None, gone
+                    resuming = False
+                if self.container_id is None:
+                    self.container_id = self._create()
+                return self._follow()
+            except EngineUnreachable as exc:
+                self._await_engine(exc)
+                resuming = True
+            except EngineError as exc:
+                return None, str(exc)
+            except Exception as exc:  # a bug here must not leave the task 'running' forever
+                log.exception("task %s: runner failed", self.task["id"])
+                return None, f"internal error while running the task: {exc}"
+
+    def _await_engine(self, exc: EngineUnreachable) -> None:
+        log.warning("task %s: %s; waiting for the engine", self.task["id"], exc)
+        self.watch.lost(exc)
+        self.watch.wait_up()
+
+    def _resume(self) -> Optional[str]:
+        """After an outage: follow the container again from where the engine has it.
+
+        One that started is re-adopted (its log read again from the start of the attempt, the
+        frames settled so far left as they are); one never created, or created but never
+        started, is created again. Returns why the attempt is over when the container is gone.
+        """
+        status = self.engine.find(self.task["container"])
+        if status is not None and status.status != "created":
+            log.info("task %s: re-adopting container %s (%s) after the engine came back", self.task["id"],
+                     status.name, "running" if status.running else f"exited {status.exit_code}")
+            self.container_id = status.id
+            self.adopt = status
+            self.adopted_after = "the engine came back"
+            self._done_before = frozenset(self._settled)
+            if self._stop_requested:  # canceled or timed out while the engine was away
+                self.engine.stop(status.id)
+            return None
+        if status is None and self.container_id is not None:
+            return "the container disappeared while the engine was unreachable"
+        if status is not None:
+            self.engine.remove(status.id)
+        self.container_id = None
+        if self.log_path.exists():  # the attempt's header is written again by _create
+            os.truncate(self.log_path, self.task["log_offset"])
+        return None
+
+    def _record(self, exit_code: Optional[int], error: Optional[str], results: dict[int, FrameResult]) -> None:
+        """Record the result until it is recorded: the store waits out locks itself; a full disk
+        or an I/O error is tried again, since dropping the result would leave the task running."""
+        delay = 0.5
+        while True:
+            try:
+                self.store.finish_task(self.task["id"], exit_code, error, results)
+                return
+            except (sqlite3.OperationalError, StoreBusy) as exc:
+                log.warning("task %s: cannot record the result yet (%s); trying again in %.0fs",
+                            self.task["id"], exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _remove(self) -> None:
+        assert self.container_id is not None
+        while True:
             try:
                 self.engine.remove(self.container_id)
+                return
+            except EngineUnreachable as exc:
+                self._await_engine(exc)
             except EngineError as exc:  # a restarted service removes leftovers of its store
                 log.warning("task %s: %s", self.task["id"], exc)
+                return
 
     def _create(self) -> str:
         task, step = self.task, self.step
@@ -202,7 +278,7 @@ class TaskRunner:
                 if self.adopt:  # re-read the whole container log: drop what an earlier run wrote
                     fh.seek(self.task["log_offset"])
                     fh.truncate()
-                    fh.write(f"--- attempt {self.task['attempt']} (re-adopted after a service restart)\n"
+                    fh.write(f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})\n"
                              .encode())
                 read = 0
                 for chunk in stream:
@@ -270,7 +346,10 @@ class TaskRunner:
         with self._stop_lock:
             self._stop_requested = True
             if self.container_id:
-                self.engine.stop(self.container_id, grace=grace)
+                try:
+                    self.engine.stop(self.container_id, grace=grace)
+                except EngineUnreachable:
+                    pass  # stopped when the engine is back (see _resume)
 
     def _time_out(self) -> None:
         self.timed_out = True

@@ -2,7 +2,8 @@
 
 The scheduler knows slots, priorities, step dependencies and GPUs, never which engine
 it drives. Dispatch is one thread woken by anything that frees or adds work; each
-running task has a :class:`~.runner.TaskRunner` thread of its own.
+running task has a :class:`~.runner.TaskRunner` thread of its own. While the engine is
+unreachable nothing new starts; running tasks wait for it (see :class:`~.engines.discovery.EngineWatch`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Optional, Protocol
 from urllib.parse import quote
 
 from .engines.base import LABEL_STORE, Engine
+from .engines.discovery import EngineWatch
 from .runner import TaskRunner, container_name
-from .store import Row, Store
+from .store import Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,10 @@ class GpuBroker(Protocol):
 
 class Scheduler:
     def __init__(self, store: Store, engine: Engine, *, slots: int, state_dir: Path,
-                 gpus: Optional[GpuBroker] = None) -> None:
+                 gpus: Optional[GpuBroker] = None, watch: Optional[EngineWatch] = None) -> None:
         self.store = store
         self.engine = engine
+        self.watch = watch or EngineWatch(engine)
         self.slots = max(1, slots)
         self.gpus = gpus
         self.log_dir = state_dir / "logs"
@@ -61,6 +64,7 @@ class Scheduler:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self.recover()
+        self.watch.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -69,6 +73,7 @@ class Scheduler:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        self.watch.stop()
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,6 +87,8 @@ class Scheduler:
             self._wake.clear()
             try:
                 self.dispatch()
+            except StoreBusy as exc:
+                log.warning("dispatch waits: %s", exc.message)
             except Exception:
                 log.exception("dispatch failed; retrying")
             self._wake.wait(timeout=2.0)
@@ -90,6 +97,8 @@ class Scheduler:
     def dispatch(self) -> int:
         """Start as many ready tasks as free slots (and GPUs) allow; return how many started."""
         started = 0
+        if not self.watch.up:
+            return started  # a task started now would only wait for the engine, holding its slot
         for step in self.store.ready_steps():
             while self.running_count() < self.slots and not self._stopped.is_set():
                 task_id = self.store.next_pending(step["job_id"], step["step_idx"])
@@ -110,20 +119,24 @@ class Scheduler:
         return started
 
     def _launch(self, task_id: int, gpus: list[int]) -> None:
-        attempt = self.store.task(task_id)["attempt"] + 1
-        name = container_name(self.store.store_id, task_id, attempt)
-        log_path = self.log_path(task_id)
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        # Marking the task running and registering its runner happen under the lock cancel takes,
-        # so a cancel sees either a pending task or a runner it can stop, never a task in between.
-        with self._launch_lock:
-            task = self.store.start_task(task_id, name, gpus, offset)
-            if task["state"] != "running":  # canceled after it was chosen
-                if self.gpus is not None and gpus:
-                    self.gpus.release(task_id)
-                return
-            task["log_offset"] = offset
-            self._run(task, gpus, adopt=None)
+        started = False
+        try:
+            attempt = self.store.task(task_id)["attempt"] + 1
+            name = container_name(self.store.store_id, task_id, attempt)
+            log_path = self.log_path(task_id)
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            # Marking the task running and registering its runner happen under the lock cancel takes,
+            # so a cancel sees either a pending task or a runner it can stop, never a task in between.
+            with self._launch_lock:
+                task = self.store.start_task(task_id, name, gpus, offset)
+                if task["state"] != "running":  # canceled after it was chosen
+                    return
+                task["log_offset"] = offset
+                self._run(task, gpus, adopt=None)
+                started = True
+        finally:
+            if not started and self.gpus is not None and gpus:
+                self.gpus.release(task_id)  # canceled, or the store was locked (StoreBusy): dispatch tries again
 
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
@@ -131,7 +144,7 @@ class Scheduler:
         runner = TaskRunner(
             store=self.store, engine=self.engine, task=task, step=step,
             log_path=self.log_path(task["id"]), thumbnail_path=self.thumbnail_path, on_exit=self._on_exit,
-            gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
+            watch=self.watch, gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
             adopt=adopt,
         )
         with self._lock:
@@ -158,8 +171,9 @@ class Scheduler:
                     runners.append(runner)
                 elif task["container"]:
                     self.engine.stop(task["container"])
-        for runner in runners:
-            runner.thread.join(timeout=wait)
+        if self.watch.up:  # while the engine is away, runners stop their containers once it is back
+            for runner in runners:
+                runner.thread.join(timeout=wait)
         return self.store.job(job_id)
 
     def _truncate_log(self, task_id: int, offset: int) -> None:

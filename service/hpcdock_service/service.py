@@ -16,11 +16,12 @@ from typing import Any, Optional
 from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
-from .engines.base import Engine
-from .engines.discovery import EmbeddedPodman, connect
+from .engines.base import Engine, EngineUnreachable
+from .engines.discovery import EmbeddedPodman, EngineWatch, connect
+from .errors import BadInput
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
-from .store import Row, Store
+from .store import Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +77,32 @@ class StateLock:
 
 class Service:
     def __init__(self, config: ServiceConfig, engine: Optional[Engine] = None,
-                 gpus: Optional[GpuBroker] = None) -> None:
+                 gpus: Optional[GpuBroker] = None, reset_store: bool = False) -> None:
         self.config = config
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.lock = StateLock(self.state_dir, config.endpoint.url)
-        self.token = ensure_token(Path(config.token_file))
+        try:
+            self.token = ensure_token(Path(config.token_file))
+            # The store first: a corrupted one stops the start before an embedded engine is started.
+            self.store = Store.open(self.state_dir / "hpcdock.db", reset_corrupt=reset_store)
+        except BaseException:
+            self.lock.release()
+            raise
         self.embedded: Optional[EmbeddedPodman] = None
         if engine is None:
-            engine, self.embedded = connect(config.engine_socket, self.state_dir,
-                                            allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
+            try:
+                engine, self.embedded = connect(config.engine_socket, self.state_dir,
+                                                allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
+            except BaseException:
+                self.store.close()
+                self.lock.release()
+                raise
         self.engine = engine
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
-        self.store = Store(self.state_dir / "hpcdock.db")
+        self.watch = EngineWatch(engine, self.embedded)
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
-                                   gpus=self.gpus)
+                                   gpus=self.gpus, watch=self.watch)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -106,13 +118,17 @@ class Service:
 
     def submit(self, bundle_dir: str, parameter_values: Optional[dict[str, Any]] = None,
                priority: Optional[int] = None, name: Optional[str] = None) -> Row:
-        plan = load_bundle(
-            bundle_dir,
-            allowed_roots=self.config.allowed_roots,
-            parameter_values=parameter_values,
-            image_exists=self.engine.image_exists,
-            gpu_check=self.gpus.check_request,
-        )
+        try:
+            plan = load_bundle(
+                bundle_dir,
+                allowed_roots=self.config.allowed_roots,
+                parameter_values=parameter_values,
+                image_exists=self.engine.image_exists,
+                gpu_check=self.gpus.check_request,
+            )
+        except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
+            self.watch.lost(exc)
+            raise BadInput("engine", f"{exc}; submit again once it is back", 503) from None
         prepare_output_dirs(plan)
         job = self.store.add_job(plan, priority=priority, name=name)
         log.info("job %s (%s): %d task(s), %d frame(s)", job["id"], job["name"], job["tasks_total"],
@@ -136,17 +152,30 @@ class Service:
             lines += [f'hpcdock_{table}{{state="{s}"}} {n}' for s, n in sorted(by_state.items())]
         lines += ["# TYPE hpcdock_slots gauge", f"hpcdock_slots {self.config.slots}",
                   "# TYPE hpcdock_running_tasks gauge", f"hpcdock_running_tasks {self.scheduler.running_count()}",
+                  "# TYPE hpcdock_engine_up gauge", f"hpcdock_engine_up {int(self.watch.up)}",
                   "# TYPE hpcdock_events_total counter", f"hpcdock_events_total {self.store.last_event_id()}"]
         return "\n".join(lines) + "\n"
 
     def health(self) -> dict[str, Any]:
+        """What runs, and whether the engine and the store can be used now; never waits for either.
+
+        ``ok`` is false while the engine is unreachable or another process holds the store's
+        write lock; tasks wait through both.
+        """
+        engine = {**self.engine.describe(), **self.watch.to_json()}
+        store = self.store.health().to_json()
+        try:
+            last_event_id: Optional[int] = self.store.last_event_id()
+        except StoreBusy:
+            last_event_id = None
         return {
-            "ok": True,
+            "ok": engine["state"] == "up" and store["state"] == "ok",
             "version": __version__,
-            "engine": self.engine.describe(),
+            "engine": engine,
+            "store": store,
             "embedded_engine": self.embedded is not None,
             "gpus": self.gpus.to_json(),
             "slots": self.config.slots,
             "running": self.scheduler.running_count(),
-            "last_event_id": self.store.last_event_id(),
+            "last_event_id": last_event_id,
         }

@@ -6,13 +6,19 @@ is created), so a restarted service can tell what was in flight. Every change of
 task or frame state appends an event in the same transaction, which is what makes the
 event stream resumable without gaps.
 
-One connection guarded by one lock: the service is a single process and SQLite
-serialises writers anyway; this keeps every multi-statement change atomic.
+One writer connection guarded by one lock (SQLite serialises writers anyway; this keeps
+every multi-statement change atomic) and a pool of reader connections, each read one
+snapshot: in WAL mode readers never wait for a writer, so the API answers while a write
+waits. Another process may hold the database's write lock (an admin's ``sqlite3`` shell, a
+backup): writes the service cannot drop (a task's frames and result) wait for it as long
+as it takes, writes an API call makes wait a bounded time and then answer 503.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import re
 import sqlite3
 import threading
@@ -20,12 +26,15 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .bundle import ContainerSpec, JobPlan
 from .errors import BadInput, NotFound
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,35 +84,196 @@ TASK_FINAL = ("succeeded", "failed", "canceled")
 Row = dict[str, Any]
 FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
 
+# How long a write made for an API call waits for a write lock held by another process
+# before the call answers 503; the caller may try again.
+API_WRITE_PATIENCE = 10.0
+# One try at the write lock: short, so that the service's own lock is free between tries.
+_WRITER_BUSY_SECONDS = 0.2
+# Readers are not blocked by writers in WAL mode; this only covers checkpoints and recovery.
+_READER_BUSY_SECONDS = 10.0
+_OPEN_BUSY_SECONDS = 60.0
+
+
+class StoreBusy(BadInput):
+    """Another process holds the store's write lock longer than this call may wait."""
+
+    def __init__(self, path: Path, waited: float) -> None:
+        super().__init__("store", f"the store {path} is locked by another process (waited {waited:.0f}s); "
+                         "try again", 503)
+
+
+class StoreCorrupt(Exception):
+    """The store file is not a readable SQLite database: the service cannot start on it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"the store {path} is corrupted ({reason}). Move it aside (with any {path.name}-wal and "
+            f"{path.name}-shm next to it) or start once with --reset-store, which keeps it as "
+            f"{path.name}.corrupt-<time> and starts an empty store; jobs recorded in it are forgotten "
+            "and containers they left are not removed")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class StoreHealth:
+    """Whether writes get through now: what ``/v1/health`` says about the store."""
+
+    busy_since: Optional[float]  # since when a write has found the store locked by another process
+
+    def to_json(self) -> Row:
+        if self.busy_since is None:
+            return {"state": "ok"}
+        return {"state": "busy", "busy_for": round(time.time() - self.busy_since, 1),
+                "message": "another process holds the store's write lock; writes wait for it"}
+
 
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.RLock()
+        self.path = path
+        self._db = self._connect(_OPEN_BUSY_SECONDS)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]  # a few tenths of a second at 35 MB
+            if problem != "ok":
+                raise StoreCorrupt(path, problem)
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
+        except BaseException as exc:
+            self._db.close()
+            # "file is not a database", "database disk image is malformed"; an OperationalError
+            # (locked, unreadable, out of space) says nothing against the file itself
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                raise StoreCorrupt(path, str(exc)) from None
+            raise
+        self._db.execute(f"PRAGMA busy_timeout={int(_WRITER_BUSY_SECONDS * 1000)}")
+        self._lock = threading.Lock()
+        self._busy_since: Optional[float] = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers: list[sqlite3.Connection] = []
         self._listeners: list[Callable[[int], None]] = []
-        self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
+
+    @classmethod
+    def open(cls, path: Path, reset_corrupt: bool = False) -> Store:
+        """The store at ``path``; with ``reset_corrupt`` a corrupted one is moved aside (kept) first."""
+        try:
+            return cls(path)
+        except StoreCorrupt as exc:
+            if not reset_corrupt:
+                raise
+            kept = set_aside(path)
+            log.warning("the store %s was corrupted (%s); kept it as %s and started an empty store",
+                        path, exc.reason, kept)
+            return cls(path)
+
+    def _connect(self, busy_seconds: float) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_seconds)
+        db.row_factory = sqlite3.Row
+        return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        for db in self._all_readers:
+            db.close()
 
     # -- plumbing -----------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; waits for the lock API_WRITE_PATIENCE seconds, or if ``patient``
+        as long as it takes."""
+        self._begin(None if patient else API_WRITE_PATIENCE)
+        try:
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        finally:
+            self._lock.release()
         self._notify()
+
+    def _begin(self, patience: Optional[float]) -> None:
+        """Take the service's lock and SQLite's write lock, or raise StoreBusy once ``patience`` is spent.
+
+        Each try waits briefly inside SQLite and then lets go of the service's lock, so a write
+        with little patience (an API call) is not stuck behind one that waits forever (a result).
+        """
+        start = time.monotonic()
+        while True:
+            if patience is None:
+                self._lock.acquire()
+            else:
+                left = patience - (time.monotonic() - start)
+                if left <= 0 or not self._lock.acquire(timeout=left):
+                    raise StoreBusy(self.path, time.monotonic() - start)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except BaseException as exc:
+                self._lock.release()
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
+                    raise
+                self._found_busy()
+                continue
+            self._found_free()
+            return
+
+    def _found_busy(self) -> None:
+        if self._busy_since is None:
+            self._busy_since = time.time()
+            log.warning("the store %s is locked by another process; writes wait for it", self.path)
+
+    def _found_free(self) -> None:
+        if self._busy_since is not None:
+            log.warning("the store %s is free again after %.0fs", self.path, time.time() - self._busy_since)
+            self._busy_since = None
+
+    def health(self) -> StoreHealth:
+        """Whether a write would get the lock now; never waits for it (``/v1/health`` must answer).
+
+        When no write of the service's is under way, one try at the lock tells; otherwise what
+        the last try of a waiting write found.
+        """
+        if self._lock.acquire(blocking=False):
+            try:
+                self._db.execute("PRAGMA busy_timeout=0")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute("ROLLBACK")
+                    self._found_free()
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    self._found_busy()
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout={int(_WRITER_BUSY_SECONDS * 1000)}")
+            finally:
+                self._lock.release()
+        return StoreHealth(self._busy_since)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection holding one snapshot for every statement of the read."""
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            db = self._connect(_READER_BUSY_SECONDS)
+            self._all_readers.append(db)
+        try:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise StoreBusy(self.path, _READER_BUSY_SECONDS) from exc
+            raise
+        finally:
+            self._readers.put(db)
 
     def _meta(self, key: str) -> Optional[str]:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -114,8 +284,8 @@ class Store:
         return value
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+        with self._read() as db:
+            return db.execute(sql, tuple(args)).fetchall()
 
     def add_listener(self, callback: Callable[[int], None]) -> None:
         """``callback(last_event_id)`` runs after every committed change (from any thread)."""
@@ -208,17 +378,19 @@ class Store:
         return job
 
     def job(self, job_id: int) -> Row:
-        rows = self._query("SELECT * FROM jobs WHERE id=?", (job_id,))
-        if not rows:
-            raise NotFound("job", f"no job {job_id}")
-        return self._job_json(rows[0])
+        with self._read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound("job", f"no job {job_id}")
+            return self._job_json(db, row)
 
     def jobs(self, state: Optional[str] = None) -> list[Row]:
-        if state:
-            rows = self._query("SELECT * FROM jobs WHERE state=? ORDER BY id DESC", (state,))
-        else:
-            rows = self._query("SELECT * FROM jobs ORDER BY id DESC")
-        return [self._job_json(r) for r in rows]
+        with self._read() as db:
+            if state:
+                rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id DESC", (state,)).fetchall()
+            else:
+                rows = db.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
+            return [self._job_json(db, r) for r in rows]
 
     def job_container(self, job_id: int) -> ContainerSpec:
         rows = self._query("SELECT container FROM jobs WHERE id=?", (job_id,))
@@ -227,32 +399,32 @@ class Store:
     def job_params(self, job_id: int) -> dict[str, str]:
         return json.loads(self._query("SELECT params FROM jobs WHERE id=?", (job_id,))[0][0])
 
-    def _job_json(self, row: sqlite3.Row, counts: Optional[dict[str, int]] = None,
+    def _job_json(self, db: sqlite3.Connection, row: sqlite3.Row, counts: Optional[dict[str, int]] = None,
                   fcounts: Optional[dict[str, int]] = None) -> Row:
         job = dict(row)
         job.pop("container")
         job.pop("params")
         if counts is None:
-            counts = _state_counts(self._db, "tasks", job["id"])
+            counts = _state_counts(db, "tasks", job["id"])
         job["tasks_total"] = sum(counts.values())
         job["tasks_done"] = counts.get("succeeded", 0)
         job["tasks_failed"] = counts.get("failed", 0)
         job["tasks_running"] = counts.get("running", 0)
         if fcounts is None:
-            fcounts = _state_counts(self._db, "frames", job["id"])
+            fcounts = _state_counts(db, "frames", job["id"])
         job["frames_total"] = sum(fcounts.values())
         job["frames_done"] = fcounts.get("done", 0)
         job["frames_failed"] = fcounts.get("failed", 0)
         job["steps"] = [
             {"name": s["name"], "depends_on": json.loads(s["depends_on"]), "gpus": s["gpus"],
              "output": s["output"]}
-            for s in self._db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
+            for s in db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
         return job
 
     def _job_event(self, db: sqlite3.Connection, job_id: int, counts: Optional[dict[str, int]] = None,
                    fcounts: Optional[dict[str, int]] = None) -> Row:
         row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        job = self._job_json(row, counts, fcounts)
+        job = self._job_json(db, row, counts, fcounts)
         self._event(db, job_id, "job", job)
         return job
 
@@ -264,9 +436,9 @@ class Store:
     # -- tasks --------------------------------------------------------------------------
     def tasks(self, job_id: int) -> list[Row]:
         self.job(job_id)
-        with self._lock:  # convert row by row: a 100,000-task job never holds both forms at once
-            return [_task_json(r) for r in self._db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
-                                                             (job_id,))]
+        with self._read() as db:  # convert row by row: a 100,000-task job never holds both forms at once
+            return [_task_json(r) for r in db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
+                                                      (job_id,))]
 
     def task(self, task_id: int) -> Row:
         rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
@@ -357,7 +529,7 @@ class Store:
             self._task_event(db, task_id)
 
     def set_progress(self, task_id: int, progress: float) -> None:
-        with self._tx() as db:
+        with self._tx(patient=True) as db:  # from a task's runner: waits out any lock, as below
             db.execute("UPDATE tasks SET progress=? WHERE id=? AND state='running'", (progress, task_id))
             self._task_event(db, task_id)
 
@@ -367,10 +539,12 @@ class Store:
 
         A failed attempt goes back to ``pending`` while attempts remain; a task of a
         canceled job ends ``canceled`` whatever its exit code. ``frame_results`` maps each
-        frame not already settled to ``(state, error, thumbnail)``.
+        frame not already settled to ``(state, error, thumbnail)``. Waits as long as another
+        process holds the write lock: a result is never dropped, and the runner keeps the
+        container until it is recorded.
         """
         now = time.time()
-        with self._tx() as db:
+        with self._tx(patient=True) as db:
             t = db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
             if t["state"] != "running":
                 return self.task(task_id)
@@ -484,8 +658,8 @@ class Store:
 
     def frames(self, job_id: int) -> list[Row]:
         self.job(job_id)
-        with self._lock:
-            return [_frame_json(r) for r in self._db.execute(
+        with self._read() as db:
+            return [_frame_json(r) for r in db.execute(
                 _FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,))]
 
     def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Row:
@@ -520,7 +694,7 @@ class Store:
 
     def set_frame(self, job_id: int, step_idx: int, frame: int, state: str, error: Optional[str] = None,
                   thumbnail: Optional[str] = None) -> None:
-        with self._tx() as db:
+        with self._tx(patient=True) as db:  # a frame's end is recorded, however long that takes
             self._set_frame(db, job_id, step_idx, frame, state, error, time.time(), thumbnail)
 
     def _set_frame(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, state: str,
@@ -533,6 +707,21 @@ class Store:
             (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame))
         if cur.rowcount:
             self._frame_event(db, job_id, step_idx, frame)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the store (and its WAL files, which belong to it) to ``NAME.corrupt-TIME``; return the new path."""
+    kept = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("-wal", "-shm", ""):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            old.rename(kept.with_name(kept.name + suffix))
+    return kept
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (not a broken database)."""
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, int]:

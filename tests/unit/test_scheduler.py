@@ -13,9 +13,9 @@ from typing import Any, Optional
 import pytest
 import yaml
 from hpcdock_service.bundle import load_bundle
-from hpcdock_service.engines.base import ContainerRequest, ContainerStatus
+from hpcdock_service.engines.base import ContainerRequest, ContainerStatus, EngineUnreachable
 from hpcdock_service.scheduler import Scheduler
-from hpcdock_service.store import Store
+from hpcdock_service.store import Store, StoreBusy
 
 
 class FakeEngine:
@@ -79,6 +79,9 @@ class FakeEngine:
 
     def image_exists(self, image: str) -> bool:
         return True
+
+    def ping(self) -> None:
+        pass
 
 
 def write_bundle(root: Path, steps: list[dict[str, Any]], frames: str = "1-4", **settings: Any) -> str:
@@ -249,3 +252,68 @@ def test_recover_puts_never_created_tasks_back_without_spending_an_attempt(env, 
     run_until_done(store, sched, [job["id"]])
     assert store.task(task["id"])["attempt"] == 1
     assert store.job(job["id"])["state"] == "succeeded"
+
+class FlakyEngine(FakeEngine):
+    """Unreachable while ``down`` is set, the way LocalEngine reports a missing socket.
+
+    That real containers outlive a killed Podman API and are re-adopted is proven in
+    tests/engine/test_resilience.py; this covers a container the engine never got.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+
+    def _reach(self) -> None:
+        if self.down.is_set():
+            raise EngineUnreachable("the engine at unix:///gone.sock cannot be reached: FileNotFoundError")
+
+    def ping(self) -> None:
+        self._reach()
+
+    def create(self, request: ContainerRequest) -> str:
+        self._reach()
+        return super().create(request)
+
+
+def test_tasks_wait_for_a_lost_engine_without_spending_attempts(env, tmp_path: Path) -> None:
+    engine = FlakyEngine()
+    engine.down.set()
+    store, sched = env(engine, slots=2)
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render")], frames="1-4"))
+    sched.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sched.watch.up and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sched.watch.to_json()["state"] == "down"
+        time.sleep(1.0)  # long enough for a failing task to have failed, and for more to start
+        tasks = store.tasks(job["id"])  # the first two started before the loss was known; no more since
+        assert [(t["state"], t["attempt"]) for t in tasks] == [("running", 1)] * 2 + [("pending", 0)] * 2
+        engine.down.clear()
+        while store.job(job["id"])["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sched.stop()
+    assert store.job(job["id"])["state"] == "succeeded"
+    assert [t["attempt"] for t in store.tasks(job["id"])] == [1, 1, 1, 1]
+    assert sched.watch.to_json()["state"] == "up"
+
+
+def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(env, tmp_path: Path, monkeypatch) -> None:
+    engine = FakeEngine()
+    gpus = FakeGpus(1)
+    store, sched = env(engine, slots=1, gpus=gpus)
+    job = submit(store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1"))
+    start_task = store.start_task
+
+    def locked(*args: Any) -> Any:
+        monkeypatch.setattr(store, "start_task", start_task)  # free again for the next dispatch
+        raise StoreBusy(store.path, 10.0)
+
+    monkeypatch.setattr(store, "start_task", locked)
+    with pytest.raises(StoreBusy):
+        sched.dispatch()
+    assert gpus.free == [0] and store.tasks(job["id"])[0]["state"] == "pending"
+    run_until_done(store, sched, [job["id"]])
+    assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]

@@ -44,9 +44,20 @@ class EngineError(Exception):
     """The engine refused or failed an operation; the message says what and why."""
 
 
+class EngineUnreachable(EngineError):
+    """The engine's API cannot be reached at all (socket missing, connection refused or cut).
+
+    Not the task's fault and not a refusal: the engine is down. Containers run on without
+    their API (under conmon, for Podman), so tasks wait for it to come back instead of failing.
+    """
+
+
 class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """Name, version, socket, rootless: what ``/v1/health`` shows."""
+
+    def ping(self) -> None:
+        """Return when the engine answers; raise EngineUnreachable when it does not."""
 
     def image_exists(self, image: str) -> bool: ...
 

@@ -3,7 +3,8 @@
 Order: the configured socket, ``DOCKER_HOST``, the usual rootless sockets
 (``$XDG_RUNTIME_DIR/podman/podman.sock``, ``$XDG_RUNTIME_DIR/docker.sock``), and
 finally, when ``podman`` is installed, a ``podman system service`` the service starts
-itself as the user (the embedded default) and stops on exit.
+itself as the user (the embedded default) and stops on exit. :class:`EngineWatch` notices
+when the engine stops answering and, for the embedded one, starts it again.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from .base import EngineError
+from .base import Engine, EngineError, EngineUnreachable
 from .local import LocalEngine
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,9 @@ class EmbeddedPodman:
                                   f"see {self.socket_path.with_suffix('.log')}")
             time.sleep(0.05)
         raise EngineError(f"podman system service did not create {self.socket_path} within {timeout}s")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -109,3 +114,96 @@ def _check_rootless(engine: LocalEngine, allow_rootful: bool) -> None:
         engine.close()
         raise EngineError(f"the {engine.kind} engine at {engine.base_url} runs as root; hpcdock only uses "
                           "rootless engines unless the config sets `allow_rootful: true`")
+
+
+class EngineWatch:
+    """Whether the engine answers, and getting it back when it does not.
+
+    A runner that loses the engine mid-task reports it here and waits (its container runs on
+    under conmon); one thread pings the engine, every few seconds while it answers (so a loss
+    nobody reported shows in ``/v1/health`` too) and twice a second while it does not, and
+    when the engine is the embedded Podman service whose process died, starts it again on the
+    same socket. The SDK's connections reconnect by themselves once the socket answers.
+    """
+
+    UP_INTERVAL = 5.0
+    DOWN_INTERVAL = 0.5
+
+    def __init__(self, engine: Engine, embedded: Optional[EmbeddedPodman] = None) -> None:
+        self.engine = engine
+        self.embedded = embedded
+        self.restarts = 0  # times the embedded Podman service was started again
+        self._up = threading.Event()
+        self._up.set()
+        self._down_since: Optional[float] = None
+        self._error: Optional[str] = None
+        self._kick = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="engine-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._kick.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
+    def lost(self, exc: Exception) -> None:
+        """A call found the engine unreachable: look again now."""
+        self._mark_down(exc)
+        self._kick.set()
+
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
+        return self._up.wait(timeout)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.up:
+            return {"state": "up", "restarts": self.restarts}
+        return {"state": "down", "down_for": round(time.time() - (self._down_since or time.time()), 1),
+                "error": self._error, "restarts": self.restarts}
+
+    def _mark_down(self, exc: Exception) -> None:
+        self._error = str(exc)
+        if self._up.is_set():
+            self._down_since = time.time()
+            self._up.clear()
+            log.warning("the engine is unreachable (%s); tasks wait for it", exc)
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._kick.wait(self.UP_INTERVAL if self.up else self.DOWN_INTERVAL)
+            self._kick.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self.engine.ping()
+            except EngineUnreachable as exc:
+                self._mark_down(exc)
+                self._restart_embedded()
+                continue
+            except Exception:  # a bug must not end the watch: waiting tasks depend on it
+                log.exception("pinging the engine failed")
+                continue
+            if not self.up:
+                log.warning("the engine answers again after %.0fs", time.time() - (self._down_since or time.time()))
+                self._error = None
+                self._up.set()
+
+    def _restart_embedded(self) -> None:
+        if self.embedded is None or self.embedded.alive():
+            return  # not ours to start, or still starting up / hung: keep pinging
+        log.warning("the embedded podman service exited (%s); starting it again",
+                    self.embedded.proc.returncode if self.embedded.proc else "?")
+        try:
+            self.embedded.start()
+        except EngineError as exc:
+            self._error = str(exc)
+            log.warning("%s", exc)
+            return
+        self.restarts += 1

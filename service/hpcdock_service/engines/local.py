@@ -17,9 +17,31 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 
-from .base import ContainerRequest, ContainerStatus, EngineError
+from .base import ContainerRequest, ContainerStatus, EngineError, EngineUnreachable
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
+PING_TIMEOUT = 10.0  # seconds an engine may take to answer a ping before it counts as down
+
+
+class _APIClient(docker.APIClient):
+    """The SDK's client, telling an engine that cannot be reached from one that refused a request.
+
+    Every call goes through ``send``: a connection that cannot be made or breaks (socket
+    missing, refused, reset) is :class:`EngineUnreachable`; an HTTP error status stays the
+    SDK's ``APIError`` (the engine answered). Timeouts stay timeouts (``wait`` uses them).
+    """
+
+    def __init__(self, engine_url: str, **kwargs: Any) -> None:
+        super().__init__(base_url=engine_url, **kwargs)
+        self.engine_url = engine_url  # base_url becomes http+docker://localhost for a socket
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        try:
+            return super().send(request, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
+                raise
+            raise EngineUnreachable(f"the engine at {self.engine_url} cannot be reached: {_cause(exc)}") from exc
 
 
 class LocalEngine:
@@ -27,7 +49,11 @@ class LocalEngine:
         self.base_url = base_url
         try:
             self.client = docker.DockerClient(base_url=base_url, timeout=timeout, version="1.41")
+            self.client.api.close()  # the SDK's own transport, replaced by the one that tells loss from refusal
+            self.client.api = _APIClient(base_url, timeout=timeout, version="1.41")
             version = self.client.version()
+        except EngineUnreachable:
+            raise
         except (DockerException, requests.RequestException) as exc:
             raise EngineError(f"no container engine answers at {base_url}: {exc}") from exc
         names = [c.get("Name", "") for c in version.get("Components") or []]
@@ -50,6 +76,15 @@ class LocalEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "version": self.version, "socket": self.base_url, "rootless": self.rootless}
+
+    def ping(self) -> None:
+        api = self.client.api
+        try:
+            api._raise_for_status(api._get(api._url("/_ping"), timeout=PING_TIMEOUT))
+        except requests.exceptions.Timeout as exc:  # a hung engine is as good as a missing one
+            raise EngineUnreachable(f"the engine at {self.base_url} does not answer: {exc}") from exc
+        except APIError:
+            pass  # it answered
 
     def image_exists(self, image: str) -> bool:
         try:
@@ -212,3 +247,10 @@ def _status(container: Any) -> ContainerStatus:
 
 def _explain(exc: Exception) -> str:
     return str(getattr(exc, "explanation", None) or exc)
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason (``FileNotFoundError: ...``), not the layers requests and urllib3 wrap it in."""
+    while exc.args and isinstance(exc.args[-1], BaseException):
+        exc = exc.args[-1]
+    return f"{exc.__class__.__name__}: {exc}"
