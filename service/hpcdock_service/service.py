@@ -15,11 +15,12 @@ from typing import Any, Optional
 from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
-from .engines.base import Engine
+from .engines.base import ContainerLimits, Engine
 from .engines.discovery import EmbeddedPodman, connect
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
 from .store import Row, Store
+from .tasklog import MIB
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ class Service:
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.store = Store(self.state_dir / "hpcdock.db")
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
-                                   gpus=self.gpus)
+                                   gpus=self.gpus, limits=self.task_limits(), log_cap=config.log_cap_mib * MIB)
+
+    def task_limits(self) -> ContainerLimits:
+        """A task container's limits where its step asks for no memory or vCPUs of its own."""
+        memory = self.config.task_memory_mib
+        return ContainerLimits(pids=self.config.task_pids, memory=memory * MIB if memory else None,
+                               vcpus=self.config.task_vcpus)
 
     def start(self) -> None:
         self.scheduler.start()

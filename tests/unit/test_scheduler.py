@@ -5,6 +5,7 @@ The fake engine is only for these rules; that containers really run is proven by
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 from hpcdock_service.bundle import load_bundle
-from hpcdock_service.engines.base import ContainerRequest, ContainerStatus
+from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store
 
@@ -30,6 +31,7 @@ class FakeEngine:
         self.max_running = 0
         self.started_order: list[str] = []
         self.release = threading.Event()
+        self.removed: list[dict[str, Any]] = []
 
     def create(self, request: ContainerRequest) -> str:
         with self.lock:
@@ -62,7 +64,8 @@ class FakeEngine:
 
     def remove(self, cid: str) -> None:
         with self.lock:
-            self.containers.pop(cid, None)
+            if cid in self.containers:
+                self.removed.append(self.containers.pop(cid))
 
     def inspect(self, cid: str) -> dict[str, Any]:
         return {}
@@ -249,3 +252,44 @@ def test_recover_puts_never_created_tasks_back_without_spending_an_attempt(env, 
     run_until_done(store, sched, [job["id"]])
     assert store.task(task["id"])["attempt"] == 1
     assert store.job(job["id"])["state"] == "succeeded"
+
+
+def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(env, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A runaway task can spend the process count the service shares: its neighbours are not failed."""
+    engine = FakeEngine()
+    store, sched = env(engine, slots=1)
+    refusals = {"": 2, "-wait": 1, "-watch": 1}  # the runner's own thread twice, then each helper once
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        named = re.fullmatch(r"task-\d+(-\w+)?", thread.name)
+        key = (named.group(1) or "") if named else None
+        if key in refusals and refusals[key] > 0:
+            refusals[key] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
+    run_until_done(store, sched, [job["id"]])
+    assert refusals == {"": 0, "-wait": 0, "-watch": 0}
+    assert store.job(job["id"])["state"] == "succeeded"
+    assert [t["attempt"] for t in store.tasks(job["id"])] == [1]
+    assert engine.started_order == [store.tasks(job["id"])[0]["container"]]
+
+
+def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    defaults = ContainerLimits(pids=256, memory=512 * 1024 * 1024, vcpus=None)
+    sched = Scheduler(store, engine, slots=2, state_dir=tmp_path / "state", limits=defaults)
+    sized = step("big", "render")
+    sized["hostRequirements"] = {"amounts": [{"name": "amount.worker.memory", "min": 1024},
+                                             {"name": "amount.worker.vcpu", "min": 1, "max": 3}]}
+    job = submit(store, sched, write_bundle(tmp_path / "a", [sized, step("plain", "render")], frames="1"))
+    run_until_done(store, sched, [job["id"]])
+    limits = {c["request"].name.split("-t")[1]: c["request"].limits for c in engine.removed}
+    by_step = {t["step"]: limits[f"{t['id']}-a1"] for t in store.tasks(job["id"])}
+    assert by_step["big"] == ContainerLimits(pids=256, memory=1024 * 1024 * 1024, vcpus=3.0)
+    assert by_step["plain"] == defaults
