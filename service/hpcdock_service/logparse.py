@@ -19,7 +19,7 @@ all a task that hit its memory or process limit leaves behind to explain its fai
 on log content: garbage bytes are decoded with U+FFFD replacements, malformed markers
 are plain output.
 
-Cost is linear in the bytes fed: each chunk is scanned once for line ends, and a line
+Cost is linear in the bytes fed: each chunk is split once at its line ends, and a line
 is only inspected with a regex when a cheap substring test says it may hold a progress
 report. A pathological line with no line end is capped at :data:`MAX_LINE_CHARS`, so a
 binary blob printed to stdout cannot grow memory without bound.
@@ -218,12 +218,12 @@ class LogParser:
             text = text[1:]  # the "\n" of a "\r\n" split across chunks
         self._after_cr = text.endswith("\r")
         updates: list[Update] = []
-        start = 0
-        for match in _LINE_END_RE.finditer(text):
-            self._take_line(text[start : match.start()], updates)
-            start = match.end()
-        if start < len(text):
-            self._remember(text[start:])
+        # str.split finds newlines far faster than a regex scan; carriage returns are rarer.
+        pieces = _LINE_END_RE.split(text) if "\r" in text else text.split("\n")
+        for piece in pieces[:-1]:  # each of these ended with a line end
+            self._take_line(piece, updates)
+        if pieces[-1]:
+            self._remember(pieces[-1])
         return updates
 
     def close(self) -> list[Update]:

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -52,6 +53,9 @@ WATCH_INTERVAL = 0.05  # seconds between looks at a running task's outputs
 # fetched again: Podman ends follow streams only on its next poll of the log file, up to a
 # quarter of a second later, which on short tasks costs as much as the container itself.
 LOG_DRAIN_SECONDS = 0.1
+# How much of the log's end is compared with what the follow stream delivered.
+TAIL_CHECK_LINES = 20
+TAIL_CHECK_BYTES = 64 * 1024
 THREAD_RETRY_MAX = 2.0  # seconds between tries to start a thread the system refused
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
 
@@ -78,6 +82,24 @@ def start_thread(thread: threading.Thread) -> None:
             log.warning("%s: %s; trying again in %.2fs", thread.name, exc, delay)
         time.sleep(delay)
         delay = min(2 * delay, THREAD_RETRY_MAX)
+
+
+class Tail:
+    """The last ``size`` bytes of a stream, kept without copying each chunk into a buffer."""
+
+    def __init__(self, size: int = TAIL_CHECK_BYTES) -> None:
+        self.size = size
+        self._chunks: deque[bytes] = deque()
+        self._length = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._length += len(chunk)
+        while self._length - len(self._chunks[0]) >= self.size:
+            self._length -= len(self._chunks.popleft())
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)[-self.size:]
 
 
 def mib(n: int) -> str:
@@ -130,6 +152,7 @@ class TaskRunner:
         self._current_percent = 0.0
         self._last_progress = 0.0
         self._log_bytes = 0  # read from the follow stream so far
+        self._log_tail = Tail()  # the end of what the follow stream delivered
         self.thread = threading.Thread(target=self._run, name=f"task-{task['id']}", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -243,11 +266,12 @@ class TaskRunner:
             with tasklog.AttemptLog(self.log_path, self.log_cap) as out:
                 for chunk in stream:
                     self._log_bytes += len(chunk)
+                    self._log_tail.add(chunk)
                     self._take_log(out, parser, chunk)
                 drained.set()
                 waiter.join()
-                if outcome.get("cut"):  # the stream was ended for us: collect what it had not delivered
-                    self._take_rest(out, parser)
+                if "code" in outcome:
+                    self._take_missing(out, parser)
                 for update in parser.close():
                     self._apply(update)
         finally:
@@ -293,6 +317,22 @@ class TaskRunner:
         for update in parser.feed(chunk):
             self._apply(update)
 
+    def _take_missing(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
+        """Take what the follow stream did not deliver, if anything.
+
+        Podman ends a follow stream when the container exits whether it delivered everything
+        or not (a reader slower than a task that floods its output gets only part of it), and
+        the service ends one that stays open too long: compare the log's last lines with what
+        arrived, and when they differ read the log again past what arrived.
+        """
+        theirs = Tail()
+        for chunk in self.engine.logs(self.container_id, follow=False, tail=TAIL_CHECK_LINES):
+            theirs.add(chunk)
+        if not self._log_tail.value().endswith(theirs.value()):
+            log.info("task %s: the log stream ended early; reading the log again past its first %d bytes",
+                     self.task["id"], self._log_bytes)
+            self._take_rest(out, parser)
+
     def _take_rest(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
         """Read the log again from the start, streamed, and take what the follow stream had not delivered."""
         skip = self._log_bytes
@@ -316,7 +356,6 @@ class TaskRunner:
         seen = self._log_bytes
         while not drained.wait(LOG_DRAIN_SECONDS):
             if self._log_bytes == seen and hasattr(stream, "close"):
-                outcome["cut"] = True
                 stream.close()
                 return
             seen = self._log_bytes

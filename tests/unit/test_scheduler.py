@@ -45,7 +45,7 @@ class FakeEngine:
             self.max_running = max(self.max_running, len(self.running))
             self.started_order.append(cid)
 
-    def logs(self, cid: str, follow: bool):
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if self.hold:
             self.release.wait(10)
         else:

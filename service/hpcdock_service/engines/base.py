@@ -92,9 +92,10 @@ class Engine(Protocol):
 
     def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]: ...
 
-    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
-        """Combined stdout and stderr from the start, in chunks as the engine sends them (never the
-        whole log at once: a task may print gigabytes); with ``follow`` until the container exits.
+    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+        """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
+        engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
+        until the container exits.
 
         A following iterator has ``close()``, which ends it from another thread.
         """

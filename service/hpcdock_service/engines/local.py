@@ -104,7 +104,9 @@ class LocalEngine:
 
     def create(self, request: ContainerRequest) -> str:
         gpu = request.gpu
-        if gpu is not None and gpu.via == "libpod":
+        # Podman's own create call for every container it can take: its Docker-compatible create
+        # drops ulimits (Podman 4.3 measured), which on cgroup v1 are the only limits it applies.
+        if (gpu is None and self.kind == "podman") or (gpu is not None and gpu.via == "libpod"):
             container_id = self._create_libpod(request)
         else:
             container_id = self._create_compat(request)
@@ -152,7 +154,7 @@ class LocalEngine:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
 
     def _create_libpod(self, request: ContainerRequest) -> str:
-        """Podman's own create call: the only way Podman before 5.4 applies CDI devices."""
+        """Podman's own create call: the only way Podman before 5.4 applies CDI devices, and ulimits."""
         body: dict[str, Any] = {
             "name": request.name,
             "image": request.image,
@@ -179,10 +181,11 @@ class LocalEngine:
             body["resource_limits"] = resources
         if rlimits:
             body["r_limits"] = [{"type": name, "soft": value, "hard": value} for name, value in rlimits.items()]
-        fields = request.gpu.libpod_fields()
-        body["env"].update(fields.get("env", {}))
-        body["devices"] = fields.get("devices", [])
-        body["mounts"] += fields.get("mounts", [])
+        if request.gpu is not None:
+            fields = request.gpu.libpod_fields()
+            body["env"].update(fields.get("env", {}))
+            body["devices"] = fields.get("devices", [])
+            body["mounts"] += fields.get("mounts", [])
         return self._libpod("post", "/containers/create", json=body, what=f"create container for {request.image}")["Id"]
 
     def _libpod(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
@@ -216,11 +219,11 @@ class LocalEngine:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         return [_status(c) for c in self.client.containers.list(all=True, filters=filters)]
 
-    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
+    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
         try:
             # Streamed either way (a CancellableStream when following: close() ends it from another
             # thread); without stream=True the SDK reads the whole log into one bytes object.
-            return self.client.api.logs(container_id, stream=True, follow=follow)
+            return self.client.api.logs(container_id, stream=True, follow=follow, tail=tail or "all")
         except NotFound:
             return iter([])
 
