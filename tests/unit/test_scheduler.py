@@ -293,3 +293,45 @@ def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path)
     by_step = {t["step"]: limits[f"{t['id']}-a1"] for t in store.tasks(job["id"])}
     assert by_step["big"] == ContainerLimits(pids=256, memory=1024 * 1024 * 1024, vcpus=3.0)
     assert by_step["plain"] == defaults
+
+
+class EarlyEndEngine(FakeEngine):
+    """Podman ends a follow stream when the container exits, whether the reader got everything or not."""
+
+    LOG = b"".join(b"::hpcdock::frame-start %d\nALF_PROGRESS 50%%\n::hpcdock::frame-done %d\n" % (f, f)
+                   for f in (1, 2)) + b"last words\n"
+
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
+        if follow:
+            yield self.LOG[:40]
+        elif tail:
+            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
+        else:
+            yield from (self.LOG[i:i + 7] for i in range(0, len(self.LOG), 7))
+
+
+def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path) -> None:
+    engine = EarlyEndEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state")
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
+    run_until_done(store, sched, [job["id"]])
+    (task,) = store.tasks(job["id"])
+    log = sched.log_path(task["id"]).read_bytes()
+    assert log.split(b"\n", 1)[1] == EarlyEndEngine.LOG  # after the attempt's header: all of it, once
+
+
+class OomEngine(FakeEngine):
+    def inspect(self, cid: str) -> dict[str, Any]:
+        return {"State": {"OOMKilled": True, "ExitCode": 137}}
+
+
+def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
+    engine = OomEngine(exit_codes={"hog": 137})
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state",
+                      limits=ContainerLimits(memory=512 * 1024 * 1024))
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "hog")], frames="1", max_attempts=1))
+    run_until_done(store, sched, [job["id"]])
+    (task,) = store.tasks(job["id"])
+    assert task["state"] == "failed" and task["error"] == "killed: out of memory (limit 512 MiB)"
