@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
 WATCH_INTERVAL = 0.05  # seconds between looks at a running task's outputs
-# How long a log stream may stay idle after its container exited before it is cut and the rest
-# fetched again: Podman ends follow streams only on its next poll of the log file, up to a
-# quarter of a second later, which on short tasks costs as much as the container itself.
+# How long a log stream may stay idle after its container exited before it is closed (and its
+# end checked against the engine's): Podman ends follow streams only on its next poll of the log
+# file, up to a quarter of a second later, which on short tasks costs as much as the container.
 LOG_DRAIN_SECONDS = 0.1
 # How much of the log's end is compared with what the follow stream delivered.
 TAIL_CHECK_LINES = 20
