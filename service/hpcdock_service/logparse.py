@@ -62,12 +62,12 @@ _ALF = "ALF_PROGRESS"
 _ALF_RE = re.compile(r"ALF_PROGRESS[\s:=]*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*%")
 _LINE_END_RE = re.compile(r"\r\n|\r|\n")
 
-# What programs print when an allocation or a fork fails (busybox, bash, glibc's strerror,
-# Python, C++), matched only on lines that hold one of the cheap substrings below.
+# What programs print when an allocation, a fork or a new thread fails (busybox, bash, glibc's
+# strerror, Python, C++), matched only on lines that hold one of the cheap substrings below.
 _OOM_RE = re.compile(r"out of memory|cannot allocate memory|memory exhausted|MemoryError|bad_alloc",
                      re.IGNORECASE)
-_FORK_RE = re.compile(r"(can't|cannot|could not|unable to) fork|fork( failed|: retry|: resource temporarily)",
-                      re.IGNORECASE)
+_FORK_RE = re.compile(r"(can't|cannot|could not|unable to) (fork|start new thread|create thread)"
+                      r"|fork( failed|: retry|: resource temporarily)|pthread_create", re.IGNORECASE)
 _HINT_CHARS = 200
 
 #: Reason used when a frame-failed marker gives none, so a failed frame always says something.
@@ -262,7 +262,7 @@ class LogParser:
     def _parse_line(self, line: str, updates: list[Update]) -> None:
         if self.out_of_memory is None and ("emory" in line or "bad_alloc" in line) and _OOM_RE.search(line):
             self.out_of_memory = line.strip()[:_HINT_CHARS]
-        if self.fork_failed is None and "fork" in line and _FORK_RE.search(line):
+        if self.fork_failed is None and ("fork" in line or "thread" in line) and _FORK_RE.search(line):
             self.fork_failed = line.strip()[:_HINT_CHARS]
         if PREFIX in line:
             marker = parse_marker(line)

@@ -288,6 +288,8 @@ def test_the_first_out_of_memory_and_fork_failure_lines_are_remembered():
     assert parser.fork_failed == "sh: can't fork: Resource temporarily unavailable"
     assert parser.out_of_memory == "sort: out of memory"
     later = LogParser()
-    later.feed("terminate called after throwing an instance of 'std::bad_alloc'")
+    later.feed("terminate called after throwing an instance of 'std::bad_alloc'\nthreads: 64\n")
+    later.feed("RuntimeError: can't start new thread")
     later.close()
     assert later.out_of_memory == "terminate called after throwing an instance of 'std::bad_alloc'"
+    assert later.fork_failed == "RuntimeError: can't start new thread"
