@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hpcdock_service import tasklog
 from hpcdock_service.bundle import load_bundle
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus
 from hpcdock_service.scheduler import Scheduler
@@ -335,3 +336,47 @@ def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
     run_until_done(store, sched, [job["id"]])
     (task,) = store.tasks(job["id"])
     assert task["state"] == "failed" and task["error"] == "killed: out of memory (limit 512 MiB)"
+
+
+class FloodEngine(FakeEngine):
+    """A container that printed far more than the log cap, all of it replayed on every read."""
+
+    LOG = b"".join(b"line %08d\n" % n for n in range(30_000)) + b"the end\n"
+
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
+        if tail:
+            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
+        else:
+            yield from (self.LOG[i:i + 4096] for i in range(0, len(self.LOG), 4096))
+
+
+def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: Path) -> None:
+    cap = 64 * 1024
+    engine = FloodEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state", log_cap=cap)
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "flood")], frames="1"))
+    (task,) = store.tasks(job["id"])
+    path = sched.log_path(task["id"])
+    path.write_bytes(b"--- attempt 0: an earlier attempt\n")
+    offset = path.stat().st_size
+    store.start_task(task["id"], "hpcdock-flood-t1-a1", [], offset)
+    with tasklog.AttemptLog(path, cap) as out:  # the service that died had already cut this attempt
+        out.write(FloodEngine.LOG[:200_000])
+    engine.containers["hpcdock-flood-t1-a1"] = {"request": None, "status": "running"}
+    engine.wait = lambda cid, timeout=None: 0  # type: ignore[method-assign]
+    run_until_done(store, sched, [job["id"]])
+
+    assert store.job(job["id"])["state"] == "succeeded"
+    data = path.read_bytes()
+    assert data.startswith(b"--- attempt 0: an earlier attempt\n--- attempt 1 (re-adopted")
+    assert len(data) - offset <= cap + 100 and data.endswith(b"line 00029999\nthe end\n")
+    header = data.index(b"\n", offset) + 1
+    whole, position = b"", 0
+    while True:  # as a reader from the start: the old cut is gone, the new one counted from this run
+        piece, position, size = tasklog.read(path, position, 10_000)
+        if not piece:
+            break
+        whole += piece
+    assert whole.count(b"bytes of this attempt's output dropped here") == 1
+    assert whole.endswith(b"the end\n") and position == size == header + len(FloodEngine.LOG)
