@@ -165,7 +165,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
         store.task(task_id)
         # Offsets count bytes as the task printed them, across the cuts of capped attempts:
         # X-Log-Next is where to read on (past a cut it is more than offset + the bytes sent).
-        data, following, size = tasklog.read(service.scheduler.log_path(task_id), offset, 8 * tasklog.MIB)
+        data, following, size = tasklog.read(service.scheduler.log_path(task_id), offset, tasklog.READ_LIMIT)
         return Response(data, media_type="text/plain; charset=utf-8",
                         headers={"X-Log-Size": str(size), "X-Log-Next": str(following)})
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 MIB = 1024 * 1024
+# The most one read returns: what a log request holds in memory, times the API's worker threads.
+READ_LIMIT = 8 * MIB
 _COPY_BLOCK = MIB
 # A cut moves bytes that a reader may be reading: readers and cuts of one log take the same
 # lock. A fixed set of locks, picked by path, serves any number of tasks.
