@@ -8,7 +8,10 @@ rootless engine, far below the processes the test runner itself may start.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -74,6 +77,17 @@ def test_the_engine_applies_the_limits_it_says_it_enforces(limited: ServiceProce
         assert re.search(rf"Max data size +{200 * MIB} +{200 * MIB} ", limits), limits
     else:
         assert config["Memory"] == 200 * MIB
+
+
+def test_check_reports_the_task_limits_and_how_they_are_held(limited: ServiceProcess, engine_url: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hpcdock_service.main", "--check", "--state-dir",
+                           str(limited.root / "check-state"), "--engine-socket", engine_url],
+                          env=limited.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["task_limits"]
+    assert report["defaults"]["pids"] == PIDS and report["log_cap_mib"] == 16
+    assert report["defaults"]["memory_mib"] > 0
+    assert report["enforced_by"] == limited.client().health()["engine"]["limits"]
 
 
 def test_a_fork_bomb_is_contained_and_the_service_keeps_working(limited: ServiceProcess, tmp_path: Path,
