@@ -11,6 +11,7 @@ with only a warning in its own log, but applies ulimits).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -21,6 +22,8 @@ from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
 from .base import ContainerLimits, ContainerRequest, ContainerStatus, EngineError, LimitEnforcement
+
+log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
 
@@ -135,6 +138,9 @@ class LocalEngine:
             host["nano_cpus"] = int(cgroup["vcpus"] * 1e9)
         if rlimits:
             host["ulimits"] = [Ulimit(name=name, soft=value, hard=value) for name, value in rlimits.items()]
+            if self.kind == "podman":  # only GPU attachments made for this API come here
+                log.warning("%s: Podman's Docker-compatible create drops ulimits; this container runs without "
+                            "its %s limits", request.name, " and ".join(rlimits))
         create: dict[str, Any] = {
             "name": request.name,
             "entrypoint": request.command[:1],
