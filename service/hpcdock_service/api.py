@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__, thumbnails
+from . import __version__, tasklog, thumbnails
 from .errors import BadInput, NotFound
 from .service import Service
 
@@ -210,14 +210,11 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     @app.get("/v1/tasks/{task_id}/log", dependencies=v1, response_class=PlainTextResponse)
     def task_log(task_id: int, offset: int = Query(0, ge=0)) -> Response:
         store.task(task_id)
-        path = service.scheduler.log_path(task_id)
-        data, size = b"", 0
-        if path.exists():
-            with open(path, "rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(min(offset, size))
-                data = fh.read(8 * 1024 * 1024)
-        return Response(data, media_type="text/plain; charset=utf-8", headers={"X-Log-Size": str(size)})
+        # Offsets count bytes as the task printed them, across the cuts of capped attempts:
+        # X-Log-Next is where to read on (past a cut it is more than offset + the bytes sent).
+        data, following, size = tasklog.read(service.scheduler.log_path(task_id), offset, tasklog.READ_LIMIT)
+        return Response(data, media_type="text/plain; charset=utf-8",
+                        headers={"X-Log-Size": str(size), "X-Log-Next": str(following)})
 
     # -- events -------------------------------------------------------------------------
     @app.get("/v1/events", dependencies=v1)

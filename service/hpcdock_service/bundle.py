@@ -30,6 +30,9 @@ from .errors import BadInput
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
 GPU_AMOUNT = "amount.worker.gpu"
+MEMORY_AMOUNT = "amount.worker.memory"  # MiB: the task container's memory limit
+VCPU_AMOUNT = "amount.worker.vcpu"  # the task container's CPU limit
+AMOUNTS = (GPU_AMOUNT, MEMORY_AMOUNT, VCPU_AMOUNT)
 
 # hpcdock.yaml keys that ask for something a render container must never get.
 _FORBIDDEN_KEYS = {
@@ -103,6 +106,8 @@ class StepPlan:
     cancel_grace: float
     output: Optional[str]  # absolute output pattern with {frame}, or None
     tasks: list[TaskPlan] = field(default_factory=list)
+    memory_mib: Optional[int] = None  # the task container's limits; None: the service's default
+    vcpus: Optional[float] = None
 
 
 @dataclass
@@ -271,9 +276,9 @@ def _refuse_unsupported(jt: Any) -> None:
                 raise BadInput(f"{where}.hostRequirements.attributes",
                                "attribute requirements are not supported by hpcdock yet")
             for amount in req.amounts or []:
-                if amount.name != GPU_AMOUNT:
+                if amount.name not in AMOUNTS:
                     raise BadInput(f"{where}.hostRequirements.amounts",
-                                   f"{amount.name} is not supported by hpcdock yet (only {GPU_AMOUNT})")
+                                   f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)})")
         space = step.parameterSpace
         for param in (space.taskParameterDefinitions if space else []):
             chunks = getattr(param, "chunks", None)
@@ -286,9 +291,16 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
                step_names: set[str], gpu_check: Optional[Callable[[int], Optional[str]]]) -> StepPlan:
     where = f"template.yaml: steps[{index}]"
     gpus = 0
+    memory_mib: Optional[int] = None
+    vcpus: Optional[float] = None
     if step.hostRequirements is not None:
         for amount in step.hostRequirements.amounts or []:
-            gpus = int(amount.min)
+            if amount.name == GPU_AMOUNT:
+                gpus = int(amount.min)
+            elif amount.name == MEMORY_AMOUNT:  # the limit: the most the step may use, else what it needs
+                memory_mib = int(amount.max if amount.max is not None else amount.min)
+            elif amount.name == VCPU_AMOUNT:
+                vcpus = float(amount.max if amount.max is not None else amount.min)
     if gpus and gpu_check is not None:
         refusal = gpu_check(gpus)
         if refusal:
@@ -330,6 +342,8 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
         cancel_grace=cancel_grace,
         output=output,
         tasks=tasks,
+        memory_mib=memory_mib or None,
+        vcpus=vcpus or None,
     )
 
 

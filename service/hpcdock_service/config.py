@@ -21,6 +21,11 @@ def _default_roots() -> list[str]:
     return [os.path.expanduser("~"), "/tmp", "/var/tmp"]
 
 
+def _default_task_memory_mib() -> int:
+    """Three quarters of the machine's memory: one runaway task cannot take it all."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4 // (1024 * 1024)
+
+
 @dataclass
 class ServiceConfig:
     # Where to listen: unix:///path or tcp://host:port; default the user's private socket
@@ -38,6 +43,11 @@ class ServiceConfig:
     # GPUs tasks may use, declared by hand ([{index, uuid, name}]); default: all that NVML finds.
     gpus: Optional[list[dict[str, Any]]] = None
     gpu_cdi_kind: str = "nvidia.com/gpu"  # CDI device kind GPUs are requested by
+    # Task limits where a step's hostRequirements (amount.worker.memory / vcpu) give none.
+    task_pids: int = 4096  # processes and threads
+    task_memory_mib: Optional[int] = field(default_factory=_default_task_memory_mib)
+    task_vcpus: Optional[float] = None
+    log_cap_mib: int = 64  # per attempt; the end of a longer log is kept
 
     @property
     def state_path(self) -> Path:
@@ -85,6 +95,14 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
             raise BadInput(f"{path}: listen", str(exc)) from None
     if not isinstance(config.slots, int) or config.slots < 1:
         raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
+    for key, whole, optional in (("task_pids", True, False), ("log_cap_mib", True, False),
+                                 ("task_memory_mib", True, True), ("task_vcpus", False, True)):
+        value = getattr(config, key)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+            what = "a whole number > 0" if whole else "a number > 0"
+            raise BadInput(f"{path}: {key}", f"must be {what}{' or null' if optional else ''}, got {value!r}")
     if not isinstance(config.allowed_roots, list) or not all(
             isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots):
         raise BadInput(f"{path}: allowed_roots", "must be a list of absolute paths")

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hpcdock.endpoint import LOOPBACK_NAMES, Endpoint, private_dir_problem
 
@@ -76,7 +76,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.check:
         report = {**service.health(), "endpoint": config.endpoint.url,
-                  "gpu_inventory": service.gpus.inventory_json(), "config": vars(config)}
+                  "gpu_inventory": service.gpus.inventory_json(), "task_limits": limits_report(service),
+                  "config": vars(config)}
         print(json.dumps(report, indent=2, default=str))
         service.close()
         return 0
@@ -87,6 +88,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 1
     return serve(service, listener)
+
+
+def limits_report(service) -> dict[str, Any]:
+    """The limits a task container gets when its step asks for none, and how the engine holds it to them."""
+    config = service.config
+    return {
+        "defaults": {"pids": config.task_pids, "memory_mib": config.task_memory_mib, "vcpus": config.task_vcpus},
+        "log_cap_mib": config.log_cap_mib,
+        "enforced_by": service.engine.describe().get("limits"),
+    }
 
 
 class ListenError(Exception):

@@ -1,15 +1,21 @@
 """One attempt of one task, from container creation (or re-adoption) to its recorded result.
 
 A runner owns a thread while its container lives: it streams the container's output
-into the task log, turns progress lines and frame markers into store updates as they
-arrive, and when the container exits settles every frame of the chunk (an exit code of
-0 with a missing output still fails that frame, naming the path), then records the
-result and only then removes the container, so a crash at any point leaves enough behind
-for a restarted service to finish the job without running anything twice.
+into the task log (chunk by chunk, under the per-attempt cap of :mod:`.tasklog`), turns
+progress lines and frame markers into store updates as they arrive, and when the
+container exits settles every frame of the chunk (an exit code of 0 with a missing output
+still fails that frame, naming the path), then records the result and only then removes
+the container, so a crash at any point leaves enough behind for a restarted service to
+finish the job without running anything twice.
 
 Losing the engine is not a task failure: the runner waits for the engine to answer again
 and picks the container up where it is (re-adopts it, or creates it if it never was),
 within the same attempt. A result the store cannot take now is tried again, never dropped.
+
+A runner uses three threads (reading, waiting, watching outputs), so the service's
+threads grow with its slots, not with what tasks do. When the system refuses a new
+thread (a runaway task can spend the process count the service shares with the user's
+containers), the runner waits for one rather than giving up on a container that runs on.
 """
 
 from __future__ import annotations
@@ -19,19 +25,22 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString
 
-from . import thumbnails
+from . import tasklog, thumbnails
 from .bundle import ContainerSpec
 from .engines.base import (
     LABEL_ATTEMPT,
     LABEL_JOB,
     LABEL_STORE,
     LABEL_TASK,
+    NO_LIMITS,
+    ContainerLimits,
     ContainerRequest,
     ContainerStatus,
     Engine,
@@ -47,15 +56,61 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
 WATCH_INTERVAL = 0.05  # seconds between looks at a running task's outputs
-# How long a log stream may stay open after its container exited before it is cut and the rest
-# fetched in one call: Podman ends follow streams only on its next poll of the log file, up to
-# a quarter of a second later, which on short tasks costs as much as the container itself.
+# How long a log stream may stay idle after its container exited before it is closed (and its
+# end checked against the engine's): Podman ends follow streams only on its next poll of the log
+# file, up to a quarter of a second later, which on short tasks costs as much as the container.
 LOG_DRAIN_SECONDS = 0.1
+# How much of the log's end is compared with what the follow stream delivered.
+TAIL_CHECK_LINES = 20
+TAIL_CHECK_BYTES = 64 * 1024
+THREAD_RETRY_MAX = 2.0  # seconds between tries to start a thread the system refused
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
 
 
 def container_name(store_id: str, task_id: int, attempt: int) -> str:
     return f"hpcdock-{store_id}-t{task_id}-a{attempt}"
+
+
+def thread_refused(exc: RuntimeError) -> bool:
+    """Whether ``Thread.start`` failed for want of a thread (not for a bug, such as starting twice)."""
+    return "new thread" in str(exc)
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Start ``thread``, waiting as long as the system refuses new threads."""
+    delay = 0.05
+    while True:
+        try:
+            thread.start()
+            return
+        except RuntimeError as exc:
+            if not thread_refused(exc):
+                raise
+            log.warning("%s: %s; trying again in %.2fs", thread.name, exc, delay)
+        time.sleep(delay)
+        delay = min(2 * delay, THREAD_RETRY_MAX)
+
+
+class Tail:
+    """The last ``size`` bytes of a stream, kept without copying each chunk into a buffer."""
+
+    def __init__(self, size: int = TAIL_CHECK_BYTES) -> None:
+        self.size = size
+        self._chunks: deque[bytes] = deque()
+        self._length = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._length += len(chunk)
+        while self._length - len(self._chunks[0]) >= self.size:
+            self._length -= len(self._chunks.popleft())
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)[-self.size:]
+
+
+def mib(n: int) -> str:
+    return f"{n / tasklog.MIB:g} MiB"
 
 
 def resolve_command(command: list[str], job_params: dict[str, str], task_params: dict[str, str],
@@ -76,7 +131,8 @@ class TaskRunner:
     def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
                  thumbnail_path: Callable[[int, str, int], Path], on_exit: Callable[[int], None],
                  watch: EngineWatch, gpu: Optional[Callable[[], Any]] = None,
-                 adopt: Optional[ContainerStatus] = None) -> None:
+                 adopt: Optional[ContainerStatus] = None,
+                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB) -> None:
         self.store = store
         self.engine = engine
         self.task = task
@@ -88,6 +144,8 @@ class TaskRunner:
         self.plan_gpu = gpu  # returns the task's GPU Attachment; raises AttachError when impossible
         self.adopt = adopt
         self.adopted_after = "a service restart"
+        self.limits = limits
+        self.log_cap = log_cap
         self.container_id: Optional[str] = adopt.id if adopt else None
         self.timed_out = False
         self._stop_lock = threading.Lock()
@@ -102,11 +160,18 @@ class TaskRunner:
         self._frame_lock = threading.Lock()
         self._current_percent = 0.0
         self._last_progress = 0.0
+        self._log_bytes = 0  # read from the follow stream so far
+        self._log_tail = Tail()  # the end of what the follow stream delivered
         self.thread = threading.Thread(target=self._run, name=f"task-{task['id']}", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the runner's thread; RuntimeError when the system refuses one (try again later)."""
         self.thread.start()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if self.thread.ident is not None:  # a runner still waiting for its thread has nothing to join
+            self.thread.join(timeout)
 
     def _run(self) -> None:
         exit_code, error = self._attempt()
@@ -170,6 +235,7 @@ class TaskRunner:
             self.adopt = status
             self.adopted_after = "the engine came back"
             self._done_before = frozenset(self._settled)
+            self._log_bytes, self._log_tail = 0, Tail()  # its log is read again from the start
             if self._stop_requested:  # canceled or timed out while the engine was away
                 self.engine.stop(status.id)
             return None
@@ -178,8 +244,7 @@ class TaskRunner:
         if status is not None:
             self.engine.remove(status.id)
         self.container_id = None
-        if self.log_path.exists():  # the attempt's header is written again by _create
-            os.truncate(self.log_path, self.task["log_offset"])
+        tasklog.truncate(self.log_path, self.task["log_offset"])  # _create writes the attempt's header again
         return None
 
     def _record(self, exit_code: Optional[int], error: Optional[str], results: dict[int, FrameResult]) -> None:
@@ -224,14 +289,17 @@ class TaskRunner:
             network=spec.network,
             labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(task["job_id"]),
                     LABEL_TASK: str(task["id"]), LABEL_ATTEMPT: str(task["attempt"])},
+            limits=self.limits,
         )
         if self.plan_gpu is not None:
             try:
                 request.gpu = self.plan_gpu()
             except AttachError as exc:
                 raise EngineError(str(exc)) from None
-        with open(self.log_path, "ab") as fh:
-            fh.write(f"--- attempt {task['attempt']}: {' '.join(command)}\n".encode())
+        with self._stop_lock:
+            if self._stop_requested:  # canceled while this runner waited for its thread
+                raise EngineError("canceled before the container was created")
+        tasklog.append_line(self.log_path, f"--- attempt {task['attempt']}: {' '.join(command)}")
         container_id = self.engine.create(request)
         with self._stop_lock:
             self.container_id = container_id
@@ -249,20 +317,17 @@ class TaskRunner:
     def _follow(self) -> tuple[Optional[int], Optional[str]]:
         """Stream the log into the task log until the container exits; return its exit code.
 
-        Three threads cooperate: this one reads the log, a waiter learns the exit code, and
-        a watcher settles frames as their outputs appear on disk, so a frame's event does not
-        wait for the engine's log path (Podman's lags by a few hundred milliseconds).
+        Three threads cooperate: this one reads the log, a waiter learns the exit code (and
+        stops the container at its timeout), and a watcher settles frames as their outputs
+        appear on disk, so a frame's event does not wait for the engine's log path (Podman's
+        lags by a few hundred milliseconds).
         """
         assert self.container_id is not None
-        timer = None
-        timeout = self.step.get("timeout")
-        if timeout:
-            remaining = max(0.0, float(timeout) - (time.time() - (self.task["started_at"] or time.time())))
-            timer = threading.Timer(remaining, self._time_out)
-            timer.daemon = True
-            timer.start()
         parser = LogParser()
-        mode = "r+b" if self.adopt else "ab"
+        if self.adopt:  # the whole container log is read again: drop what an earlier run wrote
+            tasklog.truncate(self.log_path, self.task["log_offset"])
+            tasklog.append_line(self.log_path,
+                                f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})")
         stream = self.engine.logs(self.container_id, follow=True)
         exited = threading.Event()
         drained = threading.Event()
@@ -271,57 +336,116 @@ class TaskRunner:
                                   name=f"task-{self.task['id']}-wait", daemon=True)
         watcher = threading.Thread(target=self._watch_outputs, args=(exited,),
                                    name=f"task-{self.task['id']}-watch", daemon=True)
-        waiter.start()
-        watcher.start()
+        start_thread(waiter)
         try:
-            with open(self.log_path, mode) as fh:
-                if self.adopt:  # re-read the whole container log: drop what an earlier run wrote
-                    fh.seek(self.task["log_offset"])
-                    fh.truncate()
-                    fh.write(f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})\n"
-                             .encode())
-                read = 0
+            start_thread(watcher)
+            with tasklog.AttemptLog(self.log_path, self.log_cap) as out:
                 for chunk in stream:
-                    read += len(chunk)
-                    self._take_log(fh, parser, chunk)
+                    self._log_bytes += len(chunk)
+                    self._log_tail.add(chunk)
+                    self._take_log(out, parser, chunk)
                 drained.set()
                 waiter.join()
-                if outcome.get("cut"):  # the stream was ended for us: fetch what it had not delivered
-                    rest = b"".join(self.engine.logs(self.container_id, follow=False))[read:]
-                    self._take_log(fh, parser, rest)
+                if "code" in outcome:
+                    self._take_missing(out, parser)
                 for update in parser.close():
                     self._apply(update)
         finally:
             drained.set()
             exited.set()
-            watcher.join()
-            if timer is not None:
-                timer.cancel()
+            if watcher.ident is not None:
+                watcher.join()
         if "error" in outcome:
             raise outcome["error"]
         exit_code = outcome["code"]
         if self.timed_out:
-            return exit_code, f"timed out after {timeout:g}s (onRun.timeout) and was stopped"
-        return exit_code, None if exit_code == 0 else f"exited with code {exit_code}"
+            reason = f"timed out after {float(self.step['timeout']):g}s (onRun.timeout) and was stopped"
+        elif exit_code == 0:
+            return exit_code, None
+        else:
+            reason = self._exit_reason(exit_code)
+        return exit_code, reason + self._limit_hints(parser)
 
-    def _take_log(self, fh: Any, parser: LogParser, chunk: bytes) -> None:
-        fh.write(chunk)
-        fh.flush()
+    def _exit_reason(self, exit_code: int) -> str:
+        if exit_code == 137:
+            try:
+                oom = bool((self.engine.inspect(self.container_id).get("State") or {}).get("OOMKilled"))
+            except Exception:  # an engine that cannot tell leaves the plain exit code
+                oom = False
+            if oom:
+                limit = f" (limit {mib(self.limits.memory)})" if self.limits.memory else ""
+                return f"killed: out of memory{limit}"
+        return f"exited with code {exit_code}"
+
+    def _limit_hints(self, parser: LogParser) -> str:
+        """What the log says about a limit the task ran into (all a ulimit leaves behind)."""
+        hints = []
+        if parser.out_of_memory:
+            limit = f" (memory limit {mib(self.limits.memory)})" if self.limits.memory else ""
+            hints.append(f"it ran out of memory{limit}: {parser.out_of_memory!r}")
+        if parser.fork_failed:
+            limit = f" (limit {self.limits.pids} processes and threads)" if self.limits.pids else ""
+            hints.append(f"it could not start more processes{limit}: {parser.fork_failed!r}")
+        return "".join(f"; {h}" for h in hints)
+
+    def _take_log(self, out: tasklog.AttemptLog, parser: LogParser, chunk: bytes) -> None:
+        out.write(chunk)
         for update in parser.feed(chunk):
             self._apply(update)
+
+    def _take_missing(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
+        """Take what the follow stream did not deliver, if anything.
+
+        Podman ends a follow stream when the container exits whether it delivered everything
+        or not (a reader slower than a task that floods its output gets only part of it), and
+        the service ends one that stays open too long: compare the log's last lines with what
+        arrived, and when they differ read the log again past what arrived.
+        """
+        theirs = Tail()
+        for chunk in self.engine.logs(self.container_id, follow=False, tail=TAIL_CHECK_LINES):
+            theirs.add(chunk)
+        if not self._log_tail.value().endswith(theirs.value()):
+            log.info("task %s: the log stream ended early; reading the log again past its first %d bytes",
+                     self.task["id"], self._log_bytes)
+            self._take_rest(out, parser)
+
+    def _take_rest(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
+        """Read the log again from the start, streamed, and take what the follow stream had not delivered."""
+        skip = self._log_bytes
+        for chunk in self.engine.logs(self.container_id, follow=False):
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            self._take_log(out, parser, chunk[skip:] if skip else chunk)
+            skip = 0
 
     def _wait_exit(self, stream: Any, exited: threading.Event, drained: threading.Event,
                    outcome: dict[str, Any]) -> None:
         try:
-            outcome["code"] = self.engine.wait(self.container_id)
+            outcome["code"] = self._wait()
         except Exception as exc:  # reported by the reading thread
             outcome["error"] = exc
         exited.set()
         # Podman ends a follow stream late, and now and then never; the exit code is the truth,
-        # so end the stream and let the reader collect the rest.
-        if not drained.wait(LOG_DRAIN_SECONDS) and hasattr(stream, "close"):
-            outcome["cut"] = True
-            stream.close()
+        # so once the stream goes idle, end it and let the reader collect the rest. A stream still
+        # delivering (a task that printed a lot just before it exited) is left to deliver.
+        seen = self._log_bytes
+        while not drained.wait(LOG_DRAIN_SECONDS):
+            if self._log_bytes == seen and hasattr(stream, "close"):
+                stream.close()
+                return
+            seen = self._log_bytes
+
+    def _wait(self) -> int:
+        """The container's exit code; a container still running at the step's timeout is stopped."""
+        timeout = self.step.get("timeout")
+        if timeout:
+            elapsed = time.time() - (self.task["started_at"] or time.time())
+            try:
+                return self.engine.wait(self.container_id, timeout=max(0.01, float(timeout) - elapsed))
+            except TimeoutError:
+                self._time_out()
+        return self.engine.wait(self.container_id)
 
     def _watch_outputs(self, exited: threading.Event) -> None:
         """Settle image frames as soon as their output files are complete on disk."""

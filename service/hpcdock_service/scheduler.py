@@ -2,21 +2,26 @@
 
 The scheduler knows slots, priorities, step dependencies and GPUs, never which engine
 it drives. Dispatch is one thread woken by anything that frees or adds work; each
-running task has a :class:`~.runner.TaskRunner` thread of its own. While the engine is
-unreachable nothing new starts; running tasks wait for it (see :class:`~.engines.discovery.EngineWatch`).
+running task has a :class:`~.runner.TaskRunner` of its own, so the service's threads are
+bounded by its slots. A runner whose thread the system refuses (the user's process count
+spent, say by a runaway task) keeps its slot and is started again on the next rounds: its
+task is neither failed nor left unwatched. While the engine is unreachable nothing new
+starts; running tasks wait for it (see :class:`~.engines.discovery.EngineWatch`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Protocol
 from urllib.parse import quote
 
-from .engines.base import LABEL_STORE, Engine
+from . import tasklog
+from .engines.base import LABEL_STORE, NO_LIMITS, ContainerLimits, Engine
 from .engines.discovery import EngineWatch
-from .runner import TaskRunner, container_name
+from .runner import TaskRunner, container_name, thread_refused
 from .store import Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -37,17 +42,21 @@ class GpuBroker(Protocol):
 
 class Scheduler:
     def __init__(self, store: Store, engine: Engine, *, slots: int, state_dir: Path,
-                 gpus: Optional[GpuBroker] = None, watch: Optional[EngineWatch] = None) -> None:
+                 gpus: Optional[GpuBroker] = None, watch: Optional[EngineWatch] = None,
+                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB) -> None:
         self.store = store
         self.engine = engine
         self.watch = watch or EngineWatch(engine)
         self.slots = max(1, slots)
         self.gpus = gpus
+        self.limits = limits  # a task's limits where its step does not set its own
+        self.log_cap = log_cap
         self.log_dir = state_dir / "logs"
         self.thumbs_dir = state_dir / "thumbnails"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.thumbs_dir.mkdir(parents=True, exist_ok=True)
         self._running: dict[int, TaskRunner] = {}
+        self._unstarted: list[TaskRunner] = []  # runners whose thread the system refused
         self._lock = threading.Lock()
         self._launch_lock = threading.Lock()
         self._wake = threading.Event()
@@ -86,12 +95,15 @@ class Scheduler:
         while not self._stopped.is_set():
             self._wake.clear()
             try:
+                self._start_unstarted()
                 self.dispatch()
             except StoreBusy as exc:
                 log.warning("dispatch waits: %s", exc.message)
             except Exception:
                 log.exception("dispatch failed; retrying")
-            self._wake.wait(timeout=2.0)
+            with self._lock:
+                waiting = bool(self._unstarted)
+            self._wake.wait(timeout=0.5 if waiting else 2.0)
 
     # -- dispatch -----------------------------------------------------------------------
     def dispatch(self) -> int:
@@ -138,6 +150,12 @@ class Scheduler:
             if not started and self.gpus is not None and gpus:
                 self.gpus.release(task_id)  # canceled, or the store was locked (StoreBusy): dispatch tries again
 
+    def limits_for(self, step: Row) -> ContainerLimits:
+        """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
+        memory = step.get("memory_mib")
+        return replace(self.limits, memory=memory * tasklog.MIB if memory else self.limits.memory,
+                       vcpus=step.get("vcpus") or self.limits.vcpus)
+
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
         broker = self.gpus
@@ -145,11 +163,28 @@ class Scheduler:
             store=self.store, engine=self.engine, task=task, step=step,
             log_path=self.log_path(task["id"]), thumbnail_path=self.thumbnail_path, on_exit=self._on_exit,
             watch=self.watch, gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
-            adopt=adopt,
+            adopt=adopt, limits=self.limits_for(step), log_cap=self.log_cap,
         )
         with self._lock:
             self._running[task["id"]] = runner
-        runner.start()
+        self._start_runner(runner)
+
+    def _start_runner(self, runner: TaskRunner) -> None:
+        try:
+            runner.start()
+        except RuntimeError as exc:
+            if not thread_refused(exc):
+                raise
+            log.warning("task %s: %s; its runner starts when the system allows a thread again",
+                        runner.task["id"], exc)
+            with self._lock:
+                self._unstarted.append(runner)
+
+    def _start_unstarted(self) -> None:
+        with self._lock:
+            waiting, self._unstarted = self._unstarted, []
+        for runner in waiting:
+            self._start_runner(runner)
 
     def _on_exit(self, task_id: int) -> None:
         with self._lock:
@@ -173,14 +208,11 @@ class Scheduler:
                     self.engine.stop(task["container"])
         if self.watch.up:  # while the engine is away, runners stop their containers once it is back
             for runner in runners:
-                runner.thread.join(timeout=wait)
+                runner.join(timeout=wait)
         return self.store.job(job_id)
 
     def _truncate_log(self, task_id: int, offset: int) -> None:
-        path = self.log_path(task_id)
-        if path.exists() and path.stat().st_size > offset:
-            with open(path, "r+b") as fh:
-                fh.truncate(offset)
+        tasklog.truncate(self.log_path(task_id), offset)
 
     # -- restart ------------------------------------------------------------------------
     def recover(self) -> None:

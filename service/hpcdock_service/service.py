@@ -16,12 +16,13 @@ from typing import Any, Optional
 from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
-from .engines.base import Engine, EngineUnreachable
+from .engines.base import ContainerLimits, Engine, EngineUnreachable
 from .engines.discovery import EmbeddedPodman, EngineWatch, connect
 from .errors import BadInput
 from .gpu_broker import GpuBroker
 from .scheduler import Scheduler
 from .store import Row, Store, StoreBusy
+from .tasklog import MIB
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,14 @@ class Service:
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.watch = EngineWatch(engine, self.embedded)
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
-                                   gpus=self.gpus, watch=self.watch)
+                                   gpus=self.gpus, watch=self.watch, limits=self.task_limits(),
+                                   log_cap=config.log_cap_mib * MIB)
+
+    def task_limits(self) -> ContainerLimits:
+        """A task container's limits where its step asks for no memory or vCPUs of its own."""
+        memory = self.config.task_memory_mib
+        return ContainerLimits(pids=self.config.task_pids, memory=memory * MIB if memory else None,
+                               vcpus=self.config.task_vcpus)
 
     def start(self) -> None:
         self.scheduler.start()

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS steps (
     job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
     depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
-    timeout REAL, cancel_grace REAL NOT NULL, output TEXT,
+    timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL,
     PRIMARY KEY (job_id, idx)
 );
 CREATE TABLE IF NOT EXISTS tasks (
@@ -128,6 +128,14 @@ class StoreHealth:
                 "message": "another process holds the store's write lock; writes wait for it"}
 
 
+def _add_step_limits(db: sqlite3.Connection) -> None:
+    """A store made before steps carried their resource limits gets the columns (empty: defaults)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
+    for name, kind in (("memory_mib", "INTEGER"), ("vcpus", "REAL")):
+        if name not in have:
+            db.execute(f"ALTER TABLE steps ADD COLUMN {name} {kind}")
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +148,7 @@ class Store:
                 raise StoreCorrupt(path, problem)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            _add_step_limits(self._db)
             self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
         except BaseException as exc:
             self._db.close()
@@ -330,9 +339,11 @@ class Store:
             job_id = int(cur.lastrowid)
             n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
-                db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
+                           "cancel_grace, output, memory_mib, vcpus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
-                            json.dumps(step.command), step.timeout, step.cancel_grace, step.output))
+                            json.dumps(step.command), step.timeout, step.cancel_grace, step.output,
+                            step.memory_mib, step.vcpus))
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
                 # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
                 # 100,000 rows one by one through executemany was most of a big job's accept time.

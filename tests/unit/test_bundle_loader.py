@@ -109,3 +109,19 @@ def test_engine_and_gpu_checks_are_consulted(tmp_path: Path) -> None:
     plan = load(path, image_exists=lambda image: True, gpu_check=lambda n: None)
     assert plan.steps[0].gpus == 2 and len(plan.steps[0].tasks) == 1
 
+
+
+def test_memory_and_vcpu_amounts_become_the_steps_limits(tmp_path: Path) -> None:
+    def plan(amounts: list[dict[str, Any]]):
+        path = bundle(tmp_path / "b", template={"steps": [{
+            "name": "render", "hostRequirements": {"amounts": amounts},
+            "script": {"actions": {"onRun": {"command": "render"}}}}]}, settings={"frames": None})
+        return load(path).steps[0]
+
+    step = plan([{"name": "amount.worker.memory", "min": 2048, "max": 4096}, {"name": "amount.worker.vcpu", "min": 2}])
+    assert (step.memory_mib, step.vcpus) == (4096, 2.0)  # the most the step may use, else what it needs
+    step = plan([{"name": "amount.worker.memory", "min": 1024}])
+    assert (step.memory_mib, step.vcpus) == (1024, None)
+    with pytest.raises(BadInput) as err:
+        plan([{"name": "amount.worker.disk.scratch", "min": 10}])
+    assert "hostRequirements.amounts" in err.value.field and "amount.worker.disk.scratch" in err.value.message

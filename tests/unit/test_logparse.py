@@ -277,3 +277,19 @@ def test_parser_task_progress_through_a_chunk():
     assert parser.task_progress(frames, count_failed=False) == 50.0
     parser.feed("::hpcdock::frame-done 3\n::hpcdock::frame-done 4\n")
     assert parser.task_progress(frames) == 100.0
+
+
+def test_the_first_out_of_memory_and_fork_failure_lines_are_remembered():
+    parser = LogParser()
+    parser.feed("rendering\nALF_PROGRESS 10%\nfork is a word, and memory too\n")
+    assert parser.out_of_memory is None and parser.fork_failed is None
+    parser.feed("sh: can't fork: Resource temporarily unavailable\nbash: fork: retry: Resource temporarily")
+    parser.feed(" unavailable\nsort: out of memory\nMemoryError\n")
+    assert parser.fork_failed == "sh: can't fork: Resource temporarily unavailable"
+    assert parser.out_of_memory == "sort: out of memory"
+    later = LogParser()
+    later.feed("terminate called after throwing an instance of 'std::bad_alloc'\nthreads: 64\n")
+    later.feed("RuntimeError: can't start new thread")
+    later.close()
+    assert later.out_of_memory == "terminate called after throwing an instance of 'std::bad_alloc'"
+    assert later.fork_failed == "RuntimeError: can't start new thread"

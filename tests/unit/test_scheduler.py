@@ -5,6 +5,7 @@ The fake engine is only for these rules; that containers really run is proven by
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hpcdock_service import tasklog
 from hpcdock_service.bundle import load_bundle
-from hpcdock_service.engines.base import ContainerRequest, ContainerStatus, EngineUnreachable
+from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus, EngineUnreachable
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreBusy
 
@@ -30,6 +32,7 @@ class FakeEngine:
         self.max_running = 0
         self.started_order: list[str] = []
         self.release = threading.Event()
+        self.removed: list[dict[str, Any]] = []
 
     def create(self, request: ContainerRequest) -> str:
         with self.lock:
@@ -43,7 +46,7 @@ class FakeEngine:
             self.max_running = max(self.max_running, len(self.running))
             self.started_order.append(cid)
 
-    def logs(self, cid: str, follow: bool):
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if self.hold:
             self.release.wait(10)
         else:
@@ -62,7 +65,8 @@ class FakeEngine:
 
     def remove(self, cid: str) -> None:
         with self.lock:
-            self.containers.pop(cid, None)
+            if cid in self.containers:
+                self.removed.append(self.containers.pop(cid))
 
     def inspect(self, cid: str) -> dict[str, Any]:
         return {}
@@ -317,3 +321,131 @@ def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(env, tmp_
     assert gpus.free == [0] and store.tasks(job["id"])[0]["state"] == "pending"
     run_until_done(store, sched, [job["id"]])
     assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
+
+
+
+def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(env, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A runaway task can spend the process count the service shares: its neighbours are not failed."""
+    engine = FakeEngine()
+    store, sched = env(engine, slots=1)
+    refusals = {"": 2, "-wait": 1, "-watch": 1}  # the runner's own thread twice, then each helper once
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        named = re.fullmatch(r"task-\d+(-\w+)?", thread.name)
+        key = (named.group(1) or "") if named else None
+        if key in refusals and refusals[key] > 0:
+            refusals[key] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
+    run_until_done(store, sched, [job["id"]])
+    assert refusals == {"": 0, "-wait": 0, "-watch": 0}
+    assert store.job(job["id"])["state"] == "succeeded"
+    assert [t["attempt"] for t in store.tasks(job["id"])] == [1]
+    assert engine.started_order == [store.tasks(job["id"])[0]["container"]]
+
+
+def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    defaults = ContainerLimits(pids=256, memory=512 * 1024 * 1024, vcpus=None)
+    sched = Scheduler(store, engine, slots=2, state_dir=tmp_path / "state", limits=defaults)
+    sized = step("big", "render")
+    sized["hostRequirements"] = {"amounts": [{"name": "amount.worker.memory", "min": 1024},
+                                             {"name": "amount.worker.vcpu", "min": 1, "max": 3}]}
+    job = submit(store, sched, write_bundle(tmp_path / "a", [sized, step("plain", "render")], frames="1"))
+    run_until_done(store, sched, [job["id"]])
+    limits = {c["request"].name.split("-t")[1]: c["request"].limits for c in engine.removed}
+    by_step = {t["step"]: limits[f"{t['id']}-a1"] for t in store.tasks(job["id"])}
+    assert by_step["big"] == ContainerLimits(pids=256, memory=1024 * 1024 * 1024, vcpus=3.0)
+    assert by_step["plain"] == defaults
+
+
+class EarlyEndEngine(FakeEngine):
+    """Podman ends a follow stream when the container exits, whether the reader got everything or not."""
+
+    LOG = b"".join(b"::hpcdock::frame-start %d\nALF_PROGRESS 50%%\n::hpcdock::frame-done %d\n" % (f, f)
+                   for f in (1, 2)) + b"last words\n"
+
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
+        if follow:
+            yield self.LOG[:40]
+        elif tail:
+            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
+        else:
+            yield from (self.LOG[i:i + 7] for i in range(0, len(self.LOG), 7))
+
+
+def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path) -> None:
+    engine = EarlyEndEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state")
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
+    run_until_done(store, sched, [job["id"]])
+    (task,) = store.tasks(job["id"])
+    log = sched.log_path(task["id"]).read_bytes()
+    assert log.split(b"\n", 1)[1] == EarlyEndEngine.LOG  # after the attempt's header: all of it, once
+
+
+class OomEngine(FakeEngine):
+    def inspect(self, cid: str) -> dict[str, Any]:
+        return {"State": {"OOMKilled": True, "ExitCode": 137}}
+
+
+def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
+    engine = OomEngine(exit_codes={"hog": 137})
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state",
+                      limits=ContainerLimits(memory=512 * 1024 * 1024))
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "hog")], frames="1", max_attempts=1))
+    run_until_done(store, sched, [job["id"]])
+    (task,) = store.tasks(job["id"])
+    assert task["state"] == "failed" and task["error"] == "killed: out of memory (limit 512 MiB)"
+
+
+class FloodEngine(FakeEngine):
+    """A container that printed far more than the log cap, all of it replayed on every read."""
+
+    LOG = b"".join(b"line %08d\n" % n for n in range(30_000)) + b"the end\n"
+
+    def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
+        if tail:
+            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
+        else:
+            yield from (self.LOG[i:i + 4096] for i in range(0, len(self.LOG), 4096))
+
+
+def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: Path) -> None:
+    cap = 64 * 1024
+    engine = FloodEngine()
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state", log_cap=cap)
+    job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "flood")], frames="1"))
+    (task,) = store.tasks(job["id"])
+    path = sched.log_path(task["id"])
+    path.write_bytes(b"--- attempt 0: an earlier attempt\n")
+    offset = path.stat().st_size
+    store.start_task(task["id"], "hpcdock-flood-t1-a1", [], offset)
+    with tasklog.AttemptLog(path, cap) as out:  # the service that died had already cut this attempt
+        out.write(FloodEngine.LOG[:200_000])
+    engine.containers["hpcdock-flood-t1-a1"] = {"request": None, "status": "running"}
+    engine.wait = lambda cid, timeout=None: 0  # type: ignore[method-assign]
+    run_until_done(store, sched, [job["id"]])
+
+    assert store.job(job["id"])["state"] == "succeeded"
+    data = path.read_bytes()
+    assert data.startswith(b"--- attempt 0: an earlier attempt\n--- attempt 1 (re-adopted")
+    assert len(data) - offset <= cap + 100 and data.endswith(b"line 00029999\nthe end\n")
+    header = data.index(b"\n", offset) + 1
+    whole, position = b"", 0
+    while True:  # as a reader from the start: the old cut is gone, the new one counted from this run
+        piece, position, size = tasklog.read(path, position, 10_000)
+        if not piece:
+            break
+        whole += piece
+    assert whole.count(b"bytes of this attempt's output dropped here") == 1
+    assert whole.endswith(b"the end\n") and position == size == header + len(FloodEngine.LOG)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from ..bundle import Mount
@@ -12,6 +12,36 @@ LABEL_STORE = "hpcdock.store"
 LABEL_JOB = "hpcdock.job"
 LABEL_TASK = "hpcdock.task"
 LABEL_ATTEMPT = "hpcdock.attempt"
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    """What one task container may use; None means no limit of that kind."""
+
+    pids: Optional[int] = None  # processes and threads
+    memory: Optional[int] = None  # bytes
+    vcpus: Optional[float] = None
+
+
+NO_LIMITS = ContainerLimits()
+
+
+@dataclass(frozen=True)
+class LimitEnforcement:
+    """How the engine holds a container to its :class:`ContainerLimits`, as ``--check`` reports it.
+
+    Each field is ``"cgroup"`` when the engine enforces the limit for the whole container,
+    ``"ulimit"`` when only a per-process resource limit applies (rootless engines on cgroup v1
+    ignore cgroup limits, but ulimits still hold), or ``"none"``.
+    """
+
+    memory: str
+    pids: str
+    cpu: str
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"memory": self.memory, "pids": self.pids, "cpu": self.cpu, "notes": list(self.notes)}
 
 
 @dataclass
@@ -28,6 +58,7 @@ class ContainerRequest:
     labels: dict[str, str]
     # How the task's GPUs attach (a hpcdock_service.gpu.Attachment), decided by the GPU broker.
     gpu: Optional[Any] = None
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
 
 @dataclass
@@ -54,7 +85,7 @@ class EngineUnreachable(EngineError):
 
 class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
-        """Name, version, socket, rootless: what ``/v1/health`` shows."""
+        """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows."""
 
     def ping(self) -> None:
         """Return when the engine answers; raise EngineUnreachable when it does not."""
@@ -72,8 +103,10 @@ class Engine(Protocol):
 
     def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]: ...
 
-    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
-        """Combined stdout and stderr from the start; with ``follow`` until the container exits.
+    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+        """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
+        engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
+        until the container exits.
 
         A following iterator has ``close()``, which ends it from another thread.
         """

@@ -4,11 +4,14 @@ Podman's Docker-compatible API and Docker's own API take the same calls here, so
 class serves both; :meth:`LocalEngine.describe` says which one answered. Every container
 gets the security defaults of DESIGN.md no matter what the request says: all
 capabilities dropped, ``no-new-privileges``, no network unless asked, mounts as decided
-(and checked) by the bundle loader.
+(and checked) by the bundle loader, and the task's resource limits: as cgroup limits where
+the engine enforces them, else as ulimits (rootless Podman on cgroup v1 drops cgroup limits
+with only a warning in its own log, but applies ulimits).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -16,8 +19,18 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
+from docker.types import Ulimit
 
-from .base import ContainerRequest, ContainerStatus, EngineError, EngineUnreachable
+from .base import (
+    ContainerLimits,
+    ContainerRequest,
+    ContainerStatus,
+    EngineError,
+    EngineUnreachable,
+    LimitEnforcement,
+)
+
+log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
 PING_TIMEOUT = 10.0  # seconds an engine may take to answer a ping before it counts as down
@@ -59,23 +72,60 @@ class LocalEngine:
         names = [c.get("Name", "") for c in version.get("Components") or []]
         self.kind = "podman" if any("Podman" in n for n in names) else "docker"
         self.version = str(version.get("Version", "?"))
-        self.rootless = self._detect_rootless()
-
-    def _detect_rootless(self) -> bool:
         info = self.client.info()
-        if any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []):
-            return True
+        host = self._podman_host() if self.kind == "podman" else {}
+        self.rootless = (any("rootless" in str(opt) for opt in info.get("SecurityOptions") or [])
+                         or bool((host.get("security") or {}).get("rootless")))
+        self.enforcement = self._detect_enforcement(info, host)
+
+    def _podman_host(self) -> dict[str, Any]:
+        """The ``host`` part of Podman's own /info (its compat /info says neither rootless nor cgroups)."""
+        try:
+            resp = self.client.api.get(self.client.api.base_url + "/v4.0.0/libpod/info")
+            return dict(resp.json()["host"])
+        except (requests.RequestException, KeyError, ValueError, TypeError):
+            return {}
+
+    def _detect_enforcement(self, info: dict[str, Any], host: dict[str, Any]) -> LimitEnforcement:
         if self.kind == "podman":
-            # Podman's compat /info does not say; its own API does.
-            try:
-                resp = self.client.api.get(self.client.api.base_url + "/v4.0.0/libpod/info")
-                return bool(resp.json()["host"]["security"]["rootless"])
-            except (requests.RequestException, KeyError, ValueError):
-                return False
-        return False
+            # The controllers Podman can use for this user: all of them as root, those delegated
+            # to the user on cgroup v2, none for rootless on cgroup v1.
+            controllers = set(host.get("cgroupControllers") or [])
+            memory, pids, cpu = "memory" in controllers, "pids" in controllers, "cpu" in controllers
+        else:
+            memory, pids, cpu = bool(info.get("MemoryLimit")), bool(info.get("PidsLimit")), bool(info.get("CpuCfsQuota"))
+        notes = []
+        if not memory:
+            notes.append("memory: a per-process data limit (ulimit -d), not a limit on the container's total")
+        if not pids:
+            notes.append("pids: ulimit nproc, which counts the processes and threads of all this user's "
+                         "containers together (rootless engines run them in one user namespace)")
+        if not cpu:
+            notes.append("cpu: not enforced (no cgroup CPU controller for this engine)")
+        return LimitEnforcement(memory="cgroup" if memory else "ulimit", pids="cgroup" if pids else "ulimit",
+                                cpu="cgroup" if cpu else "none", notes=tuple(notes))
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.kind, "version": self.version, "socket": self.base_url, "rootless": self.rootless}
+        return {"engine": self.kind, "version": self.version, "socket": self.base_url, "rootless": self.rootless,
+                "limits": self.enforcement.to_json()}
+
+    def _split_limits(self, limits: ContainerLimits) -> tuple[dict[str, float], dict[str, int]]:
+        """The limits the engine's cgroups enforce, and the rest as ulimits (name: value)."""
+        cgroup: dict[str, float] = {}
+        rlimits: dict[str, int] = {}
+        if limits.memory:
+            if self.enforcement.memory == "cgroup":
+                cgroup["memory"] = limits.memory
+            else:
+                rlimits["data"] = limits.memory
+        if limits.pids:
+            if self.enforcement.pids == "cgroup":
+                cgroup["pids"] = limits.pids
+            else:
+                rlimits["nproc"] = limits.pids
+        if limits.vcpus and self.enforcement.cpu == "cgroup":
+            cgroup["vcpus"] = limits.vcpus
+        return cgroup, rlimits
 
     def ping(self) -> None:
         api = self.client.api
@@ -99,7 +149,9 @@ class LocalEngine:
 
     def create(self, request: ContainerRequest) -> str:
         gpu = request.gpu
-        if gpu is not None and gpu.via == "libpod":
+        # Podman's own create call for every container it can take: its Docker-compatible create
+        # drops ulimits (Podman 4.3 measured), which on cgroup v1 are the only limits it applies.
+        if (gpu is None and self.kind == "podman") or (gpu is not None and gpu.via == "libpod"):
             container_id = self._create_libpod(request)
         else:
             container_id = self._create_compat(request)
@@ -119,6 +171,18 @@ class LocalEngine:
         }
         if not request.network:
             host["network_mode"] = "none"
+        cgroup, rlimits = self._split_limits(request.limits)
+        if "memory" in cgroup:
+            host["mem_limit"] = host["memswap_limit"] = int(cgroup["memory"])
+        if "pids" in cgroup:
+            host["pids_limit"] = int(cgroup["pids"])
+        if "vcpus" in cgroup:
+            host["nano_cpus"] = int(cgroup["vcpus"] * 1e9)
+        if rlimits:
+            host["ulimits"] = [Ulimit(name=name, soft=value, hard=value) for name, value in rlimits.items()]
+            if self.kind == "podman":  # only GPU attachments made for this API come here
+                log.warning("%s: Podman's Docker-compatible create drops ulimits; this container runs without "
+                            "its %s limits", request.name, " and ".join(rlimits))
         create: dict[str, Any] = {
             "name": request.name,
             "entrypoint": request.command[:1],
@@ -138,7 +202,7 @@ class LocalEngine:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
 
     def _create_libpod(self, request: ContainerRequest) -> str:
-        """Podman's own create call: the only way Podman before 5.4 applies CDI devices."""
+        """Podman's own create call: the only way Podman before 5.4 applies CDI devices, and ulimits."""
         body: dict[str, Any] = {
             "name": request.name,
             "image": request.image,
@@ -153,10 +217,23 @@ class LocalEngine:
             "no_new_privileges": True,
             "netns": {"nsmode": "private" if request.network else "none"},
         }
-        fields = request.gpu.libpod_fields()
-        body["env"].update(fields.get("env", {}))
-        body["devices"] = fields.get("devices", [])
-        body["mounts"] += fields.get("mounts", [])
+        cgroup, rlimits = self._split_limits(request.limits)
+        resources: dict[str, Any] = {}
+        if "memory" in cgroup:
+            resources["memory"] = {"limit": int(cgroup["memory"]), "swap": int(cgroup["memory"])}
+        if "pids" in cgroup:
+            resources["pids"] = {"limit": int(cgroup["pids"])}
+        if "vcpus" in cgroup:
+            resources["cpu"] = {"quota": int(cgroup["vcpus"] * 100_000), "period": 100_000}
+        if resources:
+            body["resource_limits"] = resources
+        if rlimits:
+            body["r_limits"] = [{"type": name, "soft": value, "hard": value} for name, value in rlimits.items()]
+        if request.gpu is not None:
+            fields = request.gpu.libpod_fields()
+            body["env"].update(fields.get("env", {}))
+            body["devices"] = fields.get("devices", [])
+            body["mounts"] += fields.get("mounts", [])
         return self._libpod("post", "/containers/create", json=body, what=f"create container for {request.image}")["Id"]
 
     def _libpod(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
@@ -190,11 +267,11 @@ class LocalEngine:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         return [_status(c) for c in self.client.containers.list(all=True, filters=filters)]
 
-    def logs(self, container_id: str, follow: bool) -> Iterator[bytes]:
+    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
         try:
-            if follow:  # a CancellableStream: close() ends it from another thread
-                return self.client.api.logs(container_id, stream=True, follow=True)
-            return iter([self.client.api.logs(container_id, stream=False)])
+            # Streamed either way (a CancellableStream when following: close() ends it from another
+            # thread); without stream=True the SDK reads the whole log into one bytes object.
+            return self.client.api.logs(container_id, stream=True, follow=follow, tail=tail or "all")
         except NotFound:
             return iter([])
 
