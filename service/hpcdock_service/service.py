@@ -78,6 +78,7 @@ class Service:
             parameter_values=parameter_values,
             image_exists=self.engine.image_exists,
             gpu_check=self.gpus.check_request,
+            limits=self.config.limits,
         )
         prepare_output_dirs(plan)
         job = self.store.add_job(plan, priority=priority, name=name)
