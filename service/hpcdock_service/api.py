@@ -101,13 +101,20 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
-    (400, "Refused input; `error.field` names the field (or bundle file and key), `error.message` why"),
-    (401, "Missing or wrong bearer token"),
-    (404, "No such job, task or frame"),
-    (422, "A request parameter or body field has the wrong type or range"),
-    (429, "Too many submissions are being read at once; retry shortly"),
-)}
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the 4xx answers a route gives, all with the :class:`ErrorBody` body."""
+    return {status: {"model": ErrorBody, "description": _ERROR_TEXT[status]} for status in statuses}
+
+
+_ERROR_TEXT = {
+    400: "Refused input; `error.field` names the field (or bundle file and key), `error.message` why",
+    401: "Missing or wrong bearer token",
+    404: "No such job, task or frame",
+    409: "The job is not in a state that allows this (e.g. retrying a running job)",
+    422: "A request parameter or body field has the wrong type or range",
+    429: "Too many submissions are being read at once; retry shortly",
+}
+NOT_FOUND = _errors(404)
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -127,7 +134,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             if manage_lifecycle:
                 service.close()
 
-    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan, responses=ERRORS,
+    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan, responses=_errors(400, 401, 422),
                   description="Runs OpenJD job bundles as containers on a rootless engine.")
     # Open event streams end when the server begins to shut down, so a restart is not held up;
     # clients resume from their last event id.
@@ -140,6 +147,20 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             wake(0)
 
     app.state.close_streams = close_streams
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The document, with every error body JSON (text routes would otherwise declare text/plain)."""
+        doc = default_openapi()
+        for item in doc["paths"].values():
+            for op in item.values():
+                for status, response in op["responses"].items():
+                    if status.startswith("4"):
+                        response["content"] = {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
     store = service.store
 
     # -- errors -------------------------------------------------------------------------
@@ -176,7 +197,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     # at once keeps a flood of (hostile or merely huge) submissions from taking every worker.
     submits = threading.BoundedSemaphore(service.config.limits.max_concurrent_submits)
 
-    @app.post("/v1/jobs", status_code=201, dependencies=v1)
+    @app.post("/v1/jobs", status_code=201, dependencies=v1, responses=_errors(429))
     def submit(body: JobSubmit) -> dict[str, Any]:
         if not submits.acquire(blocking=False):
             raise BadInput("bundle_dir", f"{service.config.limits.max_concurrent_submits} submissions are "
@@ -190,27 +211,28 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     def jobs(state: Optional[str] = None) -> dict[str, Any]:
         return {"jobs": store.jobs(state)}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=v1)
+    @app.get("/v1/jobs/{job_id}", dependencies=v1, responses=NOT_FOUND)
     def job(job_id: Id) -> dict[str, Any]:
         return store.job(job_id)
 
-    @app.post("/v1/jobs/{job_id}/cancel", dependencies=v1)
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=v1, responses=NOT_FOUND)
     def cancel(job_id: Id) -> dict[str, Any]:
         return service.cancel(job_id)
 
-    @app.post("/v1/jobs/{job_id}/retry", dependencies=v1)
+    @app.post("/v1/jobs/{job_id}/retry", dependencies=v1, responses=_errors(404, 409))
     def retry(job_id: Id) -> dict[str, Any]:
         return service.retry(job_id)
 
-    @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1)
+    @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1, responses=NOT_FOUND)
     def tasks(job_id: Id) -> dict[str, Any]:
         return {"tasks": store.tasks(job_id)}
 
-    @app.get("/v1/jobs/{job_id}/frames", dependencies=v1)
+    @app.get("/v1/jobs/{job_id}/frames", dependencies=v1, responses=NOT_FOUND)
     def frames(job_id: Id) -> dict[str, Any]:
         return {"frames": store.frames(job_id)}
 
-    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, response_class=FileResponse)
+    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, responses=NOT_FOUND,
+             response_class=FileResponse)
     def thumbnail(job_id: Id, frame: Frame, step: Optional[str] = None) -> Response:
         path = store.thumbnail_path(job_id, frame, step)
         if path is None:
@@ -224,11 +246,12 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 raise NotFound("frame", str(exc)) from None
         return FileResponse(path, media_type="image/png")
 
-    @app.get("/v1/tasks/{task_id}", dependencies=v1)
+    @app.get("/v1/tasks/{task_id}", dependencies=v1, responses=NOT_FOUND)
     def task(task_id: Id) -> dict[str, Any]:
         return store.task(task_id)
 
-    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, response_class=PlainTextResponse)
+    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, responses=NOT_FOUND,
+             response_class=PlainTextResponse)
     def task_log(task_id: Id, offset: int = Query(0, ge=0, le=MAX_ID)) -> Response:
         store.task(task_id)
         path = service.scheduler.log_path(task_id)
