@@ -350,6 +350,28 @@ def test_non_image_output_is_complete_when_non_empty(tmp_path):
     assert is_output_complete(cache)
 
 
+def test_growing_non_image_output_is_incomplete(tmp_path):
+    """A geometry cache still being appended to when its frame is reported done is cut short."""
+    growing = tmp_path / "sim.0010.bgeo.sc"
+    growing.write_bytes(b"\x00start")
+    stop = threading.Event()
+
+    def writer():
+        with open(growing, "ab", buffering=0) as fh:
+            while not stop.is_set():
+                fh.write(b"\x00more geometry")
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert not is_output_complete(growing)
+    finally:
+        stop.set()
+        thread.join()
+    assert is_output_complete(growing)
+
+
 def test_settle_requires_a_stable_size(tmp_path):
     growing = tmp_path / "growing.bgeo.sc"
     growing.write_bytes(b"x")
