@@ -641,10 +641,6 @@ def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
     readonly = raw.get("readonly", True)
     if not os.path.isabs(source) or not os.path.isabs(target):
         raise BadInput(f"{where}.source", "source and target must be absolute paths")
-    shadowed = _system_dir(target)
-    if shadowed:
-        raise BadInput(f"{where}.target", f"{target} would hide the container's own {shadowed}; "
-                       "mount somewhere else (e.g. under /mnt)")
     if not isinstance(readonly, bool):
         raise BadInput(f"{where}.readonly", "must be true or false")
     real = os.path.realpath(source)
@@ -652,6 +648,10 @@ def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
         raise BadInput(f"{where}.source", f"{source} does not exist")
     if not _under_any(Path(real), allowed_roots):
         raise BadInput(f"{where}.source", f"{source} is outside the allowed roots ({', '.join(allowed_roots)})")
+    shadowed = _system_dir(target)
+    if shadowed:
+        raise BadInput(f"{where}.target", f"{target} would hide the container's own {shadowed}; "
+                       "mount somewhere else (e.g. under /mnt)")
     return Mount(real, target, readonly)
 
 

@@ -163,15 +163,17 @@ def test_yaml_and_json_of_one_file_are_refused(tmp_path: Path, stem: str) -> Non
     ({"env": {"A-B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
     ({"env": {"A=B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
     ({"env": {"": "x"}}, "hpcdock.yaml: env", "not a variable name"),
-    ({"mounts": [{"source": "/tmp", "target": "/proc"}]}, "mounts[0].target", "/proc"),
-    ({"mounts": [{"source": "/tmp", "target": "/sys/fs/cgroup"}]}, "mounts[0].target", "/sys"),
-    ({"mounts": [{"source": "/tmp", "target": "/dev/./shm"}]}, "mounts[0].target", "/dev"),
-    ({"mounts": [{"source": "/tmp", "target": "/etc"}]}, "mounts[0].target", "/etc"),
-    ({"mounts": [{"source": "/tmp", "target": "/usr/lib/"}]}, "mounts[0].target", "/usr/lib"),
-    ({"mounts": [{"source": "/tmp", "target": "/"}]}, "mounts[0].target", "hide"),
+    ({"mounts": [{"source": "ASSETS", "target": "/proc"}]}, "mounts[0].target", "/proc"),
+    ({"mounts": [{"source": "ASSETS", "target": "/sys/fs/cgroup"}]}, "mounts[0].target", "/sys"),
+    ({"mounts": [{"source": "ASSETS", "target": "/dev/./shm"}]}, "mounts[0].target", "/dev"),
+    ({"mounts": [{"source": "ASSETS", "target": "/etc"}]}, "mounts[0].target", "/etc"),
+    ({"mounts": [{"source": "ASSETS", "target": "/usr/lib/"}]}, "mounts[0].target", "/usr/lib"),
+    ({"mounts": [{"source": "ASSETS", "target": "/"}]}, "mounts[0].target", "hide"),
     ({"name": "shot\udc80"}, "hpcdock.yaml: name", "surrogate"),
 ])
 def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, settings, field, reason) -> None:
+    for mount in settings.get("mounts", []):
+        mount["source"] = str(tmp_path)  # inside the allowed roots: only the target is wrong
     path = bundle(tmp_path / "b", settings=settings)
     refused(path, field, reason)
 
