@@ -149,7 +149,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     app.state.close_streams = close_streams
     default_openapi = app.openapi
 
-    def openapi() -> dict[str, Any]:
+    def openapi_document() -> dict[str, Any]:
         """The document, with every error body JSON (text routes would otherwise declare text/plain)."""
         doc = default_openapi()
         for item in doc["paths"].values():
@@ -160,7 +160,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                             "schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         return doc
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi_document  # type: ignore[method-assign]
     store = service.store
 
     # -- errors -------------------------------------------------------------------------
