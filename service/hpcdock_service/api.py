@@ -66,6 +66,8 @@ def _clean_text(value: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_clean_text)]
+
+
 def _param_value(value: Any) -> Union[str, int, float]:
     """A job parameter value: a string or a number (not a bool, list or mapping)."""
     if isinstance(value, str) and len(value) <= 65536:
@@ -101,7 +103,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*statuses: int) -> dict[Union[int, str], dict[str, Any]]:
     """OpenAPI entries for the 4xx answers a route gives, all with the :class:`ErrorBody` body."""
     return {status: {"model": ErrorBody, "description": _ERROR_TEXT[status]} for status in statuses}
 
@@ -134,8 +136,8 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             if manage_lifecycle:
                 service.close()
 
-    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan, responses=_errors(400, 401, 422),
-                  description="Runs OpenJD job bundles as containers on a rootless engine.")
+    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
+                  responses=_errors(400, 401, 422), description="Runs OpenJD job bundles as containers on a rootless engine.")
     # Open event streams end when the server begins to shut down, so a restart is not held up;
     # clients resume from their last event id.
     closing = threading.Event()
