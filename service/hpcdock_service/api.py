@@ -137,7 +137,8 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 service.close()
 
     app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
-                  responses=_errors(400, 401, 422), description="Runs OpenJD job bundles as containers on a rootless engine.")
+                  responses=_errors(400, 401, 422),
+                  description="Runs OpenJD job bundles as containers on a rootless engine.")
     # Open event streams end when the server begins to shut down, so a restart is not held up;
     # clients resume from their last event id.
     closing = threading.Event()
