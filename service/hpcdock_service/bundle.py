@@ -485,11 +485,14 @@ def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits,
 
 
 def _chunk_count(param: Any) -> int:
-    """Chunks of a CHUNK[INT] parameter without listing them: contiguous chunks never span a gap."""
+    """Chunks of a CHUNK[INT] parameter without listing them: contiguous chunks never span a gap
+    (for a value list, one chunk per value is the bound)."""
     size = int(param.chunks.defaultTaskCount)
     rng = param.range
-    if isinstance(rng, list) or param.chunks.rangeConstraint != TaskChunksRangeConstraint.CONTIGUOUS:
+    if param.chunks.rangeConstraint != TaskChunksRangeConstraint.CONTIGUOUS:
         return -(-len(rng) // size)
+    if isinstance(rng, list):
+        return len(rng)
     return sum(-(-len(r) // size) if r.step == 1 else len(r) for r in rng.ranges)
 
 
