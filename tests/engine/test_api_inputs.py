@@ -67,7 +67,7 @@ def test_fuzzed_requests_never_get_a_server_error(api: Api) -> None:
     assert len(operations) >= 10
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def no_server_error(case) -> None:
             case.call_and_validate(headers=api.auth, checks=[not_a_server_error])
 
