@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.helpers import make_bundle, wait_for
+from tests.helpers import make_bundle, remove_leftovers, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -28,7 +28,8 @@ class Api:
         from hpcdock_service.service import Service
 
         self.root = root
-        config = ServiceConfig(state_dir=str(root / "state"), token_file=str(root / "token"), slots=1,
+        self.state_dir, self.engine_url = root / "state", engine_url  # what remove_leftovers reads
+        config = ServiceConfig(state_dir=str(self.state_dir), token_file=str(root / "token"), slots=1,
                                allowed_roots=[str(root)], limits=SubmitLimits(max_concurrent_submits=1))
         self.service = Service(config, engine=LocalEngine(engine_url))
         self.app = create_app(self.service)
@@ -54,6 +55,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, engine_url: str) -> Iterator[A
              in ("succeeded", "failed"), 120, what="the seed job to finish")
     yield api
     api.service.close()
+    remove_leftovers(api)  # fuzzed retries of the seed job may have left containers running
 
 
 def test_fuzzed_requests_never_get_a_server_error(api: Api) -> None:
