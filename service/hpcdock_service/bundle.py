@@ -350,6 +350,8 @@ def _parse_yaml(name: str, text: str, limits: SubmitLimits) -> Any:
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise BadInput(name, f"is not valid YAML: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # a typed scalar PyYAML cannot build: 2001-13-45, 5000 digits
+        raise BadInput(name, f"has a value that cannot be read: {exc}") from None
     finally:
         loader.dispose()
 

@@ -211,6 +211,14 @@ def test_nul_and_surrogates_in_template_strings_and_bundle_dir(tmp_path: Path) -
         assert err.value.field == "bundle_dir"
 
 
+@pytest.mark.parametrize("line", ["name: " + "9" * 5000, "name: 2001-13-45", "name: !!float xyz"])
+def test_scalars_yaml_cannot_build_are_refused(tmp_path: Path, line: str) -> None:
+    path = bundle(tmp_path / "b")
+    with open(tmp_path / "b" / "hpcdock.yaml", "a") as fh:
+        fh.write(line + "\n")
+    refused(path, "hpcdock.yaml", "cannot be read")
+
+
 def test_parameter_value_must_be_a_scalar(tmp_path: Path) -> None:
     path = bundle(tmp_path / "b", values={"parameterValues": [{"name": "Frames", "value": [1, 2]}]})
     refused(path, "parameterValues[0].value", "string or a number")
