@@ -610,11 +610,12 @@ def _parse_settings(settings: dict[str, Any], root: Path, allowed_roots: list[st
     if name is not None and not isinstance(name, str):
         raise BadInput("hpcdock.yaml: name", "must be a string")
 
+    for key, shape in (("mounts", "{source, target, readonly}"), ("outputs", "directories")):
+        if settings.get(key) is not None and not isinstance(settings[key], list):
+            raise BadInput(f"hpcdock.yaml: {key}", f"must be a list of {shape}")
     mounts = [Mount(str(root), str(root), True)]
     for i, raw in enumerate(settings.get("mounts") or []):
         mounts.append(_parse_mount(i, raw, allowed_roots))
-    if settings.get("mounts") is not None and not isinstance(settings["mounts"], list):
-        raise BadInput("hpcdock.yaml: mounts", "must be a list of {source, target, readonly}")
 
     frames_param, outputs = _parse_frames(settings.get("frames"), root, allowed_roots)
     out_dirs = {_static_dir(p) for p in outputs.values()}

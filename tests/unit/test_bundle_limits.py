@@ -169,9 +169,12 @@ def test_yaml_and_json_of_one_file_are_refused(tmp_path: Path, stem: str) -> Non
     ({"mounts": [{"source": "ASSETS", "target": "/usr/lib/"}]}, "mounts[0].target", "/usr/lib"),
     ({"mounts": [{"source": "ASSETS", "target": "/"}]}, "mounts[0].target", "hide"),
     ({"name": "shot\udc80"}, "hpcdock.yaml: name", "surrogate"),
+    ({"mounts": 1}, "hpcdock.yaml: mounts", "must be a list"),
+    ({"mounts": "/data"}, "hpcdock.yaml: mounts", "must be a list"),
+    ({"outputs": 1.5}, "hpcdock.yaml: outputs", "must be a list"),
 ])
 def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, settings, field, reason) -> None:
-    for mount in settings.get("mounts", []):
+    for mount in settings["mounts"] if isinstance(settings.get("mounts"), list) else []:
         mount["source"] = str(tmp_path)  # inside the allowed roots: only the target is wrong
     path = bundle(tmp_path / "b", settings=settings)
     refused(path, field, reason)
