@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 import yaml
 from hpcdock_service.config import SubmitLimits, load_config
 from hpcdock_service.errors import BadInput
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.unit.test_bundle_loader import bundle, load
 
@@ -145,7 +148,7 @@ def test_yaml_and_json_of_one_file_are_refused(tmp_path: Path, stem: str) -> Non
     assert err.field == f"{stem}.yaml and {stem}.json"
 
 
-@pytest.mark.parametrize("settings,field,reason", [
+@pytest.mark.parametrize("hpc,field,reason", [
     ({"frames": {"parameter": "Frame", "output": "out/{frame.real.bogus}.png"}}, "frames.output", "only {frame}"),
     ({"frames": {"parameter": "Frame", "output": "out/{frame[0]}.png"}}, "frames.output", "only {frame}"),
     ({"frames": {"parameter": "Frame", "output": "out/{frame!r}.png"}}, "frames.output", "only {frame}"),
@@ -173,10 +176,10 @@ def test_yaml_and_json_of_one_file_are_refused(tmp_path: Path, stem: str) -> Non
     ({"mounts": "/data"}, "hpcdock.yaml: mounts", "must be a list"),
     ({"outputs": 1.5}, "hpcdock.yaml: outputs", "must be a list"),
 ])
-def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, settings, field, reason) -> None:
-    for mount in settings["mounts"] if isinstance(settings.get("mounts"), list) else []:
+def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, hpc, field, reason) -> None:
+    for mount in hpc["mounts"] if isinstance(hpc.get("mounts"), list) else []:
         mount["source"] = str(tmp_path)  # inside the allowed roots: only the target is wrong
-    path = bundle(tmp_path / "b", settings=settings)
+    path = bundle(tmp_path / "b", settings=hpc)
     refused(path, field, reason)
 
 
@@ -239,3 +242,27 @@ def test_limits_are_read_from_service_yaml(tmp_path: Path) -> None:
         with pytest.raises(BadInput) as err:
             load_config(cfg)
         assert field in err.value.field
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
+                     st.sampled_from(["/", "/tmp", "out/{frame}.png", "Frame", "{frame:04d}", "img:1", "render"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["source", "target", "readonly", "parameter", "output", "steps", "render",
+                                     "A", "x"]), inner, max_size=3)), max_leaves=8)
+_settings = st.dictionaries(st.sampled_from(["image", "env", "network", "mounts", "frames", "priority",
+                                             "max_attempts", "name", "outputs"]), _values, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=_settings)
+def test_any_hpcdock_yaml_is_accepted_or_refused_by_name(tmp_path: Path, extra: dict[str, Any]) -> None:
+    """Whatever hpcdock.yaml holds, the loader answers with a plan or a BadInput, never another error."""
+    root = tmp_path / "fuzz"
+    if root.exists():
+        shutil.rmtree(root)
+    path = bundle(root, settings=extra)
+    try:
+        load(path)
+    except BadInput as exc:
+        assert exc.field and exc.message
