@@ -509,7 +509,7 @@ def _space_size(node: Any, sizes: dict[str, int]) -> int:
 
 def _check_frame_numbers(rng: Any, where: str) -> None:
     try:
-        numbers = [int(v) for v in rng] if isinstance(rng, list) else [rng.start, rng.end]
+        numbers = [int(str(v)) for v in rng] if isinstance(rng, list) else [rng.start, rng.end]
     except ValueError:
         raise BadInput(where, "frames must be whole numbers") from None
     for value in (min(numbers), max(numbers)):

@@ -225,6 +225,15 @@ def test_scalars_yaml_cannot_build_are_refused(tmp_path: Path, line: str) -> Non
     refused(path, "hpcdock.yaml", "cannot be read")
 
 
+@pytest.mark.parametrize("kind,values", [("FLOAT", ["1.5", "2"]), ("STRING", ["a", "b"])])
+def test_frame_parameter_must_hold_whole_numbers(tmp_path: Path, kind: str, values: list[str]) -> None:
+    path = bundle(tmp_path / "b", template={"steps": [{
+        "name": "render", "parameterSpace": {"taskParameterDefinitions": [
+            {"name": "Frame", "type": kind, "range": values}]},
+        "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}}}]})
+    refused(path, "parameterSpace.Frame", "whole numbers")
+
+
 def test_parameter_value_must_be_a_scalar(tmp_path: Path) -> None:
     path = bundle(tmp_path / "b", values={"parameterValues": [{"name": "Frames", "value": [1, 2]}]})
     refused(path, "parameterValues[0].value", "string or a number")
