@@ -15,20 +15,31 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, Union
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from hpcdock import endpoint
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, tasklog, thumbnails
-from .errors import BadInput, NotFound
+from .bundle import MAX_FRAME
+from .errors import BadInput, NotFound, text_problem
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -47,12 +58,68 @@ KEEPALIVE_SECONDS = _keepalive_seconds()
 EVENT_BATCH = 500
 
 
+MAX_ID = 2**63 - 1  # ids and event ids are SQLite integers
+
+
+def _clean_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_clean_text)]
+
+
+def _param_value(value: Any) -> Union[str, int, float]:
+    """A job parameter value: a string or a number (not a bool, list or mapping)."""
+    if isinstance(value, str) and len(value) <= 65536:
+        return _clean_text(value)
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                    and -MAX_ID - 1 <= value <= MAX_ID):
+        return value
+    raise ValueError("must be a string (at most 65536 characters) or a number")
+
+
+ParamValue = Annotated[Union[str, int, float], PlainValidator(_param_value),
+                       WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 65536}, {"type": "number"}]})]
+Id = Annotated[int, PathParam(ge=0, le=MAX_ID)]
+Frame = Annotated[int, PathParam(ge=-MAX_FRAME, le=MAX_FRAME)]
+
+
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bundle_dir: str = Field(description="Absolute path of the job bundle directory on this machine")
-    parameter_values: Optional[dict[str, Any]] = Field(None, description="Overrides of job parameters")
-    priority: Optional[int] = Field(None, ge=0, le=100)
-    name: Optional[str] = None
+    bundle_dir: Text = Field(description="Absolute path of the job bundle directory on this machine",
+                             max_length=4096)
+    parameter_values: Optional[dict[Annotated[Text, Field(max_length=1024)], ParamValue]] = Field(
+        None, description="Overrides of job parameters, by name", max_length=1000)
+    priority: Optional[StrictInt] = Field(None, ge=0, le=100)
+    name: Optional[Annotated[Text, Field(max_length=1024)]] = None
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="What was refused: a request field, header, or a bundle file and key")
+    message: str = Field(description="Why, in words")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(*statuses: int) -> dict[Union[int, str], dict[str, Any]]:
+    """OpenAPI entries for the 4xx answers a route gives, all with the :class:`ErrorBody` body."""
+    return {status: {"model": ErrorBody, "description": _ERROR_TEXT[status]} for status in statuses}
+
+
+_ERROR_TEXT = {
+    400: "Refused input; `error.field` names the field (or bundle file and key), `error.message` why",
+    401: "Missing or wrong bearer token",
+    404: "No such job, task or frame",
+    409: "The job is not in a state that allows this (e.g. retrying a running job)",
+    422: "A request parameter or body field has the wrong type or range",
+    429: "Too many submissions are being read at once; retry shortly",
+}
+NOT_FOUND = _errors(404)
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -97,6 +164,7 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
 
     # No /docs: a browser cannot send the bearer token. The schema is served below, with the token.
     app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
+                  responses=_errors(400, 401, 422),
                   description="Runs OpenJD job bundles as containers on a rootless engine.",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(LocalHostOnly, also=service.config.endpoint.host)
@@ -111,6 +179,20 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             wake(0)
 
     app.state.close_streams = close_streams
+    default_openapi = app.openapi
+
+    def openapi_document() -> dict[str, Any]:
+        """The document, with every error body JSON (text routes would otherwise declare text/plain)."""
+        doc = default_openapi()
+        for item in doc["paths"].values():
+            for op in item.values():
+                for status, response in op["responses"].items():
+                    if status.startswith("4"):
+                        response["content"] = {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return doc
+
+    app.openapi = openapi_document  # type: ignore[method-assign]
     store = service.store
 
     # -- errors -------------------------------------------------------------------------
@@ -161,36 +243,47 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
         return {"proof": endpoint.proof(service.token, nonce, endpoint.address_of(server))}
 
     # -- jobs ---------------------------------------------------------------------------
-    @app.post("/v1/jobs", status_code=201, dependencies=v1)
+    # Reading and expanding a bundle is blocking work on a worker thread; bounding how many run
+    # at once keeps a flood of (hostile or merely huge) submissions from taking every worker.
+    submits = threading.BoundedSemaphore(service.config.limits.max_concurrent_submits)
+
+    @app.post("/v1/jobs", status_code=201, dependencies=v1, responses=_errors(429))
     def submit(body: JobSubmit) -> dict[str, Any]:
-        return service.submit(body.bundle_dir, body.parameter_values, body.priority, body.name)
+        if not submits.acquire(blocking=False):
+            raise BadInput("bundle_dir", f"{service.config.limits.max_concurrent_submits} submissions are "
+                           "already being read (limits.max_concurrent_submits); retry shortly", 429)
+        try:
+            return service.submit(body.bundle_dir, body.parameter_values, body.priority, body.name)
+        finally:
+            submits.release()
 
     @app.get("/v1/jobs", dependencies=v1)
     def jobs(state: Optional[str] = None) -> dict[str, Any]:
         return {"jobs": store.jobs(state)}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=v1)
-    def job(job_id: int) -> dict[str, Any]:
+    @app.get("/v1/jobs/{job_id}", dependencies=v1, responses=NOT_FOUND)
+    def job(job_id: Id) -> dict[str, Any]:
         return store.job(job_id)
 
-    @app.post("/v1/jobs/{job_id}/cancel", dependencies=v1)
-    def cancel(job_id: int) -> dict[str, Any]:
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=v1, responses=NOT_FOUND)
+    def cancel(job_id: Id) -> dict[str, Any]:
         return service.cancel(job_id)
 
-    @app.post("/v1/jobs/{job_id}/retry", dependencies=v1)
-    def retry(job_id: int) -> dict[str, Any]:
+    @app.post("/v1/jobs/{job_id}/retry", dependencies=v1, responses=_errors(404, 409))
+    def retry(job_id: Id) -> dict[str, Any]:
         return service.retry(job_id)
 
-    @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1)
-    def tasks(job_id: int) -> dict[str, Any]:
+    @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1, responses=NOT_FOUND)
+    def tasks(job_id: Id) -> dict[str, Any]:
         return {"tasks": store.tasks(job_id)}
 
-    @app.get("/v1/jobs/{job_id}/frames", dependencies=v1)
-    def frames(job_id: int) -> dict[str, Any]:
+    @app.get("/v1/jobs/{job_id}/frames", dependencies=v1, responses=NOT_FOUND)
+    def frames(job_id: Id) -> dict[str, Any]:
         return {"frames": store.frames(job_id)}
 
-    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, response_class=FileResponse)
-    def thumbnail(job_id: int, frame: int, step: Optional[str] = None) -> Response:
+    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, responses=NOT_FOUND,
+             response_class=FileResponse)
+    def thumbnail(job_id: Id, frame: Frame, step: Optional[str] = None) -> Response:
         path = store.thumbnail_path(job_id, frame, step)
         if path is None:
             info = store.frame(job_id, frame, step)
@@ -203,12 +296,13 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 raise NotFound("frame", str(exc)) from None
         return FileResponse(path, media_type="image/png")
 
-    @app.get("/v1/tasks/{task_id}", dependencies=v1)
-    def task(task_id: int) -> dict[str, Any]:
+    @app.get("/v1/tasks/{task_id}", dependencies=v1, responses=NOT_FOUND)
+    def task(task_id: Id) -> dict[str, Any]:
         return store.task(task_id)
 
-    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, response_class=PlainTextResponse)
-    def task_log(task_id: int, offset: int = Query(0, ge=0)) -> Response:
+    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, responses=NOT_FOUND,
+             response_class=PlainTextResponse)
+    def task_log(task_id: Id, offset: int = Query(0, ge=0, le=MAX_ID)) -> Response:
         store.task(task_id)
         # Offsets count bytes as the task printed them, across the cuts of capped attempts:
         # X-Log-Next is where to read on (past a cut it is more than offset + the bytes sent).
@@ -218,14 +312,18 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
 
     # -- events -------------------------------------------------------------------------
     @app.get("/v1/events", dependencies=v1)
-    async def events(request: Request, job: Optional[int] = None, since: Optional[int] = Query(None, ge=0),
+    async def events(request: Request, job: Optional[int] = Query(None, ge=0, le=MAX_ID),
+                     since: Optional[int] = Query(None, ge=0, le=MAX_ID),
                      last_event_id: Optional[str] = Header(None)) -> StreamingResponse:
         start = since or 0
         if last_event_id:
             try:
                 start = int(last_event_id)
             except ValueError:
-                raise BadInput("Last-Event-ID", f"must be an event id (a whole number), got {last_event_id!r}") from None
+                start = -1
+            if not 0 <= start <= MAX_ID:
+                raise BadInput("Last-Event-ID", f"must be an event id (a whole number from 0 to {MAX_ID}), "
+                               f"got {last_event_id[:40]!r}")
         return StreamingResponse(_stream(request, start, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -10,7 +10,12 @@ a refused bundle can never leave half a job behind.
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
+import re
+import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +30,18 @@ from openjd.model import (
     decode_job_template,
     preprocess_job_parameters,
 )
+from openjd.model._internal._combination_expr import (  # the parser openjd itself runs on `combination`
+    IdentifierNode as CombinationIdentifier,
+)
+from openjd.model._internal._combination_expr import Parser as CombinationExpressionParser
+from openjd.model._internal._combination_expr import ProductNode as CombinationProduct
+from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
 
-from .errors import BadInput
+from .config import SubmitLimits
+from .errors import BadInput, text_problem
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
+MAX_FRAME = 2**31 - 1
 GPU_AMOUNT = "amount.worker.gpu"
 MEMORY_AMOUNT = "amount.worker.memory"  # MiB: the task container's memory limit
 VCPU_AMOUNT = "amount.worker.vcpu"  # the task container's CPU limit
@@ -47,6 +60,17 @@ _FORBIDDEN_KEYS = {
     "user": "containers run as the engine's rootless user",
     "volumes": "use `mounts`, which are checked against the allowed roots",
 }
+# Docker's reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest].
+_IMAGE_REFERENCE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FRAME_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?0?[0-9]{0,2}d?")  # a width of at most 99: no padding bombs
+# Mount targets that would hide what the container itself needs: whole trees, and top-level dirs.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+_SYSTEM_DIRS = {"/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin",
+                "/usr", "/var", "/usr/bin", "/usr/lib", "/usr/sbin", "/usr/lib64"}
 _KNOWN_KEYS = {"image", "env", "network", "mounts", "frames", "priority", "max_attempts", "name", "outputs"}
 
 
@@ -132,19 +156,28 @@ def load_bundle(
     parameter_values: Optional[dict[str, Any]] = None,
     image_exists: Optional[Callable[[str], bool]] = None,
     gpu_check: Optional[Callable[[int], Optional[str]]] = None,
+    limits: Optional[SubmitLimits] = None,
 ) -> JobPlan:
     """Validate the bundle at ``bundle_dir`` and expand it into a :class:`JobPlan`.
 
     Raises :class:`BadInput` naming the file and field at fault. ``image_exists`` and
-    ``gpu_check`` let the caller check against the live engine and GPU inventory.
+    ``gpu_check`` let the caller check against the live engine and GPU inventory. Every
+    size in ``limits`` is checked before the thing it bounds is read or expanded.
     """
+    limits = limits or SubmitLimits()
     root = _bundle_root(bundle_dir, allowed_roots)
-    template = _read_yaml(root, _json_or_yaml(root, "template"), required=True)
-    settings = _read_yaml(root, "hpcdock.yaml", required=True)
-    values = _parameter_values(root, parameter_values)
+    tname, template = _read_document(root, "template", limits.max_template_bytes, "max_template_bytes",
+                                     limits, required=True)
+    _, settings = _read_document(root, "hpcdock", limits.max_parameter_file_bytes, "max_parameter_file_bytes",
+                                 limits, required=True)
+    values = _parameter_values(root, parameter_values, limits)
 
-    jt = _decode_template(template)
-    _refuse_unsupported(jt)
+    steps_raw = template.get("steps")
+    if isinstance(steps_raw, list) and len(steps_raw) > limits.max_steps:
+        raise BadInput(f"{tname}: steps", f"{len(steps_raw)} steps, more than the limit of {limits.max_steps} "
+                       "(limits.max_steps in service.yaml)")
+    jt = _decode_template(template, tname)
+    _refuse_unsupported(jt, tname)
     container, frames_param, outputs, priority, max_attempts, name = _parse_settings(
         settings, root, allowed_roots
     )
@@ -162,11 +195,15 @@ def load_bundle(
         raise BadInput("parameter_values", _clean_openjd_message(exc)) from None
     except ValueError as exc:
         raise BadInput("parameter_values", str(exc)) from None
+    except OverflowError:  # a range longer than a machine word can count
+        raise BadInput("parameter_values", "a range is out of range (frames are whole numbers from "
+                       f"{-MAX_FRAME} to {MAX_FRAME})") from None
 
+    _check_job_size(job, frames_param, limits, tname)
     steps = []
     step_names = {s.name for s in job.steps}
     for index, step in enumerate(job.steps):
-        steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check))
+        steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check, tname))
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
         raise BadInput("hpcdock.yaml: frames.parameter",
                        f"no step has a task parameter named {frames_param!r}")
@@ -186,6 +223,9 @@ def load_bundle(
 def _bundle_root(bundle_dir: str, allowed_roots: list[str]) -> Path:
     if not bundle_dir or not os.path.isabs(bundle_dir):
         raise BadInput("bundle_dir", f"must be an absolute path, got {bundle_dir!r}")
+    bad = text_problem(bundle_dir)
+    if bad:
+        raise BadInput("bundle_dir", bad)
     root = Path(os.path.realpath(bundle_dir))
     if not root.is_dir():
         raise BadInput("bundle_dir", f"{bundle_dir} is not a directory")
@@ -194,41 +234,168 @@ def _bundle_root(bundle_dir: str, allowed_roots: list[str]) -> Path:
     return root
 
 
-def _json_or_yaml(root: Path, stem: str) -> str:
-    """``<stem>.json`` where the bundle has one (OpenJD allows either; Houdini's submitter
-    writes JSON), else ``<stem>.yaml``. The YAML reader reads JSON too."""
-    return f"{stem}.json" if (root / f"{stem}.json").is_file() else f"{stem}.yaml"
+def _read_document(root: Path, stem: str, cap: int, cap_name: str, limits: SubmitLimits,
+                   required: bool) -> tuple[str, Any]:
+    """Read ``STEM.yaml`` or ``STEM.json`` (exactly one may exist); return its name and its data.
 
-
-def _read_yaml(root: Path, name: str, required: bool) -> Any:
-    path = root / name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    JSON is there for writers without a YAML library (Houdini's Python has none).
+    """
+    present = [f"{stem}.{ext}" for ext in ("yaml", "json") if os.path.lexists(root / f"{stem}.{ext}")]
+    if len(present) > 1:
+        raise BadInput(" and ".join(present), "both present: a bundle has exactly one of them; remove the other")
+    if not present:
         if required:
-            raise BadInput(name, f"missing: the bundle has no {name}") from None
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(name, f"cannot be read: {exc}") from None
+            raise BadInput(f"{stem}.yaml", f"missing: the bundle has no {stem}.yaml (or {stem}.json)")
+        return f"{stem}.yaml", None
+    name = present[0]
+    raw = _read_regular_file(root, name, cap, cap_name)
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(name, f"is not UTF-8 text: {exc}") from None
+    data = _parse_json(name, text) if name.endswith(".json") else _parse_yaml(name, text, limits)
+    _check_tree(name, data, limits.max_yaml_depth)
+    if required and not isinstance(data, dict):
+        raise BadInput(name, "must be a mapping")
+    return name, data
+
+
+def _read_regular_file(root: Path, name: str, cap: int, cap_name: str) -> bytes:
+    """Read at most ``cap`` bytes of ``root/name``, refusing anything but a regular file.
+
+    ``O_NOFOLLOW`` refuses a symlink (to ``/dev/zero``, say) and ``O_NONBLOCK`` keeps a FIFO
+    from blocking the open; ``fstat`` then refuses FIFOs and devices, and the read is capped
+    whatever the size claims to be.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(root / name, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput(name, "is a symbolic link; bundle files must be regular files") from None
+        raise BadInput(name, f"cannot be read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(name, "is not a regular file (a FIFO, device or directory cannot be a bundle file)")
+        too_big = f"more than the limit of {cap} bytes (limits.{cap_name} in service.yaml)"
+        if st.st_size > cap:
+            raise BadInput(name, f"is {st.st_size} bytes, {too_big}")
+        chunks, size = [], 0
+        while size <= cap:
+            chunk = os.read(fd, min(1024 * 1024, cap + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > cap:
+            raise BadInput(name, f"is {too_big}")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise BadInput(name, f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _parse_json(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadInput(name, "is nested too deeply") from None
+    except ValueError as exc:
+        raise BadInput(name, f"is not valid JSON: {exc}") from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits on nesting, aliases and the size aliases expand to.
+
+    Composing is recursive (deep nesting ends in ``RecursionError``) and an alias shares its
+    node, so a few hundred bytes of aliases of aliases expand to billions of nodes in whatever
+    walks the result; both are counted here, as the document is composed, before anything
+    is built from it.
+    """
+
+    def __init__(self, stream: str, name: str, limits: SubmitLimits) -> None:
+        super().__init__(stream)
+        self._name = name
+        self._limits = limits
+        self._depth = 0
+        self._aliases = 0
+        self._weights: dict[int, int] = {}  # expanded node count of each composed node, by id
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > self._limits.max_yaml_aliases:
+                raise BadInput(self._name, f"has more than {self._limits.max_yaml_aliases} YAML aliases "
+                               "(limits.max_yaml_aliases in service.yaml)")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > self._limits.max_yaml_depth:
+            raise BadInput(self._name, f"is nested deeper than {self._limits.max_yaml_depth} levels "
+                           "(limits.max_yaml_depth in service.yaml)")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            weight = 1 + sum(self._weights.get(id(n), 1) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            weight = 1 + sum(self._weights.get(id(k), 1) + self._weights.get(id(v), 1) for k, v in node.value)
+        else:
+            weight = 1
+        if weight > self._limits.max_yaml_nodes:
+            raise BadInput(self._name, f"expands to more than {self._limits.max_yaml_nodes} YAML nodes "
+                           "with its aliases resolved (limits.max_yaml_nodes in service.yaml)")
+        self._weights[id(node)] = weight
+        return node
+
+
+def _parse_yaml(name: str, text: str, limits: SubmitLimits) -> Any:
+    loader = _BoundedLoader(text, name, limits)
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise BadInput(name, f"is not valid YAML: {exc}") from None
-    if required and not isinstance(data, dict):
-        raise BadInput(name, "must be a YAML mapping")
-    return data
+    except (ValueError, OverflowError) as exc:  # a typed scalar PyYAML cannot build: 2001-13-45, 5000 digits
+        raise BadInput(name, f"has a value that cannot be read: {exc}") from None
+    finally:
+        loader.dispose()
 
 
-def _parameter_values(root: Path, overrides: Optional[dict[str, Any]]) -> dict[str, str]:
-    data = _read_yaml(root, _json_or_yaml(root, "parameter_values"), required=False)
+def _check_tree(name: str, data: Any, max_depth: int) -> None:
+    """Refuse nesting past ``max_depth`` and strings no path, store or container can hold."""
+    pending: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while pending:
+        value, where, depth = pending.pop()
+        if depth > max_depth:
+            raise BadInput(f"{name}: {where}" if where else name,
+                           f"is nested deeper than {max_depth} levels (limits.max_yaml_depth in service.yaml)")
+        if isinstance(value, str):
+            bad = text_problem(value)
+            if bad:
+                raise BadInput(f"{name}: {where}" if where else name, bad)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                key_where = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and text_problem(key):
+                    raise BadInput(f"{name}: {where or 'keys'}", f"a key {text_problem(key)}")
+                pending.append((item, key_where, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def _parameter_values(root: Path, overrides: Optional[dict[str, Any]], limits: SubmitLimits) -> dict[str, str]:
+    name, data = _read_document(root, "parameter_values", limits.max_parameter_file_bytes,
+                                "max_parameter_file_bytes", limits, required=False)
     values: dict[str, str] = {}
     if data is not None:
         entries = data.get("parameterValues") if isinstance(data, dict) else None
         if not isinstance(entries, list):
-            raise BadInput("parameter_values.yaml: parameterValues", "must be a list of {name, value}")
+            raise BadInput(f"{name}: parameterValues", "must be a list of {name, value}")
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "name" not in entry or "value" not in entry:
-                raise BadInput(f"parameter_values.yaml: parameterValues[{i}]", "must have name and value")
+                raise BadInput(f"{name}: parameterValues[{i}]", "must have name and value")
+            if isinstance(entry["value"], (dict, list)):
+                raise BadInput(f"{name}: parameterValues[{i}].value", "must be a string or a number")
             if str(entry["name"]).startswith("deadline:"):
                 continue  # submitter settings of AWS Deadline Cloud bundles, not job parameters
             values[str(entry["name"])] = str(entry["value"])
@@ -241,13 +408,13 @@ def _parameter_values(root: Path, overrides: Optional[dict[str, Any]]) -> dict[s
 
 # -- the template --------------------------------------------------------------------------
 
-def _decode_template(template: dict[str, Any]) -> Any:
+def _decode_template(template: dict[str, Any], tname: str) -> Any:
     try:
         return decode_job_template(template=template, supported_extensions=SUPPORTED_EXTENSIONS)
     except DecodeValidationError as exc:
-        raise BadInput("template.yaml", _clean_openjd_message(exc)) from None
+        raise BadInput(tname, _clean_openjd_message(exc)) from None
     except Exception as exc:  # openjd raises a few other types for unknown spec versions
-        raise BadInput("template.yaml", str(exc)) from None
+        raise BadInput(tname, str(exc)) from None
 
 
 def _clean_openjd_message(exc: Exception) -> str:
@@ -257,12 +424,12 @@ def _clean_openjd_message(exc: Exception) -> str:
     return " ".join(lines)
 
 
-def _refuse_unsupported(jt: Any) -> None:
+def _refuse_unsupported(jt: Any, tname: str) -> None:
     """Name every OpenJD feature in the template that hpcdock does not run yet."""
     if jt.jobEnvironments:
-        raise BadInput("template.yaml: jobEnvironments", "job environments are not supported by hpcdock yet")
+        raise BadInput(f"{tname}: jobEnvironments", "job environments are not supported by hpcdock yet")
     for i, step in enumerate(jt.steps):
-        where = f"template.yaml: steps[{i}]"
+        where = f"{tname}: steps[{i}]"
         if step.stepEnvironments:
             raise BadInput(f"{where}.stepEnvironments", "step environments are not supported by hpcdock yet")
         if step.script.embeddedFiles:
@@ -287,9 +454,79 @@ def _refuse_unsupported(jt: Any) -> None:
                                "adaptive chunking is not supported by hpcdock yet; use defaultTaskCount")
 
 
+def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits, tname: str) -> None:
+    """Refuse a job over the task or frame limits from its parameter ranges alone.
+
+    openjd-model materialises every value (and every chunk) of a range when it builds a
+    step's iterator: ``Frames=1-100000000`` costs gigabytes there. The lengths of the
+    ranges are known without that, so the counts (an upper bound where parameters are
+    associated) are checked first.
+    """
+    tasks_total = frames_total = 0
+    for index, step in enumerate(job.steps):
+        space = step.parameterSpace
+        if space is None:
+            tasks_total += 1
+            continue
+        where = f"{tname}: steps[{index}].parameterSpace"
+        counts, values = {}, {}
+        for name, param in space.taskParameterDefinitions.items():
+            values[name] = len(param.range)
+            counts[name] = _chunk_count(param) if param.type == TaskParameterType.CHUNK_INT else values[name]
+            if name == frames_param:
+                _check_frame_numbers(param.range, f"{where}.{name}")
+        combination = space.combination or "*".join(space.taskParameterDefinitions)
+        try:
+            tree = CombinationExpressionParser().parse(combination)
+        except Exception as exc:  # openjd validated it already; a parser change must not become a 500
+            raise BadInput(f"{where}.combination", str(exc)) from None
+        tasks_total += _space_size(tree, counts)
+        if frames_param in values:
+            frames_total += _space_size(tree, {**counts, frames_param: values[frames_param]})
+    if tasks_total > limits.max_tasks_per_job:
+        raise BadInput("parameter_values", f"the job would have {tasks_total} tasks, more than the limit of "
+                       f"{limits.max_tasks_per_job} (limits.max_tasks_per_job in service.yaml)")
+    if frames_total > limits.max_frames_per_job:
+        raise BadInput("parameter_values", f"the job would have {frames_total} frames, more than the limit of "
+                       f"{limits.max_frames_per_job} (limits.max_frames_per_job in service.yaml)")
+
+
+def _chunk_count(param: Any) -> int:
+    """Chunks of a CHUNK[INT] parameter without listing them: contiguous chunks never span a gap
+    (for a value list, one chunk per value is the bound)."""
+    size = int(param.chunks.defaultTaskCount)
+    rng = param.range
+    if param.chunks.rangeConstraint != TaskChunksRangeConstraint.CONTIGUOUS:
+        return -(-len(rng) // size)
+    if isinstance(rng, list):
+        return len(rng)
+    return sum(-(-len(r) // size) if r.step == 1 else len(r) for r in rng.ranges)
+
+
+def _space_size(node: Any, sizes: dict[str, int]) -> int:
+    if isinstance(node, CombinationIdentifier):
+        return sizes[node.parameter]
+    children = [_space_size(child, sizes) for child in node.children]
+    if isinstance(node, CombinationProduct):
+        return math.prod(children)
+    return max(children)  # an association walks its (equally long) members together
+
+
+def _check_frame_numbers(rng: Any, where: str) -> None:
+    try:
+        numbers = [int(str(v)) for v in rng] if isinstance(rng, list) else [rng.start, rng.end]
+    except ValueError:
+        raise BadInput(where, "frames must be whole numbers") from None
+    for value in (min(numbers), max(numbers)):
+        if not -MAX_FRAME <= value <= MAX_FRAME:
+            raise BadInput(where, f"frame {value} is out of range (frames are whole numbers from "
+                           f"{-MAX_FRAME} to {MAX_FRAME})")
+
+
 def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict[str, str],
-               step_names: set[str], gpu_check: Optional[Callable[[int], Optional[str]]]) -> StepPlan:
-    where = f"template.yaml: steps[{index}]"
+               step_names: set[str], gpu_check: Optional[Callable[[int], Optional[str]]],
+               tname: str) -> StepPlan:
+    where = f"{tname}: steps[{index}]"
     gpus = 0
     memory_mib: Optional[int] = None
     vcpus: Optional[float] = None
@@ -365,11 +602,17 @@ def _parse_settings(settings: dict[str, Any], root: Path, allowed_roots: list[st
     image = settings.get("image")
     if not isinstance(image, str) or not image.strip():
         raise BadInput("hpcdock.yaml: image", "required: the container image to run (a non-empty string)")
+    if not _IMAGE_REFERENCE.fullmatch(image.strip()) or len(image.strip()) > 255:
+        raise BadInput("hpcdock.yaml: image", f"{image!r} is not an image reference such as "
+                       "localhost/name:tag (lowercase name, optional registry, tag and @sha256 digest)")
     env = settings.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise BadInput("hpcdock.yaml: env", "must be a mapping of variable name to value")
     for k, v in env.items():
-        if not k or "=" in k or isinstance(v, (dict, list)):
+        if not _ENV_NAME.fullmatch(k):
+            raise BadInput(f"hpcdock.yaml: env.{k!r}", "not a variable name: letters, digits and _, "
+                           "not starting with a digit")
+        if isinstance(v, (dict, list)):
             raise BadInput(f"hpcdock.yaml: env.{k}", "must be NAME: scalar value")
     network = settings.get("network", False)
     if not isinstance(network, bool):
@@ -381,11 +624,12 @@ def _parse_settings(settings: dict[str, Any], root: Path, allowed_roots: list[st
     if name is not None and not isinstance(name, str):
         raise BadInput("hpcdock.yaml: name", "must be a string")
 
+    for key, shape in (("mounts", "{source, target, readonly}"), ("outputs", "directories")):
+        if settings.get(key) is not None and not isinstance(settings[key], list):
+            raise BadInput(f"hpcdock.yaml: {key}", f"must be a list of {shape}")
     mounts = [Mount(str(root), str(root), True)]
     for i, raw in enumerate(settings.get("mounts") or []):
         mounts.append(_parse_mount(i, raw, allowed_roots))
-    if settings.get("mounts") is not None and not isinstance(settings["mounts"], list):
-        raise BadInput("hpcdock.yaml: mounts", "must be a list of {source, target, readonly}")
 
     frames_param, outputs = _parse_frames(settings.get("frames"), root, allowed_roots)
     out_dirs = {_static_dir(p) for p in outputs.values()}
@@ -424,6 +668,10 @@ def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
         raise BadInput(f"{where}.source", f"{source} does not exist")
     if not _under_any(Path(real), allowed_roots):
         raise BadInput(f"{where}.source", f"{source} is outside the allowed roots ({', '.join(allowed_roots)})")
+    shadowed = _system_dir(target)
+    if shadowed:
+        raise BadInput(f"{where}.target", f"{target} would hide the container's own {shadowed}; "
+                       "mount somewhere else (e.g. under /mnt)")
     return Mount(real, target, readonly)
 
 
@@ -450,16 +698,29 @@ def _output_pattern(pattern: Any, root: Path, allowed_roots: list[str], where: s
     if not isinstance(pattern, str) or not pattern:
         raise BadInput(where, "must be a path pattern such as out/ball.{frame:04d}.png")
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
-        pattern.format(frame=1)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise BadInput(where, f"bad pattern {pattern!r}: {exc} (only {{frame}} may be used)") from None
-    if "frame" not in fields:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise BadInput(where, f"bad pattern {pattern!r}: {exc}") from None
+    for f, spec, conv in fields:
+        if f != "frame" or conv is not None or not _FRAME_SPEC.fullmatch(spec or ""):
+            raise BadInput(where, f"bad pattern {pattern!r}: only {{frame}} may be used, optionally with a "
+                           f"width like {{frame:04d}}, not {{{f}{'!' + conv if conv else ''}"
+                           f"{':' + spec if spec else ''}}}")
+    if not fields:
         raise BadInput(where, f"pattern {pattern!r} must contain {{frame}}")
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
     full = os.path.normpath(full)
     _check_output_dir(_static_dir(full), root, allowed_roots, where)
     return full
+
+
+def _system_dir(target: str) -> Optional[str]:
+    """The container system directory a mount at ``target`` would hide, if any."""
+    target = os.path.normpath(target)
+    for top in _SYSTEM_TREES:
+        if target == top or target.startswith(top + "/"):
+            return top
+    return target if target in _SYSTEM_DIRS else None
 
 
 def _static_dir(pattern: str) -> str:

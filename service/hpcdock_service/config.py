@@ -17,6 +17,22 @@ from hpcdock import endpoint, paths
 from .errors import BadInput
 
 
+@dataclass
+class SubmitLimits:
+    """What one submission may ask for (``limits:`` in service.yaml), checked before anything is
+    expanded or allocated, so a hostile bundle costs the service a refusal, not its memory."""
+
+    max_template_bytes: int = 8 * 1024 * 1024
+    max_parameter_file_bytes: int = 1024 * 1024  # parameter_values and hpcdock.yaml
+    max_yaml_depth: int = 64
+    max_yaml_aliases: int = 1000
+    max_yaml_nodes: int = 2_000_000  # nodes of a document with every alias expanded
+    max_steps: int = 1000
+    max_tasks_per_job: int = 200_000
+    max_frames_per_job: int = 1_000_000
+    max_concurrent_submits: int = 4  # submissions read and expanded at once; more get a 429
+
+
 def _default_roots() -> list[str]:
     return [os.path.expanduser("~"), "/tmp", "/var/tmp"]
 
@@ -48,6 +64,7 @@ class ServiceConfig:
     task_memory_mib: Optional[int] = field(default_factory=_default_task_memory_mib)
     task_vcpus: Optional[float] = None
     log_cap_mib: int = 64  # per attempt; the end of a longer log is kept
+    limits: SubmitLimits = field(default_factory=SubmitLimits)
 
     @property
     def state_path(self) -> Path:
@@ -83,6 +100,7 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
     for key in data:
         if key not in known:
             raise BadInput(f"{path}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
+    data["limits"] = _load_limits(data.get("limits"), path)
     config = ServiceConfig(**data)
     if config.port is not None and (not isinstance(config.port, int) or not 0 < config.port < 65536):
         raise BadInput(f"{path}: port", f"must be a TCP port number, got {config.port!r}")
@@ -107,3 +125,17 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
             isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots):
         raise BadInput(f"{path}: allowed_roots", "must be a list of absolute paths")
     return config
+
+
+def _load_limits(raw: Any, path: Path) -> SubmitLimits:
+    if raw is None or isinstance(raw, SubmitLimits):
+        return raw or SubmitLimits()
+    known = {f.name for f in fields(SubmitLimits)}
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: limits", f"must be a mapping of {', '.join(sorted(known))}")
+    for key, value in raw.items():
+        if key not in known:
+            raise BadInput(f"{path}: limits.{key}", f"unknown limit (known: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"{path}: limits.{key}", f"must be a whole number >= 1, got {value!r}")
+    return SubmitLimits(**raw)

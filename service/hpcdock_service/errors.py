@@ -1,4 +1,8 @@
-"""The one exception type for input the service refuses."""
+"""The one exception type for input the service refuses, and the text check every input gets."""
+
+from __future__ import annotations
+
+from typing import Optional
 
 
 class BadInput(Exception):
@@ -18,3 +22,15 @@ class BadInput(Exception):
 class NotFound(BadInput):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(field, message, status=404)
+
+
+def text_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be passed on to a path, the store or a container (NUL, lone
+    surrogates), or None when it can."""
+    if "\0" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode text)"
+    return None

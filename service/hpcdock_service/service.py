@@ -133,6 +133,7 @@ class Service:
                 parameter_values=parameter_values,
                 image_exists=self.engine.image_exists,
                 gpu_check=self.gpus.check_request,
+                limits=self.config.limits,
             )
         except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
             self.watch.lost(exc)

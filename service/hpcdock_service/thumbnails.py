@@ -45,6 +45,10 @@ _MAGIC = (
     (b"MM\x00+", TIFF),
     (b"v/1\x01", EXR),
 )
+_OGAWA_MAGIC = b"Ogawa"  # Alembic's archive format
+# A non-image output written to this recently is probed for growth for this long.
+_RECENT_WRITE_S = 1.0
+_GROWTH_PROBE_S = 0.05
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_EOI = b"\xff\xd9"
 
@@ -92,8 +96,12 @@ def is_output_complete(path: Path | str, *, settle_s: float = 0.0) -> bool:
       format has an end marker, and libtiff/OpenEXR write directories and offset tables
       last, so a partial file fails to decode. When OpenImageIO is missing an EXR is judged
       by its header magic alone.
-    - Anything else (geometry caches, USD, ...): existence and non-zero size only; the
-      service calls this once the task has said the frame is done.
+    - Alembic (Ogawa): the writer sets the "frozen" byte and the root group's offset in
+      the header only when it closes the archive.
+    - Anything else (geometry caches, USD, ...): non-zero size, and, when the file was
+      written to within the last second, a size and mtime that hold still over a short
+      probe: these formats have no end marker, and the service calls this once the task
+      has said the frame is done, so a file still growing then is cut short.
 
     ``settle_s`` > 0 additionally requires the size and mtime to stay unchanged over that
     many seconds, for outputs watched while a renderer may still be appending.
@@ -122,9 +130,30 @@ def is_output_complete(path: Path | str, *, settle_s: float = 0.0) -> bool:
                 return True  # magic bytes present, and nothing here can decode more
             except Exception:  # any decode failure means "not complete"
                 return False
+        if fmt is None and _is_ogawa(path):
+            return _ogawa_closed(path, st.st_size)
+        if fmt is None and settle_s <= 0 and time.time() - st.st_mtime < _RECENT_WRITE_S:
+            time.sleep(_GROWTH_PROBE_S)
+            st2 = path.stat()
+            return (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
         return True
     except (OSError, ValueError):
         return False
+
+
+def _is_ogawa(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(_OGAWA_MAGIC)) == _OGAWA_MAGIC
+
+
+def _ogawa_closed(path: Path, size: int) -> bool:
+    """Header: magic, frozen flag (0xff once closed), version, then the root group's offset."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 16 or head[5] != 0xFF:
+        return False
+    root = int.from_bytes(head[8:16], "little")
+    return 16 <= root and root + 8 <= size
 
 
 def _ends_with(path: Path, marker: bytes, *, strip: bytes) -> bool:

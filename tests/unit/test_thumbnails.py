@@ -350,6 +350,42 @@ def test_non_image_output_is_complete_when_non_empty(tmp_path):
     assert is_output_complete(cache)
 
 
+def test_growing_non_image_output_is_incomplete(tmp_path):
+    """A geometry cache still being appended to when its frame is reported done is cut short."""
+    growing = tmp_path / "sim.0010.bgeo.sc"
+    growing.write_bytes(b"\x00start")
+    stop = threading.Event()
+
+    def writer():
+        with open(growing, "ab", buffering=0) as fh:
+            while not stop.is_set():
+                fh.write(b"\x00more geometry")
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert not is_output_complete(growing)
+    finally:
+        stop.set()
+        thread.join()
+    assert is_output_complete(growing)
+
+
+def test_alembic_archive_is_complete_only_once_closed(tmp_path):
+    body = b"\x00" * 8 + b"\x01" * 40  # an empty group, then data: all the check needs
+    root = (16).to_bytes(8, "little")
+    open_archive = tmp_path / "sim.0001.abc"
+    open_archive.write_bytes(b"Ogawa\x00\x00\x01" + (0).to_bytes(8, "little") + body)
+    assert not is_output_complete(open_archive)  # the writer has not closed it
+    closed = tmp_path / "sim.0002.abc"
+    closed.write_bytes(b"Ogawa\xff\x00\x01" + root + body)
+    assert is_output_complete(closed)
+    cut = tmp_path / "sim.0003.abc"
+    cut.write_bytes(b"Ogawa\xff\x00\x01" + (4096).to_bytes(8, "little") + body)
+    assert not is_output_complete(cut)  # the root group lies past the end: truncated
+
+
 def test_settle_requires_a_stable_size(tmp_path):
     growing = tmp_path / "growing.bgeo.sc"
     growing.write_bytes(b"x")
