@@ -54,6 +54,8 @@ class Service:
             engine, self.embedded = connect(config.engine_socket, self.state_dir,
                                             allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
         self.engine = engine
+        self.mount_policy = config.mount_policy(engine.describe().get("socket"))
+        engine.mount_policy = self.mount_policy
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.store = Store(self.state_dir / "hpcdock.db")
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
@@ -74,12 +76,12 @@ class Service:
                priority: Optional[int] = None, name: Optional[str] = None) -> Row:
         plan = load_bundle(
             bundle_dir,
-            allowed_roots=self.config.allowed_roots,
+            mount_policy=self.mount_policy,
             parameter_values=parameter_values,
             image_exists=self.engine.image_exists,
             gpu_check=self.gpus.check_request,
         )
-        prepare_output_dirs(plan)
+        prepare_output_dirs(plan, self.mount_policy)
         job = self.store.add_job(plan, priority=priority, name=name)
         log.info("job %s (%s): %d task(s), %d frame(s)", job["id"], job["name"], job["tasks_total"],
                  job["frames_total"])

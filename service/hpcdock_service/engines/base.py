@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from ..bundle import Mount
+from ..mounts import MountPolicy
 
 LABEL_STORE = "hpcdock.store"
 LABEL_JOB = "hpcdock.job"
@@ -44,7 +45,15 @@ class EngineError(Exception):
     """The engine refused or failed an operation; the message says what and why."""
 
 
+class MountRefused(EngineError):
+    """A mount the task's container may not have (see :mod:`..mounts`): the task fails, naming
+    the path; the engine itself is fine."""
+
+
 class Engine(Protocol):
+    # What containers may mount, checked again at every creation; the service sets it.
+    mount_policy: MountPolicy
+
     def describe(self) -> dict[str, Any]:
         """Name, version, socket, rootless: what ``/v1/health`` shows."""
 
