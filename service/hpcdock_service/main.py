@@ -55,7 +55,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 1
     if args.check:
-        report = {**service.health(), "gpu_inventory": service.gpus.inventory_json(), "config": vars(config)}
+        report = {**service.health(), "gpu_inventory": service.gpus.inventory_json(),
+                  "mounts": service.mount_policy.to_json(), "config": vars(config)}
         print(json.dumps(report, indent=2, default=str))
         service.close()
         return 0

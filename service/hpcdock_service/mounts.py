@@ -36,7 +36,7 @@ import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 TEMP_DIRS = ("/tmp", "/var/tmp")
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -73,6 +73,12 @@ class MountPolicy:
 
     def describe_roots(self) -> str:
         return ", ".join(self.roots) or "none configured"
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``hpcdock-service --check`` shows an admin."""
+        return {"allowed_roots": list(self.roots), "never_mounted": list(self.protected),
+                "never_mounted_hidden_entries_of": list(self.hidden_in),
+                "never_mounted_in_home": _HOME_CODE.pattern}
 
     def check(self, path: str, *, must_exist: bool = True) -> None:
         """Raise :class:`PathRefused` unless canonical ``path`` passes every rule.

@@ -118,6 +118,8 @@ def test_default_config_never_mounts_the_service_files_whatever_the_roots(home: 
         with pytest.raises(PathRefused):
             policy.check_place(str(path))
     assert ServiceConfig().allowed_roots == [str(home), "/tmp", "/var/tmp"]
+    shown = policy.to_json()  # what --check prints
+    assert shown["allowed_roots"] == ["/", str(home)] and "/run/engine" in shown["never_mounted"]
     ServiceConfig().mount_policy().check(str(home / "shows" / "ep1" / "out"))
 
 

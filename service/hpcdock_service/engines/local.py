@@ -262,6 +262,7 @@ class LocalEngine:
             pass  # already gone or already stopped: either way it no longer runs
 
     def remove(self, container_id: str) -> None:
+        self._unproven.pop(container_id, None)
         try:
             self.client.api.remove_container(container_id, force=True)
         except NotFound:
