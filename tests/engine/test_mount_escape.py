@@ -16,7 +16,7 @@ from hpcdock_service.bundle import Mount
 from hpcdock_service.engines.base import ContainerRequest, MountRefused
 from hpcdock_service.mounts import MountPolicy
 
-from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
+from tests.helpers import TEST_IMAGE, ServiceProcess, dump, make_bundle, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -54,8 +54,12 @@ def _only_the_marker(outside: Path) -> None:
     assert (outside / "marker.txt").read_text() == SECRET + "\n"
 
 
-def test_a_task_cannot_redirect_the_next_steps_output_mount(roots_service, outside: Path) -> None:
-    """Step 1 swaps a directory the job mounts read-write for a symlink; step 2 must not get it."""
+def test_a_task_cannot_redirect_the_next_steps_output_mount(roots_service, outside: Path, engine) -> None:
+    """Step 1 swaps a directory the job mounts read-write for a symlink; step 2 must not get it.
+
+    On Docker, whose mounts are proven only after start, the first task itself is failed: its
+    mounts are looked at after it has moved them or, when it has already exited, walked again.
+    """
     roots, svc = roots_service
     bundle = roots / "job"
     cache = bundle / "out" / "a" / "cache"
@@ -68,13 +72,15 @@ def test_a_task_cannot_redirect_the_next_steps_output_mount(roots_service, outsi
     client = svc.client()
     job = wait_job(client, client.submit(str(bundle))["id"])
     assert job["state"] == "failed", job
-    planted, used = client.tasks(job["id"])
-    assert planted["state"] == "succeeded", planted
     assert cache.is_symlink(), "the first step did not plant its symlink: the test proves nothing"
-    assert used["state"] == "failed" and used["exit_code"] is None, used
-    assert f"mount of {cache} refused" in used["error"] and "symbolic link" in used["error"], used
-    log, _ = client.log(used["id"])
-    assert SECRET not in log
+    planted, used = client.tasks(job["id"])
+    refused = used if engine.kind == "podman" else planted
+    assert planted["state"] == ("succeeded" if refused is used else "failed"), dump(planted)
+    assert refused["state"] == "failed" and refused["exit_code"] is None, dump(refused)
+    assert "refused" in refused["error"] and str(cache) in refused["error"], dump(refused)
+    # Podman refuses step 2 for the symlink; Docker may see the first task's rename in its mountinfo.
+    assert "symbolic link" in refused["error"] or engine.kind == "docker", dump(refused)
+    assert all(SECRET not in client.log(t["id"])[0] for t in (planted, used))
     _only_the_marker(outside)
 
 
@@ -83,13 +89,13 @@ def test_another_jobs_task_cannot_swap_a_bundles_out_dir_after_submit(roots_serv
     roots, svc = roots_service
     shared = roots / "shared"
     victim = shared / "victim"
-    gate = _step("gate", "while [ ! -e go ]; do sleep 0.05; done")
+    gate = _step("gate", "touch out/started; while [ ! -e go ]; do sleep 0.05; done")
     use = _step("use", "cat out/marker.txt; echo written > out/written.txt", after="gate")
     make_bundle(victim, steps=[gate, use], settings={"frames": None, "outputs": ["out"], "max_attempts": 1})
     client = svc.client()
     victim_job = client.submit(str(victim))
     assert (victim / "out").is_dir() and not (victim / "out").is_symlink()
-    wait_for(lambda: client.job(victim_job["id"])["tasks_running"] == 1, 60, what="the victim's gate task")
+    wait_for((victim / "out" / "started").exists, 60, what="the victim's first task to run")
 
     attack = _step("swap", f"cd {victim} && mv out out.old && ln -s {outside} out && touch go")
     make_bundle(roots / "attacker", steps=[attack],
@@ -101,8 +107,8 @@ def test_another_jobs_task_cannot_swap_a_bundles_out_dir_after_submit(roots_serv
     victim_job = wait_job(client, victim_job["id"])
     assert victim_job["state"] == "failed", victim_job
     gated, used = client.tasks(victim_job["id"])
-    assert gated["state"] == "succeeded", gated
-    assert used["state"] == "failed" and f"mount of {victim / 'out'} refused" in used["error"], used
+    assert gated["state"] == "succeeded", dump(gated)
+    assert used["state"] == "failed" and f"mount of {victim / 'out'} refused" in used["error"], dump(used)
     _only_the_marker(outside)
 
 

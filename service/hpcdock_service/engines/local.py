@@ -39,6 +39,7 @@ from ..bundle import Mount
 from .base import ContainerRequest, ContainerStatus, EngineError, MountRefused
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
+EXIT_GRACE = 10.0  # seconds a Docker container whose mounts cannot be read gets to show it has exited
 
 
 class LocalEngine:
@@ -123,19 +124,29 @@ class LocalEngine:
         if not bound:
             return
         try:
-            state = self.inspect(container_id).get("State") or {}
-        except (APIError, DockerException) as exc:
-            raise EngineError(f"cannot inspect container {container_id[:12]}: {_explain(exc)}") from exc
-        try:
-            with open(f"/proc/{int(state.get('Pid') or 0)}/mountinfo") as fh:
+            with open(f"/proc/{int(self._state(container_id).get('Pid') or 0)}/mountinfo") as fh:
                 problems = mounts.bound_mismatches(fh.read(), bound)
         except OSError as exc:
-            if self.kind == "docker" and not state.get("Running"):
-                self._recheck_mounts(bound)  # already exited: the paths are all there is left to look at
+            if self.kind == "docker" and self._has_exited(container_id):
+                self._recheck_mounts(bound)  # already gone: the paths are all there is left to look at
                 return
             problems = [f"cannot read the container's mounts ({exc.strerror})"]
         if problems:
             raise MountRefused("mount refused: " + "; ".join(problems))
+
+    def _state(self, container_id: str) -> dict[str, Any]:
+        try:
+            return self.inspect(container_id).get("State") or {}
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot inspect container {container_id[:12]}: {_explain(exc)}") from exc
+
+    def _has_exited(self, container_id: str) -> bool:
+        """Whether the container's process is gone: an exiting one is still reported running for a moment."""
+        try:
+            self.wait(container_id, timeout=EXIT_GRACE)
+            return True
+        except TimeoutError:
+            return False
 
     def _create_compat(self, request: ContainerRequest) -> str:
         # The low-level calls: the high-level containers.create() inspects every new container
