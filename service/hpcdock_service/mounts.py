@@ -142,7 +142,11 @@ def open_nofollow(path: str, *, missing_ok: bool = False) -> Optional[int]:
         for i, name in enumerate(parts):
             so_far = "/" + "/".join(parts[:i + 1])
             try:
-                child = os.open(name, _OPEN_FLAGS, dir_fd=fd)
+                # O_DIRECTORY also triggers an automount (autofs project shares); O_PATH alone
+                # would step into the empty directory under it. A symlink fails it too.
+                child = os.open(name, _OPEN_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+            except NotADirectoryError:
+                child = _open_non_directory(path, name, fd, so_far, last=i == len(parts) - 1)
             except FileNotFoundError:
                 if missing_ok:
                     os.close(fd)
@@ -152,18 +156,27 @@ def open_nofollow(path: str, *, missing_ok: bool = False) -> Optional[int]:
                 raise PathRefused(path, f"cannot open {so_far}: {exc.strerror}") from None
             os.close(fd)
             fd = child
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode):
-                raise PathRefused(path, f"{so_far} is a symbolic link; mounted paths must not contain any "
-                                        "(a task may have replaced a directory by one)")
-            last = i == len(parts) - 1
-            if not stat.S_ISDIR(mode) and not (last and stat.S_ISREG(mode)):
-                kind = "a file" if stat.S_ISREG(mode) else "not a directory or a regular file"
-                raise PathRefused(path, f"{so_far} is {kind}")
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_non_directory(path: str, name: str, dir_fd: int, so_far: str, last: bool) -> int:
+    """Open what ``name`` is (with O_NOFOLLOW, a symlink itself); only a regular file at the end passes."""
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise PathRefused(path, f"cannot open {so_far}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if last and stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISLNK(mode):
+        raise PathRefused(path, f"{so_far} is a symbolic link; mounted paths must not contain any "
+                                "(a task may have replaced a directory by one)")
+    kind = "a file" if stat.S_ISREG(mode) else "not a directory or a regular file"
+    raise PathRefused(path, f"{so_far} is {kind}")
 
 
 def make_dirs(path: str, policy: MountPolicy) -> None:
