@@ -112,6 +112,23 @@ def test_another_jobs_task_cannot_swap_a_bundles_out_dir_after_submit(roots_serv
     _only_the_marker(outside)
 
 
+def test_the_services_own_files_are_never_mountable(service: ServiceProcess, tmp_path: Path) -> None:
+    """The default allowed roots hold the service's config and state here (all under /tmp)."""
+    from hpcdock.client import ServiceError
+
+    client = service.client()
+    own = {"config": service.config_home / "hpcdock", "token": service.config_home / "hpcdock" / "token",
+           "state": service.state_dir, "a parent of both": service.root}
+    for what, path in own.items():
+        bundle = make_bundle(tmp_path / f"b-{what.replace(' ', '-')}",
+                             settings={"mounts": [{"source": str(path), "target": "/x", "readonly": False}]})
+        with pytest.raises(ServiceError) as err:
+            client.submit(str(bundle))
+        assert err.value.status == 400 and err.value.field == "hpcdock.yaml: mounts[0].source", (what, err.value)
+        assert "keeps to itself" in err.value.message, (what, err.value)
+    assert client.jobs() == []
+
+
 def test_a_symlink_swapped_in_after_the_check_is_caught_before_the_task_starts(
         engine, tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The race: the path passes the walk, then turns into a symlink before the engine binds it.
