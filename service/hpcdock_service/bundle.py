@@ -39,6 +39,7 @@ from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
 
 from .config import SubmitLimits
 from .errors import BadInput, text_problem
+from .mounts import MountPolicy, PathRefused, make_dirs
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
 MAX_FRAME = 2**31 - 1
@@ -152,7 +153,7 @@ class JobPlan:
 def load_bundle(
     bundle_dir: str,
     *,
-    allowed_roots: list[str],
+    mount_policy: MountPolicy,
     parameter_values: Optional[dict[str, Any]] = None,
     image_exists: Optional[Callable[[str], bool]] = None,
     gpu_check: Optional[Callable[[int], Optional[str]]] = None,
@@ -160,12 +161,14 @@ def load_bundle(
 ) -> JobPlan:
     """Validate the bundle at ``bundle_dir`` and expand it into a :class:`JobPlan`.
 
-    Raises :class:`BadInput` naming the file and field at fault. ``image_exists`` and
-    ``gpu_check`` let the caller check against the live engine and GPU inventory. Every
-    size in ``limits`` is checked before the thing it bounds is read or expanded.
+    Raises :class:`BadInput` naming the file and field at fault. ``mount_policy`` says
+    what the job's containers may mount (the engine checks each mount again at every
+    container creation); ``image_exists`` and ``gpu_check`` let the caller check against
+    the live engine and GPU inventory. Every size in ``limits`` is checked before the thing
+    it bounds is read or expanded.
     """
     limits = limits or SubmitLimits()
-    root = _bundle_root(bundle_dir, allowed_roots)
+    root = _bundle_root(bundle_dir, mount_policy)
     tname, template = _read_document(root, "template", limits.max_template_bytes, "max_template_bytes",
                                      limits, required=True)
     _, settings = _read_document(root, "hpcdock", limits.max_parameter_file_bytes, "max_parameter_file_bytes",
@@ -179,7 +182,7 @@ def load_bundle(
     jt = _decode_template(template, tname)
     _refuse_unsupported(jt, tname)
     container, frames_param, outputs, priority, max_attempts, name = _parse_settings(
-        settings, root, allowed_roots
+        settings, root, mount_policy
     )
     if image_exists is not None and not image_exists(container.image):
         raise BadInput("hpcdock.yaml: image", f"image {container.image!r} does not exist on the engine "
@@ -220,18 +223,29 @@ def load_bundle(
 
 # -- reading files -------------------------------------------------------------------------
 
-def _bundle_root(bundle_dir: str, allowed_roots: list[str]) -> Path:
+def _bundle_root(bundle_dir: str, policy: MountPolicy) -> Path:
     if not bundle_dir or not os.path.isabs(bundle_dir):
         raise BadInput("bundle_dir", f"must be an absolute path, got {bundle_dir!r}")
     bad = text_problem(bundle_dir)
     if bad:
         raise BadInput("bundle_dir", bad)
-    root = Path(os.path.realpath(bundle_dir))
-    if not root.is_dir():
+    root = os.path.realpath(bundle_dir)
+    if not os.path.isdir(root):
         raise BadInput("bundle_dir", f"{bundle_dir} is not a directory")
-    if not _under_any(root, allowed_roots):
-        raise BadInput("bundle_dir", f"{root} is outside the allowed roots ({', '.join(allowed_roots)})")
-    return root
+    _check_mountable(policy, root, "bundle_dir")
+    return Path(root)
+
+
+def _check_mountable(policy: MountPolicy, path: str, where: str, must_exist: bool = True) -> None:
+    """Refuse, naming ``where``, a path (symlinks already resolved) that ``policy`` does not allow.
+
+    Symlinks the submitter's own paths go through are resolved once, here; the engine then
+    mounts the resolved path and refuses it if any of its components turned into a symlink.
+    """
+    try:
+        policy.check(path, must_exist=must_exist)
+    except PathRefused as exc:
+        raise BadInput(where, str(exc)) from None
 
 
 def _read_document(root: Path, stem: str, cap: int, cap_name: str, limits: SubmitLimits,
@@ -592,7 +606,7 @@ def _frames_of(value: str) -> list[int]:
 
 # -- hpcdock.yaml --------------------------------------------------------------------------
 
-def _parse_settings(settings: dict[str, Any], root: Path, allowed_roots: list[str]):
+def _parse_settings(settings: dict[str, Any], root: Path, policy: MountPolicy):
     for key in settings:
         if key in _FORBIDDEN_KEYS:
             raise BadInput(f"hpcdock.yaml: {key}", f"not allowed: {_FORBIDDEN_KEYS[key]}")
@@ -629,12 +643,12 @@ def _parse_settings(settings: dict[str, Any], root: Path, allowed_roots: list[st
             raise BadInput(f"hpcdock.yaml: {key}", f"must be a list of {shape}")
     mounts = [Mount(str(root), str(root), True)]
     for i, raw in enumerate(settings.get("mounts") or []):
-        mounts.append(_parse_mount(i, raw, allowed_roots))
+        mounts.append(_parse_mount(i, raw, policy))
 
-    frames_param, outputs = _parse_frames(settings.get("frames"), root, allowed_roots)
-    out_dirs = {_static_dir(p) for p in outputs.values()}
+    frames_param, outputs = _parse_frames(settings.get("frames"), root, policy)
+    out_dirs = {os.path.realpath(_static_dir(p)) for p in outputs.values()}  # as _check_output_dir checked them
     for extra in settings.get("outputs") or []:
-        out_dirs.add(_check_output_dir(str(extra), root, allowed_roots, "hpcdock.yaml: outputs"))
+        out_dirs.add(_check_output_dir(str(extra), root, policy, "hpcdock.yaml: outputs"))
     for d in sorted(out_dirs):
         mounts.append(Mount(d, d, False))
     container = ContainerSpec(image=image.strip(), env={k: str(v) for k, v in env.items()},
@@ -649,7 +663,7 @@ def _int_setting(settings: dict[str, Any], key: str, default: int, lo: int, hi: 
     return value
 
 
-def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
+def _parse_mount(i: int, raw: Any, policy: MountPolicy) -> Mount:
     where = f"hpcdock.yaml: mounts[{i}]"
     if not isinstance(raw, dict) or "source" not in raw:
         raise BadInput(where, "must be a mapping with source, and optionally target and readonly")
@@ -666,8 +680,7 @@ def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
     real = os.path.realpath(source)
     if not os.path.exists(real):
         raise BadInput(f"{where}.source", f"{source} does not exist")
-    if not _under_any(Path(real), allowed_roots):
-        raise BadInput(f"{where}.source", f"{source} is outside the allowed roots ({', '.join(allowed_roots)})")
+    _check_mountable(policy, real, f"{where}.source")
     shadowed = _system_dir(target)
     if shadowed:
         raise BadInput(f"{where}.target", f"{target} would hide the container's own {shadowed}; "
@@ -675,7 +688,7 @@ def _parse_mount(i: int, raw: Any, allowed_roots: list[str]) -> Mount:
     return Mount(real, target, readonly)
 
 
-def _parse_frames(frames: Any, root: Path, allowed_roots: list[str]) -> tuple[Optional[str], dict[str, str]]:
+def _parse_frames(frames: Any, root: Path, policy: MountPolicy) -> tuple[Optional[str], dict[str, str]]:
     if frames is None:
         return None, {}
     if not isinstance(frames, dict) or not isinstance(frames.get("parameter"), str):
@@ -685,16 +698,16 @@ def _parse_frames(frames: Any, root: Path, allowed_roots: list[str]) -> tuple[Op
         raise BadInput(f"hpcdock.yaml: frames.{sorted(unknown)[0]}", "unknown key (known: parameter, output, steps)")
     outputs: dict[str, str] = {}
     if frames.get("output") is not None:
-        outputs[""] = _output_pattern(frames["output"], root, allowed_roots, "hpcdock.yaml: frames.output")
+        outputs[""] = _output_pattern(frames["output"], root, policy, "hpcdock.yaml: frames.output")
     per_step = frames.get("steps") or {}
     if not isinstance(per_step, dict):
         raise BadInput("hpcdock.yaml: frames.steps", "must map step name to output pattern")
     for step, pattern in per_step.items():
-        outputs[str(step)] = _output_pattern(pattern, root, allowed_roots, f"hpcdock.yaml: frames.steps.{step}")
+        outputs[str(step)] = _output_pattern(pattern, root, policy, f"hpcdock.yaml: frames.steps.{step}")
     return frames["parameter"], outputs
 
 
-def _output_pattern(pattern: Any, root: Path, allowed_roots: list[str], where: str) -> str:
+def _output_pattern(pattern: Any, root: Path, policy: MountPolicy, where: str) -> str:
     if not isinstance(pattern, str) or not pattern:
         raise BadInput(where, "must be a path pattern such as out/ball.{frame:04d}.png")
     try:
@@ -710,7 +723,7 @@ def _output_pattern(pattern: Any, root: Path, allowed_roots: list[str], where: s
         raise BadInput(where, f"pattern {pattern!r} must contain {{frame}}")
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
     full = os.path.normpath(full)
-    _check_output_dir(_static_dir(full), root, allowed_roots, where)
+    _check_output_dir(_static_dir(full), root, policy, where)
     return full
 
 
@@ -729,30 +742,21 @@ def _static_dir(pattern: str) -> str:
     return os.path.dirname(head) if not head.endswith("/") else head.rstrip("/")
 
 
-def _check_output_dir(path: str, root: Path, allowed_roots: list[str], where: str) -> str:
+def _check_output_dir(path: str, root: Path, policy: MountPolicy, where: str) -> str:
+    """The output directory's resolved path (it may not exist yet), once ``policy`` allows it."""
     full = os.path.normpath(path if os.path.isabs(path) else str(root / path))
-    if not _under_any(Path(full), allowed_roots):
-        raise BadInput(where, f"{full} is outside the allowed roots ({', '.join(allowed_roots)})")
     if full == str(root):
         raise BadInput(where, "outputs need a directory of their own inside the bundle (e.g. out/)")
-    return os.path.realpath(full)
+    real = os.path.realpath(full)
+    _check_mountable(policy, real, where, must_exist=False)
+    return real
 
 
-def prepare_output_dirs(plan: JobPlan) -> None:
+def prepare_output_dirs(plan: JobPlan, mount_policy: MountPolicy) -> None:
     """Create the writable mounts' directories; called only once the whole bundle is accepted."""
     for mount in plan.container.mounts:
         if not mount.readonly:
             try:
-                os.makedirs(mount.source, exist_ok=True)
-            except OSError as exc:
-                raise BadInput("hpcdock.yaml: frames.output",
-                               f"cannot create output directory {mount.source}: {exc.strerror}") from None
-
-
-def _under_any(path: Path, roots: list[str]) -> bool:
-    resolved = Path(os.path.realpath(path))
-    for root in roots:
-        r = Path(os.path.realpath(root))
-        if resolved == r or r in resolved.parents:
-            return True
-    return False
+                make_dirs(mount.source, mount_policy)
+            except PathRefused as exc:
+                raise BadInput("hpcdock.yaml: frames.output", f"cannot create output directory: {exc}") from None

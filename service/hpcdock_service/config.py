@@ -1,7 +1,17 @@
 """Service configuration: ``$XDG_CONFIG_HOME/hpcdock/service.yaml``, then command-line flags.
 
-Every key has a safe default (a private Unix socket, rootless only, mounts only under the
-user's home and temporary directories), so most users never write this file.
+Every key has a safe default (a private Unix socket, rootless only, mounts only of project
+directories), so most users never write this file.
+
+``allowed_roots`` defaults to the home directory, ``/tmp`` and ``/var/tmp``: an artist's
+projects (and the bundles the ROP writes next to them) live there, and shared storage is
+added by hand (``allowed_roots: [/home/me, /projects]``). That is not the whole home, though:
+whatever ``allowed_roots`` says, :mod:`.mounts` never mounts hpcdock's own config and
+state directories, the token, the engine's socket, ``$XDG_RUNTIME_DIR``, hidden entries of
+the home and temporary directories (``~/.ssh``, ``~/.config``, ``~/.local``, shell start-up
+files), ``~/bin``, Houdini's preference directories, nor a directory containing any of
+them (the home itself, ``/tmp`` itself). So the default lets a job mount ``~/shows/ep1``
+or ``/tmp/render-test``, never ``~`` or ``~/.config/hpcdock``.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import yaml
 from hpcdock import endpoint, paths
 
 from .errors import BadInput
+from .mounts import MountPolicy
 
 
 @dataclass
@@ -77,6 +88,17 @@ class ServiceConfig:
         if self.host is None and self.port is None:
             return endpoint.default()
         return endpoint.Endpoint(host=self.host or endpoint.DEFAULT_HOST, port=self.port or endpoint.DEFAULT_PORT)
+
+    def mount_policy(self, engine_socket: Optional[str] = None) -> MountPolicy:
+        """What task containers may mount; ``engine_socket`` is the engine's ``unix://`` URL."""
+        protected = [str(paths.config_dir()), self.state_dir, self.token_file]
+        if os.environ.get("XDG_RUNTIME_DIR"):
+            protected.append(os.environ["XDG_RUNTIME_DIR"])
+        if engine_socket and engine_socket.startswith("unix://"):
+            protected.append(os.path.dirname(engine_socket[len("unix://"):]))
+        if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
+            protected.append(os.path.dirname(str(self.endpoint.path)))
+        return MountPolicy.build(self.allowed_roots, protected)
 
 
 def config_path() -> Path:

@@ -77,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.check:
         report = {**service.health(), "endpoint": config.endpoint.url,
                   "gpu_inventory": service.gpus.inventory_json(), "task_limits": limits_report(service),
-                  "config": vars(config)}
+                  "mounts": service.mount_policy.to_json(), "config": vars(config)}
         print(json.dumps(report, indent=2, default=str))
         service.close()
         return 0

@@ -100,6 +100,8 @@ class Service:
                 self.lock.release()
                 raise
         self.engine = engine
+        self.mount_policy = config.mount_policy(engine.describe().get("socket"))
+        engine.mount_policy = self.mount_policy
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.watch = EngineWatch(engine, self.embedded)
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
@@ -129,7 +131,7 @@ class Service:
         try:
             plan = load_bundle(
                 bundle_dir,
-                allowed_roots=self.config.allowed_roots,
+                mount_policy=self.mount_policy,
                 parameter_values=parameter_values,
                 image_exists=self.engine.image_exists,
                 gpu_check=self.gpus.check_request,
@@ -138,7 +140,7 @@ class Service:
         except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
             self.watch.lost(exc)
             raise BadInput("engine", f"{exc}; submit again once it is back", 503) from None
-        prepare_output_dirs(plan)
+        prepare_output_dirs(plan, self.mount_policy)
         job = self.store.add_job(plan, priority=priority, name=name)
         log.info("job %s (%s): %d task(s), %d frame(s)", job["id"], job["name"], job["tasks_total"],
                  job["frames_total"])

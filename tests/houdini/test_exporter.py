@@ -318,8 +318,9 @@ def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_pat
 def test_the_service_runs_a_simulation_as_one_task(hou, houdini, project, client, tmp_path):
     # The service's own loader (absent from the Houdini-like PySide2 lane) makes the same single task.
     load_bundle = pytest.importorskip("hpcdock_service.bundle").load_bundle
+    policy = pytest.importorskip("hpcdock_service.mounts").MountPolicy.build([str(tmp_path)])
     bundle, _, _ = _simulation_bundle(hou, houdini, tmp_path)
-    plan = load_bundle(bundle, allowed_roots=[str(tmp_path)])
+    plan = load_bundle(bundle, mount_policy=policy)
     assert [[t.frames for t in s.tasks] for s in plan.steps][0] == [list(range(1, 11))]
     assert "--sequential" in plan.steps[0].command
 

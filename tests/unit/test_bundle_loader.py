@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hpcdock_service.bundle import load_bundle, prepare_output_dirs
 from hpcdock_service.errors import BadInput
+from hpcdock_service.mounts import MountPolicy
 
 
 def bundle(root: Path, template: dict[str, Any] = None, settings: dict[str, Any] = None,
@@ -32,8 +33,12 @@ def bundle(root: Path, template: dict[str, Any] = None, settings: dict[str, Any]
     return str(root)
 
 
+def policy(*roots: str) -> MountPolicy:
+    return MountPolicy.build(roots)
+
+
 def load(path: str, **kw: Any):
-    return load_bundle(path, allowed_roots=[str(Path(path).parent)], **kw)
+    return load_bundle(path, mount_policy=policy(str(Path(path).parent)), **kw)
 
 
 def test_chunks_frames_and_outputs(tmp_path: Path) -> None:
@@ -46,7 +51,7 @@ def test_chunks_frames_and_outputs(tmp_path: Path) -> None:
     mounts = {(m.source, m.readonly) for m in plan.container.mounts}
     assert (str(tmp_path / "b"), True) in mounts and (str(tmp_path / "b" / "out"), False) in mounts
     assert not (tmp_path / "b" / "out").exists()  # nothing is created before the job is accepted
-    prepare_output_dirs(plan)
+    prepare_output_dirs(plan, policy(str(tmp_path)))
     assert (tmp_path / "b" / "out").is_dir()
 
 
@@ -88,12 +93,12 @@ def test_refusals_name_the_field(tmp_path: Path, template, settings, values, fie
 def test_bundle_outside_allowed_roots_and_missing_files(tmp_path: Path) -> None:
     path = bundle(tmp_path / "b")
     with pytest.raises(BadInput, match="outside the allowed roots"):
-        load_bundle(path, allowed_roots=["/nonexistent-root"])
+        load_bundle(path, mount_policy=policy("/nonexistent-root"))
     (tmp_path / "b" / "hpcdock.yaml").unlink()
     with pytest.raises(BadInput, match="missing"):
         load(path)
     with pytest.raises(BadInput, match="absolute"):
-        load_bundle("relative/dir", allowed_roots=["/"])
+        load_bundle("relative/dir", mount_policy=policy("/"))
 
 
 def test_engine_and_gpu_checks_are_consulted(tmp_path: Path) -> None:

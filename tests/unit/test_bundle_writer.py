@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hpcdock import bundle as B
 from hpcdock_service.bundle import load_bundle
+from hpcdock_service.mounts import MountPolicy
 from openjd.model import (
     StepParameterSpaceIterator,
     create_job,
@@ -109,7 +110,7 @@ def test_bundle_is_json_that_yaml_readers_and_the_service_read_alike(tmp_path):
         assert yaml.safe_load(text) == json.loads(text), name
     settings = json.loads((root / "hpcdock.yaml").read_text(encoding="utf-8"))
     assert settings["env"] == {"GREETING": "grüße 🎬", "QUOTE": 'say "hi": \\ \t'}
-    plan = load_bundle(str(root), allowed_roots=[str(tmp_path)])
+    plan = load_bundle(str(root), mount_policy=MountPolicy.build([str(tmp_path)]))
     assert plan.name == "plan é ✓" and plan.container.env["GREETING"] == "grüße 🎬"
     assert plan.params["HipFile"] == "hip/shot.hip" and plan.params["ProjectDir"] == str(tmp_path / "proj")
     assert [t.params["Frame"] for t in plan.steps[0].tasks] == ["1-2", "3-4"]

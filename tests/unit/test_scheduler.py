@@ -16,6 +16,7 @@ import yaml
 from hpcdock_service import tasklog
 from hpcdock_service.bundle import load_bundle
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus, EngineUnreachable
+from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreBusy
 
@@ -146,7 +147,7 @@ def env(tmp_path: Path):
 
 
 def submit(store: Store, sched: Scheduler, path: str, **kw: Any) -> dict:
-    plan = load_bundle(path, allowed_roots=[str(Path(path).parent)])
+    plan = load_bundle(path, mount_policy=MountPolicy.build([str(Path(path).parent)]))
     job = store.add_job(plan, **kw)
     sched.wake()
     return job

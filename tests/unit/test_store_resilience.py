@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hpcdock_service import store as store_mod
 from hpcdock_service.bundle import load_bundle
+from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.store import Store, StoreBusy, StoreCorrupt
 
 from tests.unit.test_scheduler import step, write_bundle
@@ -26,7 +27,7 @@ def store(tmp_path: Path):
 
 def _plan(tmp_path: Path):
     return load_bundle(write_bundle(tmp_path / "b", [step("render", "echo")], frames="1-2"),
-                       allowed_roots=[str(tmp_path)])
+                       mount_policy=MountPolicy.build([str(tmp_path)]))
 
 
 class Locker:

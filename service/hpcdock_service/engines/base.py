@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from ..bundle import Mount
+from ..mounts import MountPolicy
 
 LABEL_STORE = "hpcdock.store"
 LABEL_JOB = "hpcdock.job"
@@ -83,7 +84,15 @@ class EngineUnreachable(EngineError):
     """
 
 
+class MountRefused(EngineError):
+    """A mount the task's container may not have (see :mod:`..mounts`): the task fails, naming
+    the path; the engine itself is fine."""
+
+
 class Engine(Protocol):
+    # What containers may mount, checked again at every creation; the service sets it.
+    mount_policy: MountPolicy
+
     def describe(self) -> dict[str, Any]:
         """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows."""
 

@@ -3,10 +3,27 @@
 Podman's Docker-compatible API and Docker's own API take the same calls here, so one
 class serves both; :meth:`LocalEngine.describe` says which one answered. Every container
 gets the security defaults of DESIGN.md no matter what the request says: all
-capabilities dropped, ``no-new-privileges``, no network unless asked, mounts as decided
-(and checked) by the bundle loader, and the task's resource limits: as cgroup limits where
-the engine enforces them, else as ulimits (rootless Podman on cgroup v1 drops cgroup limits
-with only a warning in its own log, but applies ulimits).
+capabilities dropped, ``no-new-privileges``, no network unless asked, and the task's resource
+limits: as cgroup limits where the engine enforces them, else as ulimits (rootless Podman on
+cgroup v1 drops cgroup limits with only a warning in its own log, but applies ulimits).
+
+Mounts are checked again at every creation, not trusted from submit: a task can turn a
+directory of its writable output into a symlink, and engines follow symlinks when they
+bind. Each mount is walked without following any (:mod:`..mounts`) right before the
+engine sees it, then the engine's bind is proven:
+
+- **Podman**: create, then ``init`` (the runtime sets up the container's mount namespace
+  without running any of the task's code), then the container's
+  ``/proc/<pid>/mountinfo`` must show at each target exactly the directory that was
+  checked (device and filesystem path); otherwise the container is removed before it ever
+  starts. A symlink swapped in between the check and the bind is caught here.
+- **Docker** has no ``init``: the mounts are checked before create and again right before
+  ``start``, and the container's mountinfo is compared once it started; on a mismatch it is
+  killed and removed. A swap that lands in the moments between the last check and the
+  bind gives the task those moments with the wrong mount, and a task that has already
+  exited when its mounts are looked at is judged by the walks alone.
+
+A refused mount raises :class:`MountRefused`, which fails the task naming the path.
 """
 
 from __future__ import annotations
@@ -21,6 +38,8 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
+from .. import mounts
+from ..bundle import Mount
 from .base import (
     ContainerLimits,
     ContainerRequest,
@@ -28,12 +47,14 @@ from .base import (
     EngineError,
     EngineUnreachable,
     LimitEnforcement,
+    MountRefused,
 )
 
 log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
 PING_TIMEOUT = 10.0  # seconds an engine may take to answer a ping before it counts as down
+EXIT_GRACE = 10.0  # seconds a Docker container whose mounts cannot be read gets to show it has exited
 
 
 class _APIClient(docker.APIClient):
@@ -60,6 +81,8 @@ class _APIClient(docker.APIClient):
 class LocalEngine:
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
         self.base_url = base_url
+        self.mount_policy = mounts.MountPolicy.build([])  # no mounts at all until the service sets its policy
+        self._unproven: dict[str, list[mounts.Bound]] = {}  # Docker: created, mounts not yet proven
         try:
             self.client = docker.DockerClient(base_url=base_url, timeout=timeout, version="1.41")
             self.client.api.close()  # the SDK's own transport, replaced by the one that tells loss from refusal
@@ -148,6 +171,7 @@ class LocalEngine:
             raise EngineError(f"cannot look up image {image}: {exc.explanation}") from exc
 
     def create(self, request: ContainerRequest) -> str:
+        bound = self._check_mounts(request.mounts)
         gpu = request.gpu
         # Podman's own create call for every container it can take: its Docker-compatible create
         # drops ulimits (Podman 4.3 measured), which on cgroup v1 are the only limits it applies.
@@ -155,10 +179,62 @@ class LocalEngine:
             container_id = self._create_libpod(request)
         else:
             container_id = self._create_compat(request)
-        if gpu is not None and gpu.verify_after == "init" and self.kind == "podman":
-            # Podman shows CDI devices in inspect only once the container is initialised.
+        if self.kind != "podman":
+            self._unproven[container_id] = bound
+            return container_id
+        try:
+            # The runtime binds the mounts now, before any of the task's code runs (and Podman
+            # shows CDI devices in inspect only once the container is initialised).
             self._libpod("post", f"/containers/{container_id}/init", what="initialise container")
+            self._prove_mounts(container_id, bound)
+        except EngineError:
+            self.remove(container_id)
+            raise
         return container_id
+
+    def _check_mounts(self, request_mounts: list[Mount]) -> list[mounts.Bound]:
+        return [(m.source, m.target, self._verify(m.source, not m.readonly)) for m in request_mounts]
+
+    def _verify(self, source: str, writable: bool) -> mounts.Identity:
+        try:
+            return mounts.verify(self.mount_policy, source, writable=writable)
+        except mounts.PathRefused as exc:
+            raise MountRefused(f"mount of {source} refused: {exc}") from None
+
+    def _recheck_mounts(self, bound: list[mounts.Bound]) -> None:
+        """Walk the checked paths again: each must still be the very directory checked before."""
+        for source, _, identity in bound:
+            if self._verify(source, writable=False) != identity:
+                raise MountRefused(f"mount of {source} refused: it changed since it was checked")
+
+    def _prove_mounts(self, container_id: str, bound: list[mounts.Bound]) -> None:
+        """Refuse unless the container's mountinfo shows every target bound to its checked directory."""
+        if not bound:
+            return
+        try:
+            with open(f"/proc/{int(self._state(container_id).get('Pid') or 0)}/mountinfo") as fh:
+                problems = mounts.bound_mismatches(fh.read(), bound)
+        except OSError as exc:
+            if self.kind == "docker" and self._has_exited(container_id):
+                self._recheck_mounts(bound)  # already gone: the paths are all there is left to look at
+                return
+            problems = [f"cannot read the container's mounts ({exc.strerror})"]
+        if problems:
+            raise MountRefused("mount refused: " + "; ".join(problems))
+
+    def _state(self, container_id: str) -> dict[str, Any]:
+        try:
+            return self.inspect(container_id).get("State") or {}
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot inspect container {container_id[:12]}: {_explain(exc)}") from exc
+
+    def _has_exited(self, container_id: str) -> bool:
+        """Whether the container's process is gone: an exiting one is still reported running for a moment."""
+        try:
+            self.wait(container_id, timeout=EXIT_GRACE)
+            return True
+        except TimeoutError:
+            return False
 
     def _create_compat(self, request: ContainerRequest) -> str:
         # The low-level calls: the high-level containers.create() inspects every new container
@@ -248,11 +324,19 @@ class LocalEngine:
         return resp.json() if resp.content else None
 
     def start(self, container_id: str) -> None:
+        unproven = self._unproven.pop(container_id, None)
         try:
+            if unproven:  # Docker: no init, so check once more as close to the bind as it gets
+                self._recheck_mounts(unproven)
             self.client.api.start(container_id)
+            if unproven:
+                self._prove_mounts(container_id, unproven)
         except (APIError, DockerException) as exc:
             self.remove(container_id)
             raise EngineError(f"cannot start container: {_explain(exc)}") from exc
+        except EngineError:
+            self.remove(container_id)
+            raise
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.client.api.inspect_container(container_id)
@@ -302,6 +386,7 @@ class LocalEngine:
             pass  # already gone or already stopped: either way it no longer runs
 
     def remove(self, container_id: str) -> None:
+        self._unproven.pop(container_id, None)
         try:
             self.client.api.remove_container(container_id, force=True)
         except NotFound:
