@@ -263,10 +263,9 @@ def _embedded_podman_pid(service_pid: int) -> int | None:
 
 
 def test_embedded_podman_killed_mid_job_is_started_again(tmp_path: Path, engine_url: str) -> None:
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    svc = ServiceProcess(tmp_path / "svc", engine_url=None,
-                         extra_env={"XDG_RUNTIME_DIR": str(runtime), "DOCKER_HOST": ""}).start()
+    # No engine socket to find (the helper's own runtime directory, no DOCKER_HOST): the service
+    # starts its embedded Podman.
+    svc = ServiceProcess(tmp_path / "svc", engine_url=None, extra_env={"DOCKER_HOST": ""}).start()
     try:
         client = svc.client()
         assert client.health()["embedded_engine"] is True
