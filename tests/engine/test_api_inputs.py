@@ -124,12 +124,14 @@ def test_bad_submit_bodies_are_refused_by_name(api: Api, body: dict[str, Any], f
 
 
 def test_bad_bundle_settings_are_refused_at_submit(api: Api) -> None:
+    assets = api.root / "assets"  # a mountable source (api.root itself holds the service's state)
+    assets.mkdir(exist_ok=True)
     cases = [
         ({"frames": {"parameter": "Frame", "output": "out/{frame.real.bogus}.txt"}}, "frames.output"),
         ({"image": "localhost/hpcdock-test:latest;x"}, "image"),
         ({"env": {"A\u0000": "1"}}, "env"),
         ({"env": {"A": "x\u0000"}}, "env.A"),
-        ({"mounts": [{"source": str(api.root), "target": "/proc"}]}, "mounts[0].target"),
+        ({"mounts": [{"source": str(assets), "target": "/proc"}]}, "mounts[0].target"),
     ]
     for i, (settings_, field) in enumerate(cases):
         bundle = make_bundle(api.root / f"bad{i}", settings=settings_)
