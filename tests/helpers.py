@@ -150,6 +150,18 @@ class ServiceProcess:
                               timeout=timeout)
 
 
+def socket_answers(path: Path) -> bool:
+    """Whether a server accepts connections on the Unix socket at ``path`` (not just a file left there)."""
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def remove_leftovers(svc: ServiceProcess) -> None:
     """Containers a failed test left behind must not leak into the next test."""
     db = svc.state_dir / "hpcdock.db"

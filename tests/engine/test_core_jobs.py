@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, wait_for, wait_job
+from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, socket_answers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -121,20 +121,7 @@ def test_embedded_podman_is_started_and_stopped(tmp_path: Path, engine_url: str)
     finally:
         svc.stop()
     sock = svc.state_dir / "podman" / "podman.sock"
-    wait_for(lambda: not _answers(sock), 20, what="embedded podman to stop")
-
-
-def _answers(sock: Path) -> bool:
-    import socket
-
-    if not sock.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(str(sock))
-            return True
-        except OSError:
-            return False
+    wait_for(lambda: not socket_answers(sock), 20, what="embedded podman to stop")
 
 
 def test_image_must_exist_and_health_reports_engine(service: ServiceProcess, tmp_path: Path) -> None:

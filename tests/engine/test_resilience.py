@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hpcdock.client import ServiceError
 
-from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
+from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, socket_answers, wait_for, wait_job
 
 LOCK_SECONDS = 12  # long against tasks of a few seconds: several finish while it is held
 
@@ -144,7 +144,7 @@ class PodmanService:
     def start(self) -> PodmanService:
         self.proc = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _answers(self.sock), 30, 0.05, what="podman system service to listen")
+        wait_for(lambda: socket_answers(self.sock), 30, 0.05, what="podman system service to listen")
         return self
 
     def kill(self) -> None:
@@ -160,19 +160,6 @@ class PodmanService:
             assert self.proc is not None
             self.proc.terminate()
             self.proc.wait(timeout=20)
-
-
-def _answers(sock: Path) -> bool:
-    import socket
-
-    if not sock.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(str(sock))
-            return True
-        except OSError:
-            return False
 
 
 @pytest.fixture
