@@ -21,6 +21,26 @@ from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreBusy
 
 
+class FakeStream:
+    """A log stream whose ``close()`` may come from another thread while it is being read, as the
+    SDK's CancellableStream allows (closing a plain generator there raises "already executing")."""
+
+    def __init__(self, chunks) -> None:
+        self._chunks = iter(chunks)
+        self._closed = threading.Event()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed.is_set():
+            raise StopIteration
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 class FakeEngine:
     """Containers that 'run' until released; exit code chosen by the test per command."""
 
@@ -48,6 +68,9 @@ class FakeEngine:
             self.started_order.append(cid)
 
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
+        return FakeStream(self._log(cid))
+
+    def _log(self, cid: str):
         if self.hold:
             self.release.wait(10)
         else:
@@ -374,11 +397,10 @@ class EarlyEndEngine(FakeEngine):
 
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if follow:
-            yield self.LOG[:40]
-        elif tail:
-            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
-        else:
-            yield from (self.LOG[i:i + 7] for i in range(0, len(self.LOG), 7))
+            return FakeStream([self.LOG[:40]])
+        if tail:
+            return iter([b"".join(self.LOG.splitlines(keepends=True)[-tail:])])
+        return (self.LOG[i:i + 7] for i in range(0, len(self.LOG), 7))
 
 
 def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path) -> None:
@@ -415,9 +437,9 @@ class FloodEngine(FakeEngine):
 
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if tail:
-            yield b"".join(self.LOG.splitlines(keepends=True)[-tail:])
-        else:
-            yield from (self.LOG[i:i + 4096] for i in range(0, len(self.LOG), 4096))
+            return iter([b"".join(self.LOG.splitlines(keepends=True)[-tail:])])
+        chunks = (self.LOG[i:i + 4096] for i in range(0, len(self.LOG), 4096))
+        return FakeStream(chunks) if follow else chunks
 
 
 def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: Path) -> None:
