@@ -42,6 +42,10 @@ STATE_ROLE = USER + 2
 PROGRESS_ROLE = USER + 3  # job progress, 0..100
 THUMB_ROLE = USER + 4  # QImage or None
 KEY_ROLE = USER + 5  # frame model: (step, frame)
+FLAGS_ROLE = USER + 6  # frame model: the frame's flags (list of {"check", "reason", "values"})
+
+#: the flipbook's rate when the job does not say (hpcdock.yaml ``fps:``)
+DEFAULT_FPS = 24.0
 
 STATE_COLORS = {
     # frames
@@ -72,6 +76,31 @@ def format_duration(seconds: Optional[float]) -> str:
         return f"{minutes}m {sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+def frame_flags(frame: JSON) -> List[JSON]:
+    """The checks a finished frame failed (empty when clean, or from a service without checks)."""
+    return [f for f in frame.get("flags") or () if isinstance(f, dict)]
+
+
+def flag_lines(frame: JSON) -> List[str]:
+    """One line per flag: the check's name and the service's sentence with its numbers."""
+    return [f"⚠ {f.get('check') or '?'}: {f.get('reason') or ''}".rstrip(": ") for f in frame_flags(frame)]
+
+
+def frame_spans(frames: Iterable[int]) -> str:
+    """Frame numbers as the CLI writes them: ``[17, 40, 41, 42]`` -> ``"17, 40-42"``."""
+    spans = ranges(frames, gap=1)
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def job_fps(job: Optional[JSON]) -> float:
+    """The job's frame rate for the flipbook; ``DEFAULT_FPS`` when unset or nonsense."""
+    try:
+        fps = float((job or {}).get("fps") or 0)
+    except (TypeError, ValueError):
+        fps = 0.0
+    return fps if 0 < fps <= 1000 else DEFAULT_FPS
 
 
 def job_progress(job: JSON) -> float:
@@ -163,6 +192,8 @@ class JobsModel(QtCore.QAbstractTableModel):
                      f"bundle: {job.get('bundle_dir')}",
                      f"tasks: {job.get('tasks_done', 0)}/{job.get('tasks_total', 0)} done, "
                      f"{job.get('tasks_running', 0)} running, {job.get('tasks_failed', 0)} failed"]
+            if job.get("frames_flagged"):
+                lines.append(f"frames flagged by the output checks: {job['frames_flagged']}")
             if job.get("error"):
                 lines.append(f"error: {job['error']}")
             return "\n".join(lines)
@@ -177,8 +208,10 @@ class JobsModel(QtCore.QAbstractTableModel):
             return f"{job_progress(job):.0f}%"
         if col == self.FRAMES:
             text = f"{job.get('frames_done') or 0}/{job.get('frames_total') or 0}"
-            if job.get("frames_failed"):
-                text += f" ({job['frames_failed']} failed)"
+            notes = [f"{job[k]} {word}" for k, word in (("frames_failed", "failed"), ("frames_flagged", "flagged"))
+                     if job.get(k)]
+            if notes:
+                text += f" ({', '.join(notes)})"
             return text
         now = self._clock()
         if col == self.ELAPSED:
@@ -302,6 +335,8 @@ class FramesModel(QtCore.QAbstractListModel):
             return frame
         if role == KEY_ROLE:
             return (frame.get("step"), frame.get("frame"))
+        if role == FLAGS_ROLE:
+            return frame_flags(frame)
         if role == BACKGROUND:
             return QtGui.QColor(STATE_COLORS.get(frame.get("state") or "", "#4a4d52"))
         if role == THUMB_ROLE:
@@ -331,6 +366,7 @@ class FramesModel(QtCore.QAbstractListModel):
             lines.append(str(frame["output"]))
         if frame.get("error"):
             lines.append(f"error: {frame['error']}")
+        lines.extend(flag_lines(frame))
         return "\n".join(lines)
 
     @staticmethod
@@ -369,9 +405,13 @@ class FramesModel(QtCore.QAbstractListModel):
         state = new.get("state") or "?"
         counts[state] = counts.get(state, 0) + 1
 
-    def outputs(self, step: Optional[str] = None) -> List[str]:
-        return [f["output"] for f in self._frames
+    def done_frames(self, step: Optional[str] = None) -> List[JSON]:
+        """The finished frames with an output, in frame order (of ``step``, or of every step)."""
+        return [f for f in self._frames
                 if f.get("output") and f.get("state") == "done" and (step is None or f.get("step") == step)]
+
+    def flagged_count(self) -> int:
+        return sum(1 for f in self._frames if f.get("flags"))
 
     def output_dir(self) -> Optional[str]:
         dirs = {os.path.dirname(f["output"]) for f in self._frames if f.get("output")}
