@@ -435,7 +435,7 @@ class MonitorPanel(QtWidgets.QWidget):
         header = self.jobs_view.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(JobsModel.NAME, qenum(QtWidgets.QHeaderView, "ResizeMode", "Stretch"))
-        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 110),
+        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 170),
                               (JobsModel.ELAPSED, 80), (JobsModel.ETA, 80)):
             header.resizeSection(column, width)
         self.jobs_view.verticalHeader().setDefaultSectionSize(24)
