@@ -163,6 +163,18 @@ def test_inside_houdini_double_click_and_flipbook_go_to_mplay(qtbot, fake, frame
         panel.shutdown()
 
 
+def test_flipbook_scales_big_frames_to_its_window(qtbot, tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(png_bytes(2048, 1152))
+    book = FlipbookWindow([FrameImage(1, str(path))], 24.0)
+    qtbot.addWidget(book)
+    book.show()
+    qtbot.waitExposed(book)
+    pixmap, fit = book.picture.pixmap(), book.picture.size()
+    assert pixmap.width() <= fit.width() and pixmap.height() <= fit.height() and pixmap.width() < 2048
+    assert abs(pixmap.width() / pixmap.height() - 16 / 9) < 0.02
+
+
 def test_flipbook_plays_done_frames_in_order_at_the_jobs_rate(qtbot, panel, frames_dir):
     assert panel.flipbook_button.isEnabled()
     panel.flipbook_button.click()
@@ -193,6 +205,9 @@ def test_flipbook_defaults_to_24_fps_and_reads_lazily(qtbot, tmp_path):
     book = FlipbookWindow(frames, job_fps({}), cache_size=16)
     qtbot.addWidget(book)
     assert book.timer.interval() == 42
+    assert book.reads == 0
+    book.show()
+    qtbot.waitExposed(book)
     assert book.reads == 1  # opening a 1000-frame flipbook reads one frame
     for _ in range(40):
         book.step()

@@ -12,7 +12,6 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 from .qt import QtCore, QtGui, QtWidgets, qenum
 
 _KEEP_ASPECT = qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio")
-_SMOOTH = qenum(QtCore.Qt, "TransformationMode", "SmoothTransformation")
 _CENTER = qenum(QtCore.Qt, "AlignmentFlag", "AlignCenter")
 _SELECTABLE = qenum(QtCore.Qt, "TextInteractionFlag", "TextSelectableByMouse")
 
@@ -25,9 +24,15 @@ class FrameImage(NamedTuple):
     flags: Tuple[str, ...] = ()
 
 
-def read_image(path: str) -> Tuple[Optional[QtGui.QImage], str]:
-    """The image at ``path``, or None and why not."""
+def read_image(path: str, fit: Optional[QtCore.QSize] = None) -> Tuple[Optional[QtGui.QImage], str]:
+    """The image at ``path`` (no larger than ``fit``, keeping its aspect), or None and why not.
+
+    The reader scales while decoding where the format can (JPEG), so a flipbook of 2K frames
+    holds window-sized images, not full ones."""
     reader = QtGui.QImageReader(path)
+    size = reader.size()
+    if fit is not None and size.isValid() and (size.width() > fit.width() or size.height() > fit.height()):
+        reader.setScaledSize(size.scaled(fit, _KEEP_ASPECT))
     image = reader.read()
     if image.isNull():
         return None, reader.errorString() or "unreadable"
@@ -77,18 +82,18 @@ class ImageWindow(QtWidgets.QWidget):
 class FlipbookWindow(QtWidgets.QWidget):
     """Plays frames in order at ``fps``, with play/pause and a frame slider.
 
-    Frames are read when shown and kept in a small LRU (``cache_size``), so a
-    1000-frame job costs the memory of a few dozen frames, and opening the
-    flipbook reads one.
+    Frames are read when shown, scaled to the window, and kept in a small LRU
+    (``cache_size``), so a 1000-frame job costs the memory of a few dozen
+    window-sized frames, and opening the flipbook reads one.
     """
 
     def __init__(self, frames: Sequence[FrameImage], fps: float, parent: Optional[QtWidgets.QWidget] = None,
-                 cache_size: int = 48) -> None:
+                 cache_size: int = 32) -> None:
         super().__init__(parent, qenum(QtCore.Qt, "WindowType", "Window"))
         self.frames: List[FrameImage] = list(frames)
         self.fps = fps
         self.cache_size = cache_size
-        self._cache: OrderedDict[int, Tuple[Optional[QtGui.QImage], str]] = OrderedDict()
+        self._cache: OrderedDict[Tuple[int, int, int], Tuple[Optional[QtGui.QImage], str]] = OrderedDict()
         self.reads = 0
         self.position = -1
         self.setWindowTitle(f"hpcdock flipbook: {len(self.frames)} frames at {fps:g} fps")
@@ -117,7 +122,10 @@ class FlipbookWindow(QtWidgets.QWidget):
         layout.addWidget(self.caption)
         layout.addLayout(controls)
         self.resize(960, 620)
-        if self.frames:
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self.position < 0:  # the first frame, once the window has its size to fit it to
             self.show_index(0)
 
     def set_playing(self, playing: bool) -> None:
@@ -147,19 +155,18 @@ class FlipbookWindow(QtWidgets.QWidget):
             self.picture.setPixmap(QtGui.QPixmap())
             self.picture.setText(f"could not read {item.path}: {error}")
             return
-        size = self.picture.size()
-        if image.width() > size.width() or image.height() > size.height():
-            image = image.scaled(size, _KEEP_ASPECT, _SMOOTH)
         self.picture.setPixmap(QtGui.QPixmap.fromImage(image))
 
     def _image(self, index: int) -> Tuple[Optional[QtGui.QImage], str]:
-        hit = self._cache.get(index)
+        fit = self.picture.size()
+        key = (index, fit.width(), fit.height())  # a resized window reads frames again, at its size
+        hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(index)
+            self._cache.move_to_end(key)
             return hit
         self.reads += 1
-        hit = read_image(self.frames[index].path)
-        self._cache[index] = hit
+        hit = read_image(self.frames[index].path, fit)
+        self._cache[key] = hit
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return hit
