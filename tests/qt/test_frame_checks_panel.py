@@ -88,6 +88,12 @@ def test_flags_in_tooltip_role_and_job_list():
     tip = model.data(flagged, TOOLTIP)
     assert f"⚠ black: {BLACK['reason']}" in tip and f"⚠ nan: {NAN['reason']}" in tip
     assert model.flagged_count() == 1
+    model.apply([make_frame(2, state="running", attempt=2)])  # retried: the new attempt has no flags yet
+    assert model.flagged_count() == 0 and model.counts() == {"done": 1, "running": 1}
+    model.apply([make_frame(2, state="done", attempt=2, flags=[NAN]), make_frame(1, state="done", flags=[NAN])])
+    assert model.flagged_count() == 2 and model.counts() == {"done": 2}
+    model.apply([make_frame(2, state="done", attempt=2, flags=[NAN])])  # the same again: counted once
+    assert model.flagged_count() == 2
     jobs = JobsModel()
     jobs.apply([make_job(1, frames_total=6, frames_done=5, frames_failed=1, frames_flagged=3),
                 make_job(2, frames_total=6, frames_done=6)])

@@ -315,6 +315,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._index: Dict[FrameKey, int] = {}
         self._evid: Dict[FrameKey, int] = {}
         self._counts: Dict[str, int] = {}
+        self._flagged = 0
         self.tasks: Dict[int, JSON] = {}
         self._task_evid: Dict[int, int] = {}
 
@@ -398,6 +399,10 @@ class FramesModel(QtCore.QAbstractListModel):
         return {k: v for k, v in self._counts.items() if v}
 
     def _count(self, old: Optional[JSON], new: JSON) -> None:
+        """Keep the per-state and flagged counts as ``old`` (None: a new row) becomes ``new``."""
+        self._flagged += bool(new.get("flags")) - bool(old is not None and old.get("flags"))
+        if old is not None and old.get("state") == new.get("state"):
+            return
         counts = self._counts
         if old is not None:
             state = old.get("state") or "?"
@@ -411,7 +416,8 @@ class FramesModel(QtCore.QAbstractListModel):
                 if f.get("output") and f.get("state") == "done" and (step is None or f.get("step") == step)]
 
     def flagged_count(self) -> int:
-        return sum(1 for f in self._frames if f.get("flags"))
+        """Frames with flags (kept up to date as frames are applied)."""
+        return self._flagged
 
     def output_dir(self) -> Optional[str]:
         dirs = {os.path.dirname(f["output"]) for f in self._frames if f.get("output")}
@@ -427,6 +433,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._steps = {name: i for i, name in enumerate(steps)}
         self._frames, self._sort, self._index, self._evid = [], [], {}, {}
         self._counts = {}
+        self._flagged = 0
         self.tasks, self._task_evid = {}, {}
         self.endResetModel()
 
@@ -460,8 +467,7 @@ class FramesModel(QtCore.QAbstractListModel):
                         old.get("state") == "done" and frame.get("state") != "done"):
                     self.cache.missing.discard(self.thumb_key(old))
                 self._frames[row] = frame
-                if old.get("state") != frame.get("state"):
-                    self._count(old, frame)
+                self._count(old, frame)
                 updated.append(row)
                 if event_ids is not None:
                     self._evid[key] = event_ids[i]

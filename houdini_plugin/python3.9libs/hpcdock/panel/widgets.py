@@ -134,7 +134,6 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
             painter.drawRect(rect.adjusted(1, 1, -1, -1))
         painter.restore()
 
-
     def _paint_badge(self, painter: QtGui.QPainter, badge: QtCore.QRect) -> None:
         """A filled disc with "!" in it: readable over any thumbnail, even a black one."""
         painter.setRenderHint(_ANTIALIAS, True)
@@ -899,8 +898,8 @@ class MonitorPanel(QtWidgets.QWidget):
     def _update_frame_actions(self, *_: Any) -> None:
         """The frame grid's buttons (also on selection changes, hence the ignored arguments)."""
         job = self.selected_job()
-        self.retry_frames_button.setEnabled(bool(job) and self.frames_view.selectionModel().hasSelection())
-        count = len(self.frames_view.selectionModel().selectedIndexes())
+        count = sum(r.height() for r in self.frames_view.selectionModel().selection())  # no index per cell
+        self.retry_frames_button.setEnabled(bool(job) and count > 0)
         self.retry_frames_button.setText(f"Retry {count} frame{'s' if count != 1 else ''}" if count
                                          else "Retry frames")
         flagged = (job or {}).get("frames_flagged") or self.frames_model.flagged_count()
