@@ -33,7 +33,8 @@ def make_job(job_id: int = 1, name: str = "ball", state: str = "running", frames
     job = {"id": job_id, "name": name, "state": state, "priority": 50, "bundle_dir": "/tmp/b",
            "created_at": 1000.0, "started_at": 1000.0 if state != "queued" else None, "finished_at": None,
            "error": None, "tasks_total": 8, "tasks_done": 0, "tasks_failed": 0, "tasks_running": 0,
-           "frames_total": frames_total, "frames_done": frames_done, "frames_failed": 0,
+           "frames_total": frames_total, "frames_done": frames_done, "frames_failed": 0, "frames_flagged": 0,
+           "fps": None,
            "steps": [{"name": "render", "depends_on": [], "gpus": 0}]}
     job.update(kw)
     return job
@@ -45,7 +46,8 @@ def make_frame(frame: int, job_id: int = 1, state: str = "waiting", step: str = 
     obj = {"job_id": job_id, "step": step, "frame": frame, "task_id": task_id, "attempt": attempt,
            "state": state, "output": f"/out/{step}.{frame:04d}.png" if done else None, "error": None,
            "started_at": None, "finished_at": None, "render_time": 1.5 if done else None,
-           "thumbnail_url": f"/v1/jobs/{job_id}/frames/{frame}/thumbnail?step={step}" if done else None}
+           "thumbnail_url": f"/v1/jobs/{job_id}/frames/{frame}/thumbnail?step={step}" if done else None,
+           "flags": []}
     obj.update(kw)
     return obj
 
@@ -74,6 +76,7 @@ class FakeService:
         self.stream_requests: List[Optional[int]] = []  # last_event_id of every stream opened
         self.delivered: List[int] = []  # ids handed out by streams, in order
         self.thumbnail_data = PNG
+        self.thumbnails: Dict[Tuple[int, str, int], bytes] = {}  # per frame, else thumbnail_data
         self.last_event_id_in_health = True
 
     # -- changing state (the "service side") --------------------------------------------
@@ -156,7 +159,7 @@ class FakeClient:
         f = self.s.frames.get((job_id, step or "render", frame))
         if not f or f["state"] != "done":
             raise ServiceError("no thumbnail", 404, "frame")
-        return self.s.thumbnail_data
+        return self.s.thumbnails.get((job_id, step or "render", frame), self.s.thumbnail_data)
 
     def log(self, task_id: int, offset: int = 0) -> Tuple[str, int]:
         self._check()
@@ -170,9 +173,9 @@ class FakeClient:
         self.s.put_job(job)
         return job
 
-    def retry(self, job_id: int) -> Dict[str, Any]:
+    def retry(self, job_id: int, frames: Optional[List[int]] = None, flagged: bool = False) -> Dict[str, Any]:
         self._check()
-        self.s.calls.append(("retry", job_id))
+        self.s.calls.append(("retry", (job_id, None if frames is None else list(frames), flagged)))
         return dict(self.s.jobs[job_id])
 
     def events(self, job: Optional[int] = None, last_event_id: Optional[int] = None,

@@ -26,8 +26,8 @@ class RecordingHost(Host):
     def __init__(self):
         self.opened = []
 
-    def open_frames(self, paths, current=None):
-        self.opened.append((list(paths), current))
+    def open_frames(self, paths, current=None, fps=None):
+        self.opened.append((list(paths), current, fps))
         return True
 
 
@@ -122,7 +122,7 @@ def test_actions_cancel_retry_copy_open(qtbot, panel, fake):
     wait(qtbot, lambda: not panel.cancel_button.isEnabled() and panel.retry_button.isEnabled())
     wait(qtbot, lambda: "cancel requested" in panel.status_label.text())
     panel.retry_button.click()
-    wait(qtbot, lambda: ("retry", 1) in fake.calls)
+    wait(qtbot, lambda: ("retry", (1, None, False)) in fake.calls)
     # copy: the job's output directory, then the selected frames' outputs
     assert panel.copy_output_path() == "/out"
     assert QtWidgets.QApplication.clipboard().text() == "/out"
@@ -132,10 +132,11 @@ def test_actions_cancel_retry_copy_open(qtbot, panel, fake):
     selection.select(panel.frames_model.index(0), flags)
     selection.select(panel.frames_model.index(1), flags)
     assert panel.copy_output_path() == "/out/render.0001.png\n/out/render.0002.png"
-    # open: the host gets the step's sequence and the clicked frame
+    # open: the host's viewer gets the clicked frame, full size
     panel.frames_view.doubleClicked.emit(panel.frames_model.index(1))
-    assert panel.host.opened == [(["/out/render.0001.png", "/out/render.0002.png"], "/out/render.0002.png")]
+    assert panel.host.opened == [(["/out/render.0002.png"], "/out/render.0002.png", None)]
     assert not panel.open_frame(panel.frames_model.frame(4))  # not done: nothing to open
+    assert panel.image_window is None  # the host showed it: no window of the panel's own
 
 
 def test_survives_a_service_restart_and_catches_up(qtbot, panel, fake):

@@ -65,6 +65,16 @@ def test_frames_appear_with_thumbnails_and_logs(qtbot, service, tmp_path, make_p
     panel.frames_view.setCurrentIndex(panel.frames_model.index(0))
     qtbot.waitUntil(lambda: "::hpcdock::frame-done 1" in panel.log_view.toPlainText(), timeout=30_000)
     assert panel.copy_output_path() == frame["output"]  # the selected frame
+    # a rendered frame at full size in the panel's own window (this host has no viewer), and the
+    # flipbook over the job's frames at the default rate (the job sets no fps)
+    panel.frames_view.doubleClicked.emit(panel.frames_model.index(0))
+    assert panel.image_window.item.path == frame["output"]
+    pixmap = panel.image_window.picture.pixmap()
+    assert (pixmap.width(), pixmap.height()) == (640, 360)
+    assert panel.play_flipbook()
+    assert [item.frame for item in panel.flipbook.frames] == [1, 2, 3, 4, 5, 6]
+    assert panel.flipbook.timer.interval() == round(1000 / 24)
+    assert panel.flipbook.picture.pixmap() is not None and not panel.flipbook.picture.pixmap().isNull()
 
 
 def test_cancel_from_the_panel(qtbot, service, tmp_path, make_panel):

@@ -355,12 +355,13 @@ def open_monitor_pane(interface_name: str = "hpcdock"):
     return desktop.createFloatingPaneTab(hou.paneTabType.PythonPanel, python_panel_interface=interface_name)
 
 
-def mplay_command(paths: Sequence[str]) -> Optional[List[str]]:
-    """The MPlay command line showing ``paths`` in frame order, or None without MPlay."""
+def mplay_command(paths: Sequence[str], fps: Optional[float] = None) -> Optional[List[str]]:
+    """The MPlay command line showing ``paths`` in frame order (played at ``fps``, MPlay's
+    ``-r``, when given), or None without MPlay."""
     mplay = P.mplay_path(hou.text.expandString("$HFS"), windows=os.name == "nt")
     if not paths or not os.path.exists(mplay):
         return None
-    return [mplay] + sorted(paths)
+    return [mplay] + (["-r", f"{fps:g}"] if fps else []) + sorted(paths)
 
 
 def panel_host():
@@ -372,10 +373,11 @@ def panel_host():
     class HoudiniHost(Host):
         viewer_name = "MPlay"
 
-        def open_frames(self, paths: Sequence[str], current: Optional[str] = None) -> bool:
-            command = mplay_command(list(paths) or ([current] if current else []))
+        def open_frames(self, paths: Sequence[str], current: Optional[str] = None,
+                        fps: Optional[float] = None) -> bool:
+            command = mplay_command(list(paths) or ([current] if current else []), fps)
             if command is None:
-                return super().open_frames(paths, current)
+                return super().open_frames(paths, current, fps)
             subprocess.Popen(command, close_fds=True)
             return True
 

@@ -2,9 +2,10 @@
 
 The panel never imports ``hou``. What it needs from its host is small and lives behind
 this interface; ``DesktopHost`` is the implementation for the standalone monitor (and
-any host that does not say otherwise). Inside Houdini the adapter module
-(``hpcdock.houdini``) provides a host whose ``open_frames`` starts MPlay, and the
-``.pypanel`` passes it in::
+any host that does not say otherwise): it has no viewer of its own, so the panel shows
+frames in its own windows (a full-size image window, a flipbook). Inside Houdini the
+adapter module (``hpcdock.houdini``) provides a host whose ``open_frames`` starts MPlay,
+and the ``.pypanel`` passes it in::
 
     from hpcdock import houdini
     from hpcdock.panel import create_panel
@@ -13,24 +14,22 @@ any host that does not say otherwise). Inside Houdini the adapter module
 
 from typing import Optional, Sequence
 
-from .qt import QtCore, QtGui
-
 
 class Host:
     """What the panel asks of its host. Subclass and override; every method has a default."""
 
-    #: shown in the panel's tooltip of the open action
-    viewer_name = "the system viewer"
+    #: named in the panel's messages once a host viewer has opened frames
+    viewer_name = "the panel's viewer"
 
-    def open_frames(self, paths: Sequence[str], current: Optional[str] = None) -> bool:
-        """Show frames (the sequence of a step, ``current`` the double-clicked one).
+    def open_frames(self, paths: Sequence[str], current: Optional[str] = None,
+                    fps: Optional[float] = None) -> bool:
+        """Show frames in the host's own viewer: one frame full size (``paths == [current]``,
+        a double-click), or a sequence to play in order at ``fps`` (the flipbook).
 
-        Returns False when nothing could be opened (the panel then says so).
+        Returns False when the host has no viewer, or it could not start: the panel then
+        shows the frames in its own windows, so a frame always opens somewhere.
         """
-        target = current or (paths[0] if paths else None)
-        if not target:
-            return False
-        return bool(QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(target)))
+        return False
 
     def parent_window(self) -> Optional[object]:
         """The window dialogs should be parented to (Houdini's main window), or None."""
@@ -38,7 +37,7 @@ class Host:
 
 
 class DesktopHost(Host):
-    """Outside Houdini: the system's default viewer for the clicked frame."""
+    """Outside Houdini (``hpcdock-monitor``): no viewer of its own, the panel's windows show frames."""
 
 
 def default_host() -> Host:

@@ -42,6 +42,10 @@ STATE_ROLE = USER + 2
 PROGRESS_ROLE = USER + 3  # job progress, 0..100
 THUMB_ROLE = USER + 4  # QImage or None
 KEY_ROLE = USER + 5  # frame model: (step, frame)
+FLAGS_ROLE = USER + 6  # frame model: the frame's flags (list of {"check", "reason", "values"})
+
+#: the flipbook's rate when the job does not say (hpcdock.yaml ``fps:``)
+DEFAULT_FPS = 24.0
 
 STATE_COLORS = {
     # frames
@@ -72,6 +76,31 @@ def format_duration(seconds: Optional[float]) -> str:
         return f"{minutes}m {sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+def frame_flags(frame: JSON) -> List[JSON]:
+    """The checks a finished frame failed (empty when clean, or from a service without checks)."""
+    return [f for f in frame.get("flags") or () if isinstance(f, dict)]
+
+
+def flag_lines(frame: JSON) -> List[str]:
+    """One line per flag: the check's name and the service's sentence with its numbers."""
+    return [f"⚠ {f.get('check') or '?'}: {f.get('reason') or ''}".rstrip(": ") for f in frame_flags(frame)]
+
+
+def frame_spans(frames: Iterable[int]) -> str:
+    """Frame numbers as the CLI writes them: ``[17, 40, 41, 42]`` -> ``"17, 40-42"``."""
+    spans = ranges(frames, gap=1)
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def job_fps(job: Optional[JSON]) -> float:
+    """The job's frame rate for the flipbook; ``DEFAULT_FPS`` when unset or nonsense."""
+    try:
+        fps = float((job or {}).get("fps") or 0)
+    except (TypeError, ValueError):
+        fps = 0.0
+    return fps if 0 < fps <= 1000 else DEFAULT_FPS
 
 
 def job_progress(job: JSON) -> float:
@@ -163,6 +192,8 @@ class JobsModel(QtCore.QAbstractTableModel):
                      f"bundle: {job.get('bundle_dir')}",
                      f"tasks: {job.get('tasks_done', 0)}/{job.get('tasks_total', 0)} done, "
                      f"{job.get('tasks_running', 0)} running, {job.get('tasks_failed', 0)} failed"]
+            if job.get("frames_flagged"):
+                lines.append(f"frames flagged by the output checks: {job['frames_flagged']}")
             if job.get("error"):
                 lines.append(f"error: {job['error']}")
             return "\n".join(lines)
@@ -177,8 +208,10 @@ class JobsModel(QtCore.QAbstractTableModel):
             return f"{job_progress(job):.0f}%"
         if col == self.FRAMES:
             text = f"{job.get('frames_done') or 0}/{job.get('frames_total') or 0}"
-            if job.get("frames_failed"):
-                text += f" ({job['frames_failed']} failed)"
+            notes = [f"{job[k]} {word}" for k, word in (("frames_failed", "failed"), ("frames_flagged", "flagged"))
+                     if job.get(k)]
+            if notes:
+                text += f" ({', '.join(notes)})"
             return text
         now = self._clock()
         if col == self.ELAPSED:
@@ -282,6 +315,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._index: Dict[FrameKey, int] = {}
         self._evid: Dict[FrameKey, int] = {}
         self._counts: Dict[str, int] = {}
+        self._flagged = 0
         self.tasks: Dict[int, JSON] = {}
         self._task_evid: Dict[int, int] = {}
 
@@ -302,6 +336,8 @@ class FramesModel(QtCore.QAbstractListModel):
             return frame
         if role == KEY_ROLE:
             return (frame.get("step"), frame.get("frame"))
+        if role == FLAGS_ROLE:
+            return frame_flags(frame)
         if role == BACKGROUND:
             return QtGui.QColor(STATE_COLORS.get(frame.get("state") or "", "#4a4d52"))
         if role == THUMB_ROLE:
@@ -331,6 +367,7 @@ class FramesModel(QtCore.QAbstractListModel):
             lines.append(str(frame["output"]))
         if frame.get("error"):
             lines.append(f"error: {frame['error']}")
+        lines.extend(flag_lines(frame))
         return "\n".join(lines)
 
     @staticmethod
@@ -362,6 +399,10 @@ class FramesModel(QtCore.QAbstractListModel):
         return {k: v for k, v in self._counts.items() if v}
 
     def _count(self, old: Optional[JSON], new: JSON) -> None:
+        """Keep the per-state and flagged counts as ``old`` (None: a new row) becomes ``new``."""
+        self._flagged += bool(new.get("flags")) - bool(old is not None and old.get("flags"))
+        if old is not None and old.get("state") == new.get("state"):
+            return
         counts = self._counts
         if old is not None:
             state = old.get("state") or "?"
@@ -369,9 +410,14 @@ class FramesModel(QtCore.QAbstractListModel):
         state = new.get("state") or "?"
         counts[state] = counts.get(state, 0) + 1
 
-    def outputs(self, step: Optional[str] = None) -> List[str]:
-        return [f["output"] for f in self._frames
+    def done_frames(self, step: Optional[str] = None) -> List[JSON]:
+        """The finished frames with an output, in frame order (of ``step``, or of every step)."""
+        return [f for f in self._frames
                 if f.get("output") and f.get("state") == "done" and (step is None or f.get("step") == step)]
+
+    def flagged_count(self) -> int:
+        """Frames with flags (kept up to date as frames are applied)."""
+        return self._flagged
 
     def output_dir(self) -> Optional[str]:
         dirs = {os.path.dirname(f["output"]) for f in self._frames if f.get("output")}
@@ -387,6 +433,7 @@ class FramesModel(QtCore.QAbstractListModel):
         self._steps = {name: i for i, name in enumerate(steps)}
         self._frames, self._sort, self._index, self._evid = [], [], {}, {}
         self._counts = {}
+        self._flagged = 0
         self.tasks, self._task_evid = {}, {}
         self.endResetModel()
 
@@ -420,8 +467,7 @@ class FramesModel(QtCore.QAbstractListModel):
                         old.get("state") == "done" and frame.get("state") != "done"):
                     self.cache.missing.discard(self.thumb_key(old))
                 self._frames[row] = frame
-                if old.get("state") != frame.get("state"):
-                    self._count(old, frame)
+                self._count(old, frame)
                 updated.append(row)
                 if event_ids is not None:
                     self._evid[key] = event_ids[i]

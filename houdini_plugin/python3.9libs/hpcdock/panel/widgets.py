@@ -18,8 +18,12 @@ from .models import (
     FramesModel,
     JobsModel,
     ThumbnailCache,
+    flag_lines,
+    frame_spans,
+    job_fps,
 )
 from .qt import QtCore, QtGui, QtWidgets, Signal, qenum
+from .viewers import FlipbookWindow, FrameImage, ImageWindow
 from .worker import (
     CONNECTED,
     CONNECTING,
@@ -64,8 +68,18 @@ class ProgressDelegate(QtWidgets.QStyledItemDelegate):
         style.drawControl(qenum(QStyle, "ControlElement", "CE_ProgressBar"), bar, painter, option.widget)
 
 
+BADGE_COLOR = "#ff9f1c"
+BADGE_SIZE = 14
+
+
+def badge_rect(cell: QtCore.QRect) -> QtCore.QRect:
+    """Where a flagged frame's badge goes in its cell: the top right corner."""
+    return QtCore.QRect(cell.right() - BADGE_SIZE - 2, cell.top() + 3, BADGE_SIZE, BADGE_SIZE)
+
+
 class FrameDelegate(QtWidgets.QStyledItemDelegate):
-    """One cell per frame: state colour, thumbnail once done, frame number, task progress."""
+    """One cell per frame: state colour, thumbnail once done, frame number, task progress,
+    and a badge on a frame the service's output checks flagged (the reasons are in the tooltip)."""
 
     def __init__(self, parent: Optional[QtCore.QObject] = None, cell: QtCore.QSize = CELL) -> None:
         super().__init__(parent)
@@ -74,6 +88,8 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         self._text = QtGui.QColor("#f0f0f0")
         self._highlight = QtGui.QColor("#f5c542")
         self._shade = QtGui.QColor(0, 0, 0, 150)
+        self._badge = QtGui.QColor(BADGE_COLOR)
+        self._badge_text = QtGui.QColor("#1a1a1a")
 
     def sizeHint(self, option: Any, index: QtCore.QModelIndex) -> QtCore.QSize:
         return self.cell
@@ -109,6 +125,8 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
             painter.fillRect(box, self._shade)  # keep the number readable over the picture
         painter.setPen(self._text)
         painter.drawText(box.adjusted(3, 0, 0, 0), _BOTTOM_LEFT, label)
+        if frame.get("flags"):
+            self._paint_badge(painter, badge_rect(rect))
         if _state_selected(option):
             pen = QtGui.QPen(self._highlight)
             pen.setWidth(2)
@@ -116,8 +134,24 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
             painter.drawRect(rect.adjusted(1, 1, -1, -1))
         painter.restore()
 
+    def _paint_badge(self, painter: QtGui.QPainter, badge: QtCore.QRect) -> None:
+        """A filled disc with "!" in it: readable over any thumbnail, even a black one."""
+        painter.setRenderHint(_ANTIALIAS, True)
+        painter.setPen(QtGui.QPen(QtGui.QColor("#1a1a1a"), 1))
+        painter.setBrush(self._badge)
+        painter.drawEllipse(badge)
+        painter.setPen(self._badge_text)
+        font = painter.font()
+        font.setBold(True)
+        painter.setFont(font)
+        painter.drawText(badge, _CENTER, "!")
+        painter.setBrush(QtGui.QBrush())
+        painter.setRenderHint(_ANTIALIAS, False)
+
 
 _BOTTOM_LEFT = qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(QtCore.Qt, "AlignmentFlag", "AlignBottom")
+_CENTER = qenum(QtCore.Qt, "AlignmentFlag", "AlignCenter")
+_ANTIALIAS = qenum(QtGui.QPainter, "RenderHint", "Antialiasing")
 
 
 class FrameView(QtWidgets.QAbstractItemView):
@@ -351,6 +385,8 @@ class MonitorPanel(QtWidgets.QWidget):
         self._pending_select: Optional[int] = None
         self._auto_select = True
         self.log_text_chars = 0
+        self.image_window: Optional[ImageWindow] = None
+        self.flipbook: Optional[FlipbookWindow] = None
         self._labels_dirty = False
         self._connected_before = False
         self._build()
@@ -398,22 +434,43 @@ class MonitorPanel(QtWidgets.QWidget):
         header = self.jobs_view.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(JobsModel.NAME, qenum(QtWidgets.QHeaderView, "ResizeMode", "Stretch"))
-        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 110),
+        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 170),
                               (JobsModel.ELAPSED, 80), (JobsModel.ETA, 80)):
             header.resizeSection(column, width)
         self.jobs_view.verticalHeader().setDefaultSectionSize(24)
         self.jobs_view.selectionModel().currentRowChanged.connect(self._job_row_changed)
 
         self.frames_label = QtWidgets.QLabel("Frames", self)
+        self.flipbook_button = QtWidgets.QPushButton("Flipbook", self)
+        self.flipbook_button.setToolTip("Play the finished frames in order at the job's frame rate")
+        self.flipbook_button.clicked.connect(self.play_flipbook)
+        self.retry_frames_button = QtWidgets.QPushButton("Retry frames", self)
+        self.retry_frames_button.setToolTip("Render the selected frames again (new attempts, history kept)")
+        self.retry_frames_button.clicked.connect(self.retry_frames)
+        self.retry_flagged_button = QtWidgets.QPushButton("Retry flagged", self)
+        self.retry_flagged_button.setToolTip("Render again every frame the output checks flagged")
+        self.retry_flagged_button.clicked.connect(self.retry_flagged)
         self.frames_view = FrameView(self)
         self.frames_view.setModel(self.frames_model)
         self.frames_view.selectionModel().currentChanged.connect(self._frame_changed)
+        self.frames_view.selectionModel().selectionChanged.connect(self._update_frame_actions)
         self.frames_view.doubleClicked.connect(self._frame_double_clicked)
+        self.frames_view.setContextMenuPolicy(qenum(QtCore.Qt, "ContextMenuPolicy", "CustomContextMenu"))
+        self.frames_view.customContextMenuRequested.connect(self._frame_menu_requested)
+        self.frame_info = QtWidgets.QLabel("", self)
+        self.frame_info.setObjectName("frameInfo")
+        self.frame_info.setWordWrap(True)
+        self.frame_info.setTextInteractionFlags(qenum(QtCore.Qt, "TextInteractionFlag", "TextSelectableByMouse"))
+        frames_head = QtWidgets.QHBoxLayout()
+        frames_head.addWidget(self.frames_label, 1)
+        for button in (self.flipbook_button, self.retry_frames_button, self.retry_flagged_button):
+            frames_head.addWidget(button)
         frames_box = QtWidgets.QWidget(self)
         frames_layout = QtWidgets.QVBoxLayout(frames_box)
         frames_layout.setContentsMargins(0, 0, 0, 0)
-        frames_layout.addWidget(self.frames_label)
+        frames_layout.addLayout(frames_head)
         frames_layout.addWidget(self.frames_view)
+        frames_layout.addWidget(self.frame_info)
 
         self.log_label = QtWidgets.QLabel("Log: select a frame to follow its task", self)
         self.log_view = QtWidgets.QPlainTextEdit(self)
@@ -528,6 +585,7 @@ class MonitorPanel(QtWidgets.QWidget):
             if msg[1] == self.frames_model.job_id:
                 self.frames_model.apply(msg[3], anchor=msg[2])
                 self._update_frames_label()
+                self._update_frame_actions()
         elif kind == "tasks":
             if msg[1] == self.frames_model.job_id:
                 self.frames_model.apply_tasks(msg[3], anchor=msg[2])
@@ -628,8 +686,18 @@ class MonitorPanel(QtWidgets.QWidget):
 
     def _frame_changed(self, current: QtCore.QModelIndex, previous: QtCore.QModelIndex) -> None:
         frame = self.frames_model.frame(current.row()) if current.isValid() else None
+        self._show_frame_info(frame)
         if frame and frame.get("task_id") is not None:
             self.tail_task(frame["task_id"])
+
+    def _show_frame_info(self, frame: Optional[Dict[str, Any]]) -> None:
+        """The current frame in one line, and its flags below it (the tooltip's reasons, always in view)."""
+        if not frame:
+            self.frame_info.setText("")
+            return
+        lines = [f"frame {frame.get('frame')} ({frame.get('step')}): {frame.get('state')}"
+                 + (f" · {frame['output']}" if frame.get("output") else "")]
+        self.frame_info.setText("\n".join(lines + flag_lines(frame)))
 
     def _frame_double_clicked(self, index: QtCore.QModelIndex) -> None:
         frame = self.frames_model.frame(index.row())
@@ -638,14 +706,67 @@ class MonitorPanel(QtWidgets.QWidget):
         self.open_frame(frame)
 
     def open_frame(self, frame: Dict[str, Any]) -> bool:
+        """One finished frame at full size: in the host's viewer (MPlay), else in the panel's image window."""
         output = frame.get("output")
         if not output or frame.get("state") != "done":
             self.message.emit(f"frame {frame.get('frame')} has no finished output yet")
             return False
-        sequence = self.frames_model.outputs(frame.get("step"))
-        ok = self.host.open_frames(sequence, current=output)
-        self.message.emit(f"opened {output} in {self.host.viewer_name}" if ok else f"could not open {output}")
+        if self.host.open_frames([output], current=output):
+            self.message.emit(f"opened {output} in {self.host.viewer_name}")
+            return True
+        if self.image_window is None:
+            self.image_window = ImageWindow(self)
+        ok = self.image_window.show_frame(_frame_image(frame))
+        self.message.emit(f"opened {output}" if ok else f"could not read {output}")
         return ok
+
+    def flipbook_frames(self) -> List[Dict[str, Any]]:
+        """The finished frames of the current frame's step (else of the first step with any), in order."""
+        current = self.frames_model.frame(self.frames_view.currentIndex().row())
+        done = self.frames_model.done_frames()
+        step = current.get("step") if current else (done[0].get("step") if done else None)
+        return [f for f in done if f.get("step") == step]
+
+    def play_flipbook(self) -> bool:
+        frames = self.flipbook_frames()
+        if not frames:
+            self.message.emit("no finished frames to play yet")
+            return False
+        fps = job_fps(self.jobs_model.job_by_id(self.frames_model.job_id))
+        paths = [f["output"] for f in frames]
+        if self.host.open_frames(paths, fps=fps):
+            self.message.emit(f"playing {len(paths)} frames at {fps:g} fps in {self.host.viewer_name}")
+            return True
+        if self.flipbook is not None:
+            self.flipbook.close()
+            self.flipbook.deleteLater()
+        self.flipbook = FlipbookWindow([_frame_image(f) for f in frames], fps, parent=self)
+        self.flipbook.show()
+        self.flipbook.play_button.setChecked(True)
+        self.message.emit(f"playing {len(paths)} frames at {fps:g} fps")
+        return True
+
+    def frame_menu(self) -> QtWidgets.QMenu:
+        """The frame grid's context menu, for the current selection."""
+        menu = QtWidgets.QMenu(self)
+        current = self.frames_model.frame(self.frames_view.currentIndex().row())
+        if current:
+            menu.addAction("Open full size", lambda: self.open_frame(current)).setEnabled(
+                current.get("state") == "done" and bool(current.get("output")))
+        menu.addAction("Flipbook", self.play_flipbook).setEnabled(self.flipbook_button.isEnabled())
+        menu.addSeparator()
+        menu.addAction(self.retry_frames_button.text(), self.retry_frames).setEnabled(
+            self.retry_frames_button.isEnabled())
+        menu.addAction("Retry flagged", self.retry_flagged).setEnabled(self.retry_flagged_button.isEnabled())
+        menu.addSeparator()
+        menu.addAction("Copy output path", self.copy_output_path)
+        return menu
+
+    def _frame_menu_requested(self, pos: QtCore.QPoint) -> None:
+        menu = self.frame_menu()
+        run = getattr(menu, "exec", None) or menu.exec_  # PySide2 spells it exec_
+        run(self.frames_view.viewport().mapToGlobal(pos))
+        menu.deleteLater()
 
     # -- log ------------------------------------------------------------------------------
     def tail_task(self, task_id: int) -> None:
@@ -722,9 +843,33 @@ class MonitorPanel(QtWidgets.QWidget):
         self.requests.submit("retry", lambda c: (c.retry(job_id), f"retrying failed tasks of job {job_id}")[1])
         self.message.emit(f"retrying job {job_id}…")
 
+    def selected_frames(self) -> List[Dict[str, Any]]:
+        rows = sorted({i.row() for i in self.frames_view.selectionModel().selectedIndexes()})
+        return [f for f in (self.frames_model.frame(r) for r in rows) if f]
+
+    def retry_frames(self) -> List[int]:
+        """Render the selected frames again; returns the frame numbers asked for."""
+        job = self.selected_job()
+        frames = sorted({int(f["frame"]) for f in self.selected_frames() if f.get("frame") is not None})
+        if not job or not frames or self.requests is None:
+            return []
+        job_id, spans = job["id"], frame_spans(frames)
+        self.requests.submit("retry frames", lambda c: (
+            c.retry(job_id, frames=frames), f"retrying frames {spans} of job {job_id}")[1])
+        self.message.emit(f"retrying frames {spans} of job {job_id}…")
+        return frames
+
+    def retry_flagged(self) -> None:
+        job = self.selected_job()
+        if not job or self.requests is None:
+            return
+        job_id = job["id"]
+        self.requests.submit("retry flagged", lambda c: (
+            c.retry(job_id, flagged=True), f"retrying the flagged frames of job {job_id}")[1])
+        self.message.emit(f"retrying the flagged frames of job {job_id}…")
+
     def output_paths(self) -> List[str]:
-        rows = sorted(i.row() for i in self.frames_view.selectionModel().selectedIndexes())
-        outputs = [f["output"] for f in (self.frames_model.frame(r) for r in rows) if f and f.get("output")]
+        outputs = [f["output"] for f in self.selected_frames() if f.get("output")]
         if outputs:
             return outputs
         directory = self.frames_model.output_dir()
@@ -748,6 +893,18 @@ class MonitorPanel(QtWidgets.QWidget):
         failed = bool(job and (job.get("tasks_failed") or job.get("frames_failed") or state in ("failed", "canceled")))
         self.retry_button.setEnabled(failed)
         self.copy_button.setEnabled(job is not None)
+        self._update_frame_actions()
+
+    def _update_frame_actions(self, *_: Any) -> None:
+        """The frame grid's buttons (also on selection changes, hence the ignored arguments)."""
+        job = self.selected_job()
+        count = sum(r.height() for r in self.frames_view.selectionModel().selection())  # no index per cell
+        self.retry_frames_button.setEnabled(bool(job) and count > 0)
+        self.retry_frames_button.setText(f"Retry {count} frame{'s' if count != 1 else ''}" if count
+                                         else "Retry frames")
+        flagged = (job or {}).get("frames_flagged") or self.frames_model.flagged_count()
+        self.retry_flagged_button.setEnabled(bool(job) and bool(flagged))
+        self.flipbook_button.setEnabled(bool(self.frames_model.counts().get("done")))
 
     # -- thumbnails, labels -------------------------------------------------------------
     def _want_thumbnail(self, key: Tuple[Any, ...]) -> None:
@@ -763,6 +920,9 @@ class MonitorPanel(QtWidgets.QWidget):
         counts = self.frames_model.counts()
         total = sum(counts.values())
         parts = [f"{counts[s]} {s}" for s in ("done", "running", "failed", "waiting") if counts.get(s)]
+        flagged = self.frames_model.flagged_count()
+        if flagged:
+            parts.append(f"⚠ {flagged} flagged")
         self.frames_label.setText(f"Frames of job {self.frames_model.job_id}: {total}"
                                   + (" — " + ", ".join(parts) if parts else ""))
 
@@ -770,8 +930,14 @@ class MonitorPanel(QtWidgets.QWidget):
         if self._labels_dirty:
             self._labels_dirty = False
             self._update_frames_label()
+            self._update_frame_actions()
+            self._show_frame_info(self.frames_model.frame(self.frames_view.currentIndex().row()))
 
     def _tick(self) -> None:
         self.jobs_model.tick()
         if self._tail_task is not None:
             self._update_log_label(self._tail_task[0])
+
+
+def _frame_image(frame: Dict[str, Any]) -> FrameImage:
+    return FrameImage(int(frame.get("frame") or 0), str(frame.get("output")), tuple(flag_lines(frame)))
