@@ -321,3 +321,7 @@ def test_export_needs_usd_render_rop_parms(hou, project, tmp_path, capsys):
         ("frame-failed", 1, "/out/mantra1 has no USD Render ROP parms (runcommand, lopoutput, "
                             "savetodirectory_directory)")]
     assert not (bundle / "usd").exists()
+    assert render.houdini_frame_pattern("usd/k/karma1.{frame:04d}.usd") == "usd/k/karma1.$F4.usd"
+    for bad in ("usd/k/karma1.usd", "usd/k/karma1.{frame}.usd", "usd/{x}/karma1.{frame:04d}.usd"):
+        with pytest.raises(ValueError, match="frame:04d"):
+            render.houdini_frame_pattern(bad)

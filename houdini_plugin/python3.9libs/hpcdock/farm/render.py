@@ -18,7 +18,7 @@ Exit status: 0 all frames done, 1 a frame failed (later frames are not attempted
 2 the job could not start (bad arguments, scene would not load, ROP missing).
 
 With ``--export-usd PATTERN`` (a Karma or USD Render ROP) hython writes the ROP's USD to
-``PATTERN`` (``{frame}`` for the frame, relative to the bundle) and renders no image; each
+``PATTERN`` (``{frame:04d}`` for the frame, relative to the bundle) and renders no image; each
 frame's marker names its USD file. With ``--husk PATTERN --output PATTERN`` it renders those
 files with ``husk`` instead, one husk per frame, and needs no ``hou``: a plain Python runs it,
 so no Houdini Engine licence is held while rendering. Python 3.9, stdlib only; ``hou`` is
