@@ -34,7 +34,8 @@ it renders the current frame whatever ``frame_range`` says, with "Strict" only f
 inside its range. Inputs render the frames asked of them, trimmed when Strict. A bypassed
 ROP renders nothing and passes the request on; a locked ROP renders nothing and neither
 does anything above it; a Merge ROP renders nothing; a Fetch ROP stands for its source.
-A SOHO output driver (a ``soho_program`` parm) runs its program, per frame or, with
+A ROP asset with a ``fake_inner`` ROP (the Karma ROP and the USD Render ROP of its LOP
+network) renders that ROP's frames as its own. A SOHO output driver (a ``soho_program`` parm) runs its program, per frame or, with
 ``soho_multiframe`` on, once (HDK "SOHO Output Drivers"), through ``fake_state().soho_runner``.
 
 String parameter values are expanded like Houdini does: ``$HIP``, ``$HIPNAME``,
@@ -299,6 +300,9 @@ class RopNode(Node):
         self._output_parm = output_parm  # which parm the fake "render" writes to
         self.fake_fail_frames: Dict[int, str] = {}
         self.fake_error_frames: Dict[int, str] = {}
+        # A ROP asset that renders a ROP inside it, as the Karma ROP renders the USD Render
+        # ROP of its own LOP network: rendering this node renders that one's frame too.
+        self.fake_inner: Optional[RopNode] = None
 
     def isBypassed(self) -> bool:
         return self._bypassed
@@ -352,6 +356,8 @@ class RopNode(Node):
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
             with open(out, "w") as fh:
                 fh.write(f"{self._path} frame {frame}\n")
+        if self.fake_inner is not None:
+            return self.fake_inner._fake_render_frame(f)
         return True
 
 
@@ -623,6 +629,7 @@ def _node_specs() -> list:
             "output_parm": n._output_parm if isinstance(n, RopNode) else None,
             "fail": {str(k): v for k, v in n.fake_fail_frames.items()} if isinstance(n, RopNode) else {},
             "errors": {str(k): v for k, v in n.fake_error_frames.items()} if isinstance(n, RopNode) else {},
+            "inner": n.fake_inner.path() if isinstance(n, RopNode) and n.fake_inner is not None else None,
         })
     return specs
 
@@ -675,5 +682,7 @@ class hipFile:
         for s in specs:
             for i, p in enumerate(s["inputs"]):
                 _state.nodes[s["path"]].setInput(i, _state.nodes[p] if p else None)
+            if s["inner"]:
+                _state.nodes[s["path"]].fake_inner = _state.nodes[s["inner"]]
         _set_hip(file_name)
         _state.new_file = False

@@ -164,3 +164,25 @@ class FakeDefer:
     def fake_run_pending(self) -> list:
         done, self.pending = self.pending, []
         return [c(*a) for c, a in done]
+
+
+def karma_scene(rop_range=(1, 4, 1), **submit: Any):
+    """A Geometry ROP into a Karma ROP, the Karma ROP listed on a submit node.
+
+    The Karma ROP renders the USD Render ROP of its own LOP network (the fake's
+    ``fake_inner``), which writes the USD ("lopoutput") and, with "runcommand" on, runs husk.
+    """
+    f = tuple(float(v) for v in rop_range)
+    geo = fake_hou.fake_create("/out/geo1", "geometry", {"trange": 1, "f": f,
+                                                        "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+                               output_parm="sopoutput")
+    karma = fake_hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": f, "picture": "$HIP/render/k.$F4.exr"},
+                                 inputs=[geo])
+    karma.fake_inner = fake_hou.fake_create(
+        "/out/karma1/lopnet/karma/rop_usdrender", "usdrender_rop",
+        {"trange": 1, "f": f, "runcommand": 1, "lopoutput": "$HIP/usd/$OS.usd", "savetodirectory_directory": "",
+         "outputimage": ""},
+        output_parm="lopoutput", category="Lop")
+    values: Dict[str, Any] = {"image": "hpcdock/houdini:20.5", "frames_per_task": 2}
+    values.update(submit)
+    return geo, karma, make_submit_node(rops=[karma], **values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from openjd.model import (
     preprocess_job_parameters,
 )
 
-from tests.houdini.houdini_env import FakeDefer, make_submit_node, set_multiparm, soho_runner
+from tests.houdini.houdini_env import FakeDefer, karma_scene, make_submit_node, set_multiparm, soho_runner
 
 
 def _scene(hou, rop_range=(1, 10, 1), **submit):
@@ -253,7 +254,7 @@ def test_bypass_merge_and_fetch(hou, houdini, project, client):
     fetch = hou.fake_create("/out/fetch1", "fetch", {"source": "/obj/geo1/rop_alembic1"})
     final = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0),
                                                      "picture": "$HIP/render/k.$F4.exr"}, inputs=[merge, fetch])
-    node = make_submit_node(rops=[final], image="img")
+    node = make_submit_node(rops=[final], image="img", husk_step=0)  # the husk split has tests of its own
     job, warnings = _job(houdini, node)
     assert [(s.name, s.rop, s.dependencies) for s in job.steps] == [
         ("a", "/out/a", []),
@@ -323,6 +324,82 @@ def test_the_service_runs_a_simulation_as_one_task(hou, houdini, project, client
     plan = load_bundle(bundle, mount_policy=policy)
     assert [[t.frames for t in s.tasks] for s in plan.steps][0] == [list(range(1, 11))]
     assert "--sequential" in plan.steps[0].command
+
+
+# --------------------------------------------------------------------------- export then render with husk
+
+
+def _steps_by_name(template):
+    return {s["name"]: s for s in template["steps"]}
+
+
+def test_a_karma_rop_exports_with_hython_then_renders_with_husk(hou, houdini, project, client):
+    _, karma, node = karma_scene()
+    assert houdini.submit_node(node) == {"id": 42, "state": "queued"}
+    bundle = Path(client.calls[0]["bundle_dir"])
+
+    job, tasks = _openjd(bundle)  # openjd-model accepts the custom amounts
+    assert [(s.name, [d.dependsOn for d in s.dependencies or []]) for s in job.steps] == [
+        ("geo1", []), ("karma1_usd", ["geo1"]), ("karma1", ["karma1_usd"])]
+    # OpenJD dependencies are whole steps; the chunks of both steps are the same frames.
+    assert [t["Frame"] for t in tasks["karma1_usd"]] == [t["Frame"] for t in tasks["karma1"]] == ["1-2", "3-4"]
+
+    template, _, settings = _load(bundle)
+    steps = _steps_by_name(template)
+    usd = "usd/karma1_usd/karma1.{frame:04d}.usd"
+    export, render = steps["karma1_usd"], steps["karma1"]
+    assert export["hostRequirements"] == {"amounts": [{"name": "amount.houdini_engine", "min": 1}]}
+    assert render["hostRequirements"] == {"amounts": [{"name": "amount.karma_render", "min": 1}]}
+    assert "hostRequirements" not in steps["geo1"]
+    assert export["script"]["actions"]["onRun"]["command"] == "hython"
+    assert export["script"]["actions"]["onRun"]["args"] == [
+        "hpcdock_farm/render.py", "--hip", "{{Param.HipFile}}", "--hip-dir", "{{Param.ProjectDir}}",
+        "--rop", "/out/karma1", "--frames", "{{Task.Param.Frame}}", "--export-usd", usd]
+    image = f"{project}/render/k.{{frame:04d}}.exr"
+    assert render["script"]["actions"]["onRun"] == {"command": "python3", "args": [
+        "hpcdock_farm/render.py", "--husk", usd, "--frames", "{{Task.Param.Frame}}", "--husk-bin", "husk",
+        "--output", image]}
+    # Each step's frames: the USD files (inside the bundle, mounted writable) and the images.
+    assert settings["frames"]["output"] == image
+    assert settings["frames"]["steps"] == {"geo1": f"{project}/geo/shot.{{frame:04d}}.bgeo.sc", "karma1_usd": usd}
+
+
+def test_the_toggle_off_renders_a_karma_rop_in_one_hython_step(hou, houdini, project, client):
+    _, _, node = karma_scene(husk_step=0, python="/opt/py/bin/python3")
+    job, _ = _job(houdini, node)
+    assert [(s.name, s.mode, s.amounts) for s in job.steps] == [("geo1", "hython", {}), ("karma1", "hython", {})]
+
+
+def test_the_python_and_husk_commands_come_from_the_node(hou, houdini, project, client, tmp_path):
+    _, _, node = karma_scene(python="/opt/py/bin/python3", husk="/opt/hfs/bin/husk")
+    bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                  bundle_dir=str(tmp_path / "b"))
+    on_run = _steps_by_name(_load(Path(bundle))[0])["karma1"]["script"]["actions"]["onRun"]
+    assert on_run["command"] == "/opt/py/bin/python3"
+    assert on_run["args"][on_run["args"].index("--husk-bin") + 1] == "/opt/hfs/bin/husk"
+
+
+def test_the_service_loads_the_export_and_render_steps(hou, houdini, project, client, tmp_path):
+    service_bundle = pytest.importorskip("hpcdock_service.bundle")  # absent from the Houdini-like PySide2 lane
+    policy = pytest.importorskip("hpcdock_service.mounts").MountPolicy.build([str(tmp_path)])
+    _, _, node = karma_scene()
+    bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                  bundle_dir=str(tmp_path / "b"))
+    counts = "capacity" in inspect.signature(service_bundle.load_bundle).parameters  # counted resources
+    resources = {"capacity": {houdini.B.HOUDINI_ENGINE_AMOUNT: 2, houdini.B.KARMA_RENDER_AMOUNT: 4}} if counts else {}
+    try:
+        plan = service_bundle.load_bundle(bundle, mount_policy=policy, **resources)
+    except service_bundle.BadInput as exc:
+        if counts or "hostRequirements.amounts" not in str(exc):
+            raise
+        pytest.skip(f"this service does not count licence amounts yet: {exc}")
+    assert [s.name for s in plan.steps] == ["geo1", "karma1_usd", "karma1"]
+    if counts:  # the service holds the amounts the plugin's names ask for
+        assert [s.amounts for s in plan.steps] == [{}, {"amount.houdini_engine": 1}, {"amount.karma_render": 1}]
+    assert "--export-usd" in plan.steps[1].command and "--husk" in plan.steps[2].command
+    # The export step writes into the bundle's usd/ directory, which the service mounts writable.
+    usd_dir = os.path.join(os.path.realpath(bundle), "usd", "karma1_usd")
+    assert any(m.source == usd_dir and not m.readonly for m in plan.container.mounts)
 
 
 def test_unknown_rop_type_is_submitted_with_a_warning(hou, houdini, project, client):

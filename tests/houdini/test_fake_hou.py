@@ -81,3 +81,17 @@ def test_node_types_carry_their_category(hou):
     assert sop.type().nameWithCategory() == "Sop/filecache::2.0"
     assert lop.type().nameWithCategory() == "Lop/usdrender_rop"
     assert hou.timeToFrame(1.0) == 25.0
+
+
+def test_a_rop_asset_renders_its_inner_rop_and_keeps_it_across_save_and_load(hou, tmp_path):
+    hou.fake_open_scene(str(tmp_path / "shot.hip"))
+    karma = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0)})
+    karma.fake_inner = hou.fake_create("/out/karma1/lopnet/karma/rop_usdrender", "usdrender_rop",
+                                       {"lopoutput": "$HIP/usd/k.$F4.usd"}, output_parm="lopoutput", category="Lop")
+    saved = hou.hipFile.saveAsBackup()
+    hou.fake_reset()
+    hou.hipFile.load(saved)
+    assert hou.hscript("render -p -c -F /out/karma1")[0] == "1 [ ] /out/karma1\t( 1 2 1 )\n"
+    hou.node("/out/karma1").render(frame_range=(2, 2))
+    assert hou.fake_state().rendered == [("/out/karma1", 2), ("/out/karma1/lopnet/karma/rop_usdrender", 2)]
+    assert (tmp_path / "backup" / "usd" / "k.0002.usd").is_file()  # $HIP is the loaded file's directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from hpcdock.farm import render
 from hpcdock.farm.husk import husk_argv
 from hpcdock.markers import parse_marker
 
-from tests.houdini.houdini_env import HERE, adapter, make_submit_node
+from tests.houdini.houdini_env import HERE, adapter, karma_scene, make_submit_node
 
 
 def _export(hou, project, tmp_path, fail=None, error=None, initsim=0):
@@ -210,18 +211,117 @@ def test_husk_argv():
         husk_argv("", 1)
 
 
-def test_husk_mode_runs_husk_per_frame(tmp_path, capsys):
-    fake_husk = tmp_path / "husk"
-    fake_husk.write_text("#!/bin/sh\n# writes the file after --output\nwhile [ $# -gt 0 ]; do\n"
-                         "  if [ \"$1\" = --output ]; then echo img > \"$2\"; fi; shift\ndone\n")
-    fake_husk.chmod(0o755)
+# A stand-in husk: records its arguments (one JSON line per call) and writes the --output file.
+STAND_IN_HUSK = """#!/usr/bin/env python3
+import json, os, sys
+with open(os.environ["HUSK_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+if "--output" in args:
+    with open(args[args.index("--output") + 1], "w") as out:
+        out.write("image rendered from " + args[-1] + "\\n")
+sys.exit(int(os.environ.get("HUSK_EXIT", "0")))
+"""
+
+
+@pytest.fixture
+def stand_in_husk(tmp_path, monkeypatch):
+    """``husk`` on PATH; returns a function reading the argv of each call so far."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "husk").write_text(STAND_IN_HUSK)
+    (bin_dir / "husk").chmod(0o755)
+    log = tmp_path / "husk.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HUSK_LOG", str(log))
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_husk_mode_runs_husk_per_frame_on_that_frames_usd(tmp_path, capsys, stand_in_husk, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for f in (1, 2):
+        (tmp_path / f"k.{f:04d}.usd").write_text("#usda 1.0\n")
     out = tmp_path / "out" / "b.{frame:04d}.exr"
-    rc = render.main(["--husk", "scene.usd", "--husk-bin", str(fake_husk), "--output", str(out),
+    rc = render.main(["--husk", "k.{frame:04d}.usd", "--output", str(out), "--renderer", "BRAY_HdKarmaXPU",
                       "--frames", "1-2"])
     assert rc == 0
     assert _markers(capsys.readouterr().out) == [
         ("frame-start", 1, ""), ("frame-done", 1, str(out).format(frame=1)),
         ("frame-start", 2, ""), ("frame-done", 2, str(out).format(frame=2))]
-    fake_husk.write_text("#!/bin/sh\nexit 3\n")
-    assert render.main(["--husk", "scene.usd", "--husk-bin", str(fake_husk), "--frames", "1"]) == 1
+    assert stand_in_husk() == [
+        ["--frame", str(f), "--frame-count", "1", "--frame-inc", "1", "--renderer", "BRAY_HdKarmaXPU",
+         "--output", str(out).format(frame=f), f"k.{f:04d}.usd"] for f in (1, 2)]
+
+
+def test_husk_mode_fails_the_frame_without_its_usd_or_when_husk_fails(tmp_path, capsys, stand_in_husk, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert render.main(["--husk", "k.{frame:04d}.usd", "--frames", "1-2"]) == 1
+    assert _markers(capsys.readouterr().out) == [
+        ("frame-start", 1, ""), ("frame-failed", 1, "no USD file to render: k.0001.usd")]
+    assert stand_in_husk() == []
+    (tmp_path / "k.0001.usd").write_text("#usda 1.0\n")
+    monkeypatch.setenv("HUSK_EXIT", "3")
+    assert render.main(["--husk", "k.{frame:04d}.usd", "--frames", "1"]) == 1
     assert "husk exited with status 3" in capsys.readouterr().out
+    assert render.main(["--husk", "k.usd", "--export-usd", "k.{frame:04d}.usd", "--frames", "1"]) == 2
+
+
+def _step_argv(bundle: Path, step: str, frames: str, project: Path):
+    """The step's command line as the service runs it for the chunk ``frames``."""
+    template = json.loads((bundle / "template.json").read_text())
+    on_run = next(s for s in template["steps"] if s["name"] == step)["script"]["actions"]["onRun"]
+    values = {"{{Param.HipFile}}": "hip/shot.hip", "{{Param.ProjectDir}}": str(project),
+              "{{Task.Param.Frame}}": frames}
+    return on_run["command"], [values.get(a, a) for a in on_run["args"]]
+
+
+def test_a_karma_chunk_exports_usd_with_hython_then_renders_it_with_husk(hou, project, tmp_path, capsys,
+                                                                        stand_in_husk):
+    _, karma, node = karma_scene()
+    houdini = adapter()
+    bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
+                                  bundle_dir=str(tmp_path / "bundle"))
+    bundle = Path(bundle)
+
+    # Export step, chunk 3-4: hython writes one USD file per frame and runs no husk.
+    command, argv = _step_argv(bundle, "karma1_usd", "3-4", project)
+    assert command == "hython"
+    assert _run_in_container(hou, bundle, argv[1:]) == 0
+    usd = [bundle / "usd" / "karma1_usd" / f"karma1.{f:04d}.usd" for f in (3, 4)]
+    assert _markers(capsys.readouterr().out) == [
+        ("frame-start", 3, ""), ("frame-done", 3, str(usd[0])), ("frame-start", 4, ""),
+        ("frame-done", 4, str(usd[1]))]
+    assert all(p.is_file() for p in usd)
+    inner = hou.node("/out/karma1/lopnet/karma/rop_usdrender")
+    assert inner.parm("runcommand").eval() == 0
+    assert inner.parm("savetodirectory_directory").eval() == str(bundle / "usd" / "karma1_usd")
+    assert [r["node"] for r in hou.fake_state().renders] == ["/out/karma1", "/out/karma1"]  # not its inputs
+    assert not (project / "render").exists()  # no image: that is the husk step's work
+
+    # Render step, same chunk: a plain Python (-S: no site-packages, no hpcdock, no hou) runs husk per frame.
+    command, argv = _step_argv(bundle, "karma1", "3-4", project)
+    assert command == "python3"
+    proc = subprocess.run([sys.executable, "-S", *argv], cwd=bundle, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    images = [f"{project}/render/k.{f:04d}.exr" for f in (3, 4)]
+    assert _markers(proc.stdout) == [
+        ("frame-start", 3, ""), ("frame-done", 3, images[0]), ("frame-start", 4, ""), ("frame-done", 4, images[1])]
+    assert stand_in_husk() == [
+        ["--frame", str(f), "--frame-count", "1", "--frame-inc", "1", "--output", images[i],
+         f"usd/karma1_usd/karma1.{f:04d}.usd"] for i, f in enumerate((3, 4))]
+    assert all(os.path.isfile(i) for i in images)
+
+
+def test_export_needs_usd_render_rop_parms(hou, project, tmp_path, capsys):
+    bundle, _ = _export(hou, project, tmp_path)
+    rc = _run_in_container(hou, bundle, ["--hip", "hip/shot.hip", "--rop", "/out/mantra1", "--frames", "1",
+                                         "--export-usd", "usd/m/mantra1.{frame:04d}.usd"])
+    assert rc == 2
+    assert _markers(capsys.readouterr().out) == [
+        ("frame-failed", 1, "/out/mantra1 has no USD Render ROP parms (runcommand, lopoutput, "
+                            "savetodirectory_directory)")]
+    assert not (bundle / "usd").exists()
+    assert render.houdini_frame_pattern("usd/k/karma1.{frame:04d}.usd") == "usd/k/karma1.$F4.usd"
+    for bad in ("usd/k/karma1.usd", "usd/k/karma1.{frame}.usd", "usd/{x}/karma1.{frame:04d}.usd"):
+        with pytest.raises(ValueError, match="frame:04d"):
+            render.houdini_frame_pattern(bad)

@@ -81,7 +81,7 @@ def test_switch_subnet_merge_and_fetch_entries_pass_their_dependencies_on():
         ("/out/sim", "Driver/geometry"), ("/out/switch1", "Driver/switch"), ("/out/subnet1", "Driver/subnet"),
         ("/obj/geo1/rop_alembic1", "Sop/rop_alembic"), ("/out/fetch1", "Driver/fetch"),
         ("/out/merge1", "Driver/merge"), ("/out/karma1", "Driver/karma")]}
-    steps, _ = P.plan_steps([_listing("/out/karma1", text)], facts, [], True, 0)
+    steps, _ = P.plan_steps([_listing("/out/karma1", text)], facts, [], True, 0, husk_step=False)
     assert [(s.name, s.dependencies) for s in steps] == [
         ("sim", []), ("rop_alembic1", []), ("karma1", ["sim", "rop_alembic1"])]
 
@@ -146,6 +146,86 @@ def test_a_simulation_is_one_sequential_step():
     # Without separate steps the simulation renders inside the bottom ROP's task.
     steps, _ = P.plan_steps([_listing("/out/mantra1", GEO_MANTRA)], _geo_mantra_facts(initsim=True), [], False, 0)
     assert [(s.name, s.sequential) for s in steps] == [("mantra1", True)]
+
+
+# --------------------------------------------------------------------------- export then render with husk
+
+GEO_KARMA_COMP = ("1 [ ] /out/geo1\t( 1 6 1 )\n2 [ 1 ] /out/karma1\t( 1 6 1 )\n"
+                  "3 [ 2 ] /out/comp1\t( 1 6 1 )\n")
+
+
+def _karma_facts(karma_type="Driver/karma", **karma):
+    return {
+        "/out/geo1": _facts("/out/geo1", outputs={f: f"/p/geo/g.{f:04d}.bgeo.sc" for f in (1, 2, 3, 6)}),
+        "/out/karma1": _facts("/out/karma1", karma_type, outputs={f: f"/p/r/k.{f:04d}.exr" for f in (1, 2, 3, 6)},
+                              **karma),
+        "/out/comp1": _facts("/out/comp1", "Driver/comp"),
+    }
+
+
+def test_a_karma_rop_is_a_hython_export_step_then_a_husk_render_step():
+    steps, _ = P.plan_steps([_listing("/out/comp1", GEO_KARMA_COMP)], _karma_facts(), [], True, 2)
+    usd = "usd/karma1_usd/karma1.{frame:04d}.usd"
+    assert [(s.name, s.mode, s.dependencies, s.amounts, s.gpus) for s in steps] == [
+        ("geo1", B.MODE_HYTHON, [], {}, 2),
+        ("karma1_usd", B.MODE_EXPORT_USD, ["geo1"], {"amount.houdini_engine": 1}, 0),
+        ("karma1", B.MODE_HUSK, ["karma1_usd"], {"amount.karma_render": 1}, 2),
+        ("comp1", B.MODE_HYTHON, ["karma1"], {}, 2),  # downstream waits for the images, not the USD
+    ]
+    export, render = steps[1], steps[2]
+    assert (export.usd_pattern, export.output_pattern) == (usd, usd)
+    assert (render.usd_pattern, render.output_pattern, render.renderer) == (usd, "/p/r/k.{frame:04d}.exr", None)
+    assert export.frames == render.frames == list(range(1, 7))
+
+
+def test_the_toggle_off_keeps_one_hython_step():
+    steps, _ = P.plan_steps([_listing("/out/comp1", GEO_KARMA_COMP)], _karma_facts(), [], True, 0,
+                            husk_step=False)
+    assert [(s.name, s.mode, s.amounts) for s in steps] == [
+        ("geo1", B.MODE_HYTHON, {}), ("karma1", B.MODE_HYTHON, {}), ("comp1", B.MODE_HYTHON, {})]
+
+
+@pytest.mark.parametrize("type_key,renderer,amounts", [
+    ("Lop/usdrender_rop", "BRAY_HdKarmaXPU", {"amount.karma_render": 1}),
+    ("Driver/usdrender", "", {"amount.karma_render": 1}),
+    ("Lop/usdrender_rop", "HdArnoldRendererPlugin", {}),  # another vendor's licence: not counted here
+])
+def test_usd_render_rops_pass_their_delegate_and_ask_karma_only_for_karma(type_key, renderer, amounts):
+    steps, _ = P.plan_steps([_listing("/out/comp1", GEO_KARMA_COMP)], _karma_facts(type_key, renderer=renderer),
+                            [], True, 0)
+    render = next(s for s in steps if s.mode == B.MODE_HUSK)
+    assert (render.renderer, render.amounts) == (renderer or None, amounts)
+
+
+def test_other_rops_are_never_split_and_step_names_stay_unique():
+    facts = _karma_facts()
+    facts["/out/karma1_usd"] = _facts("/out/karma1_usd", "Driver/ifd")
+    text = GEO_KARMA_COMP + "4 [ 3 ] /out/karma1_usd\t( 1 6 1 )\n"
+    steps, _ = P.plan_steps([_listing("/out/karma1_usd", text)], facts, [], True, 0)
+    assert [(s.name, s.rop, s.mode) for s in steps] == [
+        ("geo1", "/out/geo1", B.MODE_HYTHON), ("karma1_usd", "/out/karma1", B.MODE_EXPORT_USD),
+        ("karma1", "/out/karma1", B.MODE_HUSK), ("comp1", "/out/comp1", B.MODE_HYTHON),
+        ("karma1_usd_2", "/out/karma1_usd", B.MODE_HYTHON)]
+
+
+def test_single_step_mode_exports_with_the_inputs_and_a_simulation_in_one_task():
+    facts = _karma_facts()
+    facts["/out/geo1"] = _facts("/out/geo1", initsim=True)
+    text = "1 [ ] /out/geo1\t( 1 6 1 )\n2 [ 1 ] /out/karma1\t( 1 6 1 )\n"
+    steps, _ = P.plan_steps([_listing("/out/karma1", text)], facts, [], False, 0)
+    assert [(s.name, s.mode, s.with_inputs, s.sequential, s.dependencies) for s in steps] == [
+        ("karma1_usd", B.MODE_EXPORT_USD, True, True, []),
+        ("karma1", B.MODE_HUSK, False, False, ["karma1_usd"])]
+
+
+def test_amount_names_are_custom_openjd_amounts():
+    openjd = pytest.importorskip("openjd.model")  # absent from a bare Houdini-like Python
+
+    steps, _ = P.plan_steps([_listing("/out/comp1", GEO_KARMA_COMP)], _karma_facts(), [], True, 0)
+    template = B.build_template(P.make_job(P.Settings(image="img"), steps, "/p/shot.hip"))
+    decoded = openjd.decode_job_template(template=template, supported_extensions=["TASK_CHUNKING"])
+    amounts = {s.name: [a.name for a in s.hostRequirements.amounts] for s in decoded.steps if s.hostRequirements}
+    assert amounts == {"karma1_usd": [B.HOUDINI_ENGINE_AMOUNT], "karma1": [B.KARMA_RENDER_AMOUNT]}
 
 
 def test_a_sequential_step_is_one_task_with_every_frame_in_order():

@@ -3,8 +3,9 @@
 A bundle is a directory holding
 
 * ``template.json``         OpenJD ``jobtemplate-2023-09`` with the ``TASK_CHUNKING``
-                            extension; one step per ROP, frames as a ``CHUNK[INT]``
-                            task parameter named ``Frame``;
+                            extension; one step per ROP (two for a Karma or USD Render
+                            ROP rendered with husk: export, then render), frames as a
+                            ``CHUNK[INT]`` task parameter named ``Frame``;
 * ``parameter_values.json`` ``parameterValues: [{name, value}]`` (the layout
                             deadline-cloud job bundles use);
 * ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
@@ -39,6 +40,21 @@ TEMPLATE_FILE = "template.json"
 PARAMETER_VALUES_FILE = "parameter_values.json"
 HPCDOCK_FILE = "hpcdock.yaml"
 SPEC_VERSION = "jobtemplate-2023-09"
+# Exported USD goes under <bundle>/usd/<step>/: a directory of its own, which the service
+# mounts writable because the export step's frame outputs lie there.
+USD_DIR = "usd"
+
+# OpenJD host-requirement amounts for licences. Custom amount names are "amount." plus a
+# name of letters, digits and "_" (openjd-model 0.14 accepts "amount.houdini_engine");
+# hpcdock-service counts them against the ``resources:`` of its configuration.
+HOUDINI_ENGINE_AMOUNT = "amount.houdini_engine"
+KARMA_RENDER_AMOUNT = "amount.karma_render"
+GPU_AMOUNT = "amount.worker.gpu"
+
+# What a step runs (StepSpec.mode).
+MODE_HYTHON = "hython"  # hython renders the ROP
+MODE_EXPORT_USD = "export_usd"  # hython writes the ROP's USD, one file per frame, and renders nothing
+MODE_HUSK = "husk"  # husk renders the USD an export step wrote; no hython, no Engine licence
 
 # Files copied from this package into <bundle>/hpcdock_farm/.
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -74,6 +90,10 @@ class StepSpec:
     gpus: int = 0
     with_inputs: bool = False  # render the ROP's inputs too (single-step mode)
     sequential: bool = False  # a simulation: all frames in one task, rendered in order
+    mode: str = MODE_HYTHON
+    usd_pattern: Optional[str] = None  # export/husk: the USD file per frame, {frame}, relative to the bundle
+    renderer: Optional[str] = None  # husk: Hydra delegate for --renderer; None = husk's default (Karma)
+    amounts: Dict[str, int] = field(default_factory=dict)  # licence amount name -> how many a task holds
 
 
 @dataclass
@@ -91,6 +111,8 @@ class JobSpec:
     frames_per_task: int = 1
     timeout: int = 0  # seconds per task, 0 = none
     hython: str = "hython"
+    python: str = "python3"  # runs the farm script in husk steps: a bare Python, so no Engine licence
+    husk: str = "husk"
 
 
 # --------------------------------------------------------------------------- frames
@@ -232,6 +254,10 @@ def validate(job: JobSpec) -> None:
                 raise BundleError(f"step {s.name} depends on unknown step {d}")
         if s.gpus < 0:
             raise BundleError("GPUs per task cannot be negative")
+        if s.mode not in (MODE_HYTHON, MODE_EXPORT_USD, MODE_HUSK):
+            raise BundleError(f"step {s.name}: unknown mode {s.mode!r}")
+        if s.mode != MODE_HYTHON and not s.usd_pattern:
+            raise BundleError(f"step {s.name}: a USD export or husk step needs its USD file pattern")
     if not 0 <= job.priority <= 100:
         raise BundleError(f"priority must be 0-100, got {job.priority}")
     if job.max_attempts < 1:
@@ -252,25 +278,39 @@ def _chunks(step: StepSpec, frames_per_task: int) -> dict:
     return {"defaultTaskCount": int(frames_per_task), "rangeConstraint": "CONTIGUOUS"}
 
 
+def _frame_args(job: JobSpec, s: StepSpec) -> List[str]:
+    """The farm script's arguments for what step ``s`` runs (see ``farm/render.py``)."""
+    frames = ["--frames", "{{Task.Param." + FRAME_PARAM + "}}"]
+    if s.mode == MODE_HUSK:
+        args = [f"{FARM_DIR}/render.py", "--husk", str(s.usd_pattern), *frames, "--husk-bin", job.husk]
+        if s.output_pattern:
+            args += ["--output", s.output_pattern]
+        if s.renderer:
+            args += ["--renderer", s.renderer]
+        return args
+    args = [f"{FARM_DIR}/render.py", "--hip", "{{Param.HipFile}}", "--hip-dir", "{{Param.ProjectDir}}",
+            "--rop", s.rop, *frames]
+    if s.mode == MODE_EXPORT_USD:
+        args += ["--export-usd", str(s.usd_pattern)]
+    if s.with_inputs:
+        args.append("--with-inputs")
+    if s.sequential:
+        args.append("--sequential")
+    return args
+
+
+def _amounts(s: StepSpec) -> List[dict]:
+    amounts = [{"name": name, "min": int(n)} for name, n in sorted(s.amounts.items())]
+    if s.gpus > 0:
+        amounts.append({"name": GPU_AMOUNT, "min": int(s.gpus)})
+    return amounts
+
+
 def build_template(job: JobSpec) -> dict:
     steps = []
     for s in job.steps:
-        args = [
-            f"{FARM_DIR}/render.py",
-            "--hip",
-            "{{Param.HipFile}}",
-            "--hip-dir",
-            "{{Param.ProjectDir}}",
-            "--rop",
-            s.rop,
-            "--frames",
-            "{{Task.Param." + FRAME_PARAM + "}}",
-        ]
-        if s.with_inputs:
-            args.append("--with-inputs")
-        if s.sequential:
-            args.append("--sequential")
-        on_run: dict = {"command": job.hython, "args": args}
+        command = job.python if s.mode == MODE_HUSK else job.hython
+        on_run: dict = {"command": command, "args": _frame_args(job, s)}
         if job.timeout > 0:
             on_run["timeout"] = int(job.timeout)
         step: dict = {
@@ -288,9 +328,12 @@ def build_template(job: JobSpec) -> dict:
             "script": {"actions": {"onRun": on_run}},
         }
         if s.dependencies:
+            # OpenJD 2023-09 dependencies are whole steps: a husk step starts once its export
+            # step has finished every chunk, not chunk by chunk.
             step["dependencies"] = [{"dependsOn": d} for d in s.dependencies]
-        if s.gpus > 0:
-            step["hostRequirements"] = {"amounts": [{"name": "amount.worker.gpu", "min": int(s.gpus)}]}
+        amounts = _amounts(s)
+        if amounts:
+            step["hostRequirements"] = {"amounts": amounts}
         steps.append(step)
     return {
         "specificationVersion": SPEC_VERSION,

@@ -103,9 +103,12 @@ def read_settings(node) -> P.Settings:
         timeout=_sp_int(node, "task_timeout"),
         network=bool(_sp_int(node, "network")),
         separate_steps=bool(_sp_int(node, "separate_steps")),
+        husk_step=bool(_sp_int(node, "husk_step")),
         mount_project=bool(_sp_int(node, "mount_project")),
         jobs_dir=_sp_str(node, "bundle_dir").strip(),
         hython=_sp_str(node, "hython").strip() or "hython",
+        python=_sp_str(node, "python").strip() or "python3",
+        husk=_sp_str(node, "husk").strip() or "husk",
         env=tuple(env),
         mounts=tuple(mounts),
     )
@@ -154,6 +157,8 @@ def node_facts(node, frames: Sequence[int] = ()) -> P.NodeFacts:
     parm_name = output_parm_name(type_key)
     parm = node.parm(parm_name) if parm_name else None
     outputs = tuple((f, parm.evalAsStringAtFrame(f)) for f in P.sample_frames(frames)) if parm else ()
+    # The USD Render ROP's "Render Delegate"; the Karma ROP has none and renders with Karma.
+    renderer = node.parm("renderer") if P.renders_usd_with_husk(type_key) else None
     return P.NodeFacts(
         path=node.path(),
         name=node.name(),
@@ -162,6 +167,7 @@ def node_facts(node, frames: Sequence[int] = ()) -> P.NodeFacts:
         trange=_int_parm(node, "trange"),
         initsim=bool(_int_parm(node, "initsim")),
         outputs=outputs,
+        renderer=renderer.evalAsString().strip() if renderer is not None else None,
     )
 
 
@@ -208,7 +214,8 @@ def build_job(rops: list, settings: P.Settings, from_node: bool = True) -> Tuple
             raise SubmitError(f"Houdini lists {path} in the render order, but there is no such node")
         facts[path] = node_facts(node, rop_frames)
     try:
-        steps, warnings = P.plan_steps(listings, facts, _upstream(rops), settings.separate_steps, settings.gpus)
+        steps, warnings = P.plan_steps(listings, facts, _upstream(rops), settings.separate_steps, settings.gpus,
+                                       husk_step=settings.husk_step)
         return P.make_job(settings, steps, hip), warnings
     except P.PlanError as exc:
         raise SubmitError(str(exc)) from None

@@ -31,6 +31,12 @@ REFUSED_TYPES = {"wedge": "Wedge", "batch": "Batch"}
 # "Valid Frame Range" menu entry 3 of Karma and USD Render ROPs: "Render Frame Range From Stage".
 TRANGE_FROM_STAGE = 3
 TRANGE_CURRENT_FRAME = 0
+# ROPs that write the LOP stage to USD and render it with husk (``Category/base type``): with
+# "Render USD with husk in its own step" on, hython only exports the USD and husk renders it.
+HUSK_TYPES = frozenset({"Driver/karma", "Driver/usdrender", "Lop/usdrender_rop"})
+# Hydra delegates that are Karma, whose render step asks for a Karma render licence; ""
+# is husk's default delegate, Karma. Other delegates' licences are their vendors' business.
+KARMA_DELEGATES = frozenset({"", "BRAY_HdKarma", "BRAY_HdKarmaXPU"})
 
 
 class PlanError(ValueError):
@@ -54,9 +60,12 @@ class Settings:
     timeout: int = 0
     network: bool = False
     separate_steps: bool = True
+    husk_step: bool = True
     mount_project: bool = True
     jobs_dir: str = ""
     hython: str = "hython"
+    python: str = "python3"
+    husk: str = "husk"
     env: Tuple[Tuple[str, str], ...] = ()
     mounts: Tuple[B.Mount, ...] = ()
 
@@ -98,10 +107,21 @@ class NodeFacts:
     trange: Optional[int] = None  # the "Valid Frame Range" menu index, None without that parm
     initsim: bool = False  # "Initialize Simulation OPs" is on
     outputs: Tuple[Tuple[int, str], ...] = ()  # the output parm evaluated at sample frames
+    renderer: Optional[str] = None  # a USD Render ROP's "renderer" (Hydra delegate), None without one
 
     @property
     def base_type(self) -> str:
         return base_type_name(self.type_key.split("/", 1)[-1])
+
+    @property
+    def renders_usd_with_husk(self) -> bool:
+        return renders_usd_with_husk(self.type_key)
+
+
+def renders_usd_with_husk(type_key: str) -> bool:
+    """Whether a ROP of ``type_key`` (``Driver/karma``, ``Lop/usdrender_rop``) renders USD with husk."""
+    category, _, name = type_key.rpartition("/")
+    return f"{category}/{base_type_name(name)}" in HUSK_TYPES
 
 
 @dataclass(frozen=True)
@@ -286,9 +306,34 @@ def output_pattern(rop: NodeFacts, warnings: List[str]) -> Optional[str]:
     return pattern
 
 
+def _husk_steps(step: B.StepSpec, rop: NodeFacts, taken: List[str]) -> List[B.StepSpec]:
+    """``step`` as hython exporting the USD (an Engine licence) and husk rendering it (a render licence).
+
+    The render step keeps the ROP's step name, so that steps depending on the ROP wait for
+    its images; the export step takes over the ROP's own dependencies.
+    """
+    export_name = B.step_name(step.name + "_usd", taken + [step.name])
+    usd_pattern = f"{B.USD_DIR}/{export_name}/{rop.name}.{{frame:04d}}.usd"
+    renderer = rop.renderer or ""
+    export = B.StepSpec(
+        name=export_name, rop=step.rop, frames=step.frames, dependencies=step.dependencies,
+        output_pattern=usd_pattern, with_inputs=step.with_inputs, sequential=step.sequential,
+        mode=B.MODE_EXPORT_USD, usd_pattern=usd_pattern, amounts={B.HOUDINI_ENGINE_AMOUNT: 1},
+    )
+    render = B.StepSpec(
+        name=step.name, rop=step.rop, frames=step.frames, dependencies=[export_name],
+        output_pattern=step.output_pattern, gpus=step.gpus, mode=B.MODE_HUSK, usd_pattern=usd_pattern,
+        renderer=renderer or None,
+        amounts={B.KARMA_RENDER_AMOUNT: 1} if renderer in KARMA_DELEGATES else {},
+    )
+    return [export, render]
+
+
 def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upstream: Sequence[NodeFacts],
-               separate: bool, gpus: int) -> Tuple[List[B.StepSpec], List[str]]:
+               separate: bool, gpus: int, husk_step: bool = True) -> Tuple[List[B.StepSpec], List[str]]:
     """Steps (dependencies first) and warnings for the artist.
+
+    With ``husk_step``, a Karma or USD Render ROP becomes two steps (see :func:`_husk_steps`).
 
     ``upstream`` is every ROP reachable through the inputs of the submitted ROPs, so that
     locked ROPs, which Houdini leaves out of the render order with everything above them,
@@ -325,12 +370,12 @@ def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upst
     # at the bottom of a submitted network is one step that renders its inputs itself.
     for path in order if separate else [p for p in order if p in tops]:
         rop = facts[path]
-        name = B.step_name(rop.name, list(names.values()))
+        name = B.step_name(rop.name, [s.name for s in steps])
         names[path] = name
         # A simulation restarts whenever a render starts at its first frame: its frames go to
         # one task, in order. Without separate steps, inputs render inside the same task.
         sequential = any(facts[p].initsim for p in ([path] if separate else _upstream(merged, path)))
-        steps.append(B.StepSpec(
+        step = B.StepSpec(
             name=name,
             rop=path,
             frames=sorted(merged[path].frames),
@@ -339,7 +384,11 @@ def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upst
             gpus=gpus,
             with_inputs=not separate,
             sequential=sequential,
-        ))
+        )
+        if husk_step and rop.renders_usd_with_husk:
+            steps.extend(_husk_steps(step, rop, [s.name for s in steps]))
+        else:
+            steps.append(step)
     return steps, warnings
 
 
@@ -365,6 +414,8 @@ def make_job(settings: Settings, steps: List[B.StepSpec], hip_path: str) -> B.Jo
         frames_per_task=settings.frames_per_task,
         timeout=settings.timeout,
         hython=settings.hython,
+        python=settings.python,
+        husk=settings.husk,
     )
     try:
         B.validate(job)

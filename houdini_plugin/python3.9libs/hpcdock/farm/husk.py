@@ -1,9 +1,10 @@
 """The ``husk`` command line for rendering a USD file, one frame per call.
 
 husk is Houdini's standalone USD renderer (``husk [options] usd_file``; see SideFX's
-"husk" reference). The USD Render ROP writes a USD file and runs husk itself, so the
-exporter renders those ROPs through ``hython``; this module is for bundles that carry
-a USD file already (``render.py --husk scene.usd ...``). Pure stdlib, Python 3.9.
+"husk" reference). A Karma or USD Render ROP submitted with "Render USD with husk in its
+own step" is exported by hython to one USD file per frame; the render step then runs
+``render.py --husk usd/<step>/<rop>.{frame:04d}.usd ...``, which calls husk once per frame
+with the argv built here, in a plain Python. Pure stdlib, Python 3.9.
 """
 
 from __future__ import annotations

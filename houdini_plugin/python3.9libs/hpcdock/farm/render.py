@@ -17,8 +17,12 @@ Conductor's Houdini handlers do, so that ``frame_range`` is what renders.
 Exit status: 0 all frames done, 1 a frame failed (later frames are not attempted),
 2 the job could not start (bad arguments, scene would not load, ROP missing).
 
-With ``--husk USD --output PATTERN`` it renders a USD file with ``husk`` instead and
-needs no ``hou``. Python 3.9, stdlib only; ``hou`` is imported only in hython mode.
+With ``--export-usd PATTERN`` (a Karma or USD Render ROP) hython writes the ROP's USD to
+``PATTERN`` (``{frame:04d}`` for the frame, relative to the bundle) and renders no image; each
+frame's marker names its USD file. With ``--husk PATTERN --output PATTERN`` it renders those
+files with ``husk`` instead, one husk per frame, and needs no ``hou``: a plain Python runs it,
+so no Houdini Engine licence is held while rendering. Python 3.9, stdlib only; ``hou`` is
+imported only in hython mode.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ OUTPUT_PARMS: Dict[str, str] = {
 
 # "Valid Frame Range" menu index of "Render Frame Range".
 TRANGE_FRAME_RANGE = 1
+
+# The USD Render ROP (in /out and in LOPs) writes its USD to "lopoutput" under the "Save to
+# Directory" output processor's "savetodirectory_directory" and runs husk on it only when
+# "runcommand" is on. The Karma ROP wraps such a ROP in its own LOP network, at this path.
+USD_RENDER_PARMS = ("runcommand", "lopoutput", "savetodirectory_directory")
+KARMA_USD_RENDER_ROP = "lopnet/karma/rop_usdrender"
 
 # Values of image outputs that are not files (MPlay, interactive render).
 _NOT_FILES = ("ip", "md", "imdisplay")
@@ -154,6 +164,36 @@ def hscript_quote(text: str) -> str:
     return "'" + text + "'"
 
 
+def usd_writer(node):
+    """The USD Render ROP whose parms say where ``node`` writes its USD, or None."""
+    for candidate in (node, node.node(KARMA_USD_RENDER_ROP)):
+        if candidate is not None and all(candidate.parm(p) is not None for p in USD_RENDER_PARMS):
+            return candidate
+    return None
+
+
+def houdini_frame_pattern(pattern: str) -> str:
+    """``usd/x/karma1.{frame:04d}.usd`` -> ``usd/x/karma1.$F4.usd``: the same files, named by Houdini."""
+    if "{frame:04d}" not in pattern or "{" in pattern.replace("{frame:04d}", ""):
+        raise ValueError(f"the USD file pattern needs exactly {{frame:04d}} for the frame: {pattern!r}")
+    return pattern.replace("{frame:04d}", "$F4")
+
+
+def export_usd(node, pattern: str) -> Callable[[int], str]:
+    """Point ``node``'s USD output at ``pattern`` and turn husk off; returns each frame's USD path."""
+    writer = usd_writer(node)
+    if writer is None:
+        raise ValueError(f"{node.path()} has no USD Render ROP parms ({', '.join(USD_RENDER_PARMS)})")
+    target = os.path.abspath(houdini_frame_pattern(pattern))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    writer.parm("runcommand").set(0)
+    # The output processor keeps lopoutput's file name under this directory; without it
+    # lopoutput's full path is used: either way the file lands at ``target``.
+    writer.parm("savetodirectory_directory").set(os.path.dirname(target))
+    writer.parm("lopoutput").set(target)
+    return writer.parm("lopoutput").evalAsStringAtFrame
+
+
 def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
     """Render ``args.rop`` over ``frames`` in the loaded snapshot."""
     try:
@@ -172,8 +212,16 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
     if node is None or not hasattr(node, "render"):
         print(f"hpcdock: no ROP at {args.rop}", file=sys.stderr)
         return _fail_all(frames, f"no ROP at {args.rop}")
-    parm_name = output_parm_name(node.type().nameWithCategory())
-    parm = node.parm(parm_name) if parm_name else None
+    if args.export_usd:
+        try:
+            output_at: Callable[[int], Optional[str]] = export_usd(node, args.export_usd)
+        except ValueError as exc:
+            print(f"hpcdock: {exc}", file=sys.stderr)
+            return _fail_all(frames, str(exc))
+    else:
+        parm_name = output_parm_name(node.type().nameWithCategory())
+        parm = node.parm(parm_name) if parm_name else None
+        output_at = parm.evalAsStringAtFrame if parm is not None else (lambda frame: None)
     trange = node.parm("trange")
     if trange is not None and trange.eval() != TRANGE_FRAME_RANGE:
         # "Render Current Frame" would ignore frame_range; "Strict" could trim it.
@@ -190,15 +238,12 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
         if errors:
             raise RuntimeError("; ".join(errors))
 
-    def output(frame: int) -> Optional[str]:
-        return parm.evalAsStringAtFrame(frame) if parm is not None else None
-
     if args.sequential:
-        return _render_sequence(frames, render, output)
+        return _render_sequence(frames, render, output_at)
 
     def render_one(frame: int) -> Optional[str]:
         render((frame, frame))
-        return output(frame)
+        return output_at(frame)
 
     return _render_frames(frames, render_one)
 
@@ -220,12 +265,16 @@ def _render_sequence(frames: List[int], render: Callable[[tuple], None],
 
 
 def run_husk(args: argparse.Namespace, frames: List[int]) -> int:
+    """Render each frame with husk from its USD file (``--husk`` may hold ``{frame}``)."""
     def render_one(frame: int) -> Optional[str]:
+        usd = args.husk.format(frame=frame)
+        if not os.path.isfile(usd):
+            raise RuntimeError(f"no USD file to render: {usd}")
         out = args.output.format(frame=frame) if args.output else None
         if out and os.path.dirname(out):
             os.makedirs(os.path.dirname(out), exist_ok=True)
         argv = husk_argv(
-            args.husk, frame, output=out, renderer=args.renderer, settings=args.settings, husk=args.husk_bin
+            usd, frame, output=out, renderer=args.renderer, settings=args.settings, husk=args.husk_bin
         )
         print("hpcdock: " + " ".join(argv), file=sys.stderr)
         rc = subprocess.call(argv)
@@ -244,7 +293,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--rop", help="ROP node path to render (hython mode)")
     p.add_argument("--with-inputs", action="store_true", help="also render the ROP's inputs")
     p.add_argument("--sequential", action="store_true", help="render all frames in one go (a simulation)")
-    p.add_argument("--husk", help="USD file to render with husk instead of hython")
+    p.add_argument("--export-usd", help="hython mode: write the ROP's USD to this pattern with {frame:04d}, "
+                   "render no image")
+    p.add_argument("--husk", help="USD file (pattern with {frame}) to render with husk instead of hython")
     p.add_argument("--output", help="husk mode: output path pattern with {frame}")
     p.add_argument("--renderer", help="husk mode: Hydra render delegate")
     p.add_argument("--settings", help="husk mode: RenderSettings prim path")
@@ -252,6 +303,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.husk and not (args.hip and args.rop):
         p.error("give --hip and --rop, or --husk")
+    if args.husk and args.export_usd:
+        p.error("--export-usd writes the USD that --husk renders: give one of them")
     return args
 
 
