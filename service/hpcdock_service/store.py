@@ -944,12 +944,16 @@ class Store:
 
     def _set_frame(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, state: str,
                    error: Optional[str], now: float, thumbnail: Optional[str] = None) -> None:
+        # A frame's start marker can reach the runner after the frame's output was seen complete
+        # (the engine's log lags): a frame that ended is not made running again by it. A new
+        # attempt puts its frames back to running through _reset_frames, not here.
         cur = db.execute(
             "UPDATE frames SET state=?, error=?, "
             "started_at=CASE WHEN ?='running' THEN ? ELSE COALESCE(started_at, ?) END, "
             "finished_at=CASE WHEN ? IN ('done', 'failed') THEN ? ELSE NULL END, "
-            "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=?",
-            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame))
+            "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=? "
+            "AND NOT (? = 'running' AND state IN ('done', 'failed'))",
+            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame, state))
         if cur.rowcount:
             self._frame_event(db, job_id, step_idx, frame)
 

@@ -185,3 +185,12 @@ def test_retry_frames_refusals_name_the_field(store: Store, tmp_path: Path) -> N
         with pytest.raises(BadInput) as err:
             store.retry_frames(job["id"], **kwargs)
         assert err.value.field == field, (kwargs, err.value)
+
+
+def test_a_late_start_marker_does_not_reopen_a_finished_frame(store: Store, tmp_path: Path) -> None:
+    job = store.add_job(plan(tmp_path, "1-2"))
+    task = store.tasks(job["id"])[0]
+    store.start_task(task["id"], "c", [], 0)
+    store.set_frame(job["id"], 0, 1, "done")
+    store.set_frame(job["id"], 0, 1, "running")  # the engine's log delivered the start marker late
+    assert store.frame(job["id"], 1)["state"] == "done"
