@@ -560,7 +560,11 @@ class TaskRunner:
         if not output or not _is_image(output):
             return None  # not an image (a geometry cache, say): nothing to show or check
         dest = self.thumbnail_path(self.task["job_id"], self.task["step"], frame)
-        return framecheck.inspect(output, dest, self._checks)
+        try:
+            return framecheck.inspect(output, dest, self._checks)
+        except Exception:  # a full disk under the thumbnails, say: the frame is still recorded
+            log.exception("task %s: frame %s: no thumbnail or checks", self.task["id"], frame)
+            return None
 
     def _settle_frames(self, ok: bool, exit_code: Optional[int], error: Optional[str]
                        ) -> dict[int, FrameResult]:

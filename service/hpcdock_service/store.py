@@ -738,14 +738,15 @@ class Store:
             if not rows:
                 raise BadInput("flagged", f"job {job_id} has no flagged frames", 409)
             return rows
+        if not frames:
+            raise BadInput("frames", "give at least one frame")
         last: dict[int, sqlite3.Row] = {}  # frame -> its row in the last step that has it
         for r in db.execute(sql + " AND f.frame IN (SELECT value FROM json_each(?)) ORDER BY f.step_idx",
-                            (*args, json.dumps(sorted(set(frames or []))))):
+                            (*args, json.dumps(sorted(set(frames))))):
             last[r["frame"]] = r
-        missing = sorted(set(frames or []) - set(last))
-        if missing or not frames:
-            raise BadInput("frames", f"job {job_id} has no frame {missing[0] if missing else '(none given)'}"
-                           + (f" in step {step!r}" if step else "")
+        missing = sorted(set(frames) - set(last))
+        if missing:
+            raise BadInput("frames", f"job {job_id} has no frame {missing[0]}" + (f" in step {step!r}" if step else "")
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         return list(last.values())
 

@@ -77,6 +77,8 @@ def test_bad_frames_are_flagged_and_retry_flagged_renders_only_them(service: Ser
     assert listed == ["3", "6", "9"], cli.stdout
     for reason in ("black: all black", "nan: 2400 NaN", "unreadable: truncated"):
         assert reason in cli.stdout, cli.stdout
+    follow = service.cli("follow", str(job["id"]))
+    assert follow.returncode == 0 and "3 frame(s) flagged by the checks" in follow.stdout, follow.stdout
     as_json = json.loads(service.cli("frames", str(job["id"]), "--json").stdout)
     assert [f["frame"] for f in as_json] == list(range(1, 13)) and as_json[2]["flags"] == frames[3]["flags"]
 

@@ -255,6 +255,9 @@ class _ProgressPrinter:
         msg = f"job {job['id']} {job['state']}"
         if job.get("error"):
             msg += f": {job['error']}"
+        if job.get("frames_flagged"):
+            msg += (f" ({job['frames_flagged']} frame(s) flagged by the checks: hpcdock frames {job['id']} --flagged; "
+                    f"render them again with hpcdock retry {job['id']} --flagged)")
         self._line(msg)
 
 
