@@ -194,3 +194,19 @@ def test_a_late_start_marker_does_not_reopen_a_finished_frame(store: Store, tmp_
     store.set_frame(job["id"], 0, 1, "done")
     store.set_frame(job["id"], 0, 1, "running")  # the engine's log delivered the start marker late
     assert store.frame(job["id"], 1)["state"] == "done"
+
+
+@pytest.mark.parametrize("settings, field", [({"frame_checks": {"blackmax": 0.1}}, "hpcdock.yaml: frame_checks.blackmax"),
+                                             ({"frame_checks": {"policy": "halt"}}, "hpcdock.yaml: frame_checks.policy"),
+                                             ({"fps": 0}, "hpcdock.yaml: fps"), ({"fps": "fast"}, "hpcdock.yaml: fps")])
+def test_bundle_settings_are_refused_by_name(tmp_path: Path, settings: dict, field: str) -> None:
+    with pytest.raises(BadInput) as err:
+        plan(tmp_path, **settings)
+    assert err.value.field == field
+
+
+def test_bundle_settings_reach_the_job(store: Store, tmp_path: Path) -> None:
+    job = store.add_job(plan(tmp_path, frame_checks={"policy": "fail", "flicker_k": 3}, fps=23.976))
+    assert job["fps"] == 23.976
+    assert job["frame_checks"] == {**FrameCheckSettings(policy="fail", flicker_k=3.0).to_json()}
+    assert store.frame_check_settings(job["id"]) == FrameCheckSettings(policy="fail", flicker_k=3.0)
