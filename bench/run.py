@@ -4,7 +4,7 @@ One process, one run, one table (``make bench``; as a user with a rootless engin
 ``.venv/bin/python bench/run.py``). Every ratio is against a baseline measured in the same
 run, interleaved with the figure it is compared to, because a shared 2-core machine is noisy.
 
-    python bench/run.py [--only dispatch,scale,latency,panel] [--repeat 2] [--tasks 100]
+    python bench/run.py [--only dispatch,scale,latency,panel,checks] [--repeat 2] [--tasks 100]
                         [--sizes 1000,10000,100000] [--json out.json]
 
 Traffic goes only to 127.0.0.1 and to the engines' unix sockets.
@@ -397,6 +397,114 @@ def bench_panel(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
                         "stderr": out.stderr.strip()[-2000:]}
 
 
+# -- frame checks -------------------------------------------------------------------------------
+
+CHECK_IMAGES = (("PNG 640x360", 640, 360, "png"), ("EXR 2048x1080 RGBA half", 2048, 1080, "exr"))
+
+
+def check_image(path: Path, width: int, height: int) -> Path:
+    """A frame with a render's texture (gradient, a shape, grain): flat images decode unrealistically fast."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    grey = 0.3 + 0.4 * y / height + 0.3 * (((x - width / 2) ** 2 + (y - height / 2) ** 2) < (height / 4) ** 2)
+    grey = grey + np.random.default_rng(7).normal(0, 0.02, grey.shape).astype(np.float32)
+    rgb = np.clip(np.stack([grey, grey * 0.9, grey * 0.7], axis=2), 0, 1)
+    if path.suffix == ".png":
+        from PIL import Image
+
+        Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB").save(path)
+        return path
+    import OpenImageIO as oiio
+
+    rgba = np.concatenate([rgb, np.ones((height, width, 1), np.float32)], axis=2)
+    out = oiio.ImageOutput.create(str(path))
+    out.open(str(path), oiio.ImageSpec(width, height, 4, "half"))
+    out.write_image(rgba)
+    out.close()
+    return path
+
+
+def bench_checks(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """What checking a frame adds to making its thumbnail, which decodes the frame for both.
+
+    The checks run inside the thumbnail's decode (framecheck.Probe), so their cost is timed there,
+    call by call, and set against the rest of that thumbnail's time: a difference of two separately
+    timed thumbnails drowns in the noise of a shared machine. Then the store's part (recording the
+    flags and judging size, channels and flicker in the frame's transaction) against recording the
+    frame without them, in a 200-frame job.
+    """
+    from hpcdock_service import framecheck, thumbnails
+
+    class TimedProbe(framecheck.Probe):
+        spent = 0.0
+
+        def display_image(self, *a: Any, **k: Any) -> None:
+            self._timed(super().display_image, a, k)
+
+        def float_pixels(self, *a: Any, **k: Any) -> None:
+            self._timed(super().float_pixels, a, k)
+
+        def thumbnail_image(self, *a: Any, **k: Any) -> None:
+            self._timed(super().thumbnail_image, a, k)
+
+        def _timed(self, fn: Callable[..., None], a: Any, k: Any) -> None:
+            t0 = time.perf_counter()
+            fn(*a, **k)
+            self.spent += time.perf_counter() - t0
+
+    settings = framecheck.FrameCheckSettings()
+    rows = []
+    for label, width, height, ext in CHECK_IMAGES:
+        src = check_image(tmp / f"check.{ext}", width, height)
+        checks, rest = [], []
+        for i in range(args.check_repeat + 1):
+            probe = TimedProbe(settings)
+            t0 = time.perf_counter()
+            thumbnails.make_thumbnail(src, tmp / "thumb.png", probe=probe)
+            total = time.perf_counter() - t0
+            assert probe.check.flags == [], probe.check.flags  # a clean frame: every check runs to its end
+            if i:  # the first round warms caches and imports
+                checks.append(probe.spent)
+                rest.append(total - probe.spent)
+        c, r = statistics.median(checks), statistics.median(rest)
+        rows.append({"image": label, "thumbnail_ms": r * 1000, "checks_ms": c * 1000, "share": c / r})
+    results["checks"] = {"images": rows, "store": store_check_cost(tmp)}
+
+
+def store_check_cost(tmp: Path) -> dict[str, float]:
+    from hpcdock_service import framecheck
+    from hpcdock_service.bundle import load_bundle
+    from hpcdock_service.mounts import MountPolicy
+    from hpcdock_service.store import Store
+
+    frames = 200
+    bundle = make_bundle(tmp / "checks-bundle", frames=f"1-{frames}", chunk=1, png=True)
+    store = Store(tmp / "checks.db")
+    try:
+        plan = load_bundle(str(bundle), mount_policy=MountPolicy.build([str(tmp)]))
+        jobs = [store.add_job(plan)["id"] for _ in range(2)]
+        for job in jobs:
+            for t in store.tasks(job):
+                store.start_task(t["id"], f"c{t['id']}", [], 0)
+        check = framecheck.FrameCheck(width=640, height=360, channels=("R", "G", "B"))
+        plain, checked = [], []
+        for f in range(1, frames + 1):
+            check.luma = 0.5 + 0.001 * f
+            t0 = time.perf_counter()
+            store.set_frame(jobs[0], 0, f, "done")
+            t1 = time.perf_counter()
+            store.set_frame(jobs[1], 0, f, "done", check=check)
+            t2 = time.perf_counter()
+            plain.append(t1 - t0)
+            checked.append(t2 - t1)
+        assert store.job(jobs[1])["frames_flagged"] == 0
+    finally:
+        store.close()
+    return {"frames": frames, "record_ms": statistics.median(plain) * 1000,
+            "record_checked_ms": statistics.median(checked) * 1000}
+
+
 # -- report -------------------------------------------------------------------------------------
 
 def machine() -> dict[str, str]:
@@ -476,6 +584,20 @@ def report(results: dict[str, Any]) -> str:
                          f"{r['min_ms']:.0f} ms | {r['max_ms']:.0f} ms | "
                          f"p95 <= 200 ms: {ok(r['p95_ms'] <= TARGETS['p95_ms'])} |")
         lines.append("")
+    ch = results.get("checks")
+    if ch:
+        lines += ["### Frame checks: their cost on top of the thumbnail (same decode; medians)", "",
+                  "| image | thumbnail (decode, tone map, resize, write) | the checks | share of the thumbnail | goal |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for r in ch["images"]:
+            goal = (f"< 20 ms: {ok(r['checks_ms'] < 20)}" if r["image"].startswith("PNG")
+                    else f"< 10%: {ok(r['share'] < 0.10)}")
+            lines.append(f"| {r['image']} | {r['thumbnail_ms']:.1f} ms | {r['checks_ms']:.2f} ms | "
+                         f"{100 * r['share']:.1f}% | {goal} |")
+        st = ch["store"]
+        lines += ["", f"Recording a done frame in the store: {st['record_ms']:.2f} ms; with its flags judged "
+                  f"(size, channels, flicker of the frames around it): {st['record_checked_ms']:.2f} ms "
+                  f"(median of {st['frames']} frames).", ""]
     p = results.get("panel")
     if p:
         lines += [p.get("text") or f"Panel benchmark: {p}", ""]
@@ -486,18 +608,20 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="dispatch,scale,latency,panel")
+    parser.add_argument("--only", default="dispatch,scale,latency,panel,checks")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each dispatch figure (median shown)")
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--latency-frames", type=int, default=120)
     parser.add_argument("--frame-interval", type=float, default=0.1, help="seconds between a task's frames")
     parser.add_argument("--panel-repeat", type=int, default=3)
+    parser.add_argument("--check-repeat", type=int, default=15, help="rounds of each frame-check figure")
     parser.add_argument("--no-docker", action="store_true", help="skip rootless Docker and Swarm")
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
-    parts = {"dispatch": bench_dispatch, "scale": bench_scale, "latency": bench_latency, "panel": bench_panel}
+    parts = {"dispatch": bench_dispatch, "scale": bench_scale, "latency": bench_latency, "panel": bench_panel,
+             "checks": bench_checks}
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory(prefix="hpcdock-bench-") as tmp:
         for name in args.only.split(","):

@@ -97,6 +97,17 @@ class JobSubmit(BaseModel):
     name: Optional[Annotated[Text, Field(max_length=1024)]] = None
 
 
+class RetryFrames(BaseModel):
+    """Which frames to render again; no body at all retries the job's failed and canceled tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+    frames: Optional[list[Annotated[StrictInt, Field(ge=-MAX_FRAME, le=MAX_FRAME)]]] = Field(
+        None, description="Frame numbers to render again (only these)", min_length=1, max_length=100000)
+    flagged: bool = Field(False, description="Render again every frame a check flagged")
+    step: Optional[Annotated[Text, Field(max_length=1024)]] = Field(
+        None, description="The step whose frames these are (default: the last step that has each frame)")
+
+
 class ErrorDetail(BaseModel):
     field: str = Field(description="What was refused: a request field, header, or a bundle file and key")
     message: str = Field(description="Why, in words")
@@ -270,8 +281,14 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
         return service.cancel(job_id)
 
     @app.post("/v1/jobs/{job_id}/retry", dependencies=v1, responses=_errors(404, 409))
-    def retry(job_id: Id) -> dict[str, Any]:
-        return service.retry(job_id)
+    def retry(job_id: Id, body: Optional[RetryFrames] = None) -> dict[str, Any]:
+        if body is None or (body.frames is None and not body.flagged):
+            if body is not None and body.step is not None:
+                raise BadInput("step", "a step is given only with frames or flagged")
+            return service.retry(job_id)
+        if body.frames is not None and body.flagged:
+            raise BadInput("flagged", "give frames or flagged, not both")
+        return service.retry_frames(job_id, body.frames, body.flagged, body.step)
 
     @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1, responses=NOT_FOUND)
     def tasks(job_id: Id) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
 
 from .config import SubmitLimits
 from .errors import BadInput, text_problem
+from .framecheck import FrameCheckSettings, parse_settings
 from .mounts import MountPolicy, PathRefused, make_dirs
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
@@ -72,7 +73,8 @@ _FRAME_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?0?[0-9]{0,2}d?")  # a width of at 
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 _SYSTEM_DIRS = {"/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin",
                 "/usr", "/var", "/usr/bin", "/usr/lib", "/usr/sbin", "/usr/lib64"}
-_KNOWN_KEYS = {"image", "env", "network", "mounts", "frames", "priority", "max_attempts", "name", "outputs"}
+_KNOWN_KEYS = {"image", "env", "network", "mounts", "frames", "priority", "max_attempts", "name", "outputs",
+               "frame_checks", "fps"}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class JobPlan:
     steps: list[StepPlan]
     priority: int
     max_attempts: int
+    frame_checks: FrameCheckSettings = field(default_factory=FrameCheckSettings)
+    fps: float = 24.0  # the flipbook's frame rate
 
     @property
     def frames_total(self) -> int:
@@ -184,6 +188,10 @@ def load_bundle(
     container, frames_param, outputs, priority, max_attempts, name = _parse_settings(
         settings, root, mount_policy
     )
+    frame_checks = parse_settings(settings.get("frame_checks"))
+    fps = settings.get("fps", 24)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
+        raise BadInput("hpcdock.yaml: fps", f"must be a frame rate above 0 and at most 1000, got {fps!r}")
     if image_exists is not None and not image_exists(container.image):
         raise BadInput("hpcdock.yaml: image", f"image {container.image!r} does not exist on the engine "
                        "(no registry is used: build or import it locally first)")
@@ -218,6 +226,8 @@ def load_bundle(
         steps=steps,
         priority=priority,
         max_attempts=max_attempts,
+        frame_checks=frame_checks,
+        fps=float(fps),
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString
 
-from . import tasklog, thumbnails
+from . import framecheck, tasklog, thumbnails
 from .bundle import ContainerSpec
 from .engines.base import (
     LABEL_ATTEMPT,
@@ -65,6 +65,16 @@ TAIL_CHECK_LINES = 20
 TAIL_CHECK_BYTES = 64 * 1024
 THREAD_RETRY_MAX = 2.0  # seconds between tries to start a thread the system refused
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
+
+
+def _is_image(output: str) -> bool:
+    """Whether a frame's output is an image by its name, or else by its first bytes."""
+    if output.lower().endswith(_IMAGE_SUFFIXES):
+        return True
+    try:
+        return thumbnails.sniff_format(output) is not None
+    except OSError:
+        return False
 
 
 def container_name(store_id: str, task_id: int, attempt: int) -> str:
@@ -158,6 +168,7 @@ class TaskRunner:
         self._settled: set[int] = set(self._done)
         self._failed: dict[int, str] = {}
         self._frame_lock = threading.Lock()
+        self._checks = store.frame_check_settings(task["job_id"])
         self._current_percent = 0.0
         self._last_progress = 0.0
         self._log_bytes = 0  # read from the follow stream so far
@@ -512,17 +523,23 @@ class TaskRunner:
         self.store.set_progress(self.task["id"], percent)
 
     def _settle(self, frame: int, state: str, error: Optional[str]) -> None:
-        """Record a frame's end once, whichever of the log marker and the watcher sees it first."""
+        """Record a frame's end once, whichever of the log marker and the watcher sees it first.
+
+        A done image frame is checked on its thumbnail's decode; the store may fail it (the
+        job's ``fail`` policy), so the frame counts as done or failed only once recorded.
+        """
         with self._frame_lock:
             if frame in self._settled:
                 return
             self._settled.add(frame)
+        check = self._inspect(frame) if state == "done" else None
+        state, error = self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, state, error,
+                                            thumbnail=check.thumbnail if check else None, check=check)
+        with self._frame_lock:
             if state == "done":
                 self._done.add(frame)
             else:
                 self._failed[frame] = error or "failed"
-        thumb = self._thumbnail(frame) if state == "done" else None
-        self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, state, error, thumbnail=thumb)
 
     # -- frames -------------------------------------------------------------------------
     def _check_output(self, frame: int) -> tuple[str, Optional[str]]:
@@ -531,31 +548,38 @@ class TaskRunner:
             return "done", None
         if not os.path.exists(output):
             return "failed", f"output missing: {output}"
+        if _is_image(output):
+            return "done", None  # checked with its thumbnail: an unreadable one is flagged there
         if not thumbnails.is_output_complete(Path(output)):
             return "failed", f"output incomplete or unreadable: {output}"
         return "done", None
 
-    def _thumbnail(self, frame: int) -> Optional[str]:
+    def _inspect(self, frame: int) -> Optional[framecheck.FrameCheck]:
+        """The frame's thumbnail and checks, from one decode; None when it is not an image."""
         output = self._frames[frame]["output"]
-        if not output or thumbnails.sniff_format(output) is None:
-            return None  # not an image (a geometry cache, say): nothing to show
+        if not output or not _is_image(output):
+            return None  # not an image (a geometry cache, say): nothing to show or check
         dest = self.thumbnail_path(self.task["job_id"], self.task["step"], frame)
         try:
-            return str(thumbnails.make_thumbnail(Path(output), dest))
-        except thumbnails.ThumbnailError as exc:
-            log.warning("no thumbnail for frame %s: %s", frame, exc)
+            return framecheck.inspect(output, dest, self._checks)
+        except Exception:  # a full disk under the thumbnails, say: the frame is still recorded
+            log.exception("task %s: frame %s: no thumbnail or checks", self.task["id"], frame)
             return None
 
     def _settle_frames(self, ok: bool, exit_code: Optional[int], error: Optional[str]
                        ) -> dict[int, FrameResult]:
-        """Decide the frames the markers and the watcher did not settle (with thumbnails of new outputs)."""
+        """Decide the frames the markers and the watcher did not settle; done image frames are
+        checked and recorded one by one (the check may fail them), the rest with the task's result."""
         results: dict[int, FrameResult] = {}
         for frame in self._frames:
             if frame in self._settled:
                 continue
             if ok:
                 state, f_error = self._check_output(frame)
-                results[frame] = (state, f_error, self._thumbnail(frame) if state == "done" else None)
+                if state == "done" and _is_image(self._frames[frame]["output"] or ""):
+                    self._settle(frame, state, None)
+                else:
+                    results[frame] = (state, f_error, None)
             else:
                 results[frame] = ("failed", error or f"task exited with code {exit_code}", None)
         return results

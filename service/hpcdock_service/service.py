@@ -155,6 +155,11 @@ class Service:
         self.scheduler.wake()
         return job
 
+    def retry_frames(self, job_id: int, frames: Optional[list[int]], flagged: bool, step: Optional[str]) -> Row:
+        job = self.store.retry_frames(job_id, frames, flagged, step)
+        self.scheduler.wake()
+        return job
+
     def metrics_text(self) -> str:
         """Prometheus text exposition: what a farm admin graphs and alerts on."""
         lines = []

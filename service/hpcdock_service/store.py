@@ -31,8 +31,11 @@ from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from openjd.model import IntRangeExpr
+
 from .bundle import ContainerSpec, JobPlan
 from .errors import BadInput, NotFound
+from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL,
     bundle_dir TEXT NOT NULL, container TEXT NOT NULL, params TEXT NOT NULL,
-    max_attempts INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT
+    max_attempts INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
+    frame_checks TEXT, fps REAL, frames_flagged INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS steps (
     job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
     depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
-    timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL,
+    timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL, frame_ref TEXT,
     PRIMARY KEY (job_id, idx)
 );
 CREATE TABLE IF NOT EXISTS tasks (
@@ -63,7 +67,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, frame INTEGER NOT NULL,
     task_id INTEGER NOT NULL, state TEXT NOT NULL, output TEXT, error TEXT,
-    started_at REAL, finished_at REAL, thumbnail TEXT,
+    started_at REAL, finished_at REAL, thumbnail TEXT, flags TEXT, luma REAL,
     PRIMARY KEY (job_id, step_idx, frame)
 );
 CREATE INDEX IF NOT EXISTS frames_by_task ON frames (task_id);
@@ -79,7 +83,8 @@ _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f
                  "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
 _TASK_SELECT = ("SELECT t.*, s.name AS step FROM tasks t "
                 "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
-TASK_FINAL = ("succeeded", "failed", "canceled")
+# "replaced": a failed or canceled task whose unfinished frames a frame retry moved to new tasks.
+TASK_FINAL = ("succeeded", "failed", "canceled", "replaced")
 
 Row = dict[str, Any]
 FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
@@ -136,6 +141,23 @@ def _add_step_limits(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE steps ADD COLUMN {name} {kind}")
 
 
+# Columns the frame checks added: (table, column, type). A store made before them gets them
+# empty: its jobs check with the default settings, their frames carry no flags yet.
+_FRAME_CHECK_COLUMNS = (("jobs", "frame_checks", "TEXT"), ("jobs", "fps", "REAL"),
+                        ("jobs", "frames_flagged", "INTEGER NOT NULL DEFAULT 0"), ("steps", "frame_ref", "TEXT"),
+                        ("frames", "flags", "TEXT"), ("frames", "luma", "REAL"))
+
+
+def _add_frame_checks(db: sqlite3.Connection) -> None:
+    """A store made before the frame checks gets their columns (see _FRAME_CHECK_COLUMNS)."""
+    have: dict[str, set[str]] = {}
+    for table, name, kind in _FRAME_CHECK_COLUMNS:
+        if table not in have:
+            have[table] = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if name not in have[table]:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +171,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             _add_step_limits(self._db)
+            _add_frame_checks(self._db)
             self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
         except BaseException as exc:
             self._db.close()
@@ -332,10 +355,11 @@ class Store:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO jobs (name, state, priority, bundle_dir, container, params, max_attempts, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (name, state, priority, bundle_dir, container, params, max_attempts, created_at, "
+                "frame_checks, fps) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name or plan.name, plan.priority if priority is None else priority, plan.bundle_dir,
-                 json.dumps(plan.container.to_json()), json.dumps(plan.params), plan.max_attempts, now))
+                 json.dumps(plan.container.to_json()), json.dumps(plan.params), plan.max_attempts, now,
+                 json.dumps(plan.frame_checks.to_json()), plan.fps))
             job_id = int(cur.lastrowid)
             n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
@@ -415,6 +439,7 @@ class Store:
         job = dict(row)
         job.pop("container")
         job.pop("params")
+        job["frame_checks"] = FrameCheckSettings.from_json(json.loads(job["frame_checks"] or "null")).to_json()
         if counts is None:
             counts = _state_counts(db, "tasks", job["id"])
         job["tasks_total"] = sum(counts.values())
@@ -645,20 +670,146 @@ class Store:
                 db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + "
                            "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL "
                            "WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id, job_id))
-                db.execute("UPDATE frames SET state='waiting', error=NULL WHERE job_id=? AND state != 'done'",
-                           (job_id,))
+                db.execute("UPDATE frames SET state='waiting', error=NULL, flags=NULL, luma=NULL "
+                           "WHERE job_id=? AND state != 'done'", (job_id,))
                 db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
+                _recount_flagged(db, job_id)
                 self._task_events(db, ids)
                 self._job_event(db, job_id)
         return self.job(job_id)
 
+    def retry_frames(self, job_id: int, frames: Optional[list[int]] = None, flagged: bool = False,
+                     step: Optional[str] = None) -> Row:
+        """Render again just the chosen frames (``frames``, or every flagged frame), as new tasks.
+
+        New tasks, not re-opened ones: a task's parameters are what its container renders, and
+        the chosen frames of several tasks are re-chunked together (at most the step's frames
+        per task, contiguous runs only), so the old tasks keep their attempts, logs and
+        parameters as history, and the frames move to the new tasks. The other frames stay
+        done and untouched. A failed or canceled task's unfinished frames all come along (they
+        have nothing worth keeping), so such a task ends ``replaced``, and its dependents
+        canceled by its failure are re-opened. A frame number names the frame of the last
+        step that has it, unless ``step`` names the step.
+        """
+        job = self.job(job_id)
+        if job["state"] in JOB_ACTIVE:
+            raise BadInput("job", f"job {job_id} is {job['state']}; only finished jobs can be retried", 409)
+        with self._tx() as db:
+            chosen = self._chosen_frames(db, job_id, frames, flagged, step)
+            steps = {r["idx"]: r for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))}
+            owners = {r["id"]: r for r in db.execute(
+                "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted({r["task_id"] for r in chosen})),))}
+            keys = {(r["step_idx"], r["frame"]) for r in chosen}
+            broken = [t for t in owners.values() if t["state"] in ("failed", "canceled")]
+            for t in broken:  # their unfinished frames come along
+                keys.update((r["step_idx"], r["frame"]) for r in db.execute(
+                    "SELECT step_idx, frame FROM frames WHERE task_id=? AND state != 'done'", (t["id"],)))
+            rows = [db.execute("SELECT * FROM frames WHERE job_id=? AND step_idx=? AND frame=?",
+                               (job_id, s_idx, f)).fetchone() for s_idx, f in sorted(keys)]
+            new_ids = self._tasks_for_frames(db, job, steps, rows)
+            for t in broken:
+                db.execute("UPDATE tasks SET state='replaced', error=? WHERE id=?",
+                           (f"{t['error'] or t['state']} (its unfinished frames were retried as new tasks)",
+                            t["id"]))
+            reopened = self._reopen_dependents(db, job, {r["step_idx"] for r in rows}, steps)
+            db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
+            _recount_flagged(db, job_id)
+            settings = self._check_settings(db, job_id)
+            for r in rows:
+                self._frame_event(db, job_id, r["step_idx"], r["frame"])
+                self._reflicker(db, job_id, r["step_idx"], r["frame"], settings)
+            self._task_events(db, [t["id"] for t in broken] + reopened + new_ids)
+            self._job_event(db, job_id)
+        return self.job(job_id)
+
+    def _chosen_frames(self, db: sqlite3.Connection, job_id: int, frames: Optional[list[int]], flagged: bool,
+                       step: Optional[str]) -> list[sqlite3.Row]:
+        sql = ("SELECT f.* FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
+               "WHERE f.job_id=?")
+        args: list[Any] = [job_id]
+        if step is not None:
+            if not db.execute("SELECT 1 FROM steps WHERE job_id=? AND name=?", (job_id, step)).fetchone():
+                raise BadInput("step", f"job {job_id} has no step {step!r}")
+            sql += " AND s.name=?"
+            args.append(step)
+        if flagged:
+            rows = db.execute(sql + " AND f.flags IS NOT NULL", args).fetchall()
+            if not rows:
+                raise BadInput("flagged", f"job {job_id} has no flagged frames", 409)
+            return rows
+        if not frames:
+            raise BadInput("frames", "give at least one frame")
+        last: dict[int, sqlite3.Row] = {}  # frame -> its row in the last step that has it
+        for r in db.execute(sql + " AND f.frame IN (SELECT value FROM json_each(?)) ORDER BY f.step_idx",
+                            (*args, json.dumps(sorted(set(frames))))):
+            last[r["frame"]] = r
+        missing = sorted(set(frames) - set(last))
+        if missing:
+            raise BadInput("frames", f"job {job_id} has no frame {missing[0]}" + (f" in step {step!r}" if step else "")
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return list(last.values())
+
+    def _tasks_for_frames(self, db: sqlite3.Connection, job: Row, steps: dict[int, sqlite3.Row],
+                          rows: list[sqlite3.Row]) -> list[int]:
+        """New pending tasks rendering exactly ``rows``' frames; the frames move to them."""
+        groups: dict[tuple[int, str, str], list[int]] = {}  # (step, frame param, other params) -> frames
+        for r in rows:
+            owner = db.execute("SELECT params, frames FROM tasks WHERE id=?", (r["task_id"],)).fetchone()
+            params = json.loads(owner["params"])
+            name = _frame_param(params, _expand_frames(owner["frames"]))
+            others = json.dumps({k: v for k, v in params.items() if k != name}, sort_keys=True)
+            groups.setdefault((r["step_idx"], name, others), []).append(r["frame"])
+        new_ids = []
+        for (s_idx, name, others), chosen in sorted(groups.items()):
+            first = db.execute("SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0",
+                               (job["id"], s_idx)).fetchone()
+            per_task = max(1, len(_expand_frames(first["frames"])))
+            idx = db.execute("SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?",
+                             (job["id"], s_idx)).fetchone()[0]
+            for chunk in _chunks(sorted(chosen), per_task):
+                idx += 1
+                value = str(chunk[0]) if len(chunk) == 1 else f"{chunk[0]}-{chunk[-1]}"
+                params = {**json.loads(others), name: value}
+                cur = db.execute(
+                    "INSERT INTO tasks (job_id, step_idx, idx, params, frames, state, max_attempts) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (job["id"], s_idx, idx, json.dumps(params), _frames_json(chunk), job["max_attempts"]))
+                new_ids.append(int(cur.lastrowid))
+                db.execute("UPDATE frames SET task_id=?, state='waiting', error=NULL, started_at=NULL, "
+                           "finished_at=NULL, flags=NULL, luma=NULL WHERE job_id=? AND step_idx=? "
+                           "AND frame IN (SELECT value FROM json_each(?))",
+                           (cur.lastrowid, job["id"], s_idx, json.dumps(chunk)))
+        return new_ids
+
+    def _reopen_dependents(self, db: sqlite3.Connection, job: Row, retried: set[int],
+                           steps: dict[int, sqlite3.Row]) -> list[int]:
+        """Re-open the tasks that a failure of a retried step canceled in the steps after it."""
+        job_id = job["id"]
+        after = set(retried)
+        changed = True
+        while changed:
+            names = {steps[i]["name"] for i in after}
+            grown = after | {i for i, s in steps.items() if names.intersection(json.loads(s["depends_on"]))}
+            changed, after = grown != after, grown
+        ids = [r[0] for r in db.execute(
+            "SELECT id FROM tasks WHERE job_id=? AND state='canceled' AND step_idx IN "
+            "(SELECT value FROM json_each(?))", (job_id, json.dumps(sorted(after - retried))))]
+        db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + ?, error=NULL "
+                   "WHERE id IN (SELECT value FROM json_each(?))",
+                   (job["max_attempts"], json.dumps(ids)))
+        return ids
+
     # -- frames -------------------------------------------------------------------------
     def _reset_frames(self, db: sqlite3.Connection, task_id: int, state: str) -> None:
         """Put the task's unfinished frames in ``state`` (a new attempt starts, or will)."""
-        rows = db.execute("SELECT job_id, step_idx, frame FROM frames WHERE task_id=? AND state != 'done'",
+        rows = db.execute("SELECT job_id, step_idx, frame, flags FROM frames WHERE task_id=? AND state != 'done'",
                           (task_id,)).fetchall()
-        db.execute("UPDATE frames SET state=?, started_at=NULL, finished_at=NULL, thumbnail=NULL "
-                   "WHERE task_id=? AND state != 'done'", (state, task_id))
+        db.execute("UPDATE frames SET state=?, started_at=NULL, finished_at=NULL, thumbnail=NULL, flags=NULL, "
+                   "luma=NULL WHERE task_id=? AND state != 'done'", (state, task_id))
+        flagged = sum(1 for r in rows if r["flags"])
+        if flagged:
+            db.execute("UPDATE jobs SET frames_flagged=frames_flagged - ? WHERE id=?", (flagged, rows[0]["job_id"]))
         for r in rows:
             self._frame_event(db, r["job_id"], r["step_idx"], r["frame"])
 
@@ -704,18 +855,106 @@ class Store:
         return [_frame_json(r) for r in rows]
 
     def set_frame(self, job_id: int, step_idx: int, frame: int, state: str, error: Optional[str] = None,
-                  thumbnail: Optional[str] = None) -> None:
+                  thumbnail: Optional[str] = None, check: Optional[FrameCheck] = None) -> tuple[str, Optional[str]]:
+        """Record a frame's state; returns the state and error recorded.
+
+        With ``check`` (what checking a done image frame found), the frame is also judged
+        among the step's other frames (size and channels against the step's first done frame,
+        flicker against its neighbours, whose own verdicts are judged again), its flags are
+        recorded, and under the job's ``fail`` policy a frame with any flag but flicker fails.
+        Flicker never fails a frame: its verdict changes as neighbours land, after the task
+        that rendered the frame may have ended.
+        """
         with self._tx(patient=True) as db:  # a frame's end is recorded, however long that takes
+            settings = None
+            if check is not None and state == "done":
+                settings = self._check_settings(db, job_id)
+                state, error = self._judge(db, job_id, step_idx, frame, check, settings)
             self._set_frame(db, job_id, step_idx, frame, state, error, time.time(), thumbnail)
+            if settings is not None:
+                self._reflicker(db, job_id, step_idx, frame, settings)
+        return state, error
+
+    def frame_check_settings(self, job_id: int) -> FrameCheckSettings:
+        with self._read() as db:
+            return self._check_settings(db, job_id)
+
+    def _check_settings(self, db: sqlite3.Connection, job_id: int) -> FrameCheckSettings:
+        raw = db.execute("SELECT frame_checks FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        return FrameCheckSettings.from_json(json.loads(raw) if raw else None)
+
+    def _judge(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, check: FrameCheck,
+               settings: FrameCheckSettings) -> tuple[str, Optional[str]]:
+        """Record the frame's own flags and its shape's; the state and error the policy gives it."""
+        flags = list(check.flags)
+        shape = check.shape
+        if shape is not None:
+            raw = db.execute("SELECT frame_ref FROM steps WHERE job_id=? AND idx=?", (job_id, step_idx)).fetchone()[0]
+            ref = json.loads(raw) if raw else None
+            if ref is None or ref["frame"] == frame:  # the first done frame is the reference (or is it again)
+                db.execute("UPDATE steps SET frame_ref=? WHERE job_id=? AND idx=?",
+                           (json.dumps({"frame": frame, **shape}), job_id, step_idx))
+            else:
+                flags += compare_shape(check, ref, ref["frame"])
+        # A frame flagged already is no part of the sequence its neighbours are judged by.
+        luma = check.luma if not flags else None
+        self._write_flags(db, job_id, step_idx, frame, flags, luma)
+        if flags and settings.policy == "fail":
+            return "failed", "; ".join(f.reason for f in flags)
+        return "done", None
+
+    def _write_flags(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, flags: list[Flag],
+                     luma: Optional[float] = None, keep_luma: bool = False) -> None:
+        old = db.execute("SELECT flags FROM frames WHERE job_id=? AND step_idx=? AND frame=?",
+                         (job_id, step_idx, frame)).fetchone()
+        if old is None:
+            return
+        text = json.dumps([f.to_json() for f in flags]) if flags else None
+        if keep_luma:
+            db.execute("UPDATE frames SET flags=? WHERE job_id=? AND step_idx=? AND frame=?",
+                       (text, job_id, step_idx, frame))
+        else:
+            db.execute("UPDATE frames SET flags=?, luma=? WHERE job_id=? AND step_idx=? AND frame=?",
+                       (text, luma, job_id, step_idx, frame))
+        change = bool(text) - bool(old[0])
+        if change:
+            db.execute("UPDATE jobs SET frames_flagged=frames_flagged + ? WHERE id=?", (change, job_id))
+
+    def _reflicker(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int,
+                   settings: FrameCheckSettings) -> None:
+        """Judge flicker again for the done frames whose verdict ``frame`` can change.
+
+        A verdict depends only on the done frames within FLICKER_RADIUS of its frame, so the
+        frames within that radius of ``frame`` are all that can change, and judging them again
+        each time a frame lands (or leaves) gives the same flags in any order of arrival.
+        """
+        r = FLICKER_RADIUS
+        rows = db.execute("SELECT frame, luma, flags FROM frames WHERE job_id=? AND step_idx=? AND state='done' "
+                          "AND luma IS NOT NULL AND frame BETWEEN ? AND ?",
+                          (job_id, step_idx, frame - 2 * r, frame + 2 * r)).fetchall()
+        lumas = {row["frame"]: row["luma"] for row in rows}
+        for row in rows:
+            if abs(row["frame"] - frame) > r:
+                continue
+            old = [Flag.from_json(f) for f in json.loads(row["flags"] or "[]")]
+            verdict = flicker(lumas, row["frame"], settings)
+            new = [f for f in old if f.check != "flicker"] + ([verdict] if verdict else [])
+            if new != old:
+                self._write_flags(db, job_id, step_idx, row["frame"], new, keep_luma=True)
+                self._frame_event(db, job_id, step_idx, row["frame"])
 
     def _set_frame(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, state: str,
                    error: Optional[str], now: float, thumbnail: Optional[str] = None) -> None:
+        # A frame's start marker can reach the runner after the frame's output was seen complete
+        # (the engine's log lags): a frame that ended is not made running again by it. A new
+        # attempt puts its frames back to running through _reset_frames, not here.
         cur = db.execute(
             "UPDATE frames SET state=?, error=?, "
             "started_at=CASE WHEN ?='running' THEN ? ELSE COALESCE(started_at, ?) END, "
             "finished_at=CASE WHEN ? IN ('done', 'failed') THEN ? ELSE NULL END, "
-            "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=?",
-            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame))
+            "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=? "
+            "AND NOT (? = 'running' AND state IN ('done', 'failed'))",
+            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame, state))
         if cur.rowcount:
             self._frame_event(db, job_id, step_idx, frame)
 
@@ -733,6 +972,33 @@ def set_aside(path: Path) -> Path:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (not a broken database)."""
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _recount_flagged(db: sqlite3.Connection, job_id: int) -> None:
+    db.execute("UPDATE jobs SET frames_flagged=(SELECT COUNT(*) FROM frames WHERE job_id=? AND flags IS NOT NULL) "
+               "WHERE id=?", (job_id, job_id))
+
+
+def _frame_param(params: dict[str, str], frames: list[int]) -> str:
+    """The name of the task parameter that holds the task's frames."""
+    for name, value in params.items():
+        try:
+            if list(IntRangeExpr.from_str(value)) == frames:
+                return name
+        except (ValueError, TypeError):
+            continue
+    raise BadInput("frames", f"cannot tell which task parameter of {sorted(params)} holds frames {frames}")
+
+
+def _chunks(frames: list[int], per_task: int) -> list[list[int]]:
+    """Sorted frames cut into contiguous runs of at most ``per_task`` frames."""
+    chunks: list[list[int]] = []
+    for f in frames:
+        if chunks and f == chunks[-1][-1] + 1 and len(chunks[-1]) < per_task:
+            chunks[-1].append(f)
+        else:
+            chunks.append([f])
+    return chunks
 
 
 def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, int]:
@@ -827,6 +1093,8 @@ def _frame_json(row: sqlite3.Row) -> Row:
     step = frame["step"]
     frame.pop("step_idx")
     has_thumb = frame.pop("thumbnail") is not None
+    frame.pop("luma")
+    frame["flags"] = json.loads(frame["flags"]) if frame["flags"] else []
     frame["thumbnail_url"] = (f"/v1/jobs/{frame['job_id']}/frames/{frame['frame']}/thumbnail?step={step}"
                               if has_thumb else None)
     start, end = frame.get("started_at"), frame.get("finished_at")

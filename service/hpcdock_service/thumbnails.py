@@ -20,12 +20,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Protocol
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_SIDE",
+    "NeedsOpenImageIO",
     "ThumbnailError",
     "is_output_complete",
     "make_thumbnail",
@@ -57,11 +58,20 @@ _JPEG_EOI = b"\xff\xd9"
 _DATA_CHANNELS = {"z", "depth", "zdepth", "pz", "zback"}
 
 
+class PixelProbe(Protocol):
+    """Sees the pixels a thumbnail is made from (the frame checks use it; see framecheck.Probe)."""
+
+    def display_image(self, img: Image.Image, size: tuple[int, int]) -> None: ...
+    def float_pixels(self, pixels: Any, names: list[str], picked: list[int], *, has_alpha: bool,
+                     levels: bool) -> None: ...
+    def thumbnail_image(self, img: Image.Image) -> None: ...
+
+
 class ThumbnailError(Exception):
     """A thumbnail could not be made; the message names the file and the reason."""
 
 
-class _NeedsOpenImageIO(ThumbnailError):
+class NeedsOpenImageIO(ThumbnailError):
     """The file may be fine, but only OpenImageIO (not installed) could decode it."""
 
 
@@ -126,7 +136,7 @@ def is_output_complete(path: Path | str, *, settle_s: float = 0.0) -> bool:
         if fmt in (TIFF, EXR):
             try:
                 _load(path, fmt)
-            except _NeedsOpenImageIO:
+            except NeedsOpenImageIO:
                 return True  # magic bytes present, and nothing here can decode more
             except Exception:  # any decode failure means "not complete"
                 return False
@@ -179,7 +189,8 @@ def _header_ok(path: Path) -> bool:
 # thumbnails
 
 
-def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MAX_SIDE) -> Path:
+def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MAX_SIDE,
+                   probe: Optional[PixelProbe] = None) -> Path:
     """Write a PNG thumbnail of ``src`` to ``dest``; its longest side is at most ``max_side``.
 
     Aspect ratio is kept and small images are not enlarged. Alpha is kept (straight, as PNG
@@ -188,6 +199,9 @@ def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MA
 
     Raises :class:`ThumbnailError` naming ``src`` when the file is missing, unreadable,
     truncated or of an unsupported format (or is an EXR and OpenImageIO is not installed).
+
+    ``probe`` (a :class:`.framecheck.Probe`) is shown the decoded pixels on the way, so the
+    frame checks cost no second read.
     """
     src, dest = Path(src), Path(dest)
     if max_side < 1:
@@ -199,7 +213,7 @@ def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MA
     except OSError as exc:
         raise ThumbnailError(f"{src}: unreadable: {exc.strerror or exc}") from exc
     try:
-        img = _load(src, fmt, max_side=max_side)
+        img = _load(src, fmt, max_side=max_side, probe=probe)
     except ThumbnailError:
         raise
     except Exception as exc:
@@ -207,6 +221,8 @@ def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MA
         raise ThumbnailError(f"{src}: unreadable (corrupt): {type(exc).__name__}: {exc}") from exc
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if probe is not None:
+        probe.thumbnail_image(img)
     _write_png_atomically(img, dest)
     return dest
 
@@ -231,25 +247,25 @@ def _write_png_atomically(img: Image.Image, dest: Path) -> None:
         raise
 
 
-def _load(src: Path, fmt: str | None, *, max_side: int | None = None) -> Image.Image:
+def _load(src: Path, fmt: str | None, *, max_side: int | None = None, probe: Optional[PixelProbe] = None) -> Image.Image:
     """Decode ``src`` fully into an 8-bit Pillow image in mode L, LA, RGB or RGBA."""
     if fmt == EXR:
-        return _load_oiio(src, fmt, max_side)
+        return _load_oiio(src, fmt, max_side, probe)
     try:
-        return _load_pillow(src, max_side)
+        return _load_pillow(src, max_side, probe)
     except _PillowCannot as exc:
         if fmt == TIFF or fmt is None:
             # Multi-channel float TIFFs and formats Pillow lacks: OpenImageIO may read them.
             try:
-                return _load_oiio(src, fmt, max_side)
+                return _load_oiio(src, fmt, max_side, probe)
             except ThumbnailError as oiio_exc:
                 if fmt is None:
                     raise ThumbnailError(
                         f"{src}: unsupported format (not PNG, JPEG, TIFF or EXR, and neither Pillow "
                         f"nor OpenImageIO could read it)"
                     ) from oiio_exc
-                if isinstance(oiio_exc, _NeedsOpenImageIO):
-                    raise _NeedsOpenImageIO(
+                if isinstance(oiio_exc, NeedsOpenImageIO):
+                    raise NeedsOpenImageIO(
                         f"{src}: unreadable by Pillow ({exc}): corrupt, truncated, or a TIFF variant "
                         f"(e.g. multi-channel float) that needs OpenImageIO, which is not installed"
                     ) from exc
@@ -261,7 +277,7 @@ class _PillowCannot(Exception):
     """Pillow does not understand the file (as opposed to: the file is broken)."""
 
 
-def _load_pillow(src: Path, max_side: int | None) -> Image.Image:
+def _load_pillow(src: Path, max_side: int | None, probe: Optional[PixelProbe] = None) -> Image.Image:
     # LOAD_TRUNCATED_IMAGES is global state; a thumbnail of half a frame must be an error,
     # so insist on the default rather than trusting whoever imported Pillow before us.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -270,11 +286,15 @@ def _load_pillow(src: Path, max_side: int | None) -> Image.Image:
         )
     try:
         with Image.open(src) as img:
+            size = img.size  # before draft() shrinks it
             if max_side and img.format == "JPEG":
                 # Let libjpeg decode at 1/2..1/8 scale: large JPEGs thumbnail much faster.
                 img.draft("RGB", (max_side, max_side))
             img.load()
-            return _to_display(img)
+            display = _to_display(img)
+        if probe is not None:
+            probe.display_image(display, size)
+        return display
     except UnidentifiedImageError as exc:
         raise _PillowCannot("Pillow cannot identify the image") from exc
     except Image.DecompressionBombError as exc:
@@ -354,12 +374,13 @@ def _import_oiio() -> Any:
     return OpenImageIO
 
 
-def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None) -> Image.Image:
+def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None, probe: Optional[PixelProbe] = None
+               ) -> Image.Image:
     try:
         oiio = _import_oiio()
         import numpy as np
     except ImportError as exc:
-        raise _NeedsOpenImageIO(
+        raise NeedsOpenImageIO(
             f"{src}: reading {fmt or 'this image'} files needs OpenImageIO, which is not installed "
             f"(pip install 'hpcdock[exr]' or pip install OpenImageIO)"
         ) from exc
@@ -391,6 +412,8 @@ def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None) -> Image
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     pixels = pixels[:, :, [i - first for i in idx]]
+    if probe is not None:
+        probe.float_pixels(pixels, names, idx, has_alpha=has_alpha, levels=is_colour)
     if max_side:
         pixels = _box_reduce(pixels, max_side)
     return _oiio_to_display(pixels, has_alpha=has_alpha, is_colour=is_colour, linear=is_float)

@@ -58,6 +58,8 @@ def test_example_frames_are_distinct_images_of_the_scene_size_with_thumbnails(
 
     frames = client.frames(job["id"])
     assert [(f["frame"], f["state"]) for f in frames] == [(1, "done"), (2, "done"), (30, "done")], dump(frames)
+    # A clean render raises no frame check (black, constant, size, channels, ...).
+    assert [f["flags"] for f in frames] == [[], [], []] and job["frames_flagged"] == 0, dump(frames)
     images = {}
     for f in frames:
         path = Path(f["output"])

@@ -40,8 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing while the task runs")
     c = sub.add_parser("cancel", help="cancel a job")
     c.add_argument("job", type=int)
-    r = sub.add_parser("retry", help="retry a job's failed tasks")
+    r = sub.add_parser("retry", help="retry a job's failed tasks, or render just some frames again")
     r.add_argument("job", type=int)
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--frames", type=_frame_list, metavar="LIST",
+                       help="render only these frames again, e.g. 17,40-42 (the others stay as they are)")
+    which.add_argument("--flagged", action="store_true", help="render again every frame a check flagged")
+    r.add_argument("--step", help="the step whose frames these are (default: the last step that has each)")
+    fr = sub.add_parser("frames", help="list a job's frames with their state, flags and paths")
+    fr.add_argument("job", type=int)
+    fr.add_argument("--flagged", action="store_true", help="only the frames a check flagged")
+    fr.add_argument("--json", action="store_true")
     t = sub.add_parser("tasks", help="list a job's tasks")
     t.add_argument("job", type=int)
     t.add_argument("--json", action="store_true")
@@ -119,7 +128,7 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
         text, offset = client.log(args.task, offset)
         sys.stdout.write(text)
         sys.stdout.flush()
-        if not args.follow or (not text and client.task(args.task)["state"] in FINAL):
+        if not args.follow or (not text and client.task(args.task)["state"] in FINAL + ("replaced",)):
             return 0
         if not text:
             time.sleep(0.5)
@@ -136,14 +145,52 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_list(text: str) -> List[int]:
+    """``17,40-42`` -> [17, 40, 41, 42]; argparse turns the ValueError into a usage error (exit 2)."""
+    frames: List[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        if sep and not first:  # a negative frame: -5, or -5--3
+            lead, sep, last = last.partition("-")
+            first = "-" + lead
+        try:
+            a, b = int(first), int(last) if sep else int(first)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a frame or a range A-B") from None
+        if b < a or b - a >= 1_000_000:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: a range runs from low to high, "
+                                             "at most 1,000,000 frames")
+        frames.extend(range(a, b + 1))
+    return frames
+
+
 def _retry(client: Client, args: argparse.Namespace) -> int:
-    job = client.retry(args.job)
+    if args.step and not (args.frames or args.flagged):
+        print("hpcdock: --step goes with --frames or --flagged", file=sys.stderr)
+        return 2
+    job = client.retry(args.job, frames=args.frames, flagged=args.flagged, step=args.step)
     print(f"job {job['id']}: {job['state']}")
     return 0
 
 
+def _frames(client: Client, args: argparse.Namespace) -> int:
+    frames = client.frames(args.job)
+    if args.flagged:
+        frames = [f for f in frames if f["flags"]]
+    if args.json:
+        print(json.dumps(frames, indent=2))
+        return 0
+    for f in frames:
+        print(f"{f['frame']:>7}  {f['step']:<14} {f['state']:<8} {f['output'] or '-'}")
+        if f["error"]:
+            print(f"{'':>9}error: {f['error']}")
+        for flag in f["flags"]:
+            print(f"{'':>9}{flag['check']}: {flag['reason']}")
+    return 0
+
+
 _COMMANDS = {"submit": _submit, "jobs": _jobs, "follow": _follow, "logs": _logs, "cancel": _cancel,
-             "retry": _retry, "tasks": _tasks, "url": _url}
+             "retry": _retry, "frames": _frames, "tasks": _tasks, "url": _url}
 
 
 # -- live progress --------------------------------------------------------------------------
@@ -208,6 +255,9 @@ class _ProgressPrinter:
         msg = f"job {job['id']} {job['state']}"
         if job.get("error"):
             msg += f": {job['error']}"
+        if job.get("frames_flagged"):
+            msg += (f" ({job['frames_flagged']} frame(s) flagged by the checks: hpcdock frames {job['id']} --flagged; "
+                    f"render them again with hpcdock retry {job['id']} --flagged)")
         self._line(msg)
 
 

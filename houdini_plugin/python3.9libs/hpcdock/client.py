@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 from urllib.parse import urlencode
 
 from . import endpoint, paths
@@ -185,8 +185,15 @@ class Client:
     def cancel(self, job_id: int) -> JSON:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def retry(self, job_id: int) -> JSON:
-        return self._json("POST", f"/v1/jobs/{job_id}/retry")
+    def retry(self, job_id: int, frames: Optional[Iterable[int]] = None, flagged: bool = False,
+              step: Optional[str] = None) -> JSON:
+        """Retry the job's failed tasks; or, with ``frames`` or ``flagged``, render just those frames again."""
+        if frames is None and not flagged:
+            return self._json("POST", f"/v1/jobs/{job_id}/retry")
+        body: JSON = {"frames": sorted(set(frames))} if frames is not None else {"flagged": True}
+        if step is not None:
+            body["step"] = step
+        return self._json("POST", f"/v1/jobs/{job_id}/retry", json_body=body)
 
     # -- event stream -------------------------------------------------------------------
     def events(self, job: Optional[int] = None, last_event_id: Optional[int] = None,
