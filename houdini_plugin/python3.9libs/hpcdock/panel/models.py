@@ -58,6 +58,7 @@ STATE_COLORS = {
     "pending": "#6b6f76",
     "succeeded": "#2e8b45",
     "canceled": "#8a6d1f",
+    "replaced": "#6b6f76",  # a task whose frames a frame retry moved to new tasks
 }
 
 # merge dataChanged ranges whose gap is smaller than this (a repaint of a few unchanged
