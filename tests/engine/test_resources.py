@@ -22,9 +22,16 @@ LICENCE_LINE = "No licenses could be found to run this application."
 BACKOFF = 3.0  # seconds: long enough to see the task waiting, short enough for a test
 
 
+def writable(root: Path) -> dict[str, Any]:
+    """hpcdock.yaml settings of a one-attempt job without frames that may write to /stamps (root/stamps)."""
+    (root / "stamps").mkdir(parents=True, exist_ok=True)
+    return {"frames": None, "max_attempts": 1,
+            "mounts": [{"source": str(root / "stamps"), "target": "/stamps", "readonly": False}]}
+
+
 def stamping_bundle(root: Path, frames: str, seconds: float, amounts: Optional[list[dict[str, Any]]] = None) -> Path:
     """One task per frame; each writes stamps/<job name>.<frame> with its start and end uptime."""
-    script = (f"mkdir -p stamps; f=stamps/{root.name}.{{{{Task.Param.Frame}}}}; echo start {UPTIME} > $f; "
+    script = (f"f=/stamps/{root.name}.{{{{Task.Param.Frame}}}}; echo start {UPTIME} > $f; "
               f"sleep {seconds}; echo end {UPTIME} >> $f")
     step: dict[str, Any] = {
         "name": "run",
@@ -33,7 +40,7 @@ def stamping_bundle(root: Path, frames: str, seconds: float, amounts: Optional[l
     }
     if amounts:
         step["hostRequirements"] = {"amounts": amounts}
-    return make_bundle(root, frames=frames, steps=[step], settings={"frames": None, "max_attempts": 1})
+    return make_bundle(root, frames=frames, steps=[step], settings=writable(root))
 
 
 def stamps(root: Path) -> list[tuple[float, float]]:
@@ -66,7 +73,7 @@ def test_one_licence_runs_one_such_task_at_a_time_across_jobs_while_others_flow(
                        interval=0.1, what="a task waiting for the licence")
     assert {t["waiting_for"] for t in waiting} == {"resource lic"}
     for job in [*jobs, free_job]:
-        assert wait_job(client, job)["state"] == "succeeded"
+        assert wait_job(client, job)["state"] == "succeeded", [(t["state"], t["error"]) for t in client.tasks(job)]
     spans = sorted(span for b in bundles for span in stamps(b))
     assert len(spans) == 4
     for (_, end), (start, _) in zip(spans, spans[1:]):
@@ -85,10 +92,10 @@ def test_a_licence_failure_stops_the_container_and_retries_after_back_off_withou
         service: ServiceProcess, tmp_path: Path) -> None:
     client = service.client()
     # The first container says it found no licence and would then wait a minute for one; the second renders.
-    script = (f"if [ ! -e tried ]; then touch tried; echo failed {UPTIME} > stamps; echo '{LICENCE_LINE}'; "
-              f"sleep 60; fi; echo started {UPTIME} >> stamps; echo rendered")
+    script = (f"if [ ! -e /stamps/tried ]; then touch /stamps/tried; echo failed {UPTIME} > /stamps/log; "
+              f"echo '{LICENCE_LINE}'; sleep 60; fi; echo started {UPTIME} >> /stamps/log; echo rendered")
     step = {"name": "run", "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", script]}}}}
-    bundle = make_bundle(tmp_path / "licence", steps=[step], settings={"frames": None, "max_attempts": 1})
+    bundle = make_bundle(tmp_path / "licence", steps=[step], settings=writable(tmp_path / "licence"))
     job = client.submit(str(bundle))["id"]
     submitted = time.monotonic()
     backing_off = wait_for(lambda: [t for t in client.tasks(job) if t["waiting_for"] == "licence back-off"], 60,
@@ -97,10 +104,10 @@ def test_a_licence_failure_stops_the_container_and_retries_after_back_off_withou
     assert task["state"] == "pending" and task["error"] == f"licence unavailable: {LICENCE_LINE}"
     assert task["attempt"] == 0 and task["licence_retries"] == 1  # the attempt was given back
     assert time.monotonic() - submitted < 30  # stopped at the line, not after its minute of waiting
-    assert wait_job(client, job)["state"] == "succeeded"
+    assert wait_job(client, job)["state"] == "succeeded", [(t["state"], t["error"]) for t in client.tasks(job)]
     (task,) = client.tasks(job)
     assert task["attempt"] == 1 and task["max_attempts"] == 1 and task["licence_retries"] == 1
-    marks = dict(line.split() for line in (bundle / "stamps").read_text().splitlines())
+    marks = dict(line.split() for line in (bundle / "stamps" / "log").read_text().splitlines())
     assert float(marks["started"]) - float(marks["failed"]) >= BACKOFF - 0.1  # it waited out the back-off
     text, _ = client.log(task["id"])
     assert LICENCE_LINE in text and "rendered" in text
