@@ -112,7 +112,8 @@ def resources_report(service) -> dict[str, Any]:
             "vcpus": machine.vcpus, "memory_mib": machine.memory_mib,
             "source": "this machine (os.cpu_count, physical memory)" if machine.detected else "machine in service.yaml",
             "rule": "a task starts only while the amount.worker.vcpu and amount.worker.memory (min, else max) of "
-                    "running tasks fit; a step that declares none is bounded by the slots alone",
+                    "running tasks fit; a step that declares none is bounded by the slots alone. The scheduler "
+                    "packs whatever the engine enforces; which container limits hold is task_limits.enforced_by",
         },
         "licence_retry": {"backoff_s": config.licence_backoff_s, "backoff_max_s": config.licence_backoff_max_s,
                           "retries": config.licence_retries},
