@@ -80,10 +80,11 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
 JOB_ACTIVE = ("queued", "running")
 _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
                  "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
-# A pending task waits for what its step waits for (set by dispatch), or for its licence back-off.
-_TASK_SELECT = ("SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at IS NOT NULL "
-                "THEN 'licence back-off' ELSE s.waiting_for END END AS waiting_for FROM tasks t "
-                "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
+# A pending task waits for its licence back-off while it lasts, else for what its step waits for
+# (set by dispatch). The back-off's end is compared in SQLite's clock: Unix seconds from julianday.
+_TASK_SELECT = ("SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at > "
+                "(julianday('now') - 2440587.5) * 86400.0 THEN 'licence back-off' ELSE s.waiting_for END END "
+                "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
 TASK_FINAL = ("succeeded", "failed", "canceled")
 
 Row = dict[str, Any]
@@ -463,7 +464,7 @@ class Store:
 
     def set_waiting(self, changes: dict[tuple[int, int], Optional[str]]) -> None:
         """Record what steps' pending tasks wait for (``(job_id, step_idx)`` -> "resource lic", None)."""
-        with self._tx(patient=True) as db:
+        with self._tx() as db:  # StoreBusy: dispatch records it on a later round
             for (job_id, step_idx), what in changes.items():
                 db.execute("UPDATE steps SET waiting_for=? WHERE job_id=? AND idx=?", (what, job_id, step_idx))
             for job_id in sorted({job_id for job_id, _ in changes}):
@@ -471,7 +472,7 @@ class Store:
 
     def clear_waiting(self) -> None:
         """Forget what steps waited for: a starting service's dispatch finds out again."""
-        with self._tx(patient=True) as db:
+        with self._tx() as db:
             db.execute("UPDATE steps SET waiting_for=NULL WHERE waiting_for IS NOT NULL")
 
     # -- tasks --------------------------------------------------------------------------

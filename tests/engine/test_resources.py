@@ -69,13 +69,17 @@ def test_one_licence_runs_one_such_task_at_a_time_across_jobs_while_others_flow(
         service: ServiceProcess, tmp_path: Path) -> None:
     client = service.client()
     lic = [{"name": "amount.lic", "min": 1}]
-    bundles = [stamping_bundle(tmp_path / name, "1-2", 1.5, lic) for name in ("lic_a", "lic_b")]
+    bundles = [stamping_bundle(tmp_path / name, "1-2", 2, lic) for name in ("lic_a", "lic_b")]
     free = stamping_bundle(tmp_path / "free", "1-2", 0.2)
     jobs = [client.submit(str(b))["id"] for b in bundles]
     free_job = client.submit(str(free))["id"]
     waiting = wait_for(lambda: [t for j in jobs for t in client.tasks(j) if t["waiting_for"]], 60,
                        interval=0.1, what="a task waiting for the licence")
     assert {t["waiting_for"] for t in waiting} == {"resource lic"}
+    # the second job waits for the first one's two tasks: long enough for the CLI to show it
+    shown = service.cli("tasks", str(jobs[1]))
+    assert shown.returncode == 0 and "waiting for resource lic" in shown.stdout, shown
+    assert "(waiting for resource lic)" in service.cli("jobs").stdout
     for job in [*jobs, free_job]:
         assert wait_job(client, job)["state"] == "succeeded", [(t["state"], t["error"]) for t in client.tasks(job)]
     spans = sorted(span for b in bundles for span in stamps(b))
