@@ -635,7 +635,7 @@ def _resource_need(name: str, need: Any, capacity: Mapping[str, float], where: s
         known = sorted(k[len(CUSTOM_AMOUNT_PREFIX):] for k in capacity if k not in AMOUNTS)
         raise BadInput(where, f"{name}: this service has no resource {resource!r} (resources in service.yaml: "
                        f"{', '.join(known) if known else 'none'})")
-    count = 1 if need is None else need
+    count = need  # openjd requires min or max
     if count != int(count):
         raise BadInput(where, f"{name}: a resource is counted in whole units, got {count}")
     if count > have:

@@ -241,3 +241,29 @@ def test_the_machine_defaults_to_this_one_and_can_be_set(tmp_path: Path) -> None
     assert capacity(config.resources, config.packing_machine)["amount.lic"] == 2
     path.write_text("{}")
     assert load_config(path).packing_machine.vcpus == os.cpu_count()
+
+
+def test_a_store_made_before_resources_gets_their_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state" / "db.sqlite"
+    path.parent.mkdir()
+    old = sqlite3.connect(str(path))
+    old.executescript("""
+        CREATE TABLE steps (job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+            depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL, timeout REAL,
+            cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL, PRIMARY KEY (job_id, idx));
+        CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL,
+            idx INTEGER NOT NULL, params TEXT NOT NULL, frames TEXT NOT NULL, state TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL, container TEXT, exit_code INTEGER,
+            progress REAL NOT NULL DEFAULT 0, error TEXT, started_at REAL, finished_at REAL, gpus TEXT,
+            log_offset INTEGER NOT NULL DEFAULT 0);
+    """)
+    old.close()
+    store = Store(path)
+    sizes = capacity({"lic": 1}, MACHINE)
+    job = store.add_job(plan(write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.lic", "max": 1})], frames="1"),
+                             sizes))
+    assert store.steps(job["id"])[0]["amounts"] == {"amount.lic": 1}  # no min: counted by max
+    (task,) = store.tasks(job["id"])
+    assert task["licence_retries"] == 0 and task["retry_at"] is None and task["waiting_for"] is None
