@@ -20,7 +20,7 @@ from hpcdock_service.resources import Pool, capacity
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store
 
-from tests.unit.test_scheduler import FakeEngine, run_until_done, step, write_bundle
+from tests.unit.test_scheduler import FakeEngine, FakeStream, run_until_done, step, write_bundle
 
 MACHINE = Machine(vcpus=2, memory_mib=4096, detected=False)
 
@@ -145,8 +145,9 @@ class LicenceEngine(FakeEngine):
         self.stopped: list[str] = []
 
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
-        if not follow:
-            return
+        return FakeStream(self._render(cid) if follow else iter(()))
+
+    def _render(self, cid: str):
         with self.lock:
             fail = self.failures > 0
             self.failures -= fail
