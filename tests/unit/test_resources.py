@@ -1,7 +1,7 @@
 """Counted resources, machine packing and licence back-off, with the fake engine of test_scheduler.
 
 That real containers obey the counts and that a real licence line stops a real container is
-proven by tests/engine/test_resources.py.
+proven by tests/engine/test_counted_resources.py.
 """
 
 from __future__ import annotations
