@@ -376,7 +376,7 @@ class TaskRunner:
         if "error" in outcome:
             raise outcome["error"]
         exit_code = outcome["code"]
-        if self.licence_failure and self.licence is not None:
+        if self.licence_failure:
             return exit_code, f"licence unavailable: {self.licence_failure}"
         if self.timed_out:
             reason = f"timed out after {float(self.step['timeout']):g}s (onRun.timeout) and was stopped"
