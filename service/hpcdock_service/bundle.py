@@ -19,7 +19,7 @@ import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import yaml
 from openjd.model import (
@@ -48,6 +48,9 @@ GPU_AMOUNT = "amount.worker.gpu"
 MEMORY_AMOUNT = "amount.worker.memory"  # MiB: the task container's memory limit
 VCPU_AMOUNT = "amount.worker.vcpu"  # the task container's CPU limit
 AMOUNTS = (GPU_AMOUNT, MEMORY_AMOUNT, VCPU_AMOUNT)
+# Custom amounts name a counted resource of service.yaml's `resources:`: `amount.houdini_engine`
+# asks for the resource `houdini_engine`. OpenJD reserves amount.worker.* (and job, step, task).
+CUSTOM_AMOUNT_PREFIX = "amount."
 
 # hpcdock.yaml keys that ask for something a render container must never get.
 _FORBIDDEN_KEYS = {
@@ -135,6 +138,9 @@ class StepPlan:
     tasks: list[TaskPlan] = field(default_factory=list)
     memory_mib: Optional[int] = None  # the task container's limits; None: the service's default
     vcpus: Optional[float] = None
+    # What one running task holds, by amount name: counted resources ("amount.houdini_engine": 1)
+    # and what it is packed by ("amount.worker.vcpu": 2, "amount.worker.memory": MiB).
+    amounts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +168,7 @@ def load_bundle(
     image_exists: Optional[Callable[[str], bool]] = None,
     gpu_check: Optional[Callable[[int], Optional[str]]] = None,
     limits: Optional[SubmitLimits] = None,
+    capacity: Optional[Mapping[str, float]] = None,
 ) -> JobPlan:
     """Validate the bundle at ``bundle_dir`` and expand it into a :class:`JobPlan`.
 
@@ -169,7 +176,9 @@ def load_bundle(
     what the job's containers may mount (the engine checks each mount again at every
     container creation); ``image_exists`` and ``gpu_check`` let the caller check against
     the live engine and GPU inventory. Every size in ``limits`` is checked before the thing
-    it bounds is read or expanded.
+    it bounds is read or expanded. ``capacity`` is what the service can ever give one task, by
+    amount name (its counted resources, and the machine's vCPUs and memory): a step asking for
+    an amount not in it, or for more than it, is refused by name.
     """
     limits = limits or SubmitLimits()
     root = _bundle_root(bundle_dir, mount_policy)
@@ -214,7 +223,7 @@ def load_bundle(
     steps = []
     step_names = {s.name for s in job.steps}
     for index, step in enumerate(job.steps):
-        steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check, tname))
+        steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check, capacity or {}, tname))
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
         raise BadInput("hpcdock.yaml: frames.parameter",
                        f"no step has a task parameter named {frames_param!r}")
@@ -467,9 +476,13 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
                 raise BadInput(f"{where}.hostRequirements.attributes",
                                "attribute requirements are not supported by hpcdock yet")
             for amount in req.amounts or []:
-                if amount.name not in AMOUNTS:
+                name = str(amount.name).lower()  # openjd compares capability names lowercased
+                if name in AMOUNTS:
+                    continue
+                if ":" in name or name.startswith(f"{CUSTOM_AMOUNT_PREFIX}worker."):
                     raise BadInput(f"{where}.hostRequirements.amounts",
-                                   f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)})")
+                                   f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)} "
+                                   f"and {CUSTOM_AMOUNT_PREFIX}<resource> for the service's resources)")
         space = step.parameterSpace
         for param in (space.taskParameterDefinitions if space else []):
             chunks = getattr(param, "chunks", None)
@@ -549,19 +562,34 @@ def _check_frame_numbers(rng: Any, where: str) -> None:
 
 def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict[str, str],
                step_names: set[str], gpu_check: Optional[Callable[[int], Optional[str]]],
-               tname: str) -> StepPlan:
+               capacity: Mapping[str, float], tname: str) -> StepPlan:
     where = f"{tname}: steps[{index}]"
     gpus = 0
     memory_mib: Optional[int] = None
     vcpus: Optional[float] = None
+    amounts: dict[str, float] = {}
     if step.hostRequirements is not None:
         for amount in step.hostRequirements.amounts or []:
-            if amount.name == GPU_AMOUNT:
+            name = str(amount.name).lower()
+            # The limit is the most the step may use, else what it needs; a task is packed and
+            # counted by what it needs, else by its limit.
+            need = amount.min if amount.min is not None else amount.max
+            if name == GPU_AMOUNT:
                 gpus = int(amount.min)
-            elif amount.name == MEMORY_AMOUNT:  # the limit: the most the step may use, else what it needs
+            elif name == MEMORY_AMOUNT:
                 memory_mib = int(amount.max if amount.max is not None else amount.min)
-            elif amount.name == VCPU_AMOUNT:
+                amounts[name] = int(need or 0)
+            elif name == VCPU_AMOUNT:
                 vcpus = float(amount.max if amount.max is not None else amount.min)
+                amounts[name] = float(need or 0)
+            else:
+                amounts[name] = _resource_need(name, need, capacity, f"{where}.hostRequirements.amounts")
+        for name in (VCPU_AMOUNT, MEMORY_AMOUNT):
+            if amounts.get(name) and name in capacity and amounts[name] > capacity[name]:
+                unit = " MiB" if name == MEMORY_AMOUNT else ""
+                raise BadInput(f"{where}.hostRequirements.amounts",
+                               f"{name} {amounts[name]:g}{unit} can never fit: tasks are packed into "
+                               f"{capacity[name]:g}{unit} (machine in service.yaml, default this machine)")
     if gpus and gpu_check is not None:
         refusal = gpu_check(gpus)
         if refusal:
@@ -605,7 +633,25 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
         tasks=tasks,
         memory_mib=memory_mib or None,
         vcpus=vcpus or None,
+        amounts={k: v for k, v in amounts.items() if v},
     )
+
+
+def _resource_need(name: str, need: Any, capacity: Mapping[str, float], where: str) -> int:
+    """How many of a counted resource a task holds; refused when the service has none or too few."""
+    resource = name[len(CUSTOM_AMOUNT_PREFIX):]
+    have = capacity.get(name)
+    if have is None:
+        known = sorted(k[len(CUSTOM_AMOUNT_PREFIX):] for k in capacity if k not in AMOUNTS)
+        raise BadInput(where, f"{name}: this service has no resource {resource!r} (resources in service.yaml: "
+                       f"{', '.join(known) if known else 'none'})")
+    count = need  # openjd requires min or max
+    if count != int(count):
+        raise BadInput(where, f"{name}: a resource is counted in whole units, got {count}")
+    if count > have:
+        raise BadInput(where, f"{name}: asks for {int(count)} but this service has only {have:g} "
+                       f"(resources.{resource} in service.yaml)")
+    return int(count)
 
 
 def _frames_of(value: str) -> list[int]:

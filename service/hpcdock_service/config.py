@@ -17,6 +17,7 @@ or ``/tmp/render-test``, never ``~`` or ``~/.config/hpcdock``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -44,13 +45,56 @@ class SubmitLimits:
     max_concurrent_submits: int = 4  # submissions read and expanded at once; more get a 429
 
 
+# A counted resource's name, as OpenJD spells what follows ``amount.`` in a custom amount
+# capability (openjd-model's capability-name rule); worker, job, step and task are OpenJD's own scopes.
+RESOURCE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
+_RESERVED_SCOPES = ("worker", "job", "step", "task")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What tasks are packed into (``machine:`` in service.yaml; default: this machine's CPUs and RAM)."""
+
+    vcpus: float
+    memory_mib: int
+    detected: bool  # False: configured by hand
+
+
+@dataclass(frozen=True)
+class LicenceRetry:
+    """How a task whose log says no licence was available is tried again without spending an attempt."""
+
+    backoff_s: float
+    backoff_max_s: float
+    retries: int  # licence failures of one task before it fails for good
+
+    def delay(self, retried: int) -> float:
+        """Seconds before the next try after ``retried`` earlier licence retries: doubling, capped."""
+        return min(self.backoff_s * 2 ** min(retried, 32), self.backoff_max_s)
+
+
+DEFAULT_LICENCE_RETRY = LicenceRetry(backoff_s=30.0, backoff_max_s=600.0, retries=10)
+
+
+def _default_resources() -> dict[str, int]:
+    """The licence kinds the Houdini submitter asks for (a Karma ROP's export and husk steps), known
+    before an admin counts them: as many as the machine has cores, which the slots bound anyway.
+    Setting ``resources:`` replaces this with the studio's real counts."""
+    cores = os.cpu_count() or 1
+    return {"houdini_engine": cores, "karma_render": cores}
+
+
 def _default_roots() -> list[str]:
     return [os.path.expanduser("~"), "/tmp", "/var/tmp"]
 
 
+def _machine_memory_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
 def _default_task_memory_mib() -> int:
     """Three quarters of the machine's memory: one runaway task cannot take it all."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4 // (1024 * 1024)
+    return _machine_memory_mib() * 3 // 4
 
 
 @dataclass
@@ -76,6 +120,23 @@ class ServiceConfig:
     task_vcpus: Optional[float] = None
     log_cap_mib: int = 64  # per attempt; the end of a longer log is kept
     limits: SubmitLimits = field(default_factory=SubmitLimits)
+    # Counted resources (licences): {name: count}; a step holds `amount.<name>` of them while it runs.
+    resources: dict[str, int] = field(default_factory=lambda: _default_resources())
+    # {vcpus:, memory_mib:} tasks are packed into by their amount.worker.vcpu/memory; default: this machine.
+    machine: Optional[dict[str, Any]] = None
+    licence_backoff_s: float = DEFAULT_LICENCE_RETRY.backoff_s  # first wait after a licence failure; doubles
+    licence_backoff_max_s: float = DEFAULT_LICENCE_RETRY.backoff_max_s
+    licence_retries: int = DEFAULT_LICENCE_RETRY.retries  # licence failures of one task before it fails for good
+
+    @property
+    def packing_machine(self) -> Machine:
+        given = self.machine or {}
+        return Machine(vcpus=given.get("vcpus") or float(os.cpu_count() or 1),
+                       memory_mib=given.get("memory_mib") or _machine_memory_mib(), detected=not given)
+
+    @property
+    def licence_retry(self) -> LicenceRetry:
+        return LicenceRetry(self.licence_backoff_s, self.licence_backoff_max_s, self.licence_retries)
 
     @property
     def state_path(self) -> Path:
@@ -136,17 +197,49 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
     if not isinstance(config.slots, int) or config.slots < 1:
         raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
     for key, whole, optional in (("task_pids", True, False), ("log_cap_mib", True, False),
-                                 ("task_memory_mib", True, True), ("task_vcpus", False, True)):
-        value = getattr(config, key)
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
-            what = "a whole number > 0" if whole else "a number > 0"
-            raise BadInput(f"{path}: {key}", f"must be {what}{' or null' if optional else ''}, got {value!r}")
+                                 ("task_memory_mib", True, True), ("task_vcpus", False, True),
+                                 ("licence_backoff_s", False, False), ("licence_backoff_max_s", False, False)):
+        _check_number(getattr(config, key), f"{path}: {key}", whole, optional)
+    if isinstance(config.licence_retries, bool) or not isinstance(config.licence_retries, int) \
+            or config.licence_retries < 0:
+        raise BadInput(f"{path}: licence_retries", f"must be a whole number >= 0, got {config.licence_retries!r}")
+    _check_resources(config.resources, path)
+    _check_machine(config.machine, path)
     if not isinstance(config.allowed_roots, list) or not all(
             isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots):
         raise BadInput(f"{path}: allowed_roots", "must be a list of absolute paths")
     return config
+
+
+def _check_number(value: Any, where: str, whole: bool, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+        what = "a whole number > 0" if whole else "a number > 0"
+        raise BadInput(where, f"must be {what}{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_resources(raw: Any, path: Path) -> None:
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: resources", "must be a mapping of resource name to count, "
+                       "e.g. {houdini_engine: 2, karma_render: 4}")
+    for name, count in raw.items():
+        if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name) \
+                or name.split(".")[0] in _RESERVED_SCOPES:
+            raise BadInput(f"{path}: resources.{name}",
+                           "a resource name is lowercase letters, digits and _ (dots between parts), not "
+                           f"starting with a digit nor with {', '.join(_RESERVED_SCOPES)} (steps ask for "
+                           "amount.<name>, which OpenJD must accept)")
+        _check_number(count, f"{path}: resources.{name}", whole=True)
+
+
+def _check_machine(raw: Any, path: Path) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict) or set(raw) - {"vcpus", "memory_mib"}:
+        raise BadInput(f"{path}: machine", "must be a mapping of vcpus and memory_mib")
+    _check_number(raw.get("vcpus"), f"{path}: machine.vcpus", whole=False, optional=True)
+    _check_number(raw.get("memory_mib"), f"{path}: machine.memory_mib", whole=True, optional=True)
 
 
 def _load_limits(raw: Any, path: Path) -> SubmitLimits:

@@ -12,6 +12,9 @@ state:
 - hpcdock frame markers (the one format both sides share, :mod:`hpcdock.markers`) ->
   :class:`FrameStarted`, :class:`FrameDone`, :class:`FrameFailed`.
 
+- A line saying no licence was available (:data:`LICENCE_FAILURES`) -> :class:`LicenceUnavailable`,
+  once per log: the service stops the attempt at once and tries the task again later.
+
 Everything else is ordinary log output and produces nothing, except that the first line
 saying the task ran out of memory or could not fork is remembered
 (:attr:`LogParser.out_of_memory`, :attr:`LogParser.fork_failed`): under ulimits, that is
@@ -43,6 +46,8 @@ __all__ = [
     "FrameDone",
     "FrameFailed",
     "FrameStarted",
+    "LICENCE_FAILURES",
+    "LicenceUnavailable",
     "LogParser",
     "MAX_LINE_CHARS",
     "NO_REASON",
@@ -69,6 +74,19 @@ _OOM_RE = re.compile(r"out of memory|cannot allocate memory|memory exhausted|Mem
 _FORK_RE = re.compile(r"(can't|cannot|could not|unable to) (fork|start new thread|create thread)"
                       r"|fork( failed|: retry|: resource temporarily)|pthread_create", re.IGNORECASE)
 _HINT_CHARS = 200
+
+#: What renderers print when no licence could be checked out, as their vendors' tools match it:
+#: Houdini's hython and husk (Karma) "No licenses could be found to run this application."
+#: (the licence pattern of AWS Deadline Cloud's Houdini adaptor), Houdini Engine's
+#: "HAPI Error: No Valid Licenses Found", Redshift's "[Redshift] Maxon licensing error: ..."
+#: (Redshift under Maxon licensing), and the generic "could not acquire a license".
+LICENCE_FAILURES = (
+    "No licenses could be found to run this application",
+    "No Valid Licenses Found",
+    "Maxon licensing error",
+    "could not acquire a license",
+)
+_LICENCE_RE = re.compile("|".join(re.escape(m) for m in LICENCE_FAILURES), re.IGNORECASE)
 
 #: Reason used when a frame-failed marker gives none, so a failed frame always says something.
 NO_REASON = "the render script reported the frame failed without giving a reason"
@@ -114,7 +132,14 @@ class FrameFailed:
     reason: str = NO_REASON
 
 
-Update = Union[Progress, FrameStarted, FrameDone, FrameFailed]
+@dataclass(frozen=True)
+class LicenceUnavailable:
+    """The task's renderer said no licence was available (``line``, stripped and capped)."""
+
+    line: str
+
+
+Update = Union[Progress, FrameStarted, FrameDone, FrameFailed, LicenceUnavailable]
 
 
 def _clamp_percent(value: float) -> float:
@@ -201,6 +226,7 @@ class LogParser:
         self.lines = 0
         self.out_of_memory: str | None = None  # the first line saying an allocation failed
         self.fork_failed: str | None = None  # the first line saying a fork failed
+        self.licence_failure: str | None = None  # the first line saying no licence was available
 
     # -- feeding -------------------------------------------------------------------
 
@@ -264,6 +290,10 @@ class LogParser:
             self.out_of_memory = line.strip()[:_HINT_CHARS]
         if self.fork_failed is None and ("fork" in line or "thread" in line) and _FORK_RE.search(line):
             self.fork_failed = line.strip()[:_HINT_CHARS]
+        if self.licence_failure is None and ("icens" in line or "ICENS" in line) and _LICENCE_RE.search(line):
+            self.licence_failure = line.strip()[:_HINT_CHARS]
+            updates.append(LicenceUnavailable(self.licence_failure))
+            return
         if PREFIX in line:
             marker = parse_marker(line)
             if marker is not None:

@@ -77,6 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.check:
         report = {**service.health(), "endpoint": config.endpoint.url,
                   "gpu_inventory": service.gpus.inventory_json(), "task_limits": limits_report(service),
+                  "resources": resources_report(service),
                   "mounts": service.mount_policy.to_json(), "config": vars(config)}
         print(json.dumps(report, indent=2, default=str))
         service.close()
@@ -97,6 +98,25 @@ def limits_report(service) -> dict[str, Any]:
         "defaults": {"pids": config.task_pids, "memory_mib": config.task_memory_mib, "vcpus": config.task_vcpus},
         "log_cap_mib": config.log_cap_mib,
         "enforced_by": service.engine.describe().get("limits"),
+    }
+
+
+def resources_report(service) -> dict[str, Any]:
+    """What the scheduler counts and packs, and how licence failures are retried."""
+    config = service.config
+    machine = config.packing_machine
+    return {
+        "counted": {name: {"total": count, "step_amount": f"amount.{name}"}
+                    for name, count in sorted(config.resources.items())},
+        "packing": {
+            "vcpus": machine.vcpus, "memory_mib": machine.memory_mib,
+            "source": "this machine (os.cpu_count, physical memory)" if machine.detected else "machine in service.yaml",
+            "rule": "a task starts only while the amount.worker.vcpu and amount.worker.memory (min, else max) of "
+                    "running tasks fit; a step that declares none is bounded by the slots alone. The scheduler "
+                    "packs whatever the engine enforces; which container limits hold is task_limits.enforced_by",
+        },
+        "licence_retry": {"backoff_s": config.licence_backoff_s, "backoff_max_s": config.licence_backoff_max_s,
+                          "retries": config.licence_retries},
     }
 
 

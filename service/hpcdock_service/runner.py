@@ -8,6 +8,10 @@ still fails that frame, naming the path), then records the result and only then 
 the container, so a crash at any point leaves enough behind for a restarted service to
 finish the job without running anything twice.
 
+A log line saying no licence was available (:data:`.logparse.LICENCE_FAILURES`) ends the
+attempt at once: the container is stopped, and the store puts the task back to wait out a
+back-off without spending the attempt (see :class:`.config.LicenceRetry`).
+
 Losing the engine is not a task failure: the runner waits for the engine to answer again
 and picks the container up where it is (re-adopts it, or creates it if it never was),
 within the same attempt. A result the store cannot take now is tried again, never dropped.
@@ -34,6 +38,7 @@ from openjd.model.v2023_09 import ArgString
 
 from . import framecheck, tasklog, thumbnails
 from .bundle import ContainerSpec
+from .config import LicenceRetry
 from .engines.base import (
     LABEL_ATTEMPT,
     LABEL_JOB,
@@ -49,7 +54,15 @@ from .engines.base import (
 )
 from .engines.discovery import EngineWatch
 from .gpu.attach import AttachError, verify_attachment
-from .logparse import FrameDone, FrameFailed, FrameStarted, LogParser, Progress, task_progress
+from .logparse import (
+    FrameDone,
+    FrameFailed,
+    FrameStarted,
+    LicenceUnavailable,
+    LogParser,
+    Progress,
+    task_progress,
+)
 from .store import FrameResult, Row, Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -77,8 +90,9 @@ def _is_image(output: str) -> bool:
         return False
 
 
-def container_name(store_id: str, task_id: int, attempt: int) -> str:
-    return f"hpcdock-{store_id}-t{task_id}-a{attempt}"
+def container_name(store_id: str, task_id: int, attempt: int, licence_retries: int = 0) -> str:
+    """A licence retry runs the same attempt again: its container needs a name of its own."""
+    return f"hpcdock-{store_id}-t{task_id}-a{attempt}" + (f"-l{licence_retries}" if licence_retries else "")
 
 
 def thread_refused(exc: RuntimeError) -> bool:
@@ -142,7 +156,8 @@ class TaskRunner:
                  thumbnail_path: Callable[[int, str, int], Path], on_exit: Callable[[int], None],
                  watch: EngineWatch, gpu: Optional[Callable[[], Any]] = None,
                  adopt: Optional[ContainerStatus] = None,
-                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB) -> None:
+                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB,
+                 licence: Optional[LicenceRetry] = None) -> None:
         self.store = store
         self.engine = engine
         self.task = task
@@ -158,6 +173,8 @@ class TaskRunner:
         self.log_cap = log_cap
         self.container_id: Optional[str] = adopt.id if adopt else None
         self.timed_out = False
+        self.licence = licence  # None: licence failures are ordinary failures
+        self.licence_failure: Optional[str] = None  # the log line saying no licence was available
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._frames = {f["frame"]: f for f in store.frames_of_task(task["id"])}
@@ -264,7 +281,8 @@ class TaskRunner:
         delay = 0.5
         while True:
             try:
-                self.store.finish_task(self.task["id"], exit_code, error, results)
+                self.store.finish_task(self.task["id"], exit_code, error, results,
+                                   licence=self.licence if self.licence_failure else None)
                 return
             except (sqlite3.OperationalError, StoreBusy) as exc:
                 log.warning("task %s: cannot record the result yet (%s); trying again in %.0fs",
@@ -369,6 +387,8 @@ class TaskRunner:
         if "error" in outcome:
             raise outcome["error"]
         exit_code = outcome["code"]
+        if self.licence_failure:
+            return exit_code, f"licence unavailable: {self.licence_failure}"
         if self.timed_out:
             reason = f"timed out after {float(self.step['timeout']):g}s (onRun.timeout) and was stopped"
         elif exit_code == 0:
@@ -510,8 +530,19 @@ class TaskRunner:
             self._report_progress(force=True)
         elif isinstance(update, FrameFailed) and update.frame in self._frames:
             self._settle(update.frame, "failed", update.reason or "the render script reported a failure")
+        elif isinstance(update, LicenceUnavailable) and self.licence is not None:
+            self._licence_unavailable(update.line)
         elif isinstance(update, (FrameStarted, FrameDone, FrameFailed)):
             log.warning("task %s reported frame %s, which is not one of its frames", task_id, update.frame)
+
+    def _licence_unavailable(self, line: str) -> None:
+        """Stop the attempt now: a renderer without a licence only fails later, or waits for one."""
+        self.licence_failure = line
+        log.info("task %s: licence unavailable (%r); stopping the attempt", self.task["id"], line)
+        try:
+            self.stop()
+        except EngineError as exc:  # it exited already
+            log.info("task %s: %s", self.task["id"], exc)
 
     def _report_progress(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -1,7 +1,9 @@
 """Decides which task runs next, starts it, and puts a restarted service back on its feet.
 
-The scheduler knows slots, priorities, step dependencies and GPUs, never which engine
-it drives. Dispatch is one thread woken by anything that frees or adds work; each
+The scheduler knows slots, priorities, step dependencies, GPUs and counted amounts
+(licences, the machine's vCPUs and memory: :mod:`.resources`), never which engine it drives.
+A step held back by an amount or by GPUs says so (``waiting_for``), and the steps after it
+keep their turn: a task that needs no licence never waits behind one that does. Dispatch is one thread woken by anything that frees or adds work; each
 running task has a :class:`~.runner.TaskRunner` of its own, so the service's threads are
 bounded by its slots. A runner whose thread the system refuses (the user's process count
 spent, say by a runaway task) keeps its slot and is started again on the next rounds: its
@@ -19,8 +21,10 @@ from typing import Any, Optional, Protocol
 from urllib.parse import quote
 
 from . import tasklog
+from .config import DEFAULT_LICENCE_RETRY, LicenceRetry
 from .engines.base import LABEL_STORE, NO_LIMITS, ContainerLimits, Engine
 from .engines.discovery import EngineWatch
+from .resources import GPU_WAIT, Pool, waiting_label
 from .runner import TaskRunner, container_name, thread_refused
 from .store import Row, Store, StoreBusy
 
@@ -43,7 +47,8 @@ class GpuBroker(Protocol):
 class Scheduler:
     def __init__(self, store: Store, engine: Engine, *, slots: int, state_dir: Path,
                  gpus: Optional[GpuBroker] = None, watch: Optional[EngineWatch] = None,
-                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB) -> None:
+                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB,
+                 pool: Optional[Pool] = None, licence: LicenceRetry = DEFAULT_LICENCE_RETRY) -> None:
         self.store = store
         self.engine = engine
         self.watch = watch or EngineWatch(engine)
@@ -51,6 +56,9 @@ class Scheduler:
         self.gpus = gpus
         self.limits = limits  # a task's limits where its step does not set its own
         self.log_cap = log_cap
+        self.pool = pool or Pool({})
+        self.licence = licence
+        self._waiting: dict[tuple[int, int], Optional[str]] = {}  # what dispatch last recorded
         self.log_dir = state_dir / "logs"
         self.thumbs_dir = state_dir / "thumbnails"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -107,34 +115,52 @@ class Scheduler:
 
     # -- dispatch -----------------------------------------------------------------------
     def dispatch(self) -> int:
-        """Start as many ready tasks as free slots (and GPUs) allow; return how many started."""
+        """Start as many ready tasks as free slots, GPUs and amounts allow; return how many started."""
         started = 0
         if not self.watch.up:
             return started  # a task started now would only wait for the engine, holding its slot
+        waiting: dict[tuple[int, int], Optional[str]] = {}
         for step in self.store.ready_steps():
+            key = (step["job_id"], step["step_idx"])
+            if self.running_count() >= self.slots or self._stopped.is_set():
+                short = self.pool.short(step["amounts"])  # no slot now; say whether an amount holds it back too
+                waiting[key] = waiting_label(short) if short else None
+                continue
+            waiting[key] = None
             while self.running_count() < self.slots and not self._stopped.is_set():
                 task_id = self.store.next_pending(step["job_id"], step["step_idx"])
                 if task_id is None:
                     break
+                short = self.pool.acquire(task_id, step["amounts"])
+                if short is not None:
+                    waiting[key] = waiting_label(short)
+                    break  # this step waits for the amount; lower-priority steps may still run
                 gpus: list[int] = []
                 if step["gpus"]:
-                    if self.gpus is None:
-                        break
-                    acquired = self.gpus.acquire(task_id, step["gpus"])
+                    acquired = self.gpus.acquire(task_id, step["gpus"]) if self.gpus is not None else None
                     if acquired is None:
+                        self.pool.release(task_id)
+                        waiting[key] = GPU_WAIT
                         break  # this step waits for GPUs; lower-priority CPU steps may still run
                     gpus = acquired
                 self._launch(task_id, gpus)
                 started += 1
-            if self.running_count() >= self.slots:
-                break
+        self._record_waiting(waiting)
         return started
+
+    def _record_waiting(self, waiting: dict[tuple[int, int], Optional[str]]) -> None:
+        """Store what changed in what steps wait for (a step no longer ready waits for nothing)."""
+        changes = {key: waiting.get(key) for key in set(waiting) | set(self._waiting)
+                   if waiting.get(key) != self._waiting.get(key)}
+        if changes:
+            self.store.set_waiting(changes)
+        self._waiting = {key: what for key, what in waiting.items() if what is not None}
 
     def _launch(self, task_id: int, gpus: list[int]) -> None:
         started = False
         try:
-            attempt = self.store.task(task_id)["attempt"] + 1
-            name = container_name(self.store.store_id, task_id, attempt)
+            task = self.store.task(task_id)
+            name = container_name(self.store.store_id, task_id, task["attempt"] + 1, task["licence_retries"])
             log_path = self.log_path(task_id)
             offset = log_path.stat().st_size if log_path.exists() else 0
             # Marking the task running and registering its runner happen under the lock cancel takes,
@@ -147,8 +173,10 @@ class Scheduler:
                 self._run(task, gpus, adopt=None)
                 started = True
         finally:
-            if not started and self.gpus is not None and gpus:
-                self.gpus.release(task_id)  # canceled, or the store was locked (StoreBusy): dispatch tries again
+            if not started:  # canceled, or the store was locked (StoreBusy): dispatch tries again
+                self.pool.release(task_id)
+                if self.gpus is not None and gpus:
+                    self.gpus.release(task_id)
 
     def limits_for(self, step: Row) -> ContainerLimits:
         """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
@@ -163,7 +191,7 @@ class Scheduler:
             store=self.store, engine=self.engine, task=task, step=step,
             log_path=self.log_path(task["id"]), thumbnail_path=self.thumbnail_path, on_exit=self._on_exit,
             watch=self.watch, gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
-            adopt=adopt, limits=self.limits_for(step), log_cap=self.log_cap,
+            adopt=adopt, limits=self.limits_for(step), log_cap=self.log_cap, licence=self.licence,
         )
         with self._lock:
             self._running[task["id"]] = runner
@@ -189,6 +217,7 @@ class Scheduler:
     def _on_exit(self, task_id: int) -> None:
         with self._lock:
             self._running.pop(task_id, None)
+        self.pool.release(task_id)
         if self.gpus is not None:
             self.gpus.release(task_id)
         self._wake.set()
@@ -225,6 +254,7 @@ class Scheduler:
         leftovers of a crash after the result was recorded, and are removed.
         """
         claimed = set()
+        self.store.clear_waiting()
         for task in self.store.tasks_in_state("running"):
             status = self.engine.find(task["container"]) if task["container"] else None
             if status is None or status.status == "created":
@@ -237,6 +267,7 @@ class Scheduler:
             claimed.add(status.id)
             if self.gpus is not None and task["gpus"]:
                 self.gpus.restore(task["id"], task["gpus"])
+            self.pool.restore(task["id"], self.store.steps(task["job_id"])[task["step_idx"]]["amounts"])
             task["log_offset"] = self.store.log_offset(task["id"])
             log.info("task %s: re-adopting container %s (%s)", task["id"], status.name,
                      "running" if status.running else f"exited {status.exit_code}")

@@ -20,6 +20,7 @@ from .engines.base import ContainerLimits, Engine, EngineUnreachable
 from .engines.discovery import EmbeddedPodman, EngineWatch, connect
 from .errors import BadInput
 from .gpu_broker import GpuBroker
+from .resources import Pool, capacity
 from .scheduler import Scheduler
 from .store import Row, Store, StoreBusy
 from .tasklog import MIB
@@ -104,9 +105,11 @@ class Service:
         engine.mount_policy = self.mount_policy
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.watch = EngineWatch(engine, self.embedded)
+        self.capacity = capacity(config.resources, config.packing_machine)
         self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
                                    gpus=self.gpus, watch=self.watch, limits=self.task_limits(),
-                                   log_cap=config.log_cap_mib * MIB)
+                                   log_cap=config.log_cap_mib * MIB, pool=Pool(self.capacity),
+                                   licence=config.licence_retry)
 
     def task_limits(self) -> ContainerLimits:
         """A task container's limits where its step asks for no memory or vCPUs of its own."""
@@ -136,6 +139,7 @@ class Service:
                 image_exists=self.engine.image_exists,
                 gpu_check=self.gpus.check_request,
                 limits=self.config.limits,
+                capacity=self.capacity,
             )
         except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
             self.watch.lost(exc)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 from openjd.model import IntRangeExpr
 
 from .bundle import ContainerSpec, JobPlan
+from .config import LicenceRetry
 from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
 
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS steps (
     job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
     depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
     timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL, frame_ref TEXT,
+    amounts TEXT, waiting_for TEXT,
     PRIMARY KEY (job_id, idx)
 );
 CREATE TABLE IF NOT EXISTS tasks (
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     params TEXT NOT NULL, frames TEXT NOT NULL,
     state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
     container TEXT, exit_code INTEGER, progress REAL NOT NULL DEFAULT 0, error TEXT,
-    started_at REAL, finished_at REAL, gpus TEXT, log_offset INTEGER NOT NULL DEFAULT 0
+    started_at REAL, finished_at REAL, gpus TEXT, log_offset INTEGER NOT NULL DEFAULT 0,
+    licence_retries INTEGER NOT NULL DEFAULT 0, retry_at REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id, step_idx, state);
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
@@ -81,8 +84,11 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
 JOB_ACTIVE = ("queued", "running")
 _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
                  "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
-_TASK_SELECT = ("SELECT t.*, s.name AS step FROM tasks t "
-                "JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
+# A pending task waits for its licence back-off while it lasts, else for what its step waits for
+# (set by dispatch). The back-off's end is compared in SQLite's clock: Unix seconds from julianday.
+_TASK_SELECT = ("SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at > "
+                "(julianday('now') - 2440587.5) * 86400.0 THEN 'licence back-off' ELSE s.waiting_for END END "
+                "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
 # "replaced": a failed or canceled task whose unfinished frames a frame retry moved to new tasks.
 TASK_FINAL = ("succeeded", "failed", "canceled", "replaced")
 
@@ -158,6 +164,16 @@ def _add_frame_checks(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
+def _add_resource_columns(db: sqlite3.Connection) -> None:
+    """A store made before steps held counted amounts and tasks had licence retries gets the columns."""
+    for table, columns in (("steps", (("amounts", "TEXT"), ("waiting_for", "TEXT"))),
+                           ("tasks", (("licence_retries", "INTEGER NOT NULL DEFAULT 0"), ("retry_at", "REAL")))):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +188,7 @@ class Store:
             self._db.executescript(SCHEMA)
             _add_step_limits(self._db)
             _add_frame_checks(self._db)
+            _add_resource_columns(self._db)
             self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
         except BaseException as exc:
             self._db.close()
@@ -364,10 +381,11 @@ class Store:
             n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
                 db.execute("INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                           "cancel_grace, output, memory_mib, vcpus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "cancel_grace, output, memory_mib, vcpus, amounts) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
                             json.dumps(step.command), step.timeout, step.cancel_grace, step.output,
-                            step.memory_mib, step.vcpus))
+                            step.memory_mib, step.vcpus, json.dumps(step.amounts)))
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
                 # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
                 # 100,000 rows one by one through executemany was most of a big job's accept time.
@@ -453,7 +471,7 @@ class Store:
         job["frames_failed"] = fcounts.get("failed", 0)
         job["steps"] = [
             {"name": s["name"], "depends_on": json.loads(s["depends_on"]), "gpus": s["gpus"],
-             "output": s["output"]}
+             "output": s["output"], "amounts": _amounts(s["amounts"]), "waiting_for": s["waiting_for"]}
             for s in db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
         return job
 
@@ -466,8 +484,21 @@ class Store:
 
     def steps(self, job_id: int) -> list[Row]:
         rows = self._query("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,))
-        return [{**dict(r), "depends_on": json.loads(r["depends_on"]), "command": json.loads(r["command"])}
-                for r in rows]
+        return [{**dict(r), "depends_on": json.loads(r["depends_on"]), "command": json.loads(r["command"]),
+                 "amounts": _amounts(r["amounts"])} for r in rows]
+
+    def set_waiting(self, changes: dict[tuple[int, int], Optional[str]]) -> None:
+        """Record what steps' pending tasks wait for (``(job_id, step_idx)`` -> "resource lic", None)."""
+        with self._tx() as db:  # StoreBusy: dispatch records it on a later round
+            for (job_id, step_idx), what in changes.items():
+                db.execute("UPDATE steps SET waiting_for=? WHERE job_id=? AND idx=?", (what, job_id, step_idx))
+            for job_id in sorted({job_id for job_id, _ in changes}):
+                self._job_event(db, job_id)
+
+    def clear_waiting(self) -> None:
+        """Forget what steps waited for: a starting service's dispatch finds out again."""
+        with self._tx() as db:
+            db.execute("UPDATE steps SET waiting_for=NULL WHERE waiting_for IS NOT NULL")
 
     # -- tasks --------------------------------------------------------------------------
     def tasks(self, job_id: int) -> list[Row]:
@@ -514,7 +545,7 @@ class Store:
         # every pending task (a queued 100,000-task job made each dispatch read 100,000 rows).
         rows = self._query(
             "SELECT s.job_id AS job_id, s.idx AS step_idx, j.priority AS priority, s.gpus AS gpus, "
-            "s.depends_on AS depends_on FROM steps s JOIN jobs j ON j.id = s.job_id "
+            "s.depends_on AS depends_on, s.amounts AS amounts FROM steps s JOIN jobs j ON j.id = s.job_id "
             "WHERE j.state IN ('queued', 'running') AND EXISTS (SELECT 1 FROM tasks t "
             "WHERE t.job_id = s.job_id AND t.step_idx = s.idx AND t.state = 'pending') "
             "ORDER BY j.priority DESC, s.job_id, s.idx")
@@ -523,7 +554,7 @@ class Store:
             deps = json.loads(r["depends_on"])
             if deps and not self._steps_succeeded(r["job_id"], deps):
                 continue
-            ready.append(dict(r))
+            ready.append({**dict(r), "amounts": _amounts(r["amounts"])})
         return ready
 
     def _steps_succeeded(self, job_id: int, names: list[str]) -> bool:
@@ -534,10 +565,12 @@ class Store:
         return row[0][0] == 0
 
     def next_pending(self, job_id: int, step_idx: int) -> Optional[int]:
+        """The step's first pending task that is not backing off after a licence failure."""
         # ids grow with idx within a step (add_job numbers them so), and ordering by id lets the
         # (job_id, step_idx, state) index answer without sorting every pending task.
         rows = self._query("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
-                           "ORDER BY id LIMIT 1", (job_id, step_idx))
+                           "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY id LIMIT 1",
+                           (job_id, step_idx, time.time()))
         return rows[0][0] if rows else None
 
     def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Row:
@@ -545,7 +578,7 @@ class Store:
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE tasks SET state='running', attempt=attempt+1, container=?, exit_code=NULL, "
-                       "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=? "
+                       "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=?, retry_at=NULL "
                        "WHERE id=? AND state='pending'",
                        (container, now, json.dumps(gpus), log_offset, task_id))
             job_id, attempt = db.execute("SELECT job_id, attempt FROM tasks WHERE id=?", (task_id,)).fetchone()
@@ -570,11 +603,15 @@ class Store:
             self._task_event(db, task_id)
 
     def finish_task(self, task_id: int, exit_code: Optional[int], error: Optional[str],
-                    frame_results: Optional[dict[int, FrameResult]] = None) -> Row:
+                    frame_results: Optional[dict[int, FrameResult]] = None,
+                    licence: Optional[LicenceRetry] = None) -> Row:
         """Record how an attempt ended and decide what comes next for the task and its job.
 
         A failed attempt goes back to ``pending`` while attempts remain; a task of a
-        canceled job ends ``canceled`` whatever its exit code. ``frame_results`` maps each
+        canceled job ends ``canceled`` whatever its exit code. An attempt that found no
+        licence (``licence`` given: the policy) goes back to ``pending`` without spending the
+        attempt, not to be started before its back-off, until the policy's licence retries are
+        spent; then the task fails for good. ``frame_results`` maps each
         frame not already settled to ``(state, error, thumbnail)``. Waits as long as another
         process holds the write lock: a result is never dropped, and the runner keeps the
         container until it is recorded.
@@ -586,14 +623,25 @@ class Store:
                 return self.task(task_id)
             job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
             ok = exit_code == 0 and error is None
+            licence_wait = (licence is not None and job_state != "canceled"
+                            and t["licence_retries"] < licence.retries)
             if job_state == "canceled":
                 state = "canceled"
             elif ok:
                 state = "succeeded"
+            elif licence_wait:
+                state = "pending"
+            elif licence is not None:
+                state = "failed"
+                error = f"{error} (no licence after {t['licence_retries']} licence retries)"
             elif t["attempt"] < t["max_attempts"]:
                 state = "pending"
             else:
                 state = "failed"
+            if licence_wait:
+                assert licence is not None
+                db.execute("UPDATE tasks SET attempt=attempt-1, licence_retries=licence_retries+1, retry_at=? "
+                           "WHERE id=?", (now + licence.delay(t["licence_retries"]), task_id))
             db.execute("UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
                        "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
                        (state, exit_code, error, now, ok, task_id))
@@ -668,7 +716,8 @@ class Store:
                 "SELECT id FROM tasks WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id,))]
             if ids:
                 db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + "
-                           "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL "
+                           "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL, "
+                           "licence_retries=0, retry_at=NULL "
                            "WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id, job_id))
                 db.execute("UPDATE frames SET state='waiting', error=NULL, flags=NULL, luma=NULL "
                            "WHERE job_id=? AND state != 'done'", (job_id,))
@@ -1075,6 +1124,10 @@ def _expand_frames(text: str) -> list[int]:
         a, _, b = text[2:-2].partition(",")
         return list(range(int(a), int(b) + 1))
     return [f for a, b in json.loads(text) for f in range(a, b + 1)]
+
+
+def _amounts(text: Optional[str]) -> dict[str, float]:
+    return json.loads(text) if text else {}
 
 
 def _task_json(row: sqlite3.Row) -> Row:

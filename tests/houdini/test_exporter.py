@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -379,23 +378,20 @@ def test_the_python_and_husk_commands_come_from_the_node(hou, houdini, project, 
     assert on_run["args"][on_run["args"].index("--husk-bin") + 1] == "/opt/hfs/bin/husk"
 
 
-def test_the_service_loads_the_export_and_render_steps(hou, houdini, project, client, tmp_path):
+def test_a_default_service_loads_the_export_and_render_steps(hou, houdini, project, client, tmp_path):
     service_bundle = pytest.importorskip("hpcdock_service.bundle")  # absent from the Houdini-like PySide2 lane
-    policy = pytest.importorskip("hpcdock_service.mounts").MountPolicy.build([str(tmp_path)])
+    from hpcdock_service.config import ServiceConfig
+    from hpcdock_service.mounts import MountPolicy
+    from hpcdock_service.resources import capacity
+
+    config = ServiceConfig()  # no resources: in service.yaml: the licence kinds the plugin asks for are known
     _, _, node = karma_scene()
     bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
                                   bundle_dir=str(tmp_path / "b"))
-    counts = "capacity" in inspect.signature(service_bundle.load_bundle).parameters  # counted resources
-    resources = {"capacity": {houdini.B.HOUDINI_ENGINE_AMOUNT: 2, houdini.B.KARMA_RENDER_AMOUNT: 4}} if counts else {}
-    try:
-        plan = service_bundle.load_bundle(bundle, mount_policy=policy, **resources)
-    except service_bundle.BadInput as exc:
-        if counts or "hostRequirements.amounts" not in str(exc):
-            raise
-        pytest.skip(f"this service does not count licence amounts yet: {exc}")
+    plan = service_bundle.load_bundle(bundle, mount_policy=MountPolicy.build([str(tmp_path)]),
+                                      capacity=capacity(config.resources, config.packing_machine))
     assert [s.name for s in plan.steps] == ["geo1", "karma1_usd", "karma1"]
-    if counts:  # the service holds the amounts the plugin's names ask for
-        assert [s.amounts for s in plan.steps] == [{}, {"amount.houdini_engine": 1}, {"amount.karma_render": 1}]
+    assert [s.amounts for s in plan.steps] == [{}, {"amount.houdini_engine": 1}, {"amount.karma_render": 1}]
     assert "--export-usd" in plan.steps[1].command and "--husk" in plan.steps[2].command
     # The export step writes into the bundle's usd/ directory, which the service mounts writable.
     usd_dir = os.path.join(os.path.realpath(bundle), "usd", "karma1_usd")

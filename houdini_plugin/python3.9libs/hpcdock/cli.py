@@ -101,8 +101,10 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':>5}  {'STATE':<10} {'TASKS':>9} {'FRAMES':>11}  NAME")
     for job in jobs:
+        waits = sorted({s["waiting_for"] for s in job.get("steps", []) if s.get("waiting_for")})
+        waiting = f"  (waiting for {', '.join(waits)})" if waits else ""
         print(f"{job['id']:>5}  {job['state']:<10} {job['tasks_done']:>4}/{job['tasks_total']:<4} "
-              f"{job['frames_done']:>5}/{job['frames_total']:<5}  {job['name']}")
+              f"{job['frames_done']:>5}/{job['frames_total']:<5}  {job['name']}{waiting}")
     return 0
 
 
@@ -113,8 +115,9 @@ def _tasks(client: Client, args: argparse.Namespace) -> int:
         return 0
     for t in tasks:
         frames = f"{t['frames'][0]}-{t['frames'][-1]}" if t["frames"] else "-"
+        waiting = f"waiting for {t['waiting_for']}  " if t.get("waiting_for") else ""
         print(f"{t['id']:>6}  {t['step']:<14} {t['state']:<10} attempt {t['attempt']}/{t['max_attempts']} "
-              f"frames {frames:<12} {t['progress']:5.1f}%  {t['error'] or ''}")
+              f"frames {frames:<12} {t['progress']:5.1f}%  {waiting}{t['error'] or ''}")
     return 0
 
 
