@@ -25,9 +25,22 @@ home=$(getent passwd "$user" | cut -d: -f6)
 uid=$(id -u "$user")
 dest="$home/hpcdock"
 install -d -o "$user" -g "$user" "$dest"
-# Mirror the tree, keeping what the user built there before (virtualenv, rendered frames).
+# Mirror the tree into a fresh copy, carrying over what the user built there before (virtualenvs,
+# rendered frames and previews, a state dir), so a file removed or renamed here is gone there
+# too: a stale copy of a renamed test module would still be collected.
+fresh="$dest.fresh"
+rm -rf "$fresh"
+install -d -o "$user" -g "$user" "$fresh"
 tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./.venv-pyside2 --exclude='./examples/*/out' --exclude=./.state \
-    --exclude='*/__pycache__' --exclude='*.egg-info' -cf - . | tar -C "$dest" --no-same-owner -xf -
+    --exclude='./examples/*/preview.*' --exclude='*/__pycache__' --exclude='*.egg-info' -cf - . \
+  | tar -C "$fresh" --no-same-owner -xf -
+(cd "$dest" && find . -maxdepth 1 \( -name .venv -o -name .venv-pyside2 -o -name .state \) -print
+ find ./examples -mindepth 2 -maxdepth 2 \( -name out -o -name 'preview.*' \) -print 2>/dev/null) \
+  | while read -r kept; do
+      if [ -d "$fresh/$(dirname "$kept")" ]; then mv "$dest/$kept" "$fresh/$kept"; fi
+    done
+rm -rf "$dest"
+mv "$fresh" "$dest"
 chown -R "$user:" "$dest"
 echo "hpcdock: system setup took $(( $(date +%s) - t0 ))s; running '$target' as $user in $dest"
 cd /
