@@ -162,6 +162,15 @@ def socket_answers(path: Path) -> bool:
             return False
 
 
+def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
+    """What ``hpcdock-service --check`` prints for ``svc``'s settings, on a state directory of its own."""
+    proc = subprocess.run([sys.executable, "-m", "hpcdock_service.main", "--check", "--state-dir",
+                           str(svc.root / "check-state"), "--engine-socket", engine_url],
+                          env=svc.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def remove_leftovers(svc: ServiceProcess) -> None:
     """Containers a failed test left behind must not leak into the next test."""
     db = svc.state_dir / "hpcdock.db"

@@ -7,17 +7,14 @@ containers themselves, not by the service's own records.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
+from tests.helpers import ServiceProcess, check_report, make_bundle, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -122,11 +119,7 @@ def test_a_licence_failure_stops_the_container_and_retries_after_back_off_withou
 
 
 def test_check_reports_the_resources_packing_and_licence_retries(service: ServiceProcess, engine_url: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "hpcdock_service.main", "--check", "--state-dir",
-                           str(service.root / "check-state"), "--engine-socket", engine_url],
-                          env=service.env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["resources"]
+    report = check_report(service, engine_url)["resources"]
     assert report["counted"] == {"lic": {"total": 1, "step_amount": "amount.lic"}}
     assert report["packing"]["vcpus"] == os.cpu_count() and report["packing"]["memory_mib"] > 0
     assert report["licence_retry"] == {"backoff_s": BACKOFF, "backoff_max_s": BACKOFF, "retries": 2}

@@ -8,10 +8,7 @@ rootless engine, far below the processes the test runner itself may start.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +16,15 @@ import pytest
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest
 
 from tests.engine.test_core_jobs import service_store_id
-from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
+from tests.helpers import (
+    TEST_IMAGE,
+    ServiceProcess,
+    check_report,
+    make_bundle,
+    remove_leftovers,
+    wait_for,
+    wait_job,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -80,11 +85,7 @@ def test_the_engine_applies_the_limits_it_says_it_enforces(limited: ServiceProce
 
 
 def test_check_reports_the_task_limits_and_how_they_are_held(limited: ServiceProcess, engine_url: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "hpcdock_service.main", "--check", "--state-dir",
-                           str(limited.root / "check-state"), "--engine-socket", engine_url],
-                          env=limited.env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["task_limits"]
+    report = check_report(limited, engine_url)["task_limits"]
     assert report["defaults"]["pids"] == PIDS and report["log_cap_mib"] == 16
     assert report["defaults"]["memory_mib"] > 0
     assert report["enforced_by"] == limited.client().health()["engine"]["limits"]
