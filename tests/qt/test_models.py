@@ -173,6 +173,23 @@ def test_running_frames_show_task_progress(qtbot):
     assert "40%" in model.index(0).data(TOOLTIP)
 
 
+def test_what_a_job_and_a_task_wait_for_is_shown(qtbot):
+    jobs = JobsModel(clock=lambda: 1060.0)
+    steps = [{"name": "export", "depends_on": [], "gpus": 0, "waiting_for": "resource houdini_engine"},
+             {"name": "render", "depends_on": ["export"], "gpus": 0, "waiting_for": None}]
+    jobs.apply([make_job(1, "lic", state="queued", steps=steps), make_job(2, "done", state="succeeded", steps=steps)])
+    by_id = {jobs.job(r)["id"]: r for r in range(2)}
+    assert jobs.index(by_id[1], JobsModel.STATE).data() == "queued (waiting for resource houdini_engine)"
+    assert "step export: waiting for resource houdini_engine" in jobs.index(by_id[1], 0).data(TOOLTIP)
+    assert jobs.index(by_id[2], JobsModel.STATE).data() == "succeeded"  # a finished job waits for nothing
+
+    frames = FramesModel()
+    frames.set_job(1, ["render"])
+    frames.apply([make_frame(1, task_id=7)])
+    frames.apply_tasks([make_task(7, state="pending", waiting_for="licence back-off")])
+    assert "(pending, waiting for licence back-off)" in frames.index(0).data(TOOLTIP)
+
+
 class Sink:
     def __init__(self):
         self.batches = []

@@ -66,6 +66,17 @@ STATE_COLORS = {
 RANGE_GAP = 64
 
 
+def job_waits(job: JSON) -> List[str]:
+    """What the job's unfinished steps wait for (a resource, GPUs, machine room), each named once."""
+    if job.get("state") not in ("queued", "running"):
+        return []
+    waits: List[str] = []
+    for step in job.get("steps") or []:
+        if step.get("waiting_for") and step["waiting_for"] not in waits:
+            waits.append(step["waiting_for"])
+    return waits
+
+
 def format_duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return ""
@@ -195,6 +206,8 @@ class JobsModel(QtCore.QAbstractTableModel):
                      f"{job.get('tasks_running', 0)} running, {job.get('tasks_failed', 0)} failed"]
             if job.get("frames_flagged"):
                 lines.append(f"frames flagged by the output checks: {job['frames_flagged']}")
+            lines += [f"step {s.get('name')}: waiting for {s['waiting_for']}"
+                      for s in job.get("steps") or [] if s.get("waiting_for")]
             if job.get("error"):
                 lines.append(f"error: {job['error']}")
             return "\n".join(lines)
@@ -204,7 +217,8 @@ class JobsModel(QtCore.QAbstractTableModel):
         if col == self.NAME:
             return f"{job.get('name') or '?'}  #{job.get('id')}"
         if col == self.STATE:
-            return job.get("state") or ""
+            waits = job_waits(job)
+            return (job.get("state") or "") + (f" (waiting for {', '.join(waits)})" if waits else "")
         if col == self.PROGRESS:
             return f"{job_progress(job):.0f}%"
         if col == self.FRAMES:
@@ -360,6 +374,8 @@ class FramesModel(QtCore.QAbstractListModel):
             task_line += f" ({task.get('state')}"
             if task.get("state") == "running" and task.get("progress") is not None:
                 task_line += f", {task['progress']:.0f}%"
+            if task.get("waiting_for"):
+                task_line += f", waiting for {task['waiting_for']}"
             task_line += ")"
         lines.append(task_line)
         if frame.get("render_time") is not None:
