@@ -221,7 +221,10 @@ def make_bundle(root: Path, *, frames: str = "1-12", chunk: int = 5, command: Op
     if png:
         from PIL import Image
 
-        Image.new("RGB", (640, 360), (200, 80, 30)).save(root / "src.png")
+        # A picture, not one flat colour (which the frame checks rightly flag as constant).
+        ramp = Image.linear_gradient("L").resize((640, 360))
+        Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                            Image.new("L", (640, 360), 30))).save(root / "src.png")
     step = {
         "name": "render",
         "parameterSpace": {"taskParameterDefinitions": [{
