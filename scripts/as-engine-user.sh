@@ -35,7 +35,7 @@ tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./.venv-pyside2 --ex
     --exclude='./examples/*/preview.*' --exclude='*/__pycache__' --exclude='*.egg-info' -cf - . \
   | tar -C "$fresh" --no-same-owner -xf -
 (cd "$dest" && find . -maxdepth 1 \( -name .venv -o -name .venv-pyside2 -o -name .state \) -print
- find ./examples -mindepth 2 -maxdepth 2 \( -name out -o -name 'preview.*' \) -print 2>/dev/null) \
+ if [ -d examples ]; then find ./examples -mindepth 2 -maxdepth 2 \( -name out -o -name 'preview.*' \) -print; fi) \
   | while read -r kept; do
       if [ -d "$fresh/$(dirname "$kept")" ]; then mv "$dest/$kept" "$fresh/$kept"; fi
     done
