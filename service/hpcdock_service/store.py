@@ -1025,7 +1025,8 @@ def _params_json(params: dict[str, str]) -> str:
     return json.dumps(params)
 
 
-_PRINTF_SAFE = re.compile(r"([^{}]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}]*)")
+# No NUL around the field: SQLite's printf ends its format there, Python writes on.
+_PRINTF_SAFE = re.compile(r"([^{}\x00]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}\x00]*)")
 
 
 def _printf_format(pattern: str) -> Optional[str]:
