@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hpcdock_service.main import main
 from hpcdock_service.migrations import LATEST
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreCorrupt, StoreTooNew
@@ -156,6 +157,22 @@ def test_a_store_newer_than_the_code_is_refused_and_kept(tmp_path: Path) -> None
         assert str(path) in message and f"version {LATEST + 3}" in message and f"up to {LATEST}" in message
         assert path.read_bytes() == image
     assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_the_service_refuses_a_newer_store_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HPCDOCK_ALLOW_ROOT", "1")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    state = tmp_path / "state"
+    Store(state / "hpcdock.db").close()
+    with sqlite3.connect(state / "hpcdock.db") as db:
+        db.execute(f"PRAGMA user_version={LATEST + 1}")
+    for extra in ([], ["--reset-store"]):
+        assert main(["--state-dir", str(state), "--check", *extra]) == 1  # the store is opened before the engine
+        err = capsys.readouterr().err
+        assert err.startswith("hpcdock-service: the store ") and err.count("\n") == 1, err
+        assert f"schema version {LATEST + 1}" in err and "Traceback" not in err
+    assert not list(state.glob("*.corrupt-*"))
 
 
 def test_a_migration_that_cannot_keep_a_row_leaves_the_store_as_it_was(tmp_path: Path) -> None:
