@@ -67,11 +67,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return install_user_unit(args)
 
     from .service import Service, StateDirInUse  # heavy imports after argument errors are reported
-    from .store import StoreCorrupt
+    from .store import StoreUnusable
 
     try:
         service = Service(config, reset_store=args.reset_store)
-    except (EngineError, StateDirInUse, StoreCorrupt) as exc:
+    except (EngineError, StateDirInUse, StoreUnusable) as exc:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 1
     if args.check:

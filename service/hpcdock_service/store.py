@@ -37,49 +37,9 @@ from .bundle import ContainerSpec, JobPlan
 from .config import LicenceRetry
 from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
+from .migrations import SchemaTooNew, migrate
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL,
-    bundle_dir TEXT NOT NULL, container TEXT NOT NULL, params TEXT NOT NULL,
-    max_attempts INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
-    frame_checks TEXT, fps REAL, frames_flagged INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS steps (
-    job_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
-    depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
-    timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL, frame_ref TEXT,
-    amounts TEXT, waiting_for TEXT,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, idx INTEGER NOT NULL,
-    params TEXT NOT NULL, frames TEXT NOT NULL,
-    state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
-    container TEXT, exit_code INTEGER, progress REAL NOT NULL DEFAULT 0, error TEXT,
-    started_at REAL, finished_at REAL, gpus TEXT, log_offset INTEGER NOT NULL DEFAULT 0,
-    licence_retries INTEGER NOT NULL DEFAULT 0, retry_at REAL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id, step_idx, state);
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
-CREATE TABLE IF NOT EXISTS frames (
-    job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, frame INTEGER NOT NULL,
-    task_id INTEGER NOT NULL, state TEXT NOT NULL, output TEXT, error TEXT,
-    started_at REAL, finished_at REAL, thumbnail TEXT, flags TEXT, luma REAL,
-    PRIMARY KEY (job_id, step_idx, frame)
-);
-CREATE INDEX IF NOT EXISTS frames_by_task ON frames (task_id);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER, kind TEXT NOT NULL, data TEXT NOT NULL, ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
-"""
 
 JOB_ACTIVE = ("queued", "running")
 _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
@@ -113,7 +73,11 @@ class StoreBusy(BadInput):
                          "try again", 503)
 
 
-class StoreCorrupt(Exception):
+class StoreUnusable(Exception):
+    """The service cannot start on this store; the message says why and what to do."""
+
+
+class StoreCorrupt(StoreUnusable):
     """The store file is not a readable SQLite database: the service cannot start on it."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -124,6 +88,17 @@ class StoreCorrupt(Exception):
             "and containers they left are not removed")
         self.path = path
         self.reason = reason
+
+
+class StoreTooNew(StoreUnusable):
+    """A newer release wrote the store: its schema is not this one's, and it is kept as it is."""
+
+    def __init__(self, path: Path, found: int, known: int) -> None:
+        super().__init__(
+            f"the store {path} has schema version {found}, but this hpcdock-service knows versions up to "
+            f"{known}: a newer release wrote it. Run that release (or a newer one) on it, or start on "
+            "another --state-dir; the store is left as it is")
+        self.path = path
 
 
 @dataclass
@@ -139,41 +114,6 @@ class StoreHealth:
                 "message": "another process holds the store's write lock; writes wait for it"}
 
 
-def _add_step_limits(db: sqlite3.Connection) -> None:
-    """A store made before steps carried their resource limits gets the columns (empty: defaults)."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
-    for name, kind in (("memory_mib", "INTEGER"), ("vcpus", "REAL")):
-        if name not in have:
-            db.execute(f"ALTER TABLE steps ADD COLUMN {name} {kind}")
-
-
-# Columns the frame checks added: (table, column, type). A store made before them gets them
-# empty: its jobs check with the default settings, their frames carry no flags yet.
-_FRAME_CHECK_COLUMNS = (("jobs", "frame_checks", "TEXT"), ("jobs", "fps", "REAL"),
-                        ("jobs", "frames_flagged", "INTEGER NOT NULL DEFAULT 0"), ("steps", "frame_ref", "TEXT"),
-                        ("frames", "flags", "TEXT"), ("frames", "luma", "REAL"))
-
-
-def _add_frame_checks(db: sqlite3.Connection) -> None:
-    """A store made before the frame checks gets their columns (see _FRAME_CHECK_COLUMNS)."""
-    have: dict[str, set[str]] = {}
-    for table, name, kind in _FRAME_CHECK_COLUMNS:
-        if table not in have:
-            have[table] = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if name not in have[table]:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-
-
-def _add_resource_columns(db: sqlite3.Connection) -> None:
-    """A store made before steps held counted amounts and tasks had licence retries gets the columns."""
-    for table, columns in (("steps", (("amounts", "TEXT"), ("waiting_for", "TEXT"))),
-                           ("tasks", (("licence_retries", "INTEGER NOT NULL DEFAULT 0"), ("retry_at", "REAL")))):
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-
-
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,10 +125,10 @@ class Store:
             if problem != "ok":
                 raise StoreCorrupt(path, problem)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            _add_step_limits(self._db)
-            _add_frame_checks(self._db)
-            _add_resource_columns(self._db)
+            try:
+                migrate(self._db)
+            except SchemaTooNew as exc:
+                raise StoreTooNew(path, exc.found, exc.known) from None
             self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex[:12])
         except BaseException as exc:
             self._db.close()
@@ -220,6 +160,7 @@ class Store:
     def _connect(self, busy_seconds: float) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_seconds)
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
         return db
 
     def close(self) -> None:
@@ -1084,7 +1025,8 @@ def _params_json(params: dict[str, str]) -> str:
     return json.dumps(params)
 
 
-_PRINTF_SAFE = re.compile(r"([^{}]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}]*)")
+# No NUL around the field: SQLite's printf ends its format there, Python writes on.
+_PRINTF_SAFE = re.compile(r"([^{}\x00]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}\x00]*)")
 
 
 def _printf_format(pattern: str) -> Optional[str]:

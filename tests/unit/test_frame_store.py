@@ -1,9 +1,8 @@
 """Frame flags in the store (real SQLite, real images): recording, policy, flicker in any order,
-the migration of an older store, and retrying just the chosen frames."""
+and retrying just the chosen frames."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -103,28 +102,6 @@ def test_flicker_verdicts_do_not_depend_on_the_order_frames_land(store: Store, t
         results.append(flags_by_frame(store, job["id"]))
     assert results[0] == {7: ["flicker"], 15: ["flicker"]}
     assert results[1] == results[0] and results[2] == results[0]
-
-
-def test_an_older_store_gets_the_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    s = Store(path)
-    job = s.add_job(plan(tmp_path, "1-2"))
-    s.close()
-    db = sqlite3.connect(path)
-    for table, column in (("jobs", "frame_checks"), ("jobs", "fps"), ("jobs", "frames_flagged"),
-                          ("steps", "frame_ref"), ("frames", "flags"), ("frames", "luma")):
-        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    db.commit()
-    db.close()
-    s = Store(path)
-    try:
-        old = s.job(job["id"])
-        assert old["frames_flagged"] == 0 and old["fps"] is None and old["frame_checks"]["policy"] == "warn"
-        assert [f["flags"] for f in s.frames(job["id"])] == [[], []]
-        render(s, job["id"], checked(tmp_path, range(1, 3), {2: np.zeros((90, 160, 3))}))
-        assert flags_by_frame(s, job["id"]) == {2: ["black"]}
-    finally:
-        s.close()
 
 
 def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_path: Path) -> None:
