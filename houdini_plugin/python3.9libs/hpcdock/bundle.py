@@ -33,6 +33,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+from .protocol import format_frame_list
+
 FRAME_PARAM = "Frame"
 FARM_DIR = "hpcdock_farm"
 SNAPSHOT_DIR = "hip"
@@ -129,17 +131,7 @@ def frames_to_range(frames: Iterable[int]) -> str:
     if all(b - a == step for a, b in zip(values, values[1:])):
         rng = f"{values[0]}-{values[-1]}"
         return rng if step == 1 else f"{rng}:{step}"
-    # Irregular: group maximal runs of consecutive frames.
-    parts: List[str] = []
-    start = prev = values[0]
-    for v in values[1:] + [None]:  # type: ignore[list-item]
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if v is not None:
-            start = prev = v
-    return ",".join(parts)
+    return format_frame_list(values)  # irregular: maximal runs of consecutive frames
 
 
 def frame_range(start: float, end: float, inc: float) -> List[int]:
