@@ -67,8 +67,16 @@ def test_frame_lists_format_and_parse_back(frames: list[int], text: str) -> None
     assert parse_frame_list(text) == sorted(set(frames))
 
 
+def test_frame_lists_take_openjd_steps_as_chunks_hand_them_over() -> None:
+    assert parse_frame_list("1-9:4") == [1, 5, 9]
+    assert parse_frame_list("-9--1:4,2") == [-9, -5, -1, 2]
+    assert parse_frame_list(" 1 - 4 ") == [1, 2, 3, 4]
+    assert parse_frame_list("1-2000000:2")[-1] == 1999999
+
+
 @pytest.mark.parametrize("text, part", [("x", "'x'"), ("9-3", "'9-3'"), ("1,", "''"), ("1-2000000", "'1-2000000'"),
-                                        ("-", "'-'"), ("3--5", "'3--5'")])
+                                        ("-", "'-'"), ("3--5", "'3--5'"), ("1-9:0", "'1-9:0'"), ("5:2", "'5:2'"),
+                                        ("1-9:x", "'1-9:x'"), ("1-", "'1-'")])
 def test_bad_frame_lists_name_the_bad_part(text: str, part: str) -> None:
     with pytest.raises(ValueError) as exc:
         parse_frame_list(text)

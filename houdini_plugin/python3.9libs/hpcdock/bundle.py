@@ -11,7 +11,7 @@ A bundle is a directory holding
 * ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
                             mounts, priority, attempts and where each frame's
                             output lands;
-* ``hpcdock_farm/``         the farm-side render script and ``markers.py``, so the
+* ``hpcdock_farm/``         the farm-side render script, ``markers.py`` and ``protocol.py``, so the
                             container needs Houdini but not this plugin;
 * ``hip/<name>.hip``        the scene snapshot (written by the caller, see
                             :func:`write_bundle`'s ``write_snapshot``).
@@ -64,6 +64,7 @@ FARM_FILES = (
     (os.path.join(_PKG_DIR, "farm", "render.py"), "render.py"),
     (os.path.join(_PKG_DIR, "farm", "husk.py"), "husk.py"),
     (os.path.join(_PKG_DIR, "markers.py"), "markers.py"),
+    (os.path.join(_PKG_DIR, "protocol.py"), "protocol.py"),
 )
 
 _STEP_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")

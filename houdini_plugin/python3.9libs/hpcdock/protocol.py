@@ -98,22 +98,31 @@ MAX_LIST_RUN = 1_000_000  # frames one ``A-B`` of a typed list may name: a typo 
 
 
 def parse_frame_list(text: str) -> List[int]:
-    """``17,40-42`` -> [17, 40, 41, 42]; negative frames as ``-5`` or ``-5--3``.
+    """``17,40-42`` -> [17, 40, 41, 42]: a list people type, or an OpenJD range expression as a task's
+    chunk hands it over (``1-9:4``, a step); negative frames as ``-5`` or ``-5--3``.
 
     Raises ValueError naming the part that is not a frame or a low-to-high range."""
     frames: List[int] = []
     for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        if sep and not first:  # a negative frame: -5, or -5--3
+        item = part.strip()
+        span, colon, step_text = item.partition(":")
+        first, sep, last = span.partition("-")
+        if sep and not first.strip():  # a negative frame: -5, or -5--3
             lead, sep, last = last.partition("-")
             first = "-" + lead
         try:
-            a, b = int(first), int(last) if sep else int(first)
+            a = int(first)
+            b = int(last) if sep else a
+            step = int(step_text) if colon else 1
         except ValueError:
-            raise ValueError(f"{part.strip()!r} is not a frame or a range A-B") from None
-        if b < a or b - a >= MAX_LIST_RUN:
-            raise ValueError(f"{part.strip()!r}: a range runs from low to high, at most 1,000,000 frames")
-        frames.extend(range(a, b + 1))
+            raise ValueError(f"{item!r} is not a frame or a range A-B (or A-B:STEP)") from None
+        if colon and not sep:
+            raise ValueError(f"{item!r}: a step goes with a range A-B:STEP")
+        if step < 1:
+            raise ValueError(f"{item!r}: a step is at least 1")
+        if b < a or (b - a) // step >= MAX_LIST_RUN:
+            raise ValueError(f"{item!r}: a range runs from low to high, at most 1,000,000 frames")
+        frames.extend(range(a, b + 1, step))
     return frames
 
 
