@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "houdini_plugin" / "python3.9libs"))
 
+from hpcdock.protocol import JOB_FINAL  # noqa: E402
+
 from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers  # noqa: E402
 
 TARGETS = {"baseline": 0.9, "swarm": 2.0, "accept_s": 1.0, "rss_mb": 300.0, "p95_ms": 200.0}
@@ -200,7 +202,7 @@ def hpcdock_dispatch(svc: ServiceProcess, bundle: Path, n: int) -> float:
     t0 = time.time()
     job = client.submit(str(bundle))
     last_done, last_change = -1, time.monotonic()
-    while job["state"] not in ("succeeded", "failed", "canceled"):
+    while job["state"] not in JOB_FINAL:
         if job["tasks_done"] != last_done:
             last_done, last_change = job["tasks_done"], time.monotonic()
         elif time.monotonic() - last_change > 30:
@@ -343,7 +345,7 @@ def latency_once(tmp: Path, url: str, n: int, interval: float) -> dict[str, floa
                     f = ev.data["frame"]
                     received.setdefault(f["frame"], now)
                     outputs[f["frame"]] = f["output"]
-                elif ev.kind == "job" and ev.data["job"]["state"] in ("succeeded", "failed", "canceled"):
+                elif ev.kind == "job" and ev.data["job"]["state"] in JOB_FINAL:
                     return
 
         follower = threading.Thread(target=follow, daemon=True)

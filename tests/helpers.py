@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from hpcdock.protocol import JOB_FINAL
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE = os.environ.get("HPCDOCK_TEST_IMAGE", "localhost/hpcdock-test:latest")
@@ -263,7 +264,7 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2, what: str =
 
 
 def wait_job(client, job_id: int, timeout: float = 180) -> dict:
-    return wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "canceled") else None)(
+    return wait_for(lambda: (lambda j: j if j["state"] in JOB_FINAL else None)(
         client.job(job_id)), timeout, what=f"job {job_id} to finish")
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union, cast
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
@@ -158,6 +159,32 @@ class LocalHostOnly:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+OPENAPI_FILE = "docs/openapi.json"  # the committed contract, in the repository
+
+
+class _SchemaOnly:
+    """What :func:`create_app` reads from a service while it builds the routes: the schema depends on
+    the routes alone, so it can be made with no state directory, store or engine behind them."""
+
+    def __init__(self, token: str) -> None:
+        from .config import ServiceConfig
+
+        self.config = ServiceConfig()
+        self.token = token
+        self.store = None
+
+
+def schema_app(token: str) -> FastAPI:
+    """The API without a service behind it, serving only its schema (with ``token``): what
+    ``hpcdock-service --openapi`` prints and the contract test compares with :data:`OPENAPI_FILE`."""
+    return create_app(cast(Service, _SchemaOnly(token)))
+
+
+def openapi_text(doc: dict[str, Any]) -> str:
+    """The committed file's form of the schema: stable key order, one trailing newline."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:

@@ -43,12 +43,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--install-user-unit", action="store_true",
                    help="write a systemd --user unit that starts the service at login, print how to enable it, "
                         "and exit")
+    p.add_argument("--openapi", action="store_true",
+                   help="print the API's OpenAPI document (the contract committed as docs/openapi.json) and exit; "
+                        "needs no engine, state or token")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.openapi:
+        from .api import openapi_text, schema_app
+
+        sys.stdout.write(openapi_text(schema_app(token="").openapi()))
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.geteuid() == 0 and not os.environ.get("HPCDOCK_ALLOW_ROOT"):

@@ -31,6 +31,7 @@ from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hpcdock.protocol import decode_frames, encode_frames
 from openjd.model import IntRangeExpr
 
 from .bundle import ContainerSpec, JobPlan
@@ -344,7 +345,7 @@ class Store:
                         "SELECT ? + key, ?, ?, key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
                         "'pending', ? FROM json_each(?)",
                         (first, job_id, s_idx, plan.max_attempts,
-                         _json_rows([_params_json(t.params), _frames_json(t.frames)] for t in step.tasks)))
+                         _json_rows([_params_json(t.params), encode_frames(t.frames)] for t in step.tasks)))
                 if step.output is not None:
                     fmt = _printf_format(step.output)
                     one_each = all(len(t.frames) == 1 for t in step.tasks)
@@ -747,14 +748,14 @@ class Store:
         for r in rows:
             owner = db.execute("SELECT params, frames FROM tasks WHERE id=?", (r["task_id"],)).fetchone()
             params = json.loads(owner["params"])
-            name = _frame_param(params, _expand_frames(owner["frames"]))
+            name = _frame_param(params, decode_frames(owner["frames"]))
             others = json.dumps({k: v for k, v in params.items() if k != name}, sort_keys=True)
             groups.setdefault((r["step_idx"], name, others), []).append(r["frame"])
         new_ids = []
         for (s_idx, name, others), chosen in sorted(groups.items()):
             first = db.execute("SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0",
                                (job["id"], s_idx)).fetchone()
-            per_task = max(1, len(_expand_frames(first["frames"])))
+            per_task = max(1, len(decode_frames(first["frames"])))
             idx = db.execute("SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?",
                              (job["id"], s_idx)).fetchone()[0]
             for chunk in _chunks(sorted(chosen), per_task):
@@ -764,7 +765,7 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO tasks (job_id, step_idx, idx, params, frames, state, max_attempts) "
                     "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (job["id"], s_idx, idx, json.dumps(params), _frames_json(chunk), job["max_attempts"]))
+                    (job["id"], s_idx, idx, json.dumps(params), encode_frames(chunk), job["max_attempts"]))
                 new_ids.append(int(cur.lastrowid))
                 db.execute("UPDATE frames SET task_id=?, state='waiting', error=NULL, started_at=NULL, "
                            "finished_at=NULL, flags=NULL, luma=NULL WHERE job_id=? AND step_idx=? "
@@ -998,24 +999,6 @@ def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, 
                            (job_id,)).fetchall())
 
 
-def _frames_json(frames: list[int]) -> str:
-    """Frames as a compact range list: a 100,000-frame chunk stores as ``[[1, 100000]]``.
-
-    The text is exactly ``json.dumps`` of the runs, written directly: a 100,000-task job
-    calls this once per task, and the common one-frame task is a plain format.
-    """
-    if len(frames) == 1:
-        f = int(frames[0])
-        return f"[[{f}, {f}]]"
-    runs: list[list[int]] = []
-    for f in frames:
-        if runs and f == runs[-1][1] + 1:
-            runs[-1][1] = f
-        else:
-            runs.append([f, f])
-    return json.dumps(runs)
-
-
 def _params_json(params: dict[str, str]) -> str:
     """``json.dumps(params)``; the usual one-parameter task without the encoder's overhead."""
     if len(params) == 1:
@@ -1061,13 +1044,6 @@ def _json_rows(rows: Iterable[list[Any]]) -> str:
     return json.dumps(list(rows), ensure_ascii=False, check_circular=False)
 
 
-def _expand_frames(text: str) -> list[int]:
-    if text.startswith("[[") and text.count("[") == 2:  # one run, e.g. "[[17, 17]]" (every frame-per-task row)
-        a, _, b = text[2:-2].partition(",")
-        return list(range(int(a), int(b) + 1))
-    return [f for a, b in json.loads(text) for f in range(a, b + 1)]
-
-
 def _amounts(text: Optional[str]) -> dict[str, float]:
     return json.loads(text) if text else {}
 
@@ -1075,7 +1051,7 @@ def _amounts(text: Optional[str]) -> dict[str, float]:
 def _task_json(row: sqlite3.Row) -> Row:
     task = dict(row)
     task["params"] = json.loads(task["params"])
-    task["frames"] = _expand_frames(task["frames"])
+    task["frames"] = decode_frames(task["frames"])
     task["gpus"] = json.loads(task["gpus"]) if task["gpus"] else []
     task.pop("log_offset", None)
     task.pop("idx", None)

@@ -8,6 +8,7 @@ to what proves it holds it; everything but a bare liveness check needs the token
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from hpcdock.client import Client, NotYourService, ServiceError
+from hpcdock_service.api import OPENAPI_FILE
 
-from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
+from tests.helpers import REPO, ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -55,6 +57,8 @@ def test_only_the_liveness_check_answers_without_the_token(service: ServiceProce
     assert service.raw("GET", "/openapi.json", auth=False).status == 401
     schema = service.raw("GET", "/openapi.json")
     assert schema.status == 200
+    # what a real service serves is the committed contract the unit test checks the routes against
+    assert schema.json() == json.loads((REPO / OPENAPI_FILE).read_text()), f"regenerate {OPENAPI_FILE}"
     open_paths = {"/v1/live", "/v1/hello"}
     checked = []
     for path, methods in schema.json()["paths"].items():

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from hpcdock.protocol import JOB_FINAL
 
 from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
-FINAL = ("succeeded", "failed", "canceled")
 FRAME_ORDER = {"waiting": 0, "running": 1, "done": 2, "failed": 2}
 
 
@@ -89,7 +89,7 @@ def drain(svc: ServiceProcess, job: Optional[int] = None, since: int = 0) -> lis
 
 
 def job_ended(event) -> bool:
-    return event.kind == "job" and event.data["job"]["state"] in FINAL
+    return event.kind == "job" and event.data["job"]["state"] in JOB_FINAL
 
 
 def assert_frames_never_go_back(events: list[tuple[int, str, dict]]) -> None:
@@ -126,7 +126,7 @@ def test_every_frame_done_with_thumbnail_and_progress_visible(service: ServicePr
         for t in client.tasks(jid):
             if t["state"] == "running" and 0 < t["progress"] < 100:
                 partial.append(t["progress"])
-        return bool(partial) or client.job(jid)["state"] in FINAL
+        return bool(partial) or client.job(jid)["state"] in JOB_FINAL
 
     wait_for(mid_task_progress, 60, interval=0.1, what="a running task with partial progress")
     assert partial, "no running task ever showed 0 < progress < 100 through GET /v1/jobs/{id}/tasks"
@@ -195,7 +195,7 @@ def test_dropped_connection_resumes_without_gap_or_duplicate(service: ServicePro
             if job_ended(event):
                 break
             if got == 3:  # drop the connection mid-job, as a flaky network or a closed laptop would
-                dropped_mid_job = dropped_mid_job or client.job(jid)["state"] not in FINAL
+                dropped_mid_job = dropped_mid_job or client.job(jid)["state"] not in JOB_FINAL
                 break
     assert connections > 3 and dropped_mid_job
     assert wait_job(client, jid)["state"] == "succeeded"
@@ -255,7 +255,7 @@ def test_follower_resumes_across_restart_and_kill(service: ServiceProcess, tmp_p
                    and (e.data["frame"]["frame"] - 1) % 4 < 2 for e in seen[after:])
 
     wait_for(early_frame_of_a_chunk_done, 60, interval=0.05, what="a frame after the restart")
-    assert client.job(jid)["state"] not in FINAL, "the job ended too soon to test a kill mid-job"
+    assert client.job(jid)["state"] not in JOB_FINAL, "the job ended too soon to test a kill mid-job"
     service.kill()  # kill -9: no clean-up; the restarted service reads that container's log again
     time.sleep(1)
     service.start()

@@ -113,7 +113,7 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, proj
 
     # The farm script and markers travel with the bundle; the snapshot keeps the scene's name.
     assert (bundle / "hpcdock_farm" / "render.py").is_file()
-    assert (bundle / "hpcdock_farm" / "markers.py").is_file()
+    assert (bundle / "hpcdock_farm" / "markers.py").is_file() and (bundle / "hpcdock_farm" / "protocol.py").is_file()
     assert (bundle / "hpcdock_farm" / "husk.py").is_file()
     assert (bundle / "hip" / "shot.hip").is_file()
     # The artist's file is untouched, still current, and no backup is left behind.

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hpcdock.protocol import JOB_FINAL
 from hpcdock_service import tasklog
 from hpcdock_service.bundle import load_bundle
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus, EngineUnreachable
@@ -181,7 +182,7 @@ def run_until_done(store: Store, sched: Scheduler, job_ids: list[int], timeout: 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if all(store.job(j)["state"] in ("succeeded", "failed", "canceled") for j in job_ids):
+            if all(store.job(j)["state"] in JOB_FINAL for j in job_ids):
                 return
             time.sleep(0.02)
         raise AssertionError([store.job(j) for j in job_ids])

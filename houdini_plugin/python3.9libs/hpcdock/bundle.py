@@ -11,7 +11,7 @@ A bundle is a directory holding
 * ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
                             mounts, priority, attempts and where each frame's
                             output lands;
-* ``hpcdock_farm/``         the farm-side render script and ``markers.py``, so the
+* ``hpcdock_farm/``         the farm-side render script, ``markers.py`` and ``protocol.py``, so the
                             container needs Houdini but not this plugin;
 * ``hip/<name>.hip``        the scene snapshot (written by the caller, see
                             :func:`write_bundle`'s ``write_snapshot``).
@@ -32,6 +32,8 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from .protocol import format_frame_list
 
 FRAME_PARAM = "Frame"
 FARM_DIR = "hpcdock_farm"
@@ -62,6 +64,7 @@ FARM_FILES = (
     (os.path.join(_PKG_DIR, "farm", "render.py"), "render.py"),
     (os.path.join(_PKG_DIR, "farm", "husk.py"), "husk.py"),
     (os.path.join(_PKG_DIR, "markers.py"), "markers.py"),
+    (os.path.join(_PKG_DIR, "protocol.py"), "protocol.py"),
 )
 
 _STEP_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -129,17 +132,7 @@ def frames_to_range(frames: Iterable[int]) -> str:
     if all(b - a == step for a, b in zip(values, values[1:])):
         rng = f"{values[0]}-{values[-1]}"
         return rng if step == 1 else f"{rng}:{step}"
-    # Irregular: group maximal runs of consecutive frames.
-    parts: List[str] = []
-    start = prev = values[0]
-    for v in values[1:] + [None]:  # type: ignore[list-item]
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if v is not None:
-            start = prev = v
-    return ",".join(parts)
+    return format_frame_list(values)  # irregular: maximal runs of consecutive frames
 
 
 def frame_range(start: float, end: float, inc: float) -> List[int]:

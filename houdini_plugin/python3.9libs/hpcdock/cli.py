@@ -13,8 +13,7 @@ import time
 from typing import Any, Dict, List, Optional, TextIO
 
 from .client import Client, Event, ServiceError, ServiceUnavailable
-
-FINAL = ("succeeded", "failed", "canceled")
+from .protocol import JOB_FINAL, TASK_FINAL, parse_frame_list
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +130,7 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
         text, offset = client.log(args.task, offset)
         sys.stdout.write(text)
         sys.stdout.flush()
-        if not args.follow or (not text and client.task(args.task)["state"] in FINAL + ("replaced",)):
+        if not args.follow or (not text and client.task(args.task)["state"] in TASK_FINAL):
             return 0
         if not text:
             time.sleep(0.5)
@@ -149,22 +148,11 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _frame_list(text: str) -> List[int]:
-    """``17,40-42`` -> [17, 40, 41, 42]; argparse turns the ValueError into a usage error (exit 2)."""
-    frames: List[int] = []
-    for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        if sep and not first:  # a negative frame: -5, or -5--3
-            lead, sep, last = last.partition("-")
-            first = "-" + lead
-        try:
-            a, b = int(first), int(last) if sep else int(first)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a frame or a range A-B") from None
-        if b < a or b - a >= 1_000_000:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r}: a range runs from low to high, "
-                                             "at most 1,000,000 frames")
-        frames.extend(range(a, b + 1))
-    return frames
+    """argparse's type for ``--frames``: a ValueError's message becomes the usage error (exit 2)."""
+    try:
+        return parse_frame_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _retry(client: Client, args: argparse.Namespace) -> int:
@@ -204,10 +192,10 @@ def _follow_job(client: Client, job_id: int, quiet: bool = False, out: TextIO = 
     job = client.job(job_id)
     printer = _ProgressPrinter(out, quiet)
     printer.job(job)
-    if job["state"] not in FINAL:
+    if job["state"] not in JOB_FINAL:
         for event in client.events(job=job_id, last_event_id=since):
             # An ending event counts only once the job itself says so: a retry can follow it.
-            if printer.handle(event) and client.job(job_id)["state"] in FINAL:
+            if printer.handle(event) and client.job(job_id)["state"] in JOB_FINAL:
                 break
         job = client.job(job_id)
     printer.finish(job)
@@ -226,7 +214,7 @@ class _ProgressPrinter:
         """Show one event; True when the job has ended."""
         if event.kind == "job":
             self.job(event.data["job"])
-            return event.data["job"]["state"] in FINAL
+            return event.data["job"]["state"] in JOB_FINAL
         if event.kind == "task" and not self.quiet:
             t = event.data["task"]
             if t["state"] == "failed" or (t["state"] == "pending" and t.get("error")):

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tu
 from urllib.parse import urlencode
 
 from . import endpoint, paths
+from .protocol import RECONNECT_MAX_S, Backoff
 
 JSON = Dict[str, Any]
 CONNECT_TIMEOUT = 5.0
@@ -197,18 +198,18 @@ class Client:
 
     # -- event stream -------------------------------------------------------------------
     def events(self, job: Optional[int] = None, last_event_id: Optional[int] = None,
-               reconnect: bool = True, max_backoff: float = 5.0) -> Iterator[Event]:
+               reconnect: bool = True, max_backoff: float = RECONNECT_MAX_S) -> Iterator[Event]:
         """Yield events forever, reconnecting and resuming after the last one seen.
 
         With ``reconnect=False`` a dropped connection ends the iteration instead (the
         caller then resumes by passing the last id it saw).
         """
-        backoff = 0.2
+        backoff = Backoff(maximum=max_backoff)
         while True:
             try:
                 for event in self._stream(job, last_event_id):
                     last_event_id = event.id
-                    backoff = 0.2
+                    backoff.reset()
                     yield event
             except (OSError, http.client.HTTPException, ServiceUnavailable):
                 if not reconnect:
@@ -216,8 +217,7 @@ class Client:
             else:
                 if not reconnect:
                     return
-            time.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff)
+            time.sleep(backoff.next())
 
     def _stream(self, job: Optional[int], last_event_id: Optional[int]) -> Iterator[Event]:
         headers = {"Accept": "text/event-stream"}

@@ -37,10 +37,12 @@ from typing import Callable, Dict, List, Optional
 try:  # inside the plugin package
     from hpcdock.farm.husk import husk_argv
     from hpcdock.markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker
-except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py
+    from hpcdock.protocol import parse_frame_list
+except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py and protocol.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from husk import husk_argv  # type: ignore[no-redef]
     from markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker  # type: ignore[no-redef]
+    from protocol import parse_frame_list  # type: ignore[no-redef]
 
 # Output file parameter per ROP type: hou.NodeType.nameWithCategory() with the type's
 # namespace and version removed (see base_type_name).
@@ -70,7 +72,6 @@ KARMA_USD_RENDER_ROP = "lopnet/karma/rop_usdrender"
 # Values of image outputs that are not files (MPlay, interactive render).
 _NOT_FILES = ("ip", "md", "imdisplay")
 
-_FRAMES_ITEM = re.compile(r"^\s*(-?\d+)(?:\s*-\s*(-?\d+)(?:\s*:\s*(-?\d+))?)?\s*$")
 
 
 def base_type_name(name: str) -> str:
@@ -90,21 +91,11 @@ def output_parm_name(type_key: str) -> Optional[str]:
 
 
 def parse_frames(expr: str) -> List[int]:
-    """Parse an OpenJD range expression as chunks hand it over: "1-10", "1-9:2", "3,5,7-9"."""
-    frames: List[int] = []
-    for item in str(expr).split(","):
-        m = _FRAMES_ITEM.match(item)
-        if not m:
-            raise ValueError(f"bad frame range {expr!r}")
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) is not None else start
-        step = int(m.group(3)) if m.group(3) is not None else 1
-        if step <= 0 or end < start:
-            raise ValueError(f"bad frame range {expr!r}")
-        frames.extend(range(start, end + 1, step))
-    if not frames:
-        raise ValueError(f"empty frame range {expr!r}")
-    return frames
+    """The frames of an OpenJD range expression as chunks hand it over: "1-10", "1-9:2", "3,5,7-9"."""
+    try:
+        return parse_frame_list(str(expr))
+    except ValueError as exc:
+        raise ValueError(f"bad frame range {expr!r}: {exc}") from None
 
 
 def _emit(line: str) -> None:

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..protocol import JOB_ACTIVE, frame_runs
 from .qt import (
     ALIGN_RIGHT_VCENTER,
     ALIGNMENT,
@@ -68,7 +69,7 @@ RANGE_GAP = 64
 
 def job_waits(job: JSON) -> List[str]:
     """What the job's unfinished steps wait for (a resource, GPUs, machine room), each named once."""
-    if job.get("state") not in ("queued", "running"):
+    if job.get("state") not in JOB_ACTIVE:
         return []
     waits: List[str] = []
     for step in job.get("steps") or []:
@@ -136,7 +137,7 @@ def job_elapsed(job: JSON, now: float) -> Optional[float]:
 
 def job_eta(job: JSON, now: float) -> Optional[float]:
     """Seconds left, extrapolated from the rate so far; None when it can't be told."""
-    if job.get("state") not in ("running", "queued"):
+    if job.get("state") not in JOB_ACTIVE:
         return None
     elapsed = job_elapsed(job, now)
     total = job.get("frames_total") or 0
@@ -149,14 +150,8 @@ def job_eta(job: JSON, now: float) -> Optional[float]:
 
 
 def ranges(rows: Iterable[int], gap: int = RANGE_GAP) -> List[Tuple[int, int]]:
-    """Sorted rows -> inclusive (first, last) runs, merging runs closer than ``gap``."""
-    out: List[Tuple[int, int]] = []
-    for row in sorted(set(rows)):
-        if out and row - out[-1][1] <= gap:
-            out[-1] = (out[-1][0], row)
-        else:
-            out.append((row, row))
-    return out
+    """Rows in any order -> sorted inclusive (first, last) runs, merging runs closer than ``gap``."""
+    return frame_runs(sorted(set(rows)), gap)
 
 
 class JobsModel(QtCore.QAbstractTableModel):
@@ -277,7 +272,7 @@ class JobsModel(QtCore.QAbstractTableModel):
 
     def tick(self) -> None:
         """Refresh the time columns of running jobs (call about once a second)."""
-        rows = [r for r, j in enumerate(self._jobs) if j.get("state") in ("running", "queued")]
+        rows = [r for r, j in enumerate(self._jobs) if j.get("state") in JOB_ACTIVE]
         for first, end in ranges(rows, gap=8):
             self.dataChanged.emit(self.index(first, self.ELAPSED), self.index(end, self.ETA))
 

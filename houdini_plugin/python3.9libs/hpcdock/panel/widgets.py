@@ -8,6 +8,7 @@ import queue
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..client import Client
+from ..protocol import JOB_ACTIVE, TASK_ACTIVE, frame_runs
 from . import service as service_launcher
 from .host import Host, default_host
 from .models import (
@@ -37,7 +38,6 @@ from .worker import (
 
 QStyle = QtWidgets.QStyle
 CELL = QtCore.QSize(72, 54)
-ACTIVE_TASK_STATES = ("running", "pending")
 INBOX_SIZE = 4000
 
 
@@ -278,7 +278,7 @@ class FrameView(QtWidgets.QAbstractItemView):
         if model is None:
             return
         selection = QtCore.QItemSelection()
-        for first, last in _runs(self._rows_in(rect.normalized())):
+        for first, last in frame_runs(self._rows_in(rect.normalized())):
             selection.select(model.index(first, 0), model.index(last, 0))
         self.selectionModel().select(selection, flags)
 
@@ -338,16 +338,6 @@ class FrameView(QtWidgets.QAbstractItemView):
                 painter.setPen(QtGui.QPen(QtGui.QColor("#ffffff"), 1, qenum(QtCore.Qt, "PenStyle", "DotLine")))
                 painter.drawRect(option.rect.adjusted(1, 1, -2, -2))
         painter.end()
-
-
-def _runs(rows: Sequence[int]) -> List[Tuple[int, int]]:
-    out: List[Tuple[int, int]] = []
-    for row in rows:
-        if out and row == out[-1][1] + 1:
-            out[-1] = (out[-1][0], row)
-        else:
-            out.append((row, row))
-    return out
 
 
 class MonitorPanel(QtWidgets.QWidget):
@@ -655,7 +645,7 @@ class MonitorPanel(QtWidgets.QWidget):
             self.select_job(self._pending_select)
             return
         current = self.selected_job()
-        if current is None or current.get("state") not in ("running", "queued"):
+        if current is None or current.get("state") not in JOB_ACTIVE:
             self.select_job(max(i for i in new_ids if i is not None))
 
     def _job_row_changed(self, current: QtCore.QModelIndex, previous: QtCore.QModelIndex) -> None:
@@ -780,7 +770,7 @@ class MonitorPanel(QtWidgets.QWidget):
         self.log_view.clear()
         self.log_text_chars = 0
         self._update_log_label(task_id)
-        running = task.get("state", "running") in ACTIVE_TASK_STATES
+        running = task.get("state", "running") in TASK_ACTIVE
         self.tailer = LogTailer(self.client_factory, self.inbox, task_id, self._log_generation, running=running)
         self.tailer.start()
 
@@ -799,7 +789,7 @@ class MonitorPanel(QtWidgets.QWidget):
             if task.get("attempt") != self._tail_task[1] and self._tail_task[1] is not None:
                 self.tail_task(task["id"])  # a retry: follow the new attempt from the start
             elif self.tailer is not None:
-                self.tailer.set_running(task.get("state") in ACTIVE_TASK_STATES)
+                self.tailer.set_running(task.get("state") in TASK_ACTIVE)
                 if self._tail_task[1] is None:
                     self._tail_task = (task["id"], task.get("attempt"))
             self._update_log_label(task["id"])
@@ -889,7 +879,7 @@ class MonitorPanel(QtWidgets.QWidget):
     def _update_actions(self) -> None:
         job = self.selected_job()
         state = job.get("state") if job else None
-        self.cancel_button.setEnabled(state in ("queued", "running"))
+        self.cancel_button.setEnabled(state in JOB_ACTIVE)
         failed = bool(job and (job.get("tasks_failed") or job.get("frames_failed") or state in ("failed", "canceled")))
         self.retry_button.setEnabled(failed)
         self.copy_button.setEnabled(job is not None)

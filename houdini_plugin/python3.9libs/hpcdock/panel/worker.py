@@ -26,6 +26,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..client import Client, ServiceError, ServiceUnavailable
+from ..protocol import Backoff
 from .qt import QtCore, QtGui, Signal, qenum
 
 ClientFactory = Callable[[], Client]
@@ -92,7 +93,7 @@ class EventWorker(_Thread):
 
     def run(self) -> None:
         client = self.client_factory()
-        backoff = 0.25
+        backoff = Backoff(maximum=self.max_backoff)
         state = None
         snapshot_needed = True
         while not self.stopped:
@@ -116,7 +117,7 @@ class EventWorker(_Thread):
                     self._put(self.inbox, ("event", event))
                     self.last_event_id = event.id
                     self.events_seen += 1
-                    backoff = 0.25
+                    backoff.reset()
                     if self.events_seen & 31 == 0:
                         # a burst (a backlog after a reconnect) is parsed in pure Python and would
                         # hold the GIL for a whole switch interval (5 ms) at a time; every entry
@@ -136,11 +137,10 @@ class EventWorker(_Thread):
                 self._put(self.inbox, ("conn", DISCONNECTED, _describe(exc)))
             if self.stopped:
                 return
-            self._sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            self._sleep(backoff.next())
 
 
-def _cursor_from(health: Dict[str, Any]) -> Optional[int]:
+def _cursor_from(health: Dict[str, Any]) -> int:
     """Where to start the stream after a snapshot: the newest event id the service reports.
 
     A service that reports it (``last_event_id`` in ``/health``) lets the panel take a
@@ -148,11 +148,8 @@ def _cursor_from(health: Dict[str, Any]) -> Optional[int]:
     starts at 0, which replays the whole event log: correct, only slower on a long-lived
     service.
     """
-    for key in ("last_event_id", "event_id", "events_last_id"):
-        value = health.get(key)
-        if isinstance(value, int):
-            return value
-    return 0
+    value = health.get("last_event_id")
+    return value if isinstance(value, int) else 0
 
 
 class RequestWorker(_Thread):
