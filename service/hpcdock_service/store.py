@@ -31,7 +31,7 @@ from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcdock.protocol import decode_frames, encode_frames
+from hpcdock.protocol import JOB_ACTIVE, decode_frames, encode_frames
 from openjd.model import IntRangeExpr
 
 from .bundle import ContainerSpec, JobPlan
@@ -42,7 +42,6 @@ from .migrations import SchemaTooNew, migrate
 
 log = logging.getLogger(__name__)
 
-JOB_ACTIVE = ("queued", "running")
 _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
                  "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
 # A pending task waits for its licence back-off while it lasts, else for what its step waits for
@@ -50,8 +49,6 @@ _FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f
 _TASK_SELECT = ("SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at > "
                 "(julianday('now') - 2440587.5) * 86400.0 THEN 'licence back-off' ELSE s.waiting_for END END "
                 "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
-# "replaced": a failed or canceled task whose unfinished frames a frame retry moved to new tasks.
-TASK_FINAL = ("succeeded", "failed", "canceled", "replaced")
 
 Row = dict[str, Any]
 FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
