@@ -331,7 +331,9 @@ def bench_scale(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
 
 def latency_once(tmp: Path, url: str, n: int, interval: float) -> dict[str, float]:
     # PNG frames, as a renderer writes: the service watches image outputs on disk.
-    bundle = make_bundle(tmp, frames=f"1-{n}", chunk=(n + 1) // 2, env={"FRAME_SLEEP": str(interval)}, png=True)
+    # The service's own directories beside the bundle, not inside it: a bundle holding them is refused.
+    bundle = make_bundle(tmp / "bundle", frames=f"1-{n}", chunk=(n + 1) // 2, env={"FRAME_SLEEP": str(interval)},
+                         png=True)
     with Service(tmp / "svc", url, slots=2) as svc:
         client = svc.client()
         received: dict[int, float] = {}
