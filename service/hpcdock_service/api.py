@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, Union, cast
@@ -132,6 +133,25 @@ _ERROR_TEXT = {
     429: "Too many submissions are being read at once; retry shortly",
 }
 NOT_FOUND = _errors(404)
+
+
+LIST_BATCH = 1000  # rows encoded per chunk of a streamed listing
+
+
+def _json_list(key: str, rows: Iterator[dict[str, Any]]) -> StreamingResponse:
+    """``{key: [rows]}`` streamed in batches: a 100,000-task job's listing is never held whole,
+    neither as rows nor as one JSON text (FastAPI would also copy it through jsonable_encoder)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"' + key.encode() + b'": ['
+        first = True
+        for batch in iter(lambda: list(itertools.islice(rows, LIST_BATCH)), []):
+            text = ", ".join(json.dumps(r, ensure_ascii=False) for r in batch)
+            yield (text if first else ", " + text).encode()
+            first = False
+        yield b"]}"
+
+    return StreamingResponse(chunks(), media_type="application/json")
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -319,12 +339,13 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/tasks", dependencies=v1, responses=NOT_FOUND)
     def tasks(job_id: Id) -> dict[str, Any]:
-        # Rendered as it is: FastAPI would first copy a 100,000-task list through jsonable_encoder.
-        return JSONResponse({"tasks": store.tasks(job_id)})  # type: ignore[return-value]
+        store.job(job_id)  # a 404 before the listing starts
+        return _json_list("tasks", store.iter_tasks(job_id))  # type: ignore[return-value]
 
     @app.get("/v1/jobs/{job_id}/frames", dependencies=v1, responses=NOT_FOUND)
     def frames(job_id: Id) -> dict[str, Any]:
-        return JSONResponse({"frames": store.frames(job_id)})  # type: ignore[return-value]
+        store.job(job_id)
+        return _json_list("frames", store.iter_frames(job_id))  # type: ignore[return-value]
 
     @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, responses=NOT_FOUND,
              response_class=FileResponse)

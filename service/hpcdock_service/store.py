@@ -442,9 +442,13 @@ class Store:
     # -- tasks --------------------------------------------------------------------------
     def tasks(self, job_id: int) -> list[Row]:
         self.job(job_id)
-        with self._read() as db:  # convert row by row: a 100,000-task job never holds both forms at once
-            return [_task_json(r) for r in db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id",
-                                                      (job_id,))]
+        return list(self.iter_tasks(job_id))
+
+    def iter_tasks(self, job_id: int) -> Iterator[Row]:
+        """The job's tasks one by one from one snapshot, for a listing that never holds them all."""
+        with self._read() as db:
+            for r in db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id", (job_id,)):
+                yield _task_json(r)
 
     def task(self, task_id: int) -> Row:
         rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
@@ -808,9 +812,13 @@ class Store:
 
     def frames(self, job_id: int) -> list[Row]:
         self.job(job_id)
+        return list(self.iter_frames(job_id))
+
+    def iter_frames(self, job_id: int) -> Iterator[Row]:
+        """The job's frames one by one from one snapshot, for a listing that never holds them all."""
         with self._read() as db:
-            return [_frame_json(r) for r in db.execute(
-                _FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,))]
+            for r in db.execute(_FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,)):
+                yield _frame_json(r)
 
     def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Row:
         sql = _FRAME_SELECT + " WHERE f.job_id=? AND f.frame=?"
