@@ -33,6 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hpcdock.protocol import Backoff
 from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString
 
@@ -102,7 +103,7 @@ def thread_refused(exc: RuntimeError) -> bool:
 
 def start_thread(thread: threading.Thread) -> None:
     """Start ``thread``, waiting as long as the system refuses new threads."""
-    delay = 0.05
+    backoff = Backoff(0.05, THREAD_RETRY_MAX)
     while True:
         try:
             thread.start()
@@ -110,9 +111,9 @@ def start_thread(thread: threading.Thread) -> None:
         except RuntimeError as exc:
             if not thread_refused(exc):
                 raise
+            delay = backoff.next()
             log.warning("%s: %s; trying again in %.2fs", thread.name, exc, delay)
         time.sleep(delay)
-        delay = min(2 * delay, THREAD_RETRY_MAX)
 
 
 class Tail:
@@ -278,17 +279,17 @@ class TaskRunner:
     def _record(self, exit_code: Optional[int], error: Optional[str], results: dict[int, FrameResult]) -> None:
         """Record the result until it is recorded: the store waits out locks itself; a full disk
         or an I/O error is tried again, since dropping the result would leave the task running."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 self.store.finish_task(self.task["id"], exit_code, error, results,
                                    licence=self.licence if self.licence_failure else None)
                 return
             except (sqlite3.OperationalError, StoreBusy) as exc:
+                delay = backoff.next()
                 log.warning("task %s: cannot record the result yet (%s); trying again in %.0fs",
                             self.task["id"], exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _remove(self) -> None:
         assert self.container_id is not None

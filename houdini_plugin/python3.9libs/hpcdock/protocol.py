@@ -133,8 +133,8 @@ RECONNECT_MAX_S = 5.0  # the longest: a service down for minutes is still notice
 
 
 class Backoff:
-    """The waits between reconnects: doubling from ``first`` up to ``maximum``, and back to
-    ``first`` once the stream delivers again (:meth:`reset`)."""
+    """The waits between tries (reconnects, and the service's own retries): doubling from
+    ``first`` up to ``maximum``, and back to ``first`` once a try succeeds (:meth:`reset`)."""
 
     def __init__(self, first: float = RECONNECT_FIRST_S, maximum: float = RECONNECT_MAX_S) -> None:
         self.first = first
