@@ -99,13 +99,13 @@ def test_environment_is_container_relative():
 
 def test_cdi_on_podman_54_and_docker_pins_names():
     att = plan(EngineCaps("podman", (5, 4)), gpus=GPUS)
-    assert (att.mechanism, att.via, att.verify_after) == ("cdi", "compat", "init")
+    assert (att.mechanism, att.via) == ("cdi", "compat")
     assert att.cdi_names == ["nvidia.com/gpu=GPU-aaa", "nvidia.com/gpu=1"]
     kw = att.create_kwargs()
     (req,) = kw["device_requests"]
     assert req["Driver"] == "cdi" and req["DeviceIDs"] == att.cdi_names and req["Count"] == 0
     assert "devices" not in kw
-    assert plan(EngineCaps("docker", (28, 3))).verify_after == "create"
+    assert plan(EngineCaps("docker", (28, 3))).via == "compat"
 
 
 def test_cdi_on_old_podman_goes_through_libpod():

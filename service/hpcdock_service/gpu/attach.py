@@ -99,7 +99,6 @@ class Attachment:
     environment: Dict[str, str] = field(default_factory=dict)
     expect_devices: List[str] = field(default_factory=list)  # container paths inspect must show
     expect_env: List[str] = field(default_factory=list)  # KEY=VALUE inspect must show
-    verify_after: str = "create"  # "init": inspect only shows the devices once initialised
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -223,7 +222,6 @@ def plan_attachment(
                 device_requests=[{"driver": "cdi", "device_ids": list(names)}],
                 expect_devices=expect_dev,
                 expect_env=expect_env,
-                verify_after="init" if caps.name == "podman" else "create",
                 **base,
             )
         if caps.cdi_libpod:
@@ -233,7 +231,6 @@ def plan_attachment(
                 cdi_names=list(names),  # type: ignore[arg-type]
                 expect_devices=expect_dev,
                 expect_env=expect_env,
-                verify_after="init",
                 **base,
             )
         tried.append(
@@ -316,7 +313,8 @@ def plan_attachment(
 
 
 def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]:
-    """None if the container (inspect JSON, taken after ``att.verify_after``) got its GPUs, else why not."""
+    """None if the container (inspect JSON, taken once the engine created it: Podman shows CDI devices
+    only once a container is initialised, which LocalEngine.create does) got its GPUs, else why not."""
     hc = inspect.get("HostConfig") or {}
     env = set((inspect.get("Config") or {}).get("Env") or [])
     devs = set()
