@@ -174,9 +174,7 @@ class Scheduler:
                 started = True
         finally:
             if not started:  # canceled, or the store was locked (StoreBusy): dispatch tries again
-                self.pool.release(task_id)
-                if self.gpus is not None and gpus:
-                    self.gpus.release(task_id)
+                self._release(task_id)
 
     def limits_for(self, step: Row) -> ContainerLimits:
         """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
@@ -217,10 +215,14 @@ class Scheduler:
     def _on_exit(self, task_id: int) -> None:
         with self._lock:
             self._running.pop(task_id, None)
+        self._release(task_id)
+        self._wake.set()
+
+    def _release(self, task_id: int) -> None:
+        """Give back what the task holds: its counted amounts and its GPUs (holding none is fine)."""
         self.pool.release(task_id)
         if self.gpus is not None:
             self.gpus.release(task_id)
-        self._wake.set()
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: int, wait: float = 30.0) -> Row:
