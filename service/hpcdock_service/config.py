@@ -251,6 +251,5 @@ def _load_limits(raw: Any, path: Path) -> SubmitLimits:
     for key, value in raw.items():
         if key not in known:
             raise BadInput(f"{path}: limits.{key}", f"unknown limit (known: {', '.join(sorted(known))})")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInput(f"{path}: limits.{key}", f"must be a whole number >= 1, got {value!r}")
+        _check_number(value, f"{path}: limits.{key}", whole=True)
     return SubmitLimits(**raw)
