@@ -36,18 +36,42 @@ from hpcdock.panel.worker import EventWorker  # noqa: E402
 
 def frame(job_id: int, n: int, state: str, task_id: int) -> dict:
     done = state == "done"
-    return {"job_id": job_id, "step": "render", "frame": n, "task_id": task_id, "attempt": 1, "state": state,
-            "output": f"/projects/shot/render/beauty.{n:05d}.exr" if done else None, "error": None,
-            "started_at": 1000.0, "finished_at": 1001.0 if done else None, "render_time": 1.0 if done else None,
-            "thumbnail_url": None}
+    return {
+        "job_id": job_id,
+        "step": "render",
+        "frame": n,
+        "task_id": task_id,
+        "attempt": 1,
+        "state": state,
+        "output": f"/projects/shot/render/beauty.{n:05d}.exr" if done else None,
+        "error": None,
+        "started_at": 1000.0,
+        "finished_at": 1001.0 if done else None,
+        "render_time": 1.0 if done else None,
+        "thumbnail_url": None,
+    }
 
 
 def job(job_id: int, total: int, done: int) -> dict:
-    return {"id": job_id, "name": "bench", "state": "running" if done < total else "succeeded", "priority": 50,
-            "bundle_dir": "/b", "created_at": 1000.0, "started_at": 1000.0, "finished_at": None, "error": None,
-            "tasks_total": total // 10, "tasks_done": done // 10, "tasks_failed": 0, "tasks_running": 2,
-            "frames_total": total, "frames_done": done, "frames_failed": 0,
-            "steps": [{"name": "render", "depends_on": [], "gpus": 0}]}
+    return {
+        "id": job_id,
+        "name": "bench",
+        "state": "running" if done < total else "succeeded",
+        "priority": 50,
+        "bundle_dir": "/b",
+        "created_at": 1000.0,
+        "started_at": 1000.0,
+        "finished_at": None,
+        "error": None,
+        "tasks_total": total // 10,
+        "tasks_done": done // 10,
+        "tasks_failed": 0,
+        "tasks_running": 2,
+        "frames_total": total,
+        "frames_done": done,
+        "frames_failed": 0,
+        "steps": [{"name": "render", "depends_on": [], "gpus": 0}],
+    }
 
 
 class Heartbeat(QtCore.QObject):
@@ -80,9 +104,13 @@ class Heartbeat(QtCore.QObject):
 
     def summary(self) -> Dict[str, float]:
         gaps = sorted(self.gaps) or [0.0]
-        return {"max_ms": gaps[-1] * 1000, "p99_ms": gaps[int(0.99 * (len(gaps) - 1))] * 1000,
-                "median_ms": statistics.median(gaps) * 1000, "beats": len(self.gaps),
-                "max_cpu_ms": max(self.cpu_gaps or [0.0]) * 1000}
+        return {
+            "max_ms": gaps[-1] * 1000,
+            "p99_ms": gaps[int(0.99 * (len(gaps) - 1))] * 1000,
+            "median_ms": statistics.median(gaps) * 1000,
+            "beats": len(self.gaps),
+            "max_cpu_ms": max(self.cpu_gaps or [0.0]) * 1000,
+        }
 
 
 def spin(app: QtWidgets.QApplication, until, timeout: float) -> float:
@@ -114,8 +142,9 @@ class StreamClient:
             yield from self.phases.get()
 
 
-def run_phase(app, panel: MonitorPanel, beat: Heartbeat, stream: StreamClient, events: Iterator[Event],
-              count: int) -> Dict[str, float]:
+def run_phase(
+    app, panel: MonitorPanel, beat: Heartbeat, stream: StreamClient, events: Iterator[Event], count: int
+) -> Dict[str, float]:
     target = panel.pump.events_applied + count
     beat.start()
     t0 = time.perf_counter()
@@ -225,20 +254,29 @@ def main(argv=None) -> int:
         "| phase | events | total | longest stall | GUI-thread CPU in a gap, max | p99 gap | median gap |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = {"appear": f"{n:,} frames appear (inserts)", "finish": f"{n:,} frames done (+ job events)",
-             "retry": f"{n:,} frames waiting/running/done (3 events each)", "baseline": "idle baseline"}
+    names = {
+        "appear": f"{n:,} frames appear (inserts)",
+        "finish": f"{n:,} frames done (+ job events)",
+        "retry": f"{n:,} frames waiting/running/done (3 events each)",
+        "baseline": "idle baseline",
+    }
     for key in ("appear", "finish", "retry", "baseline"):
         events = runs[0][key]["events"]
         lines.append(
             f"| {names[key]} | {events:,} | {med(key, 'total_s') * 1000:.0f} ms | {med(key, 'max_ms'):.1f} ms "
             f"({worst(key, 'max_ms'):.1f}) | {med(key, 'max_cpu_ms'):.1f} ms ({worst(key, 'max_cpu_ms'):.1f}) | "
-            f"{med(key, 'p99_ms'):.1f} ms | {med(key, 'median_ms'):.1f} ms |")
+            f"{med(key, 'p99_ms'):.1f} ms | {med(key, 'median_ms'):.1f} ms |"
+        )
     stall = max(med(k, "max_ms") for k in ("appear", "finish", "retry"))
     cpu = max(med(k, "max_cpu_ms") for k in ("appear", "finish", "retry"))
     base = med("baseline", "max_ms")
-    lines += ["", f"Longest stall (median run) {stall:.1f} ms against {base:.1f} ms for the idle loop "
-                  f"({stall / max(base, 0.001):.1f}x); the GUI thread's own work in its worst gap: {cpu:.1f} ms. "
-                  f"Target: under 50 ms. {'Met.' if stall < 50 else 'NOT met.'}", ""]
+    lines += [
+        "",
+        f"Longest stall (median run) {stall:.1f} ms against {base:.1f} ms for the idle loop "
+        f"({stall / max(base, 0.001):.1f}x); the GUI thread's own work in its worst gap: {cpu:.1f} ms. "
+        f"Target: under 50 ms. {'Met.' if stall < 50 else 'NOT met.'}",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.write:

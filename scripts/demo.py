@@ -42,11 +42,14 @@ class Failed(Exception):
 
 # -- stages ---------------------------------------------------------------------------------
 
+
 def build_image() -> str:
     say("building the POV-Ray image (reused if its recipe is unchanged) ...")
     proc = subprocess.run([str(REPO / "images" / "povray" / "build.sh")], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise Failed(f"images/povray/build.sh failed with exit status {proc.returncode} (its messages are above)")
+        raise Failed(
+            f"images/povray/build.sh failed with exit status {proc.returncode} (its messages are above)"
+        )
     ref = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "localhost/hpcdock-povray:latest"
     say(f"image {ref}")
     return ref
@@ -70,7 +73,9 @@ def ensure_service():
     except ServiceError as exc:
         raise Failed(f"something answers at {client.url} but not like hpcdock-service: {exc}") from None
     if os.environ.get("HPCDOCK_URL"):
-        raise Failed(f"no hpcdock-service answers at HPCDOCK_URL={client.url}; start it there or unset HPCDOCK_URL")
+        raise Failed(
+            f"no hpcdock-service answers at HPCDOCK_URL={client.url}; start it there or unset HPCDOCK_URL"
+        )
 
     state = paths.state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -80,14 +85,18 @@ def ensure_service():
     say(f"starting hpcdock-service at {client.url}; its log: {log_path}")
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         # Its own session: it outlives this demo (and make), like a daemon the artist started.
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(state))
+        proc = subprocess.Popen(
+            cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(state)
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise Failed("hpcdock-service exited with status {} at start; the end of {}:\n    {}".format(
-                proc.returncode, log_path, "\n    ".join(tail)))
+            raise Failed(
+                "hpcdock-service exited with status {} at start; the end of {}:\n    {}".format(
+                    proc.returncode, log_path, "\n    ".join(tail)
+                )
+            )
         try:
             health = client.health()
             break
@@ -135,12 +144,16 @@ def render(client) -> dict:
     if removed:
         say(f"removed {removed} frames of an earlier run from {OUT}")
     job = client.submit(str(BUNDLE))
-    say(f"submitted {BUNDLE} as job {job['id']}: {job['tasks_total']} tasks (containers), "
-        f"{job['frames_total']} frames; live progress:")
+    say(
+        f"submitted {BUNDLE} as job {job['id']}: {job['tasks_total']} tasks (containers), "
+        f"{job['frames_total']} frames; live progress:"
+    )
     status = cli.main(["--url", client.url, "follow", str(job["id"])])
     if status == 130:
-        raise Failed(f"interrupted; job {job['id']} keeps running (cancel it with: "
-                     f"{_hpcdock()} cancel {job['id']})", 130)
+        raise Failed(
+            f"interrupted; job {job['id']} keeps running (cancel it with: {_hpcdock()} cancel {job['id']})",
+            130,
+        )
     job = client.job(job["id"])
     if job["state"] != "succeeded":
         raise Failed(f"job {job['id']} {job['state']}: {failure_reason(client, job)}", 1)
@@ -159,8 +172,10 @@ def failure_reason(client, job: dict) -> str:
         t = failed[0]
         text, _ = client.log(t["id"])
         tail = "\n      ".join(text.rstrip().splitlines()[-12:])
-        lines.append(f"task {t['id']} (frames {t['frames'][0]}-{t['frames'][-1]}): {t.get('error')}; "
-                     f"end of its log:\n      {tail}")
+        lines.append(
+            f"task {t['id']} (frames {t['frames'][0]}-{t['frames'][-1]}): {t.get('error')}; "
+            f"end of its log:\n      {tail}"
+        )
         lines.append(f"whole log: {_hpcdock()} logs {t['id']}")
     return "\n    ".join(lines)
 
@@ -183,14 +198,27 @@ def check_frames(client, job: dict) -> list[Path]:
             broken.append(n)
     done = sum(1 for f in client.frames(job["id"]) if f["state"] == "done")
     if missing or broken or done != len(FRAMES):
-        raise Failed(f"job {job['id']} succeeded but frames are not all there: service reports {done}/"
-                     f"{len(FRAMES)} done; missing files {missing or 'none'}; unreadable {broken or 'none'}", 1)
+        raise Failed(
+            f"job {job['id']} succeeded but frames are not all there: service reports {done}/"
+            f"{len(FRAMES)} done; missing files {missing or 'none'}; unreadable {broken or 'none'}",
+            1,
+        )
     return paths
 
 
 def write_preview() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make-preview.py"), str(OUT), str(PREVIEW),
-                           "--pattern", "ball.*.png"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make-preview.py"),
+            str(OUT),
+            str(PREVIEW),
+            "--pattern",
+            "ball.*.png",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
         raise Failed(f"make-preview.py failed with exit status {proc.returncode}", 1)
     say(proc.stdout.strip().removeprefix("make-preview: "))
@@ -202,6 +230,7 @@ def _hpcdock() -> str:
 
 
 # -- main -----------------------------------------------------------------------------------
+
 
 def main() -> int:
     times: list[tuple[str, float]] = []
@@ -239,8 +268,10 @@ def main() -> int:
         say(f"  {name:<14} {secs:6.1f} s")
     if started_pid:
         say()
-        say(f"hpcdock-service (pid {started_pid}) keeps running for the next job; "
-            f"the next 'make demo' reuses it. Stop it with: kill {started_pid}")
+        say(
+            f"hpcdock-service (pid {started_pid}) keeps running for the next job; "
+            f"the next 'make demo' reuses it. Stop it with: kill {started_pid}"
+        )
     return status
 
 

@@ -29,8 +29,9 @@ def frame_key(path: Path) -> tuple:
 
 
 def find_frames(frames_dir: Path, pattern: str) -> list[Path]:
-    return sorted((p for p in frames_dir.glob(pattern) if p.is_file() and not p.name.startswith(".")),
-                  key=frame_key)
+    return sorted(
+        (p for p in frames_dir.glob(pattern) if p.is_file() and not p.name.startswith(".")), key=frame_key
+    )
 
 
 def load_frame(path: Path, width: int) -> Image.Image:
@@ -50,8 +51,16 @@ def write_gif(frames: list[Image.Image], out: Path, fps: float) -> None:
         montage.paste(im, (0, i * sample[0].height))
     palette = montage.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     quantised = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in frames]
-    quantised[0].save(out, format="GIF", save_all=True, append_images=quantised[1:], loop=0,
-                      duration=max(20, round(1000 / fps)), optimize=False, disposal=1)
+    quantised[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=quantised[1:],
+        loop=0,
+        duration=max(20, round(1000 / fps)),
+        optimize=False,
+        disposal=1,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,12 +38,27 @@ from hpcdock.panel.qt import QtCore, QtGui, QtWidgets, qenum  # noqa: E402
 
 #: the frames the --flagged shot marks bad, with the flags the service's checks give them
 FLAGGED = {
-    17: [{"check": "black", "reason": "all pixels black (max luminance 0.0000 <= 0.0010)",
-          "values": {"max_luminance": 0.0}}],
-    30: [{"check": "nan", "reason": "2304 of 230400 pixels are NaN or Inf (1.0%)",
-          "values": {"bad_pixels": 2304, "pixels": 230400}}],
-    41: [{"check": "unreadable", "reason": "truncated PNG: image data ends at byte 18432 of 96210",
-          "values": {"bytes": 18432}}],
+    17: [
+        {
+            "check": "black",
+            "reason": "all pixels black (max luminance 0.0000 <= 0.0010)",
+            "values": {"max_luminance": 0.0},
+        }
+    ],
+    30: [
+        {
+            "check": "nan",
+            "reason": "2304 of 230400 pixels are NaN or Inf (1.0%)",
+            "values": {"bad_pixels": 2304, "pixels": 230400},
+        }
+    ],
+    41: [
+        {
+            "check": "unreadable",
+            "reason": "truncated PNG: image data ends at byte 18432 of 96210",
+            "values": {"bytes": 18432},
+        }
+    ],
 }
 
 
@@ -52,8 +67,17 @@ def spawn_service(workdir: Path, engine_socket: str = None):
     which mkdtemp made private); returns (proc, url, token)."""
     url = f"unix://{workdir / 'service.sock'}"
     env = dict(os.environ, XDG_CONFIG_HOME=str(workdir / "config"), PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "hpcdock_service.main", "--listen", url, "--state-dir",
-            str(workdir / "state"), "--slots", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "hpcdock_service.main",
+        "--listen",
+        url,
+        "--state-dir",
+        str(workdir / "state"),
+        "--slots",
+        "2",
+    ]
     if engine_socket:
         args += ["--engine-socket", engine_socket]
     log = open(workdir / "service.log", "ab")  # noqa: SIM115 - handed to the child
@@ -105,21 +129,46 @@ def fake_flagged_job():
     total, done, per_task = 48, 44, 4
     service = FakeService()
     out = "/farm/sh010/render/ball"
-    service.put_job(make_job(1, "Bouncing ball (POV-Ray)", frames_total=total, frames_done=done,
-                             frames_flagged=len(FLAGGED), fps=24.0, tasks_total=total // per_task,
-                             tasks_done=done // per_task, tasks_running=1, started_at=time.time() - 96),
-                    emit=False)
+    service.put_job(
+        make_job(
+            1,
+            "Bouncing ball (POV-Ray)",
+            frames_total=total,
+            frames_done=done,
+            frames_flagged=len(FLAGGED),
+            fps=24.0,
+            tasks_total=total // per_task,
+            tasks_done=done // per_task,
+            tasks_running=1,
+            started_at=time.time() - 96,
+        ),
+        emit=False,
+    )
     for task_id in range(1, total // per_task + 1):
         first = (task_id - 1) * per_task + 1
-        state = "succeeded" if first + per_task - 1 <= done else ("running" if first <= done + 1 else "pending")
-        service.put_task(make_task(task_id, frames=tuple(range(first, first + per_task)), state=state,
-                                   index=task_id - 1, progress=50.0 if state == "running" else 100.0),
-                         emit=False)
+        state = (
+            "succeeded" if first + per_task - 1 <= done else ("running" if first <= done + 1 else "pending")
+        )
+        service.put_task(
+            make_task(
+                task_id,
+                frames=tuple(range(first, first + per_task)),
+                state=state,
+                index=task_id - 1,
+                progress=50.0 if state == "running" else 100.0,
+            ),
+            emit=False,
+        )
     for f in range(1, total + 1):
         task_id = (f - 1) // per_task + 1
         state = "done" if f <= done else ("running" if f <= done + 2 else "waiting")
-        frame = make_frame(f, state=state, task_id=task_id, flags=FLAGGED.get(f, []),
-                           output=f"{out}.{f:04d}.png" if state == "done" else None)
+        frame = make_frame(
+            f,
+            state=state,
+            task_id=task_id,
+            flags=FLAGGED.get(f, []),
+            output=f"{out}.{f:04d}.png" if state == "done" else None,
+        )
         if FLAGGED.get(f, [{}])[0].get("check") == "unreadable":
             frame["thumbnail_url"] = None  # nothing to make a thumbnail of
         service.put_frame(frame, emit=False)
@@ -127,9 +176,14 @@ def fake_flagged_job():
             service.thumbnails[(1, "render", f)] = ball_thumbnail(f, total, black=f == 17)
     shown = min(FLAGGED)
     task = (shown - 1) // per_task + 1
-    service.append_log(task, "".join(
-        f"::hpcdock::frame-start {f}\nrender.sh: frame {f} rendered in 4.{f % 10} s\n"
-        f"::hpcdock::frame-done {f} {out}.{f:04d}.png\n" for f in range((task - 1) * per_task + 1, task * per_task + 1)))
+    service.append_log(
+        task,
+        "".join(
+            f"::hpcdock::frame-start {f}\nrender.sh: frame {f} rendered in 4.{f % 10} s\n"
+            f"::hpcdock::frame-done {f} {out}.{f:04d}.png\n"
+            for f in range((task - 1) * per_task + 1, task * per_task + 1)
+        ),
+    )
     return service, 1, shown
 
 
@@ -144,10 +198,17 @@ def shoot_flagged(app, window, args) -> int:
         spin(app, lambda: panel.frames_model.rowCount() == len(service.frames), 30, "the frames")
         row = panel.frames_model.row_of("render", shown)
         panel.frames_view.setCurrentIndex(panel.frames_model.index(row))
-        done_keys = [panel.frames_model.thumb_key(f) for f in panel.frames_model.frames()
-                     if f.get("state") == "done" and f.get("thumbnail_url")]
-        spin(app, lambda: all(k in panel.cache or k in panel.cache.missing for k in done_keys), 60,
-             "the thumbnails")
+        done_keys = [
+            panel.frames_model.thumb_key(f)
+            for f in panel.frames_model.frames()
+            if f.get("state") == "done" and f.get("thumbnail_url")
+        ]
+        spin(
+            app,
+            lambda: all(k in panel.cache or k in panel.cache.missing for k in done_keys),
+            60,
+            "the thumbnails",
+        )
         spin(app, lambda: panel.log_view.toPlainText().strip() != "", 30, "the log")
         return save(app, window, panel, Path(args.out))
     finally:
@@ -180,16 +241,24 @@ def main(argv=None) -> int:
     parser.add_argument("--token", help="bearer token (default: the one in the hpcdock config dir)")
     parser.add_argument("--spawn-service", action="store_true", help="start a private service for the shot")
     parser.add_argument("--engine-socket", help="engine socket for --spawn-service (default: the service's)")
-    parser.add_argument("--bundle", default=str(ROOT / "examples" / "bouncing-ball"),
-                        help="bundle to submit (copied to a scratch directory first)")
+    parser.add_argument(
+        "--bundle",
+        default=str(ROOT / "examples" / "bouncing-ball"),
+        help="bundle to submit (copied to a scratch directory first)",
+    )
     parser.add_argument("--frames", default="1-48", help="the Frames parameter (default 1-48)")
     parser.add_argument("--job", type=int, help="watch this job instead of submitting one")
     parser.add_argument("--done", type=float, default=0.5, help="shoot once this fraction of frames is done")
     parser.add_argument("--size", default="1280x820")
-    parser.add_argument("--flagged", action="store_true",
-                        help="a job with flagged frames from the tests' in-memory service (no service needed)")
-    parser.add_argument("--out", help="the PNG to write (default docs/img/panel.png, "
-                                      "docs/img/panel-flagged.png with --flagged)")
+    parser.add_argument(
+        "--flagged",
+        action="store_true",
+        help="a job with flagged frames from the tests' in-memory service (no service needed)",
+    )
+    parser.add_argument(
+        "--out",
+        help="the PNG to write (default docs/img/panel.png, docs/img/panel-flagged.png with --flagged)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
     args.out = args.out or str(ROOT / "docs" / "img" / ("panel-flagged.png" if args.flagged else "panel.png"))
@@ -232,20 +301,36 @@ def main(argv=None) -> int:
         spin(app, middle, args.timeout, f"{args.done:.0%} of the frames to be done")
         # follow the log of the running task that has been at it longest (the most to show)
         tasks = panel.frames_model.tasks
-        running = [r for r in range(panel.frames_model.rowCount())
-                   if panel.frames_model.frame(r).get("state") == "running"]
-        running.sort(key=lambda r: (tasks.get(panel.frames_model.frame(r).get("task_id")) or {}).get(
-            "started_at") or float("inf"))
+        running = [
+            r
+            for r in range(panel.frames_model.rowCount())
+            if panel.frames_model.frame(r).get("state") == "running"
+        ]
+        running.sort(
+            key=lambda r: (
+                (tasks.get(panel.frames_model.frame(r).get("task_id")) or {}).get("started_at")
+                or float("inf")
+            )
+        )
         row = running[0] if running else panel.frames_model.rowCount() - 1
         panel.frames_view.setCurrentIndex(panel.frames_model.index(row))
-        done_keys = [panel.frames_model.thumb_key(f) for f in panel.frames_model.frames()
-                     if f.get("state") == "done"]
-        spin(app, lambda: all(k in panel.cache or k in panel.cache.missing for k in done_keys), 60,
-             "the thumbnails")
+        done_keys = [
+            panel.frames_model.thumb_key(f) for f in panel.frames_model.frames() if f.get("state") == "done"
+        ]
+        spin(
+            app,
+            lambda: all(k in panel.cache or k in panel.cache.missing for k in done_keys),
+            60,
+            "the thumbnails",
+        )
         spin(app, lambda: panel.log_view.toPlainText().strip() != "", 30, "the log")
         settle = time.monotonic() + 8  # a few more lines of the running task, if they come
-        spin(app, lambda: panel.log_view.toPlainText().count("\n") >= 6 or time.monotonic() > settle, 10,
-             "more log")
+        spin(
+            app,
+            lambda: panel.log_view.toPlainText().count("\n") >= 6 or time.monotonic() > settle,
+            10,
+            "more log",
+        )
         save(app, window, panel, Path(args.out))
     finally:
         panel.shutdown()

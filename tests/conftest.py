@@ -28,8 +28,9 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     sock = tmp_path_factory.mktemp("engine") / "podman.sock"
     url = f"unix://{sock}"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 20
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -58,5 +59,3 @@ def service(tmp_path: Path, engine_url: str) -> Iterator[ServiceProcess]:
     yield svc
     svc.stop()
     remove_leftovers(svc)
-
-

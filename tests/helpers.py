@@ -23,6 +23,7 @@ TEST_IMAGE = os.environ.get("HPCDOCK_TEST_IMAGE", "localhost/hpcdock-test:latest
 
 # -- engine -----------------------------------------------------------------------------------
 
+
 def rootless_podman_unusable() -> Optional[str]:
     if os.environ.get("DOCKER_HOST"):
         return None
@@ -34,6 +35,7 @@ def rootless_podman_unusable() -> Optional[str]:
 
 
 # -- the service ------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -49,9 +51,15 @@ class ServiceProcess:
     a free loopback port instead.
     """
 
-    def __init__(self, root: Path, engine_url: Optional[str], slots: int = 2,
-                 extra_env: Optional[dict[str, str]] = None, config: Optional[dict[str, Any]] = None,
-                 tcp: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        engine_url: Optional[str],
+        slots: int = 2,
+        extra_env: Optional[dict[str, str]] = None,
+        config: Optional[dict[str, Any]] = None,
+        tcp: bool = False,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config_home = root / "config"
@@ -61,8 +69,11 @@ class ServiceProcess:
         self.engine_url = engine_url
         self.slots = slots
         self.listen = f"tcp://127.0.0.1:{_free_port()}" if tcp else None
-        self.url = (f"http://{self.listen[len('tcp://'):]}" if self.listen
-                    else f"unix://{self.runtime_dir / 'hpcdock' / 'service.sock'}")
+        self.url = (
+            f"http://{self.listen[len('tcp://') :]}"
+            if self.listen
+            else f"unix://{self.runtime_dir / 'hpcdock' / 'service.sock'}"
+        )
         self.extra_env = extra_env or {}
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = root / "service.log"
@@ -72,16 +83,29 @@ class ServiceProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "XDG_CONFIG_HOME": str(self.config_home), "XDG_RUNTIME_DIR": str(self.runtime_dir),
-               "HPCDOCK_URL": self.url, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(self.config_home),
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "HPCDOCK_URL": self.url,
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
         if os.geteuid() == 0:
             env["HPCDOCK_ALLOW_ROOT"] = "1"  # only when a developer points root at a user's engine
         return env
 
     def command(self) -> list[str]:
         """The service's command line: its defaults, but for the state and the engine of the test."""
-        args = [sys.executable, "-m", "hpcdock_service.main", "--state-dir", str(self.state_dir),
-                "--slots", str(self.slots)]
+        args = [
+            sys.executable,
+            "-m",
+            "hpcdock_service.main",
+            "--state-dir",
+            str(self.state_dir),
+            "--slots",
+            str(self.slots),
+        ]
         if self.listen:
             args += ["--listen", self.listen]
         if self.engine_url:
@@ -114,8 +138,16 @@ class ServiceProcess:
     def token(self) -> str:
         return (self.config_home / "hpcdock" / "token").read_text().strip()
 
-    def raw(self, method: str, path: str, *, json_body: Any = None, params: Optional[dict[str, Any]] = None,
-            headers: Optional[dict[str, str]] = None, auth: bool = True):
+    def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Optional[dict[str, Any]] = None,
+        headers: Optional[dict[str, str]] = None,
+        auth: bool = True,
+    ):
         """One hand-made request, answered whatever its status (a ``hpcdock.client.Response``)."""
         body = None
         if json_body is not None:
@@ -147,8 +179,9 @@ class ServiceProcess:
         return [sys.executable, "-m", "hpcdock.cli", *args]
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cli_command(*args), env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            self.cli_command(*args), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
 
 def socket_answers(path: Path) -> bool:
@@ -165,9 +198,22 @@ def socket_answers(path: Path) -> bool:
 
 def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
     """What ``hpcdock-service --check`` prints for ``svc``'s settings, on a state directory of its own."""
-    proc = subprocess.run([sys.executable, "-m", "hpcdock_service.main", "--check", "--state-dir",
-                           str(svc.root / "check-state"), "--engine-socket", engine_url],
-                          env=svc.env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcdock_service.main",
+            "--check",
+            "--state-dir",
+            str(svc.root / "check-state"),
+            "--engine-socket",
+            engine_url,
+        ],
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -212,9 +258,18 @@ RENDER_SH = textwrap.dedent("""\
     """)
 
 
-def make_bundle(root: Path, *, frames: str = "1-12", chunk: int = 5, command: Optional[list[str]] = None,
-                settings: Optional[dict[str, Any]] = None, template_extra: Optional[dict[str, Any]] = None,
-                png: bool = False, env: Optional[dict[str, str]] = None, steps: Optional[list] = None) -> Path:
+def make_bundle(
+    root: Path,
+    *,
+    frames: str = "1-12",
+    chunk: int = 5,
+    command: Optional[list[str]] = None,
+    settings: Optional[dict[str, Any]] = None,
+    template_extra: Optional[dict[str, Any]] = None,
+    png: bool = False,
+    env: Optional[dict[str, str]] = None,
+    steps: Optional[list] = None,
+) -> Path:
     """Write a job bundle: one step rendering FRAMES in chunks of CHUNK with the test renderer."""
     root.mkdir(parents=True, exist_ok=True)
     ext = "png" if png else "txt"
@@ -224,15 +279,29 @@ def make_bundle(root: Path, *, frames: str = "1-12", chunk: int = 5, command: Op
 
         # A picture, not one flat colour (which the frame checks rightly flag as constant).
         ramp = Image.linear_gradient("L").resize((640, 360))
-        Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                            Image.new("L", (640, 360), 30))).save(root / "src.png")
+        Image.merge(
+            "RGB", (ramp, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.new("L", (640, 360), 30))
+        ).save(root / "src.png")
     step = {
         "name": "render",
-        "parameterSpace": {"taskParameterDefinitions": [{
-            "name": "Frame", "type": "CHUNK[INT]", "range": "{{Param.Frames}}",
-            "chunks": {"defaultTaskCount": chunk, "rangeConstraint": "CONTIGUOUS"}}]},
-        "script": {"actions": {"onRun": {"command": (command or ["sh"])[0],
-                                         "args": (command or ["sh", "render.sh", "{{Task.Param.Frame}}"])[1:]}}},
+        "parameterSpace": {
+            "taskParameterDefinitions": [
+                {
+                    "name": "Frame",
+                    "type": "CHUNK[INT]",
+                    "range": "{{Param.Frames}}",
+                    "chunks": {"defaultTaskCount": chunk, "rangeConstraint": "CONTIGUOUS"},
+                }
+            ]
+        },
+        "script": {
+            "actions": {
+                "onRun": {
+                    "command": (command or ["sh"])[0],
+                    "args": (command or ["sh", "render.sh", "{{Task.Param.Frame}}"])[1:],
+                }
+            }
+        },
     }
     template = {
         "specificationVersion": "jobtemplate-2023-09",
@@ -243,11 +312,14 @@ def make_bundle(root: Path, *, frames: str = "1-12", chunk: int = 5, command: Op
         **(template_extra or {}),
     }
     (root / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
-    (root / "parameter_values.yaml").write_text(yaml.safe_dump(
-        {"parameterValues": [{"name": "Frames", "value": frames}]}))
-    hpc = {"image": TEST_IMAGE,
-           "env": {"OUT_PATTERN": f"out/f.%04d.{ext}", **(env or {})},
-           "frames": {"parameter": "Frame", "output": f"out/f.{{frame:04d}}.{ext}"}}
+    (root / "parameter_values.yaml").write_text(
+        yaml.safe_dump({"parameterValues": [{"name": "Frames", "value": frames}]})
+    )
+    hpc = {
+        "image": TEST_IMAGE,
+        "env": {"OUT_PATTERN": f"out/f.%04d.{ext}", **(env or {})},
+        "frames": {"parameter": "Frame", "output": f"out/f.{{frame:04d}}.{ext}"},
+    }
     hpc.update(settings or {})
     (root / "hpcdock.yaml").write_text(yaml.safe_dump(hpc, sort_keys=False))
     return root
@@ -264,8 +336,11 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2, what: str =
 
 
 def wait_job(client, job_id: int, timeout: float = 180) -> dict:
-    return wait_for(lambda: (lambda j: j if j["state"] in JOB_FINAL else None)(
-        client.job(job_id)), timeout, what=f"job {job_id} to finish")
+    return wait_for(
+        lambda: (lambda j: j if j["state"] in JOB_FINAL else None)(client.job(job_id)),
+        timeout,
+        what=f"job {job_id} to finish",
+    )
 
 
 def dump(obj: Any) -> str:

@@ -77,24 +77,30 @@ def _param_value(value: Any) -> Union[str, int, float]:
     """A job parameter value: a string or a number (not a bool, list or mapping)."""
     if isinstance(value, str) and len(value) <= 65536:
         return _clean_text(value)
-    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
-                                    and -MAX_ID - 1 <= value <= MAX_ID):
+    if isinstance(value, float) or (
+        isinstance(value, int) and not isinstance(value, bool) and -MAX_ID - 1 <= value <= MAX_ID
+    ):
         return value
     raise ValueError("must be a string (at most 65536 characters) or a number")
 
 
-ParamValue = Annotated[Union[str, int, float], PlainValidator(_param_value),
-                       WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 65536}, {"type": "number"}]})]
+ParamValue = Annotated[
+    Union[str, int, float],
+    PlainValidator(_param_value),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 65536}, {"type": "number"}]}),
+]
 Id = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 Frame = Annotated[int, PathParam(ge=-MAX_FRAME, le=MAX_FRAME)]
 
 
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bundle_dir: Text = Field(description="Absolute path of the job bundle directory on this machine",
-                             max_length=4096)
+    bundle_dir: Text = Field(
+        description="Absolute path of the job bundle directory on this machine", max_length=4096
+    )
     parameter_values: Optional[dict[Annotated[Text, Field(max_length=1024)], ParamValue]] = Field(
-        None, description="Overrides of job parameters, by name", max_length=1000)
+        None, description="Overrides of job parameters, by name", max_length=1000
+    )
     priority: Optional[StrictInt] = Field(None, ge=0, le=100)
     name: Optional[Annotated[Text, Field(max_length=1024)]] = None
 
@@ -104,10 +110,12 @@ class RetryFrames(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     frames: Optional[list[Annotated[StrictInt, Field(ge=-MAX_FRAME, le=MAX_FRAME)]]] = Field(
-        None, description="Frame numbers to render again (only these)", min_length=1, max_length=100000)
+        None, description="Frame numbers to render again (only these)", min_length=1, max_length=100000
+    )
     flagged: bool = Field(False, description="Render again every frame a check flagged")
     step: Optional[Annotated[Text, Field(max_length=1024)]] = Field(
-        None, description="The step whose frames these are (default: the last step that has each frame)")
+        None, description="The step whose frames these are (default: the last step that has each frame)"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -174,8 +182,12 @@ class LocalHostOnly:
             host = Headers(scope=scope).get("host", "")
             name = host.rpartition("]")[0][1:] if host.startswith("[") else host.partition(":")[0]
             if name.lower() not in self.allowed:
-                response = _error(400, "Host", f"{host!r} is not a name of this machine's loopback; "
-                                  f"hpcdock-service answers only to {', '.join(sorted(self.allowed))}")
+                response = _error(
+                    400,
+                    "Host",
+                    f"{host!r} is not a name of this machine's loopback; "
+                    f"hpcdock-service answers only to {', '.join(sorted(self.allowed))}",
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -221,10 +233,16 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
                 service.close()
 
     # No /docs: a browser cannot send the bearer token. The schema is served below, with the token.
-    app = FastAPI(title="hpcdock-service", version=__version__, lifespan=lifespan,
-                  responses=_errors(400, 401, 422),
-                  description="Runs OpenJD job bundles as containers on a rootless engine.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="hpcdock-service",
+        version=__version__,
+        lifespan=lifespan,
+        responses=_errors(400, 401, 422),
+        description="Runs OpenJD job bundles as containers on a rootless engine.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_middleware(LocalHostOnly, also=service.config.endpoint.host)
     # Open event streams end when the server begins to shut down, so a restart is not held up;
     # clients resume from their last event id.
@@ -246,8 +264,9 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             for op in item.values():
                 for status, response in op["responses"].items():
                     if status.startswith("4"):
-                        response["content"] = {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+                        response["content"] = {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                        }
         return doc
 
     app.openapi = openapi_document  # type: ignore[method-assign]
@@ -293,8 +312,9 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
         return {"ok": True}
 
     @app.get("/v1/hello")
-    def hello(request: Request, nonce: str = Query(..., min_length=16, max_length=128,
-                                                   pattern="^[A-Za-z0-9_-]+$")) -> dict[str, str]:
+    def hello(
+        request: Request, nonce: str = Query(..., min_length=16, max_length=128, pattern="^[A-Za-z0-9_-]+$")
+    ) -> dict[str, str]:
         """The TCP client's challenge: proves this service holds the token before the client
         sends it (see hpcdock.endpoint.proof), bound to the address this connection reached."""
         server = request.scope.get("server") or ("unix", None)
@@ -308,8 +328,12 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     @app.post("/v1/jobs", status_code=201, dependencies=v1, responses=_errors(429))
     def submit(body: JobSubmit) -> dict[str, Any]:
         if not submits.acquire(blocking=False):
-            raise BadInput("bundle_dir", f"{service.config.limits.max_concurrent_submits} submissions are "
-                           "already being read (limits.max_concurrent_submits); retry shortly", 429)
+            raise BadInput(
+                "bundle_dir",
+                f"{service.config.limits.max_concurrent_submits} submissions are "
+                "already being read (limits.max_concurrent_submits); retry shortly",
+                429,
+            )
         try:
             return service.submit(body.bundle_dir, body.parameter_values, body.priority, body.name)
         finally:
@@ -347,8 +371,12 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
         store.job(job_id)
         return _json_list("frames", store.iter_frames(job_id))  # type: ignore[return-value]
 
-    @app.get("/v1/jobs/{job_id}/frames/{frame}/thumbnail", dependencies=v1, responses=NOT_FOUND,
-             response_class=FileResponse)
+    @app.get(
+        "/v1/jobs/{job_id}/frames/{frame}/thumbnail",
+        dependencies=v1,
+        responses=NOT_FOUND,
+        response_class=FileResponse,
+    )
     def thumbnail(job_id: Id, frame: Frame, step: Optional[str] = None) -> Response:
         path = store.thumbnail_path(job_id, frame, step)
         if path is None:
@@ -366,21 +394,28 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
     def task(task_id: Id) -> dict[str, Any]:
         return store.task(task_id)
 
-    @app.get("/v1/tasks/{task_id}/log", dependencies=v1, responses=NOT_FOUND,
-             response_class=PlainTextResponse)
+    @app.get(
+        "/v1/tasks/{task_id}/log", dependencies=v1, responses=NOT_FOUND, response_class=PlainTextResponse
+    )
     def task_log(task_id: Id, offset: int = Query(0, ge=0, le=MAX_ID)) -> Response:
         store.task(task_id)
         # Offsets count bytes as the task printed them, across the cuts of capped attempts:
         # X-Log-Next is where to read on (past a cut it is more than offset + the bytes sent).
         data, following, size = tasklog.read(service.scheduler.log_path(task_id), offset, tasklog.READ_LIMIT)
-        return Response(data, media_type="text/plain; charset=utf-8",
-                        headers={"X-Log-Size": str(size), "X-Log-Next": str(following)})
+        return Response(
+            data,
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Log-Size": str(size), "X-Log-Next": str(following)},
+        )
 
     # -- events -------------------------------------------------------------------------
     @app.get("/v1/events", dependencies=v1)
-    async def events(request: Request, job: Optional[int] = Query(None, ge=0, le=MAX_ID),
-                     since: Optional[int] = Query(None, ge=0, le=MAX_ID),
-                     last_event_id: Optional[str] = Header(None)) -> StreamingResponse:
+    async def events(
+        request: Request,
+        job: Optional[int] = Query(None, ge=0, le=MAX_ID),
+        since: Optional[int] = Query(None, ge=0, le=MAX_ID),
+        last_event_id: Optional[str] = Header(None),
+    ) -> StreamingResponse:
         start = since or 0
         if last_event_id:
             try:
@@ -388,10 +423,15 @@ def create_app(service: Service, manage_lifecycle: bool = False) -> FastAPI:
             except ValueError:
                 start = -1
             if not 0 <= start <= MAX_ID:
-                raise BadInput("Last-Event-ID", f"must be an event id (a whole number from 0 to {MAX_ID}), "
-                               f"got {last_event_id[:40]!r}")
-        return StreamingResponse(_stream(request, start, job), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                raise BadInput(
+                    "Last-Event-ID",
+                    f"must be an event id (a whole number from 0 to {MAX_ID}), got {last_event_id[:40]!r}",
+                )
+        return StreamingResponse(
+            _stream(request, start, job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def _stream(request: Request, last_id: int, job_id: Optional[int]) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()

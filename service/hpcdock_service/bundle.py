@@ -69,15 +69,43 @@ _FORBIDDEN_KEYS = {
 _IMAGE_REFERENCE = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FRAME_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?0?[0-9]{0,2}d?")  # a width of at most 99: no padding bombs
 # Mount targets that would hide what the container itself needs: whole trees, and top-level dirs.
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
-_SYSTEM_DIRS = {"/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin",
-                "/usr", "/var", "/usr/bin", "/usr/lib", "/usr/sbin", "/usr/lib64"}
-_KNOWN_KEYS = {"image", "env", "network", "mounts", "frames", "priority", "max_attempts", "name", "outputs",
-               "frame_checks", "fps"}
+_SYSTEM_DIRS = {
+    "/",
+    "/bin",
+    "/boot",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/run",
+    "/sbin",
+    "/usr",
+    "/var",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/sbin",
+    "/usr/lib64",
+}
+_KNOWN_KEYS = {
+    "image",
+    "env",
+    "network",
+    "mounts",
+    "frames",
+    "priority",
+    "max_attempts",
+    "name",
+    "outputs",
+    "frame_checks",
+    "fps",
+}
 
 
 @dataclass(frozen=True)
@@ -182,16 +210,21 @@ def load_bundle(
     """
     limits = limits or SubmitLimits()
     root = _bundle_root(bundle_dir, mount_policy)
-    tname, template = _read_document(root, "template", limits.max_template_bytes, "max_template_bytes",
-                                     limits, required=True)
-    _, settings = _read_document(root, "hpcdock", limits.max_parameter_file_bytes, "max_parameter_file_bytes",
-                                 limits, required=True)
+    tname, template = _read_document(
+        root, "template", limits.max_template_bytes, "max_template_bytes", limits, required=True
+    )
+    _, settings = _read_document(
+        root, "hpcdock", limits.max_parameter_file_bytes, "max_parameter_file_bytes", limits, required=True
+    )
     values = _parameter_values(root, parameter_values, limits)
 
     steps_raw = template.get("steps")
     if isinstance(steps_raw, list) and len(steps_raw) > limits.max_steps:
-        raise BadInput(f"{tname}: steps", f"{len(steps_raw)} steps, more than the limit of {limits.max_steps} "
-                       "(limits.max_steps in service.yaml)")
+        raise BadInput(
+            f"{tname}: steps",
+            f"{len(steps_raw)} steps, more than the limit of {limits.max_steps} "
+            "(limits.max_steps in service.yaml)",
+        )
     jt = _decode_template(template, tname)
     _refuse_unsupported(jt, tname)
     container, frames_param, outputs, priority, max_attempts, name = _parse_settings(
@@ -202,13 +235,19 @@ def load_bundle(
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
         raise BadInput("hpcdock.yaml: fps", f"must be a frame rate above 0 and at most 1000, got {fps!r}")
     if image_exists is not None and not image_exists(container.image):
-        raise BadInput("hpcdock.yaml: image", f"image {container.image!r} does not exist on the engine "
-                       "(no registry is used: build or import it locally first)")
+        raise BadInput(
+            "hpcdock.yaml: image",
+            f"image {container.image!r} does not exist on the engine "
+            "(no registry is used: build or import it locally first)",
+        )
 
     try:
         params = preprocess_job_parameters(
-            job_template=jt, job_parameter_values=values, environment_templates=[],
-            job_template_dir=root, current_working_dir=root,
+            job_template=jt,
+            job_parameter_values=values,
+            environment_templates=[],
+            job_template_dir=root,
+            current_working_dir=root,
         )
         job = create_job(job_template=jt, job_parameter_values=params)
     except DecodeValidationError as exc:
@@ -216,17 +255,22 @@ def load_bundle(
     except ValueError as exc:
         raise BadInput("parameter_values", str(exc)) from None
     except OverflowError:  # a range longer than a machine word can count
-        raise BadInput("parameter_values", "a range is out of range (frames are whole numbers from "
-                       f"{-MAX_FRAME} to {MAX_FRAME})") from None
+        raise BadInput(
+            "parameter_values",
+            f"a range is out of range (frames are whole numbers from {-MAX_FRAME} to {MAX_FRAME})",
+        ) from None
 
     _check_job_size(job, frames_param, limits, tname)
     steps = []
     step_names = {s.name for s in job.steps}
     for index, step in enumerate(job.steps):
-        steps.append(_plan_step(index, step, frames_param, outputs, step_names, gpu_check, capacity or {}, tname))
+        steps.append(
+            _plan_step(index, step, frames_param, outputs, step_names, gpu_check, capacity or {}, tname)
+        )
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
-        raise BadInput("hpcdock.yaml: frames.parameter",
-                       f"no step has a task parameter named {frames_param!r}")
+        raise BadInput(
+            "hpcdock.yaml: frames.parameter", f"no step has a task parameter named {frames_param!r}"
+        )
     return JobPlan(
         name=name or job.name,
         bundle_dir=str(root),
@@ -241,6 +285,7 @@ def load_bundle(
 
 
 # -- reading files -------------------------------------------------------------------------
+
 
 def _bundle_root(bundle_dir: str, policy: MountPolicy) -> Path:
     if not bundle_dir or not os.path.isabs(bundle_dir):
@@ -267,15 +312,18 @@ def _check_mountable(policy: MountPolicy, path: str, where: str, must_exist: boo
         raise BadInput(where, str(exc)) from None
 
 
-def _read_document(root: Path, stem: str, cap: int, cap_name: str, limits: SubmitLimits,
-                   required: bool) -> tuple[str, Any]:
+def _read_document(
+    root: Path, stem: str, cap: int, cap_name: str, limits: SubmitLimits, required: bool
+) -> tuple[str, Any]:
     """Read ``STEM.yaml`` or ``STEM.json`` (exactly one may exist); return its name and its data.
 
     JSON is there for writers without a YAML library (Houdini's Python has none).
     """
     present = [f"{stem}.{ext}" for ext in ("yaml", "json") if os.path.lexists(root / f"{stem}.{ext}")]
     if len(present) > 1:
-        raise BadInput(" and ".join(present), "both present: a bundle has exactly one of them; remove the other")
+        raise BadInput(
+            " and ".join(present), "both present: a bundle has exactly one of them; remove the other"
+        )
     if not present:
         if required:
             raise BadInput(f"{stem}.yaml", f"missing: the bundle has no {stem}.yaml (or {stem}.json)")
@@ -310,7 +358,9 @@ def _read_regular_file(root: Path, name: str, cap: int, cap_name: str) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadInput(name, "is not a regular file (a FIFO, device or directory cannot be a bundle file)")
+            raise BadInput(
+                name, "is not a regular file (a FIFO, device or directory cannot be a bundle file)"
+            )
         too_big = f"more than the limit of {cap} bytes (limits.{cap_name} in service.yaml)"
         if st.st_size > cap:
             raise BadInput(name, f"is {st.st_size} bytes, {too_big}")
@@ -360,13 +410,19 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > self._limits.max_yaml_aliases:
-                raise BadInput(self._name, f"has more than {self._limits.max_yaml_aliases} YAML aliases "
-                               "(limits.max_yaml_aliases in service.yaml)")
+                raise BadInput(
+                    self._name,
+                    f"has more than {self._limits.max_yaml_aliases} YAML aliases "
+                    "(limits.max_yaml_aliases in service.yaml)",
+                )
             return super().compose_node(parent, index)
         self._depth += 1
         if self._depth > self._limits.max_yaml_depth:
-            raise BadInput(self._name, f"is nested deeper than {self._limits.max_yaml_depth} levels "
-                           "(limits.max_yaml_depth in service.yaml)")
+            raise BadInput(
+                self._name,
+                f"is nested deeper than {self._limits.max_yaml_depth} levels "
+                "(limits.max_yaml_depth in service.yaml)",
+            )
         node = super().compose_node(parent, index)
         self._depth -= 1
         if isinstance(node, yaml.SequenceNode):
@@ -376,8 +432,11 @@ class _BoundedLoader(yaml.SafeLoader):
         else:
             weight = 1
         if weight > self._limits.max_yaml_nodes:
-            raise BadInput(self._name, f"expands to more than {self._limits.max_yaml_nodes} YAML nodes "
-                           "with its aliases resolved (limits.max_yaml_nodes in service.yaml)")
+            raise BadInput(
+                self._name,
+                f"expands to more than {self._limits.max_yaml_nodes} YAML nodes "
+                "with its aliases resolved (limits.max_yaml_nodes in service.yaml)",
+            )
         self._weights[id(node)] = weight
         return node
 
@@ -400,8 +459,10 @@ def _check_tree(name: str, data: Any, max_depth: int) -> None:
     while pending:
         value, where, depth = pending.pop()
         if depth > max_depth:
-            raise BadInput(f"{name}: {where}" if where else name,
-                           f"is nested deeper than {max_depth} levels (limits.max_yaml_depth in service.yaml)")
+            raise BadInput(
+                f"{name}: {where}" if where else name,
+                f"is nested deeper than {max_depth} levels (limits.max_yaml_depth in service.yaml)",
+            )
         if isinstance(value, str):
             bad = text_problem(value)
             if bad:
@@ -416,9 +477,17 @@ def _check_tree(name: str, data: Any, max_depth: int) -> None:
             pending.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
 
 
-def _parameter_values(root: Path, overrides: Optional[dict[str, Any]], limits: SubmitLimits) -> dict[str, str]:
-    name, data = _read_document(root, "parameter_values", limits.max_parameter_file_bytes,
-                                "max_parameter_file_bytes", limits, required=False)
+def _parameter_values(
+    root: Path, overrides: Optional[dict[str, Any]], limits: SubmitLimits
+) -> dict[str, str]:
+    name, data = _read_document(
+        root,
+        "parameter_values",
+        limits.max_parameter_file_bytes,
+        "max_parameter_file_bytes",
+        limits,
+        required=False,
+    )
     values: dict[str, str] = {}
     if data is not None:
         entries = data.get("parameterValues") if isinstance(data, dict) else None
@@ -440,6 +509,7 @@ def _parameter_values(root: Path, overrides: Optional[dict[str, Any]], limits: S
 
 
 # -- the template --------------------------------------------------------------------------
+
 
 def _decode_template(template: dict[str, Any], tname: str) -> Any:
     try:
@@ -466,29 +536,37 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
         if step.stepEnvironments:
             raise BadInput(f"{where}.stepEnvironments", "step environments are not supported by hpcdock yet")
         if step.script.embeddedFiles:
-            raise BadInput(f"{where}.script.embeddedFiles",
-                           "embedded files are not supported by hpcdock yet; ship the file in the bundle")
+            raise BadInput(
+                f"{where}.script.embeddedFiles",
+                "embedded files are not supported by hpcdock yet; ship the file in the bundle",
+            )
         if getattr(step, "let", None):
             raise BadInput(f"{where}.let", "let bindings are not supported by hpcdock yet")
         req = step.hostRequirements
         if req is not None:
             if req.attributes:
-                raise BadInput(f"{where}.hostRequirements.attributes",
-                               "attribute requirements are not supported by hpcdock yet")
+                raise BadInput(
+                    f"{where}.hostRequirements.attributes",
+                    "attribute requirements are not supported by hpcdock yet",
+                )
             for amount in req.amounts or []:
                 name = str(amount.name).lower()  # openjd compares capability names lowercased
                 if name in AMOUNTS:
                     continue
                 if ":" in name or name.startswith(f"{CUSTOM_AMOUNT_PREFIX}worker."):
-                    raise BadInput(f"{where}.hostRequirements.amounts",
-                                   f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)} "
-                                   f"and {CUSTOM_AMOUNT_PREFIX}<resource> for the service's resources)")
+                    raise BadInput(
+                        f"{where}.hostRequirements.amounts",
+                        f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)} "
+                        f"and {CUSTOM_AMOUNT_PREFIX}<resource> for the service's resources)",
+                    )
         space = step.parameterSpace
-        for param in (space.taskParameterDefinitions if space else []):
+        for param in space.taskParameterDefinitions if space else []:
             chunks = getattr(param, "chunks", None)
             if chunks is not None and getattr(chunks, "targetRuntimeSeconds", None) is not None:
-                raise BadInput(f"{where}.parameterSpace.{param.name}.chunks.targetRuntimeSeconds",
-                               "adaptive chunking is not supported by hpcdock yet; use defaultTaskCount")
+                raise BadInput(
+                    f"{where}.parameterSpace.{param.name}.chunks.targetRuntimeSeconds",
+                    "adaptive chunking is not supported by hpcdock yet; use defaultTaskCount",
+                )
 
 
 def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits, tname: str) -> None:
@@ -521,11 +599,17 @@ def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits,
         if frames_param in values:
             frames_total += _space_size(tree, {**counts, frames_param: values[frames_param]})
     if tasks_total > limits.max_tasks_per_job:
-        raise BadInput("parameter_values", f"the job would have {tasks_total} tasks, more than the limit of "
-                       f"{limits.max_tasks_per_job} (limits.max_tasks_per_job in service.yaml)")
+        raise BadInput(
+            "parameter_values",
+            f"the job would have {tasks_total} tasks, more than the limit of "
+            f"{limits.max_tasks_per_job} (limits.max_tasks_per_job in service.yaml)",
+        )
     if frames_total > limits.max_frames_per_job:
-        raise BadInput("parameter_values", f"the job would have {frames_total} frames, more than the limit of "
-                       f"{limits.max_frames_per_job} (limits.max_frames_per_job in service.yaml)")
+        raise BadInput(
+            "parameter_values",
+            f"the job would have {frames_total} frames, more than the limit of "
+            f"{limits.max_frames_per_job} (limits.max_frames_per_job in service.yaml)",
+        )
 
 
 def _chunk_count(param: Any) -> int:
@@ -556,13 +640,22 @@ def _check_frame_numbers(rng: Any, where: str) -> None:
         raise BadInput(where, "frames must be whole numbers") from None
     for value in (min(numbers), max(numbers)):
         if not -MAX_FRAME <= value <= MAX_FRAME:
-            raise BadInput(where, f"frame {value} is out of range (frames are whole numbers from "
-                           f"{-MAX_FRAME} to {MAX_FRAME})")
+            raise BadInput(
+                where,
+                f"frame {value} is out of range (frames are whole numbers from {-MAX_FRAME} to {MAX_FRAME})",
+            )
 
 
-def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict[str, str],
-               step_names: set[str], gpu_check: Optional[Callable[[int], Optional[str]]],
-               capacity: Mapping[str, float], tname: str) -> StepPlan:
+def _plan_step(
+    index: int,
+    step: Any,
+    frames_param: Optional[str],
+    outputs: dict[str, str],
+    step_names: set[str],
+    gpu_check: Optional[Callable[[int], Optional[str]]],
+    capacity: Mapping[str, float],
+    tname: str,
+) -> StepPlan:
     where = f"{tname}: steps[{index}]"
     gpus = 0
     memory_mib: Optional[int] = None
@@ -587,9 +680,11 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
         for name in (VCPU_AMOUNT, MEMORY_AMOUNT):
             if amounts.get(name) and name in capacity and amounts[name] > capacity[name]:
                 unit = " MiB" if name == MEMORY_AMOUNT else ""
-                raise BadInput(f"{where}.hostRequirements.amounts",
-                               f"{name} {amounts[name]:g}{unit} can never fit: tasks are packed into "
-                               f"{capacity[name]:g}{unit} (machine in service.yaml, default this machine)")
+                raise BadInput(
+                    f"{where}.hostRequirements.amounts",
+                    f"{name} {amounts[name]:g}{unit} can never fit: tasks are packed into "
+                    f"{capacity[name]:g}{unit} (machine in service.yaml, default this machine)",
+                )
     if gpus and gpu_check is not None:
         refusal = gpu_check(gpus)
         if refusal:
@@ -639,18 +734,24 @@ def _plan_step(index: int, step: Any, frames_param: Optional[str], outputs: dict
 
 def _resource_need(name: str, need: Any, capacity: Mapping[str, float], where: str) -> int:
     """How many of a counted resource a task holds; refused when the service has none or too few."""
-    resource = name[len(CUSTOM_AMOUNT_PREFIX):]
+    resource = name[len(CUSTOM_AMOUNT_PREFIX) :]
     have = capacity.get(name)
     if have is None:
-        known = sorted(k[len(CUSTOM_AMOUNT_PREFIX):] for k in capacity if k not in AMOUNTS)
-        raise BadInput(where, f"{name}: this service has no resource {resource!r} (resources in service.yaml: "
-                       f"{', '.join(known) if known else 'none'})")
+        known = sorted(k[len(CUSTOM_AMOUNT_PREFIX) :] for k in capacity if k not in AMOUNTS)
+        raise BadInput(
+            where,
+            f"{name}: this service has no resource {resource!r} (resources in service.yaml: "
+            f"{', '.join(known) if known else 'none'})",
+        )
     count = need  # openjd requires min or max
     if count != int(count):
         raise BadInput(where, f"{name}: a resource is counted in whole units, got {count}")
     if count > have:
-        raise BadInput(where, f"{name}: asks for {int(count)} but this service has only {have:g} "
-                       f"(resources.{resource} in service.yaml)")
+        raise BadInput(
+            where,
+            f"{name}: asks for {int(count)} but this service has only {have:g} "
+            f"(resources.{resource} in service.yaml)",
+        )
     return int(count)
 
 
@@ -662,32 +763,39 @@ def _frames_of(value: str) -> list[int]:
 
 # -- hpcdock.yaml --------------------------------------------------------------------------
 
+
 def _parse_settings(settings: dict[str, Any], root: Path, policy: MountPolicy):
     for key in settings:
         if key in _FORBIDDEN_KEYS:
             raise BadInput(f"hpcdock.yaml: {key}", f"not allowed: {_FORBIDDEN_KEYS[key]}")
         if key not in _KNOWN_KEYS:
-            raise BadInput(f"hpcdock.yaml: {key}",
-                           f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
+            raise BadInput(f"hpcdock.yaml: {key}", f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
     image = settings.get("image")
     if not isinstance(image, str) or not image.strip():
         raise BadInput("hpcdock.yaml: image", "required: the container image to run (a non-empty string)")
     if not _IMAGE_REFERENCE.fullmatch(image.strip()) or len(image.strip()) > 255:
-        raise BadInput("hpcdock.yaml: image", f"{image!r} is not an image reference such as "
-                       "localhost/name:tag (lowercase name, optional registry, tag and @sha256 digest)")
+        raise BadInput(
+            "hpcdock.yaml: image",
+            f"{image!r} is not an image reference such as "
+            "localhost/name:tag (lowercase name, optional registry, tag and @sha256 digest)",
+        )
     env = settings.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise BadInput("hpcdock.yaml: env", "must be a mapping of variable name to value")
     for k, v in env.items():
         if not _ENV_NAME.fullmatch(k):
-            raise BadInput(f"hpcdock.yaml: env.{k!r}", "not a variable name: letters, digits and _, "
-                           "not starting with a digit")
+            raise BadInput(
+                f"hpcdock.yaml: env.{k!r}",
+                "not a variable name: letters, digits and _, not starting with a digit",
+            )
         if isinstance(v, (dict, list)):
             raise BadInput(f"hpcdock.yaml: env.{k}", "must be NAME: scalar value")
     network = settings.get("network", False)
     if not isinstance(network, bool):
-        raise BadInput("hpcdock.yaml: network",
-                       f"must be true or false, got {network!r} (host networking is never allowed)")
+        raise BadInput(
+            "hpcdock.yaml: network",
+            f"must be true or false, got {network!r} (host networking is never allowed)",
+        )
     priority = _int_setting(settings, "priority", 50, 0, 100)
     max_attempts = _int_setting(settings, "max_attempts", 2, 1, 100)
     name = settings.get("name")
@@ -702,13 +810,20 @@ def _parse_settings(settings: dict[str, Any], root: Path, policy: MountPolicy):
         mounts.append(_parse_mount(i, raw, policy))
 
     frames_param, outputs = _parse_frames(settings.get("frames"), root, policy)
-    out_dirs = {os.path.realpath(_static_dir(p)) for p in outputs.values()}  # as _check_output_dir checked them
+    out_dirs = {
+        os.path.realpath(_static_dir(p)) for p in outputs.values()
+    }  # as _check_output_dir checked them
     for extra in settings.get("outputs") or []:
         out_dirs.add(_check_output_dir(str(extra), root, policy, "hpcdock.yaml: outputs"))
     for d in sorted(out_dirs):
         mounts.append(Mount(d, d, False))
-    container = ContainerSpec(image=image.strip(), env={k: str(v) for k, v in env.items()},
-                              network=network, mounts=mounts, workdir=str(root))
+    container = ContainerSpec(
+        image=image.strip(),
+        env={k: str(v) for k, v in env.items()},
+        network=network,
+        mounts=mounts,
+        workdir=str(root),
+    )
     return container, frames_param, outputs, priority, max_attempts, name
 
 
@@ -739,8 +854,10 @@ def _parse_mount(i: int, raw: Any, policy: MountPolicy) -> Mount:
     _check_mountable(policy, real, f"{where}.source")
     shadowed = _system_dir(target)
     if shadowed:
-        raise BadInput(f"{where}.target", f"{target} would hide the container's own {shadowed}; "
-                       "mount somewhere else (e.g. under /mnt)")
+        raise BadInput(
+            f"{where}.target",
+            f"{target} would hide the container's own {shadowed}; mount somewhere else (e.g. under /mnt)",
+        )
     return Mount(real, target, readonly)
 
 
@@ -751,7 +868,9 @@ def _parse_frames(frames: Any, root: Path, policy: MountPolicy) -> tuple[Optiona
         raise BadInput("hpcdock.yaml: frames", "must be {parameter: TASK_PARAM, output: PATTERN}")
     unknown = set(frames) - {"parameter", "output", "steps"}
     if unknown:
-        raise BadInput(f"hpcdock.yaml: frames.{sorted(unknown)[0]}", "unknown key (known: parameter, output, steps)")
+        raise BadInput(
+            f"hpcdock.yaml: frames.{sorted(unknown)[0]}", "unknown key (known: parameter, output, steps)"
+        )
     outputs: dict[str, str] = {}
     if frames.get("output") is not None:
         outputs[""] = _output_pattern(frames["output"], root, policy, "hpcdock.yaml: frames.output")
@@ -772,9 +891,12 @@ def _output_pattern(pattern: Any, root: Path, policy: MountPolicy, where: str) -
         raise BadInput(where, f"bad pattern {pattern!r}: {exc}") from None
     for f, spec, conv in fields:
         if f != "frame" or conv is not None or not _FRAME_SPEC.fullmatch(spec or ""):
-            raise BadInput(where, f"bad pattern {pattern!r}: only {{frame}} may be used, optionally with a "
-                           f"width like {{frame:04d}}, not {{{f}{'!' + conv if conv else ''}"
-                           f"{':' + spec if spec else ''}}}")
+            raise BadInput(
+                where,
+                f"bad pattern {pattern!r}: only {{frame}} may be used, optionally with a "
+                f"width like {{frame:04d}}, not {{{f}{'!' + conv if conv else ''}"
+                f"{':' + spec if spec else ''}}}",
+            )
     if not fields:
         raise BadInput(where, f"pattern {pattern!r} must contain {{frame}}")
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
@@ -815,4 +937,6 @@ def prepare_output_dirs(plan: JobPlan, mount_policy: MountPolicy) -> None:
             try:
                 make_dirs(mount.source, mount_policy)
             except PathRefused as exc:
-                raise BadInput("hpcdock.yaml: frames.output", f"cannot create output directory: {exc}") from None
+                raise BadInput(
+                    "hpcdock.yaml: frames.output", f"cannot create output directory: {exc}"
+                ) from None

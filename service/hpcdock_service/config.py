@@ -126,13 +126,18 @@ class ServiceConfig:
     machine: Optional[dict[str, Any]] = None
     licence_backoff_s: float = DEFAULT_LICENCE_RETRY.backoff_s  # first wait after a licence failure; doubles
     licence_backoff_max_s: float = DEFAULT_LICENCE_RETRY.backoff_max_s
-    licence_retries: int = DEFAULT_LICENCE_RETRY.retries  # licence failures of one task before it fails for good
+    licence_retries: int = (
+        DEFAULT_LICENCE_RETRY.retries
+    )  # licence failures of one task before it fails for good
 
     @property
     def packing_machine(self) -> Machine:
         given = self.machine or {}
-        return Machine(vcpus=given.get("vcpus") or float(os.cpu_count() or 1),
-                       memory_mib=given.get("memory_mib") or _machine_memory_mib(), detected=not given)
+        return Machine(
+            vcpus=given.get("vcpus") or float(os.cpu_count() or 1),
+            memory_mib=given.get("memory_mib") or _machine_memory_mib(),
+            detected=not given,
+        )
 
     @property
     def licence_retry(self) -> LicenceRetry:
@@ -148,7 +153,9 @@ class ServiceConfig:
             return endpoint.parse(self.listen)
         if self.host is None and self.port is None:
             return endpoint.default()
-        return endpoint.Endpoint(host=self.host or endpoint.DEFAULT_HOST, port=self.port or endpoint.DEFAULT_PORT)
+        return endpoint.Endpoint(
+            host=self.host or endpoint.DEFAULT_HOST, port=self.port or endpoint.DEFAULT_PORT
+        )
 
     def mount_policy(self, engine_socket: Optional[str] = None) -> MountPolicy:
         """What task containers may mount; ``engine_socket`` is the engine's ``unix://`` URL."""
@@ -156,7 +163,7 @@ class ServiceConfig:
         if os.environ.get("XDG_RUNTIME_DIR"):
             protected.append(os.environ["XDG_RUNTIME_DIR"])
         if engine_socket and engine_socket.startswith("unix://"):
-            protected.append(os.path.dirname(engine_socket[len("unix://"):]))
+            protected.append(os.path.dirname(engine_socket[len("unix://") :]))
         if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
             protected.append(os.path.dirname(str(self.endpoint.path)))
         return MountPolicy.build(self.allowed_roots, protected)
@@ -196,17 +203,28 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
             raise BadInput(f"{path}: listen", str(exc)) from None
     if not isinstance(config.slots, int) or config.slots < 1:
         raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
-    for key, whole, optional in (("task_pids", True, False), ("log_cap_mib", True, False),
-                                 ("task_memory_mib", True, True), ("task_vcpus", False, True),
-                                 ("licence_backoff_s", False, False), ("licence_backoff_max_s", False, False)):
+    for key, whole, optional in (
+        ("task_pids", True, False),
+        ("log_cap_mib", True, False),
+        ("task_memory_mib", True, True),
+        ("task_vcpus", False, True),
+        ("licence_backoff_s", False, False),
+        ("licence_backoff_max_s", False, False),
+    ):
         _check_number(getattr(config, key), f"{path}: {key}", whole, optional)
-    if isinstance(config.licence_retries, bool) or not isinstance(config.licence_retries, int) \
-            or config.licence_retries < 0:
-        raise BadInput(f"{path}: licence_retries", f"must be a whole number >= 0, got {config.licence_retries!r}")
+    if (
+        isinstance(config.licence_retries, bool)
+        or not isinstance(config.licence_retries, int)
+        or config.licence_retries < 0
+    ):
+        raise BadInput(
+            f"{path}: licence_retries", f"must be a whole number >= 0, got {config.licence_retries!r}"
+        )
     _check_resources(config.resources, path)
     _check_machine(config.machine, path)
     if not isinstance(config.allowed_roots, list) or not all(
-            isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots):
+        isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots
+    ):
         raise BadInput(f"{path}: allowed_roots", "must be a list of absolute paths")
     return config
 
@@ -221,15 +239,22 @@ def _check_number(value: Any, where: str, whole: bool, optional: bool = False) -
 
 def _check_resources(raw: Any, path: Path) -> None:
     if not isinstance(raw, dict):
-        raise BadInput(f"{path}: resources", "must be a mapping of resource name to count, "
-                       "e.g. {houdini_engine: 2, karma_render: 4}")
+        raise BadInput(
+            f"{path}: resources",
+            "must be a mapping of resource name to count, e.g. {houdini_engine: 2, karma_render: 4}",
+        )
     for name, count in raw.items():
-        if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name) \
-                or name.split(".")[0] in _RESERVED_SCOPES:
-            raise BadInput(f"{path}: resources.{name}",
-                           "a resource name is lowercase letters, digits and _ (dots between parts), not "
-                           f"starting with a digit nor with {', '.join(_RESERVED_SCOPES)} (steps ask for "
-                           "amount.<name>, which OpenJD must accept)")
+        if (
+            not isinstance(name, str)
+            or not RESOURCE_NAME.fullmatch(name)
+            or name.split(".")[0] in _RESERVED_SCOPES
+        ):
+            raise BadInput(
+                f"{path}: resources.{name}",
+                "a resource name is lowercase letters, digits and _ (dots between parts), not "
+                f"starting with a digit nor with {', '.join(_RESERVED_SCOPES)} (steps ask for "
+                "amount.<name>, which OpenJD must accept)",
+            )
         _check_number(count, f"{path}: resources.{name}", whole=True)
 
 

@@ -28,8 +28,18 @@ from typing import Any, Optional
 from . import thumbnails
 from .errors import BadInput
 
-__all__ = ["CHECKS", "FLICKER_RADIUS", "Flag", "FrameCheck", "FrameCheckSettings", "Probe",
-           "compare_shape", "flicker", "inspect", "parse_settings"]
+__all__ = [
+    "CHECKS",
+    "FLICKER_RADIUS",
+    "Flag",
+    "FrameCheck",
+    "FrameCheckSettings",
+    "Probe",
+    "compare_shape",
+    "flicker",
+    "inspect",
+    "parse_settings",
+]
 
 CHECKS = ("unreadable", "empty", "black", "constant", "nan", "size", "channels", "flicker")
 # Frames farther than this from a frame play no part in its flicker verdict: the verdict of
@@ -70,16 +80,26 @@ class FrameCheckSettings:
     flicker: bool = True  # judge flicker at all
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "black_max": self.black_max, "constant_max": self.constant_max,
-                "flicker_k": self.flicker_k, "flicker_floor": self.flicker_floor, "flicker": self.flicker}
+        return {
+            "policy": self.policy,
+            "black_max": self.black_max,
+            "constant_max": self.constant_max,
+            "flicker_k": self.flicker_k,
+            "flicker_floor": self.flicker_floor,
+            "flicker": self.flicker,
+        }
 
     @classmethod
     def from_json(cls, data: Optional[dict[str, Any]]) -> FrameCheckSettings:
         return cls(**data) if data else cls()
 
 
-_NUMBERS = {"black_max": (0.0, 1.0), "constant_max": (0.0, 1.0), "flicker_k": (0.0, 1000.0),
-            "flicker_floor": (0.0, 1.0)}
+_NUMBERS = {
+    "black_max": (0.0, 1.0),
+    "constant_max": (0.0, 1.0),
+    "flicker_k": (0.0, 1000.0),
+    "flicker_floor": (0.0, 1.0),
+}
 
 
 def parse_settings(raw: Any, where: str = "hpcdock.yaml: frame_checks") -> FrameCheckSettings:
@@ -149,11 +169,15 @@ class Probe:
         if len(bands) == 1:
             extrema = (extrema,)
         colour = [e for b, e in zip(bands, extrema) if b != "A"]
-        self._levels(max(hi for _, hi in colour) / 255.0, max(hi - lo for lo, hi in colour) / 255.0,
-                     colour_ranges=[(lo / 255.0, hi / 255.0) for lo, hi in colour])
+        self._levels(
+            max(hi for _, hi in colour) / 255.0,
+            max(hi - lo for lo, hi in colour) / 255.0,
+            colour_ranges=[(lo / 255.0, hi / 255.0) for lo, hi in colour],
+        )
 
-    def float_pixels(self, pixels: Any, names: list[str], picked: list[int], *, has_alpha: bool,
-                     levels: bool) -> None:
+    def float_pixels(
+        self, pixels: Any, names: list[str], picked: list[int], *, has_alpha: bool, levels: bool
+    ) -> None:
         import numpy as np
 
         h, w = pixels.shape[:2]
@@ -164,10 +188,14 @@ class Probe:
         bad = int(pixels.size - np.count_nonzero(finite))
         if bad:
             nans = int(np.count_nonzero(np.isnan(pixels)))
-            self.check.flags.append(Flag(
-                "nan", f"{nans} NaN and {bad - nans} infinite value(s) in channels "
-                f"{', '.join(names[i] for i in picked)} ({100.0 * bad / pixels.size:.3g}% of the values)",
-                {"nan": nans, "inf": bad - nans, "fraction": bad / pixels.size}))
+            self.check.flags.append(
+                Flag(
+                    "nan",
+                    f"{nans} NaN and {bad - nans} infinite value(s) in channels "
+                    f"{', '.join(names[i] for i in picked)} ({100.0 * bad / pixels.size:.3g}% of the values)",
+                    {"nan": nans, "inf": bad - nans, "fraction": bad / pixels.size},
+                )
+            )
             colour = np.where(np.isfinite(colour), colour, np.nan)
             lo, hi = np.nanmin(colour, axis=(0, 1)), np.nanmax(colour, axis=(0, 1))
             if np.isnan(hi).all():
@@ -190,15 +218,23 @@ class Probe:
     def _levels(self, brightest: float, widest: float, colour_ranges: list[tuple[float, float]]) -> None:
         s = self.settings
         if brightest <= s.black_max:
-            self.check.flags.append(Flag(
-                "black", f"all black: the brightest value is {brightest:.4g} (black_max {s.black_max:g})",
-                {"max": brightest, "black_max": s.black_max}))
+            self.check.flags.append(
+                Flag(
+                    "black",
+                    f"all black: the brightest value is {brightest:.4g} (black_max {s.black_max:g})",
+                    {"max": brightest, "black_max": s.black_max},
+                )
+            )
         elif widest <= s.constant_max:
             level = colour_ranges[0][1]
-            self.check.flags.append(Flag(
-                "constant", f"one flat colour: every channel varies by at most {widest:.4g} "
-                f"(constant_max {s.constant_max:g}), level {level:.4g}",
-                {"range": widest, "level": level, "constant_max": s.constant_max}))
+            self.check.flags.append(
+                Flag(
+                    "constant",
+                    f"one flat colour: every channel varies by at most {widest:.4g} "
+                    f"(constant_max {s.constant_max:g}), level {level:.4g}",
+                    {"range": widest, "level": level, "constant_max": s.constant_max},
+                )
+            )
 
 
 def inspect(output: Path | str, thumbnail: Path | str, settings: FrameCheckSettings) -> FrameCheck:
@@ -229,14 +265,26 @@ def compare_shape(check: FrameCheck, ref: dict[str, Any], ref_frame: int) -> lis
     """Flags for a size or channel set different from the reference frame's."""
     flags = []
     if (check.width, check.height) != (ref["width"], ref["height"]):
-        flags.append(Flag("size", f"{check.width}x{check.height}, but frame {ref_frame} is "
-                          f"{ref['width']}x{ref['height']}",
-                          {"width": check.width, "height": check.height, "expected_width": ref["width"],
-                           "expected_height": ref["height"]}))
+        flags.append(
+            Flag(
+                "size",
+                f"{check.width}x{check.height}, but frame {ref_frame} is {ref['width']}x{ref['height']}",
+                {
+                    "width": check.width,
+                    "height": check.height,
+                    "expected_width": ref["width"],
+                    "expected_height": ref["height"],
+                },
+            )
+        )
     if check.channels is not None and list(check.channels) != list(ref["channels"]):
-        flags.append(Flag("channels", f"channels {','.join(check.channels)}, but frame {ref_frame} has "
-                          f"{','.join(ref['channels'])}",
-                          {"channels": len(check.channels), "expected_channels": len(ref["channels"])}))
+        flags.append(
+            Flag(
+                "channels",
+                f"channels {','.join(check.channels)}, but frame {ref_frame} has {','.join(ref['channels'])}",
+                {"channels": len(check.channels), "expected_channels": len(ref["channels"])},
+            )
+        )
     return flags
 
 
@@ -251,7 +299,9 @@ def flicker(lumas: dict[int, float], frame: int, settings: FrameCheckSettings) -
     if not settings.flicker or frame not in lumas:
         return None
     near = sorted(f for f in lumas if abs(f - frame) <= FLICKER_RADIUS)
-    neighbours = sorted(sorted((f for f in near if f != frame), key=lambda f: (abs(f - frame), f))[:_NEIGHBOURS])
+    neighbours = sorted(
+        sorted((f for f in near if f != frame), key=lambda f: (abs(f - frame), f))[:_NEIGHBOURS]
+    )
     steps = [abs(lumas[b] - lumas[a]) for a, b in zip(near, near[1:])]
     if len(neighbours) < _MIN_NEIGHBOURS or len(steps) < _MIN_STEPS:
         return None
@@ -261,9 +311,11 @@ def flicker(lumas: dict[int, float], frame: int, settings: FrameCheckSettings) -
     jump = abs(lumas[frame] - expected)
     if jump <= limit:
         return None
-    return Flag("flicker", f"mean luminance {lumas[frame]:.3f} against {expected:.3f} in frames "
-                f"{','.join(map(str, neighbours))}: a jump of {jump:.3f}, over {limit:.3f} "
-                f"({settings.flicker_k:g} x the sequence's typical step {typical:.4f}, floor "
-                f"{settings.flicker_floor:g})",
-                {"luma": lumas[frame], "neighbours": expected, "jump": jump, "limit": limit,
-                 "typical_step": typical})
+    return Flag(
+        "flicker",
+        f"mean luminance {lumas[frame]:.3f} against {expected:.3f} in frames "
+        f"{','.join(map(str, neighbours))}: a jump of {jump:.3f}, over {limit:.3f} "
+        f"({settings.flicker_k:g} x the sequence's typical step {typical:.4f}, floor "
+        f"{settings.flicker_floor:g})",
+        {"luma": lumas[frame], "neighbours": expected, "jump": jump, "limit": limit, "typical_step": typical},
+    )

@@ -15,16 +15,18 @@ from .gpu.inventory import NVIDIA_CDI_KIND, Gpu, GpuInventory, detect_gpus
 
 
 class GpuBroker:
-    def __init__(self, inventory: GpuInventory, caps: Optional[EngineCaps],
-                 cdi_kind: str = NVIDIA_CDI_KIND) -> None:
+    def __init__(
+        self, inventory: GpuInventory, caps: Optional[EngineCaps], cdi_kind: str = NVIDIA_CDI_KIND
+    ) -> None:
         self.inventory = inventory
         self.caps = caps
         self.cdi_kind = cdi_kind
         self.allocator = GpuAllocator(inventory.gpus)
 
     @classmethod
-    def detect(cls, engine: Engine, declared: Optional[list[dict[str, Any]]] = None,
-               cdi_kind: str = NVIDIA_CDI_KIND) -> GpuBroker:
+    def detect(
+        cls, engine: Engine, declared: Optional[list[dict[str, Any]]] = None, cdi_kind: str = NVIDIA_CDI_KIND
+    ) -> GpuBroker:
         """Inventory this machine's GPUs (or take the ones the config declares) for ``engine``.
 
         ``declared`` lets an admin name the GPUs hpcdock may use by hand: a subset (keep
@@ -32,13 +34,16 @@ class GpuBroker:
         """
         inventory = detect_gpus()
         if declared is not None:
-            inventory.gpus = [Gpu(int(g["index"]), str(g.get("uuid") or f"GPU-{g['index']}"),
-                                  str(g.get("name") or "")) for g in declared]
+            inventory.gpus = [
+                Gpu(int(g["index"]), str(g.get("uuid") or f"GPU-{g['index']}"), str(g.get("name") or ""))
+                for g in declared
+            ]
         caps = None
         client = getattr(engine, "client", None)
         if client is not None:
-            caps = EngineCaps.from_engine(client.version(), client.info(),
-                                          libpod_create=getattr(engine, "kind", "") == "podman")
+            caps = EngineCaps.from_engine(
+                client.version(), client.info(), libpod_create=getattr(engine, "kind", "") == "podman"
+            )
         return cls(inventory, caps, cdi_kind)
 
     def check_request(self, count: int) -> Optional[str]:

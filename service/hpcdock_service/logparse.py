@@ -69,10 +69,14 @@ _LINE_END_RE = re.compile(r"\r\n|\r|\n")
 
 # What programs print when an allocation, a fork or a new thread fails (busybox, bash, glibc's
 # strerror, Python, C++), matched only on lines that hold one of the cheap substrings below.
-_OOM_RE = re.compile(r"out of memory|cannot allocate memory|memory exhausted|MemoryError|bad_alloc",
-                     re.IGNORECASE)
-_FORK_RE = re.compile(r"(can't|cannot|could not|unable to) (fork|start new thread|create thread)"
-                      r"|fork( failed|: retry|: resource temporarily)|pthread_create", re.IGNORECASE)
+_OOM_RE = re.compile(
+    r"out of memory|cannot allocate memory|memory exhausted|MemoryError|bad_alloc", re.IGNORECASE
+)
+_FORK_RE = re.compile(
+    r"(can't|cannot|could not|unable to) (fork|start new thread|create thread)"
+    r"|fork( failed|: retry|: resource temporarily)|pthread_create",
+    re.IGNORECASE,
+)
 _HINT_CHARS = 200
 
 #: What renderers print when no licence could be checked out, as their vendors' tools match it:

@@ -27,25 +27,39 @@ log = logging.getLogger("hpcdock_service")
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hpcdock-service", description=__doc__)
     p.add_argument("--config", type=Path, default=None, help=f"config file (default {config_path()})")
-    p.add_argument("--listen", metavar="URL",
-                   help="unix:///path/to/socket or tcp://host:port (default: a private Unix socket, "
-                        "$XDG_RUNTIME_DIR/hpcdock/service.sock)")
+    p.add_argument(
+        "--listen",
+        metavar="URL",
+        help="unix:///path/to/socket or tcp://host:port (default: a private Unix socket, "
+        "$XDG_RUNTIME_DIR/hpcdock/service.sock)",
+    )
     p.add_argument("--host", help="listen on TCP at this address instead (port 7654 unless --port)")
     p.add_argument("--port", type=int, help="listen on TCP at this port instead (on 127.0.0.1 unless --host)")
     p.add_argument("--slots", type=int, help="tasks run at once (default: the machine's cores)")
     p.add_argument("--state-dir", help="where the store, logs and thumbnails live")
     p.add_argument("--engine-socket", help="engine API socket, e.g. unix:///run/user/1000/podman/podman.sock")
-    p.add_argument("--reset-store", action="store_true",
-                   help="if the store is corrupted, keep it as hpcdock.db.corrupt-TIME and start an empty one "
-                        "(a healthy store is left alone)")
-    p.add_argument("--check", action="store_true",
-                   help="print what the service would use (engine, GPUs, config) and exit")
-    p.add_argument("--install-user-unit", action="store_true",
-                   help="write a systemd --user unit that starts the service at login, print how to enable it, "
-                        "and exit")
-    p.add_argument("--openapi", action="store_true",
-                   help="print the API's OpenAPI document (the contract committed as docs/openapi.json) and exit; "
-                        "needs no engine, state or token")
+    p.add_argument(
+        "--reset-store",
+        action="store_true",
+        help="if the store is corrupted, keep it as hpcdock.db.corrupt-TIME and start an empty one "
+        "(a healthy store is left alone)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="print what the service would use (engine, GPUs, config) and exit",
+    )
+    p.add_argument(
+        "--install-user-unit",
+        action="store_true",
+        help="write a systemd --user unit that starts the service at login, print how to enable it, and exit",
+    )
+    p.add_argument(
+        "--openapi",
+        action="store_true",
+        help="print the API's OpenAPI document (the contract committed as docs/openapi.json) and exit; "
+        "needs no engine, state or token",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -57,16 +71,29 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         sys.stdout.write(openapi_text(schema_app(token="").openapi()))
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if os.geteuid() == 0 and not os.environ.get("HPCDOCK_ALLOW_ROOT"):
-        print("hpcdock-service: refusing to run as root; run it as your own user "
-              "(the engine it drives must be rootless)", file=sys.stderr)
+        print(
+            "hpcdock-service: refusing to run as root; run it as your own user "
+            "(the engine it drives must be rootless)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        config = load_config(args.config, {"listen": args.listen, "host": args.host, "port": args.port,
-                                           "slots": args.slots, "state_dir": args.state_dir,
-                                           "engine_socket": args.engine_socket})
+        config = load_config(
+            args.config,
+            {
+                "listen": args.listen,
+                "host": args.host,
+                "port": args.port,
+                "slots": args.slots,
+                "state_dir": args.state_dir,
+                "engine_socket": args.engine_socket,
+            },
+        )
     except BadInput as exc:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 2
@@ -83,10 +110,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"hpcdock-service: {exc}", file=sys.stderr)
         return 1
     if args.check:
-        report = {**service.health(), "endpoint": config.endpoint.url,
-                  "gpu_inventory": service.gpus.inventory_json(), "task_limits": limits_report(service),
-                  "resources": resources_report(service),
-                  "mounts": service.mount_policy.to_json(), "config": vars(config)}
+        report = {
+            **service.health(),
+            "endpoint": config.endpoint.url,
+            "gpu_inventory": service.gpus.inventory_json(),
+            "task_limits": limits_report(service),
+            "resources": resources_report(service),
+            "mounts": service.mount_policy.to_json(),
+            "config": vars(config),
+        }
         print(json.dumps(report, indent=2, default=str))
         service.close()
         return 0
@@ -103,7 +135,11 @@ def limits_report(service) -> dict[str, Any]:
     """The limits a task container gets when its step asks for none, and how the engine holds it to them."""
     config = service.config
     return {
-        "defaults": {"pids": config.task_pids, "memory_mib": config.task_memory_mib, "vcpus": config.task_vcpus},
+        "defaults": {
+            "pids": config.task_pids,
+            "memory_mib": config.task_memory_mib,
+            "vcpus": config.task_vcpus,
+        },
         "log_cap_mib": config.log_cap_mib,
         "enforced_by": service.engine.describe().get("limits"),
     }
@@ -114,17 +150,25 @@ def resources_report(service) -> dict[str, Any]:
     config = service.config
     machine = config.packing_machine
     return {
-        "counted": {name: {"total": count, "step_amount": f"amount.{name}"}
-                    for name, count in sorted(config.resources.items())},
-        "packing": {
-            "vcpus": machine.vcpus, "memory_mib": machine.memory_mib,
-            "source": "this machine (os.cpu_count, physical memory)" if machine.detected else "machine in service.yaml",
-            "rule": "a task starts only while the amount.worker.vcpu and amount.worker.memory (min, else max) of "
-                    "running tasks fit; a step that declares none is bounded by the slots alone. The scheduler "
-                    "packs whatever the engine enforces; which container limits hold is task_limits.enforced_by",
+        "counted": {
+            name: {"total": count, "step_amount": f"amount.{name}"}
+            for name, count in sorted(config.resources.items())
         },
-        "licence_retry": {"backoff_s": config.licence_backoff_s, "backoff_max_s": config.licence_backoff_max_s,
-                          "retries": config.licence_retries},
+        "packing": {
+            "vcpus": machine.vcpus,
+            "memory_mib": machine.memory_mib,
+            "source": "this machine (os.cpu_count, physical memory)"
+            if machine.detected
+            else "machine in service.yaml",
+            "rule": "a task starts only while the amount.worker.vcpu and amount.worker.memory (min, else max) of "
+            "running tasks fit; a step that declares none is bounded by the slots alone. The scheduler "
+            "packs whatever the engine enforces; which container limits hold is task_limits.enforced_by",
+        },
+        "licence_retry": {
+            "backoff_s": config.licence_backoff_s,
+            "backoff_max_s": config.licence_backoff_max_s,
+            "retries": config.licence_retries,
+        },
     }
 
 
@@ -148,8 +192,12 @@ def listen(ep: Endpoint) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        hint = (" (another program, perhaps another user's hpcdock-service, holds it; the default, "
-                "a private Unix socket per user, never collides)" if exc.errno == errno.EADDRINUSE else "")
+        hint = (
+            " (another program, perhaps another user's hpcdock-service, holds it; the default, "
+            "a private Unix socket per user, never collides)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
         raise ListenError(f"cannot listen on {ep.url}: {exc.strerror}{hint}") from None
     if ep.host not in LOOPBACK_NAMES:
         log.warning("listening on %s: anyone who can reach it and holds the token can run containers", ep.url)
@@ -183,8 +231,10 @@ def _listen_unix(path: Path) -> socket.socket:
     elif path.exists() or path.is_symlink():
         raise ListenError(f"cannot listen on unix://{path}: something that is not a socket is there")
     if len(os.fsencode(str(path))) >= 108:
-        raise ListenError(f"cannot listen on unix://{path}: the path is longer than a Unix socket allows "
-                          "(107 bytes); choose a shorter one")
+        raise ListenError(
+            f"cannot listen on unix://{path}: the path is longer than a Unix socket allows "
+            "(107 bytes); choose a shorter one"
+        )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -220,8 +270,9 @@ def serve(service, listener: socket.socket) -> int:
                 _remove_socket_file(str(ep.path), socket_file)
 
     server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    log.info("hpcdock-service %s on %s (engine %s)", service.health()["version"], ep.url,
-             service.engine.describe())
+    log.info(
+        "hpcdock-service %s on %s (engine %s)", service.health()["version"], ep.url, service.engine.describe()
+    )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     server.run(sockets=[listener])
     return 0
@@ -260,15 +311,18 @@ def install_user_unit(args: argparse.Namespace) -> int:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     unit = Path(base) / "systemd" / "user" / "hpcdock-service.service"
     exe = shutil.which("hpcdock-service", path=str(Path(sys.executable).parent)) or shutil.which(
-        "hpcdock-service")
+        "hpcdock-service"
+    )
     command = [exe] if exe else [sys.executable, "-m", "hpcdock_service.main"]
     if args.config:
         command += ["--config", str(args.config.resolve())]
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(UNIT.format(exe=" ".join(shlex.quote(c) for c in command)))
-    print(f"wrote {unit}\nenable and start it with:\n"
-          "    systemctl --user daemon-reload && systemctl --user enable --now hpcdock-service\n"
-          "(to keep it running after you log out: loginctl enable-linger)")
+    print(
+        f"wrote {unit}\nenable and start it with:\n"
+        "    systemctl --user daemon-reload && systemctl --user enable --now hpcdock-service\n"
+        "(to keep it running after you log out: loginctl enable-linger)"
+    )
     return 0
 
 

@@ -59,14 +59,20 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
 # with a new table. A task's step (and through it its job) must exist, and so must a frame's
 # step and task, and an event's job (a NULL job is an event about no job).
 _WITH_REFERENCES = (
-    ("steps", """CREATE TABLE steps_new (
+    (
+        "steps",
+        """CREATE TABLE steps_new (
     job_id INTEGER NOT NULL REFERENCES jobs (id), idx INTEGER NOT NULL, name TEXT NOT NULL,
     depends_on TEXT NOT NULL, gpus INTEGER NOT NULL, command TEXT NOT NULL,
     timeout REAL, cancel_grace REAL NOT NULL, output TEXT, memory_mib INTEGER, vcpus REAL, frame_ref TEXT,
     amounts TEXT, waiting_for TEXT,
     PRIMARY KEY (job_id, idx)
-)""", ()),
-    ("tasks", """CREATE TABLE tasks_new (
+)""",
+        (),
+    ),
+    (
+        "tasks",
+        """CREATE TABLE tasks_new (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, idx INTEGER NOT NULL,
     params TEXT NOT NULL, frames TEXT NOT NULL,
@@ -75,19 +81,31 @@ _WITH_REFERENCES = (
     started_at REAL, finished_at REAL, gpus TEXT, log_offset INTEGER NOT NULL DEFAULT 0,
     licence_retries INTEGER NOT NULL DEFAULT 0, retry_at REAL,
     FOREIGN KEY (job_id, step_idx) REFERENCES steps (job_id, idx)
-)""", ("CREATE INDEX tasks_by_job ON tasks (job_id, step_idx, state)",
-       "CREATE INDEX tasks_by_state ON tasks (state)")),
-    ("frames", """CREATE TABLE frames_new (
+)""",
+        (
+            "CREATE INDEX tasks_by_job ON tasks (job_id, step_idx, state)",
+            "CREATE INDEX tasks_by_state ON tasks (state)",
+        ),
+    ),
+    (
+        "frames",
+        """CREATE TABLE frames_new (
     job_id INTEGER NOT NULL, step_idx INTEGER NOT NULL, frame INTEGER NOT NULL,
     task_id INTEGER NOT NULL REFERENCES tasks (id), state TEXT NOT NULL, output TEXT, error TEXT,
     started_at REAL, finished_at REAL, thumbnail TEXT, flags TEXT, luma REAL,
     PRIMARY KEY (job_id, step_idx, frame),
     FOREIGN KEY (job_id, step_idx) REFERENCES steps (job_id, idx)
-)""", ("CREATE INDEX frames_by_task ON frames (task_id)",)),
-    ("events", """CREATE TABLE events_new (
+)""",
+        ("CREATE INDEX frames_by_task ON frames (task_id)",),
+    ),
+    (
+        "events",
+        """CREATE TABLE events_new (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER REFERENCES jobs (id), kind TEXT NOT NULL, data TEXT NOT NULL, ts REAL NOT NULL
-)""", ("CREATE INDEX events_by_job ON events (job_id, id)",)),
+)""",
+        ("CREATE INDEX events_by_job ON events (job_id, id)",),
+    ),
 )
 
 
@@ -142,8 +160,9 @@ def _add_references(db: sqlite3.Connection) -> None:
     broken = db.execute("PRAGMA foreign_key_check").fetchone()
     if broken is not None:
         table, rowid, parent, _ = broken
-        raise sqlite3.IntegrityError(f"{table} row {rowid} refers to a {parent} row that does not exist; "
-                                     "the store was left as it was")
+        raise sqlite3.IntegrityError(
+            f"{table} row {rowid} refers to a {parent} row that does not exist; the store was left as it was"
+        )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -152,12 +171,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     _adding(("steps", "memory_mib", "INTEGER"), ("steps", "vcpus", "REAL")),
     # frame checks: a job's settings and flagged count, a step's reference frame, a frame's flags
     # (an older job checks with the default settings, its frames carry no flags yet)
-    _adding(("jobs", "frame_checks", "TEXT"), ("jobs", "fps", "REAL"),
-            ("jobs", "frames_flagged", "INTEGER NOT NULL DEFAULT 0"), ("steps", "frame_ref", "TEXT"),
-            ("frames", "flags", "TEXT"), ("frames", "luma", "REAL")),
+    _adding(
+        ("jobs", "frame_checks", "TEXT"),
+        ("jobs", "fps", "REAL"),
+        ("jobs", "frames_flagged", "INTEGER NOT NULL DEFAULT 0"),
+        ("steps", "frame_ref", "TEXT"),
+        ("frames", "flags", "TEXT"),
+        ("frames", "luma", "REAL"),
+    ),
     # counted resources and licence back-off
-    _adding(("steps", "amounts", "TEXT"), ("steps", "waiting_for", "TEXT"),
-            ("tasks", "licence_retries", "INTEGER NOT NULL DEFAULT 0"), ("tasks", "retry_at", "REAL")),
+    _adding(
+        ("steps", "amounts", "TEXT"),
+        ("steps", "waiting_for", "TEXT"),
+        ("tasks", "licence_retries", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "retry_at", "REAL"),
+    ),
     _add_references,
 )
 LATEST = len(MIGRATIONS)

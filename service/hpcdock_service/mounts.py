@@ -76,9 +76,12 @@ class MountPolicy:
 
     def to_json(self) -> dict[str, Any]:
         """What ``hpcdock-service --check`` shows an admin."""
-        return {"allowed_roots": list(self.roots), "never_mounted": list(self.protected),
-                "never_mounted_hidden_entries_of": list(self.hidden_in),
-                "never_mounted_in_home": _HOME_CODE.pattern}
+        return {
+            "allowed_roots": list(self.roots),
+            "never_mounted": list(self.protected),
+            "never_mounted_hidden_entries_of": list(self.hidden_in),
+            "never_mounted_in_home": _HOME_CODE.pattern,
+        }
 
     def check(self, path: str, *, must_exist: bool = True) -> None:
         """Raise :class:`PathRefused` unless canonical ``path`` passes every rule.
@@ -99,18 +102,28 @@ class MountPolicy:
             raise PathRefused(path, f"{path} is outside the allowed roots ({self.describe_roots()})")
         for p in self.protected:
             if _inside(path, p):
-                raise PathRefused(path, f"{path} is inside {p}, which hpcdock keeps to itself and never mounts")
+                raise PathRefused(
+                    path, f"{path} is inside {p}, which hpcdock keeps to itself and never mounts"
+                )
             if _inside(p, path):
-                raise PathRefused(path, f"{path} contains {p}, which hpcdock keeps to itself and never mounts")
+                raise PathRefused(
+                    path, f"{path} contains {p}, which hpcdock keeps to itself and never mounts"
+                )
         for d in self.hidden_in:
             if _inside(d, path):
                 raise PathRefused(path, f"{path} contains {d} and its hidden files, which are never mounted")
             if _inside(path, d) and _first_name(path, d).startswith("."):
-                raise PathRefused(path, f"{path} is in a hidden entry of {d} (configuration, keys, start-up files), "
-                                        "which is never mounted")
+                raise PathRefused(
+                    path,
+                    f"{path} is in a hidden entry of {d} (configuration, keys, start-up files), "
+                    "which is never mounted",
+                )
         if _inside(path, self.home) and _HOME_CODE.fullmatch(_first_name(path, self.home)):
-            raise PathRefused(path, f"{path} is in {self.home}/{_first_name(path, self.home)}, whose programs run "
-                                    "outside containers; it is never mounted")
+            raise PathRefused(
+                path,
+                f"{path} is in {self.home}/{_first_name(path, self.home)}, whose programs run "
+                "outside containers; it is never mounted",
+            )
 
 
 _HOME_CODE = re.compile(r"bin|houdini\d.*")
@@ -118,7 +131,7 @@ _HOME_CODE = re.compile(r"bin|houdini\d.*")
 
 def _first_name(path: str, parent: str) -> str:
     """The first component of ``path`` below ``parent`` ('' for ``parent`` itself)."""
-    return path[len(parent):].lstrip("/").split("/", 1)[0]
+    return path[len(parent) :].lstrip("/").split("/", 1)[0]
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -140,7 +153,7 @@ def open_nofollow(path: str, *, missing_ok: bool = False) -> Optional[int]:
     fd = os.open("/", _OPEN_FLAGS | os.O_DIRECTORY)
     try:
         for i, name in enumerate(parts):
-            so_far = "/" + "/".join(parts[:i + 1])
+            so_far = "/" + "/".join(parts[: i + 1])
             try:
                 # O_DIRECTORY also triggers an automount (autofs project shares); O_PATH alone
                 # would step into the empty directory under it. A symlink fails it too.
@@ -173,8 +186,11 @@ def _open_non_directory(path: str, name: str, dir_fd: int, so_far: str, last: bo
         return fd
     os.close(fd)
     if stat.S_ISLNK(mode):
-        raise PathRefused(path, f"{so_far} is a symbolic link; mounted paths must not contain any "
-                                "(a task may have replaced a directory by one)")
+        raise PathRefused(
+            path,
+            f"{so_far} is a symbolic link; mounted paths must not contain any "
+            "(a task may have replaced a directory by one)",
+        )
     kind = "a file" if stat.S_ISREG(mode) else "not a directory or a regular file"
     raise PathRefused(path, f"{so_far} is {kind}")
 
@@ -191,7 +207,7 @@ def make_dirs(path: str, policy: MountPolicy) -> None:
     fd = os.open("/", _OPEN_FLAGS | os.O_DIRECTORY)
     try:
         for i, name in enumerate(parts):
-            so_far = "/" + "/".join(parts[:i + 1])
+            so_far = "/" + "/".join(parts[: i + 1])
             try:
                 os.mkdir(name, 0o777, dir_fd=fd)
             except FileExistsError:
@@ -209,6 +225,7 @@ def make_dirs(path: str, policy: MountPolicy) -> None:
 
 
 # -- proving what the engine bound ----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MountInfo:
@@ -234,7 +251,9 @@ def _unescape(text: str) -> str:
     """mountinfo writes space, tab, newline and backslash as ``\\ooo``."""
     if "\\" not in text:
         return text
-    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    return (
+        text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    )
 
 
 Identity = tuple[str, str]  # (device major:minor, directory relative to its filesystem's root)
@@ -269,7 +288,7 @@ def _identity(fd: int, path: str) -> Identity:
         mnt_id = next(int(line.split()[1]) for line in fh if line.startswith("mnt_id:"))
     with open("/proc/self/mountinfo") as fh:
         mount = next(m for m in parse_mountinfo(fh.read()) if m.mount_id == mnt_id)
-    rest = path[len(mount.mount_point):].lstrip("/") if mount.mount_point != "/" else path.lstrip("/")
+    rest = path[len(mount.mount_point) :].lstrip("/") if mount.mount_point != "/" else path.lstrip("/")
     return mount.device, os.path.normpath(os.path.join(mount.root, rest))
 
 
@@ -287,6 +306,8 @@ def bound_mismatches(mountinfo: str, expected: Sequence[Bound]) -> list[str]:
         if entry is None:
             problems.append(f"{path}: not mounted at {target}")
         elif (entry.device, os.path.normpath(entry.root)) != (device, root):
-            problems.append(f"{path}: the engine bound {entry.root} (device {entry.device}) at {target}, "
-                            f"not the checked directory {root} (device {device})")
+            problems.append(
+                f"{path}: the engine bound {entry.root} (device {entry.device}) at {target}, "
+                f"not the checked directory {root} (device {device})"
+            )
     return problems

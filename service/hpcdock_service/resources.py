@@ -21,15 +21,18 @@ GPU_WAIT = "GPU"
 
 def capacity(resources: Mapping[str, int], machine: Machine) -> dict[str, float]:
     """The pool's size by amount name: the service's resources and the machine tasks are packed into."""
-    return {**{f"{CUSTOM_AMOUNT_PREFIX}{name}": float(count) for name, count in resources.items()},
-            VCPU_AMOUNT: float(machine.vcpus), MEMORY_AMOUNT: float(machine.memory_mib)}
+    return {
+        **{f"{CUSTOM_AMOUNT_PREFIX}{name}": float(count) for name, count in resources.items()},
+        VCPU_AMOUNT: float(machine.vcpus),
+        MEMORY_AMOUNT: float(machine.memory_mib),
+    }
 
 
 def waiting_label(amount: str) -> str:
     """What a task held back by ``amount`` waits for, as the task's ``waiting_for`` says it."""
     if amount.startswith("amount.worker."):
-        return f"machine {amount[len('amount.worker.'):]}"
-    return f"resource {amount[len(CUSTOM_AMOUNT_PREFIX):]}"
+        return f"machine {amount[len('amount.worker.') :]}"
+    return f"resource {amount[len(CUSTOM_AMOUNT_PREFIX) :]}"
 
 
 class Pool:
@@ -78,4 +81,6 @@ class Pool:
     def to_json(self) -> dict[str, dict[str, float]]:
         with self._lock:
             used = self._in_use()
-        return {name: {"total": size, "in_use": used.get(name, 0.0)} for name, size in sorted(self.sizes.items())}
+        return {
+            name: {"total": size, "in_use": used.get(name, 0.0)} for name, size in sorted(self.sizes.items())
+        }

@@ -131,15 +131,16 @@ class Tail:
             self._length -= len(self._chunks.popleft())
 
     def value(self) -> bytes:
-        return b"".join(self._chunks)[-self.size:]
+        return b"".join(self._chunks)[-self.size :]
 
 
 def mib(n: int) -> str:
     return f"{n / tasklog.MIB:g} MiB"
 
 
-def resolve_command(command: list[str], job_params: dict[str, str], task_params: dict[str, str],
-                    workdir: str) -> list[str]:
+def resolve_command(
+    command: list[str], job_params: dict[str, str], task_params: dict[str, str], workdir: str
+) -> list[str]:
     """Resolve the step's OpenJD format strings for one task, as an OpenJD session would."""
     source: dict[str, Any] = {"Session.WorkingDirectory": workdir, "Session.HasPathMappingRules": "false"}
     for name, value in job_params.items():
@@ -153,12 +154,23 @@ def resolve_command(command: list[str], job_params: dict[str, str], task_params:
 
 
 class TaskRunner:
-    def __init__(self, *, store: Store, engine: Engine, task: Row, step: Row, log_path: Path,
-                 thumbnail_path: Callable[[int, str, int], Path], on_exit: Callable[[int], None],
-                 watch: EngineWatch, gpu: Optional[Callable[[], Any]] = None,
-                 adopt: Optional[ContainerStatus] = None,
-                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB,
-                 licence: Optional[LicenceRetry] = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        task: Row,
+        step: Row,
+        log_path: Path,
+        thumbnail_path: Callable[[int, str, int], Path],
+        on_exit: Callable[[int], None],
+        watch: EngineWatch,
+        gpu: Optional[Callable[[], Any]] = None,
+        adopt: Optional[ContainerStatus] = None,
+        limits: ContainerLimits = NO_LIMITS,
+        log_cap: int = 64 * tasklog.MIB,
+        licence: Optional[LicenceRetry] = None,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.task = task
@@ -258,8 +270,12 @@ class TaskRunner:
         """
         status = self.engine.find(self.task["container"])
         if status is not None and status.status != "created":
-            log.info("task %s: re-adopting container %s (%s) after the engine came back", self.task["id"],
-                     status.name, "running" if status.running else f"exited {status.exit_code}")
+            log.info(
+                "task %s: re-adopting container %s (%s) after the engine came back",
+                self.task["id"],
+                status.name,
+                "running" if status.running else f"exited {status.exit_code}",
+            )
             self.container_id = status.id
             self.adopt = status
             self.adopted_after = "the engine came back"
@@ -276,19 +292,30 @@ class TaskRunner:
         tasklog.truncate(self.log_path, self.task["log_offset"])  # _create writes the attempt's header again
         return None
 
-    def _record(self, exit_code: Optional[int], error: Optional[str], results: dict[int, FrameResult]) -> None:
+    def _record(
+        self, exit_code: Optional[int], error: Optional[str], results: dict[int, FrameResult]
+    ) -> None:
         """Record the result until it is recorded: the store waits out locks itself; a full disk
         or an I/O error is tried again, since dropping the result would leave the task running."""
         backoff = Backoff(0.5, 10.0)
         while True:
             try:
-                self.store.finish_task(self.task["id"], exit_code, error, results,
-                                   licence=self.licence if self.licence_failure else None)
+                self.store.finish_task(
+                    self.task["id"],
+                    exit_code,
+                    error,
+                    results,
+                    licence=self.licence if self.licence_failure else None,
+                )
                 return
             except (sqlite3.OperationalError, StoreBusy) as exc:
                 delay = backoff.next()
-                log.warning("task %s: cannot record the result yet (%s); trying again in %.0fs",
-                            self.task["id"], exc, delay)
+                log.warning(
+                    "task %s: cannot record the result yet (%s); trying again in %.0fs",
+                    self.task["id"],
+                    exc,
+                    delay,
+                )
                 time.sleep(delay)
 
     def _remove(self) -> None:
@@ -306,19 +333,28 @@ class TaskRunner:
     def _create(self) -> str:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task["job_id"])
-        command = resolve_command(step["command"], self.store.job_params(task["job_id"]), task["params"],
-                                  spec.workdir)
+        command = resolve_command(
+            step["command"], self.store.job_params(task["job_id"]), task["params"], spec.workdir
+        )
         request = ContainerRequest(
             name=task["container"],
             image=spec.image,
             command=command,
-            env={**spec.env, "HPCDOCK_JOB": str(task["job_id"]), "HPCDOCK_TASK": str(task["id"]),
-                 "HPCDOCK_ATTEMPT": str(task["attempt"])},
+            env={
+                **spec.env,
+                "HPCDOCK_JOB": str(task["job_id"]),
+                "HPCDOCK_TASK": str(task["id"]),
+                "HPCDOCK_ATTEMPT": str(task["attempt"]),
+            },
             workdir=spec.workdir,
             mounts=spec.mounts,
             network=spec.network,
-            labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(task["job_id"]),
-                    LABEL_TASK: str(task["id"]), LABEL_ATTEMPT: str(task["attempt"])},
+            labels={
+                LABEL_STORE: self.store.store_id,
+                LABEL_JOB: str(task["job_id"]),
+                LABEL_TASK: str(task["id"]),
+                LABEL_ATTEMPT: str(task["attempt"]),
+            },
             limits=self.limits,
         )
         if self.plan_gpu is not None:
@@ -356,16 +392,22 @@ class TaskRunner:
         parser = LogParser()
         if self.adopt:  # the whole container log is read again: drop what an earlier run wrote
             tasklog.truncate(self.log_path, self.task["log_offset"])
-            tasklog.append_line(self.log_path,
-                                f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})")
+            tasklog.append_line(
+                self.log_path, f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})"
+            )
         stream = self.engine.logs(self.container_id, follow=True)
         exited = threading.Event()
         drained = threading.Event()
         outcome: dict[str, Any] = {}
-        waiter = threading.Thread(target=self._wait_exit, args=(stream, exited, drained, outcome),
-                                  name=f"task-{self.task['id']}-wait", daemon=True)
-        watcher = threading.Thread(target=self._watch_outputs, args=(exited,),
-                                   name=f"task-{self.task['id']}-watch", daemon=True)
+        waiter = threading.Thread(
+            target=self._wait_exit,
+            args=(stream, exited, drained, outcome),
+            name=f"task-{self.task['id']}-wait",
+            daemon=True,
+        )
+        watcher = threading.Thread(
+            target=self._watch_outputs, args=(exited,), name=f"task-{self.task['id']}-watch", daemon=True
+        )
         start_thread(waiter)
         try:
             start_thread(watcher)
@@ -437,8 +479,11 @@ class TaskRunner:
         for chunk in self.engine.logs(self.container_id, follow=False, tail=TAIL_CHECK_LINES):
             theirs.add(chunk)
         if not self._log_tail.value().endswith(theirs.value()):
-            log.info("task %s: the log stream ended early; reading the log again past its first %d bytes",
-                     self.task["id"], self._log_bytes)
+            log.info(
+                "task %s: the log stream ended early; reading the log again past its first %d bytes",
+                self.task["id"],
+                self._log_bytes,
+            )
             self._take_rest(out, parser)
 
     def _take_rest(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
@@ -451,8 +496,9 @@ class TaskRunner:
             self._take_log(out, parser, chunk[skip:] if skip else chunk)
             skip = 0
 
-    def _wait_exit(self, stream: Any, exited: threading.Event, drained: threading.Event,
-                   outcome: dict[str, Any]) -> None:
+    def _wait_exit(
+        self, stream: Any, exited: threading.Event, drained: threading.Event, outcome: dict[str, Any]
+    ) -> None:
         try:
             outcome["code"] = self._wait()
         except Exception as exc:  # reported by the reading thread
@@ -494,8 +540,13 @@ class TaskRunner:
 
     def _watchable(self) -> list[int]:
         with self._frame_lock:
-            return [f for f, info in self._frames.items() if f not in self._settled and info["output"]
-                    and info["output"].lower().endswith(_IMAGE_SUFFIXES)]
+            return [
+                f
+                for f, info in self._frames.items()
+                if f not in self._settled
+                and info["output"]
+                and info["output"].lower().endswith(_IMAGE_SUFFIXES)
+            ]
 
     def stop(self, grace: float = 0) -> None:
         """Stop the container now, or as soon as it exists (cancel can race with creation)."""
@@ -551,7 +602,9 @@ class TaskRunner:
             return
         self._last_progress = now
         frames = self.task["frames"]
-        percent = task_progress(frames, self._done, self._current_percent) if frames else self._current_percent
+        percent = (
+            task_progress(frames, self._done, self._current_percent) if frames else self._current_percent
+        )
         self.store.set_progress(self.task["id"], percent)
 
     def _settle(self, frame: int, state: str, error: Optional[str]) -> None:
@@ -565,8 +618,15 @@ class TaskRunner:
                 return
             self._settled.add(frame)
         check = self._inspect(frame) if state == "done" else None
-        state, error = self.store.set_frame(self.task["job_id"], self.task["step_idx"], frame, state, error,
-                                            thumbnail=check.thumbnail if check else None, check=check)
+        state, error = self.store.set_frame(
+            self.task["job_id"],
+            self.task["step_idx"],
+            frame,
+            state,
+            error,
+            thumbnail=check.thumbnail if check else None,
+            check=check,
+        )
         with self._frame_lock:
             if state == "done":
                 self._done.add(frame)
@@ -598,8 +658,9 @@ class TaskRunner:
             log.exception("task %s: frame %s: no thumbnail or checks", self.task["id"], frame)
             return None
 
-    def _settle_frames(self, ok: bool, exit_code: Optional[int], error: Optional[str]
-                       ) -> dict[int, FrameResult]:
+    def _settle_frames(
+        self, ok: bool, exit_code: Optional[int], error: Optional[str]
+    ) -> dict[int, FrameResult]:
         """Decide the frames the markers and the watcher did not settle; done image frames are
         checked and recorded one by one (the check may fail them), the rest with the task's result."""
         results: dict[int, FrameResult] = {}

@@ -45,10 +45,20 @@ class GpuBroker(Protocol):
 
 
 class Scheduler:
-    def __init__(self, store: Store, engine: Engine, *, slots: int, state_dir: Path,
-                 gpus: Optional[GpuBroker] = None, watch: Optional[EngineWatch] = None,
-                 limits: ContainerLimits = NO_LIMITS, log_cap: int = 64 * tasklog.MIB,
-                 pool: Optional[Pool] = None, licence: LicenceRetry = DEFAULT_LICENCE_RETRY) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        slots: int,
+        state_dir: Path,
+        gpus: Optional[GpuBroker] = None,
+        watch: Optional[EngineWatch] = None,
+        limits: ContainerLimits = NO_LIMITS,
+        log_cap: int = 64 * tasklog.MIB,
+        pool: Optional[Pool] = None,
+        licence: LicenceRetry = DEFAULT_LICENCE_RETRY,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.watch = watch or EngineWatch(engine)
@@ -123,7 +133,9 @@ class Scheduler:
         for step in self.store.ready_steps():
             key = (step["job_id"], step["step_idx"])
             if self.running_count() >= self.slots or self._stopped.is_set():
-                short = self.pool.short(step["amounts"])  # no slot now; say whether an amount holds it back too
+                short = self.pool.short(
+                    step["amounts"]
+                )  # no slot now; say whether an amount holds it back too
                 waiting[key] = waiting_label(short) if short else None
                 continue
             waiting[key] = None
@@ -150,8 +162,11 @@ class Scheduler:
 
     def _record_waiting(self, waiting: dict[tuple[int, int], Optional[str]]) -> None:
         """Store what changed in what steps wait for (a step no longer ready waits for nothing)."""
-        changes = {key: waiting.get(key) for key in set(waiting) | set(self._waiting)
-                   if waiting.get(key) != self._waiting.get(key)}
+        changes = {
+            key: waiting.get(key)
+            for key in set(waiting) | set(self._waiting)
+            if waiting.get(key) != self._waiting.get(key)
+        }
         if changes:
             self.store.set_waiting(changes)
         self._waiting = {key: what for key, what in waiting.items() if what is not None}
@@ -179,17 +194,29 @@ class Scheduler:
     def limits_for(self, step: Row) -> ContainerLimits:
         """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
         memory = step.get("memory_mib")
-        return replace(self.limits, memory=memory * tasklog.MIB if memory else self.limits.memory,
-                       vcpus=step.get("vcpus") or self.limits.vcpus)
+        return replace(
+            self.limits,
+            memory=memory * tasklog.MIB if memory else self.limits.memory,
+            vcpus=step.get("vcpus") or self.limits.vcpus,
+        )
 
     def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
         broker = self.gpus
         runner = TaskRunner(
-            store=self.store, engine=self.engine, task=task, step=step,
-            log_path=self.log_path(task["id"]), thumbnail_path=self.thumbnail_path, on_exit=self._on_exit,
-            watch=self.watch, gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
-            adopt=adopt, limits=self.limits_for(step), log_cap=self.log_cap, licence=self.licence,
+            store=self.store,
+            engine=self.engine,
+            task=task,
+            step=step,
+            log_path=self.log_path(task["id"]),
+            thumbnail_path=self.thumbnail_path,
+            on_exit=self._on_exit,
+            watch=self.watch,
+            gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
+            adopt=adopt,
+            limits=self.limits_for(step),
+            log_cap=self.log_cap,
+            licence=self.licence,
         )
         with self._lock:
             self._running[task["id"]] = runner
@@ -201,8 +228,9 @@ class Scheduler:
         except RuntimeError as exc:
             if not thread_refused(exc):
                 raise
-            log.warning("task %s: %s; its runner starts when the system allows a thread again",
-                        runner.task["id"], exc)
+            log.warning(
+                "task %s: %s; its runner starts when the system allows a thread again", runner.task["id"], exc
+            )
             with self._lock:
                 self._unstarted.append(runner)
 
@@ -271,8 +299,12 @@ class Scheduler:
                 self.gpus.restore(task["id"], task["gpus"])
             self.pool.restore(task["id"], self.store.steps(task["job_id"])[task["step_idx"]]["amounts"])
             task["log_offset"] = self.store.log_offset(task["id"])
-            log.info("task %s: re-adopting container %s (%s)", task["id"], status.name,
-                     "running" if status.running else f"exited {status.exit_code}")
+            log.info(
+                "task %s: re-adopting container %s (%s)",
+                task["id"],
+                status.name,
+                "running" if status.running else f"exited {status.exit_code}",
+            )
             self._run(task, task["gpus"], adopt=status)
         for status in self.engine.list_labeled({LABEL_STORE: self.store.store_id}):
             if status.id not in claimed:

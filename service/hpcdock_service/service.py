@@ -67,8 +67,10 @@ class StateLock:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "pid unknown"
             os.close(fd)
-            raise StateDirInUse(f"another hpcdock-service ({holder}) already uses the state directory "
-                                f"{state_dir}; stop that one first (nothing was changed)") from None
+            raise StateDirInUse(
+                f"another hpcdock-service ({holder}) already uses the state directory "
+                f"{state_dir}; stop that one first (nothing was changed)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, listening on {endpoint_url}\n".encode(), 0)
         self.fd = fd
@@ -78,8 +80,13 @@ class StateLock:
 
 
 class Service:
-    def __init__(self, config: ServiceConfig, engine: Optional[Engine] = None,
-                 gpus: Optional[GpuBroker] = None, reset_store: bool = False) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        engine: Optional[Engine] = None,
+        gpus: Optional[GpuBroker] = None,
+        reset_store: bool = False,
+    ) -> None:
         self.config = config
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,8 +101,12 @@ class Service:
         self.embedded: Optional[EmbeddedPodman] = None
         if engine is None:
             try:
-                engine, self.embedded = connect(config.engine_socket, self.state_dir,
-                                                allow_rootful=config.allow_rootful, embedded=config.embedded_podman)
+                engine, self.embedded = connect(
+                    config.engine_socket,
+                    self.state_dir,
+                    allow_rootful=config.allow_rootful,
+                    embedded=config.embedded_podman,
+                )
             except BaseException:
                 self.store.close()
                 self.lock.release()
@@ -106,16 +117,25 @@ class Service:
         self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
         self.watch = EngineWatch(engine, self.embedded)
         self.capacity = capacity(config.resources, config.packing_machine)
-        self.scheduler = Scheduler(self.store, engine, slots=config.slots, state_dir=self.state_dir,
-                                   gpus=self.gpus, watch=self.watch, limits=self.task_limits(),
-                                   log_cap=config.log_cap_mib * MIB, pool=Pool(self.capacity),
-                                   licence=config.licence_retry)
+        self.scheduler = Scheduler(
+            self.store,
+            engine,
+            slots=config.slots,
+            state_dir=self.state_dir,
+            gpus=self.gpus,
+            watch=self.watch,
+            limits=self.task_limits(),
+            log_cap=config.log_cap_mib * MIB,
+            pool=Pool(self.capacity),
+            licence=config.licence_retry,
+        )
 
     def task_limits(self) -> ContainerLimits:
         """A task container's limits where its step asks for no memory or vCPUs of its own."""
         memory = self.config.task_memory_mib
-        return ContainerLimits(pids=self.config.task_pids, memory=memory * MIB if memory else None,
-                               vcpus=self.config.task_vcpus)
+        return ContainerLimits(
+            pids=self.config.task_pids, memory=memory * MIB if memory else None, vcpus=self.config.task_vcpus
+        )
 
     def start(self) -> None:
         self.scheduler.start()
@@ -129,8 +149,13 @@ class Service:
             self.embedded.stop()
         self.lock.release()
 
-    def submit(self, bundle_dir: str, parameter_values: Optional[dict[str, Any]] = None,
-               priority: Optional[int] = None, name: Optional[str] = None) -> Row:
+    def submit(
+        self,
+        bundle_dir: str,
+        parameter_values: Optional[dict[str, Any]] = None,
+        priority: Optional[int] = None,
+        name: Optional[str] = None,
+    ) -> Row:
         try:
             plan = load_bundle(
                 bundle_dir,
@@ -146,8 +171,13 @@ class Service:
             raise BadInput("engine", f"{exc}; submit again once it is back", 503) from None
         prepare_output_dirs(plan, self.mount_policy)
         job = self.store.add_job(plan, priority=priority, name=name)
-        log.info("job %s (%s): %d task(s), %d frame(s)", job["id"], job["name"], job["tasks_total"],
-                 job["frames_total"])
+        log.info(
+            "job %s (%s): %d task(s), %d frame(s)",
+            job["id"],
+            job["name"],
+            job["tasks_total"],
+            job["frames_total"],
+        )
         self.scheduler.wake()
         return job
 
@@ -159,7 +189,9 @@ class Service:
         self.scheduler.wake()
         return job
 
-    def retry_frames(self, job_id: int, frames: Optional[list[int]], flagged: bool, step: Optional[str]) -> Row:
+    def retry_frames(
+        self, job_id: int, frames: Optional[list[int]], flagged: bool, step: Optional[str]
+    ) -> Row:
         job = self.store.retry_frames(job_id, frames, flagged, step)
         self.scheduler.wake()
         return job
@@ -170,10 +202,16 @@ class Service:
         for table, by_state in self.store.counts().items():
             lines.append(f"# TYPE hpcdock_{table} gauge")
             lines += [f'hpcdock_{table}{{state="{s}"}} {n}' for s, n in sorted(by_state.items())]
-        lines += ["# TYPE hpcdock_slots gauge", f"hpcdock_slots {self.config.slots}",
-                  "# TYPE hpcdock_running_tasks gauge", f"hpcdock_running_tasks {self.scheduler.running_count()}",
-                  "# TYPE hpcdock_engine_up gauge", f"hpcdock_engine_up {int(self.watch.up)}",
-                  "# TYPE hpcdock_events_total counter", f"hpcdock_events_total {self.store.last_event_id()}"]
+        lines += [
+            "# TYPE hpcdock_slots gauge",
+            f"hpcdock_slots {self.config.slots}",
+            "# TYPE hpcdock_running_tasks gauge",
+            f"hpcdock_running_tasks {self.scheduler.running_count()}",
+            "# TYPE hpcdock_engine_up gauge",
+            f"hpcdock_engine_up {int(self.watch.up)}",
+            "# TYPE hpcdock_events_total counter",
+            f"hpcdock_events_total {self.store.last_event_id()}",
+        ]
         return "\n".join(lines) + "\n"
 
     def health(self) -> dict[str, Any]:

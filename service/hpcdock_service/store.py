@@ -42,13 +42,17 @@ from .migrations import SchemaTooNew, migrate
 
 log = logging.getLogger(__name__)
 
-_FRAME_SELECT = ("SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
-                 "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id")
+_FRAME_SELECT = (
+    "SELECT f.*, s.name AS step, t.attempt AS attempt FROM frames f "
+    "JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx JOIN tasks t ON t.id = f.task_id"
+)
 # A pending task waits for its licence back-off while it lasts, else for what its step waits for
 # (set by dispatch). The back-off's end is compared in SQLite's clock: Unix seconds from julianday.
-_TASK_SELECT = ("SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at > "
-                "(julianday('now') - 2440587.5) * 86400.0 THEN 'licence back-off' ELSE s.waiting_for END END "
-                "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx")
+_TASK_SELECT = (
+    "SELECT t.*, s.name AS step, CASE WHEN t.state = 'pending' THEN CASE WHEN t.retry_at > "
+    "(julianday('now') - 2440587.5) * 86400.0 THEN 'licence back-off' ELSE s.waiting_for END END "
+    "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx"
+)
 
 Row = dict[str, Any]
 FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
@@ -67,8 +71,9 @@ class StoreBusy(BadInput):
     """Another process holds the store's write lock longer than this call may wait."""
 
     def __init__(self, path: Path, waited: float) -> None:
-        super().__init__("store", f"the store {path} is locked by another process (waited {waited:.0f}s); "
-                         "try again", 503)
+        super().__init__(
+            "store", f"the store {path} is locked by another process (waited {waited:.0f}s); try again", 503
+        )
 
 
 class StoreUnusable(Exception):
@@ -83,7 +88,8 @@ class StoreCorrupt(StoreUnusable):
             f"the store {path} is corrupted ({reason}). Move it aside (with any {path.name}-wal and "
             f"{path.name}-shm next to it) or start once with --reset-store, which keeps it as "
             f"{path.name}.corrupt-<time> and starts an empty store; jobs recorded in it are forgotten "
-            "and containers they left are not removed")
+            "and containers they left are not removed"
+        )
         self.path = path
         self.reason = reason
 
@@ -95,7 +101,8 @@ class StoreTooNew(StoreUnusable):
         super().__init__(
             f"the store {path} has schema version {found}, but this hpcdock-service knows versions up to "
             f"{known}: a newer release wrote it. Run that release (or a newer one) on it, or start on "
-            "another --state-dir; the store is left as it is")
+            "another --state-dir; the store is left as it is"
+        )
         self.path = path
 
 
@@ -108,8 +115,11 @@ class StoreHealth:
     def to_json(self) -> Row:
         if self.busy_since is None:
             return {"state": "ok"}
-        return {"state": "busy", "busy_for": round(time.time() - self.busy_since, 1),
-                "message": "another process holds the store's write lock; writes wait for it"}
+        return {
+            "state": "busy",
+            "busy_for": round(time.time() - self.busy_since, 1),
+            "message": "another process holds the store's write lock; writes wait for it",
+        }
 
 
 class Store:
@@ -119,7 +129,9 @@ class Store:
         self._db = self._connect(_OPEN_BUSY_SECONDS)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]  # a few tenths of a second at 35 MB
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[
+                0
+            ]  # a few tenths of a second at 35 MB
             if problem != "ok":
                 raise StoreCorrupt(path, problem)
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -151,12 +163,18 @@ class Store:
             if not reset_corrupt:
                 raise
             kept = set_aside(path)
-            log.warning("the store %s was corrupted (%s); kept it as %s and started an empty store",
-                        path, exc.reason, kept)
+            log.warning(
+                "the store %s was corrupted (%s); kept it as %s and started an empty store",
+                path,
+                exc.reason,
+                kept,
+            )
             return cls(path)
 
     def _connect(self, busy_seconds: float) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_seconds)
+        db = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_seconds
+        )
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA foreign_keys=ON")
         return db
@@ -290,8 +308,10 @@ class Store:
 
     # -- events -------------------------------------------------------------------------
     def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: str, data: Row) -> None:
-        db.execute("INSERT INTO events (job_id, kind, data, ts) VALUES (?, ?, ?, ?)",
-                   (job_id, kind, json.dumps({kind: data}), time.time()))
+        db.execute(
+            "INSERT INTO events (job_id, kind, data, ts) VALUES (?, ?, ?, ?)",
+            (job_id, kind, json.dumps({kind: data}), time.time()),
+        )
 
     def last_event_id(self) -> int:
         row = self._query("SELECT COALESCE(MAX(id), 0) FROM events")
@@ -299,11 +319,14 @@ class Store:
 
     def events_after(self, after: int, job_id: Optional[int] = None, limit: int = 500) -> list[Row]:
         if job_id is None:
-            rows = self._query("SELECT id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                               (after, limit))
+            rows = self._query(
+                "SELECT id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            )
         else:
-            rows = self._query("SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? "
-                               "ORDER BY id LIMIT ?", (job_id, after, limit))
+            rows = self._query(
+                "SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (job_id, after, limit),
+            )
         return [dict(r) for r in rows]
 
     # -- jobs ---------------------------------------------------------------------------
@@ -313,18 +336,40 @@ class Store:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle_dir, container, params, max_attempts, created_at, "
                 "frame_checks, fps) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name or plan.name, plan.priority if priority is None else priority, plan.bundle_dir,
-                 json.dumps(plan.container.to_json()), json.dumps(plan.params), plan.max_attempts, now,
-                 json.dumps(plan.frame_checks.to_json()), plan.fps))
+                (
+                    name or plan.name,
+                    plan.priority if priority is None else priority,
+                    plan.bundle_dir,
+                    json.dumps(plan.container.to_json()),
+                    json.dumps(plan.params),
+                    plan.max_attempts,
+                    now,
+                    json.dumps(plan.frame_checks.to_json()),
+                    plan.fps,
+                ),
+            )
             job_id = int(cur.lastrowid)
             n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
-                db.execute("INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                           "cancel_grace, output, memory_mib, vcpus, amounts) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (job_id, s_idx, step.name, json.dumps(step.depends_on), step.gpus,
-                            json.dumps(step.command), step.timeout, step.cancel_grace, step.output,
-                            step.memory_mib, step.vcpus, json.dumps(step.amounts)))
+                db.execute(
+                    "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
+                    "cancel_grace, output, memory_mib, vcpus, amounts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        s_idx,
+                        step.name,
+                        json.dumps(step.depends_on),
+                        step.gpus,
+                        json.dumps(step.command),
+                        step.timeout,
+                        step.cancel_grace,
+                        step.output,
+                        step.memory_mib,
+                        step.vcpus,
+                        json.dumps(step.amounts),
+                    ),
+                )
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
                 # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
                 # 100,000 rows one by one through executemany was most of a big job's accept time.
@@ -334,15 +379,28 @@ class Store:
                         "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
                         "SELECT ? + key, ?, ?, key, printf(?, value), printf('[[%d, %d]]', value, value), "
                         "'pending', ? FROM json_each(?)",
-                        (first, job_id, s_idx, frame_only, plan.max_attempts,
-                         _json_rows(t.frames[0] for t in step.tasks)))
+                        (
+                            first,
+                            job_id,
+                            s_idx,
+                            frame_only,
+                            plan.max_attempts,
+                            _json_rows(t.frames[0] for t in step.tasks),
+                        ),
+                    )
                 else:
                     db.execute(
                         "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
                         "SELECT ? + key, ?, ?, key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
                         "'pending', ? FROM json_each(?)",
-                        (first, job_id, s_idx, plan.max_attempts,
-                         _json_rows([_params_json(t.params), encode_frames(t.frames)] for t in step.tasks)))
+                        (
+                            first,
+                            job_id,
+                            s_idx,
+                            plan.max_attempts,
+                            _json_rows([_params_json(t.params), encode_frames(t.frames)] for t in step.tasks),
+                        ),
+                    )
                 if step.output is not None:
                     fmt = _printf_format(step.output)
                     one_each = all(len(t.frames) == 1 for t in step.tasks)
@@ -354,19 +412,24 @@ class Store:
                         frame_sql, task_sql = "json_extract(value, '$[0]')", "json_extract(value, '$[1]')"
                         out_sql = "printf(?, json_extract(value, '$[0]'))"
                     if fmt is None:  # not printf-able: the paths come formatted by Python
-                        frames = [[f, t_idx, step.output.format(frame=f)]
-                                  for t_idx, t in enumerate(step.tasks) for f in t.frames]
+                        frames = [
+                            [f, t_idx, step.output.format(frame=f)]
+                            for t_idx, t in enumerate(step.tasks)
+                            for f in t.frames
+                        ]
                         frame_sql, task_sql = "json_extract(value, '$[0]')", "json_extract(value, '$[1]')"
                         out_sql = "json_extract(value, '$[2]')"
                     db.execute(
                         "INSERT INTO frames (job_id, step_idx, frame, task_id, state, output) "
                         f"SELECT ?, ?, {frame_sql}, ? + {task_sql}, 'waiting', {out_sql} FROM json_each(?)",
-                        (job_id, s_idx, first, *([fmt] if fmt is not None else []), _json_rows(frames)))
+                        (job_id, s_idx, first, *([fmt] if fmt is not None else []), _json_rows(frames)),
+                    )
                     n_frames += len(frames)
                 n_tasks += len(step.tasks)
             # a new job's counts are known: every task pending, every frame waiting
-            job = self._job_event(db, job_id, {"pending": n_tasks} if n_tasks else {},
-                                  {"waiting": n_frames} if n_frames else {})
+            job = self._job_event(
+                db, job_id, {"pending": n_tasks} if n_tasks else {}, {"waiting": n_frames} if n_frames else {}
+            )
         return job
 
     def job(self, job_id: int) -> Row:
@@ -391,12 +454,19 @@ class Store:
     def job_params(self, job_id: int) -> dict[str, str]:
         return json.loads(self._query("SELECT params FROM jobs WHERE id=?", (job_id,))[0][0])
 
-    def _job_json(self, db: sqlite3.Connection, row: sqlite3.Row, counts: Optional[dict[str, int]] = None,
-                  fcounts: Optional[dict[str, int]] = None) -> Row:
+    def _job_json(
+        self,
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
+        counts: Optional[dict[str, int]] = None,
+        fcounts: Optional[dict[str, int]] = None,
+    ) -> Row:
         job = dict(row)
         job.pop("container")
         job.pop("params")
-        job["frame_checks"] = FrameCheckSettings.from_json(json.loads(job["frame_checks"] or "null")).to_json()
+        job["frame_checks"] = FrameCheckSettings.from_json(
+            json.loads(job["frame_checks"] or "null")
+        ).to_json()
         if counts is None:
             counts = _state_counts(db, "tasks", job["id"])
         job["tasks_total"] = sum(counts.values())
@@ -409,13 +479,25 @@ class Store:
         job["frames_done"] = fcounts.get("done", 0)
         job["frames_failed"] = fcounts.get("failed", 0)
         job["steps"] = [
-            {"name": s["name"], "depends_on": json.loads(s["depends_on"]), "gpus": s["gpus"],
-             "output": s["output"], "amounts": _amounts(s["amounts"]), "waiting_for": s["waiting_for"]}
-            for s in db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))]
+            {
+                "name": s["name"],
+                "depends_on": json.loads(s["depends_on"]),
+                "gpus": s["gpus"],
+                "output": s["output"],
+                "amounts": _amounts(s["amounts"]),
+                "waiting_for": s["waiting_for"],
+            }
+            for s in db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))
+        ]
         return job
 
-    def _job_event(self, db: sqlite3.Connection, job_id: int, counts: Optional[dict[str, int]] = None,
-                   fcounts: Optional[dict[str, int]] = None) -> Row:
+    def _job_event(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        counts: Optional[dict[str, int]] = None,
+        fcounts: Optional[dict[str, int]] = None,
+    ) -> Row:
         row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         job = self._job_json(db, row, counts, fcounts)
         self._event(db, job_id, "job", job)
@@ -423,14 +505,23 @@ class Store:
 
     def steps(self, job_id: int) -> list[Row]:
         rows = self._query("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,))
-        return [{**dict(r), "depends_on": json.loads(r["depends_on"]), "command": json.loads(r["command"]),
-                 "amounts": _amounts(r["amounts"])} for r in rows]
+        return [
+            {
+                **dict(r),
+                "depends_on": json.loads(r["depends_on"]),
+                "command": json.loads(r["command"]),
+                "amounts": _amounts(r["amounts"]),
+            }
+            for r in rows
+        ]
 
     def set_waiting(self, changes: dict[tuple[int, int], Optional[str]]) -> None:
         """Record what steps' pending tasks wait for (``(job_id, step_idx)`` -> "resource lic", None)."""
         with self._tx() as db:  # StoreBusy: dispatch records it on a later round
             for (job_id, step_idx), what in changes.items():
-                db.execute("UPDATE steps SET waiting_for=? WHERE job_id=? AND idx=?", (what, job_id, step_idx))
+                db.execute(
+                    "UPDATE steps SET waiting_for=? WHERE job_id=? AND idx=?", (what, job_id, step_idx)
+                )
             for job_id in sorted({job_id for job_id, _ in changes}):
                 self._job_event(db, job_id)
 
@@ -465,18 +556,22 @@ class Store:
         statements (canceling a 100,000-task job took 100,000 lookups and inserts)."""
         if not task_ids:
             return
-        rows = {r["id"]: r for r in db.execute(
-            _TASK_SELECT + " WHERE t.id IN (SELECT value FROM json_each(?))", (json.dumps(task_ids),))}
-        db.executemany("INSERT INTO events (job_id, kind, data, ts) VALUES (?, 'task', ?, ?)",
-                       ((rows[i]["job_id"], json.dumps({"task": _task_json(rows[i])}), time.time())
-                        for i in task_ids))
+        rows = {
+            r["id"]: r
+            for r in db.execute(
+                _TASK_SELECT + " WHERE t.id IN (SELECT value FROM json_each(?))", (json.dumps(task_ids),)
+            )
+        }
+        db.executemany(
+            "INSERT INTO events (job_id, kind, data, ts) VALUES (?, 'task', ?, ?)",
+            ((rows[i]["job_id"], json.dumps({"task": _task_json(rows[i])}), time.time()) for i in task_ids),
+        )
 
     def log_offset(self, task_id: int) -> int:
         return int(self._query("SELECT log_offset FROM tasks WHERE id=?", (task_id,))[0][0])
 
     def tasks_in_state(self, state: str) -> list[Row]:
-        rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id",
-                           (state,))
+        rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id", (state,))
         return [_task_json(r) for r in rows]
 
     def ready_steps(self) -> list[Row]:
@@ -491,7 +586,8 @@ class Store:
             "s.depends_on AS depends_on, s.amounts AS amounts FROM steps s JOIN jobs j ON j.id = s.job_id "
             "WHERE j.state IN ('queued', 'running') AND EXISTS (SELECT 1 FROM tasks t "
             "WHERE t.job_id = s.job_id AND t.step_idx = s.idx AND t.state = 'pending') "
-            "ORDER BY j.priority DESC, s.job_id, s.idx")
+            "ORDER BY j.priority DESC, s.job_id, s.idx"
+        )
         ready = []
         for r in rows:
             deps = json.loads(r["depends_on"])
@@ -504,30 +600,41 @@ class Store:
         marks = ",".join("?" * len(names))
         row = self._query(
             f"SELECT COUNT(*) FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx "
-            f"WHERE t.job_id = ? AND s.name IN ({marks}) AND t.state != 'succeeded'", (job_id, *names))
+            f"WHERE t.job_id = ? AND s.name IN ({marks}) AND t.state != 'succeeded'",
+            (job_id, *names),
+        )
         return row[0][0] == 0
 
     def next_pending(self, job_id: int, step_idx: int) -> Optional[int]:
         """The step's first pending task that is not backing off after a licence failure."""
         # ids grow with idx within a step (add_job numbers them so), and ordering by id lets the
         # (job_id, step_idx, state) index answer without sorting every pending task.
-        rows = self._query("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
-                           "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY id LIMIT 1",
-                           (job_id, step_idx, time.time()))
+        rows = self._query(
+            "SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
+            "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY id LIMIT 1",
+            (job_id, step_idx, time.time()),
+        )
         return rows[0][0] if rows else None
 
     def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Row:
         """Mark the task running *before* its container exists: the name is what a restart looks for."""
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE tasks SET state='running', attempt=attempt+1, container=?, exit_code=NULL, "
-                       "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=?, retry_at=NULL "
-                       "WHERE id=? AND state='pending'",
-                       (container, now, json.dumps(gpus), log_offset, task_id))
-            job_id, attempt = db.execute("SELECT job_id, attempt FROM tasks WHERE id=?", (task_id,)).fetchone()
+            db.execute(
+                "UPDATE tasks SET state='running', attempt=attempt+1, container=?, exit_code=NULL, "
+                "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=?, retry_at=NULL "
+                "WHERE id=? AND state='pending'",
+                (container, now, json.dumps(gpus), log_offset, task_id),
+            )
+            job_id, attempt = db.execute(
+                "SELECT job_id, attempt FROM tasks WHERE id=?", (task_id,)
+            ).fetchone()
             self._reset_frames(db, task_id, "running")
-            if db.execute("UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?) "
-                          "WHERE id=? AND state='queued'", (now, job_id)).rowcount:
+            if db.execute(
+                "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?) "
+                "WHERE id=? AND state='queued'",
+                (now, job_id),
+            ).rowcount:
                 self._job_event(db, job_id)
             self._task_event(db, task_id)
         return self.task(task_id)
@@ -535,8 +642,11 @@ class Store:
     def unstart_task(self, task_id: int) -> None:
         """Undo :meth:`start_task` for a container that was never created (restart before create)."""
         with self._tx() as db:
-            db.execute("UPDATE tasks SET state='pending', attempt=attempt-1, container=NULL, started_at=NULL, "
-                       "gpus=NULL WHERE id=? AND state='running'", (task_id,))
+            db.execute(
+                "UPDATE tasks SET state='pending', attempt=attempt-1, container=NULL, started_at=NULL, "
+                "gpus=NULL WHERE id=? AND state='running'",
+                (task_id,),
+            )
             self._reset_frames(db, task_id, "waiting")
             self._task_event(db, task_id)
 
@@ -545,9 +655,14 @@ class Store:
             db.execute("UPDATE tasks SET progress=? WHERE id=? AND state='running'", (progress, task_id))
             self._task_event(db, task_id)
 
-    def finish_task(self, task_id: int, exit_code: Optional[int], error: Optional[str],
-                    frame_results: Optional[dict[int, FrameResult]] = None,
-                    licence: Optional[LicenceRetry] = None) -> Row:
+    def finish_task(
+        self,
+        task_id: int,
+        exit_code: Optional[int],
+        error: Optional[str],
+        frame_results: Optional[dict[int, FrameResult]] = None,
+        licence: Optional[LicenceRetry] = None,
+    ) -> Row:
         """Record how an attempt ended and decide what comes next for the task and its job.
 
         A failed attempt goes back to ``pending`` while attempts remain; a task of a
@@ -566,8 +681,9 @@ class Store:
                 return self.task(task_id)
             job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
             ok = exit_code == 0 and error is None
-            licence_wait = (licence is not None and job_state != "canceled"
-                            and t["licence_retries"] < licence.retries)
+            licence_wait = (
+                licence is not None and job_state != "canceled" and t["licence_retries"] < licence.retries
+            )
             if job_state == "canceled":
                 state = "canceled"
             elif ok:
@@ -583,11 +699,16 @@ class Store:
                 state = "failed"
             if licence_wait:
                 assert licence is not None
-                db.execute("UPDATE tasks SET attempt=attempt-1, licence_retries=licence_retries+1, retry_at=? "
-                           "WHERE id=?", (now + licence.delay(t["licence_retries"]), task_id))
-            db.execute("UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
-                       "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
-                       (state, exit_code, error, now, ok, task_id))
+                db.execute(
+                    "UPDATE tasks SET attempt=attempt-1, licence_retries=licence_retries+1, retry_at=? "
+                    "WHERE id=?",
+                    (now + licence.delay(t["licence_retries"]), task_id),
+                )
+            db.execute(
+                "UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
+                "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
+                (state, exit_code, error, now, ok, task_id),
+            )
             self._task_event(db, task_id)
             for frame, (f_state, f_error, thumb) in sorted((frame_results or {}).items()):
                 self._set_frame(db, t["job_id"], t["step_idx"], frame, f_state, f_error, now, thumb)
@@ -599,8 +720,10 @@ class Store:
         return self.task(task_id)
 
     def _cancel_dependents(self, db: sqlite3.Connection, job_id: int, step_idx: int) -> None:
-        steps = {r["name"]: (r["idx"], json.loads(r["depends_on"]))
-                 for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))}
+        steps = {
+            r["name"]: (r["idx"], json.loads(r["depends_on"]))
+            for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))
+        }
         failed_names = {n for n, (i, _) in steps.items() if i == step_idx}
         changed = True
         while changed:
@@ -612,10 +735,16 @@ class Store:
         upstream = next(n for n, (i, _) in steps.items() if i == step_idx)
         for name in failed_names - {upstream}:
             idx = steps[name][0]
-            ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending'",
-                                            (job_id, idx))]
-            db.execute("UPDATE tasks SET state='canceled', error=? WHERE job_id=? AND step_idx=? AND state='pending'",
-                       (f"upstream step {upstream!r} failed", job_id, idx))
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending'", (job_id, idx)
+                )
+            ]
+            db.execute(
+                "UPDATE tasks SET state='canceled', error=? WHERE job_id=? AND step_idx=? AND state='pending'",
+                (f"upstream step {upstream!r} failed", job_id, idx),
+            )
             self._task_events(db, ids)
 
     def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
@@ -627,7 +756,9 @@ class Store:
                 state, error = "failed", f"{counts.get('failed', 0)} task(s) failed"
             else:
                 state, error = "succeeded", None
-            db.execute("UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id))
+            db.execute(
+                "UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id)
+            )
         elif job["state"] == "canceled" and not counts.get("running"):
             db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
         self._job_event(db, job_id, counts)  # only the jobs row changed: the task counts still hold
@@ -641,9 +772,13 @@ class Store:
             if state not in JOB_ACTIVE:
                 return []
             db.execute("UPDATE jobs SET state='canceled', error='canceled by user' WHERE id=?", (job_id,))
-            ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND state='pending'", (job_id,))]
-            db.execute("UPDATE tasks SET state='canceled', finished_at=? WHERE job_id=? AND state='pending'",
-                       (now, job_id))
+            ids = [
+                r[0] for r in db.execute("SELECT id FROM tasks WHERE job_id=? AND state='pending'", (job_id,))
+            ]
+            db.execute(
+                "UPDATE tasks SET state='canceled', finished_at=? WHERE job_id=? AND state='pending'",
+                (now, job_id),
+            )
             self._task_events(db, ids)
             self._settle_job(db, job_id, now)
         rows = self._query(_TASK_SELECT + " WHERE t.job_id=? AND t.state='running' ORDER BY t.id", (job_id,))
@@ -655,23 +790,40 @@ class Store:
         if job["state"] in JOB_ACTIVE:
             raise BadInput("job", f"job {job_id} is {job['state']}; only finished jobs can be retried", 409)
         with self._tx() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM tasks WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id,))]
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM tasks WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id,)
+                )
+            ]
             if ids:
-                db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + "
-                           "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL, "
-                           "licence_retries=0, retry_at=NULL "
-                           "WHERE job_id=? AND state IN ('failed', 'canceled')", (job_id, job_id))
-                db.execute("UPDATE frames SET state='waiting', error=NULL, flags=NULL, luma=NULL "
-                           "WHERE job_id=? AND state != 'done'", (job_id,))
-                db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
+                db.execute(
+                    "UPDATE tasks SET state='pending', max_attempts=attempt + "
+                    "(SELECT max_attempts FROM jobs WHERE id=?), error=NULL, exit_code=NULL, "
+                    "licence_retries=0, retry_at=NULL "
+                    "WHERE job_id=? AND state IN ('failed', 'canceled')",
+                    (job_id, job_id),
+                )
+                db.execute(
+                    "UPDATE frames SET state='waiting', error=NULL, flags=NULL, luma=NULL "
+                    "WHERE job_id=? AND state != 'done'",
+                    (job_id,),
+                )
+                db.execute(
+                    "UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,)
+                )
                 _recount_flagged(db, job_id)
                 self._task_events(db, ids)
                 self._job_event(db, job_id)
         return self.job(job_id)
 
-    def retry_frames(self, job_id: int, frames: Optional[list[int]] = None, flagged: bool = False,
-                     step: Optional[str] = None) -> Row:
+    def retry_frames(
+        self,
+        job_id: int,
+        frames: Optional[list[int]] = None,
+        flagged: bool = False,
+        step: Optional[str] = None,
+    ) -> Row:
         """Render again just the chosen frames (``frames``, or every flagged frame), as new tasks.
 
         New tasks, not re-opened ones: a task's parameters are what its container renders, and
@@ -689,21 +841,37 @@ class Store:
         with self._tx() as db:
             chosen = self._chosen_frames(db, job_id, frames, flagged, step)
             steps = {r["idx"]: r for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))}
-            owners = {r["id"]: r for r in db.execute(
-                "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(sorted({r["task_id"] for r in chosen})),))}
+            owners = {
+                r["id"]: r
+                for r in db.execute(
+                    "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(sorted({r["task_id"] for r in chosen})),),
+                )
+            }
             keys = {(r["step_idx"], r["frame"]) for r in chosen}
             broken = [t for t in owners.values() if t["state"] in ("failed", "canceled")]
             for t in broken:  # their unfinished frames come along
-                keys.update((r["step_idx"], r["frame"]) for r in db.execute(
-                    "SELECT step_idx, frame FROM frames WHERE task_id=? AND state != 'done'", (t["id"],)))
-            rows = [db.execute("SELECT * FROM frames WHERE job_id=? AND step_idx=? AND frame=?",
-                               (job_id, s_idx, f)).fetchone() for s_idx, f in sorted(keys)]
+                keys.update(
+                    (r["step_idx"], r["frame"])
+                    for r in db.execute(
+                        "SELECT step_idx, frame FROM frames WHERE task_id=? AND state != 'done'", (t["id"],)
+                    )
+                )
+            rows = [
+                db.execute(
+                    "SELECT * FROM frames WHERE job_id=? AND step_idx=? AND frame=?", (job_id, s_idx, f)
+                ).fetchone()
+                for s_idx, f in sorted(keys)
+            ]
             new_ids = self._tasks_for_frames(db, job, steps, rows)
             for t in broken:
-                db.execute("UPDATE tasks SET state='replaced', error=? WHERE id=?",
-                           (f"{t['error'] or t['state']} (its unfinished frames were retried as new tasks)",
-                            t["id"]))
+                db.execute(
+                    "UPDATE tasks SET state='replaced', error=? WHERE id=?",
+                    (
+                        f"{t['error'] or t['state']} (its unfinished frames were retried as new tasks)",
+                        t["id"],
+                    ),
+                )
             reopened = self._reopen_dependents(db, job, {r["step_idx"] for r in rows}, steps)
             db.execute("UPDATE jobs SET state='queued', error=NULL, finished_at=NULL WHERE id=?", (job_id,))
             _recount_flagged(db, job_id)
@@ -715,10 +883,18 @@ class Store:
             self._job_event(db, job_id)
         return self.job(job_id)
 
-    def _chosen_frames(self, db: sqlite3.Connection, job_id: int, frames: Optional[list[int]], flagged: bool,
-                       step: Optional[str]) -> list[sqlite3.Row]:
-        sql = ("SELECT f.* FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
-               "WHERE f.job_id=?")
+    def _chosen_frames(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        frames: Optional[list[int]],
+        flagged: bool,
+        step: Optional[str],
+    ) -> list[sqlite3.Row]:
+        sql = (
+            "SELECT f.* FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
+            "WHERE f.job_id=?"
+        )
         args: list[Any] = [job_id]
         if step is not None:
             if not db.execute("SELECT 1 FROM steps WHERE job_id=? AND name=?", (job_id, step)).fetchone():
@@ -733,17 +909,24 @@ class Store:
         if not frames:
             raise BadInput("frames", "give at least one frame")
         last: dict[int, sqlite3.Row] = {}  # frame -> its row in the last step that has it
-        for r in db.execute(sql + " AND f.frame IN (SELECT value FROM json_each(?)) ORDER BY f.step_idx",
-                            (*args, json.dumps(sorted(set(frames))))):
+        for r in db.execute(
+            sql + " AND f.frame IN (SELECT value FROM json_each(?)) ORDER BY f.step_idx",
+            (*args, json.dumps(sorted(set(frames)))),
+        ):
             last[r["frame"]] = r
         missing = sorted(set(frames) - set(last))
         if missing:
-            raise BadInput("frames", f"job {job_id} has no frame {missing[0]}" + (f" in step {step!r}" if step else "")
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise BadInput(
+                "frames",
+                f"job {job_id} has no frame {missing[0]}"
+                + (f" in step {step!r}" if step else "")
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            )
         return list(last.values())
 
-    def _tasks_for_frames(self, db: sqlite3.Connection, job: Row, steps: dict[int, sqlite3.Row],
-                          rows: list[sqlite3.Row]) -> list[int]:
+    def _tasks_for_frames(
+        self, db: sqlite3.Connection, job: Row, steps: dict[int, sqlite3.Row], rows: list[sqlite3.Row]
+    ) -> list[int]:
         """New pending tasks rendering exactly ``rows``' frames; the frames move to them."""
         groups: dict[tuple[int, str, str], list[int]] = {}  # (step, frame param, other params) -> frames
         for r in rows:
@@ -754,11 +937,13 @@ class Store:
             groups.setdefault((r["step_idx"], name, others), []).append(r["frame"])
         new_ids = []
         for (s_idx, name, others), chosen in sorted(groups.items()):
-            first = db.execute("SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0",
-                               (job["id"], s_idx)).fetchone()
+            first = db.execute(
+                "SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0", (job["id"], s_idx)
+            ).fetchone()
             per_task = max(1, len(decode_frames(first["frames"])))
-            idx = db.execute("SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?",
-                             (job["id"], s_idx)).fetchone()[0]
+            idx = db.execute(
+                "SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?", (job["id"], s_idx)
+            ).fetchone()[0]
             for chunk in _chunks(sorted(chosen), per_task):
                 idx += 1
                 value = str(chunk[0]) if len(chunk) == 1 else f"{chunk[0]}-{chunk[-1]}"
@@ -766,16 +951,20 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO tasks (job_id, step_idx, idx, params, frames, state, max_attempts) "
                     "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (job["id"], s_idx, idx, json.dumps(params), encode_frames(chunk), job["max_attempts"]))
+                    (job["id"], s_idx, idx, json.dumps(params), encode_frames(chunk), job["max_attempts"]),
+                )
                 new_ids.append(int(cur.lastrowid))
-                db.execute("UPDATE frames SET task_id=?, state='waiting', error=NULL, started_at=NULL, "
-                           "finished_at=NULL, flags=NULL, luma=NULL WHERE job_id=? AND step_idx=? "
-                           "AND frame IN (SELECT value FROM json_each(?))",
-                           (cur.lastrowid, job["id"], s_idx, json.dumps(chunk)))
+                db.execute(
+                    "UPDATE frames SET task_id=?, state='waiting', error=NULL, started_at=NULL, "
+                    "finished_at=NULL, flags=NULL, luma=NULL WHERE job_id=? AND step_idx=? "
+                    "AND frame IN (SELECT value FROM json_each(?))",
+                    (cur.lastrowid, job["id"], s_idx, json.dumps(chunk)),
+                )
         return new_ids
 
-    def _reopen_dependents(self, db: sqlite3.Connection, job: Row, retried: set[int],
-                           steps: dict[int, sqlite3.Row]) -> list[int]:
+    def _reopen_dependents(
+        self, db: sqlite3.Connection, job: Row, retried: set[int], steps: dict[int, sqlite3.Row]
+    ) -> list[int]:
         """Re-open the tasks that a failure of a retried step canceled in the steps after it."""
         job_id = job["id"]
         after = set(retried)
@@ -784,30 +973,45 @@ class Store:
             names = {steps[i]["name"] for i in after}
             grown = after | {i for i, s in steps.items() if names.intersection(json.loads(s["depends_on"]))}
             changed, after = grown != after, grown
-        ids = [r[0] for r in db.execute(
-            "SELECT id FROM tasks WHERE job_id=? AND state='canceled' AND step_idx IN "
-            "(SELECT value FROM json_each(?))", (job_id, json.dumps(sorted(after - retried))))]
-        db.execute("UPDATE tasks SET state='pending', max_attempts=attempt + ?, error=NULL "
-                   "WHERE id IN (SELECT value FROM json_each(?))",
-                   (job["max_attempts"], json.dumps(ids)))
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM tasks WHERE job_id=? AND state='canceled' AND step_idx IN "
+                "(SELECT value FROM json_each(?))",
+                (job_id, json.dumps(sorted(after - retried))),
+            )
+        ]
+        db.execute(
+            "UPDATE tasks SET state='pending', max_attempts=attempt + ?, error=NULL "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (job["max_attempts"], json.dumps(ids)),
+        )
         return ids
 
     # -- frames -------------------------------------------------------------------------
     def _reset_frames(self, db: sqlite3.Connection, task_id: int, state: str) -> None:
         """Put the task's unfinished frames in ``state`` (a new attempt starts, or will)."""
-        rows = db.execute("SELECT job_id, step_idx, frame, flags FROM frames WHERE task_id=? AND state != 'done'",
-                          (task_id,)).fetchall()
-        db.execute("UPDATE frames SET state=?, started_at=NULL, finished_at=NULL, thumbnail=NULL, flags=NULL, "
-                   "luma=NULL WHERE task_id=? AND state != 'done'", (state, task_id))
+        rows = db.execute(
+            "SELECT job_id, step_idx, frame, flags FROM frames WHERE task_id=? AND state != 'done'",
+            (task_id,),
+        ).fetchall()
+        db.execute(
+            "UPDATE frames SET state=?, started_at=NULL, finished_at=NULL, thumbnail=NULL, flags=NULL, "
+            "luma=NULL WHERE task_id=? AND state != 'done'",
+            (state, task_id),
+        )
         flagged = sum(1 for r in rows if r["flags"])
         if flagged:
-            db.execute("UPDATE jobs SET frames_flagged=frames_flagged - ? WHERE id=?", (flagged, rows[0]["job_id"]))
+            db.execute(
+                "UPDATE jobs SET frames_flagged=frames_flagged - ? WHERE id=?", (flagged, rows[0]["job_id"])
+            )
         for r in rows:
             self._frame_event(db, r["job_id"], r["step_idx"], r["frame"])
 
     def _frame_event(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int) -> None:
-        row = db.execute(_FRAME_SELECT + " WHERE f.job_id=? AND f.step_idx=? AND f.frame=?",
-                         (job_id, step_idx, frame)).fetchone()
+        row = db.execute(
+            _FRAME_SELECT + " WHERE f.job_id=? AND f.step_idx=? AND f.frame=?", (job_id, step_idx, frame)
+        ).fetchone()
         self._event(db, job_id, "frame", _frame_json(row))
 
     def frames(self, job_id: int) -> list[Row]:
@@ -828,12 +1032,16 @@ class Store:
             args.append(step)
         rows = self._query(sql + " ORDER BY f.step_idx DESC LIMIT 1", args)
         if not rows:
-            raise NotFound("frame", f"job {job_id} has no frame {frame}" + (f" in step {step!r}" if step else ""))
+            raise NotFound(
+                "frame", f"job {job_id} has no frame {frame}" + (f" in step {step!r}" if step else "")
+            )
         return _frame_json(rows[0])
 
     def thumbnail_path(self, job_id: int, frame: int, step: Optional[str] = None) -> Optional[str]:
-        sql = ("SELECT f.thumbnail FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
-               "WHERE f.job_id=? AND f.frame=?")
+        sql = (
+            "SELECT f.thumbnail FROM frames f JOIN steps s ON s.job_id = f.job_id AND s.idx = f.step_idx "
+            "WHERE f.job_id=? AND f.frame=?"
+        )
         args: list[Any] = [job_id, frame]
         if step is not None:
             sql += " AND s.name=?"
@@ -843,15 +1051,25 @@ class Store:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs, tasks and frames per state, for /metrics."""
-        return {table: {s: n for s, n in self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")}
-                for table in ("jobs", "tasks", "frames")}
+        return {
+            table: {s: n for s, n in self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")}
+            for table in ("jobs", "tasks", "frames")
+        }
 
     def frames_of_task(self, task_id: int) -> list[Row]:
         rows = self._query(_FRAME_SELECT + " WHERE f.task_id=? ORDER BY f.frame", (task_id,))
         return [_frame_json(r) for r in rows]
 
-    def set_frame(self, job_id: int, step_idx: int, frame: int, state: str, error: Optional[str] = None,
-                  thumbnail: Optional[str] = None, check: Optional[FrameCheck] = None) -> tuple[str, Optional[str]]:
+    def set_frame(
+        self,
+        job_id: int,
+        step_idx: int,
+        frame: int,
+        state: str,
+        error: Optional[str] = None,
+        thumbnail: Optional[str] = None,
+        check: Optional[FrameCheck] = None,
+    ) -> tuple[str, Optional[str]]:
         """Record a frame's state; returns the state and error recorded.
 
         With ``check`` (what checking a done image frame found), the frame is also judged
@@ -879,17 +1097,28 @@ class Store:
         raw = db.execute("SELECT frame_checks FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
         return FrameCheckSettings.from_json(json.loads(raw) if raw else None)
 
-    def _judge(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, check: FrameCheck,
-               settings: FrameCheckSettings) -> tuple[str, Optional[str]]:
+    def _judge(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        step_idx: int,
+        frame: int,
+        check: FrameCheck,
+        settings: FrameCheckSettings,
+    ) -> tuple[str, Optional[str]]:
         """Record the frame's own flags and its shape's; the state and error the policy gives it."""
         flags = list(check.flags)
         shape = check.shape
         if shape is not None:
-            raw = db.execute("SELECT frame_ref FROM steps WHERE job_id=? AND idx=?", (job_id, step_idx)).fetchone()[0]
+            raw = db.execute(
+                "SELECT frame_ref FROM steps WHERE job_id=? AND idx=?", (job_id, step_idx)
+            ).fetchone()[0]
             ref = json.loads(raw) if raw else None
             if ref is None or ref["frame"] == frame:  # the first done frame is the reference (or is it again)
-                db.execute("UPDATE steps SET frame_ref=? WHERE job_id=? AND idx=?",
-                           (json.dumps({"frame": frame, **shape}), job_id, step_idx))
+                db.execute(
+                    "UPDATE steps SET frame_ref=? WHERE job_id=? AND idx=?",
+                    (json.dumps({"frame": frame, **shape}), job_id, step_idx),
+                )
             else:
                 flags += compare_shape(check, ref, ref["frame"])
         # A frame flagged already is no part of the sequence its neighbours are judged by.
@@ -899,25 +1128,39 @@ class Store:
             return "failed", "; ".join(f.reason for f in flags)
         return "done", None
 
-    def _write_flags(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, flags: list[Flag],
-                     luma: Optional[float] = None, keep_luma: bool = False) -> None:
-        old = db.execute("SELECT flags FROM frames WHERE job_id=? AND step_idx=? AND frame=?",
-                         (job_id, step_idx, frame)).fetchone()
+    def _write_flags(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        step_idx: int,
+        frame: int,
+        flags: list[Flag],
+        luma: Optional[float] = None,
+        keep_luma: bool = False,
+    ) -> None:
+        old = db.execute(
+            "SELECT flags FROM frames WHERE job_id=? AND step_idx=? AND frame=?", (job_id, step_idx, frame)
+        ).fetchone()
         if old is None:
             return
         text = json.dumps([f.to_json() for f in flags]) if flags else None
         if keep_luma:
-            db.execute("UPDATE frames SET flags=? WHERE job_id=? AND step_idx=? AND frame=?",
-                       (text, job_id, step_idx, frame))
+            db.execute(
+                "UPDATE frames SET flags=? WHERE job_id=? AND step_idx=? AND frame=?",
+                (text, job_id, step_idx, frame),
+            )
         else:
-            db.execute("UPDATE frames SET flags=?, luma=? WHERE job_id=? AND step_idx=? AND frame=?",
-                       (text, luma, job_id, step_idx, frame))
+            db.execute(
+                "UPDATE frames SET flags=?, luma=? WHERE job_id=? AND step_idx=? AND frame=?",
+                (text, luma, job_id, step_idx, frame),
+            )
         change = bool(text) - bool(old[0])
         if change:
             db.execute("UPDATE jobs SET frames_flagged=frames_flagged + ? WHERE id=?", (change, job_id))
 
-    def _reflicker(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int,
-                   settings: FrameCheckSettings) -> None:
+    def _reflicker(
+        self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, settings: FrameCheckSettings
+    ) -> None:
         """Judge flicker again for the done frames whose verdict ``frame`` can change.
 
         A verdict depends only on the done frames within FLICKER_RADIUS of its frame, so the
@@ -925,9 +1168,11 @@ class Store:
         each time a frame lands (or leaves) gives the same flags in any order of arrival.
         """
         r = FLICKER_RADIUS
-        rows = db.execute("SELECT frame, luma, flags FROM frames WHERE job_id=? AND step_idx=? AND state='done' "
-                          "AND luma IS NOT NULL AND frame BETWEEN ? AND ?",
-                          (job_id, step_idx, frame - 2 * r, frame + 2 * r)).fetchall()
+        rows = db.execute(
+            "SELECT frame, luma, flags FROM frames WHERE job_id=? AND step_idx=? AND state='done' "
+            "AND luma IS NOT NULL AND frame BETWEEN ? AND ?",
+            (job_id, step_idx, frame - 2 * r, frame + 2 * r),
+        ).fetchall()
         lumas = {row["frame"]: row["luma"] for row in rows}
         for row in rows:
             if abs(row["frame"] - frame) > r:
@@ -939,8 +1184,17 @@ class Store:
                 self._write_flags(db, job_id, step_idx, row["frame"], new, keep_luma=True)
                 self._frame_event(db, job_id, step_idx, row["frame"])
 
-    def _set_frame(self, db: sqlite3.Connection, job_id: int, step_idx: int, frame: int, state: str,
-                   error: Optional[str], now: float, thumbnail: Optional[str] = None) -> None:
+    def _set_frame(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        step_idx: int,
+        frame: int,
+        state: str,
+        error: Optional[str],
+        now: float,
+        thumbnail: Optional[str] = None,
+    ) -> None:
         # A frame's start marker can reach the runner after the frame's output was seen complete
         # (the engine's log lags): a frame that ended is not made running again by it. A new
         # attempt puts its frames back to running through _reset_frames, not here.
@@ -950,7 +1204,8 @@ class Store:
             "finished_at=CASE WHEN ? IN ('done', 'failed') THEN ? ELSE NULL END, "
             "thumbnail=COALESCE(?, thumbnail) WHERE job_id=? AND step_idx=? AND frame=? "
             "AND NOT (? = 'running' AND state IN ('done', 'failed'))",
-            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame, state))
+            (state, error, state, now, now, state, now, thumbnail, job_id, step_idx, frame, state),
+        )
         if cur.rowcount:
             self._frame_event(db, job_id, step_idx, frame)
 
@@ -971,8 +1226,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _recount_flagged(db: sqlite3.Connection, job_id: int) -> None:
-    db.execute("UPDATE jobs SET frames_flagged=(SELECT COUNT(*) FROM frames WHERE job_id=? AND flags IS NOT NULL) "
-               "WHERE id=?", (job_id, job_id))
+    db.execute(
+        "UPDATE jobs SET frames_flagged=(SELECT COUNT(*) FROM frames WHERE job_id=? AND flags IS NOT NULL) "
+        "WHERE id=?",
+        (job_id, job_id),
+    )
 
 
 def _frame_param(params: dict[str, str], frames: list[int]) -> str:
@@ -1000,8 +1258,9 @@ def _chunks(frames: list[int], per_task: int) -> list[list[int]]:
 def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, int]:
     """How many of the job's tasks (or frames) are in each state."""
     assert table in ("tasks", "frames")
-    return dict(db.execute(f"SELECT state, COUNT(*) FROM {table} WHERE job_id=? GROUP BY state",
-                           (job_id,)).fetchall())
+    return dict(
+        db.execute(f"SELECT state, COUNT(*) FROM {table} WHERE job_id=? GROUP BY state", (job_id,)).fetchall()
+    )
 
 
 def _params_json(params: dict[str, str]) -> str:
@@ -1071,8 +1330,9 @@ def _frame_json(row: sqlite3.Row) -> Row:
     has_thumb = frame.pop("thumbnail") is not None
     frame.pop("luma")
     frame["flags"] = json.loads(frame["flags"]) if frame["flags"] else []
-    frame["thumbnail_url"] = (f"/v1/jobs/{frame['job_id']}/frames/{frame['frame']}/thumbnail?step={step}"
-                              if has_thumb else None)
+    frame["thumbnail_url"] = (
+        f"/v1/jobs/{frame['job_id']}/frames/{frame['frame']}/thumbnail?step={step}" if has_thumb else None
+    )
     start, end = frame.get("started_at"), frame.get("finished_at")
     frame["render_time"] = round(end - start, 3) if start and end else None
     return frame

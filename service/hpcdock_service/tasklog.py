@@ -136,8 +136,10 @@ class AttemptLog:
 
     def _marker(self, dropped: int) -> bytes:
         # Fixed width, so a later cut of the same attempt rewrites it in place.
-        return (f"--- hpcdock: {dropped:>20} bytes of this attempt's output dropped here "
-                f"(each attempt keeps the last part of its log, up to {self.cap} bytes) ---\n").encode()
+        return (
+            f"--- hpcdock: {dropped:>20} bytes of this attempt's output dropped here "
+            f"(each attempt keeps the last part of its log, up to {self.cap} bytes) ---\n"
+        ).encode()
 
     def _drop_head(self) -> None:
         marker_len = len(self._marker(0))

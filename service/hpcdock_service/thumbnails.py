@@ -62,8 +62,9 @@ class PixelProbe(Protocol):
     """Sees the pixels a thumbnail is made from (the frame checks use it; see framecheck.Probe)."""
 
     def display_image(self, img: Image.Image, size: tuple[int, int]) -> None: ...
-    def float_pixels(self, pixels: Any, names: list[str], picked: list[int], *, has_alpha: bool,
-                     levels: bool) -> None: ...
+    def float_pixels(
+        self, pixels: Any, names: list[str], picked: list[int], *, has_alpha: bool, levels: bool
+    ) -> None: ...
     def thumbnail_image(self, img: Image.Image) -> None: ...
 
 
@@ -189,8 +190,9 @@ def _header_ok(path: Path) -> bool:
 # thumbnails
 
 
-def make_thumbnail(src: Path | str, dest: Path | str, max_side: int = DEFAULT_MAX_SIDE,
-                   probe: Optional[PixelProbe] = None) -> Path:
+def make_thumbnail(
+    src: Path | str, dest: Path | str, max_side: int = DEFAULT_MAX_SIDE, probe: Optional[PixelProbe] = None
+) -> Path:
     """Write a PNG thumbnail of ``src`` to ``dest``; its longest side is at most ``max_side``.
 
     Aspect ratio is kept and small images are not enlarged. Alpha is kept (straight, as PNG
@@ -247,7 +249,9 @@ def _write_png_atomically(img: Image.Image, dest: Path) -> None:
         raise
 
 
-def _load(src: Path, fmt: str | None, *, max_side: int | None = None, probe: Optional[PixelProbe] = None) -> Image.Image:
+def _load(
+    src: Path, fmt: str | None, *, max_side: int | None = None, probe: Optional[PixelProbe] = None
+) -> Image.Image:
     """Decode ``src`` fully into an 8-bit Pillow image in mode L, LA, RGB or RGBA."""
     if fmt == EXR:
         return _load_oiio(src, fmt, max_side, probe)
@@ -374,8 +378,9 @@ def _import_oiio() -> Any:
     return OpenImageIO
 
 
-def _load_oiio(src: Path, fmt: str | None, max_side: int | None = None, probe: Optional[PixelProbe] = None
-               ) -> Image.Image:
+def _load_oiio(
+    src: Path, fmt: str | None, max_side: int | None = None, probe: Optional[PixelProbe] = None
+) -> Image.Image:
     try:
         oiio = _import_oiio()
         import numpy as np

@@ -29,8 +29,13 @@ class Api:
 
         self.root = root
         self.state_dir, self.engine_url = root / "state", engine_url  # what remove_leftovers reads
-        config = ServiceConfig(state_dir=str(self.state_dir), token_file=str(root / "token"), slots=1,
-                               allowed_roots=[str(root)], limits=SubmitLimits(max_concurrent_submits=1))
+        config = ServiceConfig(
+            state_dir=str(self.state_dir),
+            token_file=str(root / "token"),
+            slots=1,
+            allowed_roots=[str(root)],
+            limits=SubmitLimits(max_concurrent_submits=1),
+        )
         self.service = Service(config, engine=LocalEngine(engine_url))
         self.app = create_app(self.service)
         # a loopback Host, as the real client sends: the API may refuse other names
@@ -48,11 +53,20 @@ def api(tmp_path_factory: pytest.TempPathFactory, engine_url: str) -> Iterator[A
     api = Api(tmp_path_factory.mktemp("api"), engine_url)
     api.service.start()
     # one real job, so fuzzed ids 1, 2, 3 reach real jobs, tasks and frames
-    job = api.http.post("/v1/jobs", headers=api.auth,
-                        json={"bundle_dir": str(make_bundle(api.root / "seed", frames="1-3", chunk=1))})
+    job = api.http.post(
+        "/v1/jobs",
+        headers=api.auth,
+        json={"bundle_dir": str(make_bundle(api.root / "seed", frames="1-3", chunk=1))},
+    )
     assert job.status_code == 201, job.text
-    wait_for(lambda: api.http.get(f"/v1/jobs/{job.json()['id']}", headers=api.auth).json()["state"]
-             in ("succeeded", "failed"), 120, what="the seed job to finish")
+    wait_for(
+        lambda: (
+            api.http.get(f"/v1/jobs/{job.json()['id']}", headers=api.auth).json()["state"]
+            in ("succeeded", "failed")
+        ),
+        120,
+        what="the seed job to finish",
+    )
     yield api
     api.service.close()
     remove_leftovers(api)  # fuzzed retries of the seed job may have left containers running
@@ -64,10 +78,13 @@ def test_fuzzed_requests_never_get_a_server_error(api: Api) -> None:
     Driven through Hypothesis directly: schemathesis's pytest plugin does not run on pytest 9.2.
     """
     # the event stream never ends by itself; its inputs are checked below
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, headers=api.auth).exclude(path="/v1/events")
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, headers=api.auth).exclude(
+        path="/v1/events"
+    )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10
     for operation in operations:
+
         @given(case=operation.as_strategy())
         @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def no_server_error(case) -> None:
@@ -79,17 +96,20 @@ def test_fuzzed_requests_never_get_a_server_error(api: Api) -> None:
 BIG = str(2**63)
 
 
-@pytest.mark.parametrize("url,field", [
-    (f"/v1/jobs/{BIG}", "job_id"),
-    (f"/v1/jobs/{BIG}/tasks", "job_id"),
-    (f"/v1/jobs/{BIG}/frames", "job_id"),
-    (f"/v1/jobs/1/frames/{BIG}/thumbnail", "frame"),
-    (f"/v1/tasks/{BIG}", "task_id"),
-    (f"/v1/tasks/1/log?offset={BIG}", "offset"),
-    (f"/v1/events?since={BIG}", "since"),
-    (f"/v1/events?job={BIG}", "job"),
-    ("/v1/events?since=-1", "since"),
-])
+@pytest.mark.parametrize(
+    "url,field",
+    [
+        (f"/v1/jobs/{BIG}", "job_id"),
+        (f"/v1/jobs/{BIG}/tasks", "job_id"),
+        (f"/v1/jobs/{BIG}/frames", "job_id"),
+        (f"/v1/jobs/1/frames/{BIG}/thumbnail", "frame"),
+        (f"/v1/tasks/{BIG}", "task_id"),
+        (f"/v1/tasks/1/log?offset={BIG}", "offset"),
+        (f"/v1/events?since={BIG}", "since"),
+        (f"/v1/events?job={BIG}", "job"),
+        ("/v1/events?since=-1", "since"),
+    ],
+)
 def test_out_of_range_ids_are_refused_by_name(api: Api, url: str, field: str) -> None:
     assert api.error("GET", url, 422)["field"] == field
 
@@ -104,22 +124,26 @@ def test_out_of_range_last_event_id_is_refused(api: Api) -> None:
     assert error["field"] == "Last-Event-ID"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"bundle_dir": "/tmp/a\u0000b"}, "bundle_dir"),
-    ({"bundle_dir": "/tmp/\udc80"}, "bundle_dir"),
-    ({"bundle_dir": "/tmp", "priority": True}, "priority"),
-    ({"bundle_dir": "/tmp", "priority": 1.5}, "priority"),
-    ({"bundle_dir": "/tmp", "name": "x\u0000"}, "name"),
-    ({"bundle_dir": "/tmp", "parameter_values": {"Frames": {"deep": [1]}}}, "parameter_values.Frames"),
-    ({"bundle_dir": "/tmp", "parameter_values": {"Frames": "1\u0000"}}, "parameter_values.Frames"),
-    ({"bundle_dir": "/tmp", "parameter_values": {"Frames": 2**64}}, "parameter_values.Frames"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"bundle_dir": "/tmp/a\u0000b"}, "bundle_dir"),
+        ({"bundle_dir": "/tmp/\udc80"}, "bundle_dir"),
+        ({"bundle_dir": "/tmp", "priority": True}, "priority"),
+        ({"bundle_dir": "/tmp", "priority": 1.5}, "priority"),
+        ({"bundle_dir": "/tmp", "name": "x\u0000"}, "name"),
+        ({"bundle_dir": "/tmp", "parameter_values": {"Frames": {"deep": [1]}}}, "parameter_values.Frames"),
+        ({"bundle_dir": "/tmp", "parameter_values": {"Frames": "1\u0000"}}, "parameter_values.Frames"),
+        ({"bundle_dir": "/tmp", "parameter_values": {"Frames": 2**64}}, "parameter_values.Frames"),
+    ],
+)
 def test_bad_submit_bodies_are_refused_by_name(api: Api, body: dict[str, Any], field: str) -> None:
     import json
 
     # json.dumps keeps a lone surrogate as \\udc80, as a hostile client would send it
-    error = api.error("POST", "/v1/jobs", 422, content=json.dumps(body),
-                      headers={"Content-Type": "application/json"})
+    error = api.error(
+        "POST", "/v1/jobs", 422, content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
     assert error["field"] == field, error
 
 
@@ -138,8 +162,12 @@ def test_bad_bundle_settings_are_refused_at_submit(api: Api) -> None:
         error = api.error("POST", "/v1/jobs", 400, json={"bundle_dir": str(bundle)})
         assert field in error["field"], error
     bundle = make_bundle(api.root / "bigframe")
-    error = api.error("POST", "/v1/jobs", 400, json={"bundle_dir": str(bundle),
-                                                      "parameter_values": {"Frames": "9223372036854775808"}})
+    error = api.error(
+        "POST",
+        "/v1/jobs",
+        400,
+        json={"bundle_dir": str(bundle), "parameter_values": {"Frames": "9223372036854775808"}},
+    )
     assert "Frame" in error["field"] and "out of range" in error["message"]
 
 
@@ -153,8 +181,9 @@ def test_the_openapi_document_declares_the_error_body(api: Api) -> None:
             if "{" in path:
                 assert "404" in declared, (method, path)
             for status in declared:
-                assert op["responses"][status]["content"] == {"application/json": {"schema": {
-                    "$ref": "#/components/schemas/ErrorBody"}}}, (method, path, status)
+                assert op["responses"][status]["content"] == {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                }, (method, path, status)
     assert "429" in doc["paths"]["/v1/jobs"]["post"]["responses"]
 
 
@@ -169,8 +198,11 @@ def test_submissions_beyond_the_bound_get_429(api: Api, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(api.service, "submit", slow_submit)
     first: list[int] = []
-    worker = threading.Thread(target=lambda: first.append(
-        api.http.post("/v1/jobs", headers=api.auth, json={"bundle_dir": "/nonexistent"}).status_code))
+    worker = threading.Thread(
+        target=lambda: first.append(
+            api.http.post("/v1/jobs", headers=api.auth, json={"bundle_dir": "/nonexistent"}).status_code
+        )
+    )
     worker.start()
     try:
         assert entered.wait(10), "the first submission never started"

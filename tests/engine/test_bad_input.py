@@ -32,22 +32,51 @@ CASES = {
     "unreadable yaml": (_break_yaml, "hpcdock.yaml", "not valid YAML"),
     "unknown parameter": (_unknown_param, "parameter_values", "Bogus"),
     "frame range a-b": (_bad_range, "parameter_values", "a-b"),
-    "mount outside roots": (lambda b: _append(b, "mounts:\n- {source: /etc, target: /etc}\n"),
-                            "hpcdock.yaml: mounts[0].source", "outside the allowed roots"),
-    "privileged": (lambda b: _append(b, "privileged: true\n"), "hpcdock.yaml: privileged", "never run privileged"),
-    "host network": (lambda b: _append(b, "network_mode: host\n"), "hpcdock.yaml: network_mode",
-                     "host networking"),
+    "mount outside roots": (
+        lambda b: _append(b, "mounts:\n- {source: /etc, target: /etc}\n"),
+        "hpcdock.yaml: mounts[0].source",
+        "outside the allowed roots",
+    ),
+    "privileged": (
+        lambda b: _append(b, "privileged: true\n"),
+        "hpcdock.yaml: privileged",
+        "never run privileged",
+    ),
+    "host network": (
+        lambda b: _append(b, "network_mode: host\n"),
+        "hpcdock.yaml: network_mode",
+        "host networking",
+    ),
     "network: host": (lambda b: _append(b, "network: host\n"), "hpcdock.yaml: network", "true or false"),
     "raw devices": (lambda b: _append(b, "devices: [/dev/sda]\n"), "hpcdock.yaml: devices", "raw devices"),
-    "missing image": (lambda b: (b / "hpcdock.yaml").write_text(
-        (b / "hpcdock.yaml").read_text().replace("hpcdock-test", "no-such-image")),
-        "hpcdock.yaml: image", "does not exist"),
-    "too many gpus": (lambda b: (b / "template.yaml").write_text((b / "template.yaml").read_text().replace(
-        "  script:", "  hostRequirements:\n    amounts:\n    - {name: amount.worker.gpu, min: 64}\n  script:")),
-        "hostRequirements", "amount.worker.gpu"),
-    "embedded files": (lambda b: (b / "template.yaml").write_text((b / "template.yaml").read_text().replace(
-        "  script:\n", "  script:\n    embeddedFiles:\n    - {name: f, type: TEXT, data: hi}\n")),
-        "embeddedFiles", "not supported"),
+    "missing image": (
+        lambda b: (b / "hpcdock.yaml").write_text(
+            (b / "hpcdock.yaml").read_text().replace("hpcdock-test", "no-such-image")
+        ),
+        "hpcdock.yaml: image",
+        "does not exist",
+    ),
+    "too many gpus": (
+        lambda b: (b / "template.yaml").write_text(
+            (b / "template.yaml")
+            .read_text()
+            .replace(
+                "  script:",
+                "  hostRequirements:\n    amounts:\n    - {name: amount.worker.gpu, min: 64}\n  script:",
+            )
+        ),
+        "hostRequirements",
+        "amount.worker.gpu",
+    ),
+    "embedded files": (
+        lambda b: (b / "template.yaml").write_text(
+            (b / "template.yaml")
+            .read_text()
+            .replace("  script:\n", "  script:\n    embeddedFiles:\n    - {name: f, type: TEXT, data: hi}\n")
+        ),
+        "embeddedFiles",
+        "not supported",
+    ),
 }
 
 
@@ -70,8 +99,13 @@ def test_bad_bundle_is_refused_by_name(case: str, service: ServiceProcess, tmp_p
 
 def test_requests_without_token_or_with_junk_get_4xx(service: ServiceProcess) -> None:
     assert service.raw("GET", "/v1/jobs", auth=False).status == 401
-    for body in ({}, {"bundle_dir": 3}, {"bundle_dir": "relative/path"}, {"bundle_dir": "/x", "bogus": 1},
-                 {"bundle_dir": "/nonexistent"}):
+    for body in (
+        {},
+        {"bundle_dir": 3},
+        {"bundle_dir": "relative/path"},
+        {"bundle_dir": "/x", "bogus": 1},
+        {"bundle_dir": "/nonexistent"},
+    ):
         resp = service.raw("POST", "/v1/jobs", json_body=body)
         assert 400 <= resp.status < 500, (body, resp.body)
         assert resp.json()["error"]["field"]

@@ -12,8 +12,9 @@ from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, socket_answer
 pytestmark = pytest.mark.engine
 
 
-def test_twelve_frames_in_chunks_of_five_run_as_three_containers(service: ServiceProcess, tmp_path: Path,
-                                                                  engine) -> None:
+def test_twelve_frames_in_chunks_of_five_run_as_three_containers(
+    service: ServiceProcess, tmp_path: Path, engine
+) -> None:
     bundle = make_bundle(tmp_path / "twelve", frames="1-12", chunk=5)
     client = service.client()
     job = client.submit(str(bundle))
@@ -43,9 +44,15 @@ def service_store_id(service: ServiceProcess) -> str:
         return conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0]
 
 
-def test_failing_task_is_retried_then_fails_with_its_log_kept(service: ServiceProcess, tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "fails", frames="1-2", chunk=2,
-                         command=["sh", "-c", "echo boom on attempt $HPCDOCK_ATTEMPT; exit 1"])
+def test_failing_task_is_retried_then_fails_with_its_log_kept(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    bundle = make_bundle(
+        tmp_path / "fails",
+        frames="1-2",
+        chunk=2,
+        command=["sh", "-c", "echo boom on attempt $HPCDOCK_ATTEMPT; exit 1"],
+    )
     result = service.cli("submit", str(bundle), "--follow")
     assert result.returncode == 1, result.stdout + result.stderr
     client = service.client()
@@ -80,11 +87,13 @@ def test_submit_follow_shows_progress_and_exits_zero(service: ServiceProcess, tm
     assert "succeeded" in result.stdout.splitlines()[-1]
 
 
-def test_kill_minus_nine_mid_job_loses_nothing_and_runs_nothing_twice(service: ServiceProcess,
-                                                                       tmp_path: Path) -> None:
+def test_kill_minus_nine_mid_job_loses_nothing_and_runs_nothing_twice(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
     bundle = make_bundle(tmp_path / "restart", frames="1-8", chunk=2, env={"FRAME_SLEEP": "1.5"})
     client = service.client()
     job = client.submit(str(bundle))
+
     def rendering() -> bool:
         running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
         return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)

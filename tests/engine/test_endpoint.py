@@ -28,15 +28,16 @@ pytestmark = pytest.mark.engine
 
 def test_default_is_a_private_unix_socket_that_hpcdock_url_names(service: ServiceProcess) -> None:
     assert service.url == f"unix://{service.runtime_dir}/hpcdock/service.sock"
-    sock = Path(service.url[len("unix://"):])
+    sock = Path(service.url[len("unix://") :])
     directory = os.stat(sock.parent)
     assert stat.S_IMODE(directory.st_mode) == 0o700 and directory.st_uid == os.geteuid()
     assert stat.S_ISSOCK(os.stat(sock).st_mode) and stat.S_IMODE(os.stat(sock).st_mode) & 0o077 == 0
     env = {k: v for k, v in service.env.items() if k != "HPCDOCK_URL"}  # the default the client works out
     proc = subprocess.run(service.cli_command("url"), env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == service.url
-    proc = subprocess.run(service.cli_command("jobs", "--json"), env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        service.cli_command("jobs", "--json"), env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
     # a killed service leaves its socket behind; the next start replaces it
     service.kill()
@@ -172,8 +173,13 @@ def test_two_users_services_run_side_by_side_with_default_settings(tmp_path: Pat
         assert info.value.status == 401
         # a third service wanting the same socket as a running one is told so, and a keeps going
         third = ServiceProcess(tmp_path / "c", engine_url)
-        proc = subprocess.run(third.command(), env={**third.env, "XDG_RUNTIME_DIR": str(a.runtime_dir)},
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            third.command(),
+            env={**third.env, "XDG_RUNTIME_DIR": str(a.runtime_dir)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 1
         assert f"another hpcdock-service already listens on {a.url}" in proc.stderr, proc.stderr
         assert a.client().jobs()[0]["id"] == job["id"]
@@ -183,8 +189,9 @@ def test_two_users_services_run_side_by_side_with_default_settings(tmp_path: Pat
         remove_leftovers(a)
 
 
-def test_second_service_on_the_same_state_dir_exits_and_touches_nothing(service: ServiceProcess,
-                                                                        tmp_path: Path, engine) -> None:
+def test_second_service_on_the_same_state_dir_exits_and_touches_nothing(
+    service: ServiceProcess, tmp_path: Path, engine
+) -> None:
     client = service.client()
     bundle = make_bundle(tmp_path / "long", frames="1-4", chunk=2, env={"FRAME_SLEEP": "5"})
     job = client.submit(str(bundle))

@@ -27,8 +27,9 @@ FRAMES = "1-2,30"  # two chunks: frames 1-2 (one container) and frame 30 (anothe
 @pytest.fixture(scope="session")
 def povray_image(engine_url: str) -> str:
     """Build (or reuse: instant when the recipe is unchanged) the POV-Ray image."""
-    proc = subprocess.run([str(REPO / "images" / "povray" / "build.sh")], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [str(REPO / "images" / "povray" / "build.sh")], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"images/povray/build.sh failed:\n{proc.stderr[-3000:]}"
     return proc.stdout.strip().splitlines()[-1]
 
@@ -42,7 +43,8 @@ def example(tmp_path: Path) -> Path:
 
 
 def test_example_frames_are_distinct_images_of_the_scene_size_with_thumbnails(
-        service: ServiceProcess, povray_image: str, example: Path) -> None:
+    service: ServiceProcess, povray_image: str, example: Path
+) -> None:
     from PIL import Image, ImageChops
 
     client = service.client()
@@ -51,13 +53,17 @@ def test_example_frames_are_distinct_images_of_the_scene_size_with_thumbnails(
     job = wait_job(client, job["id"], timeout=240)
     tasks = client.tasks(job["id"])
     if job["state"] != "succeeded":
-        logs = "\n".join(f"--- task {t['id']} ({t['state']}): {t['error']}\n{client.log(t['id'])[0][-2000:]}"
-                         for t in tasks)
+        logs = "\n".join(
+            f"--- task {t['id']} ({t['state']}): {t['error']}\n{client.log(t['id'])[0][-2000:]}"
+            for t in tasks
+        )
         pytest.fail(f"job {job['state']}: {job['error']}\n{logs}")
     assert sorted(f for t in tasks for f in t["frames"]) == [1, 2, 30]
 
     frames = client.frames(job["id"])
-    assert [(f["frame"], f["state"]) for f in frames] == [(1, "done"), (2, "done"), (30, "done")], dump(frames)
+    assert [(f["frame"], f["state"]) for f in frames] == [(1, "done"), (2, "done"), (30, "done")], dump(
+        frames
+    )
     # A clean render raises no frame check (black, constant, size, channels, ...).
     assert [f["flags"] for f in frames] == [[], [], []] and job["frames_flagged"] == 0, dump(frames)
     images = {}
@@ -88,5 +94,8 @@ def test_example_frames_are_distinct_images_of_the_scene_size_with_thumbnails(
     log, _ = client.log(tasks[0]["id"])
     assert "render.sh: frame 1 rendered" in log, log[-2000:]
     # Nothing but the frames (and no scratch directories) is left in out/.
-    assert sorted(p.name for p in (example / "out").iterdir()) == ["ball.0001.png", "ball.0002.png",
-                                                                    "ball.0030.png"]
+    assert sorted(p.name for p in (example / "out").iterdir()) == [
+        "ball.0001.png",
+        "ball.0002.png",
+        "ball.0030.png",
+    ]

@@ -53,8 +53,9 @@ def prepare(bundle: Path, bad: bool) -> None:
         (src / "9").write_bytes(whole[: len(whole) // 2])
 
 
-def test_bad_frames_are_flagged_and_retry_flagged_renders_only_them(service: ServiceProcess,
-                                                                   tmp_path: Path) -> None:
+def test_bad_frames_are_flagged_and_retry_flagged_renders_only_them(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
     bundle = make_bundle(tmp_path / "seq", frames="1-12", chunk=4, png=True, settings={"fps": 12})
     (bundle / "render.sh").write_text(COPY_SH)
     prepare(bundle, bad=True)
@@ -92,13 +93,16 @@ def test_bad_frames_are_flagged_and_retry_flagged_renders_only_them(service: Ser
     assert job["state"] == "succeeded" and job["frames_flagged"] == 0, dump(job)
 
     tasks = client.tasks(job["id"])
-    assert tasks[:len(old_tasks)] == old_tasks  # history kept: the old tasks are as they were
-    new = tasks[len(old_tasks):]
+    assert tasks[: len(old_tasks)] == old_tasks  # history kept: the old tasks are as they were
+    new = tasks[len(old_tasks) :]
     assert [(t["frames"], t["params"], t["state"], t["attempt"]) for t in new] == [
-        ([n], {"Frame": str(n)}, "succeeded", 1) for n in sorted(BAD)], dump(new)
+        ([n], {"Frame": str(n)}, "succeeded", 1) for n in sorted(BAD)
+    ], dump(new)
     for t in new:  # each container rendered its one frame and no other
         log = client.log(t["id"])[0]
-        assert [line for line in log.splitlines() if line.startswith("rendered")] == [f"rendered frame {t['frames'][0]}"]
+        assert [line for line in log.splitlines() if line.startswith("rendered")] == [
+            f"rendered frame {t['frames'][0]}"
+        ]
     frames = {f["frame"]: f for f in client.frames(job["id"])}
     assert all(f["state"] == "done" and f["flags"] == [] for f in frames.values()), dump(frames)
     for n, (mtime, row) in keep.items():
@@ -108,10 +112,16 @@ def test_bad_frames_are_flagged_and_retry_flagged_renders_only_them(service: Ser
         assert frames[n]["task_id"] in {t["id"] for t in new} and frames[n]["thumbnail_url"]
 
 
-def test_fail_policy_fails_the_bad_frame_and_api_retry_takes_frame_lists(service: ServiceProcess,
-                                                                         tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "seq", frames="1-6", chunk=3, png=True,
-                         settings={"frame_checks": {"policy": "fail"}, "max_attempts": 1})
+def test_fail_policy_fails_the_bad_frame_and_api_retry_takes_frame_lists(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    bundle = make_bundle(
+        tmp_path / "seq",
+        frames="1-6",
+        chunk=3,
+        png=True,
+        settings={"frame_checks": {"policy": "fail"}, "max_attempts": 1},
+    )
     (bundle / "render.sh").write_text(COPY_SH)
     prepare(bundle, bad=True)
     client = service.client()
@@ -123,8 +133,12 @@ def test_fail_policy_fails_the_bad_frame_and_api_retry_takes_frame_lists(service
     tasks = client.tasks(job["id"])
     assert [t["state"] for t in tasks] == ["failed", "failed"] and "frame 3" in tasks[0]["error"]
 
-    for body, field in (({"frames": [3], "flagged": True}, "flagged"), ({"frames": [99]}, "frames"),
-                        ({"frames": ["x"]}, "frames"), ({"frames": [3], "nope": 1}, "nope")):
+    for body, field in (
+        ({"frames": [3], "flagged": True}, "flagged"),
+        ({"frames": [99]}, "frames"),
+        ({"frames": ["x"]}, "frames"),
+        ({"frames": [3], "nope": 1}, "nope"),
+    ):
         resp = service.raw("POST", f"/v1/jobs/{job['id']}/retry", json_body=body)
         assert resp.status in (400, 422) and field in resp.json()["error"]["field"], (body, resp.body)
 

@@ -39,8 +39,10 @@ def service(tmp_path: Path, engine_url: str) -> Iterator[ServiceProcess]:
 
 # -- reading the stream raw -------------------------------------------------------------------
 
-def raw_blocks(svc: ServiceProcess, *, params: Optional[dict] = None, headers: Optional[dict] = None,
-               timeout: float = 30) -> Iterator[list[str]]:
+
+def raw_blocks(
+    svc: ServiceProcess, *, params: Optional[dict] = None, headers: Optional[dict] = None, timeout: float = 30
+) -> Iterator[list[str]]:
     """Yield the stream's blocks (the lines between blank lines), comments included."""
     resp = svc.client().open("GET", "/v1/events", params=params, headers=headers, timeout=timeout)
     with resp:
@@ -102,17 +104,22 @@ def assert_frames_never_go_back(events: list[tuple[int, str, dict]]) -> None:
         key = (f["job_id"], f["step"], f["frame"])
         prev = seen.get(key)
         if prev and prev[1] == "done":
-            assert f["state"] == "done", f"event {eid}: frame {f['frame']} went from done (event {prev[0]}) " \
-                                         f"to {f['state']}"
+            assert f["state"] == "done", (
+                f"event {eid}: frame {f['frame']} went from done (event {prev[0]}) to {f['state']}"
+            )
         if prev and prev[2] == f["attempt"] and prev[1] != "done":
-            assert FRAME_ORDER[f["state"]] >= FRAME_ORDER[prev[1]], \
+            assert FRAME_ORDER[f["state"]] >= FRAME_ORDER[prev[1]], (
                 f"event {eid}: frame {f['frame']} went from {prev[1]} to {f['state']} in attempt {f['attempt']}"
+            )
         seen[key] = (eid, f["state"], f["attempt"])
 
 
 # -- 1. a real job: frames, thumbnails, progress, what events carry ---------------------------
 
-def test_every_frame_done_with_thumbnail_and_progress_visible(service: ServiceProcess, tmp_path: Path) -> None:
+
+def test_every_frame_done_with_thumbnail_and_progress_visible(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
     from PIL import Image
 
     bundle = make_bundle(tmp_path / "thumbs", frames="1-6", chunk=3, png=True, env={"FRAME_SLEEP": "0.5"})
@@ -162,8 +169,11 @@ def test_every_frame_done_with_thumbnail_and_progress_visible(service: ServicePr
         assert f["job_id"] == jid and f["attempt"] == 1 and f["task_id"]
         assert f["output"] == str(bundle / "out" / f"f.{n:04d}.png")
         assert f["thumbnail_url"] == f"/v1/jobs/{jid}/frames/{n}/thumbnail?step=render"
-    running = [d["frame"] for k, d in ((e[1], e[2]) for e in events) if k == "frame" and
-               d["frame"]["state"] == "running"]
+    running = [
+        d["frame"]
+        for k, d in ((e[1], e[2]) for e in events)
+        if k == "frame" and d["frame"]["state"] == "running"
+    ]
     assert {f["frame"] for f in running} == set(range(1, 7))
     task_events = [d["task"] for _, k, d in events if k == "task"]
     assert all("progress" in t and "attempt" in t for t in task_events)
@@ -174,6 +184,7 @@ def test_every_frame_done_with_thumbnail_and_progress_visible(service: ServicePr
 
 
 # -- 2. dropped connections resume with Last-Event-ID ----------------------------------------
+
 
 def test_dropped_connection_resumes_without_gap_or_duplicate(service: ServiceProcess, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "drop", frames="1-8", chunk=2, env={"FRAME_SLEEP": "0.4"})
@@ -219,6 +230,7 @@ def test_dropped_connection_resumes_without_gap_or_duplicate(service: ServicePro
 
 # -- 3. service restarts: the follower resumes by itself --------------------------------------
 
+
 def test_follower_resumes_across_restart_and_kill(service: ServiceProcess, tmp_path: Path) -> None:
     # chunks of 4 frames: a restart finds containers with some frames done and some to go
     bundle = make_bundle(tmp_path / "restart", frames="1-24", chunk=4, env={"FRAME_SLEEP": "0.6"})
@@ -251,8 +263,12 @@ def test_follower_resumes_across_restart_and_kill(service: ServiceProcess, tmp_p
     after = len(seen)
 
     def early_frame_of_a_chunk_done() -> bool:  # its container has frames still to render
-        return any(e.kind == "frame" and e.data["frame"]["state"] == "done"
-                   and (e.data["frame"]["frame"] - 1) % 4 < 2 for e in seen[after:])
+        return any(
+            e.kind == "frame"
+            and e.data["frame"]["state"] == "done"
+            and (e.data["frame"]["frame"] - 1) % 4 < 2
+            for e in seen[after:]
+        )
 
     wait_for(early_frame_of_a_chunk_done, 60, interval=0.05, what="a frame after the restart")
     assert client.job(jid)["state"] not in JOB_FINAL, "the job ended too soon to test a kill mid-job"
@@ -277,10 +293,13 @@ def test_follower_resumes_across_restart_and_kill(service: ServiceProcess, tmp_p
 
 # -- 4 and 5. a missing output fails its frame; hpcdock follow --------------------------------
 
-def test_missing_output_fails_frame_naming_path_and_follow_exits_1(service: ServiceProcess,
-                                                                    tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "skip", frames="1-4", chunk=2, png=True,
-                         env={"FRAME_SLEEP": "0.3", "SKIP_FRAME": "3"})
+
+def test_missing_output_fails_frame_naming_path_and_follow_exits_1(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    bundle = make_bundle(
+        tmp_path / "skip", frames="1-4", chunk=2, png=True, env={"FRAME_SLEEP": "0.3", "SKIP_FRAME": "3"}
+    )
     client = service.client()
     jid = client.submit(str(bundle))["id"]
     result = service.cli("follow", str(jid), timeout=120)
@@ -301,8 +320,9 @@ def test_missing_output_fails_frame_naming_path_and_follow_exits_1(service: Serv
     bad = tasks[1]
     assert bad["attempt"] == bad["max_attempts"] == 2 and bad["exit_code"] == 0
     assert missing in bad["error"] and "frame 3" in bad["error"]
-    failed_events = [d["frame"] for _, k, d in drain(service, job=jid)
-                     if k == "frame" and d["frame"]["state"] == "failed"]
+    failed_events = [
+        d["frame"] for _, k, d in drain(service, job=jid) if k == "frame" and d["frame"]["state"] == "failed"
+    ]
     assert {(f["frame"], f["attempt"]) for f in failed_events} == {(3, 1), (3, 2)}
     assert all(missing in f["error"] for f in failed_events)
 
@@ -332,6 +352,7 @@ def test_follow_exits_0_and_shows_frames_arriving(service: ServiceProcess, tmp_p
 
 
 # -- 6. SSE details ---------------------------------------------------------------------------
+
 
 def test_sse_ids_job_filter_heartbeat_and_last_event_id(service: ServiceProcess, tmp_path: Path) -> None:
     client = service.client()

@@ -27,8 +27,10 @@ FAKE_GPUS = [Gpu(0, "HPCDOCK-TEST-0", "test gpu 0"), Gpu(1, "HPCDOCK-TEST-1", "t
 def inventory():
     inv = detect_gpus(nvml=None, nvidia_smi=None)
     if not inv.cdi_names(KIND):
-        pytest.fail("test CDI spec not installed: scripts/setup-system.sh copies tests/engine/cdi/hpcdock-test.yaml "
-                    "to /etc/cdi/")
+        pytest.fail(
+            "test CDI spec not installed: scripts/setup-system.sh copies tests/engine/cdi/hpcdock-test.yaml "
+            "to /etc/cdi/"
+        )
     inv.gpus = list(FAKE_GPUS)
     return inv
 
@@ -38,8 +40,17 @@ def _caps(engine) -> EngineCaps:
 
 
 def _request(name: str, command: list[str], att) -> ContainerRequest:
-    return ContainerRequest(name=name, image=TEST_IMAGE, command=command, env={}, workdir="/", mounts=[],
-                            network=False, labels={"hpcdock.test": "gpu-cdi"}, gpu=att)
+    return ContainerRequest(
+        name=name,
+        image=TEST_IMAGE,
+        command=command,
+        env={},
+        workdir="/",
+        mounts=[],
+        network=False,
+        labels={"hpcdock.test": "gpu-cdi"},
+        gpu=att,
+    )
 
 
 def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine, inventory) -> None:
@@ -49,9 +60,18 @@ def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine,
     assert [g.index for g in gpus] == [1]
     att = plan_attachment(gpus, _caps(engine), inventory, cdi_kind=KIND)
     assert att.mechanism == "cdi" and att.cdi_names == [KIND + "=1"]
-    cid = engine.create(_request("hpcdock-gpu-test-1", ["sh", "-c",
-                                 "test -c /dev/hpcdock-test1 && ! test -e /dev/hpcdock-test0 && "
-                                 "echo GPU=$HPCDOCK_TEST_GPU CUDA=$CUDA_VISIBLE_DEVICES"], att))
+    cid = engine.create(
+        _request(
+            "hpcdock-gpu-test-1",
+            [
+                "sh",
+                "-c",
+                "test -c /dev/hpcdock-test1 && ! test -e /dev/hpcdock-test0 && "
+                "echo GPU=$HPCDOCK_TEST_GPU CUDA=$CUDA_VISIBLE_DEVICES",
+            ],
+            att,
+        )
+    )
     try:
         assert verify_attachment(att, engine.inspect(cid)) is None
         engine.start(cid)
@@ -76,10 +96,14 @@ def test_verify_catches_a_request_the_engine_dropped(engine, inventory) -> None:
         engine.remove(cid)
 
 
-def test_gpu_job_gets_exclusive_gpus_and_oversized_request_is_refused(tmp_path: Path, engine_url: str,
-                                                                      inventory) -> None:
-    config = {"gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in FAKE_GPUS],
-              "gpu_cdi_kind": KIND, "slots": 4}
+def test_gpu_job_gets_exclusive_gpus_and_oversized_request_is_refused(
+    tmp_path: Path, engine_url: str, inventory
+) -> None:
+    config = {
+        "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in FAKE_GPUS],
+        "gpu_cdi_kind": KIND,
+        "slots": 4,
+    }
     svc = ServiceProcess(tmp_path / "svc", engine_url, slots=4, config=config).start()
     try:
         client = svc.client()

@@ -67,8 +67,11 @@ def test_a_task_cannot_redirect_the_next_steps_output_mount(roots_service, outsi
     # planting a symlink in its place is allowed to the task.
     plant = _step("plant", f"mv out/a out/a.old && mkdir out/a && ln -s {outside} out/a/cache && ls -l out/a")
     use = _step("use", "cat out/a/cache/marker.txt; echo written > out/a/cache/written.txt", after="plant")
-    make_bundle(bundle, steps=[plant, use],
-                settings={"frames": None, "outputs": ["out", "out/a/cache"], "max_attempts": 1})
+    make_bundle(
+        bundle,
+        steps=[plant, use],
+        settings={"frames": None, "outputs": ["out", "out/a/cache"], "max_attempts": 1},
+    )
     client = svc.client()
     job = wait_job(client, client.submit(str(bundle))["id"])
     assert job["state"] == "failed", job
@@ -98,8 +101,11 @@ def test_another_jobs_task_cannot_swap_a_bundles_out_dir_after_submit(roots_serv
     wait_for((victim / "out" / "started").exists, 60, what="the victim's first task to run")
 
     attack = _step("swap", f"cd {victim} && mv out out.old && ln -s {outside} out && touch go")
-    make_bundle(roots / "attacker", steps=[attack],
-                settings={"frames": None, "outputs": [str(shared)], "max_attempts": 1})
+    make_bundle(
+        roots / "attacker",
+        steps=[attack],
+        settings={"frames": None, "outputs": [str(shared)], "max_attempts": 1},
+    )
     attacker_job = wait_job(client, client.submit(str(roots / "attacker"))["id"])
     assert attacker_job["state"] == "succeeded", attacker_job
     assert (victim / "out").is_symlink()
@@ -117,20 +123,30 @@ def test_the_services_own_files_are_never_mountable(service: ServiceProcess, tmp
     from hpcdock.client import ServiceError
 
     client = service.client()
-    own = {"config": service.config_home / "hpcdock", "token": service.config_home / "hpcdock" / "token",
-           "state": service.state_dir, "a parent of both": service.root}
+    own = {
+        "config": service.config_home / "hpcdock",
+        "token": service.config_home / "hpcdock" / "token",
+        "state": service.state_dir,
+        "a parent of both": service.root,
+    }
     for what, path in own.items():
-        bundle = make_bundle(tmp_path / f"b-{what.replace(' ', '-')}",
-                             settings={"mounts": [{"source": str(path), "target": "/x", "readonly": False}]})
+        bundle = make_bundle(
+            tmp_path / f"b-{what.replace(' ', '-')}",
+            settings={"mounts": [{"source": str(path), "target": "/x", "readonly": False}]},
+        )
         with pytest.raises(ServiceError) as err:
             client.submit(str(bundle))
-        assert err.value.status == 400 and err.value.field == "hpcdock.yaml: mounts[0].source", (what, err.value)
+        assert err.value.status == 400 and err.value.field == "hpcdock.yaml: mounts[0].source", (
+            what,
+            err.value,
+        )
         assert "keeps to itself" in err.value.message, (what, err.value)
     assert client.jobs() == []
 
 
 def test_a_symlink_swapped_in_after_the_check_is_caught_before_the_task_starts(
-        engine, tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The race: the path passes the walk, then turns into a symlink before the engine binds it.
 
     Only the container's own mountinfo, read after ``init`` and before ``start``, can tell.
@@ -151,9 +167,16 @@ def test_a_symlink_swapped_in_after_the_check_is_caught_before_the_task_starts(
 
     monkeypatch.setattr(engine, "_check_mounts", check_then_swap)
     name = f"hpcdock-race-{os.getpid()}"
-    request = ContainerRequest(name=name, image=TEST_IMAGE, command=["sh", "-c", "echo written > /o/written.txt"],
-                               env={}, workdir="/", mounts=[Mount(str(out), "/o", False)], network=False,
-                               labels={})
+    request = ContainerRequest(
+        name=name,
+        image=TEST_IMAGE,
+        command=["sh", "-c", "echo written > /o/written.txt"],
+        env={},
+        workdir="/",
+        mounts=[Mount(str(out), "/o", False)],
+        network=False,
+        labels={},
+    )
     try:
         with pytest.raises(MountRefused) as err:
             engine.create(request)

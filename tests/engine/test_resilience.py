@@ -44,6 +44,7 @@ def _rendering(client, job_id: int, count: int):
     def check() -> bool:
         running = [t for t in client.tasks(job_id) if t["state"] == "running"]
         return len(running) == count and all("frame-start" in client.log(t["id"])[0] for t in running)
+
     return check
 
 
@@ -51,7 +52,9 @@ def _assert_each_frame_once(client, job: dict) -> list[dict]:
     """The job succeeded on its first attempts, and every frame rendered exactly once."""
     assert job["state"] == "succeeded", job
     tasks = client.tasks(job["id"])
-    assert [t["attempt"] for t in tasks] == [1] * len(tasks), [(t["id"], t["attempt"], t["error"]) for t in tasks]
+    assert [t["attempt"] for t in tasks] == [1] * len(tasks), [
+        (t["id"], t["attempt"], t["error"]) for t in tasks
+    ]
     frames = client.frames(job["id"])
     assert [f["state"] for f in frames] == ["done"] * len(frames) and frames
     for t in tasks:
@@ -63,8 +66,10 @@ def _assert_each_frame_once(client, job: dict) -> list[dict]:
 
 # -- the store -------------------------------------------------------------------------------------
 
-def test_store_locked_by_another_process_delays_results_but_loses_none(service: ServiceProcess, tmp_path: Path,
-                                                                       engine) -> None:
+
+def test_store_locked_by_another_process_delays_results_but_loses_none(
+    service: ServiceProcess, tmp_path: Path, engine
+) -> None:
     client = service.client()
     store_id = _store_id(service)
     bundle = make_bundle(tmp_path / "locked", frames="1-4", chunk=1, env={"FRAME_SLEEP": "3"})
@@ -72,15 +77,21 @@ def test_store_locked_by_another_process_delays_results_but_loses_none(service: 
     wait_for(_rendering(client, job["id"], 2), 60, what="two tasks rendering")
 
     locker = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time\n"
-         "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-         "db.execute('BEGIN EXCLUSIVE')\n"
-         "print('locked', flush=True)\n"
-         "time.sleep(float(sys.argv[2]))\n"
-         "db.execute('COMMIT')\n",
-         str(service.state_dir / "hpcdock.db"), str(LOCK_SECONDS)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n"
+            "db.execute('COMMIT')\n",
+            str(service.state_dir / "hpcdock.db"),
+            str(LOCK_SECONDS),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
         slowest, states, kept = 0.0, set(), set()
@@ -114,8 +125,16 @@ def test_corrupted_store_is_refused_clearly_and_can_be_set_aside(tmp_path: Path,
     db = svc.state_dir / "hpcdock.db"
     garbage = b"this is not a database, whatever its name says\n" * 200
     db.write_bytes(garbage)
-    args = [sys.executable, "-m", "hpcdock_service.main", "--state-dir", str(svc.state_dir),
-            "--engine-socket", engine_url, "--check"]
+    args = [
+        sys.executable,
+        "-m",
+        "hpcdock_service.main",
+        "--state-dir",
+        str(svc.state_dir),
+        "--engine-socket",
+        engine_url,
+        "--check",
+    ]
 
     refused = subprocess.run(args, env=svc.env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1, refused
@@ -133,6 +152,7 @@ def test_corrupted_store_is_refused_clearly_and_can_be_set_aside(tmp_path: Path,
 
 # -- the engine ------------------------------------------------------------------------------------
 
+
 class PodmanService:
     """A ``podman system service`` of the test's own, on a socket of its own, to kill and start again."""
 
@@ -142,8 +162,11 @@ class PodmanService:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> PodmanService:
-        self.proc = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", self.url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: socket_answers(self.sock), 30, 0.05, what="podman system service to listen")
         return self
 
@@ -170,8 +193,9 @@ def own_podman(tmp_path: Path, engine_url: str) -> Iterator[PodmanService]:
     pod.stop()
 
 
-def test_engine_api_killed_mid_job_tasks_wait_and_the_job_finishes(tmp_path: Path,
-                                                                   own_podman: PodmanService) -> None:
+def test_engine_api_killed_mid_job_tasks_wait_and_the_job_finishes(
+    tmp_path: Path, own_podman: PodmanService
+) -> None:
     svc = ServiceProcess(tmp_path / "svc", own_podman.url).start()
     try:
         client = svc.client()
@@ -180,8 +204,11 @@ def test_engine_api_killed_mid_job_tasks_wait_and_the_job_finishes(tmp_path: Pat
         wait_for(_rendering(client, job["id"], 2), 60, what="two tasks rendering")
 
         own_podman.kill()
-        health = wait_for(lambda: (lambda h: h if h["engine"]["state"] == "down" else None)(client.health()),
-                          15, what="/v1/health to report the engine down")
+        health = wait_for(
+            lambda: (lambda h: h if h["engine"]["state"] == "down" else None)(client.health()),
+            15,
+            what="/v1/health to report the engine down",
+        )
         assert health["ok"] is False
         with pytest.raises(ServiceError) as refused:  # a job cannot be checked against the engine now
             client.submit(str(make_bundle(tmp_path / "meanwhile", frames="1")))
@@ -205,8 +232,9 @@ def test_engine_api_killed_mid_job_tasks_wait_and_the_job_finishes(tmp_path: Pat
         remove_leftovers(svc)
 
 
-def test_cancel_while_the_engine_is_down_stops_the_container_once_it_is_back(tmp_path: Path,
-                                                                            own_podman: PodmanService) -> None:
+def test_cancel_while_the_engine_is_down_stops_the_container_once_it_is_back(
+    tmp_path: Path, own_podman: PodmanService
+) -> None:
     svc = ServiceProcess(tmp_path / "svc", own_podman.url).start()
     try:
         client = svc.client()
@@ -221,8 +249,11 @@ def test_cancel_while_the_engine_is_down_stops_the_container_once_it_is_back(tmp
         assert time.monotonic() - t0 < 10  # the answer does not wait for the engine
 
         own_podman.start()
-        (task,) = wait_for(lambda: (lambda ts: ts if ts[0]["state"] != "running" else None)(
-            client.tasks(job["id"])), 60, what="the task to end")
+        (task,) = wait_for(
+            lambda: (lambda ts: ts if ts[0]["state"] != "running" else None)(client.tasks(job["id"])),
+            60,
+            what="the task to end",
+        )
         assert task["state"] == "canceled" and task["attempt"] == 1, task
         assert "frame-done" not in client.log(task["id"])[0]  # stopped, not run to its end
         wait_for(lambda: not _containers(own_podman.url, svc), 30, what="no container left")
@@ -264,8 +295,11 @@ def test_embedded_podman_killed_mid_job_is_started_again(tmp_path: Path, engine_
         wait_for(_rendering(client, job["id"], 2), 60, what="two tasks rendering")
 
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: (lambda e: e["state"] == "up" and e["restarts"] == 1)(client.health()["engine"]),
-                 30, what="the embedded podman service to be started again")
+        wait_for(
+            lambda: (lambda e: e["state"] == "up" and e["restarts"] == 1)(client.health()["engine"]),
+            30,
+            what="the embedded podman service to be started again",
+        )
         second = _embedded_podman_pid(svc.proc.pid)
         assert second is not None and second != first
         job = wait_job(client, job["id"], timeout=120)

@@ -75,8 +75,10 @@ def _fifo(b: Path) -> None:
 
 
 def _huge_template(b: Path) -> None:
-    step = ("- name: s{i}\n  script:\n    actions:\n      onRun:\n        command: sh\n"
-            "        args: ['-c', 'echo {i} {pad}']\n")
+    step = (
+        "- name: s{i}\n  script:\n    actions:\n      onRun:\n        command: sh\n"
+        "        args: ['-c', 'echo {i} {pad}']\n"
+    )
     head = "specificationVersion: jobtemplate-2023-09\nname: huge\nsteps:\n"
     (b / "template.yaml").write_text(head + "".join(step.format(i=i, pad="x" * 200) for i in range(170_000)))
     assert (b / "template.yaml").stat().st_size > 50 * 1000 * 1000

@@ -32,8 +32,9 @@ PIDS = 256
 MIB = 1024 * 1024
 
 
-def one_task_bundle(root: Path, script: str, timeout: Optional[int] = None,
-                    amounts: Optional[list[dict[str, Any]]] = None) -> Path:
+def one_task_bundle(
+    root: Path, script: str, timeout: Optional[int] = None, amounts: Optional[list[dict[str, Any]]] = None
+) -> Path:
     on_run: dict[str, Any] = {"command": "sh", "args": ["-c", script]}
     if timeout:
         on_run["timeout"] = timeout
@@ -45,8 +46,7 @@ def one_task_bundle(root: Path, script: str, timeout: Optional[int] = None,
 
 @pytest.fixture
 def limited(tmp_path: Path, engine_url: str):
-    svc = ServiceProcess(tmp_path / "svc", engine_url,
-                         config={"task_pids": PIDS, "log_cap_mib": 16}).start()
+    svc = ServiceProcess(tmp_path / "svc", engine_url, config={"task_pids": PIDS, "log_cap_mib": 16}).start()
     yield svc
     svc.stop()
     remove_leftovers(svc)
@@ -63,9 +63,17 @@ def finished_without_container(svc: ServiceProcess, engine, job_id: int) -> dict
 def test_the_engine_applies_the_limits_it_says_it_enforces(limited: ServiceProcess, engine) -> None:
     how = limited.client().health()["engine"]["limits"]
     assert how == engine.describe()["limits"]
-    request = ContainerRequest(name="hpcdock-limits-probe", image=TEST_IMAGE, command=["cat", "/proc/self/limits"],
-                               env={}, workdir="/", mounts=[], network=False, labels={},
-                               limits=ContainerLimits(pids=PIDS, memory=200 * MIB))
+    request = ContainerRequest(
+        name="hpcdock-limits-probe",
+        image=TEST_IMAGE,
+        command=["cat", "/proc/self/limits"],
+        env={},
+        workdir="/",
+        mounts=[],
+        network=False,
+        labels={},
+        limits=ContainerLimits(pids=PIDS, memory=200 * MIB),
+    )
     cid = engine.create(request)
     try:
         engine.start(cid)
@@ -84,15 +92,18 @@ def test_the_engine_applies_the_limits_it_says_it_enforces(limited: ServiceProce
         assert config["Memory"] == 200 * MIB
 
 
-def test_check_reports_the_task_limits_and_how_they_are_held(limited: ServiceProcess, engine_url: str) -> None:
+def test_check_reports_the_task_limits_and_how_they_are_held(
+    limited: ServiceProcess, engine_url: str
+) -> None:
     report = check_report(limited, engine_url)["task_limits"]
     assert report["defaults"]["pids"] == PIDS and report["log_cap_mib"] == 16
     assert report["defaults"]["memory_mib"] > 0
     assert report["enforced_by"] == limited.client().health()["engine"]["limits"]
 
 
-def test_a_fork_bomb_is_contained_and_the_service_keeps_working(limited: ServiceProcess, tmp_path: Path,
-                                                                  engine) -> None:
+def test_a_fork_bomb_is_contained_and_the_service_keeps_working(
+    limited: ServiceProcess, tmp_path: Path, engine
+) -> None:
     client = limited.client()
     by_ulimit = client.health()["engine"]["limits"]["pids"] == "ulimit"
     # Never a bomb without its limit: it would spend the processes of the user running the tests.
@@ -113,10 +124,15 @@ def test_a_fork_bomb_is_contained_and_the_service_keeps_working(limited: Service
     assert wait_job(client, client.submit(str(after))["id"])["state"] == "succeeded"
 
 
-def test_a_memory_hog_fails_saying_it_ran_out_of_memory(limited: ServiceProcess, tmp_path: Path, engine) -> None:
+def test_a_memory_hog_fails_saying_it_ran_out_of_memory(
+    limited: ServiceProcess, tmp_path: Path, engine
+) -> None:
     client = limited.client()
-    hog = one_task_bundle(tmp_path / "hog", 'x=$(head -c 400000000 /dev/zero | tr "\\0" a); echo kept ${#x}',
-                          amounts=[{"name": "amount.worker.memory", "min": 200}])
+    hog = one_task_bundle(
+        tmp_path / "hog",
+        'x=$(head -c 400000000 /dev/zero | tr "\\0" a); echo kept ${#x}',
+        amounts=[{"name": "amount.worker.memory", "min": 200}],
+    )
     job = client.submit(str(hog))
     task = finished_without_container(limited, engine, job["id"])
     assert task["state"] == "failed", task
@@ -124,11 +140,13 @@ def test_a_memory_hog_fails_saying_it_ran_out_of_memory(limited: ServiceProcess,
     assert client.health()["ok"] is True
 
 
-def test_a_flood_of_output_is_streamed_capped_and_keeps_its_end(limited: ServiceProcess, tmp_path: Path,
-                                                                engine) -> None:
+def test_a_flood_of_output_is_streamed_capped_and_keeps_its_end(
+    limited: ServiceProcess, tmp_path: Path, engine
+) -> None:
     client = limited.client()
-    flood = one_task_bundle(tmp_path / "flood",
-                            'head -c 300000000 /dev/zero | tr "\\0" x | fold -w 3999; echo the last line')
+    flood = one_task_bundle(
+        tmp_path / "flood", 'head -c 300000000 /dev/zero | tr "\\0" x | fold -w 3999; echo the last line'
+    )
     job = client.submit(str(flood))
     task = finished_without_container(limited, engine, job["id"])
     assert task["state"] == "succeeded", task

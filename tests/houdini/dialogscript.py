@@ -129,7 +129,12 @@ def _parse_block(tokens: List[Token], i: int) -> Tuple[List[Entry], int]:
             continue
         entry = Entry(tok.text, [], None, tok.line)
         i += 1
-        while i < len(tokens) and tokens[i].line == entry.line and not _is(tokens[i], "{") and not _is(tokens[i], "}"):
+        while (
+            i < len(tokens)
+            and tokens[i].line == entry.line
+            and not _is(tokens[i], "{")
+            and not _is(tokens[i], "}")
+        ):
             entry.args.append(tokens[i].text)
             i += 1
         if i < len(tokens) and _is(tokens[i], "{") and tokens[i].line == entry.line:

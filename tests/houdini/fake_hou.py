@@ -73,7 +73,6 @@ class OperationFailed(Error):
     pass
 
 
-
 class _EnumValue:
     def __init__(self, name: str) -> None:
         self._name = name
@@ -102,8 +101,15 @@ class renderMethod:
 class _State:
     def __init__(self) -> None:
         self.nodes: Dict[str, Node] = {}
-        self.vars: Dict[str, str] = {"HIP": os.getcwd(), "HIPNAME": "untitled", "HIPFILE": "", "JOB": os.getcwd(),
-                                     "FSTART": "1", "FEND": "240", "FPS": "24"}
+        self.vars: Dict[str, str] = {
+            "HIP": os.getcwd(),
+            "HIPNAME": "untitled",
+            "HIPFILE": "",
+            "JOB": os.getcwd(),
+            "FSTART": "1",
+            "FEND": "240",
+            "FPS": "24",
+        }
         self.hip_path = os.path.join(os.getcwd(), "untitled.hip")
         self.new_file = True
         self.frame = 1.0
@@ -232,8 +238,9 @@ class NodeType:
 
 
 class Node:
-    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
-                 category: str = "Driver") -> None:
+    def __init__(
+        self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None, category: str = "Driver"
+    ) -> None:
         self._path = path
         self._type = NodeType(type_name, category)
         self._parms: Dict[str, Parm] = {}
@@ -292,8 +299,14 @@ class Node:
 
 
 class RopNode(Node):
-    def __init__(self, path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
-                 output_parm: Optional[str] = None, category: str = "Driver") -> None:
+    def __init__(
+        self,
+        path: str,
+        type_name: str,
+        parms: Optional[Dict[str, Any]] = None,
+        output_parm: Optional[str] = None,
+        category: str = "Driver",
+    ) -> None:
         super().__init__(path, type_name, parms, category)
         self._bypassed = False
         self._locked = False
@@ -316,14 +329,27 @@ class RopNode(Node):
     def setLocked(self, on: bool) -> None:
         self._locked = bool(on)
 
-    def render(self, frame_range: Sequence[float] = (), res: Sequence[float] = (), output_file: Optional[str] = None,
-               output_format: Optional[str] = None, to_flipbook: bool = False, quality: int = 2,
-               ignore_inputs: bool = False, method: Any = renderMethod.RopByRop, ignore_bypass_flags: bool = False,
-               ignore_lock_flags: bool = False, verbose: bool = False, output_progress: bool = False) -> None:
-        _state.renders.append({"node": self._path, "frame_range": tuple(frame_range),
-                               "ignore_inputs": ignore_inputs})
-        plan = _render_plan(self, _asked_frames(self, frame_range), ignore_inputs, ignore_bypass_flags,
-                            ignore_lock_flags)
+    def render(
+        self,
+        frame_range: Sequence[float] = (),
+        res: Sequence[float] = (),
+        output_file: Optional[str] = None,
+        output_format: Optional[str] = None,
+        to_flipbook: bool = False,
+        quality: int = 2,
+        ignore_inputs: bool = False,
+        method: Any = renderMethod.RopByRop,
+        ignore_bypass_flags: bool = False,
+        ignore_lock_flags: bool = False,
+        verbose: bool = False,
+        output_progress: bool = False,
+    ) -> None:
+        _state.renders.append(
+            {"node": self._path, "frame_range": tuple(frame_range), "ignore_inputs": ignore_inputs}
+        )
+        plan = _render_plan(
+            self, _asked_frames(self, frame_range), ignore_inputs, ignore_bypass_flags, ignore_lock_flags
+        )
         for rop, frames, _deps in plan:
             rop._errors = []
             if rop.parm("soho_program") is not None:
@@ -413,8 +439,9 @@ def _stands_for(node: Node, ignore_bypass: bool, ignore_locks: bool, stack: List
     return [node]
 
 
-def _render_plan(top: RopNode, frames: List[float], ignore_inputs: bool, ignore_bypass: bool,
-                 ignore_locks: bool) -> List[tuple]:
+def _render_plan(
+    top: RopNode, frames: List[float], ignore_inputs: bool, ignore_bypass: bool, ignore_locks: bool
+) -> List[tuple]:
     """``[(rop, frames, dependency rops)]``, dependencies first."""
     order: List[RopNode] = []
     deps: Dict[str, List[RopNode]] = {}
@@ -428,8 +455,11 @@ def _render_plan(top: RopNode, frames: List[float], ignore_inputs: bool, ignore_
         if not ignore_inputs:
             for n in rop.inputs():
                 if n is not None:
-                    found.extend(r for r in _stands_for(n, ignore_bypass, ignore_locks, stack + [rop.path()])
-                                 if r not in found)
+                    found.extend(
+                        r
+                        for r in _stands_for(n, ignore_bypass, ignore_locks, stack + [rop.path()])
+                        if r not in found
+                    )
         deps[rop.path()] = found
         for d in found:
             visit(d, stack + [rop.path()])
@@ -469,9 +499,15 @@ def _render_listing(top: RopNode) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def fake_create(path: str, type_name: str, parms: Optional[Dict[str, Any]] = None,
-                inputs: Sequence[Optional[Node]] = (), output_parm: Optional[str] = None, rop: bool = True,
-                category: str = "Driver") -> Node:
+def fake_create(
+    path: str,
+    type_name: str,
+    parms: Optional[Dict[str, Any]] = None,
+    inputs: Sequence[Optional[Node]] = (),
+    output_parm: Optional[str] = None,
+    rop: bool = True,
+    category: str = "Driver",
+) -> Node:
     node: Node
     if rop:
         node = RopNode(path, type_name, parms, output_parm, category)
@@ -503,7 +539,6 @@ def selectedNodes() -> tuple:
     return tuple(_state.selected)
 
 
-
 def setFrame(frame: float) -> None:
     _state.frame = float(frame)
 
@@ -528,11 +563,11 @@ def _hscript_words(command: str) -> List[str]:
         word = word if word is not None else []
         if c == "'":
             end = command.index("'", i + 1)
-            word.append(command[i + 1:end])
+            word.append(command[i + 1 : end])
             i = end + 1
         elif c == '"':
             end = command.index('"', i + 1)
-            word.append(_expand(command[i + 1:end], _state.frame, None))
+            word.append(_expand(command[i + 1 : end], _state.frame, None))
             i = end + 1
         else:
             j = i
@@ -566,10 +601,18 @@ def hscript(command: str) -> tuple:
 
 class ui:
     @staticmethod
-    def displayMessage(text: str, buttons: Sequence[str] = ("OK",), severity: Any = severityType.Message,
-                       default_choice: int = 0, close_choice: Optional[int] = None, help: Optional[str] = None,
-                       title: Optional[str] = None, details: Optional[str] = None,
-                       details_label: Optional[str] = None, details_expanded: bool = False) -> int:
+    def displayMessage(
+        text: str,
+        buttons: Sequence[str] = ("OK",),
+        severity: Any = severityType.Message,
+        default_choice: int = 0,
+        close_choice: Optional[int] = None,
+        help: Optional[str] = None,
+        title: Optional[str] = None,
+        details: Optional[str] = None,
+        details_label: Optional[str] = None,
+        details_expanded: bool = False,
+    ) -> int:
         if not _state.ui:
             raise RuntimeError("hou.ui is not available without a UI")
         _state.messages.append({"text": text, "severity": severity, "title": title, "details": details})
@@ -590,8 +633,14 @@ class PaneTab:
 
 
 class Desktop:
-    def createFloatingPaneTab(self, pane_tab_type: Any, position: Sequence[int] = (), size: Sequence[int] = (),
-                              python_panel_interface: Optional[str] = None, immediate: bool = False) -> PaneTab:
+    def createFloatingPaneTab(
+        self,
+        pane_tab_type: Any,
+        position: Sequence[int] = (),
+        size: Sequence[int] = (),
+        python_panel_interface: Optional[str] = None,
+        immediate: bool = False,
+    ) -> PaneTab:
         if not _state.ui:
             raise RuntimeError("hou.ui is not available without a UI")
         tab = PaneTab(pane_tab_type, python_panel_interface)
@@ -619,18 +668,24 @@ class text:
 def _node_specs() -> list:
     specs = []
     for path, n in _state.nodes.items():
-        specs.append({
-            "path": path, "type": n.type().name(), "rop": isinstance(n, RopNode),
-            "category": n.type().nameWithCategory().split("/", 1)[0],
-            "locked": n.isLocked() if isinstance(n, RopNode) else False,
-            "parms": {k: p._value for k, p in n._parms.items()},
-            "inputs": [i.path() if i is not None else None for i in n._inputs],
-            "bypass": n.isBypassed() if isinstance(n, RopNode) else False,
-            "output_parm": n._output_parm if isinstance(n, RopNode) else None,
-            "fail": {str(k): v for k, v in n.fake_fail_frames.items()} if isinstance(n, RopNode) else {},
-            "errors": {str(k): v for k, v in n.fake_error_frames.items()} if isinstance(n, RopNode) else {},
-            "inner": n.fake_inner.path() if isinstance(n, RopNode) and n.fake_inner is not None else None,
-        })
+        specs.append(
+            {
+                "path": path,
+                "type": n.type().name(),
+                "rop": isinstance(n, RopNode),
+                "category": n.type().nameWithCategory().split("/", 1)[0],
+                "locked": n.isLocked() if isinstance(n, RopNode) else False,
+                "parms": {k: p._value for k, p in n._parms.items()},
+                "inputs": [i.path() if i is not None else None for i in n._inputs],
+                "bypass": n.isBypassed() if isinstance(n, RopNode) else False,
+                "output_parm": n._output_parm if isinstance(n, RopNode) else None,
+                "fail": {str(k): v for k, v in n.fake_fail_frames.items()} if isinstance(n, RopNode) else {},
+                "errors": {str(k): v for k, v in n.fake_error_frames.items()}
+                if isinstance(n, RopNode)
+                else {},
+                "inner": n.fake_inner.path() if isinstance(n, RopNode) and n.fake_inner is not None else None,
+            }
+        )
     return specs
 
 
@@ -647,7 +702,9 @@ class hipFile:
     def saveAsBackup() -> str:
         """Save the session to a numbered backup file; the session's name is unchanged."""
         stem, ext = os.path.splitext(os.path.basename(_state.hip_path))
-        backup_dir = os.environ.get("HOUDINI_BACKUP_DIR") or os.path.join(os.path.dirname(_state.hip_path), "backup")
+        backup_dir = os.environ.get("HOUDINI_BACKUP_DIR") or os.path.join(
+            os.path.dirname(_state.hip_path), "backup"
+        )
         os.makedirs(backup_dir, exist_ok=True)
         _state.backup_count += 1
         path = os.path.join(backup_dir, f"{stem}_bak{_state.backup_count}{ext}")
@@ -667,13 +724,21 @@ class hipFile:
         try:
             with open(file_name) as fh:
                 data = json.load(fh)
-            specs = data["fake_hou_specs"] if "fake_hou_specs" in data else _state.scenes[data["fake_hou_scene"]]
+            specs = (
+                data["fake_hou_specs"] if "fake_hou_specs" in data else _state.scenes[data["fake_hou_scene"]]
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise OperationFailed(f"Unable to open file: {file_name} ({exc})") from None
         _state.nodes.clear()
         for s in specs:
-            n = fake_create(s["path"], s["type"], s["parms"], output_parm=s["output_parm"], rop=s["rop"],
-                            category=s["category"])
+            n = fake_create(
+                s["path"],
+                s["type"],
+                s["parms"],
+                output_parm=s["output_parm"],
+                rop=s["rop"],
+                category=s["category"],
+            )
             if isinstance(n, RopNode):
                 n.bypass(s["bypass"])
                 n.setLocked(s["locked"])

@@ -134,6 +134,7 @@ def soho_runner(monkeypatch) -> Callable[[Any, float], None]:
     The ``soho`` module it sees answers ``getDefaultedFloat("state:time", ...)`` with the time of
     the frame being rendered (SOHO's intrinsic; frame = time * $FPS + 1); ``hou.pwd()`` is the ROP.
     """
+
     def run(rop, frame: float) -> None:
         soho = types.ModuleType("soho")
         fps = float(fake_hou.fake_state().vars["FPS"])
@@ -173,16 +174,29 @@ def karma_scene(rop_range=(1, 4, 1), **submit: Any):
     ``fake_inner``), which writes the USD ("lopoutput") and, with "runcommand" on, runs husk.
     """
     f = tuple(float(v) for v in rop_range)
-    geo = fake_hou.fake_create("/out/geo1", "geometry", {"trange": 1, "f": f,
-                                                        "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
-                               output_parm="sopoutput")
-    karma = fake_hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": f, "picture": "$HIP/render/k.$F4.exr"},
-                                 inputs=[geo])
+    geo = fake_hou.fake_create(
+        "/out/geo1",
+        "geometry",
+        {"trange": 1, "f": f, "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+        output_parm="sopoutput",
+    )
+    karma = fake_hou.fake_create(
+        "/out/karma1", "karma", {"trange": 1, "f": f, "picture": "$HIP/render/k.$F4.exr"}, inputs=[geo]
+    )
     karma.fake_inner = fake_hou.fake_create(
-        "/out/karma1/lopnet/karma/rop_usdrender", "usdrender_rop",
-        {"trange": 1, "f": f, "runcommand": 1, "lopoutput": "$HIP/usd/$OS.usd", "savetodirectory_directory": "",
-         "outputimage": ""},
-        output_parm="lopoutput", category="Lop")
+        "/out/karma1/lopnet/karma/rop_usdrender",
+        "usdrender_rop",
+        {
+            "trange": 1,
+            "f": f,
+            "runcommand": 1,
+            "lopoutput": "$HIP/usd/$OS.usd",
+            "savetodirectory_directory": "",
+            "outputimage": "",
+        },
+        output_parm="lopoutput",
+        category="Lop",
+    )
     values: Dict[str, Any] = {"image": "hpcdock/houdini:20.5", "frames_per_task": 2}
     values.update(submit)
     return geo, karma, make_submit_node(rops=[karma], **values)

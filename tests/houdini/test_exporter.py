@@ -18,14 +18,19 @@ from tests.houdini.houdini_env import FakeDefer, karma_scene, make_submit_node, 
 
 
 def _scene(hou, rop_range=(1, 10, 1), **submit):
-    geo = hou.fake_create("/out/geo1", "geometry",
-                          {"trange": 1, "f": tuple(float(v) for v in rop_range),
-                           "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
-                          output_parm="sopoutput")
-    mantra = hou.fake_create("/out/mantra1", "ifd",
-                             {"trange": 1, "f": tuple(float(v) for v in rop_range),
-                              "vm_picture": "$HIP/render/ball.$F4.exr"},
-                             inputs=[geo], output_parm="vm_picture")
+    geo = hou.fake_create(
+        "/out/geo1",
+        "geometry",
+        {"trange": 1, "f": tuple(float(v) for v in rop_range), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
+        output_parm="sopoutput",
+    )
+    mantra = hou.fake_create(
+        "/out/mantra1",
+        "ifd",
+        {"trange": 1, "f": tuple(float(v) for v in rop_range), "vm_picture": "$HIP/render/ball.$F4.exr"},
+        inputs=[geo],
+        output_parm="vm_picture",
+    )
     values = {"image": "hpcdock/houdini:20.5", "frames_per_task": 4, "gpus_per_task": 1}
     values.update(submit)
     node = make_submit_node(rops=[mantra], **values)
@@ -52,7 +57,9 @@ def _openjd(bundle: Path):
     job = create_job(job_template=jt, job_parameter_values=params)
     tasks = {}
     for step in job.steps:
-        tasks[step.name] = [{k: v.value for k, v in t.items()} for t in StepParameterSpaceIterator(space=step.parameterSpace)]
+        tasks[step.name] = [
+            {k: v.value for k, v in t.items()} for t in StepParameterSpaceIterator(space=step.parameterSpace)
+        ]
     return job, tasks
 
 
@@ -103,8 +110,12 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, proj
     assert settings["frames"]["output"] == f"{project}/render/ball.{{frame:04d}}.exr"
     assert settings["frames"]["steps"] == {"geo1": f"{project}/geo/shot.{{frame:04d}}.bgeo.sc"}
     for f in range(1, 11):
-        assert settings["frames"]["output"].format(frame=f) == mantra.parm("vm_picture").evalAsStringAtFrame(f)
-        assert settings["frames"]["steps"]["geo1"].format(frame=f) == geo.parm("sopoutput").evalAsStringAtFrame(f)
+        assert settings["frames"]["output"].format(frame=f) == mantra.parm("vm_picture").evalAsStringAtFrame(
+            f
+        )
+        assert settings["frames"]["steps"]["geo1"].format(frame=f) == geo.parm(
+            "sopoutput"
+        ).evalAsStringAtFrame(f)
 
     assert settings["mounts"] == [{"source": str(project), "target": str(project), "readonly": False}]
     assert settings["network"] is False
@@ -113,7 +124,9 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, proj
 
     # The farm script and markers travel with the bundle; the snapshot keeps the scene's name.
     assert (bundle / "hpcdock_farm" / "render.py").is_file()
-    assert (bundle / "hpcdock_farm" / "markers.py").is_file() and (bundle / "hpcdock_farm" / "protocol.py").is_file()
+    assert (bundle / "hpcdock_farm" / "markers.py").is_file() and (
+        bundle / "hpcdock_farm" / "protocol.py"
+    ).is_file()
     assert (bundle / "hpcdock_farm" / "husk.py").is_file()
     assert (bundle / "hip" / "shot.hip").is_file()
     # The artist's file is untouched, still current, and no backup is left behind.
@@ -181,9 +194,14 @@ def test_nothing_listed_is_refused(hou, houdini, project, client):
     _assert_refused(hou, client, project, "Nothing to render: add ROPs to 'ROPs to Submit'")
 
 
-@pytest.mark.parametrize("path,text", [("../nope", "'../nope', which does not exist"),
-                                       ("/obj/geo1", "/obj/geo1, which is not a ROP"),
-                                       ("../hpcdock_submit2", "another HPC Dock Submit node")])
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        ("../nope", "'../nope', which does not exist"),
+        ("/obj/geo1", "/obj/geo1, which is not a ROP"),
+        ("../hpcdock_submit2", "another HPC Dock Submit node"),
+    ],
+)
 def test_bad_rop_paths_are_refused(hou, houdini, project, client, path, text):
     hou.fake_create("/obj/geo1", "geo", {}, rop=False, category="Object")
     make_submit_node("/out/hpcdock_submit2", image="img")
@@ -232,8 +250,9 @@ def test_render_current_frame(hou, houdini, project, client):
 
 def test_frame_increment_and_fractional_frames(hou, houdini, project, client, tmp_path):
     _, mantra, node = _scene(hou, rop_range=(1, 9, 2))
-    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
-                                    bundle_dir=str(tmp_path / "b"))
+    bundle, job, _ = houdini.export(
+        houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b")
+    )
     assert job.steps[0].frames == [1, 3, 5, 7, 9]
     _, tasks = _openjd(Path(bundle))
     assert sorted(f for t in tasks["mantra1"] for f in _frames(t["Frame"])) == [1, 3, 5, 7, 9]
@@ -243,16 +262,27 @@ def test_frame_increment_and_fractional_frames(hou, houdini, project, client, tm
 
 
 def test_bypass_merge_and_fetch(hou, houdini, project, client):
-    a = hou.fake_create("/out/a", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/a.$F.bgeo"})
-    b = hou.fake_create("/out/b", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/b.$F.bgeo"},
-                        inputs=[a])
+    a = hou.fake_create(
+        "/out/a", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/a.$F.bgeo"}
+    )
+    b = hou.fake_create(
+        "/out/b", "geometry", {"trange": 1, "f": (1.0, 2.0, 1.0), "sopoutput": "$HIP/b.$F.bgeo"}, inputs=[a]
+    )
     b.bypass(True)  # renders nothing, passes on
     merge = hou.fake_create("/out/merge1", "merge", {}, inputs=[b, None])
-    hou.fake_create("/obj/geo1/rop_alembic1", "rop_alembic", {"trange": 1, "f": (1.0, 2.0, 1.0),
-                                                               "filename": "$HIP/cache.abc"}, category="Sop")
+    hou.fake_create(
+        "/obj/geo1/rop_alembic1",
+        "rop_alembic",
+        {"trange": 1, "f": (1.0, 2.0, 1.0), "filename": "$HIP/cache.abc"},
+        category="Sop",
+    )
     fetch = hou.fake_create("/out/fetch1", "fetch", {"source": "/obj/geo1/rop_alembic1"})
-    final = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0),
-                                                     "picture": "$HIP/render/k.$F4.exr"}, inputs=[merge, fetch])
+    final = hou.fake_create(
+        "/out/karma1",
+        "karma",
+        {"trange": 1, "f": (1.0, 2.0, 1.0), "picture": "$HIP/render/k.$F4.exr"},
+        inputs=[merge, fetch],
+    )
     node = make_submit_node(rops=[final], image="img", husk_step=0)  # the husk split has tests of its own
     job, warnings = _job(houdini, node)
     assert [(s.name, s.rop, s.dependencies) for s in job.steps] == [
@@ -264,8 +294,10 @@ def test_bypass_merge_and_fetch(hou, houdini, project, client):
     assert any("does not change with the frame" in w for w in warnings)
     settings = houdini.B.build_hpcdock(job, "/nonexistent")
     assert "output" not in settings["frames"]
-    assert settings["frames"]["steps"] == {"a": f"{project}/a.{{frame}}.bgeo",
-                                           "karma1": f"{project}/render/k.{{frame:04d}}.exr"}
+    assert settings["frames"]["steps"] == {
+        "a": f"{project}/a.{{frame}}.bgeo",
+        "karma1": f"{project}/render/k.{{frame:04d}}.exr",
+    }
 
 
 def test_locked_rops_and_what_is_above_them_are_left_out(hou, houdini, project, client):
@@ -273,8 +305,10 @@ def test_locked_rops_and_what_is_above_them_are_left_out(hou, houdini, project, 
     geo.setLocked(True)
     job, warnings = _job(houdini, node)
     assert [s.name for s in job.steps] == ["mantra1"]
-    assert warnings == ["/out/geo1 is locked: Houdini renders neither it nor the ROPs above it, so neither does "
-                        "the job (unlock it to include them)"]
+    assert warnings == [
+        "/out/geo1 is locked: Houdini renders neither it nor the ROPs above it, so neither does "
+        "the job (unlock it to include them)"
+    ]
     houdini.submit_node(node)
     assert "/out/geo1 is locked" in hou.fake_state().messages[-1]["details"]
     mantra.setLocked(True)
@@ -283,20 +317,27 @@ def test_locked_rops_and_what_is_above_them_are_left_out(hou, houdini, project, 
 
 
 def test_file_cache_writes_its_file_parm(hou, houdini, project, client):
-    hou.fake_create("/obj/geo1/filecache1", "filecache::2.0", {"trange": 1, "f": (1.0, 3.0, 1.0),
-                                                                "file": "$HIP/cache/$OS.$F4.bgeo.sc"},
-                    category="Sop")
+    hou.fake_create(
+        "/obj/geo1/filecache1",
+        "filecache::2.0",
+        {"trange": 1, "f": (1.0, 3.0, 1.0), "file": "$HIP/cache/$OS.$F4.bgeo.sc"},
+        category="Sop",
+    )
     fetch = hou.fake_create("/out/fetch_cache", "fetch", {"source": "/obj/geo1/filecache1"})
     job, warnings = _job(houdini, make_submit_node(rops=[fetch], image="img"))
     assert warnings == []
     assert [(s.rop, s.output_pattern) for s in job.steps] == [
-        ("/obj/geo1/filecache1", f"{project}/cache/filecache1.{{frame:04d}}.bgeo.sc")]
+        ("/obj/geo1/filecache1", f"{project}/cache/filecache1.{{frame:04d}}.bgeo.sc")
+    ]
 
 
 def test_usd_render_from_stage_range_is_refused(hou, houdini, project, client):
-    rop = hou.fake_create("/stage/usdrender_rop1", "usdrender_rop", {"trange": 3, "f": (1.0, 3.0, 1.0),
-                                                                     "outputimage": "$HIP/r/u.$F4.exr"},
-                          category="Lop")
+    rop = hou.fake_create(
+        "/stage/usdrender_rop1",
+        "usdrender_rop",
+        {"trange": 3, "f": (1.0, 3.0, 1.0), "outputimage": "$HIP/r/u.$F4.exr"},
+        category="Lop",
+    )
     assert houdini.submit_node(make_submit_node(rops=[rop], image="img")) is None
     _assert_refused(hou, client, project, "'Render Frame Range From Stage'")
 
@@ -304,7 +345,9 @@ def test_usd_render_from_stage_range_is_refused(hou, houdini, project, client):
 def _simulation_bundle(hou, houdini, tmp_path):
     geo, _, node = _scene(hou)
     geo.fake_set_parm("initsim", 1)
-    return houdini.export(houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b"))
+    return houdini.export(
+        houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b")
+    )
 
 
 def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_path):
@@ -339,9 +382,14 @@ def test_a_karma_rop_exports_with_hython_then_renders_with_husk(hou, houdini, pr
 
     job, tasks = _openjd(bundle)  # openjd-model accepts the custom amounts
     assert [(s.name, [d.dependsOn for d in s.dependencies or []]) for s in job.steps] == [
-        ("geo1", []), ("karma1_usd", ["geo1"]), ("karma1", ["karma1_usd"])]
+        ("geo1", []),
+        ("karma1_usd", ["geo1"]),
+        ("karma1", ["karma1_usd"]),
+    ]
     # OpenJD dependencies are whole steps; the chunks of both steps are the same frames.
-    assert [t["Frame"] for t in tasks["karma1_usd"]] == [t["Frame"] for t in tasks["karma1"]] == ["1-2", "3-4"]
+    assert (
+        [t["Frame"] for t in tasks["karma1_usd"]] == [t["Frame"] for t in tasks["karma1"]] == ["1-2", "3-4"]
+    )
 
     template, _, settings = _load(bundle)
     steps = _steps_by_name(template)
@@ -352,44 +400,78 @@ def test_a_karma_rop_exports_with_hython_then_renders_with_husk(hou, houdini, pr
     assert "hostRequirements" not in steps["geo1"]
     assert export["script"]["actions"]["onRun"]["command"] == "hython"
     assert export["script"]["actions"]["onRun"]["args"] == [
-        "hpcdock_farm/render.py", "--hip", "{{Param.HipFile}}", "--hip-dir", "{{Param.ProjectDir}}",
-        "--rop", "/out/karma1", "--frames", "{{Task.Param.Frame}}", "--export-usd", usd]
+        "hpcdock_farm/render.py",
+        "--hip",
+        "{{Param.HipFile}}",
+        "--hip-dir",
+        "{{Param.ProjectDir}}",
+        "--rop",
+        "/out/karma1",
+        "--frames",
+        "{{Task.Param.Frame}}",
+        "--export-usd",
+        usd,
+    ]
     image = f"{project}/render/k.{{frame:04d}}.exr"
-    assert render["script"]["actions"]["onRun"] == {"command": "python3", "args": [
-        "hpcdock_farm/render.py", "--husk", usd, "--frames", "{{Task.Param.Frame}}", "--husk-bin", "husk",
-        "--output", image]}
+    assert render["script"]["actions"]["onRun"] == {
+        "command": "python3",
+        "args": [
+            "hpcdock_farm/render.py",
+            "--husk",
+            usd,
+            "--frames",
+            "{{Task.Param.Frame}}",
+            "--husk-bin",
+            "husk",
+            "--output",
+            image,
+        ],
+    }
     # Each step's frames: the USD files (inside the bundle, mounted writable) and the images.
     assert settings["frames"]["output"] == image
-    assert settings["frames"]["steps"] == {"geo1": f"{project}/geo/shot.{{frame:04d}}.bgeo.sc", "karma1_usd": usd}
+    assert settings["frames"]["steps"] == {
+        "geo1": f"{project}/geo/shot.{{frame:04d}}.bgeo.sc",
+        "karma1_usd": usd,
+    }
 
 
 def test_the_toggle_off_renders_a_karma_rop_in_one_hython_step(hou, houdini, project, client):
     _, _, node = karma_scene(husk_step=0, python="/opt/py/bin/python3")
     job, _ = _job(houdini, node)
-    assert [(s.name, s.mode, s.amounts) for s in job.steps] == [("geo1", "hython", {}), ("karma1", "hython", {})]
+    assert [(s.name, s.mode, s.amounts) for s in job.steps] == [
+        ("geo1", "hython", {}),
+        ("karma1", "hython", {}),
+    ]
 
 
 def test_the_python_and_husk_commands_come_from_the_node(hou, houdini, project, client, tmp_path):
     _, _, node = karma_scene(python="/opt/py/bin/python3", husk="/opt/hfs/bin/husk")
-    bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
-                                  bundle_dir=str(tmp_path / "b"))
+    bundle, _, _ = houdini.export(
+        houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b")
+    )
     on_run = _steps_by_name(_load(Path(bundle))[0])["karma1"]["script"]["actions"]["onRun"]
     assert on_run["command"] == "/opt/py/bin/python3"
     assert on_run["args"][on_run["args"].index("--husk-bin") + 1] == "/opt/hfs/bin/husk"
 
 
 def test_a_default_service_loads_the_export_and_render_steps(hou, houdini, project, client, tmp_path):
-    service_bundle = pytest.importorskip("hpcdock_service.bundle")  # absent from the Houdini-like PySide2 lane
+    service_bundle = pytest.importorskip(
+        "hpcdock_service.bundle"
+    )  # absent from the Houdini-like PySide2 lane
     from hpcdock_service.config import ServiceConfig
     from hpcdock_service.mounts import MountPolicy
     from hpcdock_service.resources import capacity
 
     config = ServiceConfig()  # no resources: in service.yaml: the licence kinds the plugin asks for are known
     _, _, node = karma_scene()
-    bundle, _, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
-                                  bundle_dir=str(tmp_path / "b"))
-    plan = service_bundle.load_bundle(bundle, mount_policy=MountPolicy.build([str(tmp_path)]),
-                                      capacity=capacity(config.resources, config.packing_machine))
+    bundle, _, _ = houdini.export(
+        houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b")
+    )
+    plan = service_bundle.load_bundle(
+        bundle,
+        mount_policy=MountPolicy.build([str(tmp_path)]),
+        capacity=capacity(config.resources, config.packing_machine),
+    )
     assert [s.name for s in plan.steps] == ["geo1", "karma1_usd", "karma1"]
     assert [s.amounts for s in plan.steps] == [{}, {"amount.houdini_engine": 1}, {"amount.karma_render": 1}]
     assert "--export-usd" in plan.steps[1].command and "--husk" in plan.steps[2].command
@@ -407,8 +489,9 @@ def test_unknown_rop_type_is_submitted_with_a_warning(hou, houdini, project, cli
 
 def test_single_step_mode_renders_inputs_in_the_task(hou, houdini, project, client, tmp_path):
     *_, node = _scene(hou, separate_steps=0)
-    bundle, job, _ = houdini.export(houdini.listed_rops(node), houdini.read_settings(node),
-                                    bundle_dir=str(tmp_path / "b"))
+    bundle, job, _ = houdini.export(
+        houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "b")
+    )
     assert [s.name for s in job.steps] == ["mantra1"]
     template, _, _ = _load(Path(bundle))
     assert template["steps"][0]["script"]["actions"]["onRun"]["args"][-1] == "--with-inputs"
@@ -416,19 +499,34 @@ def test_single_step_mode_renders_inputs_in_the_task(hou, houdini, project, clie
 
 
 def test_settings_env_mounts_network_priority(hou, houdini, project, client, tmp_path):
-    *_, node = _scene(hou, network=1, priority=80, max_retries=3, task_timeout=600, gpus_per_task=0,
-                      service_url="http://127.0.0.1:9999", job_name="ballshot")
-    set_multiparm(node, "envvars", [{"envname#": "HOUDINI_LMINFO_VERBOSE", "envvalue#": "1"},
-                                    {"envname#": "", "envvalue#": "ignored"}])
-    set_multiparm(node, "mounts", [{"mountpath#": "/srv/textures"}, {"mountpath#": "/srv/cache", "mountro#": 0}])
+    *_, node = _scene(
+        hou,
+        network=1,
+        priority=80,
+        max_retries=3,
+        task_timeout=600,
+        gpus_per_task=0,
+        service_url="http://127.0.0.1:9999",
+        job_name="ballshot",
+    )
+    set_multiparm(
+        node,
+        "envvars",
+        [{"envname#": "HOUDINI_LMINFO_VERBOSE", "envvalue#": "1"}, {"envname#": "", "envvalue#": "ignored"}],
+    )
+    set_multiparm(
+        node, "mounts", [{"mountpath#": "/srv/textures"}, {"mountpath#": "/srv/cache", "mountro#": 0}]
+    )
     houdini.submit_node(node)
     assert client.calls[0]["url"] == "http://127.0.0.1:9999"
     bundle = Path(client.calls[0]["bundle_dir"])
     assert bundle.name.startswith("ballshot-")
     template, _, settings = _load(bundle)
     assert settings["env"] == {"HOUDINI_LMINFO_VERBOSE": "1"}
-    assert settings["mounts"][1:] == [{"source": "/srv/textures", "target": "/srv/textures", "readonly": True},
-                                      {"source": "/srv/cache", "target": "/srv/cache", "readonly": False}]
+    assert settings["mounts"][1:] == [
+        {"source": "/srv/textures", "target": "/srv/textures", "readonly": True},
+        {"source": "/srv/cache", "target": "/srv/cache", "readonly": False},
+    ]
     assert settings["network"] is True and settings["priority"] == 80 and settings["max_attempts"] == 4
     assert all("hostRequirements" not in s for s in template["steps"])
     assert all(s["script"]["actions"]["onRun"]["timeout"] == 600 for s in template["steps"])
@@ -464,8 +562,9 @@ def defer(monkeypatch):
 
 
 @pytest.mark.parametrize("multiframe,runs", [(0, 4), (1, 1)])
-def test_rendering_the_node_submits_once_and_renders_nothing_locally(hou, project, client, monkeypatch, defer,
-                                                                     multiframe, runs):
+def test_rendering_the_node_submits_once_and_renders_nothing_locally(
+    hou, project, client, monkeypatch, defer, multiframe, runs
+):
     *_, node = _scene(hou, soho_multiframe=multiframe)
     node.parm("trange").set(1)
     node.fake_set_parm("f", (3.0, 6.0, 1.0))
@@ -485,8 +584,9 @@ def test_rendering_the_node_submits_once_and_renders_nothing_locally(hou, projec
     assert "Submitted job 42" in state.messages[-1]["text"]
 
 
-def test_rendering_the_node_without_a_ui_submits_nothing_and_says_how(hou, project, client, monkeypatch, defer,
-                                                                      capsys):
+def test_rendering_the_node_without_a_ui_submits_nothing_and_says_how(
+    hou, project, client, monkeypatch, defer, capsys
+):
     *_, node = _scene(hou)
     hou.fake_state().ui = False
     hou.fake_state().soho_runner = soho_runner(monkeypatch)

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 
 def _chain(hou, tmp_path):
-    geo = hou.fake_create("/out/geo1", "geometry", {"trange": 1, "f": (1.0, 3.0, 1.0),
-                                                    "sopoutput": f"{tmp_path}/geo.$F.bgeo"}, output_parm="sopoutput")
-    mantra = hou.fake_create("/out/mantra1", "ifd", {"trange": 1, "f": (1.0, 3.0, 1.0),
-                                                     "vm_picture": f"{tmp_path}/b.$F4.exr"},
-                             inputs=[geo], output_parm="vm_picture")
+    geo = hou.fake_create(
+        "/out/geo1",
+        "geometry",
+        {"trange": 1, "f": (1.0, 3.0, 1.0), "sopoutput": f"{tmp_path}/geo.$F.bgeo"},
+        output_parm="sopoutput",
+    )
+    mantra = hou.fake_create(
+        "/out/mantra1",
+        "ifd",
+        {"trange": 1, "f": (1.0, 3.0, 1.0), "vm_picture": f"{tmp_path}/b.$F4.exr"},
+        inputs=[geo],
+        output_parm="vm_picture",
+    )
     return geo, mantra
 
 
 def test_frame_variables_are_read_whole(hou):
     hou.fake_state().vars.update({"FSTART": "1001", "FEND": "1100"})
-    node = hou.fake_create("/out/x", "geometry", {"a": "$FSTART-$FEND@$FPS", "b": "${FSTART}_$F3", "c": "$FF$Fx"})
+    node = hou.fake_create(
+        "/out/x", "geometry", {"a": "$FSTART-$FEND@$FPS", "b": "${FSTART}_$F3", "c": "$FF$Fx"}
+    )
     hou.setFrame(7)
     assert node.parm("a").eval() == "1001-1100@24"
     assert node.parm("b").eval() == "1001_007"
@@ -24,8 +34,12 @@ def test_frame_variables_are_read_whole(hou):
 def test_render_renders_inputs_first_unless_ignore_inputs(hou, tmp_path):
     _, mantra = _chain(hou, tmp_path)
     mantra.render(frame_range=(2, 3))
-    assert hou.fake_state().rendered == [("/out/geo1", 2), ("/out/geo1", 3), ("/out/mantra1", 2),
-                                         ("/out/mantra1", 3)]
+    assert hou.fake_state().rendered == [
+        ("/out/geo1", 2),
+        ("/out/geo1", 3),
+        ("/out/mantra1", 2),
+        ("/out/mantra1", 3),
+    ]
     hou.fake_state().rendered.clear()
     mantra.render(frame_range=(2, 2), ignore_inputs=True)
     assert hou.fake_state().rendered == [("/out/mantra1", 2)]
@@ -52,7 +66,10 @@ def test_bypass_lock_and_strict(hou, tmp_path):
     mantra.parm("f1").set(2.0)
     mantra.parm("f2").set(5.0)
     mantra.render()
-    assert [r for r in hou.fake_state().rendered if r[0] == "/out/geo1"] == [("/out/geo1", 2), ("/out/geo1", 3)]
+    assert [r for r in hou.fake_state().rendered if r[0] == "/out/geo1"] == [
+        ("/out/geo1", 2),
+        ("/out/geo1", 3),
+    ]
     assert [r[1] for r in hou.fake_state().rendered if r[0] == "/out/mantra1"] == [2, 3, 4, 5]
 
 
@@ -86,8 +103,13 @@ def test_node_types_carry_their_category(hou):
 def test_a_rop_asset_renders_its_inner_rop_and_keeps_it_across_save_and_load(hou, tmp_path):
     hou.fake_open_scene(str(tmp_path / "shot.hip"))
     karma = hou.fake_create("/out/karma1", "karma", {"trange": 1, "f": (1.0, 2.0, 1.0)})
-    karma.fake_inner = hou.fake_create("/out/karma1/lopnet/karma/rop_usdrender", "usdrender_rop",
-                                       {"lopoutput": "$HIP/usd/k.$F4.usd"}, output_parm="lopoutput", category="Lop")
+    karma.fake_inner = hou.fake_create(
+        "/out/karma1/lopnet/karma/rop_usdrender",
+        "usdrender_rop",
+        {"lopoutput": "$HIP/usd/k.$F4.usd"},
+        output_parm="lopoutput",
+        category="Lop",
+    )
     saved = hou.hipFile.saveAsBackup()
     hou.fake_reset()
     hou.hipFile.load(saved)

@@ -51,7 +51,7 @@ def _text_head(path, size=4096):
     try:
         return head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return head[:exc.start].decode("utf-8") if exc.start >= size - 4 else None
+        return head[: exc.start].decode("utf-8") if exc.start >= size - 4 else None
 
 
 def test_sections_list_names_every_file_present():
@@ -62,14 +62,24 @@ def test_sections_list_names_every_file_present():
     top = _sections(HDA)
     assert top["Driver_1hpcdock__submit"] == "Driver/hpcdock_submit"
     assert top["INDEX__SECTION"] == "INDEX_SECTION"
-    for required in ("DialogScript", "CreateScript", "TypePropertiesOptions", "PythonModule", "ExtraFileOptions",
-                     "Tools.shelf", "Help"):
+    for required in (
+        "DialogScript",
+        "CreateScript",
+        "TypePropertiesOptions",
+        "PythonModule",
+        "ExtraFileOptions",
+        "Tools.shelf",
+        "Help",
+    ):
         assert required in _sections(TYPE_DIR)
 
 
 def test_every_xml_file_parses():
-    xml_files = [p for p in _all_files(PLUGIN) if p.endswith(".shelf") or p.endswith(".xml")
-                 or (_text_head(p) or "").lstrip().startswith("<?xml")]
+    xml_files = [
+        p
+        for p in _all_files(PLUGIN)
+        if p.endswith(".shelf") or p.endswith(".xml") or (_text_head(p) or "").lstrip().startswith("<?xml")
+    ]
     assert os.path.join(TYPE_DIR, "Tools.shelf") in xml_files
     assert os.path.join(PLUGIN, "toolbar", "hpcdock.shelf") in xml_files
     for p in xml_files:
@@ -77,7 +87,9 @@ def test_every_xml_file_parses():
 
 
 def test_index_section_and_tab_menu():
-    index = dict(ln.split(":", 1) for ln in _read(os.path.join(HDA, "INDEX__SECTION")).splitlines() if ":" in ln)
+    index = dict(
+        ln.split(":", 1) for ln in _read(os.path.join(HDA, "INDEX__SECTION")).splitlines() if ":" in ln
+    )
     assert index["Operator"].strip() == "hpcdock_submit"
     assert index["Table"].strip() == "Driver"
     tool = ET.parse(os.path.join(TYPE_DIR, "Tools.shelf")).getroot().find("tool")
@@ -96,9 +108,16 @@ def test_dialogscript_is_well_formed():
         assert p.name and p.label is not None and (p.type or p.baseparm or p.kind == "multiparm")
 
 
-@pytest.mark.parametrize("bad", ['{ parm { name "a" label "A" type string }', '{ parm { name "a" type string } }',
-                                 '{ parm { name "a" label "A" } }', '{ parm { label "A" type int } }',
-                                 '{ parm { name "a label "A" type int } }'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{ parm { name "a" label "A" type string }',
+        '{ parm { name "a" type string } }',
+        '{ parm { name "a" label "A" } }',
+        '{ parm { label "A" type int } }',
+        '{ parm { name "a label "A" type int } }',
+    ],
+)
 def test_dialogscript_checker_catches_mistakes(bad):
     with pytest.raises(dialogscript.DialogScriptError):
         dialogscript.parms(dialogscript.parse(bad))
@@ -116,8 +135,11 @@ def _parms_read_by_adapter():
 
 
 def test_dialogscript_declares_every_parm_the_code_reads():
-    declared = set(dialogscript.all_names(dialogscript.parms(dialogscript.parse(_read(os.path.join(TYPE_DIR,
-                                                                                                   "DialogScript"))))))
+    declared = set(
+        dialogscript.all_names(
+            dialogscript.parms(dialogscript.parse(_read(os.path.join(TYPE_DIR, "DialogScript"))))
+        )
+    )
     read = _parms_read_by_adapter()
     assert {"image", "frames_per_task", "envname#", "mountro#", "service_url"} <= read  # the scan works
     read |= {"trange", "f"}  # own_frames() reads the Valid Frame Range of any ROP
@@ -142,8 +164,10 @@ def test_buttons_call_functions_the_python_module_imports():
 
 
 def test_render_hook_points_at_a_soho_program_that_exists():
-    parms = {p.name: p for p in dialogscript.parms(dialogscript.parse(_read(os.path.join(TYPE_DIR,
-                                                                                            "DialogScript"))))}
+    parms = {
+        p.name: p
+        for p in dialogscript.parms(dialogscript.parse(_read(os.path.join(TYPE_DIR, "DialogScript"))))
+    }
     program = parms["soho_program"].defaults[0]
     assert os.path.isfile(os.path.join(PLUGIN, "soho", program))
     assert parms["soho_outputmode"].defaults == ["2"]
@@ -210,8 +234,12 @@ def _vermin():
 
 def test_plugin_is_python_3_9_compatible():
     targets = [os.path.join(PYLIBS), os.path.join(PLUGIN, "soho")]
-    proc = subprocess.run(_vermin() + ["-t=3.9-", "--no-tips", "--violations", *targets],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        _vermin() + ["-t=3.9-", "--no-tips", "--violations", *targets],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     if "No module named vermin" in proc.stderr:
         pytest.fail("vermin is not installed (pip install vermin)")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -219,14 +247,20 @@ def test_plugin_is_python_3_9_compatible():
 
 def test_vermin_check_can_fail(tmp_path):
     (tmp_path / "new.py").write_text("def f(x):\n    match x:\n        case 1:\n            return 1\n")
-    proc = subprocess.run(_vermin() + ["-t=3.9-", "--no-tips", "--violations", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        _vermin() + ["-t=3.9-", "--no-tips", "--violations", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
 
 
 def test_submit_node_takes_no_inputs_and_runs_its_soho_program_once():
     """Wired inputs would render on the workstation before the render hook runs."""
-    index = dict(ln.split(":", 1) for ln in _read(os.path.join(HDA, "INDEX__SECTION")).splitlines() if ":" in ln)
+    index = dict(
+        ln.split(":", 1) for ln in _read(os.path.join(HDA, "INDEX__SECTION")).splitlines() if ":" in ln
+    )
     assert index["Inputs"].strip() == "0 to 0"
     root = dialogscript.parse(_read(os.path.join(TYPE_DIR, "DialogScript")))
     assert root.first("inputlabel") is None

@@ -20,10 +20,18 @@ def test_mplay_command_uses_hfs_and_orders_frames(houdini, tmp_path: Path, monke
     mplay.write_text("#!/bin/sh\n")
     mplay.chmod(mplay.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("HFS", str(tmp_path / "hfs"))
-    assert houdini.mplay_command(["/r/b.0002.exr", "/r/b.0001.exr"]) == [str(mplay), "/r/b.0001.exr",
-                                                                         "/r/b.0002.exr"]
+    assert houdini.mplay_command(["/r/b.0002.exr", "/r/b.0001.exr"]) == [
+        str(mplay),
+        "/r/b.0001.exr",
+        "/r/b.0002.exr",
+    ]
     assert houdini.mplay_command(["/r/b.0002.exr", "/r/b.0001.exr"], fps=12.5) == [
-        str(mplay), "-r", "12.5", "/r/b.0001.exr", "/r/b.0002.exr"]  # the flipbook plays at the job's rate
+        str(mplay),
+        "-r",
+        "12.5",
+        "/r/b.0001.exr",
+        "/r/b.0002.exr",
+    ]  # the flipbook plays at the job's rate
     assert houdini.mplay_command([]) is None
     monkeypatch.setenv("HFS", str(tmp_path / "nowhere"))
     assert houdini.mplay_command(["/r/b.0001.exr"]) is None

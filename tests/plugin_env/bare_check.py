@@ -90,8 +90,14 @@ def entry_points(plugin: str) -> dict:
         scripts["shelf " + tool.get("name")] = tool.find("script").text
     for key, script in sorted(scripts.items()):
         found = list(_imports(script))
-        attempt(key, lambda found=found: "ok" if found and all(
-            callable(getattr(importlib.import_module(m), n)) for m, n in found) else f"imports {found}")
+        attempt(
+            key,
+            lambda found=found: (
+                "ok"
+                if found and all(callable(getattr(importlib.import_module(m), n)) for m, n in found)
+                else f"imports {found}"
+            ),
+        )
     return out
 
 
@@ -126,15 +132,24 @@ def main() -> int:
         panel = traceback.format_exc()
     entries = entry_points(os.path.dirname(pylibs)) if fake_hou else {}
     qt = sys.modules.get("hpcdock.panel.qt")
-    print(json.dumps({
-        "binding": getattr(qt, "API_NAME", None),
-        "failures": failures,
-        "panel": panel,
-        "entry_points": entries,
-        "foreign": foreign_modules([pylibs, *(os.path.join(binding_dir, e) for e in os.listdir(binding_dir)),
-                                    *([fake_hou] if fake_hou else [])]),
-        "site": "site" in sys.modules,
-    }))
+    print(
+        json.dumps(
+            {
+                "binding": getattr(qt, "API_NAME", None),
+                "failures": failures,
+                "panel": panel,
+                "entry_points": entries,
+                "foreign": foreign_modules(
+                    [
+                        pylibs,
+                        *(os.path.join(binding_dir, e) for e in os.listdir(binding_dir)),
+                        *([fake_hou] if fake_hou else []),
+                    ]
+                ),
+                "site": "site" in sys.modules,
+            }
+        )
+    )
     return 0
 
 

@@ -32,7 +32,9 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
     return _VARIABLE.sub(value, text)
 
 
-def package_env(package_file: str = PACKAGE_FILE, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def package_env(
+    package_file: str = PACKAGE_FILE, environ: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
     """``environ`` (empty by default) plus the variables ``package_file`` sets, in order.
 
     ``$HOUDINI_PACKAGE_PATH`` is the package file's directory while its entries are read.

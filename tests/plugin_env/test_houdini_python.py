@@ -48,9 +48,14 @@ class HoudiniPython(NamedTuple):
     def check(self, pylibs: Path = PYLIBS, *extra: str, pythonpath: Optional[str] = None) -> dict:
         """Run ``bare_check.py`` in this Python; its JSON report."""
         env = dict(self.env, PYTHONPATH=pythonpath) if pythonpath else self.env
-        proc = subprocess.run([sys.executable, "-S", "-s", str(HERE / "bare_check.py"), str(pylibs),
-                               str(self.qt_dir), *extra], env=env, cwd="/", capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-S", "-s", str(HERE / "bare_check.py"), str(pylibs), str(self.qt_dir), *extra],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout.splitlines()[-1])
         assert report["site"] is False and report["binding"] == self.binding
@@ -67,8 +72,13 @@ def houdini_python(tmp_path_factory) -> HoudiniPython:
     home = tmp_path_factory.mktemp("home")
     env = package_env()
     assert set(env) == {"HPCDOCK", "PYTHONPATH"} and env["PYTHONPATH"] == str(PYLIBS)
-    env.update(PYTHONPATH=env["PYTHONPATH"] + os.pathsep + str(qt_dir), HOME=str(home),
-               XDG_RUNTIME_DIR=str(home), QT_QPA_PLATFORM="offscreen", PATH=os.defpath)
+    env.update(
+        PYTHONPATH=env["PYTHONPATH"] + os.pathsep + str(qt_dir),
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(home),
+        QT_QPA_PLATFORM="offscreen",
+        PATH=os.defpath,
+    )
     return HoudiniPython(env, binding, qt_dir)
 
 
@@ -83,8 +93,13 @@ def test_houdini_entry_points_run_with_hou_added(houdini_python):
     """The same Python plus a stand-in ``hou``: the pane, shelf, HDA and SOHO entry points."""
     report = houdini_python.check(PYLIBS, str(FAKE_HOU))
     assert report["failures"] == {}  # hpcdock.houdini imports once hou exists
-    assert report["entry_points"] == {"pypanel": "ok", "soho": "ok", "PythonModule": "ok",
-                                      "shelf hpcdock_submit_selected": "ok", "shelf hpcdock_open_monitor": "ok"}
+    assert report["entry_points"] == {
+        "pypanel": "ok",
+        "soho": "ok",
+        "PythonModule": "ok",
+        "shelf hpcdock_submit_selected": "ok",
+        "shelf hpcdock_open_monitor": "ok",
+    }
     assert report["foreign"] == []
 
 
@@ -97,8 +112,12 @@ def test_the_check_sees_modules_that_need_more_than_houdini_has(houdini_python, 
     (pkg / "needs_outside.py").write_text("import outside\n")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "outside.py").write_text("")
-    report = houdini_python.check(pkg.parent, pythonpath=os.pathsep.join(
-        [str(pkg.parent), str(houdini_python.qt_dir), str(tmp_path / "elsewhere")]))
+    report = houdini_python.check(
+        pkg.parent,
+        pythonpath=os.pathsep.join(
+            [str(pkg.parent), str(houdini_python.qt_dir), str(tmp_path / "elsewhere")]
+        ),
+    )
     assert report["failures"]["hpcdock.needs_yaml"] == "ModuleNotFoundError: No module named 'yaml'"
     assert "hpcdock.needs_outside" not in report["failures"]
     assert report["foreign"] == [f"outside ({tmp_path / 'elsewhere' / 'outside.py'})"]
@@ -107,29 +126,52 @@ def test_the_check_sees_modules_that_need_more_than_houdini_has(houdini_python, 
 def test_farm_script_starts_in_a_bare_python(tmp_path):
     from hpcdock import bundle as B
 
-    job = B.JobSpec(name="shot", image="img", hip_name="shot.hip", project_dir=str(tmp_path),
-                    steps=[B.StepSpec("beauty", "/out/mantra1", [1, 2])])
+    job = B.JobSpec(
+        name="shot",
+        image="img",
+        hip_name="shot.hip",
+        project_dir=str(tmp_path),
+        steps=[B.StepSpec("beauty", "/out/mantra1", [1, 2])],
+    )
     root = Path(B.write_bundle(job, str(tmp_path / "bundle")))
     # as in the container: the bundle's own copy, no PYTHONPATH, no site-packages at all
     script = root / B.FARM_DIR / "render.py"
-    run = ("import runpy, sys\n"
-           "sys.argv = [sys.argv[1], '--help']\n"
-           "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-           "except SystemExit as exc:\n    print('exit', exc.code, file=sys.stderr)\n"
-           "print(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))\n")
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", run, str(script)], cwd=root, env={},
-                          capture_output=True, text=True, timeout=60)
+    run = (
+        "import runpy, sys\n"
+        "sys.argv = [sys.argv[1], '--help']\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exc:\n    print('exit', exc.code, file=sys.stderr)\n"
+        "print(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", run, str(script)],
+        cwd=root,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "--frames" in proc.stdout and "exit 0" in proc.stderr, proc.stderr
     files = [f for f in ast.literal_eval(proc.stdout.splitlines()[-1]) if f]
     stdlib = os.path.dirname(os.__file__)
     outside = [f for f in files if not f.startswith(stdlib + os.sep)]
-    assert sorted(os.path.basename(f) for f in outside) == ["husk.py", "markers.py", "protocol.py"]  # render.py ran as __main__
+    assert sorted(os.path.basename(f) for f in outside) == [
+        "husk.py",
+        "markers.py",
+        "protocol.py",
+    ]  # render.py ran as __main__
     assert all(os.path.dirname(f) == str(script.parent) for f in outside)
 
 
 def test_farm_script_runs_from_package_json_pythonpath():
-    proc = subprocess.run([sys.executable, "-S", "-s", "-m", "hpcdock.farm.render", "--help"],
-                          env=package_env(), cwd="/", capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-s", "-m", "hpcdock.farm.render", "--help"],
+        env=package_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "--frames" in proc.stdout, proc.stderr
 
 
@@ -137,8 +179,11 @@ def test_only_panel_qt_names_a_qt_binding():
     offenders = []
     for path in sorted(PYLIBS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
             if any(n.split(".")[0] in QT_NAMES for n in names):
                 offenders.append(str(path.relative_to(PYLIBS)))
     assert offenders == []  # panel/qt.py imports its binding by name, through importlib

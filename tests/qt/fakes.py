@@ -18,46 +18,105 @@ def png_bytes(width: int = 64, height: int = 48, rgb: Tuple[int, int, int] = (20
     """A valid RGB PNG, written with the standard library."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" + bytes(rgb) * width
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG = png_bytes()
 
 
-def make_job(job_id: int = 1, name: str = "ball", state: str = "running", frames_total: int = 48,
-             frames_done: int = 0, **kw: Any) -> Dict[str, Any]:
-    job = {"id": job_id, "name": name, "state": state, "priority": 50, "bundle_dir": "/tmp/b",
-           "created_at": 1000.0, "started_at": 1000.0 if state != "queued" else None, "finished_at": None,
-           "error": None, "tasks_total": 8, "tasks_done": 0, "tasks_failed": 0, "tasks_running": 0,
-           "frames_total": frames_total, "frames_done": frames_done, "frames_failed": 0, "frames_flagged": 0,
-           "fps": None,
-           "steps": [{"name": "render", "depends_on": [], "gpus": 0}]}
+def make_job(
+    job_id: int = 1,
+    name: str = "ball",
+    state: str = "running",
+    frames_total: int = 48,
+    frames_done: int = 0,
+    **kw: Any,
+) -> Dict[str, Any]:
+    job = {
+        "id": job_id,
+        "name": name,
+        "state": state,
+        "priority": 50,
+        "bundle_dir": "/tmp/b",
+        "created_at": 1000.0,
+        "started_at": 1000.0 if state != "queued" else None,
+        "finished_at": None,
+        "error": None,
+        "tasks_total": 8,
+        "tasks_done": 0,
+        "tasks_failed": 0,
+        "tasks_running": 0,
+        "frames_total": frames_total,
+        "frames_done": frames_done,
+        "frames_failed": 0,
+        "frames_flagged": 0,
+        "fps": None,
+        "steps": [{"name": "render", "depends_on": [], "gpus": 0}],
+    }
     job.update(kw)
     return job
 
 
-def make_frame(frame: int, job_id: int = 1, state: str = "waiting", step: str = "render", task_id: int = 1,
-               attempt: int = 1, **kw: Any) -> Dict[str, Any]:
+def make_frame(
+    frame: int,
+    job_id: int = 1,
+    state: str = "waiting",
+    step: str = "render",
+    task_id: int = 1,
+    attempt: int = 1,
+    **kw: Any,
+) -> Dict[str, Any]:
     done = state == "done"
-    obj = {"job_id": job_id, "step": step, "frame": frame, "task_id": task_id, "attempt": attempt,
-           "state": state, "output": f"/out/{step}.{frame:04d}.png" if done else None, "error": None,
-           "started_at": None, "finished_at": None, "render_time": 1.5 if done else None,
-           "thumbnail_url": f"/v1/jobs/{job_id}/frames/{frame}/thumbnail?step={step}" if done else None,
-           "flags": []}
+    obj = {
+        "job_id": job_id,
+        "step": step,
+        "frame": frame,
+        "task_id": task_id,
+        "attempt": attempt,
+        "state": state,
+        "output": f"/out/{step}.{frame:04d}.png" if done else None,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        "render_time": 1.5 if done else None,
+        "thumbnail_url": f"/v1/jobs/{job_id}/frames/{frame}/thumbnail?step={step}" if done else None,
+        "flags": [],
+    }
     obj.update(kw)
     return obj
 
 
-def make_task(task_id: int, job_id: int = 1, state: str = "running", frames: Tuple[int, ...] = (1,),
-              **kw: Any) -> Dict[str, Any]:
-    task = {"id": task_id, "job_id": job_id, "step": "render", "index": task_id - 1, "state": state,
-            "attempt": 1, "max_attempts": 2, "frames": list(frames), "params": {}, "progress": 0.0,
-            "exit_code": None, "error": None, "started_at": None, "finished_at": None, "container": None,
-            "gpus": []}
+def make_task(
+    task_id: int, job_id: int = 1, state: str = "running", frames: Tuple[int, ...] = (1,), **kw: Any
+) -> Dict[str, Any]:
+    task = {
+        "id": task_id,
+        "job_id": job_id,
+        "step": "render",
+        "index": task_id - 1,
+        "state": state,
+        "attempt": 1,
+        "max_attempts": 2,
+        "frames": list(frames),
+        "params": {},
+        "progress": 0.0,
+        "exit_code": None,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        "container": None,
+        "gpus": [],
+    }
     task.update(kw)
     return task
 
@@ -178,8 +237,9 @@ class FakeClient:
         self.s.calls.append(("retry", (job_id, None if frames is None else list(frames), flagged)))
         return dict(self.s.jobs[job_id])
 
-    def events(self, job: Optional[int] = None, last_event_id: Optional[int] = None,
-               reconnect: bool = True) -> Iterator[Event]:
+    def events(
+        self, job: Optional[int] = None, last_event_id: Optional[int] = None, reconnect: bool = True
+    ) -> Iterator[Event]:
         self._check()
         s = self.s
         s.stream_requests.append(last_event_id)

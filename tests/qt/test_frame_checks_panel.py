@@ -10,8 +10,11 @@ from hpcdock.panel.widgets import BADGE_COLOR, CELL, FrameView, MonitorPanel, ba
 
 pytestmark = pytest.mark.qt
 
-BLACK = {"check": "black", "reason": "all pixels are black (max luminance 0.000 <= 0.001)",
-         "values": {"max_luminance": 0.0}}
+BLACK = {
+    "check": "black",
+    "reason": "all pixels are black (max luminance 0.000 <= 0.001)",
+    "values": {"max_luminance": 0.0},
+}
 NAN = {"check": "nan", "reason": "1204 pixels are NaN or Inf (0.52%)", "values": {"bad_pixels": 1204}}
 
 
@@ -48,16 +51,34 @@ def frames_dir(tmp_path):
 @pytest.fixture
 def fake(frames_dir):
     service = FakeService()
-    service.put_job(make_job(1, "ball", state="succeeded", frames_total=6, frames_done=5, frames_flagged=2,
-                             fps=12.0, tasks_total=2), emit=False)
+    service.put_job(
+        make_job(
+            1,
+            "ball",
+            state="succeeded",
+            frames_total=6,
+            frames_done=5,
+            frames_flagged=2,
+            fps=12.0,
+            tasks_total=2,
+        ),
+        emit=False,
+    )
     service.put_task(make_task(1, frames=(1, 2, 3), state="succeeded"), emit=False)
     service.put_task(make_task(2, frames=(4, 5, 6), state="failed"), emit=False)
     flags = {2: [BLACK], 5: [BLACK, NAN]}
     for f in range(1, 7):
         state = "failed" if f == 6 else "done"
-        service.put_frame(make_frame(f, state=state, task_id=1 if f <= 3 else 2, flags=flags.get(f, []),
-                                     output=str(frames_dir / f"render.{f:04d}.png") if state == "done" else None),
-                          emit=False)
+        service.put_frame(
+            make_frame(
+                f,
+                state=state,
+                task_id=1 if f <= 3 else 2,
+                flags=flags.get(f, []),
+                output=str(frames_dir / f"render.{f:04d}.png") if state == "done" else None,
+            ),
+            emit=False,
+        )
     yield service
     service.stop()
 
@@ -90,13 +111,19 @@ def test_flags_in_tooltip_role_and_job_list():
     assert model.flagged_count() == 1
     model.apply([make_frame(2, state="running", attempt=2)])  # retried: the new attempt has no flags yet
     assert model.flagged_count() == 0 and model.counts() == {"done": 1, "running": 1}
-    model.apply([make_frame(2, state="done", attempt=2, flags=[NAN]), make_frame(1, state="done", flags=[NAN])])
+    model.apply(
+        [make_frame(2, state="done", attempt=2, flags=[NAN]), make_frame(1, state="done", flags=[NAN])]
+    )
     assert model.flagged_count() == 2 and model.counts() == {"done": 2}
     model.apply([make_frame(2, state="done", attempt=2, flags=[NAN])])  # the same again: counted once
     assert model.flagged_count() == 2
     jobs = JobsModel()
-    jobs.apply([make_job(1, frames_total=6, frames_done=5, frames_failed=1, frames_flagged=3),
-                make_job(2, frames_total=6, frames_done=6)])
+    jobs.apply(
+        [
+            make_job(1, frames_total=6, frames_done=5, frames_failed=1, frames_flagged=3),
+            make_job(2, frames_total=6, frames_done=6),
+        ]
+    )
     assert jobs.index(1, JobsModel.FRAMES).data() == "5/6 (1 failed, 3 flagged)"
     assert "frames flagged by the output checks: 3" in jobs.index(1, 0).data(TOOLTIP)
     assert jobs.index(0, JobsModel.FRAMES).data() == "6/6"  # a clean job says nothing more
@@ -240,7 +267,9 @@ def test_context_menu_offers_the_frame_actions(qtbot, panel, fake):
     select_rows(panel.frames_view, [2])
     menu = panel.frame_menu()
     actions = {a.text(): a for a in menu.actions() if a.text()}
-    assert {"Open full size", "Flipbook", "Retry 1 frame", "Retry flagged", "Copy output path"} <= set(actions)
+    assert {"Open full size", "Flipbook", "Retry 1 frame", "Retry flagged", "Copy output path"} <= set(
+        actions
+    )
     assert all(actions[t].isEnabled() for t in ("Open full size", "Flipbook", "Retry 1 frame"))
     actions["Retry 1 frame"].trigger()
     qtbot.waitUntil(lambda: ("retry", (1, [3], False)) in fake.calls, timeout=5000)
@@ -267,4 +296,3 @@ def test_a_clean_job_offers_no_retry_flagged(qtbot):
 def test_frame_spans():
     assert frame_spans([42, 17, 40, 41]) == "17, 40-42"
     assert frame_spans([3]) == "3"
-

@@ -175,9 +175,13 @@ def test_running_frames_show_task_progress(qtbot):
 
 def test_what_a_job_and_a_task_wait_for_is_shown(qtbot):
     jobs = JobsModel(clock=lambda: 1060.0)
-    steps = [{"name": "export", "depends_on": [], "gpus": 0, "waiting_for": "resource houdini_engine"},
-             {"name": "render", "depends_on": ["export"], "gpus": 0, "waiting_for": None}]
-    jobs.apply([make_job(1, "lic", state="queued", steps=steps), make_job(2, "done", state="succeeded", steps=steps)])
+    steps = [
+        {"name": "export", "depends_on": [], "gpus": 0, "waiting_for": "resource houdini_engine"},
+        {"name": "render", "depends_on": ["export"], "gpus": 0, "waiting_for": None},
+    ]
+    jobs.apply(
+        [make_job(1, "lic", state="queued", steps=steps), make_job(2, "done", state="succeeded", steps=steps)]
+    )
     by_id = {jobs.job(r)["id"]: r for r in range(2)}
     assert jobs.index(by_id[1], JobsModel.STATE).data() == "queued (waiting for resource houdini_engine)"
     assert "step export: waiting for resource houdini_engine" in jobs.index(by_id[1], 0).data(TOOLTIP)

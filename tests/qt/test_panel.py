@@ -34,7 +34,9 @@ class RecordingHost(Host):
 @pytest.fixture
 def fake():
     service = FakeService()
-    service.put_job(make_job(1, "ball", frames_total=6, frames_done=2, tasks_total=2, tasks_running=1), emit=False)
+    service.put_job(
+        make_job(1, "ball", frames_total=6, frames_done=2, tasks_total=2, tasks_running=1), emit=False
+    )
     service.put_task(make_task(1, frames=(1, 2, 3), state="running", progress=50.0), emit=False)
     service.put_task(make_task(2, frames=(4, 5, 6), state="pending"), emit=False)
     for f in range(1, 7):
@@ -127,8 +129,11 @@ def test_actions_cancel_retry_copy_open(qtbot, panel, fake):
     assert panel.copy_output_path() == "/out"
     assert QtWidgets.QApplication.clipboard().text() == "/out"
     selection = panel.frames_view.selectionModel()
-    flags = QtCore.QItemSelectionModel.SelectionFlag.Select if hasattr(
-        QtCore.QItemSelectionModel, "SelectionFlag") else QtCore.QItemSelectionModel.Select
+    flags = (
+        QtCore.QItemSelectionModel.SelectionFlag.Select
+        if hasattr(QtCore.QItemSelectionModel, "SelectionFlag")
+        else QtCore.QItemSelectionModel.Select
+    )
     selection.select(panel.frames_model.index(0), flags)
     selection.select(panel.frames_model.index(1), flags)
     assert panel.copy_output_path() == "/out/render.0001.png\n/out/render.0002.png"
@@ -207,7 +212,7 @@ def test_find_and_start_service(tmp_path, monkeypatch):
     bindir.mkdir()
     exe = bindir / "hpcdock-service"
     marker = tmp_path / "started"
-    exe.write_text(f"#!/bin/sh\necho started \"$@\" > {marker}\n")
+    exe.write_text(f'#!/bin/sh\necho started "$@" > {marker}\n')
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr(sys, "executable", str(bindir / "python"))  # next to the interpreter
     assert launcher.find_service_executable() == str(exe)
@@ -268,8 +273,11 @@ def test_monitor_main_opens_a_window(qtbot, qapp, monkeypatch):
     seen = {}
 
     def look_and_quit():
-        windows = [w for w in QtWidgets.QApplication.topLevelWidgets()
-                   if isinstance(w, QtWidgets.QMainWindow) and w.windowTitle() == "hpcdock monitor"]
+        windows = [
+            w
+            for w in QtWidgets.QApplication.topLevelWidgets()
+            if isinstance(w, QtWidgets.QMainWindow) and w.windowTitle() == "hpcdock monitor"
+        ]
         seen["windows"] = windows
         for w in windows:
             seen["panel"] = w.centralWidget()

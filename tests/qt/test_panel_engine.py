@@ -37,7 +37,9 @@ def wait_connected(qtbot, panel, timeout=30_000):
     try:
         qtbot.waitUntil(lambda: panel.connection_state == "connected", timeout=timeout)
     except Exception:
-        raise AssertionError(f"panel not connected: {panel.connection_state} {panel.connection_detail}") from None
+        raise AssertionError(
+            f"panel not connected: {panel.connection_state} {panel.connection_detail}"
+        ) from None
 
 
 def job_in_panel(panel, job_id):
@@ -107,4 +109,6 @@ def test_panel_survives_a_service_restart_and_catches_up(qtbot, service, tmp_pat
     truth = {(f["step"], f["frame"]): f["state"] for f in service.client().frames(job["id"])}
     shown = {(f["step"], f["frame"]): f["state"] for f in panel.frames_model.frames()}
     assert shown == truth
-    assert job_in_panel(panel, job["id"])["frames_done"] == service.client().job(job["id"])["frames_done"] == 8
+    assert (
+        job_in_panel(panel, job["id"])["frames_done"] == service.client().job(job["id"])["frames_done"] == 8
+    )

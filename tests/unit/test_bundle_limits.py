@@ -48,15 +48,20 @@ def test_yaml_alias_count_is_limited(tmp_path: Path) -> None:
     path = bundle(tmp_path / "b")
     aliases = "x: &x 1\nmore: [" + ", ".join(["*x"] * 50) + "]\nparameterValues: []\n"
     (tmp_path / "b" / "parameter_values.yaml").write_text(aliases)
-    refused(path, "parameter_values.yaml", "limits.max_yaml_aliases", limits=SubmitLimits(max_yaml_aliases=20))
+    refused(
+        path, "parameter_values.yaml", "limits.max_yaml_aliases", limits=SubmitLimits(max_yaml_aliases=20)
+    )
     assert load(path).frames_total == 12  # within the default limits, aliases are fine
 
 
-@pytest.mark.parametrize("name,text", [
-    ("hpcdock.yaml", "image: " + "[" * 5000 + "]" * 5000 + "\n"),
-    ("template.json", '{"steps": ' + "[" * 100_000 + "]" * 100_000 + "}"),
-    ("parameter_values.json", '{"parameterValues": ' + "[" * 100 + "]" * 100 + "}"),
-])
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("hpcdock.yaml", "image: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("template.json", '{"steps": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("parameter_values.json", '{"parameterValues": ' + "[" * 100 + "]" * 100 + "}"),
+    ],
+)
 def test_deep_nesting_is_refused(tmp_path: Path, name: str, text: str) -> None:
     path = bundle(tmp_path / "b")
     if name == "template.json":
@@ -69,15 +74,33 @@ def test_frame_and_task_counts_are_checked_before_anything_is_expanded(tmp_path:
     # 100 million frames in 20 million chunks: openjd-model would list them all (gigabytes)
     path = bundle(tmp_path / "b", values={"parameterValues": [{"name": "Frames", "value": "1-100000000"}]})
     refused(path, "parameter_values", "limits.max_tasks_per_job")
-    big_chunks = bundle(tmp_path / "c", template={"steps": [{
-        "name": "render", "parameterSpace": {"taskParameterDefinitions": [{
-            "name": "Frame", "type": "CHUNK[INT]", "range": "{{Param.Frames}}",
-            "chunks": {"defaultTaskCount": 1000, "rangeConstraint": "CONTIGUOUS"}}]},
-        "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}}}]},
-        values={"parameterValues": [{"name": "Frames", "value": "1-10000000"}]})
+    big_chunks = bundle(
+        tmp_path / "c",
+        template={
+            "steps": [
+                {
+                    "name": "render",
+                    "parameterSpace": {
+                        "taskParameterDefinitions": [
+                            {
+                                "name": "Frame",
+                                "type": "CHUNK[INT]",
+                                "range": "{{Param.Frames}}",
+                                "chunks": {"defaultTaskCount": 1000, "rangeConstraint": "CONTIGUOUS"},
+                            }
+                        ]
+                    },
+                    "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}},
+                }
+            ]
+        },
+        values={"parameterValues": [{"name": "Frames", "value": "1-10000000"}]},
+    )
     refused(big_chunks, "parameter_values", "limits.max_frames_per_job")
     # exactly at the limit is accepted; the counts are exact for contiguous chunks with gaps
-    ok = bundle(tmp_path / "d", values={"parameterValues": [{"name": "Frames", "value": "1-7,10-12,20-30:5"}]})
+    ok = bundle(
+        tmp_path / "d", values={"parameterValues": [{"name": "Frames", "value": "1-7,10-12,20-30:5"}]}
+    )
     plan = load(ok, limits=SubmitLimits(max_tasks_per_job=6, max_frames_per_job=13))
     assert len(plan.steps[0].tasks) == 6 and plan.frames_total == 13
     refused(ok, "parameter_values", "6 tasks", limits=SubmitLimits(max_tasks_per_job=5))
@@ -85,11 +108,23 @@ def test_frame_and_task_counts_are_checked_before_anything_is_expanded(tmp_path:
 
 
 def test_task_count_multiplies_over_a_product_of_parameters(tmp_path: Path) -> None:
-    path = bundle(tmp_path / "b", template={"steps": [{
-        "name": "render", "parameterSpace": {"taskParameterDefinitions": [
-            {"name": "Frame", "type": "INT", "range": "{{Param.Frames}}"},
-            {"name": "Layer", "type": "STRING", "range": ["a", "b", "c"]}]},
-        "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}}}]})
+    path = bundle(
+        tmp_path / "b",
+        template={
+            "steps": [
+                {
+                    "name": "render",
+                    "parameterSpace": {
+                        "taskParameterDefinitions": [
+                            {"name": "Frame", "type": "INT", "range": "{{Param.Frames}}"},
+                            {"name": "Layer", "type": "STRING", "range": ["a", "b", "c"]},
+                        ]
+                    },
+                    "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}},
+                }
+            ]
+        },
+    )
     plan = load(path, limits=SubmitLimits(max_tasks_per_job=36, max_frames_per_job=36))
     assert len(plan.steps[0].tasks) == 36 and plan.frames_total == 36
     refused(path, "parameter_values", "36 tasks", limits=SubmitLimits(max_tasks_per_job=35))
@@ -97,14 +132,23 @@ def test_task_count_multiplies_over_a_product_of_parameters(tmp_path: Path) -> N
 
 def test_step_count_and_file_sizes_are_limited(tmp_path: Path) -> None:
     step = {"name": "s0", "script": {"actions": {"onRun": {"command": "true"}}}}
-    many = bundle(tmp_path / "b", template={"steps": [{**step, "name": f"s{i}"} for i in range(30)]},
-                  settings={"frames": None})
+    many = bundle(
+        tmp_path / "b",
+        template={"steps": [{**step, "name": f"s{i}"} for i in range(30)]},
+        settings={"frames": None},
+    )
     refused(many, "template.yaml: steps", "limits.max_steps", limits=SubmitLimits(max_steps=29))
     assert len(load(many, limits=SubmitLimits(max_steps=30)).steps) == 30
     size = (tmp_path / "b" / "template.yaml").stat().st_size
-    refused(many, "template.yaml", "limits.max_template_bytes", limits=SubmitLimits(max_template_bytes=size - 1))
-    refused(many, "hpcdock.yaml", "limits.max_parameter_file_bytes",
-            limits=SubmitLimits(max_parameter_file_bytes=10))
+    refused(
+        many, "template.yaml", "limits.max_template_bytes", limits=SubmitLimits(max_template_bytes=size - 1)
+    )
+    refused(
+        many,
+        "hpcdock.yaml",
+        "limits.max_parameter_file_bytes",
+        limits=SubmitLimits(max_parameter_file_bytes=10),
+    )
 
 
 def test_only_regular_files_are_read(tmp_path: Path) -> None:
@@ -148,34 +192,49 @@ def test_yaml_and_json_of_one_file_are_refused(tmp_path: Path, stem: str) -> Non
     assert err.field == f"{stem}.yaml and {stem}.json"
 
 
-@pytest.mark.parametrize("hpc,field,reason", [
-    ({"frames": {"parameter": "Frame", "output": "out/{frame.real.bogus}.png"}}, "frames.output", "only {frame}"),
-    ({"frames": {"parameter": "Frame", "output": "out/{frame[0]}.png"}}, "frames.output", "only {frame}"),
-    ({"frames": {"parameter": "Frame", "output": "out/{frame!r}.png"}}, "frames.output", "only {frame}"),
-    ({"frames": {"parameter": "Frame", "output": "out/{frame:>999999999}.png"}}, "frames.output", "width"),
-    ({"frames": {"parameter": "Frame", "output": "out/{frame:{frame}}.png"}}, "frames.output", "only {frame}"),
-    ({"frames": {"parameter": "Frame", "output": "out/{frame:s}.png"}}, "frames.output", "only {frame}"),
-    ({"image": "img:1; rm -rf /"}, "hpcdock.yaml: image", "not an image reference"),
-    ({"image": "Img:1"}, "hpcdock.yaml: image", "not an image reference"),
-    ({"image": "img:1\n--privileged"}, "hpcdock.yaml: image", "not an image reference"),
-    ({"image": "../img"}, "hpcdock.yaml: image", "not an image reference"),
-    ({"env": {"A\0B": "1"}}, "hpcdock.yaml: env", "NUL"),
-    ({"env": {"A": "x\0y"}}, "hpcdock.yaml: env.A", "NUL"),
-    ({"env": {"1A": "x"}}, "hpcdock.yaml: env", "not a variable name"),
-    ({"env": {"A-B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
-    ({"env": {"A=B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
-    ({"env": {"": "x"}}, "hpcdock.yaml: env", "not a variable name"),
-    ({"mounts": [{"source": "ASSETS", "target": "/proc"}]}, "mounts[0].target", "/proc"),
-    ({"mounts": [{"source": "ASSETS", "target": "/sys/fs/cgroup"}]}, "mounts[0].target", "/sys"),
-    ({"mounts": [{"source": "ASSETS", "target": "/dev/./shm"}]}, "mounts[0].target", "/dev"),
-    ({"mounts": [{"source": "ASSETS", "target": "/etc"}]}, "mounts[0].target", "/etc"),
-    ({"mounts": [{"source": "ASSETS", "target": "/usr/lib/"}]}, "mounts[0].target", "/usr/lib"),
-    ({"mounts": [{"source": "ASSETS", "target": "/"}]}, "mounts[0].target", "hide"),
-    ({"name": "shot\udc80"}, "hpcdock.yaml: name", "surrogate"),
-    ({"mounts": 1}, "hpcdock.yaml: mounts", "must be a list"),
-    ({"mounts": "/data"}, "hpcdock.yaml: mounts", "must be a list"),
-    ({"outputs": 1.5}, "hpcdock.yaml: outputs", "must be a list"),
-])
+@pytest.mark.parametrize(
+    "hpc,field,reason",
+    [
+        (
+            {"frames": {"parameter": "Frame", "output": "out/{frame.real.bogus}.png"}},
+            "frames.output",
+            "only {frame}",
+        ),
+        ({"frames": {"parameter": "Frame", "output": "out/{frame[0]}.png"}}, "frames.output", "only {frame}"),
+        ({"frames": {"parameter": "Frame", "output": "out/{frame!r}.png"}}, "frames.output", "only {frame}"),
+        (
+            {"frames": {"parameter": "Frame", "output": "out/{frame:>999999999}.png"}},
+            "frames.output",
+            "width",
+        ),
+        (
+            {"frames": {"parameter": "Frame", "output": "out/{frame:{frame}}.png"}},
+            "frames.output",
+            "only {frame}",
+        ),
+        ({"frames": {"parameter": "Frame", "output": "out/{frame:s}.png"}}, "frames.output", "only {frame}"),
+        ({"image": "img:1; rm -rf /"}, "hpcdock.yaml: image", "not an image reference"),
+        ({"image": "Img:1"}, "hpcdock.yaml: image", "not an image reference"),
+        ({"image": "img:1\n--privileged"}, "hpcdock.yaml: image", "not an image reference"),
+        ({"image": "../img"}, "hpcdock.yaml: image", "not an image reference"),
+        ({"env": {"A\0B": "1"}}, "hpcdock.yaml: env", "NUL"),
+        ({"env": {"A": "x\0y"}}, "hpcdock.yaml: env.A", "NUL"),
+        ({"env": {"1A": "x"}}, "hpcdock.yaml: env", "not a variable name"),
+        ({"env": {"A-B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
+        ({"env": {"A=B": "x"}}, "hpcdock.yaml: env", "not a variable name"),
+        ({"env": {"": "x"}}, "hpcdock.yaml: env", "not a variable name"),
+        ({"mounts": [{"source": "ASSETS", "target": "/proc"}]}, "mounts[0].target", "/proc"),
+        ({"mounts": [{"source": "ASSETS", "target": "/sys/fs/cgroup"}]}, "mounts[0].target", "/sys"),
+        ({"mounts": [{"source": "ASSETS", "target": "/dev/./shm"}]}, "mounts[0].target", "/dev"),
+        ({"mounts": [{"source": "ASSETS", "target": "/etc"}]}, "mounts[0].target", "/etc"),
+        ({"mounts": [{"source": "ASSETS", "target": "/usr/lib/"}]}, "mounts[0].target", "/usr/lib"),
+        ({"mounts": [{"source": "ASSETS", "target": "/"}]}, "mounts[0].target", "hide"),
+        ({"name": "shot\udc80"}, "hpcdock.yaml: name", "surrogate"),
+        ({"mounts": 1}, "hpcdock.yaml: mounts", "must be a list"),
+        ({"mounts": "/data"}, "hpcdock.yaml: mounts", "must be a list"),
+        ({"outputs": 1.5}, "hpcdock.yaml: outputs", "must be a list"),
+    ],
+)
 def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, hpc, field, reason) -> None:
     for mount in hpc["mounts"] if isinstance(hpc.get("mounts"), list) else []:
         mount["source"] = str(tmp_path)  # inside the allowed roots: only the target is wrong
@@ -185,21 +244,41 @@ def test_inputs_that_used_to_fail_late_are_refused_by_name(tmp_path: Path, hpc, 
 
 def test_mounts_at_ordinary_targets_are_still_accepted(tmp_path: Path) -> None:
     (tmp_path / "assets").mkdir()
-    path = bundle(tmp_path / "b", settings={"mounts": [{"source": str(tmp_path / "assets"), "target": "/mnt/a"},
-                                                       {"source": str(tmp_path / "assets"), "target": "/usr/local/x"}]})
+    path = bundle(
+        tmp_path / "b",
+        settings={
+            "mounts": [
+                {"source": str(tmp_path / "assets"), "target": "/mnt/a"},
+                {"source": str(tmp_path / "assets"), "target": "/usr/local/x"},
+            ]
+        },
+    )
     targets = [m.target for m in load(path).container.mounts]
     assert "/mnt/a" in targets and "/usr/local/x" in targets
 
 
-@pytest.mark.parametrize("image", ["img:1", "localhost/hpcdock-test:latest", "registry.example:5000/a/b_c.d-e:1.0",
-                                   "img@sha256:" + "a" * 64, "0123456789ab"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "img:1",
+        "localhost/hpcdock-test:latest",
+        "registry.example:5000/a/b_c.d-e:1.0",
+        "img@sha256:" + "a" * 64,
+        "0123456789ab",
+    ],
+)
 def test_valid_image_references_pass(tmp_path: Path, image: str) -> None:
     assert load(bundle(tmp_path / "b", settings={"image": image})).container.image == image
 
 
-@pytest.mark.parametrize("frames,field", [("9223372036854775808", "parameterSpace.Frame"),
-                                          ("-2147483648-1", "parameterSpace.Frame"),
-                                          ("1-9223372036854775808", "parameter_values")])
+@pytest.mark.parametrize(
+    "frames,field",
+    [
+        ("9223372036854775808", "parameterSpace.Frame"),
+        ("-2147483648-1", "parameterSpace.Frame"),
+        ("1-9223372036854775808", "parameter_values"),
+    ],
+)
 def test_frame_numbers_out_of_range_are_refused(tmp_path: Path, frames: str, field: str) -> None:
     path = bundle(tmp_path / "b", values={"parameterValues": [{"name": "Frames", "value": frames}]})
     refused(path, field, "out of range")
@@ -227,10 +306,20 @@ def test_scalars_yaml_cannot_build_are_refused(tmp_path: Path, line: str) -> Non
 
 @pytest.mark.parametrize("kind,values", [("FLOAT", ["1.5", "2"]), ("STRING", ["a", "b"])])
 def test_frame_parameter_must_hold_whole_numbers(tmp_path: Path, kind: str, values: list[str]) -> None:
-    path = bundle(tmp_path / "b", template={"steps": [{
-        "name": "render", "parameterSpace": {"taskParameterDefinitions": [
-            {"name": "Frame", "type": kind, "range": values}]},
-        "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}}}]})
+    path = bundle(
+        tmp_path / "b",
+        template={
+            "steps": [
+                {
+                    "name": "render",
+                    "parameterSpace": {
+                        "taskParameterDefinitions": [{"name": "Frame", "type": kind, "range": values}]
+                    },
+                    "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}},
+                }
+            ]
+        },
+    )
     refused(path, "parameterSpace.Frame", "whole numbers")
 
 
@@ -245,22 +334,47 @@ def test_limits_are_read_from_service_yaml(tmp_path: Path) -> None:
     limits = load_config(cfg).limits
     assert (limits.max_frames_per_job, limits.max_steps) == (10, 3)
     assert limits.max_tasks_per_job == SubmitLimits().max_tasks_per_job
-    for text, field in (("limits: {max_frame: 1}\n", "limits.max_frame"), ("limits: {max_steps: 0}\n", "max_steps"),
-                        ("limits: {max_steps: true}\n", "max_steps"), ("limits: 3\n", "limits")):
+    for text, field in (
+        ("limits: {max_frame: 1}\n", "limits.max_frame"),
+        ("limits: {max_steps: 0}\n", "max_steps"),
+        ("limits: {max_steps: true}\n", "max_steps"),
+        ("limits: 3\n", "limits"),
+    ):
         cfg.write_text(text)
         with pytest.raises(BadInput) as err:
             load_config(cfg)
         assert field in err.value.field
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
-                     st.sampled_from(["/", "/tmp", "out/{frame}.png", "Frame", "{frame:04d}", "img:1", "render"]))
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.sampled_from(["source", "target", "readonly", "parameter", "output", "steps", "render",
-                                     "A", "x"]), inner, max_size=3)), max_leaves=8)
-_settings = st.dictionaries(st.sampled_from(["image", "env", "network", "mounts", "frames", "priority",
-                                             "max_attempts", "name", "outputs"]), _values, max_size=4)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["/", "/tmp", "out/{frame}.png", "Frame", "{frame:04d}", "img:1", "render"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                ["source", "target", "readonly", "parameter", "output", "steps", "render", "A", "x"]
+            ),
+            inner,
+            max_size=3,
+        ),
+    ),
+    max_leaves=8,
+)
+_settings = st.dictionaries(
+    st.sampled_from(
+        ["image", "env", "network", "mounts", "frames", "priority", "max_attempts", "name", "outputs"]
+    ),
+    _values,
+    max_size=4,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,16 +12,31 @@ from hpcdock_service.errors import BadInput
 from hpcdock_service.mounts import MountPolicy
 
 
-def bundle(root: Path, template: dict[str, Any] = None, settings: dict[str, Any] = None,
-           values: Any = None) -> str:
+def bundle(
+    root: Path, template: dict[str, Any] = None, settings: dict[str, Any] = None, values: Any = None
+) -> str:
     root.mkdir(parents=True, exist_ok=True)
     t = {
-        "specificationVersion": "jobtemplate-2023-09", "extensions": ["TASK_CHUNKING"], "name": "shot",
+        "specificationVersion": "jobtemplate-2023-09",
+        "extensions": ["TASK_CHUNKING"],
+        "name": "shot",
         "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": "1-12"}],
-        "steps": [{"name": "render", "parameterSpace": {"taskParameterDefinitions": [{
-            "name": "Frame", "type": "CHUNK[INT]", "range": "{{Param.Frames}}",
-            "chunks": {"defaultTaskCount": 5, "rangeConstraint": "CONTIGUOUS"}}]},
-            "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}}}],
+        "steps": [
+            {
+                "name": "render",
+                "parameterSpace": {
+                    "taskParameterDefinitions": [
+                        {
+                            "name": "Frame",
+                            "type": "CHUNK[INT]",
+                            "range": "{{Param.Frames}}",
+                            "chunks": {"defaultTaskCount": 5, "rangeConstraint": "CONTIGUOUS"},
+                        }
+                    ]
+                },
+                "script": {"actions": {"onRun": {"command": "render", "args": ["{{Task.Param.Frame}}"]}}},
+            }
+        ],
     }
     t.update(template or {})
     s = {"image": "img:1", "frames": {"parameter": "Frame", "output": "out/b.{frame:04d}.png"}}
@@ -56,32 +71,71 @@ def test_chunks_frames_and_outputs(tmp_path: Path) -> None:
 
 
 def test_parameter_values_file_and_overrides(tmp_path: Path) -> None:
-    path = bundle(tmp_path / "b", values={"parameterValues": [{"name": "Frames", "value": "1-3"},
-                                                              {"name": "deadline:priority", "value": 50}]})
+    path = bundle(
+        tmp_path / "b",
+        values={
+            "parameterValues": [
+                {"name": "Frames", "value": "1-3"},
+                {"name": "deadline:priority", "value": 50},
+            ]
+        },
+    )
     assert load(path).frames_total == 3
     assert load(path, parameter_values={"Frames": "10,20"}).frames_total == 2
 
 
-@pytest.mark.parametrize("template,settings,values,field,reason", [
-    ({"extensions": ["FANCY"]}, None, None, "template.yaml", "FANCY"),
-    ({"jobEnvironments": [{"name": "e", "variables": {"A": "1"}}]}, None, None, "jobEnvironments", "not supported"),
-    (None, {"image": ""}, None, "hpcdock.yaml: image", "required"),
-    (None, {"priority": 101}, None, "hpcdock.yaml: priority", "0 to 100"),
-    (None, {"max_attempts": 0}, None, "hpcdock.yaml: max_attempts", "1 to 100"),
-    (None, {"colour": "red"}, None, "hpcdock.yaml: colour", "unknown key"),
-    (None, {"cap_add": ["SYS_ADMIN"]}, None, "hpcdock.yaml: cap_add", "capabilities"),
-    (None, {"pid_mode": "host"}, None, "hpcdock.yaml: pid_mode", "host PID"),
-    (None, {"env": {"A": {"b": 1}}}, None, "hpcdock.yaml: env.A", "scalar"),
-    (None, {"mounts": [{"source": "relative", "target": "/x"}]}, None, "mounts[0].source", "absolute"),
-    (None, {"mounts": [{"source": "/", "target": "/x", "mode": "rw"}]}, None, "mounts[0].mode", "unknown"),
-    (None, {"frames": {"parameter": "Frame", "output": "out/b.png"}}, None, "frames.output", "{frame}"),
-    (None, {"frames": {"parameter": "Frame", "output": "out/b.{shot}.png"}}, None, "frames.output", "only {frame}"),
-    (None, {"frames": {"parameter": "Frame", "output": "/etc/b.{frame}.png"}}, None, "frames.output",
-     "outside the allowed roots"),
-    (None, {"frames": {"parameter": "Nope", "output": "out/{frame}.png"}}, None, "frames.parameter", "Nope"),
-    (None, None, {"parameterValues": "x"}, "parameterValues", "list"),
-    (None, None, {"parameterValues": [{"name": "Frames", "value": "9-x"}]}, "parameter_values", "9-x"),
-])
+@pytest.mark.parametrize(
+    "template,settings,values,field,reason",
+    [
+        ({"extensions": ["FANCY"]}, None, None, "template.yaml", "FANCY"),
+        (
+            {"jobEnvironments": [{"name": "e", "variables": {"A": "1"}}]},
+            None,
+            None,
+            "jobEnvironments",
+            "not supported",
+        ),
+        (None, {"image": ""}, None, "hpcdock.yaml: image", "required"),
+        (None, {"priority": 101}, None, "hpcdock.yaml: priority", "0 to 100"),
+        (None, {"max_attempts": 0}, None, "hpcdock.yaml: max_attempts", "1 to 100"),
+        (None, {"colour": "red"}, None, "hpcdock.yaml: colour", "unknown key"),
+        (None, {"cap_add": ["SYS_ADMIN"]}, None, "hpcdock.yaml: cap_add", "capabilities"),
+        (None, {"pid_mode": "host"}, None, "hpcdock.yaml: pid_mode", "host PID"),
+        (None, {"env": {"A": {"b": 1}}}, None, "hpcdock.yaml: env.A", "scalar"),
+        (None, {"mounts": [{"source": "relative", "target": "/x"}]}, None, "mounts[0].source", "absolute"),
+        (
+            None,
+            {"mounts": [{"source": "/", "target": "/x", "mode": "rw"}]},
+            None,
+            "mounts[0].mode",
+            "unknown",
+        ),
+        (None, {"frames": {"parameter": "Frame", "output": "out/b.png"}}, None, "frames.output", "{frame}"),
+        (
+            None,
+            {"frames": {"parameter": "Frame", "output": "out/b.{shot}.png"}},
+            None,
+            "frames.output",
+            "only {frame}",
+        ),
+        (
+            None,
+            {"frames": {"parameter": "Frame", "output": "/etc/b.{frame}.png"}},
+            None,
+            "frames.output",
+            "outside the allowed roots",
+        ),
+        (
+            None,
+            {"frames": {"parameter": "Nope", "output": "out/{frame}.png"}},
+            None,
+            "frames.parameter",
+            "Nope",
+        ),
+        (None, None, {"parameterValues": "x"}, "parameterValues", "list"),
+        (None, None, {"parameterValues": [{"name": "Frames", "value": "9-x"}]}, "parameter_values", "9-x"),
+    ],
+)
 def test_refusals_name_the_field(tmp_path: Path, template, settings, values, field, reason) -> None:
     path = bundle(tmp_path / "b", template, settings, values)
     with pytest.raises(BadInput) as err:
@@ -102,9 +156,19 @@ def test_bundle_outside_allowed_roots_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_engine_and_gpu_checks_are_consulted(tmp_path: Path) -> None:
-    path = bundle(tmp_path / "b", template={"steps": [{
-        "name": "render", "hostRequirements": {"amounts": [{"name": "amount.worker.gpu", "min": 2}]},
-        "script": {"actions": {"onRun": {"command": "render"}}}}]}, settings={"frames": None})
+    path = bundle(
+        tmp_path / "b",
+        template={
+            "steps": [
+                {
+                    "name": "render",
+                    "hostRequirements": {"amounts": [{"name": "amount.worker.gpu", "min": 2}]},
+                    "script": {"actions": {"onRun": {"command": "render"}}},
+                }
+            ]
+        },
+        settings={"frames": None},
+    )
     with pytest.raises(BadInput) as err:
         load(path, image_exists=lambda image: False)
     assert err.value.field == "hpcdock.yaml: image" and "does not exist" in err.value.message
@@ -115,15 +179,26 @@ def test_engine_and_gpu_checks_are_consulted(tmp_path: Path) -> None:
     assert plan.steps[0].gpus == 2 and len(plan.steps[0].tasks) == 1
 
 
-
 def test_memory_and_vcpu_amounts_become_the_steps_limits(tmp_path: Path) -> None:
     def plan(amounts: list[dict[str, Any]]):
-        path = bundle(tmp_path / "b", template={"steps": [{
-            "name": "render", "hostRequirements": {"amounts": amounts},
-            "script": {"actions": {"onRun": {"command": "render"}}}}]}, settings={"frames": None})
+        path = bundle(
+            tmp_path / "b",
+            template={
+                "steps": [
+                    {
+                        "name": "render",
+                        "hostRequirements": {"amounts": amounts},
+                        "script": {"actions": {"onRun": {"command": "render"}}},
+                    }
+                ]
+            },
+            settings={"frames": None},
+        )
         return load(path).steps[0]
 
-    step = plan([{"name": "amount.worker.memory", "min": 2048, "max": 4096}, {"name": "amount.worker.vcpu", "min": 2}])
+    step = plan(
+        [{"name": "amount.worker.memory", "min": 2048, "max": 4096}, {"name": "amount.worker.vcpu", "min": 2}]
+    )
     assert (step.memory_mib, step.vcpus) == (4096, 2.0)  # the most the step may use, else what it needs
     step = plan([{"name": "amount.worker.memory", "min": 1024}])
     assert (step.memory_mib, step.vcpus) == (1024, None)

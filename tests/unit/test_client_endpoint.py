@@ -61,8 +61,10 @@ class Squatter:
 
 
 def _answer(status: str, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            .encode() + body)
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 FAKE_PROOF = _answer("200 OK", b'{"proof": "' + b"0" * 64 + b'", "jobs": []}')
@@ -92,14 +94,21 @@ def test_tcp_squatter_that_answers_like_an_old_service_is_refused(tmp_path: Path
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
-    squatter = Squatter(sock, _answer("404 Not Found", b'{"error": {"field": "request", "message": "Not Found"}}'))
+    squatter = Squatter(
+        sock, _answer("404 Not Found", b'{"error": {"field": "request", "message": "Not Found"}}')
+    )
     try:
         config = tmp_path / "config"
         (config / "hpcdock").mkdir(parents=True)
         (config / "hpcdock" / "token").write_text(TOKEN + "\n")
-        env = {**os.environ, "XDG_CONFIG_HOME": str(config), "HPCDOCK_URL": f"http://127.0.0.1:{sock.getsockname()[1]}"}
-        proc = subprocess.run([sys.executable, "-m", "hpcdock.cli", "jobs"], env=env, capture_output=True,
-                              text=True, timeout=60)
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(config),
+            "HPCDOCK_URL": f"http://127.0.0.1:{sock.getsockname()[1]}",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcdock.cli", "jobs"], env=env, capture_output=True, text=True, timeout=60
+        )
     finally:
         squatter.close()
     assert proc.returncode == 1, proc.stderr
@@ -109,8 +118,9 @@ def test_tcp_squatter_that_answers_like_an_old_service_is_refused(tmp_path: Path
     assert TOKEN.encode() not in squatter.received
 
 
-def test_tcp_without_a_token_is_refused_before_connecting(tcp_squatter: Squatter, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tcp_without_a_token_is_refused_before_connecting(
+    tcp_squatter: Squatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no token there
     port = tcp_squatter.sock.getsockname()[1]
     with pytest.raises(NotYourService, match="no token"):
@@ -138,8 +148,9 @@ def test_unix_socket_in_a_directory_others_can_write_is_refused(tmp_path: Path) 
     assert squatter.connections == 0
 
 
-def test_unix_socket_of_a_process_of_another_user_is_refused(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unix_socket_of_a_process_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     private = tmp_path / "run"
     private.mkdir(mode=0o700)
     squatter = _unix_squatter(private)
@@ -166,28 +177,44 @@ def test_no_service_on_the_socket_is_unavailable_not_refused(tmp_path: Path) -> 
             Client(url=f"unix://{never_run}", token=TOKEN).health()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("unix:///run/user/1000/hpcdock/service.sock", endpoint.Endpoint(path="/run/user/1000/hpcdock/service.sock")),
-    ("http://127.0.0.1:7654", endpoint.Endpoint(host="127.0.0.1", port=7654)),
-    ("tcp://localhost:8000/", endpoint.Endpoint(host="localhost", port=8000)),
-    ("http://[::1]:9000", endpoint.Endpoint(host="::1", port=9000)),
-    ("http://127.0.0.1", endpoint.Endpoint(host="127.0.0.1", port=7654)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "unix:///run/user/1000/hpcdock/service.sock",
+            endpoint.Endpoint(path="/run/user/1000/hpcdock/service.sock"),
+        ),
+        ("http://127.0.0.1:7654", endpoint.Endpoint(host="127.0.0.1", port=7654)),
+        ("tcp://localhost:8000/", endpoint.Endpoint(host="localhost", port=8000)),
+        ("http://[::1]:9000", endpoint.Endpoint(host="::1", port=9000)),
+        ("http://127.0.0.1", endpoint.Endpoint(host="127.0.0.1", port=7654)),
+    ],
+)
 def test_endpoint_forms(text: str, expected: endpoint.Endpoint) -> None:
     assert endpoint.parse(text) == expected
     assert endpoint.parse(expected.url) == expected
 
 
-@pytest.mark.parametrize("text", ["unix://relative.sock", "https://127.0.0.1:7654", "127.0.0.1:7654",
-                                  "http://127.0.0.1:99999", "http://127.0.0.1:7654/v1", "ftp://x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unix://relative.sock",
+        "https://127.0.0.1:7654",
+        "127.0.0.1:7654",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:7654/v1",
+        "ftp://x",
+    ],
+)
 def test_bad_endpoints_are_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="expected unix:///|absolute|port"):
         endpoint.parse(text)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcdock.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcdock.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_hpcdock_url_prints_the_endpoint_the_client_uses(tmp_path: Path) -> None:
@@ -217,12 +244,14 @@ def test_the_plugin_needs_no_requests() -> None:
     assert users == []
 
 
-def test_panel_starts_the_service_where_its_client_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_panel_starts_the_service_where_its_client_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hpcdock.panel import service as launcher
 
     marker = tmp_path / "args"
     exe = tmp_path / "hpcdock-service"
-    exe.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\n")
+    exe.write_text(f'#!/bin/sh\necho "$@" > {marker}\n')
     exe.chmod(0o755)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("HPCDOCK_URL", raising=False)

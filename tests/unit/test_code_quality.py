@@ -1,4 +1,4 @@
-"""The repository passes its linter (ruff, with Python 3.9 as the target, see pyproject.toml).
+"""The repository passes its linter and its formatter (ruff, Python 3.9 as the target, see pyproject.toml).
 
 The plugin's Python 3.9 compatibility itself is checked with vermin in tests/houdini/test_package.py.
 """
@@ -13,9 +13,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_ruff_finds_nothing() -> None:
+TREES = ["houdini_plugin", "service", "tests", "bench", "scripts"]
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert exe, "ruff is part of the test extras; install with pip install -e '.[test]'"
-    proc = subprocess.run([exe, "check", "--no-cache", "houdini_plugin", "service", "tests", "bench", "scripts"],
-                          cwd=REPO, capture_output=True, text=True)
+    return subprocess.run([exe, *args, "--no-cache", *TREES], cwd=REPO, capture_output=True, text=True)
+
+
+def test_ruff_finds_nothing() -> None:
+    proc = _ruff("check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_changes_nothing() -> None:
+    proc = _ruff("format", "--check")
+    assert proc.returncode == 0, "run `ruff format` on these files:\n" + proc.stdout + proc.stderr

@@ -25,13 +25,28 @@ def test_defaults_limit_a_task_below_the_whole_machine(tmp_path: Path) -> None:
 
 
 def test_limits_are_read_from_service_yaml(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, {"task_pids": 256, "task_memory_mib": None, "task_vcpus": 1.5,
-                                          "log_cap_mib": 8}))
-    assert (config.task_pids, config.task_memory_mib, config.task_vcpus, config.log_cap_mib) == (256, None, 1.5, 8)
+    config = load_config(
+        write(tmp_path, {"task_pids": 256, "task_memory_mib": None, "task_vcpus": 1.5, "log_cap_mib": 8})
+    )
+    assert (config.task_pids, config.task_memory_mib, config.task_vcpus, config.log_cap_mib) == (
+        256,
+        None,
+        1.5,
+        8,
+    )
 
 
-@pytest.mark.parametrize("key,value", [("task_pids", 0), ("task_pids", None), ("task_memory_mib", "lots"),
-                                       ("task_vcpus", -1), ("log_cap_mib", 1.5), ("log_cap_mib", True)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("task_pids", 0),
+        ("task_pids", None),
+        ("task_memory_mib", "lots"),
+        ("task_vcpus", -1),
+        ("log_cap_mib", 1.5),
+        ("log_cap_mib", True),
+    ],
+)
 def test_bad_limits_are_refused_by_name(tmp_path: Path, key: str, value: object) -> None:
     with pytest.raises(BadInput) as err:
         load_config(write(tmp_path, {key: value}))

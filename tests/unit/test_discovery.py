@@ -13,8 +13,11 @@ def test_candidates_in_order(monkeypatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///from/env.sock")
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
     assert discovery.candidate_sockets("unix:///configured.sock") == [
-        "unix:///configured.sock", "unix:///from/env.sock",
-        "unix:///run/user/1234/podman/podman.sock", "unix:///run/user/1234/docker.sock"]
+        "unix:///configured.sock",
+        "unix:///from/env.sock",
+        "unix:///run/user/1234/podman/podman.sock",
+        "unix:///run/user/1234/docker.sock",
+    ]
     monkeypatch.delenv("DOCKER_HOST")
     assert discovery.candidate_sockets(None)[0] == "unix:///run/user/1234/podman/podman.sock"
 

@@ -22,12 +22,19 @@ from tests.unit.test_scheduler import step
 def plan(tmp_path: Path, frames: str = "1-12", chunk: int = 1, **settings: Any):
     root = tmp_path / "bundle"
     root.mkdir(parents=True, exist_ok=True)
-    template = {"specificationVersion": "jobtemplate-2023-09", "extensions": ["TASK_CHUNKING"], "name": "seq",
-                "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": frames}],
-                "steps": [step("render", "echo", chunk=chunk)]}
+    template = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "extensions": ["TASK_CHUNKING"],
+        "name": "seq",
+        "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": frames}],
+        "steps": [step("render", "echo", chunk=chunk)],
+    }
     (root / "template.yaml").write_text(yaml.safe_dump(template))
-    hpc = {"image": "img", "frames": {"parameter": "Frame", "output": str(tmp_path / "out" / "f.{frame:04d}.png")},
-           **settings}
+    hpc = {
+        "image": "img",
+        "frames": {"parameter": "Frame", "output": str(tmp_path / "out" / "f.{frame:04d}.png")},
+        **settings,
+    }
     (root / "hpcdock.yaml").write_text(yaml.safe_dump(hpc))
     return load_bundle(str(root), mount_policy=MountPolicy.build([str(tmp_path)]))
 
@@ -57,7 +64,9 @@ def checked(tmp_path: Path, frames: range, bad: dict[int, np.ndarray] | None = N
     tmp_path.mkdir(parents=True, exist_ok=True)
     for i in frames:
         rgb = (bad or {}).get(i, scene(i, (160, 90)))
-        out[i] = inspect(png(tmp_path / f"src{i}.png", rgb), tmp_path / "thumbs" / f"{i}.png", FrameCheckSettings())
+        out[i] = inspect(
+            png(tmp_path / f"src{i}.png", rgb), tmp_path / "thumbs" / f"{i}.png", FrameCheckSettings()
+        )
     return out
 
 
@@ -68,8 +77,11 @@ def flags_by_frame(store: Store, job_id: int) -> dict[int, list[str]]:
 def test_flags_are_recorded_counted_and_listed(store: Store, tmp_path: Path) -> None:
     job = store.add_job(plan(tmp_path, fps=25))
     assert job["fps"] == 25.0 and job["frames_flagged"] == 0 and job["frame_checks"]["policy"] == "warn"
-    frames = checked(tmp_path, range(1, 13), {4: np.zeros((90, 160, 3)), 8: scene(8, (80, 45)),
-                                             10: scene(10, (160, 90)) * 1.7})
+    frames = checked(
+        tmp_path,
+        range(1, 13),
+        {4: np.zeros((90, 160, 3)), 8: scene(8, (80, 45)), 10: scene(10, (160, 90)) * 1.7},
+    )
     render(store, job["id"], frames)
     job = store.job(job["id"])
     assert job["state"] == "succeeded" and job["frames_done"] == 12
@@ -92,8 +104,11 @@ def test_fail_policy_fails_the_frame_and_its_task_with_the_reasons(store: Store,
 def test_flicker_verdicts_do_not_depend_on_the_order_frames_land(store: Store, tmp_path: Path) -> None:
     frames = checked(tmp_path, range(1, 21), {7: scene(7, (160, 90)) * 1.6, 15: scene(15, (160, 90)) * 0.4})
     results = []
-    for order in (list(range(1, 21)), list(range(20, 0, -1)), [7, 15, 1, 20, 8, 6, 14, 16, *range(2, 6),
-                                                             *range(9, 14), *range(17, 20)]):
+    for order in (
+        list(range(1, 21)),
+        list(range(20, 0, -1)),
+        [7, 15, 1, 20, 8, 6, 14, 16, *range(2, 6), *range(9, 14), *range(17, 20)],
+    ):
         job = store.add_job(plan(tmp_path, "1-20"))
         for t in store.tasks(job["id"]):
             store.start_task(t["id"], f"c{t['id']}", [], 0)
@@ -106,8 +121,15 @@ def test_flicker_verdicts_do_not_depend_on_the_order_frames_land(store: Store, t
 
 def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_path: Path) -> None:
     job = store.add_job(plan(tmp_path, "1-12", chunk=4))
-    render(store, job["id"], checked(tmp_path, range(1, 13), {2: np.zeros((90, 160, 3)),
-                                                            3: np.zeros((90, 160, 3)), 11: np.zeros((90, 160, 3))}))
+    render(
+        store,
+        job["id"],
+        checked(
+            tmp_path,
+            range(1, 13),
+            {2: np.zeros((90, 160, 3)), 3: np.zeros((90, 160, 3)), 11: np.zeros((90, 160, 3))},
+        ),
+    )
     before = {f["frame"]: f for f in store.frames(job["id"])}
     old_tasks = store.tasks(job["id"])
     job = store.retry_frames(job["id"], flagged=True)
@@ -116,7 +138,9 @@ def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_p
     assert tasks[:3] == old_tasks[:3]  # the old tasks keep their record
     new = [t for t in tasks if t["id"] not in {o["id"] for o in old_tasks}]
     assert [(t["frames"], t["params"], t["state"], t["attempt"]) for t in new] == [
-        ([2, 3], {"Frame": "2-3"}, "pending", 0), ([11], {"Frame": "11"}, "pending", 0)]
+        ([2, 3], {"Frame": "2-3"}, "pending", 0),
+        ([11], {"Frame": "11"}, "pending", 0),
+    ]
     after = {f["frame"]: f for f in store.frames(job["id"])}
     for f in set(before) - {2, 3, 11}:
         assert after[f] == before[f], f  # untouched
@@ -134,7 +158,9 @@ def test_retry_frames_rechunks_and_replaces_a_failed_task(store: Store, tmp_path
     store.finish_task(tasks[0]["id"], 0, None, {f: ("done", None, None) for f in range(1, 6)})
     store.start_task(tasks[1]["id"], "c", [], 0)
     store.set_frame(job["id"], 0, 6, "done")
-    store.finish_task(tasks[1]["id"], 1, "exited with code 1", {f: ("failed", "task exited", None) for f in range(7, 11)})
+    store.finish_task(
+        tasks[1]["id"], 1, "exited with code 1", {f: ("failed", "task exited", None) for f in range(7, 11)}
+    )
     assert store.job(job["id"])["state"] == "failed"
     job = store.retry_frames(job["id"], frames=[2, 3, 4, 9])
     tasks = store.tasks(job["id"])
@@ -143,8 +169,18 @@ def test_retry_frames_rechunks_and_replaces_a_failed_task(store: Store, tmp_path
     new = [t for t in tasks[2:]]
     assert [t["frames"] for t in new] == [[2, 3, 4], [7, 8, 9, 10]]
     frames = {f["frame"]: f["state"] for f in store.frames(job["id"])}
-    assert frames == {1: "done", 2: "waiting", 3: "waiting", 4: "waiting", 5: "done", 6: "done",
-                      7: "waiting", 8: "waiting", 9: "waiting", 10: "waiting"}
+    assert frames == {
+        1: "done",
+        2: "waiting",
+        3: "waiting",
+        4: "waiting",
+        5: "done",
+        6: "done",
+        7: "waiting",
+        8: "waiting",
+        9: "waiting",
+        10: "waiting",
+    }
     for t in new:
         store.start_task(t["id"], "c", [], 0)
         store.finish_task(t["id"], 0, None, {f: ("done", None, None) for f in t["frames"]})
@@ -157,8 +193,12 @@ def test_retry_frames_refusals_name_the_field(store: Store, tmp_path: Path) -> N
         store.retry_frames(job["id"], frames=[1])
     assert err.value.status == 409  # still queued
     render(store, job["id"], checked(tmp_path, range(1, 4)))
-    for kwargs, field in (({"frames": [99]}, "frames"), ({"flagged": True}, "flagged"),
-                          ({"frames": [1], "step": "nope"}, "step"), ({"frames": []}, "frames")):
+    for kwargs, field in (
+        ({"frames": [99]}, "frames"),
+        ({"flagged": True}, "flagged"),
+        ({"frames": [1], "step": "nope"}, "step"),
+        ({"frames": []}, "frames"),
+    ):
         with pytest.raises(BadInput) as err:
             store.retry_frames(job["id"], **kwargs)
         assert err.value.field == field, (kwargs, err.value)
@@ -173,9 +213,15 @@ def test_a_late_start_marker_does_not_reopen_a_finished_frame(store: Store, tmp_
     assert store.frame(job["id"], 1)["state"] == "done"
 
 
-@pytest.mark.parametrize("settings, field", [({"frame_checks": {"blackmax": 0.1}}, "hpcdock.yaml: frame_checks.blackmax"),
-                                             ({"frame_checks": {"policy": "halt"}}, "hpcdock.yaml: frame_checks.policy"),
-                                             ({"fps": 0}, "hpcdock.yaml: fps"), ({"fps": "fast"}, "hpcdock.yaml: fps")])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"frame_checks": {"blackmax": 0.1}}, "hpcdock.yaml: frame_checks.blackmax"),
+        ({"frame_checks": {"policy": "halt"}}, "hpcdock.yaml: frame_checks.policy"),
+        ({"fps": 0}, "hpcdock.yaml: fps"),
+        ({"fps": "fast"}, "hpcdock.yaml: fps"),
+    ],
+)
 def test_bundle_settings_are_refused_by_name(tmp_path: Path, settings: dict, field: str) -> None:
     with pytest.raises(BadInput) as err:
         plan(tmp_path, **settings)

@@ -20,7 +20,7 @@ def scene(i: int, size: tuple[int, int] = (640, 360)) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     sky = 0.25 + 0.5 * y / h
     cx, cy, r = w * (0.15 + 0.03 * i), h * (0.5 + 0.15 * np.sin(i / 4)), 0.06 * w
-    ball = ((x - cx) ** 2 + (y - cy) ** 2 < r ** 2) * 0.5
+    ball = ((x - cx) ** 2 + (y - cy) ** 2 < r**2) * 0.5
     grain = np.random.default_rng(i).normal(0, 0.02, (h, w)).astype(np.float32)
     grey = np.clip(sky + ball + grain, 0, 1)
     return np.stack([grey, grey * 0.9, grey * 0.7], axis=2)
@@ -94,7 +94,9 @@ def test_exr_with_nans_is_flagged_with_counts(tmp_path: Path) -> None:
 
 def test_clean_exr_raises_no_flag(tmp_path: Path) -> None:
     found = inspect(exr(tmp_path / "ok.exr", scene(4)), tmp_path / "t.png", SETTINGS)
-    assert found.flags == [] and found.channels == ("R", "G", "B") and (found.width, found.height) == (640, 360)
+    assert (
+        found.flags == [] and found.channels == ("R", "G", "B") and (found.width, found.height) == (640, 360)
+    )
 
 
 def test_black_exr_is_black(tmp_path: Path) -> None:
@@ -164,9 +166,14 @@ def test_settings_defaults_and_refusals_name_the_key() -> None:
     assert parse_settings(None) == FrameCheckSettings()
     s = parse_settings({"policy": "fail", "black_max": 0.01, "flicker_k": 4})
     assert (s.policy, s.black_max, s.flicker_k) == ("fail", 0.01, 4.0)
-    for raw, field in (({"blackmax": 0.1}, "frame_checks.blackmax"), ({"policy": "stop"}, "frame_checks.policy"),
-                       ({"flicker_k": "six"}, "frame_checks.flicker_k"), ({"black_max": 2}, "frame_checks.black_max"),
-                       ({"flicker": "yes"}, "frame_checks.flicker"), (["warn"], "frame_checks")):
+    for raw, field in (
+        ({"blackmax": 0.1}, "frame_checks.blackmax"),
+        ({"policy": "stop"}, "frame_checks.policy"),
+        ({"flicker_k": "six"}, "frame_checks.flicker_k"),
+        ({"black_max": 2}, "frame_checks.black_max"),
+        ({"flicker": "yes"}, "frame_checks.flicker"),
+        (["warn"], "frame_checks"),
+    ):
         with pytest.raises(BadInput) as err:
             parse_settings(raw)
         assert err.value.field.endswith(field), err.value.field

@@ -66,7 +66,9 @@ def test_missing_paths_and_odd_files(home: Path, tmp_path: Path) -> None:
     policy.check(str(home / "shows" / "nope" / "out"), must_exist=False)  # an output directory made later
     (home / "shows" / "ep1" / "scene.hip").write_text("hip")
     policy.check(str(home / "shows" / "ep1" / "scene.hip"))  # a file may be mounted ...
-    assert "is a file" in refusal(policy, home / "shows" / "ep1" / "scene.hip" / "x")  # ... not walked through
+    assert "is a file" in refusal(
+        policy, home / "shows" / "ep1" / "scene.hip" / "x"
+    )  # ... not walked through
     os.mkfifo(home / "shows" / "fifo")
     assert "not a directory or a regular file" in refusal(policy, home / "shows" / "fifo")
     with socket.socket(socket.AF_UNIX) as sock:
@@ -113,8 +115,13 @@ def test_hidden_home_entries_startup_code_and_the_home_itself_are_never_mounted(
 def test_default_config_never_mounts_the_service_files_whatever_the_roots(home: Path) -> None:
     config = ServiceConfig(allowed_roots=[str(home), "/"])
     policy = config.mount_policy("unix:///run/engine/podman.sock")
-    for path in (home / ".config" / "hpcdock", home / ".config" / "hpcdock" / "token",
-                 home / ".local" / "state" / "hpcdock", Path("/run/engine/podman.sock"), Path("/run/engine")):
+    for path in (
+        home / ".config" / "hpcdock",
+        home / ".config" / "hpcdock" / "token",
+        home / ".local" / "state" / "hpcdock",
+        Path("/run/engine/podman.sock"),
+        Path("/run/engine"),
+    ):
         with pytest.raises(PathRefused):
             policy.check_place(str(path))
     assert ServiceConfig().allowed_roots == [str(home), "/tmp", "/var/tmp"]
@@ -123,8 +130,9 @@ def test_default_config_never_mounts_the_service_files_whatever_the_roots(home: 
     ServiceConfig().mount_policy().check(str(home / "shows" / "ep1" / "out"))
 
 
-def test_protection_follows_moved_xdg_directories(home: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_protection_follows_moved_xdg_directories(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "shows" / "cfg"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "shows" / "run"))
     policy = ServiceConfig(state_dir=str(home / "shows" / "st")).mount_policy()
@@ -177,9 +185,15 @@ def test_identity_matches_what_mountinfo_shows_for_the_walked_directory(home: Pa
 
 def _bundle(root: Path, settings: dict) -> str:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "template.yaml").write_text(yaml.safe_dump({
-        "specificationVersion": "jobtemplate-2023-09", "name": "shot",
-        "steps": [{"name": "render", "script": {"actions": {"onRun": {"command": "render"}}}}]}))
+    (root / "template.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "specificationVersion": "jobtemplate-2023-09",
+                "name": "shot",
+                "steps": [{"name": "render", "script": {"actions": {"onRun": {"command": "render"}}}}],
+            }
+        )
+    )
     (root / "hpcdock.yaml").write_text(yaml.safe_dump({"image": "img:1", **settings}))
     return str(root)
 
@@ -187,21 +201,25 @@ def _bundle(root: Path, settings: dict) -> str:
 def test_the_bundle_loader_applies_the_same_rules(home: Path, tmp_path: Path) -> None:
     policy = ServiceConfig().mount_policy()
     (home / ".config" / "hpcdock").mkdir(parents=True)
-    bundle = _bundle(home / "shows" / "ep1" / "job", {"mounts": [
-        {"source": str(home / ".config" / "hpcdock"), "target": "/cfg", "readonly": False}]})
+    bundle = _bundle(
+        home / "shows" / "ep1" / "job",
+        {"mounts": [{"source": str(home / ".config" / "hpcdock"), "target": "/cfg", "readonly": False}]},
+    )
     with pytest.raises(BadInput) as err:
         load_bundle(bundle, mount_policy=policy)
     assert err.value.field == "hpcdock.yaml: mounts[0].source" and "never mount" in err.value.message
     with pytest.raises(BadInput, match="contains"):
-        load_bundle(_bundle(home / "shows" / "ep1" / "job", {"mounts": [{"source": str(home)}]}),
-                    mount_policy=policy)
+        load_bundle(
+            _bundle(home / "shows" / "ep1" / "job", {"mounts": [{"source": str(home)}]}), mount_policy=policy
+        )
     with pytest.raises(BadInput) as err:
         load_bundle(_bundle(home / ".config" / "job", {}), mount_policy=policy)
     assert err.value.field == "bundle_dir" and "hidden entry" in err.value.message
 
 
-def test_an_output_directory_turned_into_a_symlink_before_it_is_made_is_refused(home: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_an_output_directory_turned_into_a_symlink_before_it_is_made_is_refused(
+    home: Path, tmp_path: Path
+) -> None:
     policy = MountPolicy.build([str(home)])
     bundle = _bundle(home / "shows" / "ep1" / "job", {"outputs": ["cache/sim"]})
     plan = load_bundle(bundle, mount_policy=policy)

@@ -27,12 +27,16 @@ def test_the_served_schema_is_the_committed_contract() -> None:
     committed = json.loads((REPO / OPENAPI_FILE).read_text())
     served = served_schema()
     changed = sorted(set(served["paths"]) ^ set(committed["paths"])) or sorted(
-        p for p in served["paths"] if served["paths"][p] != committed["paths"].get(p))
+        p for p in served["paths"] if served["paths"][p] != committed["paths"].get(p)
+    )
     assert served == committed, (
         f"the API's schema differs from {OPENAPI_FILE} (paths: {', '.join(changed) or 'none; see components'}). "
-        f"If the change is meant, regenerate it with `{REGENERATE}` and commit it with the change.")
+        f"If the change is meant, regenerate it with `{REGENERATE}` and commit it with the change."
+    )
 
 
 def test_the_committed_file_is_in_the_generated_form() -> None:
     text = (REPO / OPENAPI_FILE).read_text()
-    assert text == openapi_text(json.loads(text)), f"{OPENAPI_FILE} was edited by hand; regenerate: {REGENERATE}"
+    assert text == openapi_text(json.loads(text)), (
+        f"{OPENAPI_FILE} was edited by hand; regenerate: {REGENERATE}"
+    )

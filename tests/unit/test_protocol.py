@@ -26,8 +26,20 @@ from hpcdock.protocol import (
     parse_frame_list,
 )
 
-LISTS = [[17], [-2], [0], [1, 2, 3], [-5, -4, -3], [-3, -2, -1, 0, 1], [1, 2, 3, 7, 9, 10], [-10, -8, 4],
-         list(range(1, 100_001)), [5, 3], [4, 4, 5], []]
+LISTS = [
+    [17],
+    [-2],
+    [0],
+    [1, 2, 3],
+    [-5, -4, -3],
+    [-3, -2, -1, 0, 1],
+    [1, 2, 3, 7, 9, 10],
+    [-10, -8, 4],
+    list(range(1, 100_001)),
+    [5, 3],
+    [4, 4, 5],
+    [],
+]
 
 
 def runs_oracle(frames: list[int]) -> list[list[int]]:
@@ -60,8 +72,16 @@ def test_runs_merge_across_gaps_up_to_gap() -> None:
     assert frame_runs([-9, -1, 0], gap=1) == [(-9, -9), (-1, 0)]
 
 
-@pytest.mark.parametrize("frames, text", [([17], "17"), ([1, 2, 3, 5], "1-3,5"), ([-5, -4, -3, 0, 2, 3, 4], "-5--3,0,2-4"),
-                                          ([9, 1, 2, 2], "1-2,9"), ([-1], "-1")])
+@pytest.mark.parametrize(
+    "frames, text",
+    [
+        ([17], "17"),
+        ([1, 2, 3, 5], "1-3,5"),
+        ([-5, -4, -3, 0, 2, 3, 4], "-5--3,0,2-4"),
+        ([9, 1, 2, 2], "1-2,9"),
+        ([-1], "-1"),
+    ],
+)
 def test_frame_lists_format_and_parse_back(frames: list[int], text: str) -> None:
     assert format_frame_list(frames) == text
     assert parse_frame_list(text) == sorted(set(frames))
@@ -74,9 +94,21 @@ def test_frame_lists_take_openjd_steps_as_chunks_hand_them_over() -> None:
     assert parse_frame_list("1-2000000:2")[-1] == 1999999
 
 
-@pytest.mark.parametrize("text, part", [("x", "'x'"), ("9-3", "'9-3'"), ("1,", "''"), ("1-2000000", "'1-2000000'"),
-                                        ("-", "'-'"), ("3--5", "'3--5'"), ("1-9:0", "'1-9:0'"), ("5:2", "'5:2'"),
-                                        ("1-9:x", "'1-9:x'"), ("1-", "'1-'")])
+@pytest.mark.parametrize(
+    "text, part",
+    [
+        ("x", "'x'"),
+        ("9-3", "'9-3'"),
+        ("1,", "''"),
+        ("1-2000000", "'1-2000000'"),
+        ("-", "'-'"),
+        ("3--5", "'3--5'"),
+        ("1-9:0", "'1-9:0'"),
+        ("5:2", "'5:2'"),
+        ("1-9:x", "'1-9:x'"),
+        ("1-", "'1-'"),
+    ],
+)
 def test_bad_frame_lists_name_the_bad_part(text: str, part: str) -> None:
     with pytest.raises(ValueError) as exc:
         parse_frame_list(text)
@@ -96,7 +128,14 @@ def test_backoff_doubles_to_its_maximum_and_resets() -> None:
 
 def test_states_are_the_strings_the_api_sends() -> None:
     assert [s.value for s in JobState] == ["queued", "running", "succeeded", "failed", "canceled"]
-    assert [s.value for s in TaskState] == ["pending", "running", "succeeded", "failed", "canceled", "replaced"]
+    assert [s.value for s in TaskState] == [
+        "pending",
+        "running",
+        "succeeded",
+        "failed",
+        "canceled",
+        "replaced",
+    ]
     assert [s.value for s in FrameState] == ["waiting", "running", "done", "failed"]
     assert JobState("canceled") is JobState.CANCELED and TaskState.REPLACED == "replaced"
     assert "succeeded" in JOB_FINAL and "replaced" not in JOB_FINAL and "replaced" in TASK_FINAL
@@ -107,6 +146,15 @@ def test_states_are_the_strings_the_api_sends() -> None:
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
 def test_the_module_imports_only_the_standard_library() -> None:
     tree = ast.parse(Path(protocol.__file__).read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    roots = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    roots |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert roots and roots <= set(sys.stdlib_module_names), roots

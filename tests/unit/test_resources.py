@@ -31,8 +31,13 @@ def asking(name: str, command: str, *amounts: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def make(tmp_path: Path, engine: FakeEngine, resources: dict[str, int], slots: int = 3,
-         licence: Optional[LicenceRetry] = None) -> tuple[Store, Scheduler, dict[str, float]]:
+def make(
+    tmp_path: Path,
+    engine: FakeEngine,
+    resources: dict[str, int],
+    slots: int = 3,
+    licence: Optional[LicenceRetry] = None,
+) -> tuple[Store, Scheduler, dict[str, float]]:
     sizes = capacity(resources, MACHINE)
     store = Store(tmp_path / "state" / "db.sqlite")
     kw = {"licence": licence} if licence else {}
@@ -58,8 +63,10 @@ def test_a_counted_resource_is_never_overcommitted_across_jobs_while_other_work_
     engine = FakeEngine()
     store, sched, sizes = make(tmp_path, engine, {"lic": 1})
     lic = {"name": "amount.lic", "min": 1}
-    jobs = [store.add_job(plan(write_bundle(tmp_path / n, [asking("r", n, lic)], frames="1-3"), sizes))
-            for n in ("a", "b")]
+    jobs = [
+        store.add_job(plan(write_bundle(tmp_path / n, [asking("r", n, lic)], frames="1-3"), sizes))
+        for n in ("a", "b")
+    ]
     free = store.add_job(plan(write_bundle(tmp_path / "c", [step("r", "c")], frames="1-2"), sizes))
     run_until_done(store, sched, [j["id"] for j in [*jobs, free]])
     licensed = [t for j in jobs for t in store.tasks(j["id"])]
@@ -97,18 +104,25 @@ def test_tasks_held_back_by_a_resource_say_what_they_wait_for(tmp_path: Path) ->
     assert store.job(second["id"])["steps"][0]["waiting_for"] is None
 
 
-@pytest.mark.parametrize("amount, message", [
-    ({"name": "amount.houdini_engine", "min": 1}, "no resource 'houdini_engine' (resources in service.yaml: lic)"),
-    ({"name": "amount.lic", "min": 2}, "asks for 2 but this service has only 1"),
-    ({"name": "amount.lic", "min": 1.5}, "whole units"),
-    ({"name": "amount.worker.vcpu", "min": 3}, "amount.worker.vcpu 3 can never fit"),
-    ({"name": "amount.worker.memory", "min": 8192}, "amount.worker.memory 8192 MiB can never fit"),
-    ({"name": "amount.worker.disk.scratch", "min": 1}, "not supported by hpcdock yet"),
-    ({"name": "acme:amount.lic", "min": 1}, "not supported by hpcdock yet"),
-    ({"name": "amount.houdini-engine", "min": 1}, "not a valid Capability name"),  # openjd's own rule
-])
+@pytest.mark.parametrize(
+    "amount, message",
+    [
+        (
+            {"name": "amount.houdini_engine", "min": 1},
+            "no resource 'houdini_engine' (resources in service.yaml: lic)",
+        ),
+        ({"name": "amount.lic", "min": 2}, "asks for 2 but this service has only 1"),
+        ({"name": "amount.lic", "min": 1.5}, "whole units"),
+        ({"name": "amount.worker.vcpu", "min": 3}, "amount.worker.vcpu 3 can never fit"),
+        ({"name": "amount.worker.memory", "min": 8192}, "amount.worker.memory 8192 MiB can never fit"),
+        ({"name": "amount.worker.disk.scratch", "min": 1}, "not supported by hpcdock yet"),
+        ({"name": "acme:amount.lic", "min": 1}, "not supported by hpcdock yet"),
+        ({"name": "amount.houdini-engine", "min": 1}, "not a valid Capability name"),  # openjd's own rule
+    ],
+)
 def test_a_job_asking_for_what_the_service_cannot_give_is_refused_naming_it(
-        tmp_path: Path, amount: dict[str, Any], message: str) -> None:
+    tmp_path: Path, amount: dict[str, Any], message: str
+) -> None:
     sizes = capacity({"lic": 1}, MACHINE)
     with pytest.raises(BadInput) as err:
         plan(write_bundle(tmp_path / "j", [asking("r", "x", amount)]), sizes)
@@ -117,7 +131,9 @@ def test_a_job_asking_for_what_the_service_cannot_give_is_refused_naming_it(
 
 def test_resource_names_are_lowercased_as_openjd_compares_them(tmp_path: Path) -> None:
     sizes = capacity({"houdini_engine": 2}, MACHINE)
-    job = plan(write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.Houdini_Engine", "min": 2})]), sizes)
+    job = plan(
+        write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.Houdini_Engine", "min": 2})]), sizes
+    )
     assert job.steps[0].amounts == {"amount.houdini_engine": 2}
 
 
@@ -167,9 +183,12 @@ class LicenceEngine(FakeEngine):
 
 
 def test_a_licence_failure_stops_the_attempt_and_retries_after_back_off_without_spending_it(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     engine = LicenceEngine(failures=2)
-    store, sched, sizes = make(tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.3, backoff_max_s=5, retries=3))
+    store, sched, sizes = make(
+        tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.3, backoff_max_s=5, retries=3)
+    )
     job = store.add_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
     events_from = store.last_event_id()
     run_until_done(store, sched, [job["id"]])
@@ -186,7 +205,9 @@ def test_a_licence_failure_stops_the_attempt_and_retries_after_back_off_without_
 
 def test_a_task_out_of_licence_retries_fails_for_good_saying_so(tmp_path: Path) -> None:
     engine = LicenceEngine(failures=5)
-    store, sched, sizes = make(tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.05, backoff_max_s=1, retries=1))
+    store, sched, sizes = make(
+        tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.05, backoff_max_s=1, retries=1)
+    )
     job = store.add_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
     run_until_done(store, sched, [job["id"]])
     (task,) = store.tasks(job["id"])
@@ -200,11 +221,14 @@ def test_licence_back_off_doubles_up_to_its_cap() -> None:
     assert [policy.delay(n) for n in range(7)] == [30, 60, 120, 240, 480, 600, 600]
 
 
-@pytest.mark.parametrize("line", [
-    "No licenses could be found to run this application.",
-    "HAPI Error: No Valid Licenses Found",
-    "[Redshift] Maxon licensing error: User not logged in (7)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "No licenses could be found to run this application.",
+        "HAPI Error: No Valid Licenses Found",
+        "[Redshift] Maxon licensing error: User not logged in (7)",
+    ],
+)
 def test_licence_failure_lines_are_recognised_once(line: str) -> None:
     parser = LogParser()
     updates = parser.feed(f"loading scene\n{line}\n{line}\n".encode())
@@ -212,18 +236,22 @@ def test_licence_failure_lines_are_recognised_once(line: str) -> None:
     assert LogParser().feed(b"licensed to: Studio Inc.\n") == []
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"resources": {"houdini-engine": 1}}, "resources.houdini-engine"),
-    ({"resources": {"worker": 1}}, "resources.worker"),
-    ({"resources": {"lic": 0}}, "resources.lic"),
-    ({"resources": ["lic"]}, "resources"),
-    ({"machine": {"vcpus": 0}}, "machine.vcpus"),
-    ({"machine": {"cores": 2}}, "machine"),
-    ({"licence_retries": -1}, "licence_retries"),
-    ({"licence_backoff_s": 0}, "licence_backoff_s"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"resources": {"houdini-engine": 1}}, "resources.houdini-engine"),
+        ({"resources": {"worker": 1}}, "resources.worker"),
+        ({"resources": {"lic": 0}}, "resources.lic"),
+        ({"resources": ["lic"]}, "resources"),
+        ({"machine": {"vcpus": 0}}, "machine.vcpus"),
+        ({"machine": {"cores": 2}}, "machine"),
+        ({"licence_retries": -1}, "licence_retries"),
+        ({"licence_backoff_s": 0}, "licence_backoff_s"),
+    ],
+)
 def test_bad_resource_settings_are_refused_by_name(tmp_path: Path, settings: dict, field: str) -> None:
     import yaml
+
     path = tmp_path / "service.yaml"
     path.write_text(yaml.safe_dump(settings))
     with pytest.raises(BadInput) as err:
@@ -235,6 +263,7 @@ def test_the_machine_defaults_to_this_one_and_can_be_set(tmp_path: Path) -> None
     import os
 
     import yaml
+
     path = tmp_path / "service.yaml"
     path.write_text(yaml.safe_dump({"machine": {"vcpus": 1.5, "memory_mib": 1024}, "resources": {"lic": 2}}))
     config = load_config(path)
@@ -263,8 +292,12 @@ def test_a_store_made_before_resources_gets_their_columns(tmp_path: Path) -> Non
     old.close()
     store = Store(path)
     sizes = capacity({"lic": 1}, MACHINE)
-    job = store.add_job(plan(write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.lic", "max": 1})], frames="1"),
-                             sizes))
+    job = store.add_job(
+        plan(
+            write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.lic", "max": 1})], frames="1"),
+            sizes,
+        )
+    )
     assert store.steps(job["id"])[0]["amounts"] == {"amount.lic": 1}  # no min: counted by max
     (task,) = store.tasks(job["id"])
     assert task["licence_retries"] == 0 and task["retry_at"] is None and task["waiting_for"] is None

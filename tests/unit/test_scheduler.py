@@ -100,8 +100,9 @@ class FakeEngine:
         c = self.containers.get(name)
         if c is None:
             return None
-        return ContainerStatus(name, name, c["status"], c["status"] == "running",
-                               None if c["status"] == "running" else 0, {})
+        return ContainerStatus(
+            name, name, c["status"], c["status"] == "running", None if c["status"] == "running" else 0, {}
+        )
 
     def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]:
         return [s for s in (self.find(n) for n in list(self.containers)) if s]
@@ -115,22 +116,36 @@ class FakeEngine:
 
 def write_bundle(root: Path, steps: list[dict[str, Any]], frames: str = "1-4", **settings: Any) -> str:
     root.mkdir(parents=True, exist_ok=True)
-    template = {"specificationVersion": "jobtemplate-2023-09", "extensions": ["TASK_CHUNKING"],
-                "name": root.name, "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": frames}],
-                "steps": steps}
+    template = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "extensions": ["TASK_CHUNKING"],
+        "name": root.name,
+        "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": frames}],
+        "steps": steps,
+    }
     (root / "template.yaml").write_text(yaml.safe_dump(template))
-    (root / "hpcdock.yaml").write_text(yaml.safe_dump({"image": "img", "frames": {"parameter": "Frame"},
-                                                        **settings}))
+    (root / "hpcdock.yaml").write_text(
+        yaml.safe_dump({"image": "img", "frames": {"parameter": "Frame"}, **settings})
+    )
     return str(root)
 
 
 def step(name: str, command: str, chunk: int = 1, deps: Optional[list[str]] = None, gpus: int = 0) -> dict:
     s: dict[str, Any] = {
         "name": name,
-        "parameterSpace": {"taskParameterDefinitions": [{
-            "name": "Frame", "type": "CHUNK[INT]", "range": "{{Param.Frames}}",
-            "chunks": {"defaultTaskCount": chunk, "rangeConstraint": "CONTIGUOUS"}}]},
-        "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", f"{command} {{{{Task.Param.Frame}}}}"]}}},
+        "parameterSpace": {
+            "taskParameterDefinitions": [
+                {
+                    "name": "Frame",
+                    "type": "CHUNK[INT]",
+                    "range": "{{Param.Frames}}",
+                    "chunks": {"defaultTaskCount": chunk, "rangeConstraint": "CONTIGUOUS"},
+                }
+            ]
+        },
+        "script": {
+            "actions": {"onRun": {"command": "sh", "args": ["-c", f"{command} {{{{Task.Param.Frame}}}}"]}}
+        },
     }
     if deps:
         s["dependencies"] = [{"dependsOn": d} for d in deps]
@@ -205,7 +220,9 @@ def test_higher_priority_job_runs_first(env, tmp_path: Path) -> None:
     engine = FakeEngine()
     store, sched = env(engine, slots=1)
     low = submit(store, sched, write_bundle(tmp_path / "low", [step("r", "low")], frames="1-2"), priority=10)
-    high = submit(store, sched, write_bundle(tmp_path / "high", [step("r", "high")], frames="1-2"), priority=90)
+    high = submit(
+        store, sched, write_bundle(tmp_path / "high", [step("r", "high")], frames="1-2"), priority=90
+    )
     run_until_done(store, sched, [low["id"], high["id"]])
     firsts = [store.task(int(name.split("-t")[1].split("-")[0]))["job_id"] for name in engine.started_order]
     assert firsts[:2] == [high["id"], high["id"]] and firsts[2:] == [low["id"], low["id"]]
@@ -214,8 +231,11 @@ def test_higher_priority_job_runs_first(env, tmp_path: Path) -> None:
 def test_dependent_step_waits_for_all_upstream_tasks(env, tmp_path: Path) -> None:
     engine = FakeEngine()
     store, sched = env(engine, slots=4)
-    job = submit(store, sched, write_bundle(tmp_path / "dep", [step("sim", "sim"), step("render", "render",
-                                                                                  deps=["sim"])]))
+    job = submit(
+        store,
+        sched,
+        write_bundle(tmp_path / "dep", [step("sim", "sim"), step("render", "render", deps=["sim"])]),
+    )
     run_until_done(store, sched, [job["id"]])
     tasks = store.tasks(job["id"])
     last_sim = max(t["finished_at"] for t in tasks if t["step"] == "sim")
@@ -227,13 +247,21 @@ def test_dependent_step_waits_for_all_upstream_tasks(env, tmp_path: Path) -> Non
 def test_failed_task_retries_then_fails_and_cancels_dependents(env, tmp_path: Path) -> None:
     engine = FakeEngine(exit_codes={"sim 3": 1})
     store, sched = env(engine, slots=2)
-    job = submit(store, sched, write_bundle(tmp_path / "f", [step("sim", "sim"), step("render", "render",
-                                                                                deps=["sim"])], max_attempts=3))
+    job = submit(
+        store,
+        sched,
+        write_bundle(
+            tmp_path / "f", [step("sim", "sim"), step("render", "render", deps=["sim"])], max_attempts=3
+        ),
+    )
     run_until_done(store, sched, [job["id"]])
     tasks = {(t["step"], t["frames"][0]): t for t in store.tasks(job["id"])}
     assert tasks[("sim", 3)]["state"] == "failed" and tasks[("sim", 3)]["attempt"] == 3
-    assert all(t["state"] == "canceled" and "upstream step 'sim' failed" in t["error"]
-               for (s, _), t in tasks.items() if s == "render")
+    assert all(
+        t["state"] == "canceled" and "upstream step 'sim' failed" in t["error"]
+        for (s, _), t in tasks.items()
+        if s == "render"
+    )
     assert store.job(job["id"])["state"] == "failed"
     job = store.retry_job(job["id"])
     assert job["state"] == "queued"
@@ -244,8 +272,9 @@ def test_gpu_steps_wait_for_free_gpus_while_cpu_work_continues(env, tmp_path: Pa
     engine = FakeEngine()
     gpus = FakeGpus(1)
     store, sched = env(engine, slots=3, gpus=gpus)
-    gpu_job = submit(store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1-3"),
-                     priority=90)
+    gpu_job = submit(
+        store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1-3"), priority=90
+    )
     cpu_job = submit(store, sched, write_bundle(tmp_path / "c", [step("r", "cpu")], frames="1-2"))
     run_until_done(store, sched, [gpu_job["id"], cpu_job["id"]])
     gpu_tasks = sorted(store.tasks(gpu_job["id"]), key=lambda t: t["started_at"])
@@ -281,6 +310,7 @@ def test_recover_puts_never_created_tasks_back_without_spending_an_attempt(env, 
     run_until_done(store, sched, [job["id"]])
     assert store.task(task["id"])["attempt"] == 1
     assert store.job(job["id"])["state"] == "succeeded"
+
 
 class FlakyEngine(FakeEngine):
     """Unreachable while ``down`` is set, the way LocalEngine reports a missing socket.
@@ -329,7 +359,9 @@ def test_tasks_wait_for_a_lost_engine_without_spending_attempts(env, tmp_path: P
     assert sched.watch.to_json()["state"] == "up"
 
 
-def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(env, tmp_path: Path, monkeypatch) -> None:
+def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(
+    env, tmp_path: Path, monkeypatch
+) -> None:
     engine = FakeEngine()
     gpus = FakeGpus(1)
     store, sched = env(engine, slots=1, gpus=gpus)
@@ -348,9 +380,9 @@ def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(env, tmp_
     assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
 
 
-
-def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(env, tmp_path: Path,
-                                                                             monkeypatch) -> None:
+def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(
+    env, tmp_path: Path, monkeypatch
+) -> None:
     """A runaway task can spend the process count the service shares: its neighbours are not failed."""
     engine = FakeEngine()
     store, sched = env(engine, slots=1)
@@ -380,8 +412,12 @@ def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path)
     defaults = ContainerLimits(pids=256, memory=512 * 1024 * 1024, vcpus=None)
     sched = Scheduler(store, engine, slots=2, state_dir=tmp_path / "state", limits=defaults)
     sized = step("big", "render")
-    sized["hostRequirements"] = {"amounts": [{"name": "amount.worker.memory", "min": 1024},
-                                             {"name": "amount.worker.vcpu", "min": 1, "max": 3}]}
+    sized["hostRequirements"] = {
+        "amounts": [
+            {"name": "amount.worker.memory", "min": 1024},
+            {"name": "amount.worker.vcpu", "min": 1, "max": 3},
+        ]
+    }
     job = submit(store, sched, write_bundle(tmp_path / "a", [sized, step("plain", "render")], frames="1"))
     run_until_done(store, sched, [job["id"]])
     limits = {c["request"].name.split("-t")[1]: c["request"].limits for c in engine.removed}
@@ -393,15 +429,20 @@ def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path)
 class EarlyEndEngine(FakeEngine):
     """Podman ends a follow stream when the container exits, whether the reader got everything or not."""
 
-    LOG = b"".join(b"::hpcdock::frame-start %d\nALF_PROGRESS 50%%\n::hpcdock::frame-done %d\n" % (f, f)
-                   for f in (1, 2)) + b"last words\n"
+    LOG = (
+        b"".join(
+            b"::hpcdock::frame-start %d\nALF_PROGRESS 50%%\n::hpcdock::frame-done %d\n" % (f, f)
+            for f in (1, 2)
+        )
+        + b"last words\n"
+    )
 
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if follow:
             return FakeStream([self.LOG[:40]])
         if tail:
             return iter([b"".join(self.LOG.splitlines(keepends=True)[-tail:])])
-        return (self.LOG[i:i + 7] for i in range(0, len(self.LOG), 7))
+        return (self.LOG[i : i + 7] for i in range(0, len(self.LOG), 7))
 
 
 def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path) -> None:
@@ -423,8 +464,9 @@ class OomEngine(FakeEngine):
 def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
     engine = OomEngine(exit_codes={"hog": 137})
     store = Store(tmp_path / "state" / "db.sqlite")
-    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state",
-                      limits=ContainerLimits(memory=512 * 1024 * 1024))
+    sched = Scheduler(
+        store, engine, slots=1, state_dir=tmp_path / "state", limits=ContainerLimits(memory=512 * 1024 * 1024)
+    )
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "hog")], frames="1", max_attempts=1))
     run_until_done(store, sched, [job["id"]])
     (task,) = store.tasks(job["id"])
@@ -439,7 +481,7 @@ class FloodEngine(FakeEngine):
     def logs(self, cid: str, follow: bool, tail: Optional[int] = None):
         if tail:
             return iter([b"".join(self.LOG.splitlines(keepends=True)[-tail:])])
-        chunks = (self.LOG[i:i + 4096] for i in range(0, len(self.LOG), 4096))
+        chunks = (self.LOG[i : i + 4096] for i in range(0, len(self.LOG), 4096))
         return FakeStream(chunks) if follow else chunks
 
 

@@ -43,7 +43,9 @@ def test_a_taken_tcp_port_is_refused_with_a_hint(tmp_path: Path) -> None:
     holder = socket.create_server(("127.0.0.1", 0))
     port = holder.getsockname()[1]
     try:
-        with pytest.raises(ListenError, match=f"cannot listen on http://127.0.0.1:{port}: .*private Unix socket"):
+        with pytest.raises(
+            ListenError, match=f"cannot listen on http://127.0.0.1:{port}: .*private Unix socket"
+        ):
             listen(Endpoint(host="127.0.0.1", port=port))
     finally:
         holder.close()
@@ -66,20 +68,26 @@ def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("args, field, reason", [
-    (["--listen", "ftp://host"], "listen", "expected unix:///"),
-    (["--listen", "unix://relative"], "listen", "absolute"),
-    (["--listen", "tcp://127.0.0.1:7000", "--port", "7001"], "listen", "either listen or host/port"),
-    (["--port", "70000"], "port", "TCP port number"),
-])
-def test_bad_listen_settings_are_refused_by_name(args: list[str], field: str, reason: str, service_env: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "args, field, reason",
+    [
+        (["--listen", "ftp://host"], "listen", "expected unix:///"),
+        (["--listen", "unix://relative"], "listen", "absolute"),
+        (["--listen", "tcp://127.0.0.1:7000", "--port", "7001"], "listen", "either listen or host/port"),
+        (["--port", "70000"], "port", "TCP port number"),
+    ],
+)
+def test_bad_listen_settings_are_refused_by_name(
+    args: list[str], field: str, reason: str, service_env: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main([*args, "--check"]) == 2
     err = capsys.readouterr().err
     assert f": {field}" in err and reason in err, err
 
 
-def test_install_user_unit_writes_a_systemd_user_unit(service_env: Path, capsys: pytest.CaptureFixture) -> None:
+def test_install_user_unit_writes_a_systemd_user_unit(
+    service_env: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["--install-user-unit"]) == 0
     unit = service_env / "config" / "systemd" / "user" / "hpcdock-service.service"
     text = unit.read_text()

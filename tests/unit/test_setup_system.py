@@ -12,11 +12,12 @@ def next_subid(table: str, tmp_path: Path) -> int:
     """Run the script's own ``next_subid`` function (cut out of it) on a sample /etc/subuid."""
     script = (REPO / "scripts" / "setup-system.sh").read_text()
     start = script.index("next_subid() {")
-    function = script[start:script.index("\n}\n", start) + 3]
+    function = script[start : script.index("\n}\n", start) + 3]
     sample = tmp_path / "subuid"
     sample.write_text(table)
-    proc = subprocess.run(["bash", "-c", function + f'next_subid "{sample}"'], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        ["bash", "-c", function + f'next_subid "{sample}"'], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -35,5 +36,5 @@ def test_ranges_given_in_a_row_never_overlap(tmp_path: Path) -> None:
         ranges.append(range(start, start + 65536))
         table += f"{user}:{start}:65536\n"
     for i, r in enumerate(ranges):
-        for other in ranges[i + 1:]:
+        for other in ranges[i + 1 :]:
             assert r.stop <= other.start or other.stop <= r.start

@@ -10,16 +10,20 @@ def parse(text: str) -> list[Event]:
 
 
 def test_events_with_ids_kinds_and_json_data() -> None:
-    text = ('id: 1\nevent: job\ndata: {"job": {"id": 7}}\n\n'
-            'id: 2\nevent: frame\ndata: {"frame": {"frame": 3}}\n\n')
+    text = (
+        'id: 1\nevent: job\ndata: {"job": {"id": 7}}\n\n'
+        'id: 2\nevent: frame\ndata: {"frame": {"frame": 3}}\n\n'
+    )
     assert parse(text) == [Event(1, "job", {"job": {"id": 7}}), Event(2, "frame", {"frame": {"frame": 3}})]
 
 
 def test_comments_are_skipped_anywhere() -> None:
-    text = (": connected\n\n"
-            ": keepalive\n\n"
-            "id: 5\n: a comment inside an event\nevent: task\ndata: {\"task\": {}}\n\n"
-            ":no space after the colon\n\n")
+    text = (
+        ": connected\n\n"
+        ": keepalive\n\n"
+        'id: 5\n: a comment inside an event\nevent: task\ndata: {"task": {}}\n\n'
+        ":no space after the colon\n\n"
+    )
     assert parse(text) == [Event(5, "task", {"task": {}})]
 
 
@@ -35,9 +39,7 @@ def test_one_leading_space_is_stripped_and_no_space_is_fine() -> None:
 def test_event_without_id_is_not_delivered_and_does_not_leak_into_the_next() -> None:
     # The service puts an id on every event; one without cannot be resumed from, so it is
     # dropped, and the fields of the next event start afresh.
-    text = ('event: job\ndata: {"job": {"id": 1}}\n\n'
-            'data: {"x": 1}\n\n'
-            'id: 4\ndata: {"y": 2}\n\n')
+    text = 'event: job\ndata: {"job": {"id": 1}}\n\ndata: {"x": 1}\n\nid: 4\ndata: {"y": 2}\n\n'
     assert parse(text) == [Event(4, "message", {"y": 2})]
 
 

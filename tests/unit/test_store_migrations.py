@@ -21,22 +21,29 @@ DATA = Path(__file__).parent / "data"
 V1_COLUMNS = {  # the first release's columns, which every later shape keeps
     "meta": "key, value",
     "jobs": "id, name, state, priority, bundle_dir, container, params, max_attempts, created_at, started_at, "
-            "finished_at, error",
+    "finished_at, error",
     "steps": "job_id, idx, name, depends_on, gpus, command, timeout, cancel_grace, output",
     "tasks": "id, job_id, step_idx, idx, params, frames, state, attempt, max_attempts, container, exit_code, "
-             "progress, error, started_at, finished_at, gpus, log_offset",
+    "progress, error, started_at, finished_at, gpus, log_offset",
     "frames": "job_id, step_idx, frame, task_id, state, output, error, started_at, finished_at, thumbnail",
     "events": "id, job_id, kind, data, ts",
 }
 # The columns each release after the first added, as it added them to a store it found without them.
 LIMITS = ["ALTER TABLE steps ADD COLUMN memory_mib INTEGER", "ALTER TABLE steps ADD COLUMN vcpus REAL"]
-FRAME_CHECKS = ["ALTER TABLE jobs ADD COLUMN frame_checks TEXT", "ALTER TABLE jobs ADD COLUMN fps REAL",
-                "ALTER TABLE jobs ADD COLUMN frames_flagged INTEGER NOT NULL DEFAULT 0",
-                "ALTER TABLE steps ADD COLUMN frame_ref TEXT", "ALTER TABLE frames ADD COLUMN flags TEXT",
-                "ALTER TABLE frames ADD COLUMN luma REAL"]
-RESOURCES = ["ALTER TABLE steps ADD COLUMN amounts TEXT", "ALTER TABLE steps ADD COLUMN waiting_for TEXT",
-             "ALTER TABLE tasks ADD COLUMN licence_retries INTEGER NOT NULL DEFAULT 0",
-             "ALTER TABLE tasks ADD COLUMN retry_at REAL"]
+FRAME_CHECKS = [
+    "ALTER TABLE jobs ADD COLUMN frame_checks TEXT",
+    "ALTER TABLE jobs ADD COLUMN fps REAL",
+    "ALTER TABLE jobs ADD COLUMN frames_flagged INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE steps ADD COLUMN frame_ref TEXT",
+    "ALTER TABLE frames ADD COLUMN flags TEXT",
+    "ALTER TABLE frames ADD COLUMN luma REAL",
+]
+RESOURCES = [
+    "ALTER TABLE steps ADD COLUMN amounts TEXT",
+    "ALTER TABLE steps ADD COLUMN waiting_for TEXT",
+    "ALTER TABLE tasks ADD COLUMN licence_retries INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE tasks ADD COLUMN retry_at REAL",
+]
 SHAPES = {
     "baaf33d": ("store_v1.sql", []),
     "baaf33d+limits": ("store_v1.sql", LIMITS),
@@ -64,14 +71,19 @@ def old_store(path: Path, shape: str) -> dict[str, list[tuple]]:
 
 
 def v1_rows(db: sqlite3.Connection) -> dict[str, list[tuple]]:
-    return {table: db.execute(f"SELECT {cols} FROM {table} ORDER BY rowid").fetchall()
-            for table, cols in V1_COLUMNS.items()}
+    return {
+        table: db.execute(f"SELECT {cols} FROM {table} ORDER BY rowid").fetchall()
+        for table, cols in V1_COLUMNS.items()
+    }
 
 
 def references(db: sqlite3.Connection) -> set[tuple[str, str, str]]:
     """(table, column, parent) for every foreign key declared."""
-    return {(table, row[3], row[2]) for table in V1_COLUMNS
-            for row in db.execute(f"PRAGMA foreign_key_list({table})")}
+    return {
+        (table, row[3], row[2])
+        for table in V1_COLUMNS
+        for row in db.execute(f"PRAGMA foreign_key_list({table})")
+    }
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -82,11 +94,17 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
     try:
         assert store.store_id == "oldstore0001"
         assert [(j["id"], j["name"], j["state"], j["frames_flagged"]) for j in store.jobs()] == [
-            (2, "shot020", "queued", 0), (1, "shot010", "failed", 0)]
+            (2, "shot020", "queued", 0),
+            (1, "shot010", "failed", 0),
+        ]
         assert [(t["id"], t["state"], t["frames"], t["licence_retries"]) for t in store.tasks(1)] == [
-            (1, "succeeded", [1], 0), (2, "failed", [2], 0)]
+            (1, "succeeded", [1], 0),
+            (2, "failed", [2], 0),
+        ]
         assert [(f["frame"], f["state"], f["output"], f["flags"]) for f in store.frames(1)] == [
-            (1, "done", "/tmp/hpcdock-old/out/f.0001.png", []), (2, "failed", "/tmp/hpcdock-old/out/f.0002.png", [])]
+            (1, "done", "/tmp/hpcdock-old/out/f.0001.png", []),
+            (2, "failed", "/tmp/hpcdock-old/out/f.0002.png", []),
+        ]
         assert [e["id"] for e in store.events_after(0)] == [1, 2, 3, 4, 5]
     finally:
         store.close()
@@ -96,7 +114,9 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
         assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
+        indexes = {
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")
+        }
         assert indexes == {"tasks_by_job", "tasks_by_state", "frames_by_task", "events_by_job"}
     finally:
         db.close()
@@ -114,7 +134,11 @@ def test_the_service_runs_on_an_upgraded_store(tmp_path: Path, shape: str) -> No
 
         job = store.retry_frames(1, [2])  # a new task for the old failed frame, checked as it lands
         assert job["state"] == "queued"
-        assert [(t["id"], t["state"]) for t in store.tasks(1)] == [(1, "succeeded"), (2, "replaced"), (5, "pending")]
+        assert [(t["id"], t["state"]) for t in store.tasks(1)] == [
+            (1, "succeeded"),
+            (2, "replaced"),
+            (5, "pending"),
+        ]
         render(store, 1, checked(tmp_path / "frames", range(2, 3), {2: np.zeros((90, 160, 3))}))
         assert flags_by_frame(store, 1) == {2: ["black"]}
         assert store.job(1)["state"] == "succeeded" and store.job(1)["frames_flagged"] == 1
@@ -133,13 +157,20 @@ def test_a_new_store_has_the_latest_version_and_foreign_keys_on(tmp_path: Path) 
         with store._read() as reader:
             assert reader.execute("PRAGMA foreign_keys").fetchone()[0] == 1
             assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST
-            assert references(reader) == {("steps", "job_id", "jobs"), ("tasks", "job_id", "steps"),
-                                          ("tasks", "step_idx", "steps"), ("frames", "job_id", "steps"),
-                                          ("frames", "step_idx", "steps"), ("frames", "task_id", "tasks"),
-                                          ("events", "job_id", "jobs")}
+            assert references(reader) == {
+                ("steps", "job_id", "jobs"),
+                ("tasks", "job_id", "steps"),
+                ("tasks", "step_idx", "steps"),
+                ("frames", "job_id", "steps"),
+                ("frames", "step_idx", "steps"),
+                ("frames", "task_id", "tasks"),
+                ("events", "job_id", "jobs"),
+            }
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store._tx() as db:
-            db.execute("INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, cancel_grace) "
-                       "VALUES (7, 0, 'render', '[]', 0, '[]', 1)")
+            db.execute(
+                "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, cancel_grace) "
+                "VALUES (7, 0, 'render', '[]', 0, '[]', 1)"
+            )
     finally:
         store.close()
 
@@ -159,8 +190,9 @@ def test_a_store_newer_than_the_code_is_refused_and_kept(tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.corrupt-*"))
 
 
-def test_the_service_refuses_a_newer_store_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_the_service_refuses_a_newer_store_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("HPCDOCK_ALLOW_ROOT", "1")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     state = tmp_path / "state"
@@ -168,7 +200,9 @@ def test_the_service_refuses_a_newer_store_in_one_line(tmp_path: Path, monkeypat
     with sqlite3.connect(state / "hpcdock.db") as db:
         db.execute(f"PRAGMA user_version={LATEST + 1}")
     for extra in ([], ["--reset-store"]):
-        assert main(["--state-dir", str(state), "--check", *extra]) == 1  # the store is opened before the engine
+        assert (
+            main(["--state-dir", str(state), "--check", *extra]) == 1
+        )  # the store is opened before the engine
         err = capsys.readouterr().err
         assert err.startswith("hpcdock-service: the store ") and err.count("\n") == 1, err
         assert f"schema version {LATEST + 1}" in err and "Traceback" not in err
@@ -179,7 +213,9 @@ def test_a_migration_that_cannot_keep_a_row_leaves_the_store_as_it_was(tmp_path:
     path = tmp_path / "db.sqlite"
     before = old_store(path, "baaf33d+every-column")
     with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO frames (job_id, step_idx, frame, task_id, state) VALUES (1, 0, 3, 99, 'waiting')")
+        db.execute(
+            "INSERT INTO frames (job_id, step_idx, frame, task_id, state) VALUES (1, 0, 3, 99, 'waiting')"
+        )
         before["frames"].append((1, 0, 3, 99, "waiting", None, None, None, None, None))
     with pytest.raises(StoreCorrupt, match="frames row 3 refers to a tasks row that does not exist"):
         Store(path)

@@ -26,8 +26,10 @@ def store(tmp_path: Path):
 
 
 def _plan(tmp_path: Path):
-    return load_bundle(write_bundle(tmp_path / "b", [step("render", "echo")], frames="1-2"),
-                       mount_policy=MountPolicy.build([str(tmp_path)]))
+    return load_bundle(
+        write_bundle(tmp_path / "b", [step("render", "echo")], frames="1-2"),
+        mount_policy=MountPolicy.build([str(tmp_path)]),
+    )
 
 
 class Locker:
@@ -35,14 +37,21 @@ class Locker:
 
     def __init__(self, path: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c",
-             "import sqlite3, sys\n"
-             "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-             "db.execute('BEGIN EXCLUSIVE')\n"
-             "print('locked', flush=True)\n"
-             "sys.stdin.readline()\n"
-             "db.execute('COMMIT')\n", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys\n"
+                "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "db.execute('BEGIN EXCLUSIVE')\n"
+                "print('locked', flush=True)\n"
+                "sys.stdin.readline()\n"
+                "db.execute('COMMIT')\n",
+                str(path),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline() == "locked\n"
 
     def release(self) -> None:
@@ -51,8 +60,9 @@ class Locker:
         assert self.proc.wait(timeout=10) == 0
 
 
-def test_a_lock_held_elsewhere_blocks_no_reader_and_no_result_is_dropped(store: Store, tmp_path: Path,
-                                                                        monkeypatch) -> None:
+def test_a_lock_held_elsewhere_blocks_no_reader_and_no_result_is_dropped(
+    store: Store, tmp_path: Path, monkeypatch
+) -> None:
     job = store.add_job(_plan(tmp_path))
     task_id = store.next_pending(job["id"], 0)
     assert task_id is not None

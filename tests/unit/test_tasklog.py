@@ -42,11 +42,11 @@ def test_an_attempt_over_the_cap_keeps_its_end_and_says_how_much_went(tmp_path: 
     assert data.startswith(b"--- attempt 1: render\n")
     marker = MARKER_RE.search(data)
     assert marker is not None and marker.start() == header
-    kept = numbers(data[marker.end():])
+    kept = numbers(data[marker.end() :])
     assert kept[-1] == 99_999 and kept == list(range(kept[0], 100_000))  # the end, whole and in order
     assert len(kept) * 16 >= CAP // 2 - len(marker.group(0))
     # The marker counts the dropped bytes: what is printed = header + dropped + kept.
-    assert int(marker.group(1)) == 100_000 * 16 - len(data[marker.end():])
+    assert int(marker.group(1)) == 100_000 * 16 - len(data[marker.end() :])
 
 
 def test_offsets_count_printed_bytes_across_cuts(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_offsets_count_printed_bytes_across_cuts(tmp_path: Path) -> None:
     # Any offset in the kept end reads exactly what was printed there.
     kept_from = len(printed) - 1000 * 16
     data, following, _ = tasklog.read(path, kept_from, 160)
-    assert data == printed[kept_from:kept_from + 160] and following == kept_from + 160
+    assert data == printed[kept_from : kept_from + 160] and following == kept_from + 160
     # A reader inside the dropped bytes resumes right after them, with the next offset saying so.
     data, following, _ = tasklog.read(path, 1000 * 16, 10_000_000)
     assert numbers(data)[0] > 1000 and numbers(data)[-1] == 19_999 and following == len(printed)
@@ -84,7 +84,9 @@ def test_a_follower_gets_every_line_in_order_or_a_marked_gap(tmp_path: Path) -> 
     assert offset == 40_000 * 16
 
 
-def test_a_later_attempt_reads_on_after_a_capped_one_and_truncation_drops_only_its_own(tmp_path: Path) -> None:
+def test_a_later_attempt_reads_on_after_a_capped_one_and_truncation_drops_only_its_own(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "task-1.log"
     with tasklog.AttemptLog(path, CAP) as out:
         out.write(lines(0, 20_000))

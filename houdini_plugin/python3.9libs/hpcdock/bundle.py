@@ -143,7 +143,9 @@ def frame_range(start: float, end: float, inc: float) -> List[int]:
         raise BundleError(f"empty frame range: start {start:g} is after end {end:g}")
     for v in (start, end, inc):
         if abs(v - round(v)) > 1e-6:
-            raise BundleError(f"fractional frames are not supported (start/end/inc {start:g} {end:g} {inc:g})")
+            raise BundleError(
+                f"fractional frames are not supported (start/end/inc {start:g} {end:g} {inc:g})"
+            )
     s, e, i = int(round(start)), int(round(end)), int(round(inc))
     return list(range(s, e + 1, i))
 
@@ -177,7 +179,7 @@ def infer_frame_pattern(samples: Dict[int, str]) -> Optional[str]:
         if len(text) == len(str(frame0)):
             fmts.insert(0, "{frame}")
         for fmt in fmts:
-            pattern = esc(path0[: m.start()]) + fmt + esc(path0[m.end():])
+            pattern = esc(path0[: m.start()]) + fmt + esc(path0[m.end() :])
             if all(pattern.format(frame=f) == p for f, p in samples.items()):
                 fits.append(pattern)
                 break
@@ -281,8 +283,16 @@ def _frame_args(job: JobSpec, s: StepSpec) -> List[str]:
         if s.renderer:
             args += ["--renderer", s.renderer]
         return args
-    args = [f"{FARM_DIR}/render.py", "--hip", "{{Param.HipFile}}", "--hip-dir", "{{Param.ProjectDir}}",
-            "--rop", s.rop, *frames]
+    args = [
+        f"{FARM_DIR}/render.py",
+        "--hip",
+        "{{Param.HipFile}}",
+        "--hip-dir",
+        "{{Param.ProjectDir}}",
+        "--rop",
+        s.rop,
+        *frames,
+    ]
     if s.mode == MODE_EXPORT_USD:
         args += ["--export-usd", str(s.usd_pattern)]
     if s.with_inputs:
@@ -365,11 +375,15 @@ def build_hpcdock(job: JobSpec, bundle_dir: str) -> dict:
         "image": job.image.strip(),
         "env": {str(k): str(v) for k, v in job.env.items()},
         "network": bool(job.network),
-        "mounts": [{"source": m.source, "target": m.target, "readonly": bool(m.readonly)} for m in job.mounts],
+        "mounts": [
+            {"source": m.source, "target": m.target, "readonly": bool(m.readonly)} for m in job.mounts
+        ],
         "priority": int(job.priority),
         "max_attempts": int(job.max_attempts),
     }
-    patterns = {s.name: relative_to_bundle(s.output_pattern, bundle_dir) for s in job.steps if s.output_pattern}
+    patterns = {
+        s.name: relative_to_bundle(s.output_pattern, bundle_dir) for s in job.steps if s.output_pattern
+    }
     if patterns:
         frames: dict = {"parameter": FRAME_PARAM}
         if len(patterns) == len(job.steps):

@@ -18,17 +18,28 @@ from .protocol import JOB_FINAL, TASK_FINAL, parse_frame_list
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpcdock", description="Submit and follow hpcdock render jobs.")
-    p.add_argument("--url", help="service address: unix:///path/to/service.sock or http://host:port "
-                                 "(default $HPCDOCK_URL, else your own service's private socket)")
+    p.add_argument(
+        "--url",
+        help="service address: unix:///path/to/service.sock or http://host:port "
+        "(default $HPCDOCK_URL, else your own service's private socket)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("url", help="print the service address this client uses")
     s = sub.add_parser("submit", help="submit a job bundle directory")
     s.add_argument("bundle", help="job bundle directory (template.yaml, hpcdock.yaml)")
-    s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a job parameter, e.g. -p Frames=1-10")
+    s.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a job parameter, e.g. -p Frames=1-10",
+    )
     s.add_argument("--priority", type=int, help="0 (low) to 100 (high); default from hpcdock.yaml or 50")
     s.add_argument("--name", help="job name shown in the monitor")
-    s.add_argument("--follow", action="store_true", help="show live progress; exit 0 only if the job succeeds")
+    s.add_argument(
+        "--follow", action="store_true", help="show live progress; exit 0 only if the job succeeds"
+    )
     s.add_argument("--json", action="store_true", help="print the job as JSON")
     j = sub.add_parser("jobs", help="list jobs")
     j.add_argument("--json", action="store_true")
@@ -42,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("retry", help="retry a job's failed tasks, or render just some frames again")
     r.add_argument("job", type=int)
     which = r.add_mutually_exclusive_group()
-    which.add_argument("--frames", type=_frame_list, metavar="LIST",
-                       help="render only these frames again, e.g. 17,40-42 (the others stay as they are)")
+    which.add_argument(
+        "--frames",
+        type=_frame_list,
+        metavar="LIST",
+        help="render only these frames again, e.g. 17,40-42 (the others stay as they are)",
+    )
     which.add_argument("--flagged", action="store_true", help="render again every frame a check flagged")
     r.add_argument("--step", help="the step whose frames these are (default: the last step that has each)")
     fr = sub.add_parser("frames", help="list a job's frames with their state, flags and paths")
@@ -88,8 +103,10 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(job, indent=2))
     else:
-        print(f"job {job['id']} submitted: {job['name']} ({job['tasks_total']} tasks, "
-              f"{job['frames_total']} frames)")
+        print(
+            f"job {job['id']} submitted: {job['name']} ({job['tasks_total']} tasks, "
+            f"{job['frames_total']} frames)"
+        )
     return _follow_job(client, job["id"], quiet=args.json) if args.follow else 0
 
 
@@ -102,8 +119,10 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
     for job in jobs:
         waits = sorted({s["waiting_for"] for s in job.get("steps", []) if s.get("waiting_for")})
         waiting = f"  (waiting for {', '.join(waits)})" if waits else ""
-        print(f"{job['id']:>5}  {job['state']:<10} {job['tasks_done']:>4}/{job['tasks_total']:<4} "
-              f"{job['frames_done']:>5}/{job['frames_total']:<5}  {job['name']}{waiting}")
+        print(
+            f"{job['id']:>5}  {job['state']:<10} {job['tasks_done']:>4}/{job['tasks_total']:<4} "
+            f"{job['frames_done']:>5}/{job['frames_total']:<5}  {job['name']}{waiting}"
+        )
     return 0
 
 
@@ -115,8 +134,10 @@ def _tasks(client: Client, args: argparse.Namespace) -> int:
     for t in tasks:
         frames = f"{t['frames'][0]}-{t['frames'][-1]}" if t["frames"] else "-"
         waiting = f"waiting for {t['waiting_for']}  " if t.get("waiting_for") else ""
-        print(f"{t['id']:>6}  {t['step']:<14} {t['state']:<10} attempt {t['attempt']}/{t['max_attempts']} "
-              f"frames {frames:<12} {t['progress']:5.1f}%  {waiting}{t['error'] or ''}")
+        print(
+            f"{t['id']:>6}  {t['step']:<14} {t['state']:<10} attempt {t['attempt']}/{t['max_attempts']} "
+            f"frames {frames:<12} {t['progress']:5.1f}%  {waiting}{t['error'] or ''}"
+        )
     return 0
 
 
@@ -180,11 +201,21 @@ def _frames(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"submit": _submit, "jobs": _jobs, "follow": _follow, "logs": _logs, "cancel": _cancel,
-             "retry": _retry, "frames": _frames, "tasks": _tasks, "url": _url}
+_COMMANDS = {
+    "submit": _submit,
+    "jobs": _jobs,
+    "follow": _follow,
+    "logs": _logs,
+    "cancel": _cancel,
+    "retry": _retry,
+    "frames": _frames,
+    "tasks": _tasks,
+    "url": _url,
+}
 
 
 # -- live progress --------------------------------------------------------------------------
+
 
 def _follow_job(client: Client, job_id: int, quiet: bool = False, out: TextIO = sys.stdout) -> int:
     """Print progress from the event stream until the job ends; 0 only if it succeeded."""
@@ -233,8 +264,10 @@ class _ProgressPrinter:
             return
         elapsed = time.monotonic() - self.started
         frames = f"frames {job['frames_done']}/{job['frames_total']}" if job["frames_total"] else ""
-        self._line(f"[{elapsed:6.1f}s] job {job['id']} {job['state']:<9} tasks {job['tasks_done']}/"
-                   f"{job['tasks_total']} ({job['tasks_running']} running, {job['tasks_failed']} failed) {frames}")
+        self._line(
+            f"[{elapsed:6.1f}s] job {job['id']} {job['state']:<9} tasks {job['tasks_done']}/"
+            f"{job['tasks_total']} ({job['tasks_running']} running, {job['tasks_failed']} failed) {frames}"
+        )
 
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -247,8 +280,10 @@ class _ProgressPrinter:
         if job.get("error"):
             msg += f": {job['error']}"
         if job.get("frames_flagged"):
-            msg += (f" ({job['frames_flagged']} frame(s) flagged by the checks: hpcdock frames {job['id']} --flagged; "
-                    f"render them again with hpcdock retry {job['id']} --flagged)")
+            msg += (
+                f" ({job['frames_flagged']} frame(s) flagged by the checks: hpcdock frames {job['id']} --flagged; "
+                f"render them again with hpcdock retry {job['id']} --flagged)"
+            )
         self._line(msg)
 
 

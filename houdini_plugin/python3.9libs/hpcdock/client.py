@@ -85,9 +85,17 @@ class Client:
     def _token_origin(self) -> str:
         return "the token given to this client" if self._token else f"the token in {paths.token_path()}"
 
-    def open(self, method: str, path: str, *, params: Optional[Dict[str, Any]] = None,
-             body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None, auth: bool = True,
-             timeout: Optional[float] = None) -> http.client.HTTPResponse:
+    def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Dict[str, Any]] = None,
+        body: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+        auth: bool = True,
+        timeout: Optional[float] = None,
+    ) -> http.client.HTTPResponse:
         """Send one request on a fresh, checked connection; the response comes back unread.
 
         Streams read it as it arrives; tests and tools send hand-made requests through it.
@@ -114,8 +122,9 @@ class Client:
         try:
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise ServiceUnavailable(f"hpcdock-service at {self.url} dropped the connection "
-                                     f"({_describe(exc)})") from exc
+            raise ServiceUnavailable(
+                f"hpcdock-service at {self.url} dropped the connection ({_describe(exc)})"
+            ) from exc
         finally:
             resp.close()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
@@ -135,20 +144,32 @@ class Client:
     def _error_from(self, resp: Response) -> ServiceError:
         try:
             err = resp.json().get("error") or {}
-            error = ServiceError(str(err.get("message") or resp.body.decode(errors="replace")), resp.status,
-                                 str(err.get("field") or ""))
+            error = ServiceError(
+                str(err.get("message") or resp.body.decode(errors="replace")),
+                resp.status,
+                str(err.get("field") or ""),
+            )
         except (ValueError, AttributeError):
-            error = ServiceError(f"HTTP {resp.status}: {resp.body[:200].decode(errors='replace')}", resp.status)
+            error = ServiceError(
+                f"HTTP {resp.status}: {resp.body[:200].decode(errors='replace')}", resp.status
+            )
         if resp.status == 401:
-            error = ServiceError(f"{error.message} (this client sent {self._token_origin()})", 401, error.field)
+            error = ServiceError(
+                f"{error.message} (this client sent {self._token_origin()})", 401, error.field
+            )
         return error
 
     # -- API ----------------------------------------------------------------------------
     def health(self) -> JSON:
         return self._json("GET", "/v1/health", timeout=5)
 
-    def submit(self, bundle_dir: str, parameter_values: Optional[Dict[str, str]] = None,
-               priority: Optional[int] = None, name: Optional[str] = None) -> JSON:
+    def submit(
+        self,
+        bundle_dir: str,
+        parameter_values: Optional[Dict[str, str]] = None,
+        priority: Optional[int] = None,
+        name: Optional[str] = None,
+    ) -> JSON:
         body: JSON = {"bundle_dir": bundle_dir}
         if parameter_values:
             body["parameter_values"] = parameter_values
@@ -186,8 +207,13 @@ class Client:
     def cancel(self, job_id: int) -> JSON:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def retry(self, job_id: int, frames: Optional[Iterable[int]] = None, flagged: bool = False,
-              step: Optional[str] = None) -> JSON:
+    def retry(
+        self,
+        job_id: int,
+        frames: Optional[Iterable[int]] = None,
+        flagged: bool = False,
+        step: Optional[str] = None,
+    ) -> JSON:
         """Retry the job's failed tasks; or, with ``frames`` or ``flagged``, render just those frames again."""
         if frames is None and not flagged:
             return self._json("POST", f"/v1/jobs/{job_id}/retry")
@@ -197,8 +223,13 @@ class Client:
         return self._json("POST", f"/v1/jobs/{job_id}/retry", json_body=body)
 
     # -- event stream -------------------------------------------------------------------
-    def events(self, job: Optional[int] = None, last_event_id: Optional[int] = None,
-               reconnect: bool = True, max_backoff: float = RECONNECT_MAX_S) -> Iterator[Event]:
+    def events(
+        self,
+        job: Optional[int] = None,
+        last_event_id: Optional[int] = None,
+        reconnect: bool = True,
+        max_backoff: float = RECONNECT_MAX_S,
+    ) -> Iterator[Event]:
         """Yield events forever, reconnecting and resuming after the last one seen.
 
         With ``reconnect=False`` a dropped connection ends the iteration instead (the
@@ -260,12 +291,14 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
 
 # -- connections ----------------------------------------------------------------------------
 
+
 def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
-def _connect(ep: endpoint.Endpoint, token: Optional[str], token_origin: str,
-             timeout: float) -> http.client.HTTPConnection:
+def _connect(
+    ep: endpoint.Endpoint, token: Optional[str], token_origin: str, timeout: float
+) -> http.client.HTTPConnection:
     conn: http.client.HTTPConnection
     if ep.is_unix:
         conn = _UnixConnection(ep, timeout)
@@ -308,8 +341,10 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.connect(self.socket_path)
             uid = _peer_uid(sock)
             if uid is not None and uid != os.geteuid():
-                raise NotYourService(f"refusing to talk to {self.url}: the process listening there runs as "
-                                     f"uid {uid}, not as this user (uid {os.geteuid()})")
+                raise NotYourService(
+                    f"refusing to talk to {self.url}: the process listening there runs as "
+                    f"uid {uid}, not as this user (uid {os.geteuid()})"
+                )
             sock.settimeout(self.timeout)
         except BaseException:
             sock.close()
@@ -328,7 +363,9 @@ def _peer_uid(sock: socket.socket) -> Optional[int]:
 class _TcpConnection(http.client.HTTPConnection):
     """HTTP over TCP, refused unless what answers proves it knows the token before it is sent."""
 
-    def __init__(self, ep: endpoint.Endpoint, timeout: float, token: Optional[str], token_origin: str) -> None:
+    def __init__(
+        self, ep: endpoint.Endpoint, timeout: float, token: Optional[str], token_origin: str
+    ) -> None:
         super().__init__(ep.host, ep.port, timeout=timeout)
         self.url = ep.url
         self.token = token
@@ -336,15 +373,19 @@ class _TcpConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         if not self.token:
-            raise NotYourService(f"cannot check that {self.url} is your hpcdock-service: no token "
-                                 f"({self.token_origin} is missing; the service writes it on its first start)")
+            raise NotYourService(
+                f"cannot check that {self.url} is your hpcdock-service: no token "
+                f"({self.token_origin} is missing; the service writes it on its first start)"
+            )
         super().connect()
         assert self.sock is not None
         self.sock.settimeout(min(self.timeout, CONNECT_TIMEOUT))
         nonce = secrets.token_hex(16)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.sock.sendall(f"GET /v1/hello?nonce={nonce} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
-                          "Accept: application/json\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET /v1/hello?nonce={nonce} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
+            "Accept: application/json\r\n\r\n".encode()
+        )
         resp = http.client.HTTPResponse(self.sock, method="GET")
         try:
             resp.begin()
@@ -361,5 +402,6 @@ class _TcpConnection(http.client.HTTPConnection):
                 f"refusing to send the token to {self.url}: what answers there could not prove it knows "
                 f"{self.token_origin} (HTTP {resp.status}). Another user's service, or another program, may "
                 "hold that port; your own service listens on a private Unix socket by default "
-                "(hpcdock url prints the address this client uses)")
+                "(hpcdock url prints the address this client uses)"
+            )
         self.sock.settimeout(self.timeout)

@@ -47,13 +47,19 @@ def parse(text: str) -> Endpoint:
     """``unix:///abs/path``, ``http://host:port`` or ``tcp://host:port``; ValueError naming the forms."""
     text = text.strip()
     if text.startswith("unix://"):
-        path = text[len("unix://"):]
+        path = text[len("unix://") :]
         if not path.startswith("/"):
             raise ValueError(f"{text!r}: a Unix socket address is unix:///absolute/path")
         return Endpoint(path=path)
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "tcp") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username:
+    if (
+        parts.scheme not in ("http", "tcp")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
         raise ValueError(f"{text!r}: expected unix:///path/to/service.sock or http://host:port")
     try:
         port = parts.port or DEFAULT_PORT

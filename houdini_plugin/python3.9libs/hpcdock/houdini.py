@@ -127,7 +127,9 @@ def listed_rops(node) -> list:
         if not isinstance(rop, hou.RopNode):
             raise SubmitError(f"{node.path()}: 'ROPs to Submit' names {rop.path()}, which is not a ROP")
         if base_type_name(rop.type().name()) == P.SUBMIT_TYPE:
-            raise SubmitError(f"{node.path()}: 'ROPs to Submit' names another HPC Dock Submit node, {rop.path()}")
+            raise SubmitError(
+                f"{node.path()}: 'ROPs to Submit' names another HPC Dock Submit node, {rop.path()}"
+            )
         rops.append(rop)
     return rops
 
@@ -214,8 +216,14 @@ def build_job(rops: list, settings: P.Settings, from_node: bool = True) -> Tuple
             raise SubmitError(f"Houdini lists {path} in the render order, but there is no such node")
         facts[path] = node_facts(node, rop_frames)
     try:
-        steps, warnings = P.plan_steps(listings, facts, _upstream(rops), settings.separate_steps, settings.gpus,
-                                       husk_step=settings.husk_step)
+        steps, warnings = P.plan_steps(
+            listings,
+            facts,
+            _upstream(rops),
+            settings.separate_steps,
+            settings.gpus,
+            husk_step=settings.husk_step,
+        )
         return P.make_job(settings, steps, hip), warnings
     except P.PlanError as exc:
         raise SubmitError(str(exc)) from None
@@ -258,7 +266,7 @@ def _is_submit_node(node) -> bool:
 
 
 def save_bundle(node) -> Optional[str]:
-    """"Save bundle" button: write the bundle, submit nothing. Returns its directory."""
+    """ "Save bundle" button: write the bundle, submit nothing. Returns its directory."""
     try:
         bundle_dir, _job, warnings = export(listed_rops(node), read_settings(node))
     except SubmitError as exc:
@@ -338,8 +346,10 @@ def soho_render() -> bool:
     if not P.soho_submits(_int_parm(node, "trange") or 0, start, frame):
         return False
     if not hou.isUIAvailable():
-        print(f"{TITLE}: rendering {node.path()} submits only in a graphical Houdini session; from a script, "
-              f"call hpcdock.rop.on_submit({{'node': hou.node({node.path()!r})}})")
+        print(
+            f"{TITLE}: rendering {node.path()} submits only in a graphical Houdini session; from a script, "
+            f"call hpcdock.rop.on_submit({{'node': hou.node({node.path()!r})}})"
+        )
         return False
     import hdefereval  # graphical Houdini only
 
@@ -355,6 +365,7 @@ def _submit_path(path: str) -> Optional[dict]:
 
 
 # -- the monitor panel's host -----------------------------------------------------------------
+
 
 def open_monitor_pane(interface_name: str = "hpcdock"):
     """Open the hpcdock monitor (the ``.pypanel`` interface) in a floating Python Panel pane tab."""
@@ -380,8 +391,9 @@ def panel_host():
     class HoudiniHost(Host):
         viewer_name = "MPlay"
 
-        def open_frames(self, paths: Sequence[str], current: Optional[str] = None,
-                        fps: Optional[float] = None) -> bool:
+        def open_frames(
+            self, paths: Sequence[str], current: Optional[str] = None, fps: Optional[float] = None
+        ) -> bool:
             command = mplay_command(list(paths) or ([current] if current else []), fps)
             if command is None:
                 return super().open_frames(paths, current, fps)

@@ -171,8 +171,9 @@ def parse_render_order(text: str) -> Tuple[RenderEntry, ...]:
         if not m:
             raise PlanError(f"cannot read this render order line: {line!r}")
         order, deps, path, frames = m.groups()
-        entries.append(RenderEntry(order, path, _frames(frames, line),
-                                   None if deps is None else tuple(deps.split())))
+        entries.append(
+            RenderEntry(order, path, _frames(frames, line), None if deps is None else tuple(deps.split()))
+        )
     return tuple(entries)
 
 
@@ -224,8 +225,10 @@ def _graph(listing: Listing, facts: Mapping[str, NodeFacts]) -> Dict[str, _Rop]:
     seen: Set[str] = set()
     for e in entries:
         if e.path in seen:
-            raise PlanError(f"{e.path} renders more than once when {listing.output} renders "
-                            "(is it driven by a Wedge ROP?); submit each variant as its own ROP")
+            raise PlanError(
+                f"{e.path} renders more than once when {listing.output} renders "
+                "(is it driven by a Wedge ROP?); submit each variant as its own ROP"
+            )
         seen.add(e.path)
 
     def passes_on(index: int) -> bool:
@@ -250,11 +253,15 @@ def _graph(listing: Listing, facts: Mapping[str, NodeFacts]) -> Dict[str, _Rop]:
 
 def _check(rop: NodeFacts) -> None:
     if rop.base_type in REFUSED_TYPES:
-        raise PlanError(f"{rop.path}: {REFUSED_TYPES[rop.base_type]} ROPs are not supported; "
-                        "submit the ROPs it drives instead")
+        raise PlanError(
+            f"{rop.path}: {REFUSED_TYPES[rop.base_type]} ROPs are not supported; "
+            "submit the ROPs it drives instead"
+        )
     if rop.trange == TRANGE_FROM_STAGE:
-        raise PlanError(f"{rop.path}: 'Valid Frame Range' is 'Render Frame Range From Stage', which is only "
-                        "known once the stage is cooked; set it to 'Render Frame Range' to submit")
+        raise PlanError(
+            f"{rop.path}: 'Valid Frame Range' is 'Render Frame Range From Stage', which is only "
+            "known once the stage is cooked; set it to 'Render Frame Range' to submit"
+        )
 
 
 def _sinks(graph: Mapping[str, _Rop]) -> List[str]:
@@ -270,7 +277,7 @@ def _ordered(graph: Mapping[str, _Rop]) -> List[str]:
         if path in order:
             return
         if path in stack:
-            raise PlanError("the ROP graph has a cycle: " + " -> ".join(stack[stack.index(path):] + (path,)))
+            raise PlanError("the ROP graph has a cycle: " + " -> ".join(stack[stack.index(path) :] + (path,)))
         for d in graph[path].deps:
             visit(d, stack + (path,))
         order.append(path)
@@ -301,8 +308,10 @@ def output_pattern(rop: NodeFacts, warnings: List[str]) -> Optional[str]:
         return None
     pattern = B.infer_frame_pattern(samples)
     if pattern is None:
-        warnings.append(f"{rop.path}: output '{samples[min(samples)]}' does not change with the frame number; "
-                        "frames are tracked without output paths")
+        warnings.append(
+            f"{rop.path}: output '{samples[min(samples)]}' does not change with the frame number; "
+            "frames are tracked without output paths"
+        )
     return pattern
 
 
@@ -316,21 +325,40 @@ def _husk_steps(step: B.StepSpec, rop: NodeFacts, taken: List[str]) -> List[B.St
     usd_pattern = f"{B.USD_DIR}/{export_name}/{rop.name}.{{frame:04d}}.usd"
     renderer = rop.renderer or ""
     export = B.StepSpec(
-        name=export_name, rop=step.rop, frames=step.frames, dependencies=step.dependencies,
-        output_pattern=usd_pattern, with_inputs=step.with_inputs, sequential=step.sequential,
-        mode=B.MODE_EXPORT_USD, usd_pattern=usd_pattern, amounts={B.HOUDINI_ENGINE_AMOUNT: 1},
+        name=export_name,
+        rop=step.rop,
+        frames=step.frames,
+        dependencies=step.dependencies,
+        output_pattern=usd_pattern,
+        with_inputs=step.with_inputs,
+        sequential=step.sequential,
+        mode=B.MODE_EXPORT_USD,
+        usd_pattern=usd_pattern,
+        amounts={B.HOUDINI_ENGINE_AMOUNT: 1},
     )
     render = B.StepSpec(
-        name=step.name, rop=step.rop, frames=step.frames, dependencies=[export_name],
-        output_pattern=step.output_pattern, gpus=step.gpus, mode=B.MODE_HUSK, usd_pattern=usd_pattern,
+        name=step.name,
+        rop=step.rop,
+        frames=step.frames,
+        dependencies=[export_name],
+        output_pattern=step.output_pattern,
+        gpus=step.gpus,
+        mode=B.MODE_HUSK,
+        usd_pattern=usd_pattern,
         renderer=renderer or None,
         amounts={B.KARMA_RENDER_AMOUNT: 1} if renderer in KARMA_DELEGATES else {},
     )
     return [export, render]
 
 
-def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upstream: Sequence[NodeFacts],
-               separate: bool, gpus: int, husk_step: bool = True) -> Tuple[List[B.StepSpec], List[str]]:
+def plan_steps(
+    listings: Sequence[Listing],
+    facts: Mapping[str, NodeFacts],
+    upstream: Sequence[NodeFacts],
+    separate: bool,
+    gpus: int,
+    husk_step: bool = True,
+) -> Tuple[List[B.StepSpec], List[str]]:
     """Steps (dependencies first) and warnings for the artist.
 
     With ``husk_step``, a Karma or USD Render ROP becomes two steps (see :func:`_husk_steps`).
@@ -344,11 +372,14 @@ def plan_steps(listings: Sequence[Listing], facts: Mapping[str, NodeFacts], upst
         if rop.base_type in REFUSED_TYPES:
             _check(rop)
         if rop.base_type == SUBMIT_TYPE:  # as SideFX's HQueue Render ROP refuses its own input chain
-            raise PlanError(f"{rop.path} is an HPC Dock Submit node wired above a ROP it would submit; "
-                            "disconnect it")
+            raise PlanError(
+                f"{rop.path} is an HPC Dock Submit node wired above a ROP it would submit; disconnect it"
+            )
         if rop.locked:
-            warnings.append(f"{rop.path} is locked: Houdini renders neither it nor the ROPs above it, "
-                            "so neither does the job (unlock it to include them)")
+            warnings.append(
+                f"{rop.path} is locked: Houdini renders neither it nor the ROPs above it, "
+                "so neither does the job (unlock it to include them)"
+            )
     merged: Dict[str, _Rop] = {}
     tops: List[str] = []
     for listing in listings:

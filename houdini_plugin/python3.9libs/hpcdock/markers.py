@@ -48,7 +48,7 @@ def parse_marker(line: str) -> Optional[Marker]:
     at = line.find(PREFIX)
     if at < 0:
         return None
-    parts = line[at + len(PREFIX):].rstrip("\r\n").split(" ", 2)
+    parts = line[at + len(PREFIX) :].rstrip("\r\n").split(" ", 2)
     if len(parts) < 2 or parts[0] not in KINDS:
         return None
     try:

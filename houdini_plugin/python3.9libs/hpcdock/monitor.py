@@ -7,7 +7,9 @@ from typing import List, Optional
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcdock-monitor", description=__doc__)
-    parser.add_argument("--url", help="service address (default: $HPCDOCK_URL, else your own service's socket)")
+    parser.add_argument(
+        "--url", help="service address (default: $HPCDOCK_URL, else your own service's socket)"
+    )
     parser.add_argument("--token", help="bearer token (default: read from the hpcdock config dir)")
     parser.add_argument("--job", type=int, help="show this job first")
     parser.add_argument("--size", default="1200x760", help="window size, WxH (default 1200x760)")

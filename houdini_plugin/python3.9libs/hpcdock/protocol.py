@@ -46,7 +46,8 @@ class FrameState(str, Enum):
 # A job or task in one of these states changes no more (unless retried): a follower stops here.
 JOB_FINAL: FrozenSet[str] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
 TASK_FINAL: FrozenSet[str] = frozenset(
-    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.REPLACED})
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.REPLACED}
+)
 # The others: a job or task still to run or running, which a panel refreshes and may cancel.
 JOB_ACTIVE: FrozenSet[str] = frozenset(JobState) - JOB_FINAL
 TASK_ACTIVE: FrozenSet[str] = frozenset(TaskState) - TASK_FINAL

@@ -46,21 +46,29 @@ class EmbeddedPodman:
     def start(self, timeout: float = 20.0) -> None:
         podman = shutil.which("podman")
         if podman is None:
-            raise EngineError("no container engine found and podman is not installed "
-                              "(install podman, or set engine.socket / DOCKER_HOST)")
+            raise EngineError(
+                "no container engine found and podman is not installed "
+                "(install podman, or set engine.socket / DOCKER_HOST)"
+            )
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists():
             self.socket_path.unlink()
         log_file = open(self.socket_path.with_suffix(".log"), "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen([podman, "system", "service", "--time=0", self.url],
-                                     stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [podman, "system", "service", "--time=0", self.url],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.socket_path.exists():
                 return
             if self.proc.poll() is not None:
-                raise EngineError(f"podman system service exited with {self.proc.returncode}; "
-                                  f"see {self.socket_path.with_suffix('.log')}")
+                raise EngineError(
+                    f"podman system service exited with {self.proc.returncode}; "
+                    f"see {self.socket_path.with_suffix('.log')}"
+                )
             time.sleep(0.05)
         raise EngineError(f"podman system service did not create {self.socket_path} within {timeout}s")
 
@@ -76,13 +84,14 @@ class EmbeddedPodman:
                 self.proc.kill()
 
 
-def connect(configured: Optional[str], state_dir: Path, allow_rootful: bool = False,
-            embedded: bool = True) -> tuple[LocalEngine, Optional[EmbeddedPodman]]:
+def connect(
+    configured: Optional[str], state_dir: Path, allow_rootful: bool = False, embedded: bool = True
+) -> tuple[LocalEngine, Optional[EmbeddedPodman]]:
     """Return a connected engine (and the embedded podman if we started one)."""
     tried = []
     own_socket = state_dir / "podman" / "podman.sock"
     for url in candidate_sockets(configured) + [f"unix://{own_socket}"]:
-        path = url[len("unix://"):] if url.startswith("unix://") else None
+        path = url[len("unix://") :] if url.startswith("unix://") else None
         if path is not None and not os.path.exists(path):
             tried.append(f"{url} (absent)")
             continue
@@ -112,8 +121,10 @@ def connect(configured: Optional[str], state_dir: Path, allow_rootful: bool = Fa
 def _check_rootless(engine: LocalEngine, allow_rootful: bool) -> None:
     if not engine.rootless and not allow_rootful:
         engine.close()
-        raise EngineError(f"the {engine.kind} engine at {engine.base_url} runs as root; hpcdock only uses "
-                          "rootless engines unless the config sets `allow_rootful: true`")
+        raise EngineError(
+            f"the {engine.kind} engine at {engine.base_url} runs as root; hpcdock only uses "
+            "rootless engines unless the config sets `allow_rootful: true`"
+        )
 
 
 class EngineWatch:
@@ -165,8 +176,12 @@ class EngineWatch:
     def to_json(self) -> dict[str, Any]:
         if self.up:
             return {"state": "up", "restarts": self.restarts}
-        return {"state": "down", "down_for": round(time.time() - (self._down_since or time.time()), 1),
-                "error": self._error, "restarts": self.restarts}
+        return {
+            "state": "down",
+            "down_for": round(time.time() - (self._down_since or time.time()), 1),
+            "error": self._error,
+            "restarts": self.restarts,
+        }
 
     def _mark_down(self, exc: Exception) -> None:
         self._error = str(exc)
@@ -191,15 +206,19 @@ class EngineWatch:
                 log.exception("pinging the engine failed")
                 continue
             if not self.up:
-                log.warning("the engine answers again after %.0fs", time.time() - (self._down_since or time.time()))
+                log.warning(
+                    "the engine answers again after %.0fs", time.time() - (self._down_since or time.time())
+                )
                 self._error = None
                 self._up.set()
 
     def _restart_embedded(self) -> None:
         if self.embedded is None or self.embedded.alive():
             return  # not ours to start, or still starting up / hung: keep pinging
-        log.warning("the embedded podman service exited (%s); starting it again",
-                    self.embedded.proc.returncode if self.embedded.proc else "?")
+        log.warning(
+            "the embedded podman service exited (%s); starting it again",
+            self.embedded.proc.returncode if self.embedded.proc else "?",
+        )
         try:
             self.embedded.start()
         except EngineError as exc:

@@ -75,7 +75,9 @@ class _APIClient(docker.APIClient):
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
                 raise
-            raise EngineUnreachable(f"the engine at {self.engine_url} cannot be reached: {_cause(exc)}") from exc
+            raise EngineUnreachable(
+                f"the engine at {self.engine_url} cannot be reached: {_cause(exc)}"
+            ) from exc
 
 
 class LocalEngine:
@@ -97,8 +99,9 @@ class LocalEngine:
         self.version = str(version.get("Version", "?"))
         info = self.client.info()
         host = self._podman_host() if self.kind == "podman" else {}
-        self.rootless = (any("rootless" in str(opt) for opt in info.get("SecurityOptions") or [])
-                         or bool((host.get("security") or {}).get("rootless")))
+        self.rootless = any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []) or bool(
+            (host.get("security") or {}).get("rootless")
+        )
         self.enforcement = self._detect_enforcement(info, host)
 
     def _podman_host(self) -> dict[str, Any]:
@@ -116,21 +119,36 @@ class LocalEngine:
             controllers = set(host.get("cgroupControllers") or [])
             memory, pids, cpu = "memory" in controllers, "pids" in controllers, "cpu" in controllers
         else:
-            memory, pids, cpu = bool(info.get("MemoryLimit")), bool(info.get("PidsLimit")), bool(info.get("CpuCfsQuota"))
+            memory, pids, cpu = (
+                bool(info.get("MemoryLimit")),
+                bool(info.get("PidsLimit")),
+                bool(info.get("CpuCfsQuota")),
+            )
         notes = []
         if not memory:
             notes.append("memory: a per-process data limit (ulimit -d), not a limit on the container's total")
         if not pids:
-            notes.append("pids: ulimit nproc, which counts the processes and threads of all this user's "
-                         "containers together (rootless engines run them in one user namespace)")
+            notes.append(
+                "pids: ulimit nproc, which counts the processes and threads of all this user's "
+                "containers together (rootless engines run them in one user namespace)"
+            )
         if not cpu:
             notes.append("cpu: not enforced (no cgroup CPU controller for this engine)")
-        return LimitEnforcement(memory="cgroup" if memory else "ulimit", pids="cgroup" if pids else "ulimit",
-                                cpu="cgroup" if cpu else "none", notes=tuple(notes))
+        return LimitEnforcement(
+            memory="cgroup" if memory else "ulimit",
+            pids="cgroup" if pids else "ulimit",
+            cpu="cgroup" if cpu else "none",
+            notes=tuple(notes),
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.kind, "version": self.version, "socket": self.base_url, "rootless": self.rootless,
-                "limits": self.enforcement.to_json()}
+        return {
+            "engine": self.kind,
+            "version": self.version,
+            "socket": self.base_url,
+            "rootless": self.rootless,
+            "limits": self.enforcement.to_json(),
+        }
 
     def _split_limits(self, limits: ContainerLimits) -> tuple[dict[str, float], dict[str, int]]:
         """The limits the engine's cgroups enforce, and the rest as ulimits (name: value)."""
@@ -240,8 +258,10 @@ class LocalEngine:
         # The low-level calls: the high-level containers.create() inspects every new container
         # once more, a round trip per task that dispatch does not need.
         host: dict[str, Any] = {
-            "mounts": [DockerMount(target=m.target, source=m.source, type="bind", read_only=m.readonly)
-                       for m in request.mounts],
+            "mounts": [
+                DockerMount(target=m.target, source=m.source, type="bind", read_only=m.readonly)
+                for m in request.mounts
+            ],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
         }
@@ -257,8 +277,12 @@ class LocalEngine:
         if rlimits:
             host["ulimits"] = [Ulimit(name=name, soft=value, hard=value) for name, value in rlimits.items()]
             if self.kind == "podman":  # only GPU attachments made for this API come here
-                log.warning("%s: Podman's Docker-compatible create drops ulimits; this container runs without "
-                            "its %s limits", request.name, " and ".join(rlimits))
+                log.warning(
+                    "%s: Podman's Docker-compatible create drops ulimits; this container runs without "
+                    "its %s limits",
+                    request.name,
+                    " and ".join(rlimits),
+                )
         create: dict[str, Any] = {
             "name": request.name,
             "entrypoint": request.command[:1],
@@ -273,7 +297,9 @@ class LocalEngine:
             host = merged
         api = self.client.api
         try:
-            return api.create_container(request.image, host_config=api.create_host_config(**host), **create)["Id"]
+            return api.create_container(request.image, host_config=api.create_host_config(**host), **create)[
+                "Id"
+            ]
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
 
@@ -287,8 +313,15 @@ class LocalEngine:
             "env": dict(request.env),
             "work_dir": request.workdir,
             "labels": request.labels,
-            "mounts": [{"destination": m.target, "source": m.source, "type": "bind",
-                        "options": ["rbind", "ro" if m.readonly else "rw"]} for m in request.mounts],
+            "mounts": [
+                {
+                    "destination": m.target,
+                    "source": m.source,
+                    "type": "bind",
+                    "options": ["rbind", "ro" if m.readonly else "rw"],
+                }
+                for m in request.mounts
+            ],
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
             "netns": {"nsmode": "private" if request.network else "none"},
@@ -304,13 +337,17 @@ class LocalEngine:
         if resources:
             body["resource_limits"] = resources
         if rlimits:
-            body["r_limits"] = [{"type": name, "soft": value, "hard": value} for name, value in rlimits.items()]
+            body["r_limits"] = [
+                {"type": name, "soft": value, "hard": value} for name, value in rlimits.items()
+            ]
         if request.gpu is not None:
             fields = request.gpu.libpod_fields()
             body["env"].update(fields.get("env", {}))
             body["devices"] = fields.get("devices", [])
             body["mounts"] += fields.get("mounts", [])
-        return self._libpod("post", "/containers/create", json=body, what=f"create container for {request.image}")["Id"]
+        return self._libpod(
+            "post", "/containers/create", json=body, what=f"create container for {request.image}"
+        )["Id"]
 
     def _libpod(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
         api = self.client.api
@@ -364,9 +401,15 @@ class LocalEngine:
             if self.kind == "podman":
                 # Podman's Docker-compatible wait looks at the container every 250 ms, as long
                 # as a short task itself; its own endpoint takes the interval as a parameter.
-                return int(self._libpod("post", f"/containers/{container_id}/wait", what="wait for container",
-                                        params={"condition": ["exited", "stopped"], "interval": WAIT_INTERVAL},
-                                        timeout=timeout))
+                return int(
+                    self._libpod(
+                        "post",
+                        f"/containers/{container_id}/wait",
+                        what="wait for container",
+                        params={"condition": ["exited", "stopped"], "interval": WAIT_INTERVAL},
+                        timeout=timeout,
+                    )
+                )
             result = self.client.api.wait(container_id, timeout=timeout)
         except requests.exceptions.ReadTimeout as exc:
             raise TimeoutError(f"container {container_id[:12]} still running after {timeout}s") from exc
@@ -404,7 +447,9 @@ def _status(container: Any) -> ContainerStatus:
     running = bool(state.get("Running")) if isinstance(state, dict) else container.status == "running"
     exit_code = None if running else (state.get("ExitCode") if isinstance(state, dict) else None)
     status = str(state.get("Status") or container.status) if isinstance(state, dict) else container.status
-    return ContainerStatus(container.id, container.name, status, running, exit_code, dict(container.labels or {}))
+    return ContainerStatus(
+        container.id, container.name, status, running, exit_code, dict(container.labels or {})
+    )
 
 
 def _explain(exc: Exception) -> str:

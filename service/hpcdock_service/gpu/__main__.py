@@ -19,8 +19,12 @@ from .attach import AttachError, verify_attachment
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpcdock_service.gpu")
-    p.add_argument("--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU")
-    p.add_argument("--allow-rootful", action="store_true", help="accept a rootful engine (GPU nodes run by admins)")
+    p.add_argument(
+        "--run", nargs=argparse.REMAINDER, metavar="IMAGE CMD", help="run CMD in IMAGE with one GPU"
+    )
+    p.add_argument(
+        "--allow-rootful", action="store_true", help="accept a rootful engine (GPU nodes run by admins)"
+    )
     args = p.parse_args(argv)
     if not args.run:
         from .inventory import detect_gpus
@@ -38,9 +42,17 @@ def main(argv=None) -> int:
     try:
         att = broker.attachment(indices)
         print(json.dumps({"engine": engine.describe(), "attachment": att.to_json()}, indent=2))
-        request = ContainerRequest(name=f"hpcdock-gpu-check-{uuid.uuid4().hex[:8]}", image=args.run[0],
-                                   command=args.run[1:], env={}, workdir="/", mounts=[], network=False,
-                                   labels={"hpcdock.task": "gpu-check"}, gpu=att)
+        request = ContainerRequest(
+            name=f"hpcdock-gpu-check-{uuid.uuid4().hex[:8]}",
+            image=args.run[0],
+            command=args.run[1:],
+            env={},
+            workdir="/",
+            mounts=[],
+            network=False,
+            labels={"hpcdock.task": "gpu-check"},
+            gpu=att,
+        )
         cid = engine.create(request)
         try:
             problem = verify_attachment(att, engine.inspect(cid))

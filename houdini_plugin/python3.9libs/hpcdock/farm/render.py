@@ -73,7 +73,6 @@ KARMA_USD_RENDER_ROP = "lopnet/karma/rop_usdrender"
 _NOT_FILES = ("ip", "md", "imdisplay")
 
 
-
 def base_type_name(name: str) -> str:
     """``"sidefx::filecache::2.0"`` -> ``"filecache"``; ``"ifd"`` -> ``"ifd"``."""
     parts = name.split("::")
@@ -121,8 +120,9 @@ def _fail_all(frames: List[int], reason: str) -> int:
     return 2
 
 
-def _render_frames(frames: List[int], render_one: Callable[[int], Optional[str]],
-                   started: Optional[int] = None) -> int:
+def _render_frames(
+    frames: List[int], render_one: Callable[[int], Optional[str]], started: Optional[int] = None
+) -> int:
     """Run ``render_one(frame) -> output path or None`` per frame with markers.
 
     ``started``: a frame whose start marker was already printed.
@@ -239,8 +239,9 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
     return _render_frames(frames, render_one)
 
 
-def _render_sequence(frames: List[int], render: Callable[[tuple], None],
-                     output: Callable[[int], Optional[str]]) -> int:
+def _render_sequence(
+    frames: List[int], render: Callable[[tuple], None], output: Callable[[int], Optional[str]]
+) -> int:
     """A simulation: one render over all frames, since each render restarts it at its first frame."""
     step = frames[1] - frames[0] if len(frames) > 1 else 1
     if list(range(frames[0], frames[-1] + 1, step)) != frames:
@@ -257,6 +258,7 @@ def _render_sequence(frames: List[int], render: Callable[[tuple], None],
 
 def run_husk(args: argparse.Namespace, frames: List[int]) -> int:
     """Render each frame with husk from its USD file (``--husk`` may hold ``{frame}``)."""
+
     def render_one(frame: int) -> Optional[str]:
         usd = args.husk.format(frame=frame)
         if not os.path.isfile(usd):
@@ -284,8 +286,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--rop", help="ROP node path to render (hython mode)")
     p.add_argument("--with-inputs", action="store_true", help="also render the ROP's inputs")
     p.add_argument("--sequential", action="store_true", help="render all frames in one go (a simulation)")
-    p.add_argument("--export-usd", help="hython mode: write the ROP's USD to this pattern with {frame:04d}, "
-                   "render no image")
+    p.add_argument(
+        "--export-usd",
+        help="hython mode: write the ROP's USD to this pattern with {frame:04d}, render no image",
+    )
     p.add_argument("--husk", help="USD file (pattern with {frame}) to render with husk instead of hython")
     p.add_argument("--output", help="husk mode: output path pattern with {frame}")
     p.add_argument("--renderer", help="husk mode: Hydra render delegate")

@@ -10,14 +10,20 @@ from typing import Any, Callable, Optional
 from .host import DesktopHost, Host
 
 
-def create_panel(host: Optional[Host] = None, url: Optional[str] = None, token: Optional[str] = None,
-                 client_factory: Optional[Callable[[], Any]] = None, parent: Any = None,
-                 start: bool = True) -> Any:
+def create_panel(
+    host: Optional[Host] = None,
+    url: Optional[str] = None,
+    token: Optional[str] = None,
+    client_factory: Optional[Callable[[], Any]] = None,
+    parent: Any = None,
+    start: bool = True,
+) -> Any:
     """Build the monitor widget (a QWidget); it starts following the service at once."""
     from .widgets import MonitorPanel
 
-    return MonitorPanel(client_factory=client_factory, host=host, url=url, token=token,
-                        parent=parent, start=start)
+    return MonitorPanel(
+        client_factory=client_factory, host=host, url=url, token=token, parent=parent, start=start
+    )
 
 
 def open_in_houdini() -> Any:
@@ -31,8 +37,10 @@ def open_in_houdini() -> Any:
 
     opener = getattr(houdini, "open_monitor_pane", None)
     if opener is None:
-        raise NotImplementedError("hpcdock.houdini.open_monitor_pane() is missing: the Houdini adapter "
-                                  "must provide it to open the monitor panel")
+        raise NotImplementedError(
+            "hpcdock.houdini.open_monitor_pane() is missing: the Houdini adapter "
+            "must provide it to open the monitor panel"
+        )
     return opener(INTERFACE_NAME)
 
 

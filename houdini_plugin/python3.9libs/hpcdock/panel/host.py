@@ -21,8 +21,9 @@ class Host:
     #: named in the panel's messages once a host viewer has opened frames
     viewer_name = "the panel's viewer"
 
-    def open_frames(self, paths: Sequence[str], current: Optional[str] = None,
-                    fps: Optional[float] = None) -> bool:
+    def open_frames(
+        self, paths: Sequence[str], current: Optional[str] = None, fps: Optional[float] = None
+    ) -> bool:
         """Show frames in the host's own viewer: one frame full size (``paths == [current]``,
         a double-click), or a sequence to play in order at ``fps`` (the flipbook).
 

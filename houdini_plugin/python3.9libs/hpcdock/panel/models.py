@@ -158,7 +158,9 @@ class JobsModel(QtCore.QAbstractTableModel):
     COLUMNS = ("Job", "State", "Progress", "Frames", "Elapsed", "ETA")
     NAME, STATE, PROGRESS, FRAMES, ELAPSED, ETA = range(6)
 
-    def __init__(self, parent: Optional[QtCore.QObject] = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, parent: Optional[QtCore.QObject] = None, clock: Callable[[], float] = time.time
+    ) -> None:
         super().__init__(parent)
         self._clock = clock
         self._jobs: List[JSON] = []  # newest (highest id) first
@@ -195,14 +197,19 @@ class JobsModel(QtCore.QAbstractTableModel):
         if role == ALIGNMENT and col in (self.FRAMES, self.ELAPSED, self.ETA):
             return ALIGN_RIGHT_VCENTER
         if role == TOOLTIP:
-            lines = [f"job {job.get('id')}: {job.get('name')} ({job.get('state')})",
-                     f"bundle: {job.get('bundle_dir')}",
-                     f"tasks: {job.get('tasks_done', 0)}/{job.get('tasks_total', 0)} done, "
-                     f"{job.get('tasks_running', 0)} running, {job.get('tasks_failed', 0)} failed"]
+            lines = [
+                f"job {job.get('id')}: {job.get('name')} ({job.get('state')})",
+                f"bundle: {job.get('bundle_dir')}",
+                f"tasks: {job.get('tasks_done', 0)}/{job.get('tasks_total', 0)} done, "
+                f"{job.get('tasks_running', 0)} running, {job.get('tasks_failed', 0)} failed",
+            ]
             if job.get("frames_flagged"):
                 lines.append(f"frames flagged by the output checks: {job['frames_flagged']}")
-            lines += [f"step {s.get('name')}: waiting for {s['waiting_for']}"
-                      for s in job.get("steps") or [] if s.get("waiting_for")]
+            lines += [
+                f"step {s.get('name')}: waiting for {s['waiting_for']}"
+                for s in job.get("steps") or []
+                if s.get("waiting_for")
+            ]
             if job.get("error"):
                 lines.append(f"error: {job['error']}")
             return "\n".join(lines)
@@ -218,8 +225,11 @@ class JobsModel(QtCore.QAbstractTableModel):
             return f"{job_progress(job):.0f}%"
         if col == self.FRAMES:
             text = f"{job.get('frames_done') or 0}/{job.get('frames_total') or 0}"
-            notes = [f"{job[k]} {word}" for k, word in (("frames_failed", "failed"), ("frames_flagged", "flagged"))
-                     if job.get(k)]
+            notes = [
+                f"{job[k]} {word}"
+                for k, word in (("frames_failed", "failed"), ("frames_flagged", "flagged"))
+                if job.get(k)
+            ]
             if notes:
                 text += f" ({', '.join(notes)})"
             return text
@@ -241,8 +251,9 @@ class JobsModel(QtCore.QAbstractTableModel):
     def row_of(self, job_id: int) -> Optional[int]:
         return self._index.get(job_id)
 
-    def apply(self, jobs: Sequence[JSON], event_ids: Optional[Sequence[int]] = None,
-              anchor: Optional[int] = None) -> None:
+    def apply(
+        self, jobs: Sequence[JSON], event_ids: Optional[Sequence[int]] = None, anchor: Optional[int] = None
+    ) -> None:
         """Insert or replace jobs. ``event_ids`` (parallel) marks event-borne updates;
         ``anchor`` marks a snapshot: rows updated by an event after it are kept."""
         changed: List[int] = []
@@ -314,8 +325,9 @@ class FramesModel(QtCore.QAbstractListModel):
 
     thumbnailWanted = Signal(object)  # key (job, step, frame, attempt)
 
-    def __init__(self, parent: Optional[QtCore.QObject] = None,
-                 cache: Optional[ThumbnailCache] = None) -> None:
+    def __init__(
+        self, parent: Optional[QtCore.QObject] = None, cache: Optional[ThumbnailCache] = None
+    ) -> None:
         super().__init__(parent)
         self.cache = cache if cache is not None else ThumbnailCache()
         self.job_id: Optional[int] = None
@@ -424,8 +436,11 @@ class FramesModel(QtCore.QAbstractListModel):
 
     def done_frames(self, step: Optional[str] = None) -> List[JSON]:
         """The finished frames with an output, in frame order (of ``step``, or of every step)."""
-        return [f for f in self._frames
-                if f.get("output") and f.get("state") == "done" and (step is None or f.get("step") == step)]
+        return [
+            f
+            for f in self._frames
+            if f.get("output") and f.get("state") == "done" and (step is None or f.get("step") == step)
+        ]
 
     def flagged_count(self) -> int:
         """Frames with flags (kept up to date as frames are applied)."""
@@ -460,8 +475,9 @@ class FramesModel(QtCore.QAbstractListModel):
             rank = self._steps[step] = len(self._steps)
         return (rank, int(frame.get("frame") or 0), step)
 
-    def apply(self, frames: Sequence[JSON], event_ids: Optional[Sequence[int]] = None,
-              anchor: Optional[int] = None) -> int:
+    def apply(
+        self, frames: Sequence[JSON], event_ids: Optional[Sequence[int]] = None, anchor: Optional[int] = None
+    ) -> int:
         """Insert or replace frames of the shown job; returns how many rows changed."""
         updated: List[int] = []
         new: Dict[FrameKey, JSON] = {}
@@ -476,7 +492,8 @@ class FramesModel(QtCore.QAbstractListModel):
             if row is not None:
                 old = self._frames[row]
                 if old.get("attempt") != frame.get("attempt") or (
-                        old.get("state") == "done" and frame.get("state") != "done"):
+                    old.get("state") == "done" and frame.get("state") != "done"
+                ):
                     self.cache.missing.discard(self.thumb_key(old))
                 self._frames[row] = frame
                 self._count(old, frame)
@@ -537,8 +554,9 @@ class FramesModel(QtCore.QAbstractListModel):
     def _reindex(self) -> None:
         self._index = {(f.get("step"), f.get("frame")): r for r, f in enumerate(self._frames)}
 
-    def apply_tasks(self, tasks: Sequence[JSON], event_ids: Optional[Sequence[int]] = None,
-                    anchor: Optional[int] = None) -> List[int]:
+    def apply_tasks(
+        self, tasks: Sequence[JSON], event_ids: Optional[Sequence[int]] = None, anchor: Optional[int] = None
+    ) -> List[int]:
         """Remember tasks of the shown job (tooltips, log tailing); returns rows to refresh.
 
         ``event_ids`` and ``anchor`` work as for frames: a snapshot does not undo a newer event."""

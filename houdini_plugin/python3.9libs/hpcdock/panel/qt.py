@@ -29,8 +29,9 @@ def _import_binding() -> Tuple[str, Any, Any, Any, Any]:
             errors.append(f"{name}: {exc}")
             continue
         return (name, package, *modules)
-    raise ImportError("the hpcdock panel needs Qt for Python, PySide6 or PySide2 (Houdini ships one); "
-                      + "; ".join(errors))
+    raise ImportError(
+        "the hpcdock panel needs Qt for Python, PySide6 or PySide2 (Houdini ships one); " + "; ".join(errors)
+    )
 
 
 API_NAME, _PACKAGE, QtCore, QtGui, QtWidgets = _import_binding()
@@ -72,7 +73,8 @@ USER = role("UserRole")
 
 HORIZONTAL = qenum(Qt, "Orientation", "Horizontal")
 ALIGN_RIGHT_VCENTER = as_int(qenum(Qt, "AlignmentFlag", "AlignRight")) | as_int(
-    qenum(Qt, "AlignmentFlag", "AlignVCenter"))
+    qenum(Qt, "AlignmentFlag", "AlignVCenter")
+)
 ALIGN_CENTER = qenum(Qt, "AlignmentFlag", "AlignCenter")
 
 
@@ -82,8 +84,11 @@ def exec_app(app: Any) -> int:
     return int(runner() or 0)
 
 
-def binding_problem(api: str = API_NAME, version: str = PYSIDE_VERSION,
-                    python: Tuple[int, int] = (sys.version_info[0], sys.version_info[1])) -> str:
+def binding_problem(
+    api: str = API_NAME,
+    version: str = PYSIDE_VERSION,
+    python: Tuple[int, int] = (sys.version_info[0], sys.version_info[1]),
+) -> str:
     """A known-bad binding for this interpreter, in words ("" when none is known).
 
     PySide6 6.12.0 on Python before 3.12 drops a reference to ``None``/``True``/``False`` on
@@ -92,7 +97,9 @@ def binding_problem(api: str = API_NAME, version: str = PYSIDE_VERSION,
     Python 3.12+ makes those objects immortal, which hides it.
     """
     if api == "PySide6" and tuple(python) < (3, 12) and version.startswith("6.12.0"):
-        return (f"PySide6 {version} on Python {python[0]}.{python[1]} leaks "
-                "references to None/True/False on every Qt-to-Python call and crashes long sessions; "
-                "use PySide6 6.11 (pip install 'PySide6-Essentials<6.12')")
+        return (
+            f"PySide6 {version} on Python {python[0]}.{python[1]} leaks "
+            "references to None/True/False on every Qt-to-Python call and crashes long sessions; "
+            "use PySide6 6.11 (pip install 'PySide6-Essentials<6.12')"
+        )
     return ""

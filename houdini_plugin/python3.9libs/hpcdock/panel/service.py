@@ -51,7 +51,13 @@ def start_service(executable: Optional[str] = None, args: Optional[List[str]] = 
     else:
         kwargs["start_new_session"] = True
     try:
-        return subprocess.Popen([exe] + list(args or []), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+        return subprocess.Popen(
+            [exe] + list(args or []),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            **kwargs,
+        )
     finally:
         log.close()

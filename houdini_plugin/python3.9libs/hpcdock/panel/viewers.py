@@ -87,8 +87,13 @@ class FlipbookWindow(QtWidgets.QWidget):
     window-sized frames, and opening the flipbook reads one.
     """
 
-    def __init__(self, frames: Sequence[FrameImage], fps: float, parent: Optional[QtWidgets.QWidget] = None,
-                 cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        frames: Sequence[FrameImage],
+        fps: float,
+        parent: Optional[QtWidgets.QWidget] = None,
+        cache_size: int = 32,
+    ) -> None:
         super().__init__(parent, qenum(QtCore.Qt, "WindowType", "Window"))
         self.frames: List[FrameImage] = list(frames)
         self.fps = fps
@@ -100,8 +105,10 @@ class FlipbookWindow(QtWidgets.QWidget):
         self.picture = QtWidgets.QLabel(self)
         self.picture.setAlignment(_CENTER)
         self.picture.setMinimumSize(160, 90)
-        self.picture.setSizePolicy(qenum(QtWidgets.QSizePolicy, "Policy", "Ignored"),
-                                   qenum(QtWidgets.QSizePolicy, "Policy", "Ignored"))
+        self.picture.setSizePolicy(
+            qenum(QtWidgets.QSizePolicy, "Policy", "Ignored"),
+            qenum(QtWidgets.QSizePolicy, "Policy", "Ignored"),
+        )
         self.caption = QtWidgets.QLabel(self)
         self.caption.setTextInteractionFlags(_SELECTABLE)
         self.play_button = QtWidgets.QPushButton("Play", self)

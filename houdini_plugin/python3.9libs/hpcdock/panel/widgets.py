@@ -115,12 +115,18 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
             y = inner.y() + (inner.height() - size.height()) // 2
             painter.drawImage(QtCore.QRect(x, y, size.width(), size.height()), image)
         if progress:
-            bar = QtCore.QRect(rect.x(), rect.bottom() - 3, int(rect.width() * min(progress, 100.0) / 100.0), 4)
+            bar = QtCore.QRect(
+                rect.x(), rect.bottom() - 3, int(rect.width() * min(progress, 100.0) / 100.0), 4
+            )
             painter.fillRect(bar, QtGui.QColor("#9cc7ff"))
         label = str(frame.get("frame", ""))
         metrics = painter.fontMetrics()
-        box = QtCore.QRect(rect.x() + 1, rect.bottom() - metrics.height() - 1,
-                           metrics.horizontalAdvance(label) + 6, metrics.height() + 1)
+        box = QtCore.QRect(
+            rect.x() + 1,
+            rect.bottom() - metrics.height() - 1,
+            metrics.horizontalAdvance(label) + 6,
+            metrics.height() + 1,
+        )
         if image is not None:
             painter.fillRect(box, self._shade)  # keep the number readable over the picture
         painter.setPen(self._text)
@@ -149,7 +155,9 @@ class FrameDelegate(QtWidgets.QStyledItemDelegate):
         painter.setRenderHint(_ANTIALIAS, False)
 
 
-_BOTTOM_LEFT = qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(QtCore.Qt, "AlignmentFlag", "AlignBottom")
+_BOTTOM_LEFT = qenum(QtCore.Qt, "AlignmentFlag", "AlignLeft") | qenum(
+    QtCore.Qt, "AlignmentFlag", "AlignBottom"
+)
 _CENTER = qenum(QtCore.Qt, "AlignmentFlag", "AlignCenter")
 _ANTIALIAS = qenum(QtGui.QPainter, "RenderHint", "Antialiasing")
 
@@ -241,8 +249,16 @@ class FrameView(QtWidgets.QAbstractItemView):
         row = current.row() if current.isValid() else 0
         cols = self.columns()
         page = max(1, self.viewport().height() // self.cell.height()) * cols
-        moves = {"MoveLeft": -1, "MoveRight": 1, "MoveUp": -cols, "MoveDown": cols, "MovePrevious": -1,
-                 "MoveNext": 1, "MovePageUp": -page, "MovePageDown": page}
+        moves = {
+            "MoveLeft": -1,
+            "MoveRight": 1,
+            "MoveUp": -cols,
+            "MoveDown": cols,
+            "MovePrevious": -1,
+            "MoveNext": 1,
+            "MovePageUp": -page,
+            "MovePageDown": page,
+        }
         for name, delta in moves.items():
             if action == qenum(QtWidgets.QAbstractItemView, "CursorAction", name):
                 row += delta
@@ -335,7 +351,9 @@ class FrameView(QtWidgets.QAbstractItemView):
             option.state = state
             delegate.paint(painter, option, index)
             if index == current and self.hasFocus():
-                painter.setPen(QtGui.QPen(QtGui.QColor("#ffffff"), 1, qenum(QtCore.Qt, "PenStyle", "DotLine")))
+                painter.setPen(
+                    QtGui.QPen(QtGui.QColor("#ffffff"), 1, qenum(QtCore.Qt, "PenStyle", "DotLine"))
+                )
                 painter.drawRect(option.rect.adjusted(1, 1, -2, -2))
         painter.end()
 
@@ -346,15 +364,23 @@ class MonitorPanel(QtWidgets.QWidget):
     connectionChanged = Signal(str, str)
     message = Signal(str)
 
-    def __init__(self, client_factory: Optional[Callable[[], Client]] = None, host: Optional[Host] = None,
-                 url: Optional[str] = None, token: Optional[str] = None,
-                 parent: Optional[QtWidgets.QWidget] = None, start: bool = True,
-                 pump_interval_ms: int = 50) -> None:
+    def __init__(
+        self,
+        client_factory: Optional[Callable[[], Client]] = None,
+        host: Optional[Host] = None,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        parent: Optional[QtWidgets.QWidget] = None,
+        start: bool = True,
+        pump_interval_ms: int = 50,
+    ) -> None:
         super().__init__(parent)
         self.setObjectName("hpcdockMonitorPanel")
         if client_factory is None:
+
             def client_factory() -> Client:
                 return Client(url=url, token=token)
+
         self.client_factory = client_factory
         self.host = host or default_host()
         self.url = url or client_factory().url
@@ -395,8 +421,9 @@ class MonitorPanel(QtWidgets.QWidget):
         self.conn_label = QtWidgets.QLabel(self)
         self.conn_label.setObjectName("connection")
         self.start_button = QtWidgets.QPushButton("Start hpcdock-service", self)
-        self.start_button.setToolTip("Start hpcdock-service in the background (found next to this "
-                                     "Python or on PATH)")
+        self.start_button.setToolTip(
+            "Start hpcdock-service in the background (found next to this Python or on PATH)"
+        )
         self.start_button.clicked.connect(self.start_service)
         self.start_button.hide()
         self.cancel_button = QtWidgets.QPushButton("Cancel job", self)
@@ -416,16 +443,25 @@ class MonitorPanel(QtWidgets.QWidget):
 
         self.jobs_view = QtWidgets.QTableView(self)
         self.jobs_view.setModel(self.jobs_model)
-        self.jobs_view.setSelectionBehavior(qenum(QtWidgets.QAbstractItemView, "SelectionBehavior", "SelectRows"))
-        self.jobs_view.setSelectionMode(qenum(QtWidgets.QAbstractItemView, "SelectionMode", "SingleSelection"))
+        self.jobs_view.setSelectionBehavior(
+            qenum(QtWidgets.QAbstractItemView, "SelectionBehavior", "SelectRows")
+        )
+        self.jobs_view.setSelectionMode(
+            qenum(QtWidgets.QAbstractItemView, "SelectionMode", "SingleSelection")
+        )
         self.jobs_view.verticalHeader().hide()
         self.jobs_view.setAlternatingRowColors(True)
         self.jobs_view.setItemDelegateForColumn(JobsModel.PROGRESS, ProgressDelegate(self.jobs_view))
         header = self.jobs_view.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(JobsModel.NAME, qenum(QtWidgets.QHeaderView, "ResizeMode", "Stretch"))
-        for column, width in ((JobsModel.STATE, 90), (JobsModel.PROGRESS, 160), (JobsModel.FRAMES, 170),
-                              (JobsModel.ELAPSED, 80), (JobsModel.ETA, 80)):
+        for column, width in (
+            (JobsModel.STATE, 90),
+            (JobsModel.PROGRESS, 160),
+            (JobsModel.FRAMES, 170),
+            (JobsModel.ELAPSED, 80),
+            (JobsModel.ETA, 80),
+        ):
             header.resizeSection(column, width)
         self.jobs_view.verticalHeader().setDefaultSectionSize(24)
         self.jobs_view.selectionModel().currentRowChanged.connect(self._job_row_changed)
@@ -450,7 +486,9 @@ class MonitorPanel(QtWidgets.QWidget):
         self.frame_info = QtWidgets.QLabel("", self)
         self.frame_info.setObjectName("frameInfo")
         self.frame_info.setWordWrap(True)
-        self.frame_info.setTextInteractionFlags(qenum(QtCore.Qt, "TextInteractionFlag", "TextSelectableByMouse"))
+        self.frame_info.setTextInteractionFlags(
+            qenum(QtCore.Qt, "TextInteractionFlag", "TextSelectableByMouse")
+        )
         frames_head = QtWidgets.QHBoxLayout()
         frames_head.addWidget(self.frames_label, 1)
         for button in (self.flipbook_button, self.retry_frames_button, self.retry_flagged_button):
@@ -505,8 +543,9 @@ class MonitorPanel(QtWidgets.QWidget):
         if self.events_worker is not None:
             return
         self.requests = RequestWorker(self.client_factory, self.inbox)
-        self.thumbs = ThumbnailWorker(self.client_factory, self.inbox,
-                                      size=(CELL.width() - 6, CELL.height() - 6))
+        self.thumbs = ThumbnailWorker(
+            self.client_factory, self.inbox, size=(CELL.width() - 6, CELL.height() - 6)
+        )
         self.events_worker = EventWorker(self.client_factory, self.inbox)
         for worker in (self.requests, self.thumbs, self.events_worker):
             worker.start()
@@ -529,8 +568,12 @@ class MonitorPanel(QtWidgets.QWidget):
         super().closeEvent(event)
 
     # -- the pump's sink ----------------------------------------------------------------
-    def apply_batch(self, jobs: Sequence[Tuple[int, Dict[str, Any]]], tasks: Sequence[Tuple[int, Dict[str, Any]]],
-                    frames: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+    def apply_batch(
+        self,
+        jobs: Sequence[Tuple[int, Dict[str, Any]]],
+        tasks: Sequence[Tuple[int, Dict[str, Any]]],
+        frames: Sequence[Tuple[int, Dict[str, Any]]],
+    ) -> None:
         if jobs:
             new_ids = [o.get("id") for _, o in jobs if self.jobs_model.row_of(o.get("id")) is None]
             self.jobs_model.apply([o for _, o in jobs], event_ids=[i for i, _ in jobs])
@@ -685,8 +728,10 @@ class MonitorPanel(QtWidgets.QWidget):
         if not frame:
             self.frame_info.setText("")
             return
-        lines = [f"frame {frame.get('frame')} ({frame.get('step')}): {frame.get('state')}"
-                 + (f" · {frame['output']}" if frame.get("output") else "")]
+        lines = [
+            f"frame {frame.get('frame')} ({frame.get('step')}): {frame.get('state')}"
+            + (f" · {frame['output']}" if frame.get("output") else "")
+        ]
         self.frame_info.setText("\n".join(lines + flag_lines(frame)))
 
     def _frame_double_clicked(self, index: QtCore.QModelIndex) -> None:
@@ -742,11 +787,13 @@ class MonitorPanel(QtWidgets.QWidget):
         current = self.frames_model.frame(self.frames_view.currentIndex().row())
         if current:
             menu.addAction("Open full size", lambda: self.open_frame(current)).setEnabled(
-                current.get("state") == "done" and bool(current.get("output")))
+                current.get("state") == "done" and bool(current.get("output"))
+            )
         menu.addAction("Flipbook", self.play_flipbook).setEnabled(self.flipbook_button.isEnabled())
         menu.addSeparator()
         menu.addAction(self.retry_frames_button.text(), self.retry_frames).setEnabled(
-            self.retry_frames_button.isEnabled())
+            self.retry_frames_button.isEnabled()
+        )
         menu.addAction("Retry flagged", self.retry_flagged).setEnabled(self.retry_flagged_button.isEnabled())
         menu.addSeparator()
         menu.addAction("Copy output path", self.copy_output_path)
@@ -771,7 +818,9 @@ class MonitorPanel(QtWidgets.QWidget):
         self.log_text_chars = 0
         self._update_log_label(task_id)
         running = task.get("state", "running") in TASK_ACTIVE
-        self.tailer = LogTailer(self.client_factory, self.inbox, task_id, self._log_generation, running=running)
+        self.tailer = LogTailer(
+            self.client_factory, self.inbox, task_id, self._log_generation, running=running
+        )
         self.tailer.start()
 
     def _stop_tail(self) -> None:
@@ -830,7 +879,9 @@ class MonitorPanel(QtWidgets.QWidget):
         if not job or self.requests is None:
             return
         job_id = job["id"]
-        self.requests.submit("retry", lambda c: (c.retry(job_id), f"retrying failed tasks of job {job_id}")[1])
+        self.requests.submit(
+            "retry", lambda c: (c.retry(job_id), f"retrying failed tasks of job {job_id}")[1]
+        )
         self.message.emit(f"retrying job {job_id}…")
 
     def selected_frames(self) -> List[Dict[str, Any]]:
@@ -844,8 +895,10 @@ class MonitorPanel(QtWidgets.QWidget):
         if not job or not frames or self.requests is None:
             return []
         job_id, spans = job["id"], frame_spans(frames)
-        self.requests.submit("retry frames", lambda c: (
-            c.retry(job_id, frames=frames), f"retrying frames {spans} of job {job_id}")[1])
+        self.requests.submit(
+            "retry frames",
+            lambda c: (c.retry(job_id, frames=frames), f"retrying frames {spans} of job {job_id}")[1],
+        )
         self.message.emit(f"retrying frames {spans} of job {job_id}…")
         return frames
 
@@ -854,8 +907,10 @@ class MonitorPanel(QtWidgets.QWidget):
         if not job or self.requests is None:
             return
         job_id = job["id"]
-        self.requests.submit("retry flagged", lambda c: (
-            c.retry(job_id, flagged=True), f"retrying the flagged frames of job {job_id}")[1])
+        self.requests.submit(
+            "retry flagged",
+            lambda c: (c.retry(job_id, flagged=True), f"retrying the flagged frames of job {job_id}")[1],
+        )
         self.message.emit(f"retrying the flagged frames of job {job_id}…")
 
     def output_paths(self) -> List[str]:
@@ -880,7 +935,9 @@ class MonitorPanel(QtWidgets.QWidget):
         job = self.selected_job()
         state = job.get("state") if job else None
         self.cancel_button.setEnabled(state in JOB_ACTIVE)
-        failed = bool(job and (job.get("tasks_failed") or job.get("frames_failed") or state in ("failed", "canceled")))
+        failed = bool(
+            job and (job.get("tasks_failed") or job.get("frames_failed") or state in ("failed", "canceled"))
+        )
         self.retry_button.setEnabled(failed)
         self.copy_button.setEnabled(job is not None)
         self._update_frame_actions()
@@ -890,8 +947,9 @@ class MonitorPanel(QtWidgets.QWidget):
         job = self.selected_job()
         count = sum(r.height() for r in self.frames_view.selectionModel().selection())  # no index per cell
         self.retry_frames_button.setEnabled(bool(job) and count > 0)
-        self.retry_frames_button.setText(f"Retry {count} frame{'s' if count != 1 else ''}" if count
-                                         else "Retry frames")
+        self.retry_frames_button.setText(
+            f"Retry {count} frame{'s' if count != 1 else ''}" if count else "Retry frames"
+        )
         flagged = (job or {}).get("frames_flagged") or self.frames_model.flagged_count()
         self.retry_flagged_button.setEnabled(bool(job) and bool(flagged))
         self.flipbook_button.setEnabled(bool(self.frames_model.counts().get("done")))
@@ -913,8 +971,9 @@ class MonitorPanel(QtWidgets.QWidget):
         flagged = self.frames_model.flagged_count()
         if flagged:
             parts.append(f"⚠ {flagged} flagged")
-        self.frames_label.setText(f"Frames of job {self.frames_model.job_id}: {total}"
-                                  + (" — " + ", ".join(parts) if parts else ""))
+        self.frames_label.setText(
+            f"Frames of job {self.frames_model.job_id}: {total}" + (" — " + ", ".join(parts) if parts else "")
+        )
 
     def _refresh_labels(self) -> None:
         if self._labels_dirty:

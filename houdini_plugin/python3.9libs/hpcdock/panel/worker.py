@@ -82,8 +82,13 @@ class EventWorker(_Thread):
     stream it puts a jobs snapshot into the queue.
     """
 
-    def __init__(self, client_factory: ClientFactory, inbox: "queue.Queue[Any]",
-                 last_event_id: Optional[int] = None, max_backoff: float = 3.0) -> None:
+    def __init__(
+        self,
+        client_factory: ClientFactory,
+        inbox: "queue.Queue[Any]",
+        last_event_id: Optional[int] = None,
+        max_backoff: float = 3.0,
+    ) -> None:
         super().__init__("hpcdock-events")
         self.client_factory = client_factory
         self.inbox = inbox
@@ -192,16 +197,21 @@ def decode_thumbnail(data: bytes, max_w: int, max_h: int) -> Optional[QtGui.QIma
     if not image.loadFromData(data):
         return None
     if image.width() > max_w or image.height() > max_h:
-        image = image.scaled(max_w, max_h, qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"),
-                             qenum(QtCore.Qt, "TransformationMode", "SmoothTransformation"))
+        image = image.scaled(
+            max_w,
+            max_h,
+            qenum(QtCore.Qt, "AspectRatioMode", "KeepAspectRatio"),
+            qenum(QtCore.Qt, "TransformationMode", "SmoothTransformation"),
+        )
     return image
 
 
 class ThumbnailWorker(_Thread):
     """Fetches thumbnails newest request first (the cells just scrolled into view)."""
 
-    def __init__(self, client_factory: ClientFactory, inbox: "queue.Queue[Any]",
-                 size: Tuple[int, int] = (128, 96)) -> None:
+    def __init__(
+        self, client_factory: ClientFactory, inbox: "queue.Queue[Any]", size: Tuple[int, int] = (128, 96)
+    ) -> None:
         super().__init__("hpcdock-thumbnails")
         self.client_factory = client_factory
         self.inbox = inbox
@@ -246,9 +256,16 @@ class ThumbnailWorker(_Thread):
 class LogTailer(_Thread):
     """Polls ``GET /tasks/{id}/log?offset=N`` while the task runs, then reads the rest once."""
 
-    def __init__(self, client_factory: ClientFactory, inbox: "queue.Queue[Any]", task_id: int,
-                 generation: int, running: bool = True, interval: float = 0.5,
-                 max_chunk_chars: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        client_factory: ClientFactory,
+        inbox: "queue.Queue[Any]",
+        task_id: int,
+        generation: int,
+        running: bool = True,
+        interval: float = 0.5,
+        max_chunk_chars: int = 2_000_000,
+    ) -> None:
         super().__init__(f"hpcdock-log-{task_id}")
         self.client_factory = client_factory
         self.inbox = inbox
@@ -281,16 +298,20 @@ class LogTailer(_Thread):
                     self._sleep(1.0)
                     continue
                 else:
-                    self._put(self.inbox, ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
-                                    self.generation))
+                    self._put(
+                        self.inbox,
+                        ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n", self.generation),
+                    )
                     return
             except Exception as exc:
-                self._put(self.inbox, ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n",
-                                self.generation))
+                self._put(
+                    self.inbox,
+                    ("log", self.task_id, f"\n[log unavailable: {_describe(exc)}]\n", self.generation),
+                )
                 return
             if text and not self.stopped:
                 if len(text) > self.max_chunk_chars:
-                    text = "[...]\n" + text[-self.max_chunk_chars:]
+                    text = "[...]\n" + text[-self.max_chunk_chars :]
                 self._put(self.inbox, ("log", self.task_id, text, self.generation))
             if not running and not text:
                 return  # the task had ended before this read: all of it is in
@@ -307,9 +328,16 @@ class EventPump(QtCore.QObject):
 
     batchApplied = Signal(int)  # events in the batch
 
-    def __init__(self, sink: Any, inbox: "Optional[queue.Queue[Any]]" = None, interval_ms: int = 50,
-                 budget_s: float = 0.008, max_events: int = 1500, busy_interval_ms: int = 8,
-                 parent: Optional[QtCore.QObject] = None) -> None:
+    def __init__(
+        self,
+        sink: Any,
+        inbox: "Optional[queue.Queue[Any]]" = None,
+        interval_ms: int = 50,
+        budget_s: float = 0.008,
+        max_events: int = 1500,
+        busy_interval_ms: int = 8,
+        parent: Optional[QtCore.QObject] = None,
+    ) -> None:
         super().__init__(parent)
         # weak: the sink (the panel) usually owns the pump; a strong reference back would make a
         # reference cycle that Python's collector may free from a worker thread, and Qt objects
@@ -390,7 +418,12 @@ class EventPump(QtCore.QObject):
             self.timer.setInterval(wanted)
         return count
 
-    def _apply(self, sink: Any, jobs: Dict[Any, Tuple[int, Any]], tasks: Dict[Any, Tuple[int, Any]],
-               frames: Dict[Any, Tuple[int, Any]]) -> None:
+    def _apply(
+        self,
+        sink: Any,
+        jobs: Dict[Any, Tuple[int, Any]],
+        tasks: Dict[Any, Tuple[int, Any]],
+        frames: Dict[Any, Tuple[int, Any]],
+    ) -> None:
         self.batches += 1
         sink.apply_batch(list(jobs.values()), list(tasks.values()), list(frames.values()))
