@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional, Protocol
 
 from ..bundle import Mount
@@ -45,9 +46,33 @@ class LimitEnforcement:
         return {"memory": self.memory, "pids": self.pids, "cpu": self.cpu, "notes": list(self.notes)}
 
 
+class RunState(str, Enum):
+    """Where one task attempt's run stands, in hpcdock's words (each engine maps its own onto these)."""
+
+    QUEUED = "queued"  # the engine has it and will start it by itself (a pending Slurm job)
+    RUNNING = "running"  # the task's code may be running
+    EXITED = "exited"  # over: the exit code (or why there is none) is known
+
+
+@dataclass(frozen=True)
+class GpuGrant:
+    """The GPUs a task attempt holds: how many, and which ones where the engine places them itself.
+
+    The local engine reserves host GPUs by index before the container exists; a cluster engine
+    leaves ``indices`` empty and lets its scheduler pick at run time (``--gres=gpu:N``).
+    """
+
+    count: int
+    indices: tuple[int, ...] = ()
+
+
 @dataclass
 class ContainerRequest:
-    """One task attempt's container, fully decided by the service (security defaults included)."""
+    """One task attempt's container, fully decided by the service (security defaults included).
+
+    Every engine runs the task in a container made from this request, on whatever host it places
+    it, with the same security defaults and labels.
+    """
 
     name: str
     image: str
@@ -57,19 +82,37 @@ class ContainerRequest:
     mounts: list[Mount]
     network: bool
     labels: dict[str, str]
-    # How the task's GPUs attach (a hpcdock_service.gpu.Attachment), decided by the GPU broker.
-    gpu: Optional[Any] = None
+    gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
+    gpu: Optional[Any] = None  # the local engine's GPU Attachment, until it plans attachments itself
 
 
 @dataclass
 class ContainerStatus:
+    """The local engine's view of a container (until the scheduler reads :class:`RunStatus`)."""
+
     id: str
     name: str
     status: str  # the engine's word: created, running, exited, ...
     running: bool
     exit_code: Optional[int]
     labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What the engine knows of one run (a container, a Slurm job, a Swarm service).
+
+    ``handle`` is the engine's own id for it, the one every other call takes; ``name`` is the
+    attempt's name (:func:`..runner.container_name`), which a restarted service looks it up by.
+    """
+
+    handle: str
+    name: str
+    state: RunState
+    exit_code: Optional[int] = None
+    oom_killed: bool = False  # the engine killed it for exceeding its memory limit
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class EngineError(Exception):
@@ -89,9 +132,43 @@ class MountRefused(EngineError):
     the path; the engine itself is fine."""
 
 
+class GpuPlacement(Protocol):
+    """Which tasks hold which GPUs, for one engine; the scheduler asks, the engine decides."""
+
+    def check(self, count: int) -> Optional[str]:
+        """Why a step needing ``count`` GPUs could never run on this engine (None: it could).
+
+        Asked at submit, so such a job is refused naming GPUs instead of waiting forever."""
+
+    def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
+        """Reserve ``count`` GPUs for the task; None when they are not free now (it waits)."""
+
+    def restore(self, task_id: int, grant: GpuGrant) -> None:
+        """Mark a re-adopted task's GPUs as held again after a restart."""
+
+    def release(self, task_id: int) -> None:
+        """Give back what the task holds (holding nothing is fine)."""
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The GPUs tasks can get and which task holds each: what ``/v1/health`` shows."""
+
+    def inventory_json(self) -> dict[str, Any]:
+        """Everything detected: what ``--check`` shows."""
+
+
 class Engine(Protocol):
+    """Runs task attempts: owns capacity, GPUs, each run's lifecycle and recovery after a restart.
+
+    The scheduler and the runner speak only this protocol and hpcdock's own states; they never
+    know whether a run is a local container, a Slurm job or a Swarm service.
+    """
+
     # What containers may mount, checked again at every creation; the service sets it.
     mount_policy: MountPolicy
+    # How many task attempts may run at once.
+    slots: int
+    # GPU placement, attachment and verification for this engine.
+    gpus: GpuPlacement
 
     def describe(self) -> dict[str, Any]:
         """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows."""
@@ -102,29 +179,40 @@ class Engine(Protocol):
     def image_exists(self, image: str) -> bool: ...
 
     def create(self, request: ContainerRequest) -> str:
-        """Create the container (initialised far enough that inspect shows its devices); return its id."""
+        """Prepare the run without starting the task's code; return its handle.
 
-    def start(self, container_id: str) -> None: ...
+        Mounts are checked here again, and the request's GPUs attached and verified (an engine
+        that cannot prove a GPU is attached raises EngineError naming it)."""
 
-    def inspect(self, container_id: str) -> dict[str, Any]: ...
+    def start(self, handle: str) -> None:
+        """Let the run go (a cancel between create and start means the task never ran)."""
 
-    def find(self, name: str) -> Optional[ContainerStatus]: ...
+    def status(self, handle: str) -> RunStatus: ...
 
-    def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]: ...
+    def find(self, name: str) -> Optional[RunStatus]:
+        """The run of that name, for re-adoption after a restart or an outage.
 
-    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+        None when there is none, or when one was prepared but never started (the engine removes
+        it): the attempt then runs again without spending an attempt."""
+
+    def leftovers(self, store_id: str) -> list[RunStatus]:
+        """Every run of that store the engine still has (those no task claims are removed)."""
+
+    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
         """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
         engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
-        until the container exits.
+        until the run exits.
 
         A following iterator has ``close()``, which ends it from another thread.
         """
 
-    def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
-        """Exit code; raises TimeoutError when ``timeout`` passes first."""
+    def wait(self, handle: str, timeout: Optional[float] = None) -> int:
+        """The task's exit code; raises TimeoutError when ``timeout`` passes first, EngineError
+        naming the reason when the run ended without one (a node failure, say)."""
 
-    def stop(self, container_id: str, grace: float = 0) -> None: ...
+    def stop(self, handle: str, grace: float = 0) -> None: ...
 
-    def remove(self, container_id: str) -> None: ...
+    def remove(self, handle: str) -> None:
+        """Forget the run: no container (and no cluster job) of it is left."""
 
     def close(self) -> None: ...
