@@ -47,7 +47,7 @@ class NotYourService(ServiceError):
 
 class Event(NamedTuple):
     id: int
-    kind: str  # "job", "task" or "frame"
+    kind: str  # an EventKind's value (a newer service may send kinds this client does not know)
     data: JSON
 
 
