@@ -261,7 +261,7 @@ def serve(service, listener: socket.socket) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
-            app.state.close_streams()  # event streams would otherwise hold the shutdown up
+            app.state.api.close_streams()  # event streams would otherwise hold the shutdown up
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:

@@ -229,6 +229,12 @@ def make_thumbnail(
     return dest
 
 
+def cached_thumbnail(src: Path, dest: Path) -> Path:
+    """``dest``, made from ``src`` unless it is there: a frame's thumbnail is made when the frame
+    finishes, or, if that failed, the first time someone asks for it (then kept)."""
+    return dest if dest.exists() else make_thumbnail(src, dest)
+
+
 def _write_png_atomically(img: Image.Image, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
