@@ -36,6 +36,7 @@ from .bundle import ContainerSpec, JobPlan
 from .config import LicenceRetry
 from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
+from .lifecycle import attempt_outcome, job_outcome
 from .migrations import SchemaTooNew, migrate
 from .model import Event, Frame, Job, Task
 from .records import (
@@ -692,22 +693,9 @@ class Store:
                 return self.task(task_id)
             job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
             ok = exit_code == 0 and error is None
-            licence_wait = (
-                licence is not None and job_state != "canceled" and t["licence_retries"] < licence.retries
+            state, error, licence_wait = attempt_outcome(
+                job_state, ok, error, t["attempt"], t["max_attempts"], licence, t["licence_retries"]
             )
-            if job_state == "canceled":
-                state = "canceled"
-            elif ok:
-                state = "succeeded"
-            elif licence_wait:
-                state = "pending"
-            elif licence is not None:
-                state = "failed"
-                error = f"{error} (no licence after {t['licence_retries']} licence retries)"
-            elif t["attempt"] < t["max_attempts"]:
-                state = "pending"
-            else:
-                state = "failed"
             if licence_wait:
                 assert licence is not None
                 db.execute(
@@ -718,7 +706,7 @@ class Store:
             db.execute(
                 "UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
                 "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
-                (state, exit_code, error, now, ok, task_id),
+                (state.value, exit_code, error, now, ok, task_id),
             )
             self._task_event(db, task_id)
             for frame, (f_state, f_error, thumb) in sorted((frame_results or {}).items()):
@@ -761,14 +749,12 @@ class Store:
     def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
         job = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
         counts = _state_counts(db, "tasks", job_id)
-        active = counts.get("pending", 0) + counts.get("running", 0)
-        if job["state"] in JOB_ACTIVE and not active:
-            if counts.get("failed") or counts.get("canceled"):
-                state, error = "failed", f"{counts.get('failed', 0)} task(s) failed"
-            else:
-                state, error = "succeeded", None
+        ended = job_outcome(job["state"], counts)
+        if ended is not None:
+            state, error = ended
             db.execute(
-                "UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id)
+                "UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?",
+                (state.value, error, now, job_id),
             )
         elif job["state"] == "canceled" and not counts.get("running"):
             db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
