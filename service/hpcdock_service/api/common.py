@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Protocol, Union
 
 from fastapi import Depends, Header, Request
 from fastapi import Path as PathParam
@@ -96,7 +96,13 @@ def answer(value: JSON, status: int = 200) -> JSONResponse:
 LIST_BATCH = 1000  # rows encoded per chunk of a streamed listing
 
 
-def json_list(key: str, values: Iterable[Any]) -> StreamingResponse:
+class Value(Protocol):
+    """A value of :mod:`..model`: what it is on the wire."""
+
+    def to_json(self) -> JSON: ...
+
+
+def json_list(key: str, values: Iterable[Value]) -> StreamingResponse:
     """``{key: [values]}`` streamed in batches of their ``to_json()``: a 100,000-task job's listing
     is never held whole, neither as values nor as one JSON text."""
     rows = iter(values)
