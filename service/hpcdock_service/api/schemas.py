@@ -230,11 +230,11 @@ class Proof(_Answer):
 
 
 class EngineHealth(BaseModel):
-    """What the engine says of itself (each engine adds its own fields) and whether it answers."""
+    """Whether the engine answers, and what it says of itself: each engine adds its own fields
+    (its name and version, its socket, whether it is rootless, how it enforces limits)."""
 
     model_config = ConfigDict(extra="allow")
     state: str = Field(description="up or down")
-    restarts: int
 
 
 class StoreHealthOut(_Answer):
