@@ -174,7 +174,7 @@ def baseline(url: str, n: int, conc: int, workdir: Path) -> float:
                 client.api.wait(c.id)
                 client.api.logs(c.id, stream=False)
                 client.api.remove_container(c.id, force=True)
-            except Exception as exc:  # noqa: BLE001 - reported below
+            except Exception as exc:  # reported below
                 errors.append(str(exc))
 
     t0 = time.perf_counter()
@@ -203,7 +203,7 @@ class Service:
         self.proc.stop()
         try:
             remove_leftovers(self.proc)  # containers of tasks left 'running' (see hpcdock_dispatch)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"could not remove leftover containers: {exc}")
 
     @staticmethod
@@ -303,7 +303,7 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
     def add(key: str, fn: Callable[[], float]) -> None:
         try:
             value = fn()
-        except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others
+        except Exception as exc:  # one failing figure must not lose the others
             log(f"{key}: FAILED: {exc}")
             results.setdefault("errors", []).append(f"{key}: {exc}")
             return
@@ -431,7 +431,7 @@ def bench_latency(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) 
             continue
         try:
             row = latency_once(tmp / f"latency-{kind}", url, args.latency_frames, args.frame_interval)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"latency {kind}: FAILED: {exc}")
             results.setdefault("errors", []).append(f"latency {kind}: {exc}")
             continue
@@ -751,7 +751,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             log(f"{name} ...")
             try:
                 parts[name](Path(tmp), args, results)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log(f"{name}: FAILED: {exc}")
                 results.setdefault("errors", []).append(f"{name}: {exc}")
     results["machine"] = machine()

@@ -194,7 +194,7 @@ def check_frames(client, job: dict) -> list[Path]:
         try:
             with Image.open(p) as im:
                 im.verify()
-        except Exception:  # noqa: BLE001 - any decoding error means a broken frame
+        except Exception:  # any decoding error means a broken frame
             broken.append(n)
     done = sum(1 for f in client.frames(job["id"]) if f["state"] == "done")
     if missing or broken or done != len(FRAMES):

@@ -80,7 +80,7 @@ def spawn_service(workdir: Path, engine_socket: str = None):
     ]
     if engine_socket:
         args += ["--engine-socket", engine_socket]
-    log = open(workdir / "service.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(workdir / "service.log", "ab")  # handed to the child
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -113,7 +113,7 @@ class ServiceProcess:
         return args
 
     def start(self) -> ServiceProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")  # closed with the process
         self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT)
         from hpcdock.client import ServiceError
 

@@ -596,7 +596,7 @@ def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits,
         except Exception as exc:  # openjd validated it already; a parser change must not become a 500
             raise BadInput(f"{where}.combination", str(exc)) from None
         tasks_total += _space_size(tree, counts)
-        if frames_param in values:
+        if frames_param is not None and frames_param in values:
             frames_total += _space_size(tree, {**counts, frames_param: values[frames_param]})
     if tasks_total > limits.max_tasks_per_job:
         raise BadInput(
@@ -698,24 +698,24 @@ def _plan_step(
     elif cancelation is not None and str(getattr(cancelation, "mode", "")).endswith("NOTIFY_THEN_TERMINATE"):
         cancel_grace = 120.0  # OpenJD's default notify period
     tasks: list[TaskPlan] = []
-    has_frames = False
+    frame_name: Optional[str] = None  # the step's task parameter that holds frames, if it has one
     if step.parameterSpace is not None:
         names = set(step.parameterSpace.taskParameterDefinitions)
-        has_frames = frames_param in names
+        frame_name = frames_param if frames_param in names else None
         space = StepParameterSpaceIterator(space=step.parameterSpace)
-        if len(names) == 1 and has_frames:  # the frame is the only parameter: 100,000 tasks take this path
+        if len(names) == 1 and frame_name is not None:  # the frame is the only parameter: 100,000 tasks
             for params in space:
-                value = str(params[frames_param].value)
-                tasks.append(TaskPlan({frames_param: value}, _frames_of(value)))
+                value = str(params[frame_name].value)
+                tasks.append(TaskPlan({frame_name: value}, _frames_of(value)))
         else:
             for params in space:
                 values = {k: str(v.value) for k, v in params.items()}
-                frames = _frames_of(values[frames_param]) if has_frames else []
+                frames = _frames_of(values[frame_name]) if frame_name is not None else []
                 tasks.append(TaskPlan(values, frames))
     else:
         tasks.append(TaskPlan({}, []))
     output = None
-    if has_frames:
+    if frame_name is not None:
         output = outputs.get(step.name) or outputs.get("")
     return StepPlan(
         name=step.name,

@@ -262,7 +262,10 @@ def inspect(output: Path | str, thumbnail: Path | str, settings: FrameCheckSetti
 
 
 def compare_shape(check: FrameCheck, ref: dict[str, Any], ref_frame: int) -> list[Flag]:
-    """Flags for a size or channel set different from the reference frame's."""
+    """Flags for a size or channel set different from the reference frame's (none for a frame
+    whose shape is unknown)."""
+    if check.width is None or check.height is None:
+        return []
     flags = []
     if (check.width, check.height) != (ref["width"], ref["height"]):
         flags.append(

@@ -199,7 +199,7 @@ class LogParser:
     Typical use by the service::
 
         parser = LogParser()
-        for chunk in engine.stream_logs(container):
+        for chunk in engine.logs(handle, follow=True):
             for update in parser.feed(chunk):
                 handle(update)
         for update in parser.close():

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any, Optional
 
 from hpcdock.endpoint import LOOPBACK_NAMES, Endpoint, private_dir_problem
@@ -260,8 +261,8 @@ def serve(service, listener: socket.socket) -> int:
     socket_file = os.stat(ep.path) if ep.is_unix else None
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: object) -> None:
-            app.state.close_streams()  # event streams would otherwise hold the shutdown up
+        def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
+            app.state.api.close_streams()  # event streams would otherwise hold the shutdown up
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:

@@ -298,8 +298,8 @@ def bound_mismatches(mountinfo: str, expected: Sequence[Bound]) -> list[str]:
     The topmost mount at each target must be the verified directory itself.
     """
     at = {}
-    for entry in parse_mountinfo(mountinfo):
-        at[entry.mount_point] = entry  # later lines are mounted on top of earlier ones
+    for info in parse_mountinfo(mountinfo):
+        at[info.mount_point] = info  # later lines are mounted on top of earlier ones
     problems = []
     for path, target, (device, root) in expected:
         entry = at.get(os.path.normpath(target))

@@ -1,7 +1,8 @@
 """Wires config, store, engine, GPUs and scheduler into one running service.
 
-The API layer talks to this object only; tests build one with a real engine and a
-temporary state directory, and ``main`` builds one from the user's config.
+The API layer talks to this object only (its facade, below ``close``), which answers with the
+values of :mod:`.model`; tests build one with a real engine and a temporary state directory,
+and ``main`` builds one from the user's config.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ import fcntl
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from . import __version__
+from hpcdock.protocol import FrameState
+
+from . import __version__, tasklog, thumbnails
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
 from .engines import open_engine
 from .engines.base import ContainerLimits, Engine, EngineUnreachable
 from .engines.discovery import EngineWatch
-from .errors import BadInput
+from .errors import BadInput, NotFound
+from .model import Event, Frame, Job, Task
 from .resources import Pool, capacity
 from .scheduler import Scheduler
-from .store import Row, Store, StoreBusy
+from .store import Store, StoreBusy
 from .tasklog import MIB
 
 log = logging.getLogger(__name__)
@@ -143,7 +148,7 @@ class Service:
         parameter_values: Optional[dict[str, Any]] = None,
         priority: Optional[int] = None,
         name: Optional[str] = None,
-    ) -> Row:
+    ) -> Job:
         try:
             plan = load_bundle(
                 bundle_dir,
@@ -158,31 +163,77 @@ class Service:
             self.watch.lost(exc)
             raise BadInput("engine", f"{exc}; submit again once it is back", 503) from None
         prepare_output_dirs(plan, self.mount_policy)
-        job = self.store.add_job(plan, priority=priority, name=name)
-        log.info(
-            "job %s (%s): %d task(s), %d frame(s)",
-            job["id"],
-            job["name"],
-            job["tasks_total"],
-            job["frames_total"],
-        )
+        job = self.store.create_job(plan, priority=priority, name=name)
+        log.info("job %s (%s): %d task(s), %d frame(s)", job.id, job.name, job.tasks_total, job.frames_total)
         self.scheduler.wake()
         return job
 
-    def cancel(self, job_id: int) -> Row:
-        return self.scheduler.cancel(job_id)
+    def cancel(self, job_id: int) -> Job:
+        """Cancel the job: pending tasks never start, running containers are stopped and removed."""
+        self.scheduler.cancel(job_id)
+        return self.store.read_job(job_id)
 
-    def retry(self, job_id: int) -> Row:
-        job = self.store.retry_job(job_id)
+    def retry(self, job_id: int) -> Job:
+        job = self.store.retry_failed(job_id)
         self.scheduler.wake()
         return job
 
     def retry_frames(
         self, job_id: int, frames: Optional[list[int]], flagged: bool, step: Optional[str]
-    ) -> Row:
+    ) -> Job:
         job = self.store.retry_frames(job_id, frames, flagged, step)
         self.scheduler.wake()
         return job
+
+    def jobs(self, state: Optional[str] = None) -> list[Job]:
+        return self.store.jobs(state)
+
+    def job(self, job_id: int) -> Job:
+        return self.store.read_job(job_id)
+
+    def tasks(self, job_id: int) -> Iterator[Task]:
+        """The job's tasks, read as they are taken; NotFound (before any is read) for no such job."""
+        self.store.read_job(job_id)
+        return self.store.iter_tasks(job_id)
+
+    def task(self, task_id: int) -> Task:
+        return self.store.read_task(task_id)
+
+    def task_log(self, task_id: int, offset: int) -> tasklog.LogPart:
+        """The task's log from ``offset`` (bytes as the task printed them), at most READ_LIMIT bytes."""
+        self.store.read_task(task_id)
+        return tasklog.read(self.scheduler.log_path(task_id), offset, tasklog.READ_LIMIT)
+
+    def frames(self, job_id: int) -> Iterator[Frame]:
+        """The job's frames, read as they are taken; NotFound (before any is read) for no such job."""
+        self.store.read_job(job_id)
+        return self.store.iter_frames(job_id)
+
+    def thumbnail(self, job_id: int, frame: int, step: Optional[str] = None) -> Path:
+        """The PNG thumbnail of a done frame (of ``step``, else of the last step that has the frame)."""
+        path = self.store.thumbnail_path(job_id, frame, step)
+        if path is not None:
+            return Path(path)
+        info = self.store.frame(job_id, frame, step)
+        if info.state != FrameState.DONE or not info.output:
+            raise NotFound("frame", f"frame {frame} of job {job_id} has no thumbnail ({info.state.value})")
+        try:
+            return thumbnails.cached_thumbnail(
+                Path(info.output), self.scheduler.thumbnail_path(job_id, info.step, frame)
+            )
+        except thumbnails.ThumbnailError as exc:
+            raise NotFound("frame", str(exc)) from None
+
+    def events_after(self, after: int, job_id: Optional[int] = None, limit: int = 500) -> list[Event]:
+        """The events after id ``after`` (of one job, with ``job_id``), oldest first, at most ``limit``."""
+        return self.store.events_after(after, job_id, limit)
+
+    def add_event_listener(self, callback: Callable[[int], None]) -> None:
+        """``callback(last_event_id)`` runs after every change (from any thread)."""
+        self.store.add_listener(callback)
+
+    def remove_event_listener(self, callback: Callable[[int], None]) -> None:
+        self.store.remove_listener(callback)
 
     def metrics_text(self) -> str:
         """Prometheus text exposition: what a farm admin graphs and alerts on."""

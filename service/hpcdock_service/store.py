@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -27,18 +26,30 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _esc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcdock.protocol import JOB_ACTIVE, decode_frames, encode_frames
+from hpcdock.protocol import JOB_ACTIVE, EventKind, decode_frames, encode_frames, event_data
 from openjd.model import IntRangeExpr
 
 from .bundle import ContainerSpec, JobPlan
 from .config import LicenceRetry
 from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
+from .lifecycle import attempt_outcome, job_outcome
 from .migrations import SchemaTooNew, migrate
+from .model import Event, Frame, Job, Task
+from .records import (
+    amounts,
+    event_from_row,
+    frame_from_row,
+    frame_only_params,
+    job_from_row,
+    json_rows,
+    params_json,
+    printf_format,
+    task_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -307,17 +318,17 @@ class Store:
             cb(last)
 
     # -- events -------------------------------------------------------------------------
-    def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: str, data: Row) -> None:
+    def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: EventKind, data: Row) -> None:
         db.execute(
             "INSERT INTO events (job_id, kind, data, ts) VALUES (?, ?, ?, ?)",
-            (job_id, kind, json.dumps({kind: data}), time.time()),
+            (job_id, kind.value, json.dumps(event_data(kind, data)), time.time()),
         )
 
     def last_event_id(self) -> int:
         row = self._query("SELECT COALESCE(MAX(id), 0) FROM events")
         return int(row[0][0])
 
-    def events_after(self, after: int, job_id: Optional[int] = None, limit: int = 500) -> list[Row]:
+    def events_after(self, after: int, job_id: Optional[int] = None, limit: int = 500) -> list[Event]:
         if job_id is None:
             rows = self._query(
                 "SELECT id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
@@ -327,10 +338,14 @@ class Store:
                 "SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (job_id, after, limit),
             )
-        return [dict(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     # -- jobs ---------------------------------------------------------------------------
     def add_job(self, plan: JobPlan, priority: Optional[int] = None, name: Optional[str] = None) -> Row:
+        """:meth:`create_job` as a Row, for the callers that do not read values yet."""
+        return self.create_job(plan, priority, name).to_json()
+
+    def create_job(self, plan: JobPlan, priority: Optional[int] = None, name: Optional[str] = None) -> Job:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
@@ -348,7 +363,7 @@ class Store:
                     plan.fps,
                 ),
             )
-            job_id = int(cur.lastrowid)
+            job_id = _inserted(cur)
             n_tasks = n_frames = 0
             for s_idx, step in enumerate(plan.steps):
                 db.execute(
@@ -373,7 +388,7 @@ class Store:
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
                 # Rows go to SQLite as one JSON array each, unpacked by json_each in C: binding
                 # 100,000 rows one by one through executemany was most of a big job's accept time.
-                frame_only = _frame_only_params(step.tasks)
+                frame_only = frame_only_params(step.tasks)
                 if frame_only is not None:  # each task is {NAME: "F"} for its one frame F: printf'd by SQLite
                     db.execute(
                         "INSERT INTO tasks (id, job_id, step_idx, idx, params, frames, state, max_attempts) "
@@ -385,7 +400,7 @@ class Store:
                             s_idx,
                             frame_only,
                             plan.max_attempts,
-                            _json_rows(t.frames[0] for t in step.tasks),
+                            json_rows(t.frames[0] for t in step.tasks),
                         ),
                     )
                 else:
@@ -398,11 +413,11 @@ class Store:
                             job_id,
                             s_idx,
                             plan.max_attempts,
-                            _json_rows([_params_json(t.params), encode_frames(t.frames)] for t in step.tasks),
+                            json_rows([params_json(t.params), encode_frames(t.frames)] for t in step.tasks),
                         ),
                     )
                 if step.output is not None:
-                    fmt = _printf_format(step.output)
+                    fmt = printf_format(step.output)
                     one_each = all(len(t.frames) == 1 for t in step.tasks)
                     if one_each:  # one frame per task: a flat array; the task is the array index
                         frames: list[Any] = [t.frames[0] for t in step.tasks]
@@ -422,7 +437,7 @@ class Store:
                     db.execute(
                         "INSERT INTO frames (job_id, step_idx, frame, task_id, state, output) "
                         f"SELECT ?, ?, {frame_sql}, ? + {task_sql}, 'waiting', {out_sql} FROM json_each(?)",
-                        (job_id, s_idx, first, *([fmt] if fmt is not None else []), _json_rows(frames)),
+                        (job_id, s_idx, first, *([fmt] if fmt is not None else []), json_rows(frames)),
                     )
                     n_frames += len(frames)
                 n_tasks += len(step.tasks)
@@ -433,19 +448,24 @@ class Store:
         return job
 
     def job(self, job_id: int) -> Row:
+        """:meth:`read_job` as a Row, for the callers that do not read values yet."""
+        return self.read_job(job_id).to_json()
+
+    def read_job(self, job_id: int) -> Job:
         with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound("job", f"no job {job_id}")
-            return self._job_json(db, row)
+            return self._job(db, row)
 
-    def jobs(self, state: Optional[str] = None) -> list[Row]:
+    def jobs(self, state: Optional[str] = None) -> list[Job]:
+        """The jobs, newest first; with ``state``, only the jobs in it."""
         with self._read() as db:
             if state:
                 rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id DESC", (state,)).fetchall()
             else:
                 rows = db.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
-            return [self._job_json(db, r) for r in rows]
+            return [self._job(db, r) for r in rows]
 
     def job_container(self, job_id: int) -> ContainerSpec:
         rows = self._query("SELECT container FROM jobs WHERE id=?", (job_id,))
@@ -454,42 +474,22 @@ class Store:
     def job_params(self, job_id: int) -> dict[str, str]:
         return json.loads(self._query("SELECT params FROM jobs WHERE id=?", (job_id,))[0][0])
 
-    def _job_json(
+    def _job(
         self,
         db: sqlite3.Connection,
         row: sqlite3.Row,
         counts: Optional[dict[str, int]] = None,
         fcounts: Optional[dict[str, int]] = None,
-    ) -> Row:
-        job = dict(row)
-        job.pop("container")
-        job.pop("params")
-        job["frame_checks"] = FrameCheckSettings.from_json(
-            json.loads(job["frame_checks"] or "null")
-        ).to_json()
-        if counts is None:
-            counts = _state_counts(db, "tasks", job["id"])
-        job["tasks_total"] = sum(counts.values())
-        job["tasks_done"] = counts.get("succeeded", 0)
-        job["tasks_failed"] = counts.get("failed", 0)
-        job["tasks_running"] = counts.get("running", 0)
-        if fcounts is None:
-            fcounts = _state_counts(db, "frames", job["id"])
-        job["frames_total"] = sum(fcounts.values())
-        job["frames_done"] = fcounts.get("done", 0)
-        job["frames_failed"] = fcounts.get("failed", 0)
-        job["steps"] = [
-            {
-                "name": s["name"],
-                "depends_on": json.loads(s["depends_on"]),
-                "gpus": s["gpus"],
-                "output": s["output"],
-                "amounts": _amounts(s["amounts"]),
-                "waiting_for": s["waiting_for"],
-            }
-            for s in db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job["id"],))
-        ]
-        return job
+    ) -> Job:
+        """The job of a ``jobs`` row; ``counts`` and ``fcounts`` (tasks and frames per state) when the
+        caller knows them, else counted."""
+        job_id = row["id"]
+        return job_from_row(
+            row,
+            _state_counts(db, "tasks", job_id) if counts is None else counts,
+            _state_counts(db, "frames", job_id) if fcounts is None else fcounts,
+            db.execute("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,)),
+        )
 
     def _job_event(
         self,
@@ -497,10 +497,10 @@ class Store:
         job_id: int,
         counts: Optional[dict[str, int]] = None,
         fcounts: Optional[dict[str, int]] = None,
-    ) -> Row:
+    ) -> Job:
         row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        job = self._job_json(db, row, counts, fcounts)
-        self._event(db, job_id, "job", job)
+        job = self._job(db, row, counts, fcounts)
+        self._event(db, job_id, EventKind.JOB, job.to_json())
         return job
 
     def steps(self, job_id: int) -> list[Row]:
@@ -510,7 +510,7 @@ class Store:
                 **dict(r),
                 "depends_on": json.loads(r["depends_on"]),
                 "command": json.loads(r["command"]),
-                "amounts": _amounts(r["amounts"]),
+                "amounts": amounts(r["amounts"]),
             }
             for r in rows
         ]
@@ -532,24 +532,29 @@ class Store:
 
     # -- tasks --------------------------------------------------------------------------
     def tasks(self, job_id: int) -> list[Row]:
-        self.job(job_id)
-        return list(self.iter_tasks(job_id))
+        """The job's tasks as Rows, for the callers that do not read values yet."""
+        self.read_job(job_id)
+        return [t.to_json() for t in self.iter_tasks(job_id)]
 
-    def iter_tasks(self, job_id: int) -> Iterator[Row]:
+    def iter_tasks(self, job_id: int) -> Iterator[Task]:
         """The job's tasks one by one from one snapshot, for a listing that never holds them all."""
         with self._read() as db:
             for r in db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id", (job_id,)):
-                yield _task_json(r)
+                yield task_from_row(r)
 
     def task(self, task_id: int) -> Row:
+        """:meth:`read_task` as a Row, for the callers that do not read values yet."""
+        return self.read_task(task_id).to_json()
+
+    def read_task(self, task_id: int) -> Task:
         rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
         if not rows:
             raise NotFound("task", f"no task {task_id}")
-        return _task_json(rows[0])
+        return task_from_row(rows[0])
 
     def _task_event(self, db: sqlite3.Connection, task_id: int) -> None:
         row = db.execute(_TASK_SELECT + " WHERE t.id=?", (task_id,)).fetchone()
-        self._event(db, row["job_id"], "task", _task_json(row))
+        self._event(db, row["job_id"], EventKind.TASK, task_from_row(row).to_json())
 
     def _task_events(self, db: sqlite3.Connection, task_ids: list[int]) -> None:
         """One task event per id, in that order: what ``_task_event`` in a loop appends, in a few
@@ -564,7 +569,14 @@ class Store:
         }
         db.executemany(
             "INSERT INTO events (job_id, kind, data, ts) VALUES (?, 'task', ?, ?)",
-            ((rows[i]["job_id"], json.dumps({"task": _task_json(rows[i])}), time.time()) for i in task_ids),
+            (
+                (
+                    rows[i]["job_id"],
+                    json.dumps(event_data(EventKind.TASK, task_from_row(rows[i]).to_json())),
+                    time.time(),
+                )
+                for i in task_ids
+            ),
         )
 
     def log_offset(self, task_id: int) -> int:
@@ -572,7 +584,7 @@ class Store:
 
     def tasks_in_state(self, state: str) -> list[Row]:
         rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id", (state,))
-        return [_task_json(r) for r in rows]
+        return [task_from_row(r).to_json() for r in rows]
 
     def ready_steps(self) -> list[Row]:
         """Steps of active jobs that have pending tasks and whose dependencies all succeeded.
@@ -593,7 +605,7 @@ class Store:
             deps = json.loads(r["depends_on"])
             if deps and not self._steps_succeeded(r["job_id"], deps):
                 continue
-            ready.append({**dict(r), "amounts": _amounts(r["amounts"])})
+            ready.append({**dict(r), "amounts": amounts(r["amounts"])})
         return ready
 
     def _steps_succeeded(self, job_id: int, names: list[str]) -> bool:
@@ -681,22 +693,9 @@ class Store:
                 return self.task(task_id)
             job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
             ok = exit_code == 0 and error is None
-            licence_wait = (
-                licence is not None and job_state != "canceled" and t["licence_retries"] < licence.retries
+            state, error, licence_wait = attempt_outcome(
+                job_state, ok, error, t["attempt"], t["max_attempts"], licence, t["licence_retries"]
             )
-            if job_state == "canceled":
-                state = "canceled"
-            elif ok:
-                state = "succeeded"
-            elif licence_wait:
-                state = "pending"
-            elif licence is not None:
-                state = "failed"
-                error = f"{error} (no licence after {t['licence_retries']} licence retries)"
-            elif t["attempt"] < t["max_attempts"]:
-                state = "pending"
-            else:
-                state = "failed"
             if licence_wait:
                 assert licence is not None
                 db.execute(
@@ -707,7 +706,7 @@ class Store:
             db.execute(
                 "UPDATE tasks SET state=?, exit_code=?, error=?, finished_at=?, "
                 "progress=CASE WHEN ? THEN 100 ELSE progress END WHERE id=?",
-                (state, exit_code, error, now, ok, task_id),
+                (state.value, exit_code, error, now, ok, task_id),
             )
             self._task_event(db, task_id)
             for frame, (f_state, f_error, thumb) in sorted((frame_results or {}).items()):
@@ -750,14 +749,12 @@ class Store:
     def _settle_job(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
         job = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
         counts = _state_counts(db, "tasks", job_id)
-        active = counts.get("pending", 0) + counts.get("running", 0)
-        if job["state"] in JOB_ACTIVE and not active:
-            if counts.get("failed") or counts.get("canceled"):
-                state, error = "failed", f"{counts.get('failed', 0)} task(s) failed"
-            else:
-                state, error = "succeeded", None
+        ended = job_outcome(job["state"], counts)
+        if ended is not None:
+            state, error = ended
             db.execute(
-                "UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?", (state, error, now, job_id)
+                "UPDATE jobs SET state=?, error=?, finished_at=? WHERE id=?",
+                (state.value, error, now, job_id),
             )
         elif job["state"] == "canceled" and not counts.get("running"):
             db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
@@ -765,7 +762,7 @@ class Store:
 
     def cancel_job(self, job_id: int) -> list[Row]:
         """Cancel the job's pending tasks; return its running tasks, whose containers the caller stops."""
-        self.job(job_id)
+        self.read_job(job_id)
         now = time.time()
         with self._tx() as db:
             state = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
@@ -782,13 +779,15 @@ class Store:
             self._task_events(db, ids)
             self._settle_job(db, job_id, now)
         rows = self._query(_TASK_SELECT + " WHERE t.job_id=? AND t.state='running' ORDER BY t.id", (job_id,))
-        return [_task_json(r) for r in rows]
+        return [task_from_row(r).to_json() for r in rows]
 
     def retry_job(self, job_id: int) -> Row:
+        """:meth:`retry_failed` as a Row, for the callers that do not read values yet."""
+        return self.retry_failed(job_id).to_json()
+
+    def retry_failed(self, job_id: int) -> Job:
         """Put failed and canceled tasks back to pending with a fresh budget of attempts."""
-        job = self.job(job_id)
-        if job["state"] in JOB_ACTIVE:
-            raise BadInput("job", f"job {job_id} is {job['state']}; only finished jobs can be retried", 409)
+        _finished(self.read_job(job_id))
         with self._tx() as db:
             ids = [
                 r[0]
@@ -815,7 +814,7 @@ class Store:
                 _recount_flagged(db, job_id)
                 self._task_events(db, ids)
                 self._job_event(db, job_id)
-        return self.job(job_id)
+        return self.read_job(job_id)
 
     def retry_frames(
         self,
@@ -823,7 +822,7 @@ class Store:
         frames: Optional[list[int]] = None,
         flagged: bool = False,
         step: Optional[str] = None,
-    ) -> Row:
+    ) -> Job:
         """Render again just the chosen frames (``frames``, or every flagged frame), as new tasks.
 
         New tasks, not re-opened ones: a task's parameters are what its container renders, and
@@ -835,9 +834,7 @@ class Store:
         canceled by its failure are re-opened. A frame number names the frame of the last
         step that has it, unless ``step`` names the step.
         """
-        job = self.job(job_id)
-        if job["state"] in JOB_ACTIVE:
-            raise BadInput("job", f"job {job_id} is {job['state']}; only finished jobs can be retried", 409)
+        job = _finished(self.read_job(job_id))
         with self._tx() as db:
             chosen = self._chosen_frames(db, job_id, frames, flagged, step)
             steps = {r["idx"]: r for r in db.execute("SELECT * FROM steps WHERE job_id=?", (job_id,))}
@@ -881,7 +878,7 @@ class Store:
                 self._reflicker(db, job_id, r["step_idx"], r["frame"], settings)
             self._task_events(db, [t["id"] for t in broken] + reopened + new_ids)
             self._job_event(db, job_id)
-        return self.job(job_id)
+        return self.read_job(job_id)
 
     def _chosen_frames(
         self,
@@ -925,7 +922,7 @@ class Store:
         return list(last.values())
 
     def _tasks_for_frames(
-        self, db: sqlite3.Connection, job: Row, steps: dict[int, sqlite3.Row], rows: list[sqlite3.Row]
+        self, db: sqlite3.Connection, job: Job, steps: dict[int, sqlite3.Row], rows: list[sqlite3.Row]
     ) -> list[int]:
         """New pending tasks rendering exactly ``rows``' frames; the frames move to them."""
         groups: dict[tuple[int, str, str], list[int]] = {}  # (step, frame param, other params) -> frames
@@ -938,11 +935,11 @@ class Store:
         new_ids = []
         for (s_idx, name, others), chosen in sorted(groups.items()):
             first = db.execute(
-                "SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0", (job["id"], s_idx)
+                "SELECT frames FROM tasks WHERE job_id=? AND step_idx=? AND idx=0", (job.id, s_idx)
             ).fetchone()
             per_task = max(1, len(decode_frames(first["frames"])))
             idx = db.execute(
-                "SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?", (job["id"], s_idx)
+                "SELECT MAX(idx) FROM tasks WHERE job_id=? AND step_idx=?", (job.id, s_idx)
             ).fetchone()[0]
             for chunk in _chunks(sorted(chosen), per_task):
                 idx += 1
@@ -951,22 +948,22 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO tasks (job_id, step_idx, idx, params, frames, state, max_attempts) "
                     "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (job["id"], s_idx, idx, json.dumps(params), encode_frames(chunk), job["max_attempts"]),
+                    (job.id, s_idx, idx, json.dumps(params), encode_frames(chunk), job.max_attempts),
                 )
-                new_ids.append(int(cur.lastrowid))
+                new_ids.append(_inserted(cur))
                 db.execute(
                     "UPDATE frames SET task_id=?, state='waiting', error=NULL, started_at=NULL, "
                     "finished_at=NULL, flags=NULL, luma=NULL WHERE job_id=? AND step_idx=? "
                     "AND frame IN (SELECT value FROM json_each(?))",
-                    (cur.lastrowid, job["id"], s_idx, json.dumps(chunk)),
+                    (cur.lastrowid, job.id, s_idx, json.dumps(chunk)),
                 )
         return new_ids
 
     def _reopen_dependents(
-        self, db: sqlite3.Connection, job: Row, retried: set[int], steps: dict[int, sqlite3.Row]
+        self, db: sqlite3.Connection, job: Job, retried: set[int], steps: dict[int, sqlite3.Row]
     ) -> list[int]:
         """Re-open the tasks that a failure of a retried step canceled in the steps after it."""
-        job_id = job["id"]
+        job_id = job.id
         after = set(retried)
         changed = True
         while changed:
@@ -984,7 +981,7 @@ class Store:
         db.execute(
             "UPDATE tasks SET state='pending', max_attempts=attempt + ?, error=NULL "
             "WHERE id IN (SELECT value FROM json_each(?))",
-            (job["max_attempts"], json.dumps(ids)),
+            (job.max_attempts, json.dumps(ids)),
         )
         return ids
 
@@ -1012,19 +1009,19 @@ class Store:
         row = db.execute(
             _FRAME_SELECT + " WHERE f.job_id=? AND f.step_idx=? AND f.frame=?", (job_id, step_idx, frame)
         ).fetchone()
-        self._event(db, job_id, "frame", _frame_json(row))
+        self._event(db, job_id, EventKind.FRAME, frame_from_row(row).to_json())
 
-    def frames(self, job_id: int) -> list[Row]:
-        self.job(job_id)
+    def frames(self, job_id: int) -> list[Frame]:
+        self.read_job(job_id)
         return list(self.iter_frames(job_id))
 
-    def iter_frames(self, job_id: int) -> Iterator[Row]:
+    def iter_frames(self, job_id: int) -> Iterator[Frame]:
         """The job's frames one by one from one snapshot, for a listing that never holds them all."""
         with self._read() as db:
             for r in db.execute(_FRAME_SELECT + " WHERE f.job_id=? ORDER BY f.step_idx, f.frame", (job_id,)):
-                yield _frame_json(r)
+                yield frame_from_row(r)
 
-    def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Row:
+    def frame(self, job_id: int, frame: int, step: Optional[str] = None) -> Frame:
         sql = _FRAME_SELECT + " WHERE f.job_id=? AND f.frame=?"
         args: list[Any] = [job_id, frame]
         if step is not None:
@@ -1035,7 +1032,7 @@ class Store:
             raise NotFound(
                 "frame", f"job {job_id} has no frame {frame}" + (f" in step {step!r}" if step else "")
             )
-        return _frame_json(rows[0])
+        return frame_from_row(rows[0])
 
     def thumbnail_path(self, job_id: int, frame: int, step: Optional[str] = None) -> Optional[str]:
         sql = (
@@ -1058,7 +1055,7 @@ class Store:
 
     def frames_of_task(self, task_id: int) -> list[Row]:
         rows = self._query(_FRAME_SELECT + " WHERE f.task_id=? ORDER BY f.frame", (task_id,))
-        return [_frame_json(r) for r in rows]
+        return [frame_from_row(r).to_json() for r in rows]
 
     def set_frame(
         self,
@@ -1225,6 +1222,19 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _inserted(cur: sqlite3.Cursor) -> int:
+    """The id of the row the cursor's INSERT added."""
+    assert cur.lastrowid is not None, "not after an INSERT"
+    return cur.lastrowid
+
+
+def _finished(job: Job) -> Job:
+    """The job, if it has finished (only a finished job is retried); else a 409 saying its state."""
+    if job.state in JOB_ACTIVE:
+        raise BadInput("job", f"job {job.id} is {job.state.value}; only finished jobs can be retried", 409)
+    return job
+
+
 def _recount_flagged(db: sqlite3.Connection, job_id: int) -> None:
     db.execute(
         "UPDATE jobs SET frames_flagged=(SELECT COUNT(*) FROM frames WHERE job_id=? AND flags IS NOT NULL) "
@@ -1261,78 +1271,3 @@ def _state_counts(db: sqlite3.Connection, table: str, job_id: int) -> dict[str, 
     return dict(
         db.execute(f"SELECT state, COUNT(*) FROM {table} WHERE job_id=? GROUP BY state", (job_id,)).fetchall()
     )
-
-
-def _params_json(params: dict[str, str]) -> str:
-    """``json.dumps(params)``; the usual one-parameter task without the encoder's overhead."""
-    if len(params) == 1:
-        ((k, v),) = params.items()
-        if type(k) is str and type(v) is str:
-            return f"{{{_esc(k)}: {_esc(v)}}}"
-    return json.dumps(params)
-
-
-# No NUL around the field: SQLite's printf ends its format there, Python writes on.
-_PRINTF_SAFE = re.compile(r"([^{}\x00]*)\{frame(?::(0?[1-9]?[0-9]?)d)?\}([^{}\x00]*)")
-
-
-def _printf_format(pattern: str) -> Optional[str]:
-    """The SQLite ``printf`` format equal to ``pattern.format(frame=N)`` for every int N, if simple.
-
-    Only ``PREFIX{frame}SUFFIX`` and ``PREFIX{frame:0Wd}``/``{frame:Wd}``: Python and printf agree
-    on those (sign and padding included); anything else is formatted in Python.
-    """
-    m = _PRINTF_SAFE.fullmatch(pattern)
-    if m is None:
-        return None
-    head, spec, tail = m.groups()
-    return head.replace("%", "%%") + "%" + (spec or "") + "d" + tail.replace("%", "%%")
-
-
-def _frame_only_params(tasks: list[Any]) -> Optional[str]:
-    """The printf format of ``json.dumps(task.params)`` when every task is ``{NAME: str(F)}`` for its
-    one frame F (one frame per task, the frame being the only parameter); else None."""
-    if not tasks or len(tasks[0].params) != 1:
-        return None
-    (name,) = tasks[0].params
-    if type(name) is not str:
-        return None
-    for t in tasks:
-        if len(t.frames) != 1 or len(t.params) != 1 or t.params.get(name) != str(t.frames[0]):
-            return None
-    return "{" + _esc(name).replace("%", "%%") + ': "%d"}'
-
-
-def _json_rows(rows: Iterable[list[Any]]) -> str:
-    """Rows as one JSON array for ``json_each``; non-ASCII text stays UTF-8 (no \\u escapes to undo)."""
-    return json.dumps(list(rows), ensure_ascii=False, check_circular=False)
-
-
-def _amounts(text: Optional[str]) -> dict[str, float]:
-    return json.loads(text) if text else {}
-
-
-def _task_json(row: sqlite3.Row) -> Row:
-    task = dict(row)
-    task["params"] = json.loads(task["params"])
-    task["frames"] = decode_frames(task["frames"])
-    task["gpus"] = json.loads(task["gpus"]) if task["gpus"] else []
-    task.pop("log_offset", None)
-    task.pop("idx", None)
-    task["index"] = row["idx"]
-    return task
-
-
-def _frame_json(row: sqlite3.Row) -> Row:
-    frame = dict(row)
-    step = frame["step"]
-    frame.pop("step_idx")
-    has_thumb = frame.pop("thumbnail") is not None
-    frame.pop("luma")
-    frame["flags"] = json.loads(frame["flags"]) if frame["flags"] else []
-    frame["thumbnail_url"] = (
-        f"/v1/jobs/{frame['job_id']}/frames/{frame['frame']}/thumbnail?step={step}" if has_thumb else None
-    )
-    start, end = frame.get("started_at"), frame.get("finished_at")
-    frame["render_time"] = round(end - start, 3) if start and end else None
-    return frame

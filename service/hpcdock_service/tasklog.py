@@ -20,7 +20,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 MIB = 1024 * 1024
 # The most one read returns: what a log request holds in memory, times the API's worker threads.
@@ -77,7 +77,13 @@ def append_line(path: Path, text: str) -> None:
         fh.write(text.encode("utf-8", "replace") + b"\n")
 
 
-def read(path: Path, offset: int, limit: int) -> tuple[bytes, int, int]:
+class LogPart(NamedTuple):
+    data: bytes  # up to the limit asked for
+    next_offset: int  # the offset to ask for next (past a cut, more than offset + len(data))
+    size: int  # the log's size in offsets: bytes as the task printed them, cuts included
+
+
+def read(path: Path, offset: int, limit: int) -> LogPart:
     """Up to ``limit`` bytes from ``offset``; the offset to ask for next; the log's size in offsets.
 
     A read stops at a cut, so the bytes returned always lie side by side in the log as printed.
@@ -86,7 +92,7 @@ def read(path: Path, offset: int, limit: int) -> tuple[bytes, int, int]:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return b"", offset, 0
+            return LogPart(b"", offset, 0)
         try:
             size = os.fstat(fd).st_size
             cuts = _read_cuts(path)
@@ -101,7 +107,7 @@ def read(path: Path, offset: int, limit: int) -> tuple[bytes, int, int]:
             data = os.pread(fd, max(0, min(limit, end - position)), position) if position < end else b""
         finally:
             os.close(fd)
-    return data, offset + len(data), size + sum(missing for _, missing in cuts)
+    return LogPart(data, offset + len(data), size + sum(missing for _, missing in cuts))
 
 
 class AttemptLog:

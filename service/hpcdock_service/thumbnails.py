@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, cast
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -229,6 +229,12 @@ def make_thumbnail(
     return dest
 
 
+def cached_thumbnail(src: Path, dest: Path) -> Path:
+    """``dest``, made from ``src`` unless it is there: a frame's thumbnail is made when the frame
+    finishes, or, if that failed, the first time someone asks for it (then kept)."""
+    return dest if dest.exists() else make_thumbnail(src, dest)
+
+
 def _write_png_atomically(img: Image.Image, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -322,7 +328,7 @@ def _to_display(img: Image.Image) -> Image.Image:
     if mode.startswith("I;16") or mode == "I":
         # 16/32-bit integer grey (16-bit PNG/TIFF): display-referred, so scale, don't normalise.
         img = img.convert("I")
-        lo, hi = img.getextrema()
+        _, hi = cast("tuple[int, int]", img.getextrema())  # one band: (lowest, highest)
         scale = 1 / 257 if hi <= 65535 else 255 / hi
         return img.point(lambda v: v * scale).convert("L")
     if mode == "F":

@@ -24,7 +24,7 @@ def test_a_missing_socket_and_a_refused_connection_are_unreachable(tmp_path: Pat
 
 
 class _Refuses(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+    def do_GET(self) -> None:  # the http.server protocol
         body = b'{"message": "refused for the test"}'
         self.send_response(500)
         self.send_header("Content-Type", "application/json")

@@ -71,7 +71,7 @@ def checked(tmp_path: Path, frames: range, bad: dict[int, np.ndarray] | None = N
 
 
 def flags_by_frame(store: Store, job_id: int) -> dict[int, list[str]]:
-    return {f["frame"]: [fl["check"] for fl in f["flags"]] for f in store.frames(job_id) if f["flags"]}
+    return {f.frame: [fl.check for fl in f.flags] for f in store.frames(job_id) if f.flags}
 
 
 def test_flags_are_recorded_counted_and_listed(store: Store, tmp_path: Path) -> None:
@@ -87,17 +87,17 @@ def test_flags_are_recorded_counted_and_listed(store: Store, tmp_path: Path) -> 
     assert job["state"] == "succeeded" and job["frames_done"] == 12
     assert flags_by_frame(store, job["id"]) == {4: ["black"], 8: ["size"], 10: ["flicker"]}
     assert job["frames_flagged"] == 3
-    size = next(f for f in store.frames(job["id"]) if f["frame"] == 8)["flags"][0]
-    assert size["values"] == {"width": 80, "height": 45, "expected_width": 160, "expected_height": 90}
-    assert "luma" not in store.frames(job["id"])[0]
+    size = next(f for f in store.frames(job["id"]) if f.frame == 8).flags[0]
+    assert size.values == {"width": 80, "height": 45, "expected_width": 160, "expected_height": 90}
+    assert "luma" not in store.frames(job["id"])[0].to_json()
 
 
 def test_fail_policy_fails_the_frame_and_its_task_with_the_reasons(store: Store, tmp_path: Path) -> None:
     job = store.add_job(plan(tmp_path, "1-3", chunk=3, frame_checks={"policy": "fail"}, max_attempts=1))
     render(store, job["id"], checked(tmp_path, range(1, 4), {2: np.zeros((90, 160, 3))}))
-    frames = {f["frame"]: f for f in store.frames(job["id"])}
-    assert [frames[i]["state"] for i in (1, 2, 3)] == ["done", "failed", "done"]
-    assert frames[2]["error"].startswith("all black")
+    frames = {f.frame: f for f in store.frames(job["id"])}
+    assert [frames[i].state for i in (1, 2, 3)] == ["done", "failed", "done"]
+    assert (frames[2].error or "").startswith("all black")
     assert store.job(job["id"])["state"] == "failed"
 
 
@@ -130,10 +130,10 @@ def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_p
             {2: np.zeros((90, 160, 3)), 3: np.zeros((90, 160, 3)), 11: np.zeros((90, 160, 3))},
         ),
     )
-    before = {f["frame"]: f for f in store.frames(job["id"])}
+    before = {f.frame: f for f in store.frames(job["id"])}
     old_tasks = store.tasks(job["id"])
-    job = store.retry_frames(job["id"], flagged=True)
-    assert job["state"] == "queued" and job["frames_flagged"] == 0
+    retried = store.retry_frames(job["id"], flagged=True)
+    assert retried.state == "queued" and retried.frames_flagged == 0
     tasks = store.tasks(job["id"])
     assert tasks[:3] == old_tasks[:3]  # the old tasks keep their record
     new = [t for t in tasks if t["id"] not in {o["id"] for o in old_tasks}]
@@ -141,11 +141,11 @@ def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_p
         ([2, 3], {"Frame": "2-3"}, "pending", 0),
         ([11], {"Frame": "11"}, "pending", 0),
     ]
-    after = {f["frame"]: f for f in store.frames(job["id"])}
+    after = {f.frame: f for f in store.frames(job["id"])}
     for f in set(before) - {2, 3, 11}:
         assert after[f] == before[f], f  # untouched
-    assert [after[f]["state"] for f in (2, 3, 11)] == ["waiting"] * 3
-    assert {after[f]["task_id"] for f in (2, 3)} == {new[0]["id"]}
+    assert [after[f].state for f in (2, 3, 11)] == ["waiting"] * 3
+    assert {after[f].task_id for f in (2, 3)} == {new[0]["id"]}
     # The re-run frames come back clean: the job ends as it should, with no flag left.
     render(store, job["id"], checked(tmp_path / "again", range(1, 13)))
     assert store.job(job["id"])["state"] == "succeeded" and flags_by_frame(store, job["id"]) == {}
@@ -162,13 +162,13 @@ def test_retry_frames_rechunks_and_replaces_a_failed_task(store: Store, tmp_path
         tasks[1]["id"], 1, "exited with code 1", {f: ("failed", "task exited", None) for f in range(7, 11)}
     )
     assert store.job(job["id"])["state"] == "failed"
-    job = store.retry_frames(job["id"], frames=[2, 3, 4, 9])
+    assert store.retry_frames(job["id"], frames=[2, 3, 4, 9]).state == "queued"
     tasks = store.tasks(job["id"])
     states = {t["id"]: t["state"] for t in tasks}
     assert states[tasks[1]["id"]] == "replaced"  # its unfinished frames 7-10 all came along
     new = [t for t in tasks[2:]]
     assert [t["frames"] for t in new] == [[2, 3, 4], [7, 8, 9, 10]]
-    frames = {f["frame"]: f["state"] for f in store.frames(job["id"])}
+    frames = {f.frame: f.state for f in store.frames(job["id"])}
     assert frames == {
         1: "done",
         2: "waiting",
@@ -210,7 +210,7 @@ def test_a_late_start_marker_does_not_reopen_a_finished_frame(store: Store, tmp_
     store.start_task(task["id"], "c", [], 0)
     store.set_frame(job["id"], 0, 1, "done")
     store.set_frame(job["id"], 0, 1, "running")  # the engine's log delivered the start marker late
-    assert store.frame(job["id"], 1)["state"] == "done"
+    assert store.frame(job["id"], 1).state == "done"
 
 
 @pytest.mark.parametrize(

@@ -197,9 +197,9 @@ def test_a_licence_failure_stops_the_attempt_and_retries_after_back_off_without_
     assert task["state"] == "succeeded"
     assert task["attempt"] == 1 and task["licence_retries"] == 2  # two licence failures, no attempt spent
     assert len(engine.stopped) == 2  # each failing container was stopped at the licence line
-    tries = [e for e in store.events_after(events_from, job["id"], limit=10_000) if e["kind"] == "task"]
-    backoffs = [e for e in tries if '"licence back-off"' in e["data"]]
-    assert backoffs and "licence unavailable: hython: No licenses could be found" in backoffs[0]["data"]
+    tries = [e for e in store.events_after(events_from, job["id"], limit=10_000) if e.kind == "task"]
+    backoffs = [e for e in tries if '"licence back-off"' in e.data]
+    assert backoffs and "licence unavailable: hython: No licenses could be found" in backoffs[0].data
     starts = sorted(c["request"].name for c in engine.removed)
     assert starts == [task["container"].rsplit("-l", 1)[0] + s for s in ("", "-l1", "-l2")]
 

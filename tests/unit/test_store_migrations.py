@@ -93,7 +93,7 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
     store = Store(path)
     try:
         assert store.store_id == "oldstore0001"
-        assert [(j["id"], j["name"], j["state"], j["frames_flagged"]) for j in store.jobs()] == [
+        assert [(j.id, j.name, j.state, j.frames_flagged) for j in store.jobs()] == [
             (2, "shot020", "queued", 0),
             (1, "shot010", "failed", 0),
         ]
@@ -101,11 +101,11 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
             (1, "succeeded", [1], 0),
             (2, "failed", [2], 0),
         ]
-        assert [(f["frame"], f["state"], f["output"], f["flags"]) for f in store.frames(1)] == [
-            (1, "done", "/tmp/hpcdock-old/out/f.0001.png", []),
-            (2, "failed", "/tmp/hpcdock-old/out/f.0002.png", []),
+        assert [(f.frame, f.state, f.output, f.flags) for f in store.frames(1)] == [
+            (1, "done", "/tmp/hpcdock-old/out/f.0001.png", ()),
+            (2, "failed", "/tmp/hpcdock-old/out/f.0002.png", ()),
         ]
-        assert [e["id"] for e in store.events_after(0)] == [1, 2, 3, 4, 5]
+        assert [e.id for e in store.events_after(0)] == [1, 2, 3, 4, 5]
     finally:
         store.close()
     db = sqlite3.connect(path)
@@ -133,7 +133,7 @@ def test_the_service_runs_on_an_upgraded_store(tmp_path: Path, shape: str) -> No
         assert store.job(2)["state"] == "succeeded"
 
         job = store.retry_frames(1, [2])  # a new task for the old failed frame, checked as it lands
-        assert job["state"] == "queued"
+        assert job.state == "queued"
         assert [(t["id"], t["state"]) for t in store.tasks(1)] == [
             (1, "succeeded"),
             (2, "replaced"),
@@ -144,8 +144,8 @@ def test_the_service_runs_on_an_upgraded_store(tmp_path: Path, shape: str) -> No
         assert store.job(1)["state"] == "succeeded" and store.job(1)["frames_flagged"] == 1
 
         events = store.events_after(0, limit=10_000)
-        assert [e["id"] for e in events[:5]] == [1, 2, 3, 4, 5]
-        assert events[5]["id"] == 21  # the counter went on from where the old store left it
+        assert [e.id for e in events[:5]] == [1, 2, 3, 4, 5]
+        assert events[5].id == 21  # the counter went on from where the old store left it
     finally:
         store.close()
 

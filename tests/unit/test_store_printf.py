@@ -11,7 +11,8 @@ import pytest
 import yaml
 from hpcdock_service.bundle import load_bundle
 from hpcdock_service.mounts import MountPolicy
-from hpcdock_service.store import Store, _printf_format
+from hpcdock_service.records import printf_format
+from hpcdock_service.store import Store
 
 from tests.unit.test_scheduler import step
 
@@ -57,14 +58,14 @@ def printf(db: sqlite3.Connection, fmt: str, frame: int) -> str:
 
 @pytest.mark.parametrize("pattern", PRINTABLE)
 def test_sqlite_printf_writes_what_python_writes(sqlite: sqlite3.Connection, pattern: str) -> None:
-    fmt = _printf_format(pattern)
+    fmt = printf_format(pattern)
     assert fmt is not None
     assert [printf(sqlite, fmt, f) for f in FRAMES] == [pattern.format(frame=f) for f in FRAMES]
 
 
 @pytest.mark.parametrize("pattern", PYTHON_ONLY)
 def test_what_printf_would_write_otherwise_is_left_to_python(pattern: str) -> None:
-    assert _printf_format(pattern) is None
+    assert printf_format(pattern) is None
 
 
 def bundle(root: Path, frames: str, chunk: int, output: str) -> str:
@@ -101,10 +102,10 @@ def test_a_job_with_negative_frames_stores_what_python_formats(tmp_path: Path, n
         assert [t["frames"] for t in tasks] == [t.frames for t in plan.steps[0].tasks]
         expected = [*range(-12, -7), *range(-2, 4)]
         frames = store.frames(job["id"])
-        assert [(f["frame"], f["output"]) for f in frames] == [
+        assert [(f.frame, f.output) for f in frames] == [
             (f, str(out / name).format(frame=f)) for f in expected
         ]
         owner = {f: t["id"] for t in tasks for f in t["frames"]}
-        assert [f["task_id"] for f in frames] == [owner[f] for f in expected]
+        assert [f.task_id for f in frames] == [owner[f] for f in expected]
     finally:
         store.close()

@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, List, Optional, TextIO
 
 from .client import Client, Event, ServiceError, ServiceUnavailable
-from .protocol import JOB_FINAL, TASK_FINAL, parse_frame_list
+from .protocol import JOB_FINAL, TASK_FINAL, EventKind, event_object, parse_frame_list
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,15 +243,16 @@ class _ProgressPrinter:
 
     def handle(self, event: Event) -> bool:
         """Show one event; True when the job has ended."""
-        if event.kind == "job":
-            self.job(event.data["job"])
-            return event.data["job"]["state"] in JOB_FINAL
-        if event.kind == "task" and not self.quiet:
-            t = event.data["task"]
+        obj = event_object(event.kind, event.data)
+        if event.kind == EventKind.JOB:
+            self.job(obj)
+            return obj["state"] in JOB_FINAL
+        if event.kind == EventKind.TASK and not self.quiet:
+            t = obj
             if t["state"] == "failed" or (t["state"] == "pending" and t.get("error")):
                 self._line(f"task {t['id']} attempt {t['attempt']} failed: {t.get('error')}")
-        if event.kind == "frame" and not self.quiet:
-            f = event.data["frame"]
+        if event.kind == EventKind.FRAME and not self.quiet:
+            f = obj
             if f["state"] == "done":
                 self._line(f"frame {f['frame']:>5} done  {f['output'] or ''}")
             elif f["state"] == "failed":

@@ -47,7 +47,7 @@ class NotYourService(ServiceError):
 
 class Event(NamedTuple):
     id: int
-    kind: str  # "job", "task" or "frame"
+    kind: str  # an EventKind's value (a newer service may send kinds this client does not know)
     data: JSON
 
 
@@ -320,6 +320,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def __init__(self, ep: endpoint.Endpoint, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
+        self.connect_timeout = min(timeout, CONNECT_TIMEOUT)
         self.socket_path = str(ep.path)
         self.url = ep.url
 
@@ -337,7 +338,7 @@ class _UnixConnection(http.client.HTTPConnection):
             raise NotYourService(f"refusing to talk to {self.url}: {problem}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(min(self.timeout, CONNECT_TIMEOUT))
+            sock.settimeout(self.connect_timeout)
             sock.connect(self.socket_path)
             uid = _peer_uid(sock)
             if uid is not None and uid != os.geteuid():
@@ -367,6 +368,7 @@ class _TcpConnection(http.client.HTTPConnection):
         self, ep: endpoint.Endpoint, timeout: float, token: Optional[str], token_origin: str
     ) -> None:
         super().__init__(ep.host, ep.port, timeout=timeout)
+        self.connect_timeout = min(timeout, CONNECT_TIMEOUT)
         self.url = ep.url
         self.token = token
         self.token_origin = token_origin
@@ -379,7 +381,7 @@ class _TcpConnection(http.client.HTTPConnection):
             )
         super().connect()
         assert self.sock is not None
-        self.sock.settimeout(min(self.timeout, CONNECT_TIMEOUT))
+        self.sock.settimeout(self.connect_timeout)
         nonce = secrets.token_hex(16)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.sock.sendall(

@@ -121,6 +121,6 @@ def proof(token: str, nonce: str, address: str) -> str:
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
-def address_of(sockname: Tuple[str, int]) -> str:
+def address_of(sockname: Tuple[str, Optional[int]]) -> str:
     """``host port`` of a TCP socket address, the same string on both ends of a connection."""
     return f"{sockname[0]} {sockname[1]}"

@@ -384,10 +384,10 @@ def plan_steps(
     tops: List[str] = []
     for listing in listings:
         graph = _graph(listing, facts)
-        for path, rop in graph.items():
+        for path, node in graph.items():
             into = merged.setdefault(path, _Rop(path, set(), []))
-            into.frames |= rop.frames
-            into.deps.extend(d for d in rop.deps if d not in into.deps)
+            into.frames |= node.frames
+            into.deps.extend(d for d in node.deps if d not in into.deps)
         tops.extend(p for p in _sinks(graph) if p not in tops)
     if not merged:
         raise PlanError("Nothing to render: the ROPs to submit render nothing (locked or bypassed?)")

@@ -3,13 +3,14 @@
 Both sides import this module: the plugin (CLI, client, panel, bundle writer) in Houdini's
 Python 3.9 and the service in its own environment. So it stays small, standard library only,
 and free of either side's dependencies. It holds the state names the API reports, which of
-them are final, the run-length encoding of frame lists (stored, written into bundles, typed on
-the command line, drawn in the panel) and the reconnect policy of an event stream follower.
+them are final, the event stream's schema, the run-length encoding of frame lists (stored,
+written into bundles, typed on the command line, drawn in the panel) and the reconnect policy
+of an event stream follower.
 """
 
 import json
 from enum import Enum
-from typing import FrozenSet, Iterable, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Tuple
 
 
 class JobState(str, Enum):
@@ -51,6 +52,30 @@ TASK_FINAL: FrozenSet[str] = frozenset(
 # The others: a job or task still to run or running, which a panel refreshes and may cancel.
 JOB_ACTIVE: FrozenSet[str] = frozenset(JobState) - JOB_FINAL
 TASK_ACTIVE: FrozenSet[str] = frozenset(TaskState) - TASK_FINAL
+
+
+# -- the event stream --------------------------------------------------------------------------
+
+
+class EventKind(str, Enum):
+    """An event's kind: the SSE ``event:`` line, and the one key of its ``data`` object, whose
+    value is the whole current job, task or frame (as ``GET`` answers it)."""
+
+    JOB = "job"
+    TASK = "task"
+    FRAME = "frame"
+
+
+def event_data(kind: EventKind, obj: Dict[str, Any]) -> Dict[str, Any]:
+    """An event's ``data``: ``{"frame": {...}}`` for a frame event."""
+    return {kind.value: obj}
+
+
+def event_object(kind: str, data: Dict[str, Any]) -> Dict[str, Any]:
+    """The job, task or frame an event of ``kind`` carries in its ``data`` (empty for a kind this
+    side does not know, so that an older client skips it)."""
+    obj = data.get(kind)
+    return obj if isinstance(obj, dict) else {}
 
 
 # -- frame lists as runs ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ imported only in hython mode.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import subprocess
@@ -41,8 +42,13 @@ try:  # inside the plugin package
 except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py and protocol.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from husk import husk_argv  # type: ignore[no-redef]
-    from markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker  # type: ignore[no-redef]
-    from protocol import parse_frame_list  # type: ignore[no-redef]
+    from markers import (  # type: ignore[no-redef,import-not-found]
+        FRAME_DONE,
+        FRAME_FAILED,
+        FRAME_START,
+        format_marker,
+    )
+    from protocol import parse_frame_list  # type: ignore[no-redef,import-not-found]
 
 # Output file parameter per ROP type: hou.NodeType.nameWithCategory() with the type's
 # namespace and version removed (see base_type_name).
@@ -315,9 +321,7 @@ def main(argv: Optional[List[str]] = None, hou_module=None) -> int:
         return 2
     if args.husk:
         return run_husk(args, frames)
-    hou = hou_module
-    if hou is None:
-        import hou  # noqa: F811  (hython provides it)
+    hou = hou_module if hou_module is not None else importlib.import_module("hou")  # hython provides it
     return run_hython(args, frames, hou)
 
 

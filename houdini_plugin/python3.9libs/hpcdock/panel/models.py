@@ -35,7 +35,7 @@ from .qt import (
 )
 
 JSON = Dict[str, Any]
-FrameKey = Tuple[str, int]  # (step, frame)
+FrameKey = Tuple[Optional[str], Optional[int]]  # (step, frame), as a frame's JSON has them
 
 # custom roles
 OBJECT_ROLE = USER + 1  # the job / frame dict
@@ -244,12 +244,12 @@ class JobsModel(QtCore.QAbstractTableModel):
     def job(self, row: int) -> Optional[JSON]:
         return self._jobs[row] if 0 <= row < len(self._jobs) else None
 
-    def job_by_id(self, job_id: int) -> Optional[JSON]:
-        row = self._index.get(job_id)
+    def job_by_id(self, job_id: Optional[int]) -> Optional[JSON]:
+        row = None if job_id is None else self._index.get(job_id)
         return None if row is None else self._jobs[row]
 
-    def row_of(self, job_id: int) -> Optional[int]:
-        return self._index.get(job_id)
+    def row_of(self, job_id: Optional[int]) -> Optional[int]:
+        return None if job_id is None else self._index.get(job_id)
 
     def apply(
         self, jobs: Sequence[JSON], event_ids: Optional[Sequence[int]] = None, anchor: Optional[int] = None
@@ -375,7 +375,8 @@ class FramesModel(QtCore.QAbstractListModel):
 
     def tooltip(self, frame: JSON) -> str:
         lines = [f"frame {frame.get('frame')}  ({frame.get('step')})", f"state: {frame.get('state')}"]
-        task = self.tasks.get(frame.get("task_id")) if frame.get("task_id") is not None else None
+        task_id = frame.get("task_id")
+        task = self.tasks.get(task_id) if task_id is not None else None
         task_line = f"task {frame.get('task_id')}, attempt {frame.get('attempt')}"
         if task is not None:
             task_line += f" ({task.get('state')}"

@@ -28,7 +28,8 @@ def _import_binding() -> Tuple[str, Any, Any, Any, Any]:
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
             continue
-        return (name, package, *modules)
+        core, gui, widgets = modules
+        return name, package, core, gui, widgets
     raise ImportError(
         "the hpcdock panel needs Qt for Python, PySide6 or PySide2 (Houdini ships one); " + "; ".join(errors)
     )

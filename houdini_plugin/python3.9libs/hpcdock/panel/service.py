@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import paths
 
@@ -44,8 +44,8 @@ def start_service(executable: Optional[str] = None, args: Optional[List[str]] = 
         raise FileNotFoundError(f"{EXECUTABLE} was found neither next to {sys.executable} nor on PATH")
     log_dir = paths.state_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / "service-panel.log", "ab")  # noqa: SIM115 - handed to the child
-    kwargs = {}
+    log = open(log_dir / "service-panel.log", "ab")  # handed to the child, which keeps it open
+    kwargs: Dict[str, Any] = {}
     if os.name == "nt":
         kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
     else:

@@ -684,8 +684,9 @@ class MonitorPanel(QtWidgets.QWidget):
         """A job submitted while the panel is open is shown unless the user watches a live one."""
         if not new_ids or not self._auto_select:
             return
-        if self._pending_select in new_ids:
-            self.select_job(self._pending_select)
+        pending = self._pending_select
+        if pending is not None and pending in new_ids:
+            self.select_job(pending)
             return
         current = self.selected_job()
         if current is None or current.get("state") not in JOB_ACTIVE:

@@ -26,7 +26,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..client import Client, ServiceError, ServiceUnavailable
-from ..protocol import Backoff
+from ..protocol import Backoff, EventKind, event_object
 from .qt import QtCore, QtGui, Signal, qenum
 
 ClientFactory = Callable[[], Client]
@@ -384,15 +384,12 @@ class EventPump(QtCore.QObject):
                 break
             if msg[0] == "event":
                 event = msg[1]
-                data = event.data
-                if event.kind == "frame":
-                    obj = data.get("frame") or {}
+                obj = event_object(event.kind, event.data)
+                if event.kind == EventKind.FRAME:
                     frames[(obj.get("job_id"), obj.get("step"), obj.get("frame"))] = (event.id, obj)
-                elif event.kind == "task":
-                    obj = data.get("task") or {}
+                elif event.kind == EventKind.TASK:
                     tasks[obj.get("id")] = (event.id, obj)
-                elif event.kind == "job":
-                    obj = data.get("job") or {}
+                elif event.kind == EventKind.JOB:
                     jobs[obj.get("id")] = (event.id, obj)
                 if self.last_event_id is None or event.id > self.last_event_id:
                     self.last_event_id = event.id
