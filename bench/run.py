@@ -549,10 +549,10 @@ def store_check_cost(tmp: Path) -> dict[str, float]:
     store = Store(tmp / "checks.db")
     try:
         plan = load_bundle(str(bundle), mount_policy=MountPolicy.build([str(tmp)]))
-        jobs = [store.add_job(plan)["id"] for _ in range(2)]
+        jobs = [store.create_job(plan).id for _ in range(2)]
         for job in jobs:
             for t in store.tasks(job):
-                store.start_task(t["id"], f"c{t['id']}", [], 0)
+                store.start_task(t.id, f"c{t.id}", [], 0)
         check = framecheck.FrameCheck(width=640, height=360, channels=("R", "G", "B"))
         plain, checked = [], []
         for f in range(1, frames + 1):
@@ -564,7 +564,7 @@ def store_check_cost(tmp: Path) -> dict[str, float]:
             t2 = time.perf_counter()
             plain.append(t1 - t0)
             checked.append(t2 - t1)
-        assert store.job(jobs[1])["frames_flagged"] == 0
+        assert store.read_job(jobs[1]).frames_flagged == 0
     finally:
         store.close()
     return {

@@ -42,6 +42,32 @@ class Step(NamedTuple):
         }
 
 
+class StepRun(NamedTuple):
+    """What each task of a step runs with: its command, timeout and limits. A :class:`Step` is the
+    step as a job shows it; this is the part only the scheduler and a task's runner read."""
+
+    job_id: int
+    idx: int
+    name: str
+    gpus: int
+    command: tuple[str, ...]  # OpenJD format strings, resolved per task when its container is made
+    timeout: Optional[float]  # seconds (onRun.timeout); None: no limit
+    cancel_grace: float  # seconds between a timed-out task's stop signal and its kill
+    memory_mib: Optional[int]  # its tasks' memory limit; None: the service's default
+    vcpus: Optional[float]  # its tasks' vCPU limit; None: the service's default
+    amounts: Mapping[str, float]
+
+
+class ReadyStep(NamedTuple):
+    """A step of an active job with pending tasks and every step it depends on succeeded: what a
+    dispatch round needs to start its tasks."""
+
+    job_id: int
+    step_idx: int
+    gpus: int
+    amounts: Mapping[str, float]
+
+
 class Job(NamedTuple):
     id: int
     name: str

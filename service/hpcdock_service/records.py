@@ -2,7 +2,7 @@
 
 Reading is per row of a listing that may have 100,000 of them, so the readers index the row
 once per field and look states up in a dict; writing encodes whole steps' tasks and frames as
-one JSON array each, for SQLite to unpack in C (see :meth:`.store.Store.add_job`).
+one JSON array each, for SQLite to unpack in C (see :meth:`.store.Store.create_job`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState, decode_frames
 
 from .framecheck import Flag, FrameCheckSettings
-from .model import Event, Frame, Job, Step, Task
+from .model import Event, Frame, Job, ReadyStep, Step, StepRun, Task
 
 _JOB_STATES = {s.value: s for s in JobState}
 _TASK_STATES = {s.value: s for s in TaskState}
@@ -39,6 +39,27 @@ def step_from_row(r: sqlite3.Row) -> Step:
         amounts(r["amounts"]),
         r["waiting_for"],
     )
+
+
+def step_run_from_row(r: sqlite3.Row) -> StepRun:
+    """A ``steps`` row as what its tasks run with."""
+    return StepRun(
+        r["job_id"],
+        r["idx"],
+        r["name"],
+        r["gpus"],
+        tuple(json.loads(r["command"])),
+        r["timeout"],
+        r["cancel_grace"],
+        r["memory_mib"],
+        r["vcpus"],
+        amounts(r["amounts"]),
+    )
+
+
+def ready_step_from_row(r: sqlite3.Row) -> ReadyStep:
+    """A row of the store's ready-step select."""
+    return ReadyStep(r["job_id"], r["step_idx"], r["gpus"], amounts(r["amounts"]))
 
 
 def job_from_row(

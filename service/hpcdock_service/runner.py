@@ -30,10 +30,11 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcdock.protocol import Backoff
+from hpcdock.protocol import Backoff, FrameState
 from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString
 
@@ -64,7 +65,8 @@ from .logparse import (
     Progress,
     task_progress,
 )
-from .store import FrameResult, Row, Store, StoreBusy
+from .model import StepRun, Task
+from .store import FrameResult, Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def mib(n: int) -> str:
 
 
 def resolve_command(
-    command: list[str], job_params: dict[str, str], task_params: dict[str, str], workdir: str
+    command: Sequence[str], job_params: Mapping[str, str], task_params: Mapping[str, str], workdir: str
 ) -> list[str]:
     """Resolve the step's OpenJD format strings for one task, as an OpenJD session would."""
     source: dict[str, Any] = {"Session.WorkingDirectory": workdir, "Session.HasPathMappingRules": "false"}
@@ -159,9 +161,10 @@ class TaskRunner:
         *,
         store: Store,
         engine: Engine,
-        task: Row,
-        step: Row,
+        task: Task,
+        step: StepRun,
         log_path: Path,
+        log_offset: int,
         thumbnail_path: Callable[[int, str, int], Path],
         on_exit: Callable[[int], None],
         watch: EngineWatch,
@@ -171,11 +174,14 @@ class TaskRunner:
         log_cap: int = 64 * tasklog.MIB,
         licence: Optional[LicenceRetry] = None,
     ) -> None:
+        assert task.container is not None, "start_task names the task's run"
         self.store = store
         self.engine = engine
         self.task = task
+        self.run_name = task.container  # what the engine knows the run by (see container_name)
         self.step = step
         self.log_path = log_path
+        self.log_offset = log_offset  # where this attempt's part of the task log starts
         self.thumbnail_path = thumbnail_path
         self.on_exit = on_exit
         self.watch = watch
@@ -193,20 +199,26 @@ class TaskRunner:
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
         self._stop_lock = threading.Lock()
         self._stop_requested = False
-        self._frames = {f["frame"]: f for f in store.frames_of_task(task["id"])}
-        self._done: set[int] = {n for n, f in self._frames.items() if f["state"] == "done"}
+        self._frames = {f.frame: f for f in store.frames_of_task(task.id)}
+        self._done: set[int] = {n for n, f in self._frames.items() if f.state == FrameState.DONE}
         # Frames already done when this runner began: a re-adopted container's log is read again
         # from the start, and a retry renders the whole chunk again; their markers change nothing.
         self._done_before = frozenset(self._done)
         self._settled: set[int] = set(self._done)
         self._failed: dict[int, str] = {}
         self._frame_lock = threading.Lock()
-        self._checks = store.frame_check_settings(task["job_id"])
+        self._checks = store.frame_check_settings(task.job_id)
         self._current_percent = 0.0
         self._last_progress = 0.0
         self._log_bytes = 0  # read from the follow stream so far
         self._log_tail = Tail()  # the end of what the follow stream delivered
-        self.thread = threading.Thread(target=self._run, name=f"task-{task['id']}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"task-{task.id}", daemon=True)
+
+    @property
+    def _handle(self) -> str:
+        """The run's handle, for what only a created (or re-adopted) run can be asked."""
+        assert self.container_id is not None, "no run created or re-adopted yet"
+        return self.container_id
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -230,10 +242,10 @@ class TaskRunner:
             self._record(exit_code, error, results)
             recorded = True
         except Exception:
-            log.exception("task %s: could not record the result", self.task["id"])
+            log.exception("task %s: could not record the result", self.task.id)
             recorded = False
         finally:
-            self.on_exit(self.task["id"])  # the slot is free: the next task starts while this one is removed
+            self.on_exit(self.task.id)  # the slot is free: the next task starts while this one is removed
         if recorded and self.container_id is not None:
             self._remove()
 
@@ -256,11 +268,11 @@ class TaskRunner:
             except EngineError as exc:
                 return None, str(exc)
             except Exception as exc:  # a bug here must not leave the task 'running' forever
-                log.exception("task %s: runner failed", self.task["id"])
+                log.exception("task %s: runner failed", self.task.id)
                 return None, f"internal error while running the task: {exc}"
 
     def _await_engine(self, exc: EngineUnreachable) -> None:
-        log.warning("task %s: %s; waiting for the engine", self.task["id"], exc)
+        log.warning("task %s: %s; waiting for the engine", self.task.id, exc)
         self.watch.lost(exc)
         self.watch.wait_up()
 
@@ -272,11 +284,11 @@ class TaskRunner:
         started (the engine's ``find`` removes it), is created again. Returns why the attempt
         is over when a run this runner started is gone.
         """
-        status = self.engine.find(self.task["container"])
+        status = self.engine.find(self.run_name)
         if status is not None:
             log.info(
                 "task %s: re-adopting %s (%s) after the engine came back",
-                self.task["id"],
+                self.task.id,
                 status.name,
                 status.summary(),
             )
@@ -291,7 +303,7 @@ class TaskRunner:
         if self._started:
             return "the container disappeared while the engine was unreachable"
         self.container_id = None
-        tasklog.truncate(self.log_path, self.task["log_offset"])  # _create writes the attempt's header again
+        tasklog.truncate(self.log_path, self.log_offset)  # _create writes the attempt's header again
         return None
 
     def _record(
@@ -303,7 +315,7 @@ class TaskRunner:
         while True:
             try:
                 self.store.finish_task(
-                    self.task["id"],
+                    self.task.id,
                     exit_code,
                     error,
                     results,
@@ -314,48 +326,45 @@ class TaskRunner:
                 delay = backoff.next()
                 log.warning(
                     "task %s: cannot record the result yet (%s); trying again in %.0fs",
-                    self.task["id"],
+                    self.task.id,
                     exc,
                     delay,
                 )
                 time.sleep(delay)
 
     def _remove(self) -> None:
-        assert self.container_id is not None
         while True:
             try:
-                self.engine.remove(self.container_id)
+                self.engine.remove(self._handle)
                 return
             except EngineUnreachable as exc:
                 self._await_engine(exc)
             except EngineError as exc:  # a restarted service removes leftovers of its store
-                log.warning("task %s: %s", self.task["id"], exc)
+                log.warning("task %s: %s", self.task.id, exc)
                 return
 
     def _create(self) -> str:
         task, step = self.task, self.step
-        spec: ContainerSpec = self.store.job_container(task["job_id"])
-        command = resolve_command(
-            step["command"], self.store.job_params(task["job_id"]), task["params"], spec.workdir
-        )
+        spec: ContainerSpec = self.store.job_container(task.job_id)
+        command = resolve_command(step.command, self.store.job_params(task.job_id), task.params, spec.workdir)
         request = ContainerRequest(
-            name=task["container"],
+            name=self.run_name,
             image=spec.image,
             command=command,
             env={
                 **spec.env,
-                "HPCDOCK_JOB": str(task["job_id"]),
-                "HPCDOCK_TASK": str(task["id"]),
-                "HPCDOCK_ATTEMPT": str(task["attempt"]),
+                "HPCDOCK_JOB": str(task.job_id),
+                "HPCDOCK_TASK": str(task.id),
+                "HPCDOCK_ATTEMPT": str(task.attempt),
             },
             workdir=spec.workdir,
             mounts=spec.mounts,
             network=spec.network,
             labels={
                 LABEL_STORE: self.store.store_id,
-                LABEL_JOB: str(task["job_id"]),
-                LABEL_TASK: str(task["id"]),
-                LABEL_ATTEMPT: str(task["attempt"]),
+                LABEL_JOB: str(task.job_id),
+                LABEL_TASK: str(task.id),
+                LABEL_ATTEMPT: str(task.attempt),
             },
             gpus=self.gpus,
             limits=self.limits,
@@ -363,7 +372,7 @@ class TaskRunner:
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread
                 raise EngineError("canceled before the container was created")
-        tasklog.append_line(self.log_path, f"--- attempt {task['attempt']}: {' '.join(command)}")
+        tasklog.append_line(self.log_path, f"--- attempt {task.attempt}: {' '.join(command)}")
         container_id = self.engine.create(request)  # GPUs attached and verified, or EngineError
         with self._stop_lock:
             self.container_id = container_id
@@ -381,25 +390,24 @@ class TaskRunner:
         appear on disk, so a frame's event does not wait for the engine's log path (Podman's
         lags by a few hundred milliseconds).
         """
-        assert self.container_id is not None
         parser = LogParser()
         if self.adopt:  # the whole container log is read again: drop what an earlier run wrote
-            tasklog.truncate(self.log_path, self.task["log_offset"])
+            tasklog.truncate(self.log_path, self.log_offset)
             tasklog.append_line(
-                self.log_path, f"--- attempt {self.task['attempt']} (re-adopted after {self.adopted_after})"
+                self.log_path, f"--- attempt {self.task.attempt} (re-adopted after {self.adopted_after})"
             )
-        stream = self.engine.logs(self.container_id, follow=True)
+        stream = self.engine.logs(self._handle, follow=True)
         exited = threading.Event()
         drained = threading.Event()
         outcome: dict[str, Any] = {}
         waiter = threading.Thread(
             target=self._wait_exit,
             args=(stream, exited, drained, outcome),
-            name=f"task-{self.task['id']}-wait",
+            name=f"task-{self.task.id}-wait",
             daemon=True,
         )
         watcher = threading.Thread(
-            target=self._watch_outputs, args=(exited,), name=f"task-{self.task['id']}-watch", daemon=True
+            target=self._watch_outputs, args=(exited,), name=f"task-{self.task.id}-watch", daemon=True
         )
         start_thread(waiter)
         try:
@@ -426,7 +434,7 @@ class TaskRunner:
         if self.licence_failure:
             return exit_code, f"licence unavailable: {self.licence_failure}"
         if self.timed_out:
-            reason = f"timed out after {float(self.step['timeout']):g}s (onRun.timeout) and was stopped"
+            reason = f"timed out after {self.step.timeout:g}s (onRun.timeout) and was stopped"
         elif exit_code == 0:
             return exit_code, None
         else:
@@ -434,9 +442,8 @@ class TaskRunner:
         return exit_code, reason + self._limit_hints(parser)
 
     def _exit_reason(self, exit_code: int) -> str:
-        assert self.container_id is not None
         try:
-            oom = self.engine.status(self.container_id).oom_killed
+            oom = self.engine.status(self._handle).oom_killed
         except EngineError:  # an engine that cannot tell leaves the plain exit code
             oom = False
         if oom:
@@ -469,12 +476,12 @@ class TaskRunner:
         arrived, and when they differ read the log again past what arrived.
         """
         theirs = Tail()
-        for chunk in self.engine.logs(self.container_id, follow=False, tail=TAIL_CHECK_LINES):
+        for chunk in self.engine.logs(self._handle, follow=False, tail=TAIL_CHECK_LINES):
             theirs.add(chunk)
         if not self._log_tail.value().endswith(theirs.value()):
             log.info(
                 "task %s: the log stream ended early; reading the log again past its first %d bytes",
-                self.task["id"],
+                self.task.id,
                 self._log_bytes,
             )
             self._take_rest(out, parser)
@@ -482,7 +489,7 @@ class TaskRunner:
     def _take_rest(self, out: tasklog.AttemptLog, parser: LogParser) -> None:
         """Read the log again from the start, streamed, and take what the follow stream had not delivered."""
         skip = self._log_bytes
-        for chunk in self.engine.logs(self.container_id, follow=False):
+        for chunk in self.engine.logs(self._handle, follow=False):
             if skip >= len(chunk):
                 skip -= len(chunk)
                 continue
@@ -509,21 +516,20 @@ class TaskRunner:
 
     def _wait(self) -> int:
         """The container's exit code; a container still running at the step's timeout is stopped."""
-        timeout = self.step.get("timeout")
+        timeout = self.step.timeout
         if timeout:
-            elapsed = time.time() - (self.task["started_at"] or time.time())
+            elapsed = time.time() - (self.task.started_at or time.time())
             try:
-                return self.engine.wait(self.container_id, timeout=max(0.01, float(timeout) - elapsed))
+                return self.engine.wait(self._handle, timeout=max(0.01, float(timeout) - elapsed))
             except TimeoutError:
                 self._time_out()
-        return self.engine.wait(self.container_id)
+        return self.engine.wait(self._handle)
 
     def _watch_outputs(self, exited: threading.Event) -> None:
         """Settle image frames as soon as their output files are complete on disk."""
-        since = float(self.task.get("started_at") or 0.0)
+        since = float(self.task.started_at or 0.0)
         while not exited.wait(WATCH_INTERVAL):
-            for frame in self._watchable():
-                output = self._frames[frame]["output"]
+            for frame, output in self._watchable():
                 try:
                     fresh = os.stat(output).st_mtime >= since - 1.0  # not a leftover of an earlier run
                 except OSError:
@@ -531,14 +537,13 @@ class TaskRunner:
                 if fresh and thumbnails.is_output_complete(Path(output)):
                     self._settle(frame, "done", None)
 
-    def _watchable(self) -> list[int]:
+    def _watchable(self) -> list[tuple[int, str]]:
+        """The unsettled image frames, with their outputs."""
         with self._frame_lock:
             return [
-                f
+                (f, info.output)
                 for f, info in self._frames.items()
-                if f not in self._settled
-                and info["output"]
-                and info["output"].lower().endswith(_IMAGE_SUFFIXES)
+                if f not in self._settled and info.output and info.output.lower().endswith(_IMAGE_SUFFIXES)
             ]
 
     def stop(self, grace: float = 0) -> None:
@@ -553,11 +558,11 @@ class TaskRunner:
 
     def _time_out(self) -> None:
         self.timed_out = True
-        self.stop(grace=float(self.step.get("cancel_grace") or 0))
+        self.stop(grace=self.step.cancel_grace)
 
     # -- log updates --------------------------------------------------------------------
     def _apply(self, update: Any) -> None:
-        task_id = self.task["id"]
+        task_id = self.task.id
         if isinstance(update, (FrameStarted, FrameDone, FrameFailed)) and update.frame in self._done_before:
             self._current_percent = 0.0
             return
@@ -566,7 +571,7 @@ class TaskRunner:
             self._report_progress()
         elif isinstance(update, FrameStarted) and update.frame in self._frames:
             self._current_percent = 0.0
-            self.store.set_frame(self.task["job_id"], self.task["step_idx"], update.frame, "running")
+            self.store.set_frame(self.task.job_id, self.task.step_idx, update.frame, "running")
         elif isinstance(update, FrameDone) and update.frame in self._frames:
             self._current_percent = 0.0
             if update.frame not in self._settled:
@@ -583,22 +588,22 @@ class TaskRunner:
     def _licence_unavailable(self, line: str) -> None:
         """Stop the attempt now: a renderer without a licence only fails later, or waits for one."""
         self.licence_failure = line
-        log.info("task %s: licence unavailable (%r); stopping the attempt", self.task["id"], line)
+        log.info("task %s: licence unavailable (%r); stopping the attempt", self.task.id, line)
         try:
             self.stop()
         except EngineError as exc:  # it exited already
-            log.info("task %s: %s", self.task["id"], exc)
+            log.info("task %s: %s", self.task.id, exc)
 
     def _report_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        frames = self.task["frames"]
+        frames = self.task.frames
         percent = (
             task_progress(frames, self._done, self._current_percent) if frames else self._current_percent
         )
-        self.store.set_progress(self.task["id"], percent)
+        self.store.set_progress(self.task.id, percent)
 
     def _settle(self, frame: int, state: str, error: Optional[str]) -> None:
         """Record a frame's end once, whichever of the log marker and the watcher sees it first.
@@ -612,8 +617,8 @@ class TaskRunner:
             self._settled.add(frame)
         check = self._inspect(frame) if state == "done" else None
         state, error = self.store.set_frame(
-            self.task["job_id"],
-            self.task["step_idx"],
+            self.task.job_id,
+            self.task.step_idx,
             frame,
             state,
             error,
@@ -628,7 +633,7 @@ class TaskRunner:
 
     # -- frames -------------------------------------------------------------------------
     def _check_output(self, frame: int) -> tuple[str, Optional[str]]:
-        output = self._frames[frame]["output"]
+        output = self._frames[frame].output
         if not output:
             return "done", None
         if not os.path.exists(output):
@@ -641,14 +646,14 @@ class TaskRunner:
 
     def _inspect(self, frame: int) -> Optional[framecheck.FrameCheck]:
         """The frame's thumbnail and checks, from one decode; None when it is not an image."""
-        output = self._frames[frame]["output"]
+        output = self._frames[frame].output
         if not output or not _is_image(output):
             return None  # not an image (a geometry cache, say): nothing to show or check
-        dest = self.thumbnail_path(self.task["job_id"], self.task["step"], frame)
+        dest = self.thumbnail_path(self.task.job_id, self.task.step, frame)
         try:
             return framecheck.inspect(output, dest, self._checks)
         except Exception:  # a full disk under the thumbnails, say: the frame is still recorded
-            log.exception("task %s: frame %s: no thumbnail or checks", self.task["id"], frame)
+            log.exception("task %s: frame %s: no thumbnail or checks", self.task.id, frame)
             return None
 
     def _settle_frames(
@@ -662,7 +667,7 @@ class TaskRunner:
                 continue
             if ok:
                 state, f_error = self._check_output(frame)
-                if state == "done" and _is_image(self._frames[frame]["output"] or ""):
+                if state == "done" and _is_image(self._frames[frame].output or ""):
                     self._settle(frame, state, None)
                 else:
                     results[frame] = (state, f_error, None)

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from hpcdock.protocol import TaskState
+
 from . import tasklog
 from .config import DEFAULT_LICENCE_RETRY, LicenceRetry
 from .engines.base import NO_LIMITS, ContainerLimits, Engine, GpuGrant, RunStatus
 from .engines.discovery import EngineWatch
+from .model import Job, StepRun, Task
 from .resources import GPU_WAIT, Pool, waiting_label
 from .runner import TaskRunner, container_name, thread_refused
-from .store import Row, Store, StoreBusy
+from .store import Store, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -120,25 +123,23 @@ class Scheduler:
             return started  # a task started now would only wait for the engine, holding its slot
         waiting: dict[tuple[int, int], Optional[str]] = {}
         for step in self.store.ready_steps():
-            key = (step["job_id"], step["step_idx"])
+            key = (step.job_id, step.step_idx)
             if self.running_count() >= self.slots or self._stopped.is_set():
-                short = self.pool.short(
-                    step["amounts"]
-                )  # no slot now; say whether an amount holds it back too
+                short = self.pool.short(step.amounts)  # no slot now; say whether an amount holds it back too
                 waiting[key] = waiting_label(short) if short else None
                 continue
             waiting[key] = None
             while self.running_count() < self.slots and not self._stopped.is_set():
-                task_id = self.store.next_pending(step["job_id"], step["step_idx"])
+                task_id = self.store.next_pending(step.job_id, step.step_idx)
                 if task_id is None:
                     break
-                short = self.pool.acquire(task_id, step["amounts"])
+                short = self.pool.acquire(task_id, step.amounts)
                 if short is not None:
                     waiting[key] = waiting_label(short)
                     break  # this step waits for the amount; lower-priority steps may still run
                 grant: Optional[GpuGrant] = None
-                if step["gpus"]:
-                    grant = self.engine.gpus.acquire(task_id, step["gpus"])
+                if step.gpus:
+                    grant = self.engine.gpus.acquire(task_id, step.gpus)
                     if grant is None:
                         self.pool.release(task_id)
                         waiting[key] = GPU_WAIT
@@ -162,8 +163,8 @@ class Scheduler:
     def _launch(self, task_id: int, grant: Optional[GpuGrant]) -> None:
         started = False
         try:
-            task = self.store.task(task_id)
-            name = container_name(self.store.store_id, task_id, task["attempt"] + 1, task["licence_retries"])
+            pending = self.store.read_task(task_id)
+            name = container_name(self.store.store_id, task_id, pending.attempt + 1, pending.licence_retries)
             log_path = self.log_path(task_id)
             offset = log_path.stat().st_size if log_path.exists() else 0
             # Marking the task running and registering its runner happen under the lock cancel takes,
@@ -172,32 +173,35 @@ class Scheduler:
                 # The store keeps the GPU indices the engine placed (none where the engine's own
                 # scheduler places them at run time), for the restart that restores them.
                 task = self.store.start_task(task_id, name, list(grant.indices) if grant else [], offset)
-                if task["state"] != "running":  # canceled after it was chosen
+                if task.state != TaskState.RUNNING:  # canceled after it was chosen
                     return
-                task["log_offset"] = offset
-                self._run(task, grant, adopt=None)
+                self._run(task, grant, adopt=None, log_offset=offset)
                 started = True
         finally:
             if not started:  # canceled, or the store was locked (StoreBusy): dispatch tries again
                 self._release(task_id)
 
-    def limits_for(self, step: Row) -> ContainerLimits:
+    def limits_for(self, step: StepRun) -> ContainerLimits:
         """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
-        memory = step.get("memory_mib")
+        memory = step.memory_mib
         return replace(
             self.limits,
             memory=memory * tasklog.MIB if memory else self.limits.memory,
-            vcpus=step.get("vcpus") or self.limits.vcpus,
+            vcpus=step.vcpus or self.limits.vcpus,
         )
 
-    def _run(self, task: Row, grant: Optional[GpuGrant], adopt: Optional[RunStatus]) -> None:
-        step = self.store.steps(task["job_id"])[task["step_idx"]]
+    def _run(
+        self, task: Task, grant: Optional[GpuGrant], adopt: Optional[RunStatus], log_offset: int
+    ) -> None:
+        """Follow ``task`` in a runner of its own; its attempt's log starts at ``log_offset``."""
+        step = self.store.step_run(task.job_id, task.step_idx)
         runner = TaskRunner(
             store=self.store,
             engine=self.engine,
             task=task,
             step=step,
-            log_path=self.log_path(task["id"]),
+            log_path=self.log_path(task.id),
+            log_offset=log_offset,
             thumbnail_path=self.thumbnail_path,
             on_exit=self._on_exit,
             watch=self.watch,
@@ -208,7 +212,7 @@ class Scheduler:
             licence=self.licence,
         )
         with self._lock:
-            self._running[task["id"]] = runner
+            self._running[task.id] = runner
         self._start_runner(runner)
 
     def _start_runner(self, runner: TaskRunner) -> None:
@@ -218,7 +222,7 @@ class Scheduler:
             if not thread_refused(exc):
                 raise
             log.warning(
-                "task %s: %s; its runner starts when the system allows a thread again", runner.task["id"], exc
+                "task %s: %s; its runner starts when the system allows a thread again", runner.task.id, exc
             )
             with self._lock:
                 self._unstarted.append(runner)
@@ -241,24 +245,24 @@ class Scheduler:
         self.engine.gpus.release(task_id)
 
     # -- cancel -------------------------------------------------------------------------
-    def cancel(self, job_id: int, wait: float = 30.0) -> Row:
+    def cancel(self, job_id: int, wait: float = 30.0) -> Job:
         """Cancel the job: pending tasks never start, running containers are stopped and removed."""
         runners = []
         with self._launch_lock:
             for task in self.store.cancel_job(job_id):
                 with self._lock:
-                    runner = self._running.get(task["id"])
+                    runner = self._running.get(task.id)
                 if runner is not None:
                     runner.stop()
                     runners.append(runner)
-                elif task["container"]:
-                    status = self.engine.find(task["container"])
+                elif task.container:
+                    status = self.engine.find(task.container)
                     if status is not None:
                         self.engine.stop(status.handle)
         if self.watch.up:  # while the engine is away, runners stop their containers once it is back
             for runner in runners:
                 runner.join(timeout=wait)
-        return self.store.job(job_id)
+        return self.store.read_job(job_id)
 
     def _truncate_log(self, task_id: int, offset: int) -> None:
         tasklog.truncate(self.log_path(task_id), offset)
@@ -275,22 +279,21 @@ class Scheduler:
         """
         claimed = set()
         self.store.clear_waiting()
-        for task in self.store.tasks_in_state("running"):
-            status = self.engine.find(task["container"]) if task["container"] else None
+        for task in self.store.tasks_in_state(TaskState.RUNNING):
+            status = self.engine.find(task.container) if task.container else None
             if status is None:
-                self._truncate_log(task["id"], self.store.log_offset(task["id"]))
-                self.store.unstart_task(task["id"])
-                log.info("task %s: its run never started; back to pending", task["id"])
+                self._truncate_log(task.id, self.store.log_offset(task.id))
+                self.store.unstart_task(task.id)
+                log.info("task %s: its run never started; back to pending", task.id)
                 continue
             claimed.add(status.handle)
-            step = self.store.steps(task["job_id"])[task["step_idx"]]
-            grant = GpuGrant(step["gpus"], tuple(task["gpus"] or ())) if step["gpus"] else None
+            step = self.store.step_run(task.job_id, task.step_idx)
+            grant = GpuGrant(step.gpus, task.gpus) if step.gpus else None
             if grant is not None:
-                self.engine.gpus.restore(task["id"], grant)
-            self.pool.restore(task["id"], step["amounts"])
-            task["log_offset"] = self.store.log_offset(task["id"])
-            log.info("task %s: re-adopting %s (%s)", task["id"], status.name, status.summary())
-            self._run(task, grant, adopt=status)
+                self.engine.gpus.restore(task.id, grant)
+            self.pool.restore(task.id, step.amounts)
+            log.info("task %s: re-adopting %s (%s)", task.id, status.name, status.summary())
+            self._run(task, grant, adopt=status, log_offset=self.store.log_offset(task.id))
         for status in self.engine.leftovers(self.store.store_id):
             if status.handle not in claimed:
                 log.info("removing leftover run %s", status.name)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcdock.protocol import JOB_ACTIVE, EventKind, decode_frames, encode_frames, event_data
+from hpcdock.protocol import JOB_ACTIVE, EventKind, TaskState, decode_frames, encode_frames, event_data
 from openjd.model import IntRangeExpr
 
 from .bundle import ContainerSpec, JobPlan
@@ -38,9 +38,8 @@ from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker
 from .lifecycle import attempt_outcome, job_outcome
 from .migrations import SchemaTooNew, migrate
-from .model import Event, Frame, Job, Task
+from .model import JSON, Event, Frame, Job, ReadyStep, StepRun, Task
 from .records import (
-    amounts,
     event_from_row,
     frame_from_row,
     frame_only_params,
@@ -48,6 +47,8 @@ from .records import (
     json_rows,
     params_json,
     printf_format,
+    ready_step_from_row,
+    step_run_from_row,
     task_from_row,
 )
 
@@ -65,7 +66,6 @@ _TASK_SELECT = (
     "AS waiting_for FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.idx = t.step_idx"
 )
 
-Row = dict[str, Any]
 FrameResult = tuple[str, Optional[str], Optional[str]]  # state, error, thumbnail path
 
 # How long a write made for an API call waits for a write lock held by another process
@@ -123,7 +123,7 @@ class StoreHealth:
 
     busy_since: Optional[float]  # since when a write has found the store locked by another process
 
-    def to_json(self) -> Row:
+    def to_json(self) -> JSON:
         if self.busy_since is None:
             return {"state": "ok"}
         return {
@@ -318,7 +318,7 @@ class Store:
             cb(last)
 
     # -- events -------------------------------------------------------------------------
-    def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: EventKind, data: Row) -> None:
+    def _event(self, db: sqlite3.Connection, job_id: Optional[int], kind: EventKind, data: JSON) -> None:
         db.execute(
             "INSERT INTO events (job_id, kind, data, ts) VALUES (?, ?, ?, ?)",
             (job_id, kind.value, json.dumps(event_data(kind, data)), time.time()),
@@ -341,10 +341,6 @@ class Store:
         return [event_from_row(r) for r in rows]
 
     # -- jobs ---------------------------------------------------------------------------
-    def add_job(self, plan: JobPlan, priority: Optional[int] = None, name: Optional[str] = None) -> Row:
-        """:meth:`create_job` as a Row, for the callers that do not read values yet."""
-        return self.create_job(plan, priority, name).to_json()
-
     def create_job(self, plan: JobPlan, priority: Optional[int] = None, name: Optional[str] = None) -> Job:
         now = time.time()
         with self._tx() as db:
@@ -447,10 +443,6 @@ class Store:
             )
         return job
 
-    def job(self, job_id: int) -> Row:
-        """:meth:`read_job` as a Row, for the callers that do not read values yet."""
-        return self.read_job(job_id).to_json()
-
     def read_job(self, job_id: int) -> Job:
         with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -503,17 +495,12 @@ class Store:
         self._event(db, job_id, EventKind.JOB, job.to_json())
         return job
 
-    def steps(self, job_id: int) -> list[Row]:
-        rows = self._query("SELECT * FROM steps WHERE job_id=? ORDER BY idx", (job_id,))
-        return [
-            {
-                **dict(r),
-                "depends_on": json.loads(r["depends_on"]),
-                "command": json.loads(r["command"]),
-                "amounts": amounts(r["amounts"]),
-            }
-            for r in rows
-        ]
+    def step_run(self, job_id: int, step_idx: int) -> StepRun:
+        """What the tasks of the job's step ``step_idx`` run with."""
+        rows = self._query("SELECT * FROM steps WHERE job_id=? AND idx=?", (job_id, step_idx))
+        if not rows:
+            raise NotFound("step", f"job {job_id} has no step {step_idx}")
+        return step_run_from_row(rows[0])
 
     def set_waiting(self, changes: dict[tuple[int, int], Optional[str]]) -> None:
         """Record what steps' pending tasks wait for (``(job_id, step_idx)`` -> "resource lic", None)."""
@@ -531,20 +518,15 @@ class Store:
             db.execute("UPDATE steps SET waiting_for=NULL WHERE waiting_for IS NOT NULL")
 
     # -- tasks --------------------------------------------------------------------------
-    def tasks(self, job_id: int) -> list[Row]:
-        """The job's tasks as Rows, for the callers that do not read values yet."""
+    def tasks(self, job_id: int) -> list[Task]:
         self.read_job(job_id)
-        return [t.to_json() for t in self.iter_tasks(job_id)]
+        return list(self.iter_tasks(job_id))
 
     def iter_tasks(self, job_id: int) -> Iterator[Task]:
         """The job's tasks one by one from one snapshot, for a listing that never holds them all."""
         with self._read() as db:
             for r in db.execute(_TASK_SELECT + " WHERE t.job_id=? ORDER BY t.id", (job_id,)):
                 yield task_from_row(r)
-
-    def task(self, task_id: int) -> Row:
-        """:meth:`read_task` as a Row, for the callers that do not read values yet."""
-        return self.read_task(task_id).to_json()
 
     def read_task(self, task_id: int) -> Task:
         rows = self._query(_TASK_SELECT + " WHERE t.id=?", (task_id,))
@@ -582,11 +564,11 @@ class Store:
     def log_offset(self, task_id: int) -> int:
         return int(self._query("SELECT log_offset FROM tasks WHERE id=?", (task_id,))[0][0])
 
-    def tasks_in_state(self, state: str) -> list[Row]:
-        rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id", (state,))
-        return [task_from_row(r).to_json() for r in rows]
+    def tasks_in_state(self, state: TaskState) -> list[Task]:
+        rows = self._query(_TASK_SELECT + " WHERE t.state=? ORDER BY t.id", (state.value,))
+        return [task_from_row(r) for r in rows]
 
-    def ready_steps(self) -> list[Row]:
+    def ready_steps(self) -> list[ReadyStep]:
         """Steps of active jobs that have pending tasks and whose dependencies all succeeded.
 
         Ordered by job priority (high first), then submission order, then step order.
@@ -605,7 +587,7 @@ class Store:
             deps = json.loads(r["depends_on"])
             if deps and not self._steps_succeeded(r["job_id"], deps):
                 continue
-            ready.append({**dict(r), "amounts": amounts(r["amounts"])})
+            ready.append(ready_step_from_row(r))
         return ready
 
     def _steps_succeeded(self, job_id: int, names: list[str]) -> bool:
@@ -619,7 +601,7 @@ class Store:
 
     def next_pending(self, job_id: int, step_idx: int) -> Optional[int]:
         """The step's first pending task that is not backing off after a licence failure."""
-        # ids grow with idx within a step (add_job numbers them so), and ordering by id lets the
+        # ids grow with idx within a step (create_job numbers them so), and ordering by id lets the
         # (job_id, step_idx, state) index answer without sorting every pending task.
         rows = self._query(
             "SELECT id FROM tasks WHERE job_id=? AND step_idx=? AND state='pending' "
@@ -628,7 +610,7 @@ class Store:
         )
         return rows[0][0] if rows else None
 
-    def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Row:
+    def start_task(self, task_id: int, container: str, gpus: list[int], log_offset: int) -> Task:
         """Mark the task running *before* its container exists: the name is what a restart looks for."""
         now = time.time()
         with self._tx() as db:
@@ -649,7 +631,7 @@ class Store:
             ).rowcount:
                 self._job_event(db, job_id)
             self._task_event(db, task_id)
-        return self.task(task_id)
+        return self.read_task(task_id)
 
     def unstart_task(self, task_id: int) -> None:
         """Undo :meth:`start_task` for a container that was never created (restart before create)."""
@@ -674,7 +656,7 @@ class Store:
         error: Optional[str],
         frame_results: Optional[dict[int, FrameResult]] = None,
         licence: Optional[LicenceRetry] = None,
-    ) -> Row:
+    ) -> Task:
         """Record how an attempt ended and decide what comes next for the task and its job.
 
         A failed attempt goes back to ``pending`` while attempts remain; a task of a
@@ -690,7 +672,7 @@ class Store:
         with self._tx(patient=True) as db:
             t = db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
             if t["state"] != "running":
-                return self.task(task_id)
+                return self.read_task(task_id)
             job_state = db.execute("SELECT state FROM jobs WHERE id=?", (t["job_id"],)).fetchone()[0]
             ok = exit_code == 0 and error is None
             state, error, licence_wait = attempt_outcome(
@@ -716,7 +698,7 @@ class Store:
             if state == "failed":
                 self._cancel_dependents(db, t["job_id"], t["step_idx"])
             self._settle_job(db, t["job_id"], now)
-        return self.task(task_id)
+        return self.read_task(task_id)
 
     def _cancel_dependents(self, db: sqlite3.Connection, job_id: int, step_idx: int) -> None:
         steps = {
@@ -760,7 +742,7 @@ class Store:
             db.execute("UPDATE jobs SET finished_at=COALESCE(finished_at, ?) WHERE id=?", (now, job_id))
         self._job_event(db, job_id, counts)  # only the jobs row changed: the task counts still hold
 
-    def cancel_job(self, job_id: int) -> list[Row]:
+    def cancel_job(self, job_id: int) -> list[Task]:
         """Cancel the job's pending tasks; return its running tasks, whose containers the caller stops."""
         self.read_job(job_id)
         now = time.time()
@@ -779,11 +761,7 @@ class Store:
             self._task_events(db, ids)
             self._settle_job(db, job_id, now)
         rows = self._query(_TASK_SELECT + " WHERE t.job_id=? AND t.state='running' ORDER BY t.id", (job_id,))
-        return [task_from_row(r).to_json() for r in rows]
-
-    def retry_job(self, job_id: int) -> Row:
-        """:meth:`retry_failed` as a Row, for the callers that do not read values yet."""
-        return self.retry_failed(job_id).to_json()
+        return [task_from_row(r) for r in rows]
 
     def retry_failed(self, job_id: int) -> Job:
         """Put failed and canceled tasks back to pending with a fresh budget of attempts."""
@@ -1053,9 +1031,9 @@ class Store:
             for table in ("jobs", "tasks", "frames")
         }
 
-    def frames_of_task(self, task_id: int) -> list[Row]:
+    def frames_of_task(self, task_id: int) -> list[Frame]:
         rows = self._query(_FRAME_SELECT + " WHERE f.task_id=? ORDER BY f.frame", (task_id,))
-        return [frame_from_row(r).to_json() for r in rows]
+        return [frame_from_row(r) for r in rows]
 
     def set_frame(
         self,

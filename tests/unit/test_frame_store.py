@@ -49,14 +49,14 @@ def store(tmp_path: Path):
 def render(store: Store, job_id: int, frames: dict[int, FrameCheck]) -> None:
     """Run every task of the job as the runner would: each frame checked and recorded, then the task's end."""
     for t in store.tasks(job_id):
-        if t["state"] != "pending":
+        if t.state != "pending":
             continue
-        store.start_task(t["id"], f"c{t['id']}", [], 0)
+        store.start_task(t.id, f"c{t.id}", [], 0)
         failed = []
-        for f in t["frames"]:
+        for f in t.frames:
             state, _ = store.set_frame(job_id, 0, f, "done", check=frames[f])
             failed += [f] if state == "failed" else []
-        store.finish_task(t["id"], 0, f"frame {failed[0]} failed its checks" if failed else None)
+        store.finish_task(t.id, 0, f"frame {failed[0]} failed its checks" if failed else None)
 
 
 def checked(tmp_path: Path, frames: range, bad: dict[int, np.ndarray] | None = None) -> dict[int, FrameCheck]:
@@ -75,30 +75,30 @@ def flags_by_frame(store: Store, job_id: int) -> dict[int, list[str]]:
 
 
 def test_flags_are_recorded_counted_and_listed(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, fps=25))
-    assert job["fps"] == 25.0 and job["frames_flagged"] == 0 and job["frame_checks"]["policy"] == "warn"
+    job = store.create_job(plan(tmp_path, fps=25))
+    assert job.fps == 25.0 and job.frames_flagged == 0 and job.frame_checks.policy == "warn"
     frames = checked(
         tmp_path,
         range(1, 13),
         {4: np.zeros((90, 160, 3)), 8: scene(8, (80, 45)), 10: scene(10, (160, 90)) * 1.7},
     )
-    render(store, job["id"], frames)
-    job = store.job(job["id"])
-    assert job["state"] == "succeeded" and job["frames_done"] == 12
-    assert flags_by_frame(store, job["id"]) == {4: ["black"], 8: ["size"], 10: ["flicker"]}
-    assert job["frames_flagged"] == 3
-    size = next(f for f in store.frames(job["id"]) if f.frame == 8).flags[0]
+    render(store, job.id, frames)
+    job = store.read_job(job.id)
+    assert job.state == "succeeded" and job.frames_done == 12
+    assert flags_by_frame(store, job.id) == {4: ["black"], 8: ["size"], 10: ["flicker"]}
+    assert job.frames_flagged == 3
+    size = next(f for f in store.frames(job.id) if f.frame == 8).flags[0]
     assert size.values == {"width": 80, "height": 45, "expected_width": 160, "expected_height": 90}
-    assert "luma" not in store.frames(job["id"])[0].to_json()
+    assert "luma" not in store.frames(job.id)[0].to_json()
 
 
 def test_fail_policy_fails_the_frame_and_its_task_with_the_reasons(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, "1-3", chunk=3, frame_checks={"policy": "fail"}, max_attempts=1))
-    render(store, job["id"], checked(tmp_path, range(1, 4), {2: np.zeros((90, 160, 3))}))
-    frames = {f.frame: f for f in store.frames(job["id"])}
+    job = store.create_job(plan(tmp_path, "1-3", chunk=3, frame_checks={"policy": "fail"}, max_attempts=1))
+    render(store, job.id, checked(tmp_path, range(1, 4), {2: np.zeros((90, 160, 3))}))
+    frames = {f.frame: f for f in store.frames(job.id)}
     assert [frames[i].state for i in (1, 2, 3)] == ["done", "failed", "done"]
     assert (frames[2].error or "").startswith("all black")
-    assert store.job(job["id"])["state"] == "failed"
+    assert store.read_job(job.id).state == "failed"
 
 
 def test_flicker_verdicts_do_not_depend_on_the_order_frames_land(store: Store, tmp_path: Path) -> None:
@@ -109,66 +109,66 @@ def test_flicker_verdicts_do_not_depend_on_the_order_frames_land(store: Store, t
         list(range(20, 0, -1)),
         [7, 15, 1, 20, 8, 6, 14, 16, *range(2, 6), *range(9, 14), *range(17, 20)],
     ):
-        job = store.add_job(plan(tmp_path, "1-20"))
-        for t in store.tasks(job["id"]):
-            store.start_task(t["id"], f"c{t['id']}", [], 0)
+        job = store.create_job(plan(tmp_path, "1-20"))
+        for t in store.tasks(job.id):
+            store.start_task(t.id, f"c{t.id}", [], 0)
         for f in order:
-            store.set_frame(job["id"], 0, f, "done", check=frames[f])
-        results.append(flags_by_frame(store, job["id"]))
+            store.set_frame(job.id, 0, f, "done", check=frames[f])
+        results.append(flags_by_frame(store, job.id))
     assert results[0] == {7: ["flicker"], 15: ["flicker"]}
     assert results[1] == results[0] and results[2] == results[0]
 
 
 def test_retry_flagged_makes_new_tasks_for_just_those_frames(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, "1-12", chunk=4))
+    job = store.create_job(plan(tmp_path, "1-12", chunk=4))
     render(
         store,
-        job["id"],
+        job.id,
         checked(
             tmp_path,
             range(1, 13),
             {2: np.zeros((90, 160, 3)), 3: np.zeros((90, 160, 3)), 11: np.zeros((90, 160, 3))},
         ),
     )
-    before = {f.frame: f for f in store.frames(job["id"])}
-    old_tasks = store.tasks(job["id"])
-    retried = store.retry_frames(job["id"], flagged=True)
+    before = {f.frame: f for f in store.frames(job.id)}
+    old_tasks = store.tasks(job.id)
+    retried = store.retry_frames(job.id, flagged=True)
     assert retried.state == "queued" and retried.frames_flagged == 0
-    tasks = store.tasks(job["id"])
+    tasks = store.tasks(job.id)
     assert tasks[:3] == old_tasks[:3]  # the old tasks keep their record
-    new = [t for t in tasks if t["id"] not in {o["id"] for o in old_tasks}]
-    assert [(t["frames"], t["params"], t["state"], t["attempt"]) for t in new] == [
-        ([2, 3], {"Frame": "2-3"}, "pending", 0),
-        ([11], {"Frame": "11"}, "pending", 0),
+    new = [t for t in tasks if t.id not in {o.id for o in old_tasks}]
+    assert [(t.frames, t.params, t.state, t.attempt) for t in new] == [
+        ((2, 3), {"Frame": "2-3"}, "pending", 0),
+        ((11,), {"Frame": "11"}, "pending", 0),
     ]
-    after = {f.frame: f for f in store.frames(job["id"])}
+    after = {f.frame: f for f in store.frames(job.id)}
     for f in set(before) - {2, 3, 11}:
         assert after[f] == before[f], f  # untouched
     assert [after[f].state for f in (2, 3, 11)] == ["waiting"] * 3
-    assert {after[f].task_id for f in (2, 3)} == {new[0]["id"]}
+    assert {after[f].task_id for f in (2, 3)} == {new[0].id}
     # The re-run frames come back clean: the job ends as it should, with no flag left.
-    render(store, job["id"], checked(tmp_path / "again", range(1, 13)))
-    assert store.job(job["id"])["state"] == "succeeded" and flags_by_frame(store, job["id"]) == {}
+    render(store, job.id, checked(tmp_path / "again", range(1, 13)))
+    assert store.read_job(job.id).state == "succeeded" and flags_by_frame(store, job.id) == {}
 
 
 def test_retry_frames_rechunks_and_replaces_a_failed_task(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, "1-10", chunk=5, max_attempts=1))
-    tasks = store.tasks(job["id"])
-    store.start_task(tasks[0]["id"], "c", [], 0)
-    store.finish_task(tasks[0]["id"], 0, None, {f: ("done", None, None) for f in range(1, 6)})
-    store.start_task(tasks[1]["id"], "c", [], 0)
-    store.set_frame(job["id"], 0, 6, "done")
+    job = store.create_job(plan(tmp_path, "1-10", chunk=5, max_attempts=1))
+    tasks = store.tasks(job.id)
+    store.start_task(tasks[0].id, "c", [], 0)
+    store.finish_task(tasks[0].id, 0, None, {f: ("done", None, None) for f in range(1, 6)})
+    store.start_task(tasks[1].id, "c", [], 0)
+    store.set_frame(job.id, 0, 6, "done")
     store.finish_task(
-        tasks[1]["id"], 1, "exited with code 1", {f: ("failed", "task exited", None) for f in range(7, 11)}
+        tasks[1].id, 1, "exited with code 1", {f: ("failed", "task exited", None) for f in range(7, 11)}
     )
-    assert store.job(job["id"])["state"] == "failed"
-    assert store.retry_frames(job["id"], frames=[2, 3, 4, 9]).state == "queued"
-    tasks = store.tasks(job["id"])
-    states = {t["id"]: t["state"] for t in tasks}
-    assert states[tasks[1]["id"]] == "replaced"  # its unfinished frames 7-10 all came along
+    assert store.read_job(job.id).state == "failed"
+    assert store.retry_frames(job.id, frames=[2, 3, 4, 9]).state == "queued"
+    tasks = store.tasks(job.id)
+    states = {t.id: t.state for t in tasks}
+    assert states[tasks[1].id] == "replaced"  # its unfinished frames 7-10 all came along
     new = [t for t in tasks[2:]]
-    assert [t["frames"] for t in new] == [[2, 3, 4], [7, 8, 9, 10]]
-    frames = {f.frame: f.state for f in store.frames(job["id"])}
+    assert [t.frames for t in new] == [(2, 3, 4), (7, 8, 9, 10)]
+    frames = {f.frame: f.state for f in store.frames(job.id)}
     assert frames == {
         1: "done",
         2: "waiting",
@@ -182,17 +182,17 @@ def test_retry_frames_rechunks_and_replaces_a_failed_task(store: Store, tmp_path
         10: "waiting",
     }
     for t in new:
-        store.start_task(t["id"], "c", [], 0)
-        store.finish_task(t["id"], 0, None, {f: ("done", None, None) for f in t["frames"]})
-    assert store.job(job["id"])["state"] == "succeeded"
+        store.start_task(t.id, "c", [], 0)
+        store.finish_task(t.id, 0, None, {f: ("done", None, None) for f in t.frames})
+    assert store.read_job(job.id).state == "succeeded"
 
 
 def test_retry_frames_refusals_name_the_field(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, "1-3"))
+    job = store.create_job(plan(tmp_path, "1-3"))
     with pytest.raises(BadInput) as err:
-        store.retry_frames(job["id"], frames=[1])
+        store.retry_frames(job.id, frames=[1])
     assert err.value.status == 409  # still queued
-    render(store, job["id"], checked(tmp_path, range(1, 4)))
+    render(store, job.id, checked(tmp_path, range(1, 4)))
     for kwargs, field in (
         ({"frames": [99]}, "frames"),
         ({"flagged": True}, "flagged"),
@@ -200,17 +200,17 @@ def test_retry_frames_refusals_name_the_field(store: Store, tmp_path: Path) -> N
         ({"frames": []}, "frames"),
     ):
         with pytest.raises(BadInput) as err:
-            store.retry_frames(job["id"], **kwargs)
+            store.retry_frames(job.id, **kwargs)
         assert err.value.field == field, (kwargs, err.value)
 
 
 def test_a_late_start_marker_does_not_reopen_a_finished_frame(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, "1-2"))
-    task = store.tasks(job["id"])[0]
-    store.start_task(task["id"], "c", [], 0)
-    store.set_frame(job["id"], 0, 1, "done")
-    store.set_frame(job["id"], 0, 1, "running")  # the engine's log delivered the start marker late
-    assert store.frame(job["id"], 1).state == "done"
+    job = store.create_job(plan(tmp_path, "1-2"))
+    task = store.tasks(job.id)[0]
+    store.start_task(task.id, "c", [], 0)
+    store.set_frame(job.id, 0, 1, "done")
+    store.set_frame(job.id, 0, 1, "running")  # the engine's log delivered the start marker late
+    assert store.frame(job.id, 1).state == "done"
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_bundle_settings_are_refused_by_name(tmp_path: Path, settings: dict, fie
 
 
 def test_bundle_settings_reach_the_job(store: Store, tmp_path: Path) -> None:
-    job = store.add_job(plan(tmp_path, frame_checks={"policy": "fail", "flicker_k": 3}, fps=23.976))
-    assert job["fps"] == 23.976
-    assert job["frame_checks"] == {**FrameCheckSettings(policy="fail", flicker_k=3.0).to_json()}
-    assert store.frame_check_settings(job["id"]) == FrameCheckSettings(policy="fail", flicker_k=3.0)
+    job = store.create_job(plan(tmp_path, frame_checks={"policy": "fail", "flicker_k": 3}, fps=23.976))
+    assert job.fps == 23.976
+    assert job.frame_checks == FrameCheckSettings(policy="fail", flicker_k=3.0)
+    assert store.frame_check_settings(job.id) == FrameCheckSettings(policy="fail", flicker_k=3.0)

@@ -52,7 +52,7 @@ def plan(path: str, sizes: dict[str, float]):
 
 def most_at_once(tasks: list[dict[str, Any]]) -> int:
     """The most of these tasks that ran at the same time (by their recorded start and end)."""
-    edges = sorted([(t["started_at"], 1) for t in tasks] + [(t["finished_at"], -1) for t in tasks])
+    edges = sorted([(t.started_at, 1) for t in tasks] + [(t.finished_at, -1) for t in tasks])
     running = most = 0
     for _, step_ in edges:  # at equal times an end sorts before a start: back to back is not at once
         running += step_
@@ -65,16 +65,16 @@ def test_a_counted_resource_is_never_overcommitted_across_jobs_while_other_work_
     store, sched, sizes = make(tmp_path, engine, {"lic": 1})
     lic = {"name": "amount.lic", "min": 1}
     jobs = [
-        store.add_job(plan(write_bundle(tmp_path / n, [asking("r", n, lic)], frames="1-3"), sizes))
+        store.create_job(plan(write_bundle(tmp_path / n, [asking("r", n, lic)], frames="1-3"), sizes))
         for n in ("a", "b")
     ]
-    free = store.add_job(plan(write_bundle(tmp_path / "c", [step("r", "c")], frames="1-2"), sizes))
-    run_until_done(store, sched, [j["id"] for j in [*jobs, free]])
-    licensed = [t for j in jobs for t in store.tasks(j["id"])]
-    assert all(t["state"] == "succeeded" for t in licensed) and len(licensed) == 6
+    free = store.create_job(plan(write_bundle(tmp_path / "c", [step("r", "c")], frames="1-2"), sizes))
+    run_until_done(store, sched, [j.id for j in [*jobs, free]])
+    licensed = [t for j in jobs for t in store.tasks(j.id)]
+    assert all(t.state == "succeeded" for t in licensed) and len(licensed) == 6
     assert most_at_once(licensed) == 1  # one licence: never two such tasks at once, across both jobs
     # the job without the resource was not queued behind them: it finished before they all did
-    assert store.job(free["id"])["finished_at"] < max(t["finished_at"] for t in licensed)
+    assert store.read_job(free.id).finished_at < max(t.finished_at for t in licensed)
     assert sched.pool.to_json()["amount.lic"] == {"total": 1.0, "in_use": 0.0}
 
 
@@ -82,27 +82,27 @@ def test_tasks_held_back_by_a_resource_say_what_they_wait_for(tmp_path: Path) ->
     engine = FakeEngine(hold=True)
     store, sched, sizes = make(tmp_path, engine, {"lic": 1})
     lic = {"name": "amount.lic", "min": 1}
-    first = store.add_job(plan(write_bundle(tmp_path / "a", [asking("r", "a", lic)], frames="1"), sizes))
-    second = store.add_job(plan(write_bundle(tmp_path / "b", [asking("r", "b", lic)], frames="1"), sizes))
+    first = store.create_job(plan(write_bundle(tmp_path / "a", [asking("r", "a", lic)], frames="1"), sizes))
+    second = store.create_job(plan(write_bundle(tmp_path / "b", [asking("r", "b", lic)], frames="1"), sizes))
     sched.start()
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and store.tasks(second["id"])[0]["waiting_for"] is None:
+        while time.monotonic() < deadline and store.tasks(second.id)[0].waiting_for is None:
             time.sleep(0.02)
-        (running,) = store.tasks(first["id"])
-        (waiting,) = store.tasks(second["id"])
-        assert running["state"] == "running" and running["waiting_for"] is None
-        assert waiting["state"] == "pending" and waiting["waiting_for"] == "resource lic"
-        assert store.job(second["id"])["steps"][0]["waiting_for"] == "resource lic"
+        (running,) = store.tasks(first.id)
+        (waiting,) = store.tasks(second.id)
+        assert running.state == "running" and running.waiting_for is None
+        assert waiting.state == "pending" and waiting.waiting_for == "resource lic"
+        assert store.read_job(second.id).steps[0].waiting_for == "resource lic"
         engine.release.set()
-        while time.monotonic() < deadline and store.job(second["id"])["state"] != "succeeded":
+        while time.monotonic() < deadline and store.read_job(second.id).state != "succeeded":
             time.sleep(0.02)
-        assert store.job(second["id"])["state"] == "succeeded"
+        assert store.read_job(second.id).state == "succeeded"
     finally:
         engine.release.set()
         sched.stop()
-    assert store.tasks(second["id"])[0]["waiting_for"] is None
-    assert store.job(second["id"])["steps"][0]["waiting_for"] is None
+    assert store.tasks(second.id)[0].waiting_for is None
+    assert store.read_job(second.id).steps[0].waiting_for is None
 
 
 @pytest.mark.parametrize(
@@ -143,14 +143,14 @@ def test_steps_are_packed_by_their_declared_vcpus_and_memory(tmp_path: Path) -> 
     store, sched, sizes = make(tmp_path, engine, {}, slots=4)
     two_cores = asking("r", "v", {"name": "amount.worker.vcpu", "min": 2})
     half_memory = asking("r", "m", {"name": "amount.worker.memory", "min": 2048, "max": 8192})
-    cores = store.add_job(plan(write_bundle(tmp_path / "v", [two_cores], frames="1-3"), sizes))
-    memory = store.add_job(plan(write_bundle(tmp_path / "m", [half_memory], frames="1-4"), sizes))
-    run_until_done(store, sched, [cores["id"], memory["id"]])
-    assert most_at_once(store.tasks(cores["id"])) == 1  # 2 vCPUs each on a 2-vCPU machine: one at a time
-    memory_tasks = store.tasks(memory["id"])
+    cores = store.create_job(plan(write_bundle(tmp_path / "v", [two_cores], frames="1-3"), sizes))
+    memory = store.create_job(plan(write_bundle(tmp_path / "m", [half_memory], frames="1-4"), sizes))
+    run_until_done(store, sched, [cores.id, memory.id])
+    assert most_at_once(store.tasks(cores.id)) == 1  # 2 vCPUs each on a 2-vCPU machine: one at a time
+    memory_tasks = store.tasks(memory.id)
     assert most_at_once(memory_tasks) <= 2  # 2048 MiB each (min) in 4096: two at once, whatever max says
     limits = {c["request"].name: c["request"].limits for c in engine.removed}
-    assert {limits[t["container"]].memory for t in memory_tasks} == {8192 * 1024 * 1024}  # the limit is max
+    assert {limits[t.container].memory for t in memory_tasks} == {8192 * 1024 * 1024}  # the limit is max
 
 
 class LicenceEngine(FakeEngine):
@@ -190,18 +190,18 @@ def test_a_licence_failure_stops_the_attempt_and_retries_after_back_off_without_
     store, sched, sizes = make(
         tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.3, backoff_max_s=5, retries=3)
     )
-    job = store.add_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
+    job = store.create_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
     events_from = store.last_event_id()
-    run_until_done(store, sched, [job["id"]])
-    (task,) = store.tasks(job["id"])
-    assert task["state"] == "succeeded"
-    assert task["attempt"] == 1 and task["licence_retries"] == 2  # two licence failures, no attempt spent
+    run_until_done(store, sched, [job.id])
+    (task,) = store.tasks(job.id)
+    assert task.state == "succeeded"
+    assert task.attempt == 1 and task.licence_retries == 2  # two licence failures, no attempt spent
     assert len(engine.stopped) == 2  # each failing container was stopped at the licence line
-    tries = [e for e in store.events_after(events_from, job["id"], limit=10_000) if e.kind == "task"]
+    tries = [e for e in store.events_after(events_from, job.id, limit=10_000) if e.kind == "task"]
     backoffs = [e for e in tries if '"licence back-off"' in e.data]
     assert backoffs and "licence unavailable: hython: No licenses could be found" in backoffs[0].data
     starts = sorted(c["request"].name for c in engine.removed)
-    assert starts == [task["container"].rsplit("-l", 1)[0] + s for s in ("", "-l1", "-l2")]
+    assert starts == [task.container.rsplit("-l", 1)[0] + s for s in ("", "-l1", "-l2")]
 
 
 def test_a_task_out_of_licence_retries_fails_for_good_saying_so(tmp_path: Path) -> None:
@@ -209,12 +209,12 @@ def test_a_task_out_of_licence_retries_fails_for_good_saying_so(tmp_path: Path) 
     store, sched, sizes = make(
         tmp_path, engine, {}, licence=LicenceRetry(backoff_s=0.05, backoff_max_s=1, retries=1)
     )
-    job = store.add_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
-    run_until_done(store, sched, [job["id"]])
-    (task,) = store.tasks(job["id"])
-    assert task["state"] == "failed" and task["attempt"] == 1
-    assert task["error"].startswith("licence unavailable: hython: No licenses could be found")
-    assert "after 1 licence retries" in task["error"]
+    job = store.create_job(plan(write_bundle(tmp_path / "j", [step("r", "x")], frames="1"), sizes))
+    run_until_done(store, sched, [job.id])
+    (task,) = store.tasks(job.id)
+    assert task.state == "failed" and task.attempt == 1
+    assert task.error.startswith("licence unavailable: hython: No licenses could be found")
+    assert "after 1 licence retries" in task.error
 
 
 def test_licence_back_off_doubles_up_to_its_cap() -> None:
@@ -293,12 +293,12 @@ def test_a_store_made_before_resources_gets_their_columns(tmp_path: Path) -> Non
     old.close()
     store = Store(path)
     sizes = capacity({"lic": 1}, MACHINE)
-    job = store.add_job(
+    job = store.create_job(
         plan(
             write_bundle(tmp_path / "j", [asking("r", "x", {"name": "amount.lic", "max": 1})], frames="1"),
             sizes,
         )
     )
-    assert store.steps(job["id"])[0]["amounts"] == {"amount.lic": 1}  # no min: counted by max
-    (task,) = store.tasks(job["id"])
-    assert task["licence_retries"] == 0 and task["retry_at"] is None and task["waiting_for"] is None
+    assert store.read_job(job.id).steps[0].amounts == {"amount.lic": 1}  # no min: counted by max
+    (task,) = store.tasks(job.id)
+    assert task.licence_retries == 0 and task.retry_at is None and task.waiting_for is None

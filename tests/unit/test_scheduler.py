@@ -27,6 +27,7 @@ from hpcdock_service.engines.base import (
     RunState,
     RunStatus,
 )
+from hpcdock_service.model import Job, Task
 from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreBusy
@@ -235,9 +236,9 @@ def env(tmp_path: Path):
     return make
 
 
-def submit(store: Store, sched: Scheduler, path: str, **kw: Any) -> dict:
+def submit(store: Store, sched: Scheduler, path: str, **kw: Any) -> Job:
     plan = load_bundle(path, mount_policy=MountPolicy.build([str(Path(path).parent)]))
-    job = store.add_job(plan, **kw)
+    job = store.create_job(plan, **kw)
     sched.wake()
     return job
 
@@ -247,10 +248,10 @@ def run_until_done(store: Store, sched: Scheduler, job_ids: list[int], timeout: 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if all(store.job(j)["state"] in JOB_FINAL for j in job_ids):
+            if all(store.read_job(j).state in JOB_FINAL for j in job_ids):
                 return
             time.sleep(0.02)
-        raise AssertionError([store.job(j) for j in job_ids])
+        raise AssertionError([store.read_job(j) for j in job_ids])
     finally:
         sched.stop()
 
@@ -259,11 +260,11 @@ def test_slots_limit_concurrency_and_chunks_become_tasks(env, tmp_path: Path) ->
     engine = FakeEngine()
     store, sched = env(engine, slots=2)
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=5)], frames="1-12"))
-    assert job["tasks_total"] == 3
-    run_until_done(store, sched, [job["id"]])
-    assert store.job(job["id"])["state"] == "succeeded"
+    assert job.tasks_total == 3
+    run_until_done(store, sched, [job.id])
+    assert store.read_job(job.id).state == "succeeded"
     assert engine.max_running <= 2
-    assert [t["frames"] for t in store.tasks(job["id"])] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    assert [t.frames for t in store.tasks(job.id)] == [(1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)]
 
 
 def test_higher_priority_job_runs_first(env, tmp_path: Path) -> None:
@@ -273,9 +274,9 @@ def test_higher_priority_job_runs_first(env, tmp_path: Path) -> None:
     high = submit(
         store, sched, write_bundle(tmp_path / "high", [step("r", "high")], frames="1-2"), priority=90
     )
-    run_until_done(store, sched, [low["id"], high["id"]])
-    firsts = [store.task(int(name.split("-t")[1].split("-")[0]))["job_id"] for name in engine.started_order]
-    assert firsts[:2] == [high["id"], high["id"]] and firsts[2:] == [low["id"], low["id"]]
+    run_until_done(store, sched, [low.id, high.id])
+    firsts = [store.read_task(int(name.split("-t")[1].split("-")[0])).job_id for name in engine.started_order]
+    assert firsts[:2] == [high.id, high.id] and firsts[2:] == [low.id, low.id]
 
 
 def test_dependent_step_waits_for_all_upstream_tasks(env, tmp_path: Path) -> None:
@@ -286,12 +287,12 @@ def test_dependent_step_waits_for_all_upstream_tasks(env, tmp_path: Path) -> Non
         sched,
         write_bundle(tmp_path / "dep", [step("sim", "sim"), step("render", "render", deps=["sim"])]),
     )
-    run_until_done(store, sched, [job["id"]])
-    tasks = store.tasks(job["id"])
-    last_sim = max(t["finished_at"] for t in tasks if t["step"] == "sim")
-    first_render = min(t["started_at"] for t in tasks if t["step"] == "render")
+    run_until_done(store, sched, [job.id])
+    tasks = store.tasks(job.id)
+    last_sim = max(t.finished_at for t in tasks if t.step == "sim")
+    first_render = min(t.started_at for t in tasks if t.step == "render")
     assert first_render >= last_sim
-    assert store.job(job["id"])["state"] == "succeeded"
+    assert store.read_job(job.id).state == "succeeded"
 
 
 def test_failed_task_retries_then_fails_and_cancels_dependents(env, tmp_path: Path) -> None:
@@ -304,18 +305,18 @@ def test_failed_task_retries_then_fails_and_cancels_dependents(env, tmp_path: Pa
             tmp_path / "f", [step("sim", "sim"), step("render", "render", deps=["sim"])], max_attempts=3
         ),
     )
-    run_until_done(store, sched, [job["id"]])
-    tasks = {(t["step"], t["frames"][0]): t for t in store.tasks(job["id"])}
-    assert tasks[("sim", 3)]["state"] == "failed" and tasks[("sim", 3)]["attempt"] == 3
+    run_until_done(store, sched, [job.id])
+    tasks = {(t.step, t.frames[0]): t for t in store.tasks(job.id)}
+    assert tasks[("sim", 3)].state == "failed" and tasks[("sim", 3)].attempt == 3
     assert all(
-        t["state"] == "canceled" and "upstream step 'sim' failed" in t["error"]
+        t.state == "canceled" and "upstream step 'sim' failed" in t.error
         for (s, _), t in tasks.items()
         if s == "render"
     )
-    assert store.job(job["id"])["state"] == "failed"
-    job = store.retry_job(job["id"])
-    assert job["state"] == "queued"
-    assert store.task(tasks[("sim", 3)]["id"])["max_attempts"] == 6
+    assert store.read_job(job.id).state == "failed"
+    job = store.retry_failed(job.id)
+    assert job.state == "queued"
+    assert store.read_task(tasks[("sim", 3)].id).max_attempts == 6
 
 
 def test_gpu_steps_wait_for_free_gpus_while_cpu_work_continues(env, tmp_path: Path) -> None:
@@ -326,11 +327,11 @@ def test_gpu_steps_wait_for_free_gpus_while_cpu_work_continues(env, tmp_path: Pa
         store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1-3"), priority=90
     )
     cpu_job = submit(store, sched, write_bundle(tmp_path / "c", [step("r", "cpu")], frames="1-2"))
-    run_until_done(store, sched, [gpu_job["id"], cpu_job["id"]])
-    gpu_tasks = sorted(store.tasks(gpu_job["id"]), key=lambda t: t["started_at"])
+    run_until_done(store, sched, [gpu_job.id, cpu_job.id])
+    gpu_tasks = sorted(store.tasks(gpu_job.id), key=lambda t: t.started_at)
     for a, b in zip(gpu_tasks, gpu_tasks[1:]):
-        assert b["started_at"] >= a["finished_at"]  # one GPU: never two GPU tasks at once
-    assert all(t["gpus"] == [0] for t in gpu_tasks)
+        assert b.started_at >= a.finished_at  # one GPU: never two GPU tasks at once
+    assert all(t.gpus == (0,) for t in gpu_tasks)
     assert gpus.free == [0]
 
 
@@ -341,13 +342,13 @@ def test_cancel_stops_running_and_pending_tasks(env, tmp_path: Path) -> None:
     sched.start()
     try:
         deadline = time.monotonic() + 10
-        while store.job(job["id"])["tasks_running"] < 1 and time.monotonic() < deadline:
+        while store.read_job(job.id).tasks_running < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
-        job = sched.cancel(job["id"])
+        job = sched.cancel(job.id)
     finally:
         sched.stop()
-    assert job["state"] == "canceled"
-    assert {t["state"] for t in store.tasks(job["id"])} == {"canceled"}
+    assert job.state == "canceled"
+    assert {t.state for t in store.tasks(job.id)} == {"canceled"}
     assert engine.containers == {}
 
 
@@ -355,25 +356,25 @@ def test_recover_puts_never_created_tasks_back_without_spending_an_attempt(env, 
     engine = FakeEngine()
     store, sched = env(engine, slots=1)
     job = submit(store, sched, write_bundle(tmp_path / "r", [step("r", "x")], frames="1"))
-    (task,) = store.tasks(job["id"])
-    store.start_task(task["id"], "hpcdock-gone-t1-a1", [], 0)  # the service died before creating it
-    run_until_done(store, sched, [job["id"]])
-    assert store.task(task["id"])["attempt"] == 1
-    assert store.job(job["id"])["state"] == "succeeded"
+    (task,) = store.tasks(job.id)
+    store.start_task(task.id, "hpcdock-gone-t1-a1", [], 0)  # the service died before creating it
+    run_until_done(store, sched, [job.id])
+    assert store.read_task(task.id).attempt == 1
+    assert store.read_job(job.id).state == "succeeded"
 
 
-def left_running(engine: FakeEngine, store: Store, task: dict, status: str, command: str = "adopted") -> str:
+def left_running(engine: FakeEngine, store: Store, task: Task, status: str, command: str = "adopted") -> str:
     """What a killed service leaves: the task marked running, and its run in ``status`` on the engine."""
-    name = f"hpcdock-{store.store_id}-t{task['id']}-a1"
-    store.start_task(task["id"], name, [], 0)
+    name = f"hpcdock-{store.store_id}-t{task.id}-a1"
+    store.start_task(task.id, name, [], 0)
     request = ContainerRequest(name, "img", [command], {}, "/", [], False, {})
     engine.containers[name] = {"request": request, "status": status, "code": None}
     return name
 
 
-def one_task_job(store: Store, sched: Scheduler, tmp_path: Path) -> tuple[dict, dict]:
+def one_task_job(store: Store, sched: Scheduler, tmp_path: Path) -> tuple[Job, Task]:
     job = submit(store, sched, write_bundle(tmp_path / "r", [step("r", "x")], frames="1"))
-    (task,) = store.tasks(job["id"])
+    (task,) = store.tasks(job.id)
     return job, task
 
 
@@ -385,9 +386,9 @@ def test_recover_readopts_a_queued_or_running_run_without_starting_another(
     store, sched = env(engine, slots=1)
     job, task = one_task_job(store, sched, tmp_path)
     name = left_running(engine, store, task, status)
-    run_until_done(store, sched, [job["id"]])
-    assert store.job(job["id"])["state"] == "succeeded"
-    assert store.task(task["id"])["attempt"] == 1 and store.task(task["id"])["container"] == name
+    run_until_done(store, sched, [job.id])
+    assert store.read_job(job.id).state == "succeeded"
+    assert store.read_task(task.id).attempt == 1 and store.read_task(task.id).container == name
     assert engine.started_order == []  # followed where it was, not run again
     assert [c["request"].name for c in engine.removed] == [name]  # removed once its result was recorded
 
@@ -397,9 +398,9 @@ def test_recover_collects_an_exited_run_s_result(env, tmp_path: Path) -> None:
     store, sched = env(engine, slots=1)
     job, task = one_task_job(store, sched, tmp_path)
     name = left_running(engine, store, task, "exited")
-    run_until_done(store, sched, [job["id"]])
-    done = store.task(task["id"])
-    assert done["state"] == "succeeded" and done["attempt"] == 2  # the collected failure spent attempt 1
+    run_until_done(store, sched, [job.id])
+    done = store.read_task(task.id)
+    assert done.state == "succeeded" and done.attempt == 2  # the collected failure spent attempt 1
     assert engine.started_order == [name.replace("-a1", "-a2")]  # only the retry was started
 
 
@@ -408,8 +409,8 @@ def test_recover_reruns_a_never_started_run_without_spending_an_attempt(env, tmp
     store, sched = env(engine, slots=1)
     job, task = one_task_job(store, sched, tmp_path)
     name = left_running(engine, store, task, "created")
-    run_until_done(store, sched, [job["id"]])
-    assert store.job(job["id"])["state"] == "succeeded" and store.task(task["id"])["attempt"] == 1
+    run_until_done(store, sched, [job.id])
+    assert store.read_job(job.id).state == "succeeded" and store.read_task(task.id).attempt == 1
     assert [c["status"] for c in engine.removed] == ["created", "exited"]  # the unstarted one went first
     assert engine.started_order == [name]  # then the same attempt ran, once
 
@@ -438,13 +439,13 @@ def test_a_grant_without_indices_is_passed_to_the_engine_and_restored_by_count(e
     gpus = FakeGpus(1, indexed=False)
     store, sched = env(engine, slots=2, gpus=gpus)
     job = submit(store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1-2"))
-    first = store.tasks(job["id"])[0]
+    first = store.tasks(job.id)[0]
     left_running(engine, store, first, "running")
-    run_until_done(store, sched, [job["id"]])
-    assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
+    run_until_done(store, sched, [job.id])
+    assert store.read_job(job.id).state == "succeeded" and gpus.free == [0]
     created = [c["request"] for c in engine.removed if c["request"].name in engine.started_order]
     assert [r.gpus for r in created] == [GpuGrant(1, ())]
-    assert all(t["gpus"] == [] for t in store.tasks(job["id"]))
+    assert all(t.gpus == () for t in store.tasks(job.id))
 
 
 class FlakyEngine(FakeEngine):
@@ -482,15 +483,15 @@ def test_tasks_wait_for_a_lost_engine_without_spending_attempts(env, tmp_path: P
             time.sleep(0.02)
         assert sched.watch.to_json()["state"] == "down"
         time.sleep(1.0)  # long enough for a failing task to have failed, and for more to start
-        tasks = store.tasks(job["id"])  # the first two started before the loss was known; no more since
-        assert [(t["state"], t["attempt"]) for t in tasks] == [("running", 1)] * 2 + [("pending", 0)] * 2
+        tasks = store.tasks(job.id)  # the first two started before the loss was known; no more since
+        assert [(t.state, t.attempt) for t in tasks] == [("running", 1)] * 2 + [("pending", 0)] * 2
         engine.down.clear()
-        while store.job(job["id"])["state"] == "running" and time.monotonic() < deadline:
+        while store.read_job(job.id).state == "running" and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         sched.stop()
-    assert store.job(job["id"])["state"] == "succeeded"
-    assert [t["attempt"] for t in store.tasks(job["id"])] == [1, 1, 1, 1]
+    assert store.read_job(job.id).state == "succeeded"
+    assert [t.attempt for t in store.tasks(job.id)] == [1, 1, 1, 1]
     assert sched.watch.to_json()["state"] == "up"
 
 
@@ -510,9 +511,9 @@ def test_a_task_the_locked_store_kept_from_starting_gives_its_gpu_back(
     monkeypatch.setattr(store, "start_task", locked)
     with pytest.raises(StoreBusy):
         sched.dispatch()
-    assert gpus.free == [0] and store.tasks(job["id"])[0]["state"] == "pending"
-    run_until_done(store, sched, [job["id"]])
-    assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
+    assert gpus.free == [0] and store.tasks(job.id)[0].state == "pending"
+    run_until_done(store, sched, [job.id])
+    assert store.read_job(job.id).state == "succeeded" and gpus.free == [0]
 
 
 def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(
@@ -534,11 +535,11 @@ def test_a_task_whose_threads_are_refused_waits_for_them_and_still_runs_once(
 
     monkeypatch.setattr(threading.Thread, "start", start)
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
-    run_until_done(store, sched, [job["id"]])
+    run_until_done(store, sched, [job.id])
     assert refusals == {"": 0, "-wait": 0, "-watch": 0}
-    assert store.job(job["id"])["state"] == "succeeded"
-    assert [t["attempt"] for t in store.tasks(job["id"])] == [1]
-    assert engine.started_order == [store.tasks(job["id"])[0]["container"]]
+    assert store.read_job(job.id).state == "succeeded"
+    assert [t.attempt for t in store.tasks(job.id)] == [1]
+    assert engine.started_order == [store.tasks(job.id)[0].container]
 
 
 def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path) -> None:
@@ -554,9 +555,9 @@ def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path)
         ]
     }
     job = submit(store, sched, write_bundle(tmp_path / "a", [sized, step("plain", "render")], frames="1"))
-    run_until_done(store, sched, [job["id"]])
+    run_until_done(store, sched, [job.id])
     limits = {c["request"].name.split("-t")[1]: c["request"].limits for c in engine.removed}
-    by_step = {t["step"]: limits[f"{t['id']}-a1"] for t in store.tasks(job["id"])}
+    by_step = {t.step: limits[f"{t.id}-a1"] for t in store.tasks(job.id)}
     assert by_step["big"] == ContainerLimits(pids=256, memory=1024 * 1024 * 1024, vcpus=3.0)
     assert by_step["plain"] == defaults
 
@@ -585,9 +586,9 @@ def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path
     store = Store(tmp_path / "state" / "db.sqlite")
     sched = Scheduler(store, engine, state_dir=tmp_path / "state")
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
-    run_until_done(store, sched, [job["id"]])
-    (task,) = store.tasks(job["id"])
-    log = sched.log_path(task["id"]).read_bytes()
+    run_until_done(store, sched, [job.id])
+    (task,) = store.tasks(job.id)
+    log = sched.log_path(task.id).read_bytes()
     assert log.split(b"\n", 1)[1] == EarlyEndEngine.LOG  # after the attempt's header: all of it, once
 
 
@@ -603,9 +604,9 @@ def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
         store, engine, state_dir=tmp_path / "state", limits=ContainerLimits(memory=512 * 1024 * 1024)
     )
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "hog")], frames="1", max_attempts=1))
-    run_until_done(store, sched, [job["id"]])
-    (task,) = store.tasks(job["id"])
-    assert task["state"] == "failed" and task["error"] == "killed: out of memory (limit 512 MiB)"
+    run_until_done(store, sched, [job.id])
+    (task,) = store.tasks(job.id)
+    assert task.state == "failed" and task.error == "killed: out of memory (limit 512 MiB)"
 
 
 class FloodEngine(FakeEngine):
@@ -626,18 +627,18 @@ def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: 
     store = Store(tmp_path / "state" / "db.sqlite")
     sched = Scheduler(store, engine, state_dir=tmp_path / "state", log_cap=cap)
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "flood")], frames="1"))
-    (task,) = store.tasks(job["id"])
-    path = sched.log_path(task["id"])
+    (task,) = store.tasks(job.id)
+    path = sched.log_path(task.id)
     path.write_bytes(b"--- attempt 0: an earlier attempt\n")
     offset = path.stat().st_size
-    store.start_task(task["id"], "hpcdock-flood-t1-a1", [], offset)
+    store.start_task(task.id, "hpcdock-flood-t1-a1", [], offset)
     with tasklog.AttemptLog(path, cap) as out:  # the service that died had already cut this attempt
         out.write(FloodEngine.LOG[:200_000])
     engine.containers["hpcdock-flood-t1-a1"] = {"request": None, "status": "running", "code": None}
     engine.wait = lambda cid, timeout=None: 0  # type: ignore[method-assign]
-    run_until_done(store, sched, [job["id"]])
+    run_until_done(store, sched, [job.id])
 
-    assert store.job(job["id"])["state"] == "succeeded"
+    assert store.read_job(job.id).state == "succeeded"
     data = path.read_bytes()
     assert data.startswith(b"--- attempt 0: an earlier attempt\n--- attempt 1 (re-adopted")
     assert len(data) - offset <= cap + 100 and data.endswith(b"line 00029999\nthe end\n")

@@ -97,9 +97,9 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
             (2, "shot020", "queued", 0),
             (1, "shot010", "failed", 0),
         ]
-        assert [(t["id"], t["state"], t["frames"], t["licence_retries"]) for t in store.tasks(1)] == [
-            (1, "succeeded", [1], 0),
-            (2, "failed", [2], 0),
+        assert [(t.id, t.state, t.frames, t.licence_retries) for t in store.tasks(1)] == [
+            (1, "succeeded", (1,), 0),
+            (2, "failed", (2,), 0),
         ]
         assert [(f.frame, f.state, f.output, f.flags) for f in store.frames(1)] == [
             (1, "done", "/tmp/hpcdock-old/out/f.0001.png", ()),
@@ -129,19 +129,19 @@ def test_the_service_runs_on_an_upgraded_store(tmp_path: Path, shape: str) -> No
     sched = Scheduler(store, FakeEngine(slots=2), state_dir=tmp_path / "state")
     try:
         run_until_done(store, sched, [2])  # the old queued job runs
-        assert [t["state"] for t in store.tasks(2)] == ["succeeded", "succeeded"]
-        assert store.job(2)["state"] == "succeeded"
+        assert [t.state for t in store.tasks(2)] == ["succeeded", "succeeded"]
+        assert store.read_job(2).state == "succeeded"
 
         job = store.retry_frames(1, [2])  # a new task for the old failed frame, checked as it lands
         assert job.state == "queued"
-        assert [(t["id"], t["state"]) for t in store.tasks(1)] == [
+        assert [(t.id, t.state) for t in store.tasks(1)] == [
             (1, "succeeded"),
             (2, "replaced"),
             (5, "pending"),
         ]
         render(store, 1, checked(tmp_path / "frames", range(2, 3), {2: np.zeros((90, 160, 3))}))
         assert flags_by_frame(store, 1) == {2: ["black"]}
-        assert store.job(1)["state"] == "succeeded" and store.job(1)["frames_flagged"] == 1
+        assert store.read_job(1).state == "succeeded" and store.read_job(1).frames_flagged == 1
 
         events = store.events_after(0, limit=10_000)
         assert [e.id for e in events[:5]] == [1, 2, 3, 4, 5]

@@ -96,16 +96,16 @@ def test_a_job_with_negative_frames_stores_what_python_formats(tmp_path: Path, n
     )
     store = Store(tmp_path / "state" / "db.sqlite")
     try:
-        job = store.add_job(plan)
-        tasks = store.tasks(job["id"])
-        assert [t["params"] for t in tasks] == [t.params for t in plan.steps[0].tasks]
-        assert [t["frames"] for t in tasks] == [t.frames for t in plan.steps[0].tasks]
+        job = store.create_job(plan)
+        tasks = store.tasks(job.id)
+        assert [t.params for t in tasks] == [t.params for t in plan.steps[0].tasks]
+        assert [list(t.frames) for t in tasks] == [t.frames for t in plan.steps[0].tasks]
         expected = [*range(-12, -7), *range(-2, 4)]
-        frames = store.frames(job["id"])
+        frames = store.frames(job.id)
         assert [(f.frame, f.output) for f in frames] == [
             (f, str(out / name).format(frame=f)) for f in expected
         ]
-        owner = {f: t["id"] for t in tasks for f in t["frames"]}
+        owner = {f: t.id for t in tasks for f in t.frames}
         assert [f.task_id for f in frames] == [owner[f] for f in expected]
     finally:
         store.close()

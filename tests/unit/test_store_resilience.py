@@ -63,8 +63,8 @@ class Locker:
 def test_a_lock_held_elsewhere_blocks_no_reader_and_no_result_is_dropped(
     store: Store, tmp_path: Path, monkeypatch
 ) -> None:
-    job = store.add_job(_plan(tmp_path))
-    task_id = store.next_pending(job["id"], 0)
+    job = store.create_job(_plan(tmp_path))
+    task_id = store.next_pending(job.id, 0)
     assert task_id is not None
     store.start_task(task_id, "c1", [], 0)
     monkeypatch.setattr(store_mod, "API_WRITE_PATIENCE", 0.5)  # an API call's write gives up soon
@@ -74,7 +74,7 @@ def test_a_lock_held_elsewhere_blocks_no_reader_and_no_result_is_dropped(
     try:
         assert store.health().to_json()["state"] == "busy"
         with pytest.raises(StoreBusy) as refused:
-            store.cancel_job(job["id"])
+            store.cancel_job(job.id)
         assert refused.value.status == 503 and str(store.path) in refused.value.message
 
         finished = threading.Event()
@@ -83,15 +83,15 @@ def test_a_lock_held_elsewhere_blocks_no_reader_and_no_result_is_dropped(
         time.sleep(1.0)
         assert not finished.is_set()  # waiting for the lock, not failed
         t0 = time.monotonic()
-        assert store.task(task_id)["state"] == "running"  # readers are not held up by the waiting writer
-        assert store.job(job["id"])["tasks_running"] == 1
+        assert store.read_task(task_id).state == "running"  # readers are not held up by the waiting writer
+        assert store.read_job(job.id).tasks_running == 1
         assert time.monotonic() - t0 < 0.5
         assert store.health().to_json()["state"] == "busy"
     finally:
         locker.release()
     recorder.join(timeout=10)
     assert finished.is_set()
-    assert store.task(task_id)["state"] == "succeeded"
+    assert store.read_task(task_id).state == "succeeded"
     assert store.health().to_json() == {"state": "ok"}
 
 
