@@ -162,8 +162,11 @@ class Engine(Protocol):
     mount_policy: MountPolicy
     # How many task attempts may run at once.
     slots: int
-    # GPU placement, attachment and verification for this engine.
-    gpus: GpuPlacement
+
+    @property
+    def gpus(self) -> GpuPlacement:
+        """GPU placement, attachment and verification for this engine (read-only here, so that an
+        engine may hold its own kind of placement)."""
 
     def describe(self) -> dict[str, Any]:
         """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows.

@@ -110,7 +110,7 @@ class LocalEngine:
     def __init__(
         self,
         base_url: str,
-        timeout: float = 60.0,
+        timeout: int = 60,
         *,
         slots: int = 1,
         declared_gpus: Optional[list[dict[str, Any]]] = None,
@@ -218,7 +218,8 @@ class LocalEngine:
             self._restart_embedded()
         api = self.client.api
         try:
-            api._raise_for_status(api._get(api._url("/_ping"), timeout=PING_TIMEOUT))
+            # the SDK's own request helpers, which its stubs leave out
+            api._raise_for_status(api._get(api._url("/_ping"), timeout=PING_TIMEOUT))  # type: ignore[attr-defined]
         except requests.exceptions.Timeout as exc:  # a hung engine is as good as a missing one
             raise EngineUnreachable(f"the engine at {self.base_url} does not answer: {exc}") from exc
         except APIError:
@@ -433,7 +434,7 @@ class LocalEngine:
         api = self.client.api
         try:
             resp = getattr(api, "_" + method)(api.base_url + "/v4.0.0/libpod" + path, **kwargs)
-            api._raise_for_status(resp)
+            api._raise_for_status(resp)  # type: ignore[attr-defined]
         except requests.exceptions.ReadTimeout:
             raise  # the caller's own timeout (wait), not an engine failure
         except (APIError, DockerException, requests.RequestException) as exc:
@@ -510,7 +511,8 @@ class LocalEngine:
                         timeout=timeout,
                     )
                 )
-            result = self.client.api.wait(container_id, timeout=timeout)
+            # a float timeout, which the SDK hands to requests as it is; its stubs say int
+            result = self.client.api.wait(container_id, timeout=timeout)  # type: ignore[arg-type]
         except requests.exceptions.ReadTimeout as exc:
             raise TimeoutError(f"container {container_id[:12]} still running after {timeout}s") from exc
         except requests.exceptions.ConnectionError as exc:

@@ -205,7 +205,9 @@ def plan_attachment(
     for g in gpus:
         if (g.index, g.uuid) not in known:
             raise AttachError(f"GPU {g.index} ({g.uuid}) is not in this machine's inventory")
-    base = dict(engine=caps.name, engine_version=caps.version_text, gpus=gpus, environment=_env(gpus))
+    base: Dict[str, Any] = dict(
+        engine=caps.name, engine_version=caps.version_text, gpus=gpus, environment=_env(gpus)
+    )
     tried: List[str] = []
 
     # 1. CDI
@@ -317,7 +319,7 @@ def verify_attachment(att: Attachment, inspect: Dict[str, Any]) -> Optional[str]
     only once a container is initialised, which LocalEngine.create does) got its GPUs, else why not."""
     hc = inspect.get("HostConfig") or {}
     env = set((inspect.get("Config") or {}).get("Env") or [])
-    devs = set()
+    devs: set[str] = set()
     for d in hc.get("Devices") or []:
         devs.update(p for p in (d.get("PathInContainer"), d.get("PathOnHost")) if p)
     req_ids = {str(i) for r in hc.get("DeviceRequests") or [] for i in (r.get("DeviceIDs") or [])}
