@@ -344,6 +344,7 @@ def test_cancel_stops_running_and_pending_tasks(env, tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while store.read_job(job.id).tasks_running < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert store.read_job(job.id).tasks_running == 1  # one slot: the first task runs, two wait
         job = sched.cancel(job.id)
     finally:
         sched.stop()

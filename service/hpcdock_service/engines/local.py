@@ -2,7 +2,7 @@
 
 Podman's Docker-compatible API and Docker's own API take the same calls here, so one
 class serves both; :meth:`LocalEngine.describe` says which one answered. Every container
-gets the security defaults of DESIGN.md no matter what the request says: all
+gets the security defaults (README.md, "Security defaults") no matter what the request says: all
 capabilities dropped, ``no-new-privileges``, no network unless asked, and the task's resource
 limits: as cgroup limits where the engine enforces them, else as ulimits (rootless Podman on
 cgroup v1 drops cgroup limits with only a warning in its own log, but applies ulimits).
