@@ -244,16 +244,24 @@ def submit(store: Store, sched: Scheduler, path: str, **kw: Any) -> Job:
 
 
 def run_until_done(store: Store, sched: Scheduler, job_ids: list[int], timeout: float = 20) -> None:
+    """Run the scheduler until the jobs are over and no run that exited is left: a runner removes
+    its run just after it records the result, and the tests look at what was removed."""
     sched.start()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if all(store.read_job(j).state in JOB_FINAL for j in job_ids):
+            if all(store.read_job(j).state in JOB_FINAL for j in job_ids) and not exited_runs(sched.engine):
                 return
             time.sleep(0.02)
-        raise AssertionError([store.read_job(j) for j in job_ids])
+        raise AssertionError([store.read_job(j) for j in job_ids], exited_runs(sched.engine))
     finally:
         sched.stop()
+
+
+def exited_runs(engine: Any) -> list[str]:
+    """The names of the fake engine's runs that exited and are not removed yet."""
+    with engine.lock:
+        return [name for name, c in engine.containers.items() if c["status"] == "exited"]
 
 
 def test_slots_limit_concurrency_and_chunks_become_tasks(env, tmp_path: Path) -> None:
