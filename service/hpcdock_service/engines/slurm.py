@@ -641,7 +641,10 @@ class SlurmEngine:
 
     def leftovers(self, store_id: str) -> list[RunStatus]:
         prefix = f"hpcdock-{store_id}-"
-        names = {n for n in self._listing(fresh=True) if n.startswith(prefix)} | self.spool.names(prefix)
+        active = {
+            n for n, info in self._listing(fresh=True).items() if map_state(info.state) is not RunState.EXITED
+        }
+        names = {n for n in active if n.startswith(prefix)} | self.spool.names(prefix)
         found = []
         for name in sorted(names):
             status = self.find(name)
