@@ -268,6 +268,11 @@ class ServiceConfig:
             protected.append(os.path.dirname(engine_socket[len("unix://") :]))
         if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
             protected.append(os.path.dirname(str(self.endpoint.path)))
+        if self.engine == "slurm" and self.slurm.shared_roots is not None:
+            # Bundles and outputs a node cannot see are refused at submit, naming the path.
+            return MountPolicy.build(
+                self.allowed_roots, protected, self.slurm.shared_roots, "slurm.shared_roots in service.yaml"
+            )
         return MountPolicy.build(self.allowed_roots, protected)
 
 

@@ -46,8 +46,8 @@ def slurm(tmp_path: Path, engine_url: str) -> Iterator:
         pytest.skip(reason)
     shared = tmp_path / "shared"
     shared.mkdir()
-    eng = SlurmEngine(SlurmConfig(max_jobs=4), tmp_path / "state", default_roots=[str(shared)])
-    eng.mount_policy = mounts.MountPolicy.build([str(tmp_path)])
+    eng = SlurmEngine(SlurmConfig(max_jobs=4), tmp_path / "state")
+    eng.mount_policy = mounts.MountPolicy.build([str(tmp_path)], (), [str(shared)], "slurm.shared_roots")
     eng.shared_dir = shared
     yield eng
     for name in eng.spool.names("hpcdock-"):

@@ -231,3 +231,19 @@ def test_bad_slurm_settings_are_refused_by_name(tmp_path: Path, text: str, field
     with pytest.raises(BadInput) as err:
         _load(tmp_path, text + "\n")
     assert err.value.field.endswith(field) and says in err.value.message
+
+
+def test_with_slurm_the_mount_policy_refuses_paths_outside_the_shared_roots(tmp_path: Path) -> None:
+    from hpcdock_service.mounts import PathRefused
+
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    text = f"allowed_roots: [{tmp_path}]\nslurm: {{shared_roots: [{shared}]}}\n"
+    policy = _load(tmp_path, "engine: slurm\n" + text).mount_policy()
+    policy.check(str(shared))
+    with pytest.raises(PathRefused) as err:
+        policy.check(str(private))
+    assert str(private) in err.value.reason and "slurm.shared_roots" in err.value.reason
+    _load(tmp_path, "engine: local\n" + text).mount_policy().check(str(private))  # one machine: no bound
+    _load(tmp_path, f"engine: slurm\nallowed_roots: [{tmp_path}]\n").mount_policy().check(str(private))

@@ -203,7 +203,7 @@ class NodeRun:
             print(f"hpcdock: {exc}", file=sys.stderr)
             return 125
         code = self._follow(engine, self.container)
-        oom = bool((engine.inspect(self.container).get("State") or {}).get("OOMKilled"))
+        oom = engine.status(self.container).oom_killed
         if self.stopped.is_set():
             self._remove()  # a canceled job leaves no container behind once it is recorded
             self.record(ExitRecord(code, None, oom, True, self.job_id))

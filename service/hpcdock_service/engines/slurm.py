@@ -492,7 +492,6 @@ class SlurmEngine:
         state_dir: Path,
         *,
         python: Optional[str] = None,
-        default_roots: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.slots = settings.max_jobs
@@ -503,9 +502,6 @@ class SlurmEngine:
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
         )
         self.python = python or sys.executable
-        self.shared_roots = (
-            tuple(settings.shared_roots) if settings.shared_roots is not None else tuple(default_roots)
-        )
         self.gpus = SlurmGpus(settings.partition)
         self.user = os.environ.get("USER") or str(os.getuid())
         self.version = _slurm(["sbatch", "--version"], "run sbatch").strip()
@@ -525,7 +521,7 @@ class SlurmEngine:
             "rootless": True,  # jobs run as the service's user, containers under each node's rootless Podman
             "spool": str(self.spool.root),
             "image_store": str(self.images.root),
-            "shared_roots": list(self.shared_roots),
+            "shared_roots": list(self.mount_policy.shared) or "the allowed roots",
             "max_jobs": self.slots,
         }
 
@@ -558,7 +554,6 @@ class SlurmEngine:
     # -- one run ----------------------------------------------------------------------------
     def create(self, request: ContainerRequest) -> str:
         for mount in request.mounts:
-            self._check_shared(mount.source)
             try:
                 mounts.verify(self.mount_policy, mount.source, writable=not mount.readonly)
             except mounts.PathRefused as exc:
@@ -573,13 +568,6 @@ class SlurmEngine:
             path.unlink(missing_ok=True)
         write_atomically(self.spool.spec(request.name), json.dumps(spec))
         return request.name
-
-    def _check_shared(self, path: str) -> None:
-        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.shared_roots):
-            raise MountRefused(
-                f"mount of {path} refused: it is outside the shared roots the Slurm nodes mount "
-                f"({', '.join(self.shared_roots) or 'none configured'}; slurm.shared_roots)"
-            )
 
     def start(self, handle: str) -> None:
         spec = json.loads(self.spool.spec(handle).read_text())
