@@ -87,39 +87,42 @@ def connect_podman() -> LocalEngine:
         path = url[len("unix://") :] if url.startswith("unix://") else None
         if path is not None and not os.path.exists(path):
             continue
-        try:
-            return LocalEngine(url)
-        except EngineError:
-            continue
+        engine = _answering(url)
+        if engine is not None:
+            return engine
     own = runtime_dir() / "hpcdock-node"
     own.mkdir(mode=0o700, exist_ok=True)
-    sock = own / "podman.sock"
+    url = f"unix://{own / 'podman.sock'}"
     with open(own / "podman.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one job of many starting at once starts the service
-        if sock.exists():
-            try:
-                return LocalEngine(f"unix://{sock}")
-            except EngineError:
-                sock.unlink()
+        fcntl.flock(lock, fcntl.LOCK_EX)  # of many jobs starting at once on a node, one starts the service
+        engine = _answering(url)
+        if engine is not None:
+            return engine
         podman = shutil.which("podman")
         if podman is None:
             raise EngineError("podman is not installed on this node")
         with open(own / "podman.log", "ab") as out:
-            proc = subprocess.Popen(
-                [podman, "system", "service", f"--time={SERVICE_IDLE}", f"unix://{sock}"],
+            proc = subprocess.Popen(  # podman replaces a stale socket file itself
+                [podman, "system", "service", f"--time={SERVICE_IDLE}", url],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives this job: the next one on this node reuses it
             )
         deadline = time.monotonic() + 20
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise EngineError(
-                    f"podman system service did not start on this node; see {own / 'podman.log'}"
-                )
-            time.sleep(0.02)
-        return LocalEngine(f"unix://{sock}")
+        while time.monotonic() < deadline and proc.poll() is None:
+            engine = _answering(url)
+            if engine is not None:
+                return engine
+            time.sleep(0.05)
+        raise EngineError(f"podman system service did not answer on this node; see {own / 'podman.log'}")
+
+
+def _answering(url: str) -> Optional[LocalEngine]:
+    try:
+        return LocalEngine(url)
+    except EngineError:
+        return None
 
 
 def ensure_image(engine: LocalEngine, image: str, image_id: str, archive: str) -> None:

@@ -196,7 +196,7 @@ class ExitRecord:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -416,6 +416,7 @@ class ImageStore:
         self.root = root
         self._ids: dict[str, tuple[float, Optional[str]]] = {}
         self._lock = threading.Lock()
+        self._saving = threading.Lock()  # one archive written at a time: tasks of one job share it
 
     def _ref_file(self, image: str) -> Path:
         return self.root / (re.sub(r"[^A-Za-z0-9_.-]", "_", image) + ".ref")
@@ -462,25 +463,29 @@ class ImageStore:
                 )
             return stored, self.root / f"{stored}.tar"
         path = self.root / f"{image_id}.tar"
-        if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / f".{image_id}.{os.getpid()}.{threading.get_ident()}.tar"
-            done = subprocess.run(
-                ["podman", "save", "--quiet", "--format", "oci-archive", "-o", str(tmp), image],
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
-            if done.returncode != 0:
-                tmp.unlink(missing_ok=True)
-                raise EngineError(f"cannot save image {image!r} to {path}: {done.stderr.strip()}")
-            os.replace(tmp, path)
-            log.info("saved image %s (%s) to %s for the nodes", image, image_id[:12], path)
-        ref = self._ref_file(image)
-        if not ref.exists() or ref.read_text().strip() != image_id:
-            write_atomically(ref, image_id + "\n")
+        with self._saving:
+            if not path.exists():
+                self._save(image, image_id, path)
+            ref = self._ref_file(image)
+            if not ref.exists() or ref.read_text().strip() != image_id:
+                write_atomically(ref, image_id + "\n")
         return image_id, path
+
+    def _save(self, image: str, image_id: str, path: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{image_id}.{os.getpid()}.tar"
+        done = subprocess.run(
+            ["podman", "save", "--quiet", "--format", "oci-archive", "-o", str(tmp), image],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise EngineError(f"cannot save image {image!r} to {path}: {done.stderr.strip()}")
+        os.replace(tmp, path)
+        log.info("saved image %s (%s) to %s for the nodes", image, image_id[:12], path)
 
 
 class SlurmEngine:
@@ -509,6 +514,7 @@ class SlurmEngine:
         self._listed_at = 0.0
         self._list_lock = threading.Lock()
         self._job_ids: dict[str, str] = {}  # name -> job id, for jobs this process submitted or found
+        self._submitted: dict[str, float] = {}  # name -> when this process submitted it (monotonic)
         self.ping()
 
     # -- the controller ---------------------------------------------------------------------
@@ -547,6 +553,13 @@ class SlurmEngine:
                 self._jobs = parse_squeue(out)
                 self._listed_at = time.monotonic()
             return self._jobs
+
+    def _info(self, name: str) -> Optional[JobInfo]:
+        """What squeue says of the job of that name (a listing older than its submission is renewed)."""
+        info = self._listing().get(name)
+        if info is None and self._submitted.get(name, -1.0) >= self._listed_at:
+            info = self._listing(fresh=True).get(name)
+        return info
 
     def image_exists(self, image: str) -> bool:
         return self.images.exists(image)
@@ -588,6 +601,7 @@ class SlurmEngine:
         if not job_id.isdigit():
             raise EngineError(f"sbatch answered {job_id!r} instead of a job id for {handle}")
         self._job_ids[handle] = job_id
+        self._submitted[handle] = time.monotonic()
         write_atomically(self.spool.job_id(handle), job_id + "\n")
         log.debug("%s: Slurm job %s", handle, job_id)
 
@@ -613,12 +627,14 @@ class SlurmEngine:
         record = self.spool.read_exit(name)
         if record is not None:
             return RunStatus(name, name, RunState.EXITED, record.code, record.oom_killed, labels)
-        info = self._listing().get(name)
+        info = self._info(name)
         if info is not None:
             state = map_state(info.state)
             return RunStatus(name, name, state, None, False, labels)
-        if self._job_id(name) is None:
-            return None  # prepared, never submitted: the attempt runs again from scratch
+        if self._job_id(name) is None:  # prepared, never submitted: the attempt runs again from scratch
+            for path in self.spool.all(name):
+                path.unlink(missing_ok=True)
+            return None
         return RunStatus(name, name, RunState.EXITED, None, False, labels)
 
     def _labels(self, name: str) -> dict[str, str]:
@@ -649,7 +665,7 @@ class SlurmEngine:
                 return self._result(handle, record)
             now = time.monotonic()
             if now >= next_listing:
-                info = self._listing().get(handle)
+                info = self._info(handle)
                 state = map_state(info.state) if info else RunState.EXITED
                 if state is RunState.EXITED:
                     ended_at = ended_at or now
@@ -736,7 +752,7 @@ class SlurmEngine:
         """Whether the run's output is complete: its exit record is there, or Slurm ended the job."""
         if self.spool.exit(name).exists():
             return True
-        info = self._listing().get(name)
+        info = self._info(name)
         return info is None or map_state(info.state) is RunState.EXITED
 
     def stop(self, handle: str, grace: float = 0) -> None:
@@ -788,6 +804,7 @@ class SlurmEngine:
         for path in self.spool.all(handle):
             path.unlink(missing_ok=True)
         self._job_ids.pop(handle, None)
+        self._submitted.pop(handle, None)
 
     def close(self) -> None:
         pass
