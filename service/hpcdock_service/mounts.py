@@ -42,6 +42,21 @@ TEMP_DIRS = ("/tmp", "/var/tmp")
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One bind mount of a task's container (``hpcdock.yaml``'s, checked again at every creation).
+
+    Here rather than in :mod:`.bundle` so that what runs a container (the Slurm node runner)
+    need not import the bundle loader and OpenJD with it."""
+
+    source: str
+    target: str
+    readonly: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "readonly": self.readonly}
+
+
 class PathRefused(Exception):
     """A path that may not be mounted; ``path`` is the path asked for, ``reason`` why (naming it)."""
 

@@ -21,6 +21,7 @@ SIGTERM (``scancel``) stops the container within the grace the service wrote to
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import mounts
-from ..bundle import Mount
 from .base import ContainerLimits, ContainerRequest, EngineError, GpuGrant
 from .discovery import candidate_sockets
 from .local import LocalEngine
@@ -62,7 +62,7 @@ def request_from_spec(spec: dict[str, Any], gpus: tuple[int, ...]) -> ContainerR
         command=list(req["command"]),
         env=dict(req["env"]),
         workdir=req["workdir"],
-        mounts=[Mount(m["source"], m["target"], bool(m["readonly"])) for m in req["mounts"]],
+        mounts=[mounts.Mount(m["source"], m["target"], bool(m["readonly"])) for m in req["mounts"]],
         network=bool(req["network"]),
         labels=dict(req["labels"]),
         gpus=GpuGrant(count, gpus[:count] if gpus else ()) if count else None,
@@ -81,7 +81,34 @@ def runtime_dir() -> Path:
     return path
 
 
-def connect_podman() -> LocalEngine:
+class NodeEngine(LocalEngine):
+    """The local engine, reading what this node's Podman service says of itself once per service.
+
+    Its version and info calls cost about half a second, on every job otherwise; the answers are
+    kept beside the node runner's files, keyed by the socket's inode and time (a service started
+    again makes a new socket, and is asked again).
+    """
+
+    def _probe(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        if not self.base_url.startswith("unix://"):
+            return super()._probe()
+        sock = os.stat(self.base_url[len("unix://") :])
+        key = [sock.st_ino, sock.st_mtime_ns]
+        digest = hashlib.sha256(self.base_url.encode()).hexdigest()[:16]
+        cache = runtime_dir() / "hpcdock-node" / f"facts-{digest}.json"
+        try:
+            facts = json.loads(cache.read_text())
+            if facts["key"] == key:
+                return facts["version"], facts["info"], facts["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        version, info, host = super()._probe()
+        cache.parent.mkdir(mode=0o700, exist_ok=True)
+        write_atomically(cache, json.dumps({"key": key, "version": version, "info": info, "host": host}))
+        return version, info, host
+
+
+def connect_podman() -> NodeEngine:
     """This node's rootless engine: one that answers, or a Podman service started here."""
     for url in candidate_sockets():
         path = url[len("unix://") :] if url.startswith("unix://") else None
@@ -118,9 +145,9 @@ def connect_podman() -> LocalEngine:
         raise EngineError(f"podman system service did not answer on this node; see {own / 'podman.log'}")
 
 
-def _answering(url: str) -> Optional[LocalEngine]:
+def _answering(url: str) -> Optional[NodeEngine]:
     try:
-        return LocalEngine(url)
+        return NodeEngine(url)
     except EngineError:
         return None
 

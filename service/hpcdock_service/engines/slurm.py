@@ -62,10 +62,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import mounts
-from ..config import SlurmConfig
 from .base import (
     ContainerRequest,
     EngineError,
@@ -75,6 +74,9 @@ from .base import (
     RunState,
     RunStatus,
 )
+
+if TYPE_CHECKING:
+    from ..config import SlurmConfig
 
 log = logging.getLogger(__name__)
 
@@ -797,7 +799,9 @@ class SlurmEngine:
 
     def remove(self, handle: str) -> None:
         job_id = self._job_id(handle)
-        if job_id is not None:
+        # A run with its exit record ends by itself (its node runner is removing the container);
+        # one without is abandoned: cancel it, and its node runner removes the container on SIGTERM.
+        if job_id is not None and not self.spool.exit(handle).exists():
             info = self._listing(fresh=True).get(handle)
             if info is not None and map_state(info.state) is not RunState.EXITED:
                 self._cancel(job_id)
