@@ -42,6 +42,7 @@ from .slurm import ExitRecord, Spool, write_atomically
 
 SERVICE_IDLE = 600  # seconds a node's Podman service started here lives on without calls
 TAIL_CHECK_LINES = 20
+LOG_DRAIN_SECONDS = 0.05  # how long an exited container's log stream may idle before it is ended
 
 
 def allocated_gpus(env: dict[str, str]) -> tuple[int, ...]:
@@ -90,9 +91,10 @@ class NodeEngine(LocalEngine):
     """
 
     def _probe(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        if not self.base_url.startswith("unix://"):
+        try:
+            sock = os.stat(self.base_url[len("unix://") :])
+        except OSError:  # not a Unix socket, or not there (yet): ask the engine
             return super()._probe()
-        sock = os.stat(self.base_url[len("unix://") :])
         key = [sock.st_ino, sock.st_mtime_ns]
         digest = hashlib.sha256(self.base_url.encode()).hexdigest()[:16]
         cache = runtime_dir() / "hpcdock-node" / f"facts-{digest}.json"
@@ -244,9 +246,33 @@ class NodeRun:
 
     def _follow(self, engine: LocalEngine, container: str) -> int:
         out = sys.stdout.buffer
-        for chunk in engine.logs(container, follow=True):
+        stream = engine.logs(container, follow=True)
+        outcome: dict[str, Any] = {}
+        drained = threading.Event()
+
+        def wait() -> None:
+            # Podman ends a follow stream up to a quarter of a second after the container exits
+            # (as long as a short task): once it exited and the stream idles, end the stream.
+            try:
+                outcome["code"] = engine.wait(container)
+            except Exception as exc:  # raised below, in the reading thread
+                outcome["error"] = exc
+            seen = self.written
+            while not drained.wait(LOG_DRAIN_SECONDS):
+                if self.written == seen:
+                    stream.close()
+                    return
+                seen = self.written
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        for chunk in stream:
             self._write(out, chunk)
-        code = engine.wait(container)
+        drained.set()
+        waiter.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        code = int(outcome["code"])
         # Podman may end a follow stream before it delivered everything: compare the log's end.
         theirs = b"".join(engine.logs(container, follow=False, tail=TAIL_CHECK_LINES))
         if not b"".join(self._tail).endswith(theirs):
