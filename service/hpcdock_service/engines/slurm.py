@@ -625,6 +625,10 @@ class SlurmEngine:
         return status
 
     def find(self, name: str) -> Optional[RunStatus]:
+        if not any(
+            p.exists() for p in (self.spool.spec(name), self.spool.job_id(name), self.spool.exit(name))
+        ):
+            return None  # removed (or never this service's): squeue may list it a while longer
         labels = self._labels(name)
         record = self.spool.read_exit(name)
         if record is not None:
@@ -652,9 +656,8 @@ class SlurmEngine:
         }
         names = {n for n in active if n.startswith(prefix)} | self.spool.names(prefix)
         found = []
-        for name in sorted(names):
-            status = self.find(name)
-            found.append(status or RunStatus(name, name, RunState.EXITED))
+        for name in sorted(names):  # a job whose spool files are gone is still this store's
+            found.append(self.find(name) or RunStatus(name, name, RunState.EXITED))
         return found
 
     def wait(self, handle: str, timeout: Optional[float] = None) -> int:
