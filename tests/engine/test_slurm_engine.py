@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,18 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TEST_IMAGE, rootless_podman_unusable, wait_for
+from tests.engine.engine_kinds import EXPECT_ENGINES, expected, slurm_unavailable
+from tests.helpers import TEST_IMAGE, wait_for
 
 pytestmark = pytest.mark.engine
-
-
-def _slurm_unusable() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "Slurm is not installed: `make test` runs scripts/setup-slurm.sh as root"
-    probe = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    if "UP" not in probe.stdout:
-        return f"the Slurm controller is not up ({(probe.stdout + probe.stderr).strip()})"
-    return rootless_podman_unusable()
 
 
 @pytest.fixture
@@ -39,10 +30,10 @@ def slurm(tmp_path: Path, engine_url: str) -> Iterator:
     from hpcdock_service.config import SlurmConfig
     from hpcdock_service.engines.slurm import SlurmEngine
 
-    reason = _slurm_unusable()
+    reason = slurm_unavailable()
     if reason:
-        if os.environ.get("HPCDOCK_EXPECT_ENGINES", "").find("slurm") >= 0:
-            pytest.fail(reason)
+        if "slurm" in expected():
+            pytest.fail(f"{EXPECT_ENGINES}={os.environ[EXPECT_ENGINES]} expects slurm, but {reason}")
         pytest.skip(reason)
     shared = tmp_path / "shared"
     shared.mkdir()

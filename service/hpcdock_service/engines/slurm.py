@@ -85,6 +85,7 @@ EXIT_POLL = 0.02  # seconds between looks for a running job's exit-status file
 QUEUED_POLL = 0.2  # ... for a job Slurm has not started yet
 EXIT_FILE_GRACE = 3.0  # seconds a job Slurm says ended may take to show its exit-status file (NFS)
 KILL_AFTER = 15.0  # seconds past the grace before a stopped job is canceled outright
+REMOVE_WAIT = 20.0  # seconds remove() waits for Slurm to say a job ended (a kill takes KillWait)
 LOG_POLL = 0.05  # seconds between looks at a followed output file that has not grown
 CLI_TIMEOUT = 30.0  # seconds any Slurm command may take before the controller counts as unreachable
 IMAGE_TTL = 10.0  # seconds an image reference's id is trusted before podman is asked again
@@ -801,13 +802,28 @@ class SlurmEngine:
             log.info("%s", exc)
 
     def remove(self, handle: str) -> None:
+        """Cancel the job unless it ends by itself, and return once Slurm says it ended.
+
+        A run with its exit record ends by itself (its node runner is removing the container);
+        one without is abandoned: it is canceled, and its node runner removes the container on
+        SIGTERM. Either way the job is gone (or :data:`REMOVE_WAIT` passed) when this returns,
+        so a canceled task leaves no job behind."""
         job_id = self._job_id(handle)
-        # A run with its exit record ends by itself (its node runner is removing the container);
-        # one without is abandoned: cancel it, and its node runner removes the container on SIGTERM.
-        if job_id is not None and not self.spool.exit(handle).exists():
-            info = self._listing(fresh=True).get(handle)
-            if info is not None and map_state(info.state) is not RunState.EXITED:
-                self._cancel(job_id)
+        if job_id is not None:
+            if not self.spool.exit(handle).exists():
+                info = self._listing(fresh=True).get(handle)
+                if info is not None and map_state(info.state) is not RunState.EXITED:
+                    self._cancel(job_id)
+            deadline = time.monotonic() + REMOVE_WAIT
+            while time.monotonic() < deadline:
+                info = self._info(handle)
+                if info is None or map_state(info.state) is RunState.EXITED:
+                    break
+                time.sleep(QUEUED_POLL)
+            else:
+                log.warning(
+                    "%s: Slurm job %s has not ended %gs after its removal", handle, job_id, REMOVE_WAIT
+                )
         for path in self.spool.all(handle):
             path.unlink(missing_ok=True)
         self._job_ids.pop(handle, None)
