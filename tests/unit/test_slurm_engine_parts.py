@@ -247,3 +247,35 @@ def test_with_slurm_the_mount_policy_refuses_paths_outside_the_shared_roots(tmp_
     assert str(private) in err.value.reason and "slurm.shared_roots" in err.value.reason
     _load(tmp_path, "engine: local\n" + text).mount_policy().check(str(private))  # one machine: no bound
     _load(tmp_path, f"engine: slurm\nallowed_roots: [{tmp_path}]\n").mount_policy().check(str(private))
+
+
+def _bare_engine(tmp_path: Path, slurm_says: tuple[str, object]):
+    """The engine's result logic over a spool, with what Slurm says of the job given (no Slurm here)."""
+    from hpcdock_service.engines.slurm import SlurmEngine
+
+    engine = SlurmEngine.__new__(SlurmEngine)
+    engine.spool = Spool(tmp_path)
+    engine._job_ids = {"n": "42"}
+    engine._slurm_end = lambda job_id, state: slurm_says  # type: ignore[method-assign]
+    return engine
+
+
+def test_a_run_slurm_stopped_fails_naming_why(tmp_path: Path) -> None:
+    from hpcdock_service.engines.base import EngineError
+
+    engine = _bare_engine(tmp_path, ("NODE_FAIL", 143))
+    with pytest.raises(
+        EngineError, match=r"job 42 was stopped: the node running the job failed \(NODE_FAIL\)"
+    ):
+        engine._result("n", ExitRecord(137, None, stopped=True, job_id="42"))
+
+
+def test_a_run_the_service_stopped_ends_with_its_code(tmp_path: Path) -> None:
+    from hpcdock_service.engines.base import EngineError
+
+    engine = _bare_engine(tmp_path, ("RUNNING", None))
+    engine.spool.stop("n").write_text("0\n")  # the service asked for the stop
+    assert engine._result("n", ExitRecord(137, None, stopped=True)) == 137
+    assert engine._result("n", ExitRecord(0)) == 0
+    with pytest.raises(EngineError, match="mount of /x refused"):
+        engine._result("n", ExitRecord(None, "mount of /x refused: gone"))
