@@ -81,12 +81,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SQUEUE_TTL = 0.5  # seconds one squeue listing answers every waiter
-EXIT_POLL = 0.02  # seconds between looks for a running job's exit-status file
-QUEUED_POLL = 0.2  # ... for a job Slurm has not started yet
+SPOOL_POLL = 0.02  # seconds between looks at the spool for new output and exit-status files
+SLURM_POLL = 1.0  # seconds between looks at what Slurm says of a waited-for job (the fallback)
+QUEUED_POLL = 0.2  # seconds between looks at a job that is being stopped or canceled
 EXIT_FILE_GRACE = 3.0  # seconds a job Slurm says ended may take to show its exit-status file (NFS)
 KILL_AFTER = 15.0  # seconds past the grace before a stopped job is canceled outright
 REMOVE_WAIT = 20.0  # seconds remove() waits for Slurm to say a job ended (a kill takes KillWait)
 LOG_POLL = 0.05  # seconds between looks at a followed output file that has not grown
+OPEN_POLL = 0.5  # seconds between looks whether a queued job's stream was closed or the job ended
 CLI_TIMEOUT = 30.0  # seconds any Slurm command may take before the controller counts as unreachable
 IMAGE_TTL = 10.0  # seconds an image reference's id is trusted before podman is asked again
 
@@ -196,6 +198,53 @@ class ExitRecord:
             stopped=bool(data.get("stopped")),
             job_id=str(data.get("job_id") or ""),
         )
+
+
+class SpoolWatch:
+    """One thread lists the spool for every waiter: which attempts have output or exit files yet.
+
+    A hundred tasks waiting for their jobs would otherwise each look for their files every few
+    milliseconds, on the cores the jobs themselves need; here one ``listdir`` a tick wakes only
+    when a new file appears.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files: frozenset[str] = frozenset()
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = threading.Event()
+
+    def wait_for(self, filename: str, timeout: float) -> bool:
+        """Whether ``filename`` is in the spool, waiting up to ``timeout`` seconds for it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="slurm-spool", daemon=True)
+                self._thread.start()
+            while filename not in self._files:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopped.is_set():
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(SPOOL_POLL):
+            try:
+                files = frozenset(os.listdir(self.root))
+            except OSError:
+                files = frozenset()
+            with self._cond:
+                new = not files <= self._files
+                self._files = files
+                if new:
+                    self._cond.notify_all()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -506,6 +555,7 @@ class SlurmEngine:
         self.mount_policy = mounts.MountPolicy.build([])  # the service sets its own
         self.spool = Spool(Path(settings.spool_dir or state_dir / "slurm"))
         self.spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.watch = SpoolWatch(self.spool.root)
         self.images = ImageStore(
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
         )
@@ -677,10 +727,11 @@ class SlurmEngine:
                     ended_at = ended_at or now
                     if now - ended_at >= EXIT_FILE_GRACE:
                         return self._result(handle, self._slurm_record(handle, info))
-                next_listing = now + (1.0 if state is RunState.RUNNING else QUEUED_POLL)
+                next_listing = now + (QUEUED_POLL if ended_at else SLURM_POLL)
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"Slurm job {handle} still running after {timeout}s")
-            time.sleep(EXIT_POLL)
+            until = next_listing if deadline is None else min(next_listing, deadline)
+            self.watch.wait_for(self.spool.exit(handle).name, max(0.0, until - time.monotonic()))
 
     def _slurm_end(self, job_id: str, state: str) -> tuple[str, Optional[int]]:
         """How Slurm says the job ended: its state and exit code, from the controller or accounting."""
@@ -830,7 +881,7 @@ class SlurmEngine:
         self._submitted.pop(handle, None)
 
     def close(self) -> None:
-        pass
+        self.watch.stop()
 
 
 class OutputFile:
@@ -883,7 +934,8 @@ class OutputFile:
             except FileNotFoundError:
                 if not self.follow or self._closed.is_set() or self.engine.over(self.name):
                     return None
-                self._closed.wait(LOG_POLL)
+                # the job has not started: wake when its output file appears (or to look again)
+                self.engine.watch.wait_for(self.path.name, OPEN_POLL)
 
 
 def _tail_offset(fh: Any, lines: int) -> int:
