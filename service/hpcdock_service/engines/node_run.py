@@ -235,7 +235,7 @@ class NodeRun:
             print(f"hpcdock: {exc}", file=sys.stderr)
             return 125
         code = self._follow(engine, self.container)
-        oom = engine.status(self.container).oom_killed
+        oom = code != 0 and engine.status(self.container).oom_killed  # one call less for every success
         if self.stopped.is_set():
             self._remove()  # a canceled job leaves no container behind once it is recorded
             self.record(ExitRecord(code, None, oom, True, self.job_id))
