@@ -2,8 +2,9 @@
 
 How a task runs:
 
-- :meth:`SlurmEngine.create` checks what the service host can check (mounts on the shared roots,
-  GPUs the cluster has, the image in the shared image store) and writes the attempt's *spec*, the
+- :meth:`SlurmEngine.create` checks what the service host can check (mounts against the
+  service's mount policy, which with ``slurm.shared_roots`` holds them to the shared roots; GPUs
+  the cluster has; the image in the shared image store) and writes the attempt's *spec*, the
   :class:`~.base.ContainerRequest` as JSON, into the spool directory. Nothing is queued yet, so a
   cancel between create and start means the task never ran, and a service killed before
   :meth:`~SlurmEngine.start` leaves nothing a restart would mistake for a run.
@@ -33,11 +34,13 @@ attempt with a new job, or the task fails with that reason when no attempt is le
 
 Status comes from the CLI (``squeue``, ``scontrol``, ``sacct``), not a library: PyPI's pyslurm
 has releases for Slurm 17.11, 18.08 and 25.11 only (none builds against the 22.05 libslurm that
-Debian 12 ships, and each build is tied to one Slurm version), and psij-python submits its own
-job script from a template and polls ``squeue`` per job, leaving no room for a job named by hpcdock, its
-output file, its exit-status file or re-adoption by name. The CLI is the interface Slurm keeps
-stable across versions; one ``squeue`` call lists every job of this user (cached for
-:data:`SQUEUE_TTL`), so polling costs one call however many tasks run.
+Debian 12 ships, and each build is tied to one Slurm version). psij-python (pure Python, any
+Slurm) writes the batch script from its own template and tracks jobs through its own job
+objects: hpcdock needs the job's name, output file and script to be its own, and to find a job
+again by name after a restart. The CLI is the interface Slurm keeps stable across versions; one
+``squeue`` call lists every job of this user (cached for :data:`SQUEUE_TTL`), so polling costs
+one call however many tasks run, and one thread (:class:`SpoolWatch`) looks for every waiting
+task's output and exit-status files.
 
 GPUs: a step's ``amount.worker.gpu: N`` becomes ``--gres=gpu:N``; Slurm picks the GPUs and the
 node runner attaches and verifies exactly those (``CUDA_VISIBLE_DEVICES``). A cluster whose nodes
