@@ -1,10 +1,10 @@
-"""hpcdock benchmarks: dispatch against the raw engine and Swarm, submission scale, event latency, panel.
+"""hpcdock benchmarks: dispatch against the raw engine, Swarm and Slurm, submission scale, event latency, panel.
 
 One process, one run, one table (``make bench``; as a user with a rootless engine,
 ``.venv/bin/python bench/run.py``). Every ratio is against a baseline measured in the same
 run, interleaved with the figure it is compared to, because a shared 2-core machine is noisy.
 
-    python bench/run.py [--only dispatch,scale,latency,panel,checks] [--repeat 2] [--tasks 100]
+    python bench/run.py [--only dispatch,scale,latency,panel,checks,slurm] [--repeat 2] [--tasks 100]
                         [--sizes 1000,10000,100000] [--json out.json]
 
 Traffic goes only to 127.0.0.1 and to the engines' unix sockets.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "houdini_plugin" / "python3.9libs"))
 
 from hpcdock.protocol import JOB_FINAL  # noqa: E402
 
-from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers  # noqa: E402
+from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers, wait_job  # noqa: E402
 
 TARGETS = {"baseline": 0.9, "swarm": 2.0, "accept_s": 1.0, "rss_mb": 300.0, "p95_ms": 200.0}
 
@@ -328,6 +328,98 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
         "runs": runs,
         "stuck": list(STUCK),
         "median": {k: statistics.median(v) for k, v in runs.items()},
+    }
+
+
+# -- Slurm --------------------------------------------------------------------------------------
+
+
+def slurm_plain(bundle: Path, n: int, array: bool) -> float:
+    """N jobs of plain ``sbatch`` (a loop of N submissions, or one ``--array`` of N), each running
+    ``podman run --rm`` of the task with hpcdock's security flags; tasks/s from the first submit
+    to the moment ``squeue`` lists none of them (polled every 50 ms)."""
+    name = f"bench-plain-{os.getpid()}-{int(time.time())}"
+    flags = "--network none --cap-drop ALL --security-opt no-new-privileges"
+    run = f"podman run --rm {flags} -v {bundle}:{bundle}:ro -w {bundle} {TEST_IMAGE} echo"
+    common = ["sbatch", "--parsable", f"--job-name={name}", "--output=/dev/null", f"--chdir={bundle}"]
+    t0 = time.time()
+    if array:
+        subprocess.run(
+            [*common, f"--array=1-{n}", f"--wrap={run} $SLURM_ARRAY_TASK_ID"], check=True, capture_output=True
+        )
+    else:
+        for i in range(1, n + 1):
+            subprocess.run([*common, f"--wrap={run} {i}"], check=True, capture_output=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        left = subprocess.run(
+            ["squeue", "--noheader", f"--name={name}", "--format=%i"], capture_output=True, text=True
+        )
+        if left.returncode == 0 and not left.stdout.strip():
+            return n / (time.time() - t0)
+        time.sleep(0.05)
+    raise RuntimeError(f"plain sbatch jobs {name} did not finish within 900 s")
+
+
+def slurm_service(root: Path, n: int) -> ServiceProcess:
+    """A real hpcdock-service with ``engine: slurm``, up to N jobs in Slurm's queue."""
+    config = {"engine": "slurm", "slurm": {"max_jobs": n, "spool_dir": str(root / "spool")}}
+    return ServiceProcess(root / "svc", None, slots=n, config=config).start()
+
+
+def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """hpcdock with ``engine: slurm`` against plain sbatch (loop and array) on the same N tasks,
+    interleaved, plus frames per task (the same frames as tasks of 1, 10 and 25 frames)."""
+    if shutil.which("sbatch") is None:
+        raise RuntimeError("Slurm is not installed (make bench runs scripts/setup-slurm.sh as root)")
+    n = args.tasks
+    bundle = trivial_bundle(tmp / "slurm-dispatch", n)
+    runs: dict[str, list[float]] = {}
+
+    def add(key: str, fn: Callable[[], float]) -> None:
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others
+            log(f"slurm {key}: FAILED: {exc}")
+            results.setdefault("errors", []).append(f"slurm {key}: {exc}")
+            return
+        runs.setdefault(key, []).append(value)
+        log(f"slurm {key}: {value:.2f}/s")
+
+    for r in range(args.repeat):
+        add("sbatch_loop", lambda: slurm_plain(bundle, n, array=False))
+        add("sbatch_array", lambda: slurm_plain(bundle, n, array=True))
+        svc = slurm_service(tmp / f"slurm-{r}", n)
+        try:
+            add("hpcdock", lambda s=svc: hpcdock_dispatch(s, bundle, n))
+        finally:
+            svc.stop()
+    frames = {}
+    svc = slurm_service(tmp / "slurm-frames", n)
+    try:
+        for per_task in (1, 10, 25):
+            chunked = make_bundle(tmp / f"slurm-frames-{per_task}", frames=f"1-{n}", chunk=per_task)
+            (chunked / "hpcdock.yaml").write_text(
+                (chunked / "hpcdock.yaml").read_text() + "max_attempts: 1\n"
+            )
+            client = svc.client()
+            t0 = time.time()
+            job = wait_job(client, client.submit(str(chunked))["id"], timeout=900)
+            if job["state"] != "succeeded":
+                raise RuntimeError(f"frames per task {per_task}: job {job['state']}: {job.get('error')}")
+            frames[per_task] = {"tasks": job["tasks_total"], "frames_per_s": n / (job["finished_at"] - t0)}
+            log(f"slurm frames per task {per_task}: {frames[per_task]['frames_per_s']:.2f} frames/s")
+    finally:
+        svc.stop()
+    results["slurm"] = {
+        "tasks": n,
+        "version": subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip(),
+        "cpus": subprocess.run(
+            ["sinfo", "--noheader", "--format=%C"], capture_output=True, text=True
+        ).stdout.strip(),
+        "runs": runs,
+        "median": {k: statistics.median(v) for k, v in runs.items()},
+        "frames": frames,
     }
 
 
@@ -716,6 +808,37 @@ def report(results: dict[str, Any]) -> str:
             f"(median of {st['frames']} frames).",
             "",
         ]
+    sl = results.get("slurm")
+    if sl:
+        med = sl["median"]
+        lines += [
+            f"### Slurm: {sl['tasks']} trivial tasks on {sl['version']} (CPUs allocated/idle/other/total {sl['cpus']})",
+            "",
+            "| what | tasks/s (median) | runs | ratio | target |",
+            "| --- | ---: | --- | ---: | --- |",
+        ]
+        for key, label in (
+            ("sbatch_loop", "plain sbatch loop, one `podman run --rm` job per task"),
+            ("sbatch_array", "plain `sbatch --array`, one array task per task"),
+        ):
+            if med.get(key):
+                lines.append(
+                    f"| {label} | {med[key]:.2f} | {', '.join(f'{v:.2f}' for v in sl['runs'][key])} | | |"
+                )
+        best = max((med.get("sbatch_loop") or 0, med.get("sbatch_array") or 0))
+        h = med.get("hpcdock")
+        if h:
+            ratio = f"{h / best:.2f}x the better" if best else ""
+            target = f"0.9x: {ok(h / best >= TARGETS['baseline'])}" if best else ""
+            lines.append(
+                f"| hpcdock job, `engine: slurm` | {h:.2f} | {', '.join(f'{v:.2f}' for v in sl['runs']['hpcdock'])} "
+                f"| {ratio} | {target} |"
+            )
+        if sl.get("frames"):
+            lines += ["", "| frames per task | tasks | frames/s |", "| ---: | ---: | ---: |"]
+            for per_task, row in sorted(sl["frames"].items()):
+                lines.append(f"| {per_task} | {row['tasks']} | {row['frames_per_s']:.2f} |")
+        lines.append("")
     p = results.get("panel")
     if p:
         lines += [p.get("text") or f"Panel benchmark: {p}", ""]
@@ -726,7 +849,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="dispatch,scale,latency,panel,checks")
+    parser.add_argument("--only", default="dispatch,scale,latency,panel,checks,slurm")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each dispatch figure (median shown)")
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -744,6 +867,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "latency": bench_latency,
         "panel": bench_panel,
         "checks": bench_checks,
+        "slurm": bench_slurm,
     }
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory(prefix="hpcdock-bench-") as tmp:

@@ -19,6 +19,8 @@ fi
 
 t0=$(date +%s)
 "$here/scripts/setup-system.sh"
+# The Slurm engine's tests and benchmark run on a single-node Slurm cluster started here.
+case "$target" in test|bench) "$here/scripts/setup-slurm.sh" ;; esac
 # The benchmark compares against Docker Swarm jobs, which need rootless Docker's packages.
 [ "$target" = bench ] && "$here/scripts/setup-docker-rootless.sh" --system
 home=$(getent passwd "$user" | cut -d: -f6)

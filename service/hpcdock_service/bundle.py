@@ -40,7 +40,7 @@ from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
 from .config import SubmitLimits
 from .errors import BadInput, text_problem
 from .framecheck import FrameCheckSettings, parse_settings
-from .mounts import MountPolicy, PathRefused, make_dirs
+from .mounts import Mount, MountPolicy, PathRefused, make_dirs
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
 MAX_FRAME = 2**31 - 1
@@ -106,16 +106,6 @@ _KNOWN_KEYS = {
     "frame_checks",
     "fps",
 }
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    readonly: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "target": self.target, "readonly": self.readonly}
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,102 @@ RESOURCE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
 _RESERVED_SCOPES = ("worker", "job", "step", "task")
 
 
+# An sbatch option hpcdock sets itself for every task's job: given again under
+# ``slurm.sbatch_args`` it would change what the engine relies on (names, output, requeue).
+SLURM_OWN_OPTIONS = (
+    "--job-name",
+    "-J",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--open-mode",
+    "--parsable",
+    "--wrap",
+    "--requeue",
+    "--no-requeue",
+    "--chdir",
+    "-D",
+    "--comment",
+    "--array",
+    "-a",
+    "--gres",
+    "--gpus",
+    "-G",
+    "--hold",
+    "-H",
+)
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """The ``slurm:`` mapping of service.yaml (used with ``engine: slurm``); every key optional.
+
+    With none given, tasks go to the cluster's default partition under the user's default
+    account and QOS, at most ``max_jobs`` of them in Slurm's queue at once.
+    """
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    sbatch_args: tuple[str, ...] = ()  # more sbatch options, e.g. [--constraint=avx2, --time=60]
+    # Where bundles and outputs must lie for every node to see them; None: the allowed roots.
+    shared_roots: Optional[tuple[str, ...]] = None
+    # Job output and exit-status files; must be on the shared filesystem. None: <state_dir>/slurm.
+    spool_dir: Optional[str] = None
+    # Image archives (podman save, by image id) nodes load from; None: <spool_dir>/images.
+    image_store: Optional[str] = None
+    max_jobs: int = 100  # task jobs queued or running at once (Slurm queues beyond its free CPUs)
+
+
+_SLURM_TEXT_KEYS = ("partition", "account", "qos", "spool_dir", "image_store")
+
+
+def _load_slurm(raw: Any, path: Path) -> SlurmConfig:
+    if raw is None or isinstance(raw, SlurmConfig):
+        return raw or SlurmConfig()
+    known = [f.name for f in fields(SlurmConfig)]
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: slurm", f"must be a mapping of {', '.join(known)}")
+    for key in raw:
+        if key not in known:
+            raise BadInput(f"{path}: slurm.{key}", f"unknown setting (known: {', '.join(known)})")
+    for key in _SLURM_TEXT_KEYS:
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value):
+            raise BadInput(f"{path}: slurm.{key}", f"must be a non-empty line of text, got {value!r}")
+    for key in ("spool_dir", "image_store"):
+        if raw.get(key) is not None and not os.path.isabs(raw[key]):
+            raise BadInput(f"{path}: slurm.{key}", f"must be an absolute path, got {raw[key]!r}")
+    args = raw.get("sbatch_args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) and a.startswith("-") for a in args):
+        raise BadInput(
+            f"{path}: slurm.sbatch_args",
+            f"must be a list of sbatch options, each starting with '-' (e.g. [--time=60]), got {args!r}",
+        )
+    for arg in args:
+        option = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]  # -Jname is -J name
+        if option in SLURM_OWN_OPTIONS:
+            raise BadInput(
+                f"{path}: slurm.sbatch_args",
+                f"{arg!r}: hpcdock sets {option} itself for every task's job (partition, account and "
+                "qos have keys of their own; GPUs come from the step's amount.worker.gpu)",
+            )
+    roots = raw.get("shared_roots")
+    if roots is not None and (
+        not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots)
+    ):
+        raise BadInput(f"{path}: slurm.shared_roots", f"must be a list of absolute paths, got {roots!r}")
+    max_jobs = raw.get("max_jobs", SlurmConfig.max_jobs)
+    _check_number(max_jobs, f"{path}: slurm.max_jobs", whole=True)
+    return SlurmConfig(
+        **{k: raw.get(k) for k in _SLURM_TEXT_KEYS},
+        sbatch_args=tuple(args),
+        shared_roots=tuple(roots) if roots is not None else None,
+        max_jobs=max_jobs,
+    )
+
+
 @dataclass(frozen=True)
 class Machine:
     """What tasks are packed into (``machine:`` in service.yaml; default: this machine's CPUs and RAM)."""
@@ -125,6 +221,7 @@ class ServiceConfig:
     task_vcpus: Optional[float] = None
     log_cap_mib: int = 64  # per attempt; the end of a longer log is kept
     limits: SubmitLimits = field(default_factory=SubmitLimits)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # with engine: slurm
     # Counted resources (licences): {name: count}; a step holds `amount.<name>` of them while it runs.
     resources: dict[str, int] = field(default_factory=lambda: _default_resources())
     # {vcpus:, memory_mib:} tasks are packed into by their amount.worker.vcpu/memory; default: this machine.
@@ -171,6 +268,11 @@ class ServiceConfig:
             protected.append(os.path.dirname(engine_socket[len("unix://") :]))
         if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
             protected.append(os.path.dirname(str(self.endpoint.path)))
+        if self.engine == "slurm" and self.slurm.shared_roots is not None:
+            # Bundles and outputs a node cannot see are refused at submit, naming the path.
+            return MountPolicy.build(
+                self.allowed_roots, protected, self.slurm.shared_roots, "slurm.shared_roots in service.yaml"
+            )
         return MountPolicy.build(self.allowed_roots, protected)
 
 
@@ -196,6 +298,7 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
         if key not in known:
             raise BadInput(f"{path}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
     data["limits"] = _load_limits(data.get("limits"), path)
+    data["slurm"] = _load_slurm(data.get("slurm"), path)
     config = ServiceConfig(**data)
     if config.port is not None and (not isinstance(config.port, int) or not 0 < config.port < 65536):
         raise BadInput(f"{path}: port", f"must be a TCP port number, got {config.port!r}")

@@ -42,6 +42,21 @@ TEMP_DIRS = ("/tmp", "/var/tmp")
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One bind mount of a task's container (``hpcdock.yaml``'s, checked again at every creation).
+
+    Here rather than in :mod:`.bundle` so that what runs a container (the Slurm node runner)
+    need not import the bundle loader and OpenJD with it."""
+
+    source: str
+    target: str
+    readonly: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "readonly": self.readonly}
+
+
 class PathRefused(Exception):
     """A path that may not be mounted; ``path`` is the path asked for, ``reason`` why (naming it)."""
 
@@ -59,9 +74,18 @@ class MountPolicy:
     protected: tuple[str, ...]
     hidden_in: tuple[str, ...]  # directories whose hidden entries are protected too
     home: str
+    # A cluster engine's nodes see only these (empty: no such bound); ``shared_key`` names the setting.
+    shared: tuple[str, ...] = ()
+    shared_key: str = ""
 
     @classmethod
-    def build(cls, allowed_roots: Iterable[str], protected: Iterable[str] = ()) -> MountPolicy:
+    def build(
+        cls,
+        allowed_roots: Iterable[str],
+        protected: Iterable[str] = (),
+        shared: Iterable[str] = (),
+        shared_key: str = "",
+    ) -> MountPolicy:
         home = os.path.realpath(os.path.expanduser("~"))
         hidden = {home, *(os.path.realpath(d) for d in TEMP_DIRS)}
         return cls(
@@ -69,6 +93,8 @@ class MountPolicy:
             protected=tuple(sorted({os.path.realpath(p) for p in protected})),
             hidden_in=tuple(sorted(hidden)),
             home=home,
+            shared=tuple(sorted({os.path.realpath(r) for r in shared})),
+            shared_key=shared_key,
         )
 
     def describe_roots(self) -> str:
@@ -100,6 +126,12 @@ class MountPolicy:
             raise PathRefused(path, f"{path!r} is not an absolute, normalised path")
         if not any(_inside(path, root) for root in self.roots):
             raise PathRefused(path, f"{path} is outside the allowed roots ({self.describe_roots()})")
+        if self.shared and not any(_inside(path, root) for root in self.shared):
+            raise PathRefused(
+                path,
+                f"{path} is outside the shared roots every cluster node mounts "
+                f"({', '.join(self.shared)}; {self.shared_key})",
+            )
         for p in self.protected:
             if _inside(path, p):
                 raise PathRefused(

@@ -88,6 +88,26 @@ def _docker_url() -> str:
     return url
 
 
+# -- cluster engines ----------------------------------------------------------------------------
+
+
+def slurm_unavailable() -> Optional[str]:
+    """Slurm's client, a controller that answers, and the rootless Podman its jobs run containers with."""
+    if shutil.which("sbatch") is None:
+        return "Slurm is not installed (`make test` runs scripts/setup-slurm.sh as root)"
+    probe = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if "UP" not in probe.stdout:
+        return f"the Slurm controller does not answer ({(probe.stdout + probe.stderr).strip()})"
+    return rootless_podman_unusable()
+
+
+def _select_slurm(request: pytest.FixtureRequest) -> Selection:
+    # The session's Podman service with the test image: DOCKER_HOST, which the service's jobs
+    # inherit (sbatch exports the environment), points the node runner at it.
+    request.getfixturevalue("engine_url")
+    return Selection({"engine": "slurm"})
+
+
 KINDS = [
     EngineKind(
         name="podman",
@@ -100,6 +120,7 @@ KINDS = [
         unavailable=_docker_unavailable,
         select=lambda request: Selection(NO_GPUS, engine_url=_docker_url()),
     ),
+    EngineKind(name="slurm", unavailable=slurm_unavailable, select=_select_slurm),
 ]
 
 

@@ -30,4 +30,8 @@ def open_engine(config: ServiceConfig, state_dir: Path) -> Engine:
             declared_gpus=config.gpus,
             cdi_kind=config.gpu_cdi_kind,
         )
+    if config.engine == "slurm":
+        from .slurm import SlurmEngine
+
+        return SlurmEngine(config.slurm, state_dir)
     raise EngineError(f"service.yaml: engine: engine {config.engine!r} is not available in this build")

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional, Protocol
 
-from ..bundle import Mount
-from ..mounts import MountPolicy
+from ..mounts import Mount, MountPolicy
 
 LABEL_STORE = "hpcdock.store"
 LABEL_JOB = "hpcdock.job"

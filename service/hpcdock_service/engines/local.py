@@ -47,7 +47,6 @@ from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
 from .. import mounts
-from ..bundle import Mount
 from ..gpu.attach import AttachError, Attachment, EngineCaps, verify_attachment
 from ..gpu.inventory import NVIDIA_CDI_KIND
 from ..gpu_broker import GpuBroker
@@ -127,16 +126,13 @@ class LocalEngine:
             self.client = docker.DockerClient(base_url=base_url, timeout=timeout, version="1.41")
             self.client.api.close()  # the SDK's own transport, replaced by the one that tells loss from refusal
             self.client.api = _APIClient(base_url, timeout=timeout, version="1.41")
-            version = self.client.version()
+            version, info, host = self._probe()
         except EngineUnreachable:
             raise
         except (DockerException, requests.RequestException) as exc:
             raise EngineError(f"no container engine answers at {base_url}: {exc}") from exc
-        names = [c.get("Name", "") for c in version.get("Components") or []]
-        self.kind = "podman" if any("Podman" in n for n in names) else "docker"
+        self.kind = _kind(version)
         self.version = str(version.get("Version", "?"))
-        info = self.client.info()
-        host = self._podman_host() if self.kind == "podman" else {}
         self.rootless = any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []) or bool(
             (host.get("security") or {}).get("rootless")
         )
@@ -146,6 +142,12 @@ class LocalEngine:
             declared_gpus,
             cdi_kind,
         )
+
+    def _probe(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """What the engine says of itself: its version, its info and (Podman) its host."""
+        version = self.client.version()
+        info = self.client.info()
+        return version, info, self._podman_host() if _kind(version) == "podman" else {}
 
     def _podman_host(self) -> dict[str, Any]:
         """The ``host`` part of Podman's own /info (its compat /info says neither rootless nor cgroups)."""
@@ -288,7 +290,7 @@ class LocalEngine:
         if problem:
             raise EngineError(f"GPU not attached: {problem}")
 
-    def _check_mounts(self, request_mounts: list[Mount]) -> list[mounts.Bound]:
+    def _check_mounts(self, request_mounts: list[mounts.Mount]) -> list[mounts.Bound]:
         return [(m.source, m.target, self._verify(m.source, not m.readonly)) for m in request_mounts]
 
     def _verify(self, source: str, writable: bool) -> mounts.Identity:
@@ -578,6 +580,11 @@ def _run_status(attrs: dict[str, Any]) -> RunStatus:
         oom_killed=bool(state.get("OOMKilled")),
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
     )
+
+
+def _kind(version: dict[str, Any]) -> str:
+    names = [c.get("Name", "") for c in version.get("Components") or []]
+    return "podman" if any("Podman" in n for n in names) else "docker"
 
 
 def _explain(exc: Exception) -> str:
