@@ -19,8 +19,8 @@ fi
 
 t0=$(date +%s)
 "$here/scripts/setup-system.sh"
-# The benchmark compares against Docker Swarm jobs, which need rootless Docker's packages.
-[ "$target" = bench ] && "$here/scripts/setup-docker-rootless.sh" --system
+# The Swarm engine's tests and the benchmark's Swarm rows need rootless Docker's packages.
+case $target in test | bench) "$here/scripts/setup-docker-rootless.sh" --system ;; esac
 home=$(getent passwd "$user" | cut -d: -f6)
 uid=$(id -u "$user")
 dest="$home/hpcdock"

@@ -452,7 +452,30 @@ class SwarmEngine:
                 return RunStatus(handle=handle, name=handle, state=RunState.QUEUED)
             raise EngineError(f"Swarm service {handle} does not exist")
         labels = dict((service.get("Spec") or {}).get("Labels") or {})
-        return _task_run(handle, labels, _latest(self._tasks(handle)))
+        return self._run(handle, labels, _latest(self._tasks(handle)))
+
+    def _run(self, name: str, labels: dict[str, str], task: Optional[dict[str, Any]]) -> RunStatus:
+        """The run as Swarm reports it, or as its container does when that is on this node: Swarm
+        learns of an exit a moment later than the container's own state (and :meth:`wait`) shows it."""
+        run = _task_run(name, labels, task)
+        status = (task or {}).get("Status") or {}
+        container = (status.get("ContainerStatus") or {}).get("ContainerID")
+        if run.state != RunState.RUNNING or not container or (task or {}).get("NodeID") != self.node_id:
+            return run
+        try:
+            state = self.api.inspect_container(container).get("State") or {}
+        except (NotFound, APIError):
+            return run
+        if state.get("Running") or state.get("Status") not in ("exited", "dead"):
+            return run
+        return RunStatus(
+            handle=name,
+            name=name,
+            state=RunState.EXITED,
+            exit_code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+            labels=labels,
+        )
 
     def find(self, name: str) -> Optional[RunStatus]:
         # A run prepared but never started exists only in this process: after a restart there is
@@ -470,7 +493,7 @@ class SwarmEngine:
         for service in services:
             name = str(service["Spec"]["Name"])
             labels = dict(service["Spec"].get("Labels") or {})
-            out.append(_task_run(name, labels, _latest(self._tasks(name))))
+            out.append(self._run(name, labels, _latest(self._tasks(name))))
         return out
 
     def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
@@ -569,9 +592,20 @@ class SwarmEngine:
         self._remove_service(handle)
 
     def remove(self, handle: str) -> None:
+        """Remove the service, then its task's container: Swarm leaves the containers (and task
+        records) of a removed ``replicated-job`` service behind (moby#42789, Docker 20.10), so the
+        container is removed here when it is on this node (elsewhere it stays, exited)."""
         with self._lock:
             self._prepared.pop(handle, None)
         self._remove_service(handle)
+        try:
+            left = self.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={handle}"})
+            for container in left:
+                self.api.remove_container(container["Id"], force=True)
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot remove the container of service {handle}: {_explain(exc)}") from exc
         with self._lock:
             self._stopped.discard(handle)
 
