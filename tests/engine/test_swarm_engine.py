@@ -138,9 +138,7 @@ def test_cancel_leaves_no_service_and_no_container(engine: SwarmEngine, tmp_path
     wait_for(lambda: not containers_of(engine, req.name), timeout=60, what="the task's container gone")
 
 
-def test_a_fresh_engine_finds_runs_by_name_and_label(
-    engine: SwarmEngine, url: str, tmp_path: Path
-) -> None:
+def test_a_fresh_engine_finds_runs_by_name_and_label(engine: SwarmEngine, url: str, tmp_path: Path) -> None:
     req = request(tmp_path, "adopt", "echo hello; sleep 2; exit 5")
     handle = engine.create(req)
     engine.start(handle)
@@ -170,7 +168,9 @@ def test_mounts_outside_the_shared_roots_are_refused_naming_the_path(url: str, t
     eng.mount_policy = MountPolicy.build([str(tmp_path)])
     try:
         req = request(tmp_path, "shared", "true")
-        with pytest.raises(MountRefused, match=f"{tmp_path / 'bundle'} refused: it is outside the shared roots"):
+        with pytest.raises(
+            MountRefused, match=f"{tmp_path / 'bundle'} refused: it is outside the shared roots"
+        ):
             eng.create(req)
         assert eng.find(req.name) is None
     finally:

@@ -48,7 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -208,14 +208,14 @@ class SwarmGpus:
     nodes advertise; Swarm itself then places it on a node with enough free ones.
     """
 
-    def __init__(self, engine: SwarmEngine, kind: str) -> None:
-        self.engine = engine
+    def __init__(self, nodes: Callable[[], list[dict[str, Any]]], kind: str) -> None:
+        self.nodes = nodes  # GET /nodes, as the engine caches it
         self.kind = kind
         self._held: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def _counts(self) -> dict[str, int]:
-        return gpu_counts(self.engine.nodes(), self.kind)
+        return gpu_counts(self.nodes(), self.kind)
 
     def check(self, count: int) -> Optional[str]:
         if count <= 0:
@@ -305,7 +305,7 @@ class SwarmEngine:
         self.node_id = str(swarm.get("NodeID") or "")
         self.rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
         self.enforcement = docker_enforcement(info)
-        self.gpus = SwarmGpus(self, settings.gpu_kind)
+        self.gpus = SwarmGpus(self.nodes, settings.gpu_kind)
 
     # -- the swarm ------------------------------------------------------------------------
     def prepare(self) -> None:
