@@ -36,7 +36,14 @@ from hpcdock.protocol import JOB_FINAL  # noqa: E402
 
 from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers  # noqa: E402
 
-TARGETS = {"baseline": 0.9, "swarm": 2.0, "accept_s": 1.0, "rss_mb": 300.0, "p95_ms": 200.0}
+TARGETS = {
+    "baseline": 0.9,
+    "swarm": 2.0,
+    "swarm_engine": 0.9,
+    "accept_s": 1.0,
+    "rss_mb": 300.0,
+    "p95_ms": 200.0,
+}
 
 
 def log(msg: str) -> None:
@@ -193,8 +200,8 @@ def baseline(url: str, n: int, conc: int, workdir: Path) -> float:
 class Service:
     """A real hpcdock-service process for the duration of a ``with``."""
 
-    def __init__(self, root: Path, url: str, slots: int = 2) -> None:
-        self.proc = ServiceProcess(root / "svc", url, slots=slots)
+    def __init__(self, root: Path, url: str, slots: int = 2, config: Optional[dict[str, Any]] = None) -> None:
+        self.proc = ServiceProcess(root / "svc", url, slots=slots, config=config)
 
     def __enter__(self) -> ServiceProcess:
         return self.proc.start()
@@ -320,8 +327,10 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
             with Service(tmp / f"dispatch-{kind}-{r}", url, slots=conc) as svc:
                 add(f"hpcdock_{kind}", lambda s=svc: hpcdock_dispatch(s, bundle, n))
     if durl:
-        for _ in range(args.repeat):
+        for r in range(args.repeat):  # plain Swarm and hpcdock on Swarm interleaved, the same tasks
             add("swarm", lambda: swarm(durl, n, conc))
+            with Service(tmp / f"dispatch-swarm-{r}", durl, slots=conc, config={"engine": "swarm"}) as svc:
+                add("hpcdock_swarm", lambda s=svc: hpcdock_dispatch(s, bundle, n))
     results["dispatch"] = {
         "tasks": n,
         "concurrency": conc,
@@ -645,6 +654,13 @@ def report(results: dict[str, Any]) -> str:
         s = med.get("swarm")
         if s:
             lines.append(f"| Docker Swarm replicated-job, rootless Docker | {s:.2f} | {runs('swarm')} | | |")
+            h = med.get("hpcdock_swarm")
+            if h:
+                lines.append(
+                    f"| hpcdock job, engine: swarm (a replicated-job service per task) | {h:.2f} | "
+                    f"{runs('hpcdock_swarm')} | {h / s:.2f}x Swarm | "
+                    f"0.9x: {ok(h / s >= TARGETS['swarm_engine'])} |"
+                )
             for kind in ("podman", "docker"):
                 h = med.get(f"hpcdock_{kind}")
                 if h:

@@ -138,14 +138,17 @@ def service_spec(
     }
     if resources:
         template["Resources"] = resources
-    if not request.network:
-        template["Networks"] = [{"Target": ISOLATED_NETWORK}]
-    return {
+    body: dict[str, Any] = {
         "Name": request.name,
         "Labels": dict(request.labels),
         "TaskTemplate": template,
         "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
     }
+    if not request.network:
+        template["Networks"] = [{"Target": ISOLATED_NETWORK}]
+        # No virtual IP (and no load balancer on the node) for a service nothing connects to.
+        body["EndpointSpec"] = {"Mode": "dnsrr"}
+    return body
 
 
 def outside_shared(source: str, roots: tuple[str, ...]) -> bool:
