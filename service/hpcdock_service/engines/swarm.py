@@ -268,6 +268,54 @@ class SwarmGpus:
         return {"kind": self.kind, "nodes": self._counts(), "placed_by": "docker swarm generic resources"}
 
 
+class _FollowLog:
+    """A run's log followed from its start: opened once the task has a container (its own log
+    on this node, else the service's); ``close()`` ends it from another thread, also while it
+    still waits for the container."""
+
+    def __init__(self, engine: SwarmEngine, handle: str) -> None:
+        self._engine = engine
+        self._handle = handle
+        self._stream: Optional[Iterator[bytes]] = None
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _FollowLog:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._stream is None:
+            self._stream = self._open()
+        return next(self._stream)
+
+    def _open(self) -> Iterator[bytes]:
+        engine, delay = self._engine, POLL_FIRST
+        while not self._closed.is_set():
+            task = _latest(engine._tasks(self._handle))
+            status = (task or {}).get("Status") or {}
+            has_container = bool((status.get("ContainerStatus") or {}).get("ContainerID"))
+            if has_container or str(status.get("State")) in _EXITED:
+                stream = engine._log_stream(self._handle, engine._local_container(task), True)
+                with self._lock:
+                    if self._closed.is_set():
+                        getattr(stream, "close", lambda: None)()
+                        break
+                    self._stream = stream
+                return stream
+            if task is None and engine._service(self._handle) is None:
+                break
+            self._closed.wait(delay)
+            delay = min(delay * 1.5, POLL_MAX)
+        return iter([])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            stream = self._stream
+        if stream is not None:
+            getattr(stream, "close", lambda: None)()
+
+
 class SwarmEngine:
     """Runs task attempts as Swarm ``replicated-job`` services on the manager at ``base_url``."""
 
@@ -500,25 +548,39 @@ class SwarmEngine:
         return out
 
     def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+        """The run's output: its container's own log when the container is on this node (a
+        following stream then ends when the task exits, as the local engine's does), else the
+        service's log, which Swarm keeps open after the task ended (the runner closes it once
+        it stays idle past the exit, and compares its end with the log's)."""
+        if follow:
+            return _FollowLog(self, handle)
+        return self._log_stream(handle, self._local_container(_latest(self._tasks(handle))), False, tail)
+
+    def _local_container(self, task: Optional[dict[str, Any]]) -> Optional[str]:
+        """The task's container when this node runs it, else None."""
+        status = (task or {}).get("Status") or {}
+        container = (status.get("ContainerStatus") or {}).get("ContainerID")
+        return container if container and (task or {}).get("NodeID") == self.node_id else None
+
+    def _log_stream(
+        self, handle: str, container: Optional[str], follow: bool, tail: Optional[int] = None
+    ) -> Iterator[bytes]:
         api = self.api
-        params = {
-            "follow": follow,
-            "stdout": True,
-            "stderr": True,
-            "timestamps": False,
-            "details": False,
-            "tail": tail or "all",
-        }
+        params: dict[str, Any] = {"follow": follow, "stdout": True, "stderr": True, "tail": tail or "all"}
+        urls = [api._url("/services/{0}/logs", handle)]
+        if container:  # gone already (removed): the service's log is what is left
+            urls.insert(0, api._url("/containers/{0}/logs", container))
         try:
-            resp = api._get(api._url("/services/{0}/logs", handle), params=params, stream=True)
-            if resp.status_code == 404:
+            for url in urls:
+                resp = api._get(url, params=params, stream=True)
+                if resp.status_code != 404:
+                    api._raise_for_status(resp)
+                    # Streamed either way (close() ends a following one from another thread).
+                    return CancellableStream(api._multiplexed_response_stream_helper(resp), resp)
                 resp.close()
-                return iter([])
-            api._raise_for_status(resp)
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot read the log of service {handle}: {_explain(exc)}") from exc
-        # Streamed either way (close() ends a following one from another thread).
-        return CancellableStream(api._multiplexed_response_stream_helper(resp), resp)
+        return iter([])
 
     def wait(self, handle: str, timeout: Optional[float] = None) -> int:
         """The task's exit code: from its container's own wait when it runs on this node (the
