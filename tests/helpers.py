@@ -218,22 +218,44 @@ def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def remove_leftovers(svc: ServiceProcess) -> None:
-    """Containers a failed test left behind must not leak into the next test."""
+def store_id_of(svc: ServiceProcess) -> Optional[str]:
+    """The id the service's store labels its runs with (None before it made its store)."""
     db = svc.state_dir / "hpcdock.db"
     if not db.exists():
-        return
+        return None
     import sqlite3
 
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
-    if row:
-        from hpcdock_service.engines.local import LocalEngine
+    return row[0] if row else None
 
-        eng = LocalEngine(svc.engine_url or os.environ["DOCKER_HOST"])
-        for c in eng.list_labeled({"hpcdock.store": row[0]}):
-            eng.remove(c.id)
-        eng.close()
+
+def engine_of(svc: ServiceProcess):
+    """The engine ``svc`` drives, opened here the way the service opens it (through the engine
+    seam, from its service.yaml), for a test to ask what runs there. Close it after use."""
+    from hpcdock_service.config import load_config
+    from hpcdock_service.engines import open_engine
+
+    overrides = {
+        "engine_socket": svc.engine_url or os.environ.get("DOCKER_HOST"),
+        "state_dir": str(svc.state_dir),
+        "embedded_podman": False,  # only ever look at the engine the service uses
+    }
+    config = load_config(svc.config_home / "hpcdock" / "service.yaml", overrides)
+    return open_engine(config, svc.state_dir)
+
+
+def remove_leftovers(svc: ServiceProcess) -> None:
+    """Runs a failed test left behind must not leak into the next test."""
+    store_id = store_id_of(svc)
+    if store_id is None:
+        return
+    engine = engine_of(svc)
+    try:
+        for run in engine.leftovers(store_id):
+            engine.remove(run.handle)
+    finally:
+        engine.close()
 
 
 # -- bundles ----------------------------------------------------------------------------------

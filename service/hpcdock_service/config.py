@@ -45,6 +45,9 @@ class SubmitLimits:
     max_concurrent_submits: int = 4  # submissions read and expanded at once; more get a 429
 
 
+# The values of ``engine:`` (engines.open_engine says which of them this build carries).
+ENGINES = ("local", "slurm", "swarm")
+
 # A counted resource's name, as OpenJD spells what follows ``amount.`` in a custom amount
 # capability (openjd-model's capability-name rule); worker, job, step and task are OpenJD's own scopes.
 RESOURCE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
@@ -121,6 +124,8 @@ class ServiceConfig:
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     state_dir: str = field(default_factory=lambda: str(paths.state_dir()))
     token_file: str = field(default_factory=lambda: str(paths.token_path()))
+    # Which engine runs tasks: "local" (rootless Podman or Docker here), or a cluster's (ENGINES).
+    engine: str = "local"
     engine_socket: Optional[str] = None  # unix:///... ; default: discovered (see engines.discovery)
     embedded_podman: bool = True
     allow_rootful: bool = False
@@ -217,6 +222,8 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
             endpoint.parse(str(config.listen))
         except ValueError as exc:
             raise BadInput(f"{path}: listen", str(exc)) from None
+    if config.engine not in ENGINES:
+        raise BadInput(f"{path}: engine", f"must be one of {', '.join(ENGINES)}, got {config.engine!r}")
     if not isinstance(config.slots, int) or config.slots < 1:
         raise BadInput(f"{path}: slots", f"must be a whole number >= 1, got {config.slots!r}")
     for key, whole, optional in (

@@ -1,14 +1,16 @@
-"""The scheduler's view of GPUs: inventory, exclusive allocation, attach and verify in one place.
+"""The local engine's GPU placement: this machine's inventory, exclusive allocation, attach and verify.
 
-The pieces live in :mod:`hpcdock_service.gpu`; this adapter binds them to one engine so
-the scheduler only asks "give task T N GPUs", "how do I attach them", "did it work".
+The pieces live in :mod:`hpcdock_service.gpu`; :class:`GpuBroker` binds them to one local
+engine (whose capabilities it is given) and is that engine's
+:class:`~.engines.base.GpuPlacement`: the scheduler only asks "give task T N GPUs"; the
+engine asks how to attach them and whether the container really got them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from .engines.base import Engine
+from .engines.base import GpuGrant
 from .gpu.allocator import GpuAllocator
 from .gpu.attach import AttachError, Attachment, EngineCaps, plan_attachment
 from .gpu.inventory import NVIDIA_CDI_KIND, Gpu, GpuInventory, detect_gpus
@@ -25,9 +27,12 @@ class GpuBroker:
 
     @classmethod
     def detect(
-        cls, engine: Engine, declared: Optional[list[dict[str, Any]]] = None, cdi_kind: str = NVIDIA_CDI_KIND
+        cls,
+        caps: Optional[EngineCaps],
+        declared: Optional[list[dict[str, Any]]] = None,
+        cdi_kind: str = NVIDIA_CDI_KIND,
     ) -> GpuBroker:
-        """Inventory this machine's GPUs (or take the ones the config declares) for ``engine``.
+        """Inventory this machine's GPUs (or take the ones the config declares) for an engine of ``caps``.
 
         ``declared`` lets an admin name the GPUs hpcdock may use by hand: a subset (keep
         GPU 0 for the artist's display) or GPUs NVML cannot see from where the service runs.
@@ -38,32 +43,21 @@ class GpuBroker:
                 Gpu(int(g["index"]), str(g.get("uuid") or f"GPU-{g['index']}"), str(g.get("name") or ""))
                 for g in declared
             ]
-        caps = None
-        client = getattr(engine, "client", None)
-        if client is not None:
-            caps = EngineCaps.from_engine(
-                client.version(), client.info(), libpod_create=getattr(engine, "kind", "") == "podman"
-            )
         return cls(inventory, caps, cdi_kind)
 
-    def check_request(self, count: int) -> Optional[str]:
+    # -- GpuPlacement -----------------------------------------------------------------------
+    def check(self, count: int) -> Optional[str]:
         return self.allocator.check_request(count)
 
-    def acquire(self, task_id: int, count: int) -> Optional[list[int]]:
+    def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
         gpus = self.allocator.try_acquire(task_id, count)
-        return None if gpus is None else [g.index for g in gpus]
+        return None if gpus is None else GpuGrant(count, tuple(g.index for g in gpus))
 
-    def restore(self, task_id: int, indices: list[int]) -> None:
-        self.allocator.restore(task_id, indices)
+    def restore(self, task_id: int, grant: GpuGrant) -> None:
+        self.allocator.restore(task_id, grant.indices)
 
     def release(self, task_id: int) -> None:
         self.allocator.release(task_id)
-
-    def attachment(self, indices: list[int]) -> Attachment:
-        if self.caps is None:
-            raise AttachError("the engine's capabilities are unknown; cannot attach GPUs")
-        gpus = [g for g in self.inventory.gpus if g.index in indices]
-        return plan_attachment(gpus, self.caps, self.inventory, cdi_kind=self.cdi_kind)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The GPUs tasks can get, and which task holds each: what /v1/health shows."""
@@ -72,3 +66,16 @@ class GpuBroker:
     def inventory_json(self) -> dict[str, Any]:
         """Everything detected (NVML, device nodes, CDI specs): what ``--check`` shows."""
         return self.inventory.to_json()
+
+    # -- the local engine's own ------------------------------------------------------------------
+    def attachment(self, grant: GpuGrant) -> Attachment:
+        """How to attach the granted GPUs on this engine; AttachError when it cannot."""
+        if self.caps is None:
+            raise AttachError("the engine's capabilities are unknown; cannot attach GPUs")
+        if len(grant.indices) != grant.count:
+            raise AttachError(
+                f"the local engine attaches GPUs by index, and a grant of {grant.count} GPU(s) "
+                f"names {len(grant.indices)}"
+            )
+        gpus = [g for g in self.inventory.gpus if g.index in grant.indices]
+        return plan_attachment(gpus, self.caps, self.inventory, cdi_kind=self.cdi_kind)

@@ -113,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = {
             **service.health(),
             "endpoint": config.endpoint.url,
-            "gpu_inventory": service.gpus.inventory_json(),
+            "gpu_inventory": service.engine.gpus.inventory_json(),
             "task_limits": limits_report(service),
             "resources": resources_report(service),
             "mounts": service.mount_policy.to_json(),

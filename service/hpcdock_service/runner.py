@@ -48,13 +48,13 @@ from .engines.base import (
     NO_LIMITS,
     ContainerLimits,
     ContainerRequest,
-    ContainerStatus,
     Engine,
     EngineError,
     EngineUnreachable,
+    GpuGrant,
+    RunStatus,
 )
 from .engines.discovery import EngineWatch
-from .gpu.attach import AttachError, verify_attachment
 from .logparse import (
     FrameDone,
     FrameFailed,
@@ -165,8 +165,8 @@ class TaskRunner:
         thumbnail_path: Callable[[int, str, int], Path],
         on_exit: Callable[[int], None],
         watch: EngineWatch,
-        gpu: Optional[Callable[[], Any]] = None,
-        adopt: Optional[ContainerStatus] = None,
+        gpus: Optional[GpuGrant] = None,
+        adopt: Optional[RunStatus] = None,
         limits: ContainerLimits = NO_LIMITS,
         log_cap: int = 64 * tasklog.MIB,
         licence: Optional[LicenceRetry] = None,
@@ -179,12 +179,15 @@ class TaskRunner:
         self.thumbnail_path = thumbnail_path
         self.on_exit = on_exit
         self.watch = watch
-        self.plan_gpu = gpu  # returns the task's GPU Attachment; raises AttachError when impossible
+        self.gpus = gpus  # attached and verified by the engine's create
         self.adopt = adopt
         self.adopted_after = "a service restart"
         self.limits = limits
         self.log_cap = log_cap
-        self.container_id: Optional[str] = adopt.id if adopt else None
+        self.container_id: Optional[str] = adopt.handle if adopt else None
+        # Whether this runner's own start of the run went through: after an outage, a run the
+        # engine no longer has was either never started (create it again) or lost (the attempt ends).
+        self._started = adopt is not None
         self.timed_out = False
         self.licence = licence  # None: licence failures are ordinary failures
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
@@ -262,32 +265,31 @@ class TaskRunner:
         self.watch.wait_up()
 
     def _resume(self) -> Optional[str]:
-        """After an outage: follow the container again from where the engine has it.
+        """After an outage: follow the run again from where the engine has it.
 
         One that started is re-adopted (its log read again from the start of the attempt, the
         frames settled so far left as they are); one never created, or created but never
-        started, is created again. Returns why the attempt is over when the container is gone.
+        started (the engine's ``find`` removes it), is created again. Returns why the attempt
+        is over when a run this runner started is gone.
         """
         status = self.engine.find(self.task["container"])
-        if status is not None and status.status != "created":
+        if status is not None:
             log.info(
-                "task %s: re-adopting container %s (%s) after the engine came back",
+                "task %s: re-adopting %s (%s) after the engine came back",
                 self.task["id"],
                 status.name,
-                "running" if status.running else f"exited {status.exit_code}",
+                status.summary(),
             )
-            self.container_id = status.id
+            self.container_id = status.handle
             self.adopt = status
             self.adopted_after = "the engine came back"
             self._done_before = frozenset(self._settled)
             self._log_bytes, self._log_tail = 0, Tail()  # its log is read again from the start
             if self._stop_requested:  # canceled or timed out while the engine was away
-                self.engine.stop(status.id)
+                self.engine.stop(status.handle)
             return None
-        if status is None and self.container_id is not None:
+        if self._started:
             return "the container disappeared while the engine was unreachable"
-        if status is not None:
-            self.engine.remove(status.id)
         self.container_id = None
         tasklog.truncate(self.log_path, self.task["log_offset"])  # _create writes the attempt's header again
         return None
@@ -355,29 +357,20 @@ class TaskRunner:
                 LABEL_TASK: str(task["id"]),
                 LABEL_ATTEMPT: str(task["attempt"]),
             },
+            gpus=self.gpus,
             limits=self.limits,
         )
-        if self.plan_gpu is not None:
-            try:
-                request.gpu = self.plan_gpu()
-            except AttachError as exc:
-                raise EngineError(str(exc)) from None
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread
                 raise EngineError("canceled before the container was created")
         tasklog.append_line(self.log_path, f"--- attempt {task['attempt']}: {' '.join(command)}")
-        container_id = self.engine.create(request)
+        container_id = self.engine.create(request)  # GPUs attached and verified, or EngineError
         with self._stop_lock:
             self.container_id = container_id
-        if request.gpu is not None:
-            # Engines drop GPU requests they do not understand without a word: check, never trust.
-            problem = verify_attachment(request.gpu, self.engine.inspect(container_id))
-            if problem:
-                raise EngineError(f"GPU not attached: {problem}")
-        with self._stop_lock:
             if self._stop_requested:  # canceled while the container was being created
                 raise EngineError("canceled before the container started")
             self.engine.start(container_id)
+            self._started = True
         return container_id
 
     def _follow(self) -> tuple[Optional[int], Optional[str]]:
@@ -441,14 +434,14 @@ class TaskRunner:
         return exit_code, reason + self._limit_hints(parser)
 
     def _exit_reason(self, exit_code: int) -> str:
-        if exit_code == 137:
-            try:
-                oom = bool((self.engine.inspect(self.container_id).get("State") or {}).get("OOMKilled"))
-            except Exception:  # an engine that cannot tell leaves the plain exit code
-                oom = False
-            if oom:
-                limit = f" (limit {mib(self.limits.memory)})" if self.limits.memory else ""
-                return f"killed: out of memory{limit}"
+        assert self.container_id is not None
+        try:
+            oom = self.engine.status(self.container_id).oom_killed
+        except EngineError:  # an engine that cannot tell leaves the plain exit code
+            oom = False
+        if oom:
+            limit = f" (limit {mib(self.limits.memory)})" if self.limits.memory else ""
+            return f"killed: out of memory{limit}"
         return f"exited with code {exit_code}"
 
     def _limit_hints(self, parser: LogParser) -> str:

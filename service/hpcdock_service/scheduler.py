@@ -1,7 +1,8 @@
 """Decides which task runs next, starts it, and puts a restarted service back on its feet.
 
-The scheduler knows slots, priorities, step dependencies, GPUs and counted amounts
-(licences, the machine's vCPUs and memory: :mod:`.resources`), never which engine it drives.
+The scheduler knows priorities, step dependencies and counted amounts (licences, the
+machine's vCPUs and memory: :mod:`.resources`); the engine's slots and GPU placement it asks
+of the engine (:class:`~.engines.base.Engine`), never knowing which engine it drives.
 A step held back by an amount or by GPUs says so (``waiting_for``), and the steps after it
 keep their turn: a task that needs no licence never waits behind one that does. Dispatch is one thread woken by anything that frees or adds work; each
 running task has a :class:`~.runner.TaskRunner` of its own, so the service's threads are
@@ -17,12 +18,12 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Optional
 from urllib.parse import quote
 
 from . import tasklog
 from .config import DEFAULT_LICENCE_RETRY, LicenceRetry
-from .engines.base import LABEL_STORE, NO_LIMITS, ContainerLimits, Engine
+from .engines.base import NO_LIMITS, ContainerLimits, Engine, GpuGrant, RunStatus
 from .engines.discovery import EngineWatch
 from .resources import GPU_WAIT, Pool, waiting_label
 from .runner import TaskRunner, container_name, thread_refused
@@ -31,28 +32,13 @@ from .store import Row, Store, StoreBusy
 log = logging.getLogger(__name__)
 
 
-class GpuBroker(Protocol):
-    """What the scheduler needs from the GPU package (see :mod:`hpcdock_service.gpu_broker`)."""
-
-    def acquire(self, task_id: int, count: int) -> Optional[list[int]]: ...
-
-    def restore(self, task_id: int, indices: list[int]) -> None: ...
-
-    def release(self, task_id: int) -> None: ...
-
-    def attachment(self, indices: list[int]) -> Any:
-        """How to attach these GPUs on this engine (raises AttachError when it cannot)."""
-
-
 class Scheduler:
     def __init__(
         self,
         store: Store,
         engine: Engine,
         *,
-        slots: int,
         state_dir: Path,
-        gpus: Optional[GpuBroker] = None,
         watch: Optional[EngineWatch] = None,
         limits: ContainerLimits = NO_LIMITS,
         log_cap: int = 64 * tasklog.MIB,
@@ -62,8 +48,6 @@ class Scheduler:
         self.store = store
         self.engine = engine
         self.watch = watch or EngineWatch(engine)
-        self.slots = max(1, slots)
-        self.gpus = gpus
         self.limits = limits  # a task's limits where its step does not set its own
         self.log_cap = log_cap
         self.pool = pool or Pool({})
@@ -104,6 +88,11 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def slots(self) -> int:
+        """How many tasks may run at once: the engine's to say, asked at every dispatch."""
+        return max(1, self.engine.slots)
 
     def running_count(self) -> int:
         with self._lock:
@@ -147,15 +136,14 @@ class Scheduler:
                 if short is not None:
                     waiting[key] = waiting_label(short)
                     break  # this step waits for the amount; lower-priority steps may still run
-                gpus: list[int] = []
+                grant: Optional[GpuGrant] = None
                 if step["gpus"]:
-                    acquired = self.gpus.acquire(task_id, step["gpus"]) if self.gpus is not None else None
-                    if acquired is None:
+                    grant = self.engine.gpus.acquire(task_id, step["gpus"])
+                    if grant is None:
                         self.pool.release(task_id)
                         waiting[key] = GPU_WAIT
                         break  # this step waits for GPUs; lower-priority CPU steps may still run
-                    gpus = acquired
-                self._launch(task_id, gpus)
+                self._launch(task_id, grant)
                 started += 1
         self._record_waiting(waiting)
         return started
@@ -171,7 +159,7 @@ class Scheduler:
             self.store.set_waiting(changes)
         self._waiting = {key: what for key, what in waiting.items() if what is not None}
 
-    def _launch(self, task_id: int, gpus: list[int]) -> None:
+    def _launch(self, task_id: int, grant: Optional[GpuGrant]) -> None:
         started = False
         try:
             task = self.store.task(task_id)
@@ -181,11 +169,13 @@ class Scheduler:
             # Marking the task running and registering its runner happen under the lock cancel takes,
             # so a cancel sees either a pending task or a runner it can stop, never a task in between.
             with self._launch_lock:
-                task = self.store.start_task(task_id, name, gpus, offset)
+                # The store keeps the GPU indices the engine placed (none where the engine's own
+                # scheduler places them at run time), for the restart that restores them.
+                task = self.store.start_task(task_id, name, list(grant.indices) if grant else [], offset)
                 if task["state"] != "running":  # canceled after it was chosen
                     return
                 task["log_offset"] = offset
-                self._run(task, gpus, adopt=None)
+                self._run(task, grant, adopt=None)
                 started = True
         finally:
             if not started:  # canceled, or the store was locked (StoreBusy): dispatch tries again
@@ -200,9 +190,8 @@ class Scheduler:
             vcpus=step.get("vcpus") or self.limits.vcpus,
         )
 
-    def _run(self, task: Row, gpus: list[int], adopt: Any) -> None:
+    def _run(self, task: Row, grant: Optional[GpuGrant], adopt: Optional[RunStatus]) -> None:
         step = self.store.steps(task["job_id"])[task["step_idx"]]
-        broker = self.gpus
         runner = TaskRunner(
             store=self.store,
             engine=self.engine,
@@ -212,7 +201,7 @@ class Scheduler:
             thumbnail_path=self.thumbnail_path,
             on_exit=self._on_exit,
             watch=self.watch,
-            gpu=(lambda: broker.attachment(gpus)) if (gpus and broker is not None) else None,
+            gpus=grant,
             adopt=adopt,
             limits=self.limits_for(step),
             log_cap=self.log_cap,
@@ -249,8 +238,7 @@ class Scheduler:
     def _release(self, task_id: int) -> None:
         """Give back what the task holds: its counted amounts and its GPUs (holding none is fine)."""
         self.pool.release(task_id)
-        if self.gpus is not None:
-            self.gpus.release(task_id)
+        self.engine.gpus.release(task_id)
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: int, wait: float = 30.0) -> Row:
@@ -264,7 +252,9 @@ class Scheduler:
                     runner.stop()
                     runners.append(runner)
                 elif task["container"]:
-                    self.engine.stop(task["container"])
+                    status = self.engine.find(task["container"])
+                    if status is not None:
+                        self.engine.stop(status.handle)
         if self.watch.up:  # while the engine is away, runners stop their containers once it is back
             for runner in runners:
                 runner.join(timeout=wait)
@@ -275,38 +265,33 @@ class Scheduler:
 
     # -- restart ------------------------------------------------------------------------
     def recover(self) -> None:
-        """Re-adopt containers that outlived the previous service process.
+        """Re-adopt runs that outlived the previous service process.
 
-        A task the store says is running is looked up by its container name: a live
-        container is followed again, an exited one has its exit code and log collected,
-        and a missing (never created) or never started one is put back to pending
-        without spending an attempt. Containers of this store that no task claims are
-        leftovers of a crash after the result was recorded, and are removed.
+        A task the store says is running is looked up by its run's name: a queued or running
+        run is followed again, an exited one has its exit code and log collected, and one
+        the engine does not have (never created, or never started) is put back to pending
+        without spending an attempt. Runs of this store that no task claims are leftovers
+        of a crash after the result was recorded, and are removed.
         """
         claimed = set()
         self.store.clear_waiting()
         for task in self.store.tasks_in_state("running"):
             status = self.engine.find(task["container"]) if task["container"] else None
-            if status is None or status.status == "created":
-                if status is not None:
-                    self.engine.remove(status.id)
+            if status is None:
                 self._truncate_log(task["id"], self.store.log_offset(task["id"]))
                 self.store.unstart_task(task["id"])
-                log.info("task %s: container never started; back to pending", task["id"])
+                log.info("task %s: its run never started; back to pending", task["id"])
                 continue
-            claimed.add(status.id)
-            if self.gpus is not None and task["gpus"]:
-                self.gpus.restore(task["id"], task["gpus"])
-            self.pool.restore(task["id"], self.store.steps(task["job_id"])[task["step_idx"]]["amounts"])
+            claimed.add(status.handle)
+            step = self.store.steps(task["job_id"])[task["step_idx"]]
+            grant = GpuGrant(step["gpus"], tuple(task["gpus"] or ())) if step["gpus"] else None
+            if grant is not None:
+                self.engine.gpus.restore(task["id"], grant)
+            self.pool.restore(task["id"], step["amounts"])
             task["log_offset"] = self.store.log_offset(task["id"])
-            log.info(
-                "task %s: re-adopting container %s (%s)",
-                task["id"],
-                status.name,
-                "running" if status.running else f"exited {status.exit_code}",
-            )
-            self._run(task, task["gpus"], adopt=status)
-        for status in self.engine.list_labeled({LABEL_STORE: self.store.store_id}):
-            if status.id not in claimed:
-                log.info("removing leftover container %s", status.name)
-                self.engine.remove(status.id)
+            log.info("task %s: re-adopting %s (%s)", task["id"], status.name, status.summary())
+            self._run(task, grant, adopt=status)
+        for status in self.engine.leftovers(self.store.store_id):
+            if status.handle not in claimed:
+                log.info("removing leftover run %s", status.name)
+                self.engine.remove(status.handle)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 from . import __version__
 from .bundle import load_bundle, prepare_output_dirs
 from .config import ServiceConfig
+from .engines import open_engine
 from .engines.base import ContainerLimits, Engine, EngineUnreachable
-from .engines.discovery import EmbeddedPodman, EngineWatch, connect
+from .engines.discovery import EngineWatch
 from .errors import BadInput
-from .gpu_broker import GpuBroker
 from .resources import Pool, capacity
 from .scheduler import Scheduler
 from .store import Row, Store, StoreBusy
@@ -84,7 +84,6 @@ class Service:
         self,
         config: ServiceConfig,
         engine: Optional[Engine] = None,
-        gpus: Optional[GpuBroker] = None,
         reset_store: bool = False,
     ) -> None:
         self.config = config
@@ -98,15 +97,9 @@ class Service:
         except BaseException:
             self.lock.release()
             raise
-        self.embedded: Optional[EmbeddedPodman] = None
         if engine is None:
             try:
-                engine, self.embedded = connect(
-                    config.engine_socket,
-                    self.state_dir,
-                    allow_rootful=config.allow_rootful,
-                    embedded=config.embedded_podman,
-                )
+                engine = open_engine(config, self.state_dir)
             except BaseException:
                 self.store.close()
                 self.lock.release()
@@ -114,15 +107,12 @@ class Service:
         self.engine = engine
         self.mount_policy = config.mount_policy(engine.describe().get("socket"))
         engine.mount_policy = self.mount_policy
-        self.gpus = gpus if gpus is not None else GpuBroker.detect(engine, config.gpus, config.gpu_cdi_kind)
-        self.watch = EngineWatch(engine, self.embedded)
+        self.watch = EngineWatch(engine)
         self.capacity = capacity(config.resources, config.packing_machine)
         self.scheduler = Scheduler(
             self.store,
             engine,
-            slots=config.slots,
             state_dir=self.state_dir,
-            gpus=self.gpus,
             watch=self.watch,
             limits=self.task_limits(),
             log_cap=config.log_cap_mib * MIB,
@@ -145,8 +135,6 @@ class Service:
         self.scheduler.stop()
         self.store.close()
         self.engine.close()
-        if self.embedded is not None:
-            self.embedded.stop()
         self.lock.release()
 
     def submit(
@@ -162,7 +150,7 @@ class Service:
                 mount_policy=self.mount_policy,
                 parameter_values=parameter_values,
                 image_exists=self.engine.image_exists,
-                gpu_check=self.gpus.check_request,
+                gpu_check=self.engine.gpus.check,
                 limits=self.config.limits,
                 capacity=self.capacity,
             )
@@ -204,7 +192,7 @@ class Service:
             lines += [f'hpcdock_{table}{{state="{s}"}} {n}' for s, n in sorted(by_state.items())]
         lines += [
             "# TYPE hpcdock_slots gauge",
-            f"hpcdock_slots {self.config.slots}",
+            f"hpcdock_slots {self.engine.slots}",
             "# TYPE hpcdock_running_tasks gauge",
             f"hpcdock_running_tasks {self.scheduler.running_count()}",
             "# TYPE hpcdock_engine_up gauge",
@@ -220,7 +208,8 @@ class Service:
         ``ok`` is false while the engine is unreachable or another process holds the store's
         write lock; tasks wait through both.
         """
-        engine = {**self.engine.describe(), **self.watch.to_json()}
+        described = self.engine.describe()
+        engine = {**described, **self.watch.to_json()}
         store = self.store.health().to_json()
         try:
             last_event_id: Optional[int] = self.store.last_event_id()
@@ -231,9 +220,9 @@ class Service:
             "version": __version__,
             "engine": engine,
             "store": store,
-            "embedded_engine": self.embedded is not None,
-            "gpus": self.gpus.to_json(),
-            "slots": self.config.slots,
+            "embedded_engine": bool(described.get("embedded")),
+            "gpus": self.engine.gpus.to_json(),
+            "slots": self.engine.slots,
             "running": self.scheduler.running_count(),
             "last_event_id": last_event_id,
         }

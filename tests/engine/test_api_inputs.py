@@ -29,6 +29,7 @@ class Api:
 
         self.root = root
         self.state_dir, self.engine_url = root / "state", engine_url  # what remove_leftovers reads
+        self.config_home = root / "config"  # none written: the defaults, as the config below
         config = ServiceConfig(
             state_dir=str(self.state_dir),
             token_file=str(root / "token"),

@@ -34,7 +34,7 @@ def test_twelve_frames_in_chunks_of_five_run_as_three_containers(
     text, _ = client.log(tasks[0]["id"])
     assert "::hpcdock::frame-done 1" in text
     store_id = service_store_id(service)  # containers are removed right after their result is recorded
-    wait_for(lambda: engine.list_labeled({"hpcdock.store": store_id}) == [], 30, what="containers removed")
+    wait_for(lambda: engine.leftovers(store_id) == [], 30, what="containers removed")
 
 
 def service_store_id(service: ServiceProcess) -> str:
@@ -73,7 +73,7 @@ def test_cancel_mid_run_leaves_no_container(service: ServiceProcess, tmp_path: P
     job = client.cancel(job["id"])
     assert job["state"] == "canceled"
     assert {t["state"] for t in client.tasks(job["id"])} == {"canceled"}
-    assert engine.list_labeled({"hpcdock.store": service_store_id(service)}) == []
+    assert engine.leftovers(service_store_id(service)) == []
     time.sleep(1)
     assert client.job(job["id"])["tasks_running"] == 0
 

@@ -3,8 +3,8 @@
 The spec tests/engine/cdi/hpcdock-test.yaml is installed by scripts/setup-system.sh as
 /etc/cdi/hpcdock-test.yaml: rootless Podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi.
 Its devices "0" and "1" stand in for two GPUs (a /dev/null bind named /dev/hpcdock-testN plus an
-environment variable), so the whole path — inventory, exclusive allocation, attach through the
-engine layer, verify, run — is exercised exactly as for NVIDIA's nvidia.com/gpu devices.
+environment variable), so the whole path — inventory, exclusive allocation, attach and verify
+inside the engine's create, run — is exercised exactly as for NVIDIA's nvidia.com/gpu devices.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hpcdock_service.engines.base import ContainerRequest
-from hpcdock_service.gpu import EngineCaps, Gpu, GpuAllocator, detect_gpus, plan_attachment, verify_attachment
+from hpcdock_service.engines.base import ContainerRequest, EngineError, GpuGrant
+from hpcdock_service.gpu import EngineCaps, Gpu, detect_gpus
+from hpcdock_service.gpu_broker import GpuBroker
 
 from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, wait_job
 
@@ -35,11 +36,16 @@ def inventory():
     return inv
 
 
-def _caps(engine) -> EngineCaps:
-    return EngineCaps.from_engine(engine.client.version(), engine.client.info(), libpod_create=True)
+@pytest.fixture
+def placed(engine, inventory, monkeypatch: pytest.MonkeyPatch) -> GpuBroker:
+    """The engine's GPU placement over the two test devices (the session's engine is put back after)."""
+    caps = EngineCaps.from_engine(engine.client.version(), engine.client.info(), libpod_create=True)
+    broker = GpuBroker(inventory, caps, cdi_kind=KIND)
+    monkeypatch.setattr(engine, "gpus", broker)
+    return broker
 
 
-def _request(name: str, command: list[str], att) -> ContainerRequest:
+def _request(name: str, command: list[str], grant: GpuGrant) -> ContainerRequest:
     return ContainerRequest(
         name=name,
         image=TEST_IMAGE,
@@ -49,16 +55,15 @@ def _request(name: str, command: list[str], att) -> ContainerRequest:
         mounts=[],
         network=False,
         labels={"hpcdock.test": "gpu-cdi"},
-        gpu=att,
+        gpus=grant,
     )
 
 
-def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine, inventory) -> None:
-    alloc = GpuAllocator(inventory.gpus)
-    alloc.try_acquire("other", 1)  # GPU 0 busy: the task must get exactly GPU 1
-    gpus = alloc.try_acquire("t1", 1)
-    assert [g.index for g in gpus] == [1]
-    att = plan_attachment(gpus, _caps(engine), inventory, cdi_kind=KIND)
+def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine, placed) -> None:
+    placed.acquire(100, 1)  # GPU 0 busy: the task must get exactly GPU 1
+    grant = placed.acquire(1, 1)
+    assert grant == GpuGrant(1, (1,))
+    att = placed.attachment(grant)
     assert att.mechanism == "cdi" and att.cdi_names == [KIND + "=1"]
     cid = engine.create(
         _request(
@@ -69,11 +74,10 @@ def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine,
                 "test -c /dev/hpcdock-test1 && ! test -e /dev/hpcdock-test0 && "
                 "echo GPU=$HPCDOCK_TEST_GPU CUDA=$CUDA_VISIBLE_DEVICES",
             ],
-            att,
+            grant,
         )
-    )
+    )  # attached and verified inside create
     try:
-        assert verify_attachment(att, engine.inspect(cid)) is None
         engine.start(cid)
         assert engine.wait(cid, timeout=60) == 0
         assert b"".join(engine.logs(cid, follow=False)).decode().strip() == "GPU=1 CUDA=0"
@@ -81,19 +85,21 @@ def test_cdi_device_and_env_reach_the_container_through_the_engine_layer(engine,
         engine.remove(cid)
 
 
-def test_verify_catches_a_request_the_engine_dropped(engine, inventory) -> None:
+def test_create_refuses_a_container_whose_gpu_the_engine_dropped(engine, placed) -> None:
     """A CDI DeviceRequest through Podman's Docker-compatible API: Podman before 5.4 accepts and drops it."""
-    caps = _caps(engine)
-    if caps.name != "podman" or caps.cdi_compat:
+    real = placed.caps
+    assert real is not None
+    if real.name != "podman" or real.cdi_compat:
         pytest.skip("only Podman before 5.4 drops CDI DeviceRequests")
-    att = plan_attachment([inventory.gpus[0]], EngineCaps("podman", (5, 4)), inventory, cdi_kind=KIND)
-    att.engine_version = caps.version_text  # planned as if for 5.4, sent to the real 4.x
-    cid = engine.create(_request("hpcdock-gpu-test-dropped", ["true"], att))
-    try:
-        problem = verify_attachment(att, engine.inspect(cid))
-        assert problem and "dropped the CDI request" in problem and KIND + "=0" in problem
-    finally:
-        engine.remove(cid)
+    placed.caps = EngineCaps("podman", (5, 4))  # planned as if for 5.4, sent to the real 4.x
+    name = "hpcdock-gpu-test-dropped"
+    with pytest.raises(EngineError) as err:
+        engine.create(_request(name, ["true"], placed.acquire(1, 1)))
+    problem = str(err.value)
+    assert "GPU not attached" in problem and "dropped the CDI request" in problem and KIND + "=0" in problem
+    assert name not in [
+        n.lstrip("/") for c in engine.client.api.containers(all=True) for n in c.get("Names") or []
+    ]
 
 
 def test_gpu_job_gets_exclusive_gpus_and_oversized_request_is_refused(

@@ -181,9 +181,17 @@ def test_a_symlink_swapped_in_after_the_check_is_caught_before_the_task_starts(
         with pytest.raises(MountRefused) as err:
             engine.create(request)
         assert str(out) in str(err.value) and f"bound {outside}" in str(err.value), err.value
-        assert engine.find(name) is None  # removed before it ever started
+        assert _named(engine, name) == []  # removed before it ever started
         _only_the_marker(outside)
     finally:
-        left = engine.find(name)
-        if left is not None:
-            engine.remove(left.id)
+        for left in _named(engine, name):
+            engine.remove(left["Id"])
+
+
+def _named(engine, name: str) -> list[dict]:
+    """The engine's containers of that name, started or not (``find`` removes a never-started one)."""
+    return [
+        c
+        for c in engine.client.api.containers(all=True)
+        if name in [n.lstrip("/") for n in c.get("Names") or []]
+    ]

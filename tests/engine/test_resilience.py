@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,15 +17,19 @@ from pathlib import Path
 
 import pytest
 from hpcdock.client import ServiceError
+from hpcdock_service.engines.base import RunState
 
-from tests.helpers import ServiceProcess, make_bundle, remove_leftovers, socket_answers, wait_for, wait_job
+from tests.helpers import (
+    ServiceProcess,
+    make_bundle,
+    remove_leftovers,
+    socket_answers,
+    store_id_of,
+    wait_for,
+    wait_job,
+)
 
 LOCK_SECONDS = 12  # long against tasks of a few seconds: several finish while it is held
-
-
-def _store_id(svc: ServiceProcess) -> str:
-    with sqlite3.connect(svc.state_dir / "hpcdock.db") as db:
-        return db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0]
 
 
 def _containers(engine_url: str, svc: ServiceProcess) -> list[str]:
@@ -35,7 +38,7 @@ def _containers(engine_url: str, svc: ServiceProcess) -> list[str]:
 
     eng = LocalEngine(engine_url)
     try:
-        return [c.name for c in eng.list_labeled({"hpcdock.store": _store_id(svc)})]
+        return [c.name for c in eng.leftovers(store_id_of(svc))]
     finally:
         eng.close()
 
@@ -71,7 +74,7 @@ def test_store_locked_by_another_process_delays_results_but_loses_none(
     service: ServiceProcess, tmp_path: Path, engine
 ) -> None:
     client = service.client()
-    store_id = _store_id(service)
+    store_id = store_id_of(service)
     bundle = make_bundle(tmp_path / "locked", frames="1-4", chunk=1, env={"FRAME_SLEEP": "3"})
     job = client.submit(str(bundle))
     wait_for(_rendering(client, job["id"], 2), 60, what="two tasks rendering")
@@ -102,7 +105,7 @@ def test_store_locked_by_another_process_delays_results_but_loses_none(
             states.add(health["store"]["state"])
             tasks = client.tasks(job["id"])  # reads answer too
             assert not [t for t in tasks if t["state"] == "failed"], tasks
-            kept |= {c.name for c in engine.list_labeled({"hpcdock.store": store_id}) if not c.running}
+            kept |= {c.name for c in engine.leftovers(store_id) if c.state is not RunState.RUNNING}
             time.sleep(0.5)
         assert locker.returncode == 0
     finally:
@@ -116,7 +119,7 @@ def test_store_locked_by_another_process_delays_results_but_loses_none(
     job = wait_job(client, job["id"], timeout=120)
     _assert_each_frame_once(client, job)
     assert client.health()["store"]["state"] == "ok"
-    wait_for(lambda: not engine.list_labeled({"hpcdock.store": store_id}), 30, what="containers removed")
+    wait_for(lambda: not engine.leftovers(store_id), 30, what="containers removed")
 
 
 def test_corrupted_store_is_refused_clearly_and_can_be_set_aside(tmp_path: Path, engine_url: str) -> None:

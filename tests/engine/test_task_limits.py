@@ -15,13 +15,13 @@ from typing import Any, Optional
 import pytest
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest
 
-from tests.engine.test_core_jobs import service_store_id
 from tests.helpers import (
     TEST_IMAGE,
     ServiceProcess,
     check_report,
     make_bundle,
     remove_leftovers,
+    store_id_of,
     wait_for,
     wait_job,
 )
@@ -54,8 +54,8 @@ def limited(tmp_path: Path, engine_url: str):
 
 def finished_without_container(svc: ServiceProcess, engine, job_id: int) -> dict:
     wait_job(svc.client(), job_id, timeout=120)
-    store_id = service_store_id(svc)
-    wait_for(lambda: engine.list_labeled({"hpcdock.store": store_id}) == [], 30, what="the container removed")
+    store_id = store_id_of(svc)
+    wait_for(lambda: engine.leftovers(store_id) == [], 30, what="the container removed")
     (task,) = svc.client().tasks(job_id)
     return task
 

@@ -34,12 +34,14 @@ def test_rootful_engine_is_refused_unless_allowed(monkeypatch, tmp_path: Path) -
     sock = tmp_path / "docker.sock"
     sock.touch()
     made: list[FakeEngine] = []
-    monkeypatch.setattr(discovery, "LocalEngine", lambda url: made.append(FakeEngine(url, False)) or made[-1])
+    monkeypatch.setattr(
+        discovery, "LocalEngine", lambda url, **options: made.append(FakeEngine(url, False)) or made[-1]
+    )
     with pytest.raises(EngineError, match="runs as root.*allow_rootful"):
         discovery.connect(f"unix://{sock}", tmp_path, allow_rootful=False, embedded=False)
     assert made[-1].closed
-    engine, embedded = discovery.connect(f"unix://{sock}", tmp_path, allow_rootful=True, embedded=False)
-    assert engine.base_url == f"unix://{sock}" and embedded is None
+    engine = discovery.connect(f"unix://{sock}", tmp_path, allow_rootful=True, embedded=False)
+    assert engine.base_url == f"unix://{sock}" and not engine.closed
 
 
 def test_no_engine_and_no_embedding_says_what_was_tried(monkeypatch, tmp_path: Path) -> None:

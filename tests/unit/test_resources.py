@@ -41,7 +41,8 @@ def make(
     sizes = capacity(resources, MACHINE)
     store = Store(tmp_path / "state" / "db.sqlite")
     kw = {"licence": licence} if licence else {}
-    sched = Scheduler(store, engine, slots=slots, state_dir=tmp_path / "state", pool=Pool(sizes), **kw)
+    engine.slots = slots
+    sched = Scheduler(store, engine, state_dir=tmp_path / "state", pool=Pool(sizes), **kw)
     return store, sched, sizes
 
 

@@ -1,6 +1,7 @@
 """Scheduling rules with a fake engine: slots, priority, step dependencies, retries, GPUs, recovery.
 
-The fake engine is only for these rules; that containers really run is proven by tests/engine.
+The fake engine implements the engine protocol (:class:`hpcdock_service.engines.base.Engine`)
+and is only for these rules; that containers really run is proven by tests/engine.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +18,15 @@ import yaml
 from hpcdock.protocol import JOB_FINAL
 from hpcdock_service import tasklog
 from hpcdock_service.bundle import load_bundle
-from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, ContainerStatus, EngineUnreachable
+from hpcdock_service.engines.base import (
+    ContainerLimits,
+    ContainerRequest,
+    EngineError,
+    EngineUnreachable,
+    GpuGrant,
+    RunState,
+    RunStatus,
+)
 from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.store import Store, StoreBusy
@@ -42,12 +52,58 @@ class FakeStream:
         self._closed.set()
 
 
+class FakeGpus:
+    """GPU placement by index, as the local engine's; ``indexed=False`` places them as a cluster
+    engine does, granting a count and leaving the choice to its scheduler."""
+
+    def __init__(self, count: int, indexed: bool = True) -> None:
+        self.total = count
+        self.indexed = indexed
+        self.free = list(range(count))
+        self.held: dict[int, list[int]] = {}
+
+    def check(self, count: int) -> Optional[str]:
+        return None if count <= self.total else f"amount.worker.gpu: {count} GPUs, {self.total} here"
+
+    def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
+        if len(self.free) < count:
+            return None
+        self.held[task_id], self.free = self.free[:count], self.free[count:]
+        return GpuGrant(count, tuple(self.held[task_id]) if self.indexed else ())
+
+    def restore(self, task_id: int, grant: GpuGrant) -> None:
+        indices = list(grant.indices) if self.indexed else self.free[: grant.count]
+        self.free = [i for i in self.free if i not in indices]
+        self.held[task_id] = indices
+
+    def release(self, task_id: int) -> None:
+        self.free += self.held.pop(task_id, [])
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {"index": i, "task": next((t for t, h in self.held.items() if i in h), None)}
+            for i in range(self.total)
+        ]
+
+    def inventory_json(self) -> dict[str, Any]:
+        return {"gpus": list(range(self.total))}
+
+
 class FakeEngine:
     """Containers that 'run' until released; exit code chosen by the test per command."""
 
-    def __init__(self, exit_codes: Optional[dict[str, int]] = None, hold: bool = False) -> None:
+    def __init__(
+        self,
+        exit_codes: Optional[dict[str, int]] = None,
+        hold: bool = False,
+        slots: int = 2,
+        gpus: Optional[FakeGpus] = None,
+    ) -> None:
         self.exit_codes = exit_codes or {}
         self.hold = hold
+        self.slots = slots
+        self.gpus = gpus or FakeGpus(0)
+        self.mount_policy = MountPolicy.build([])
         self.lock = threading.Lock()
         self.containers: dict[str, dict[str, Any]] = {}
         self.running: set[str] = set()
@@ -56,9 +112,12 @@ class FakeEngine:
         self.release = threading.Event()
         self.removed: list[dict[str, Any]] = []
 
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "fake"}
+
     def create(self, request: ContainerRequest) -> str:
         with self.lock:
-            self.containers[request.name] = {"request": request, "status": "created"}
+            self.containers[request.name] = {"request": request, "status": "created", "code": None}
         return request.name
 
     def start(self, cid: str) -> None:
@@ -79,11 +138,12 @@ class FakeEngine:
         yield f"ran {' '.join(self.containers[cid]['request'].command)}\n".encode()
 
     def wait(self, cid: str, timeout: Optional[float] = None) -> int:
+        command = " ".join(self.containers[cid]["request"].command)
+        code = next((code for key, code in self.exit_codes.items() if key in command), 0)
         with self.lock:
             self.running.discard(cid)
-            self.containers[cid]["status"] = "exited"
-        command = " ".join(self.containers[cid]["request"].command)
-        return next((code for key, code in self.exit_codes.items() if key in command), 0)
+            self.containers[cid].update(status="exited", code=code)
+        return code
 
     def stop(self, cid: str, grace: float = 0) -> None:
         self.release.set()
@@ -93,24 +153,32 @@ class FakeEngine:
             if cid in self.containers:
                 self.removed.append(self.containers.pop(cid))
 
-    def inspect(self, cid: str) -> dict[str, Any]:
-        return {}
-
-    def find(self, name: str) -> Optional[ContainerStatus]:
-        c = self.containers.get(name)
+    def status(self, cid: str) -> RunStatus:
+        c = self.containers.get(cid)
         if c is None:
-            return None
-        return ContainerStatus(
-            name, name, c["status"], c["status"] == "running", None if c["status"] == "running" else 0, {}
+            raise EngineError(f"container {cid} is gone")
+        state = {"created": RunState.QUEUED, "queued": RunState.QUEUED, "running": RunState.RUNNING}.get(
+            c["status"], RunState.EXITED
         )
+        return RunStatus(cid, cid, state, exit_code=c["code"])
 
-    def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]:
-        return [s for s in (self.find(n) for n in list(self.containers)) if s]
+    def find(self, name: str) -> Optional[RunStatus]:
+        c = self.containers.get(name)
+        if c is not None and c["status"] == "created":  # never started: as the protocol says, removed
+            self.remove(name)
+            return None
+        return None if c is None else self.status(name)
+
+    def leftovers(self, store_id: str) -> list[RunStatus]:
+        return [self.status(n) for n in list(self.containers)]
 
     def image_exists(self, image: str) -> bool:
         return True
 
     def ping(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -154,32 +222,14 @@ def step(name: str, command: str, chunk: int = 1, deps: Optional[list[str]] = No
     return s
 
 
-class FakeGpus:
-    def __init__(self, count: int) -> None:
-        self.free = list(range(count))
-        self.held: dict[int, list[int]] = {}
-
-    def acquire(self, task_id: int, count: int) -> Optional[list[int]]:
-        if len(self.free) < count:
-            return None
-        self.held[task_id], self.free = self.free[:count], self.free[count:]
-        return self.held[task_id]
-
-    def restore(self, task_id: int, indices: list[int]) -> None:
-        self.held[task_id] = indices
-
-    def release(self, task_id: int) -> None:
-        self.free += self.held.pop(task_id, [])
-
-    def attachment(self, indices: list[int]) -> Any:
-        return None
-
-
 @pytest.fixture
 def env(tmp_path: Path):
-    def make(engine: FakeEngine, slots: int = 2, gpus: Any = None):
+    def make(engine: FakeEngine, slots: int = 2, gpus: Optional[FakeGpus] = None):
+        engine.slots = slots
+        if gpus is not None:
+            engine.gpus = gpus
         store = Store(tmp_path / "state" / "db.sqlite")
-        sched = Scheduler(store, engine, slots=slots, state_dir=tmp_path / "state", gpus=gpus)
+        sched = Scheduler(store, engine, state_dir=tmp_path / "state")
         return store, sched
 
     return make
@@ -312,6 +362,91 @@ def test_recover_puts_never_created_tasks_back_without_spending_an_attempt(env, 
     assert store.job(job["id"])["state"] == "succeeded"
 
 
+def left_running(engine: FakeEngine, store: Store, task: dict, status: str, command: str = "adopted") -> str:
+    """What a killed service leaves: the task marked running, and its run in ``status`` on the engine."""
+    name = f"hpcdock-{store.store_id}-t{task['id']}-a1"
+    store.start_task(task["id"], name, [], 0)
+    request = ContainerRequest(name, "img", [command], {}, "/", [], False, {})
+    engine.containers[name] = {"request": request, "status": status, "code": None}
+    return name
+
+
+def one_task_job(store: Store, sched: Scheduler, tmp_path: Path) -> tuple[dict, dict]:
+    job = submit(store, sched, write_bundle(tmp_path / "r", [step("r", "x")], frames="1"))
+    (task,) = store.tasks(job["id"])
+    return job, task
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_recover_readopts_a_queued_or_running_run_without_starting_another(
+    env, tmp_path: Path, status: str
+) -> None:
+    engine = FakeEngine()
+    store, sched = env(engine, slots=1)
+    job, task = one_task_job(store, sched, tmp_path)
+    name = left_running(engine, store, task, status)
+    run_until_done(store, sched, [job["id"]])
+    assert store.job(job["id"])["state"] == "succeeded"
+    assert store.task(task["id"])["attempt"] == 1 and store.task(task["id"])["container"] == name
+    assert engine.started_order == []  # followed where it was, not run again
+    assert [c["request"].name for c in engine.removed] == [name]  # removed once its result was recorded
+
+
+def test_recover_collects_an_exited_run_s_result(env, tmp_path: Path) -> None:
+    engine = FakeEngine(exit_codes={"adopted": 3})  # the run that ended while no service watched failed
+    store, sched = env(engine, slots=1)
+    job, task = one_task_job(store, sched, tmp_path)
+    name = left_running(engine, store, task, "exited")
+    run_until_done(store, sched, [job["id"]])
+    done = store.task(task["id"])
+    assert done["state"] == "succeeded" and done["attempt"] == 2  # the collected failure spent attempt 1
+    assert engine.started_order == [name.replace("-a1", "-a2")]  # only the retry was started
+
+
+def test_recover_reruns_a_never_started_run_without_spending_an_attempt(env, tmp_path: Path) -> None:
+    engine = FakeEngine()
+    store, sched = env(engine, slots=1)
+    job, task = one_task_job(store, sched, tmp_path)
+    name = left_running(engine, store, task, "created")
+    run_until_done(store, sched, [job["id"]])
+    assert store.job(job["id"])["state"] == "succeeded" and store.task(task["id"])["attempt"] == 1
+    assert [c["status"] for c in engine.removed] == ["created", "exited"]  # the unstarted one went first
+    assert engine.started_order == [name]  # then the same attempt ran, once
+
+
+def test_recover_removes_runs_no_task_claims_and_keeps_the_claimed(env, tmp_path: Path) -> None:
+    engine = FakeEngine(hold=True)
+    store, sched = env(engine, slots=1)
+    job, task = one_task_job(store, sched, tmp_path)
+    claimed = left_running(engine, store, task, "running")
+    stray = ContainerRequest("hpcdock-stray", "img", ["stray"], {}, "/", [], False, {})
+    engine.containers["hpcdock-stray"] = {"request": stray, "status": "exited", "code": 0}
+    sched.recover()
+    try:
+        assert [c["request"].name for c in engine.removed] == ["hpcdock-stray"]
+        assert list(engine.containers) == [claimed]
+    finally:
+        engine.release.set()
+        sched.stop()
+        for runner in list(sched._running.values()):
+            runner.join(5)
+
+
+def test_a_grant_without_indices_is_passed_to_the_engine_and_restored_by_count(env, tmp_path: Path) -> None:
+    """A cluster engine places GPUs itself: the store keeps no indices, the engine gets the count."""
+    engine = FakeEngine()
+    gpus = FakeGpus(1, indexed=False)
+    store, sched = env(engine, slots=2, gpus=gpus)
+    job = submit(store, sched, write_bundle(tmp_path / "g", [step("r", "gpu", gpus=1)], frames="1-2"))
+    first = store.tasks(job["id"])[0]
+    left_running(engine, store, first, "running")
+    run_until_done(store, sched, [job["id"]])
+    assert store.job(job["id"])["state"] == "succeeded" and gpus.free == [0]
+    created = [c["request"] for c in engine.removed if c["request"].name in engine.started_order]
+    assert [r.gpus for r in created] == [GpuGrant(1, ())]
+    assert all(t["gpus"] == [] for t in store.tasks(job["id"]))
+
+
 class FlakyEngine(FakeEngine):
     """Unreachable while ``down`` is set, the way LocalEngine reports a missing socket.
 
@@ -410,7 +545,7 @@ def test_containers_get_the_steps_limits_or_the_service_defaults(tmp_path: Path)
     engine = FakeEngine()
     store = Store(tmp_path / "state" / "db.sqlite")
     defaults = ContainerLimits(pids=256, memory=512 * 1024 * 1024, vcpus=None)
-    sched = Scheduler(store, engine, slots=2, state_dir=tmp_path / "state", limits=defaults)
+    sched = Scheduler(store, engine, state_dir=tmp_path / "state", limits=defaults)
     sized = step("big", "render")
     sized["hostRequirements"] = {
         "amounts": [
@@ -446,9 +581,9 @@ class EarlyEndEngine(FakeEngine):
 
 
 def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path) -> None:
-    engine = EarlyEndEngine()
+    engine = EarlyEndEngine(slots=1)
     store = Store(tmp_path / "state" / "db.sqlite")
-    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state")
+    sched = Scheduler(store, engine, state_dir=tmp_path / "state")
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "render", chunk=2)], frames="1-2"))
     run_until_done(store, sched, [job["id"]])
     (task,) = store.tasks(job["id"])
@@ -457,15 +592,15 @@ def test_what_an_early_ended_log_stream_missed_is_read_again_once(tmp_path: Path
 
 
 class OomEngine(FakeEngine):
-    def inspect(self, cid: str) -> dict[str, Any]:
-        return {"State": {"OOMKilled": True, "ExitCode": 137}}
+    def status(self, cid: str) -> RunStatus:
+        return replace(super().status(cid), oom_killed=True)
 
 
 def test_an_oom_killed_task_says_so_with_its_limit(tmp_path: Path) -> None:
-    engine = OomEngine(exit_codes={"hog": 137})
+    engine = OomEngine(exit_codes={"hog": 137}, slots=1)
     store = Store(tmp_path / "state" / "db.sqlite")
     sched = Scheduler(
-        store, engine, slots=1, state_dir=tmp_path / "state", limits=ContainerLimits(memory=512 * 1024 * 1024)
+        store, engine, state_dir=tmp_path / "state", limits=ContainerLimits(memory=512 * 1024 * 1024)
     )
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "hog")], frames="1", max_attempts=1))
     run_until_done(store, sched, [job["id"]])
@@ -487,9 +622,9 @@ class FloodEngine(FakeEngine):
 
 def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: Path) -> None:
     cap = 64 * 1024
-    engine = FloodEngine()
+    engine = FloodEngine(slots=1)
     store = Store(tmp_path / "state" / "db.sqlite")
-    sched = Scheduler(store, engine, slots=1, state_dir=tmp_path / "state", log_cap=cap)
+    sched = Scheduler(store, engine, state_dir=tmp_path / "state", log_cap=cap)
     job = submit(store, sched, write_bundle(tmp_path / "a", [step("r", "flood")], frames="1"))
     (task,) = store.tasks(job["id"])
     path = sched.log_path(task["id"])
@@ -498,7 +633,7 @@ def test_a_readopted_container_rewrites_its_capped_log_from_its_start(tmp_path: 
     store.start_task(task["id"], "hpcdock-flood-t1-a1", [], offset)
     with tasklog.AttemptLog(path, cap) as out:  # the service that died had already cut this attempt
         out.write(FloodEngine.LOG[:200_000])
-    engine.containers["hpcdock-flood-t1-a1"] = {"request": None, "status": "running"}
+    engine.containers["hpcdock-flood-t1-a1"] = {"request": None, "status": "running", "code": None}
     engine.wait = lambda cid, timeout=None: 0  # type: ignore[method-assign]
     run_until_done(store, sched, [job["id"]])
 

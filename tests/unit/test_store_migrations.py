@@ -126,7 +126,7 @@ def test_an_earlier_store_upgrades_in_place_keeping_every_row(tmp_path: Path, sh
 def test_the_service_runs_on_an_upgraded_store(tmp_path: Path, shape: str) -> None:
     old_store(tmp_path / "state" / "db.sqlite", shape)
     store = Store(tmp_path / "state" / "db.sqlite")
-    sched = Scheduler(store, FakeEngine(), slots=2, state_dir=tmp_path / "state")
+    sched = Scheduler(store, FakeEngine(slots=2), state_dir=tmp_path / "state")
     try:
         run_until_done(store, sched, [2])  # the old queued job runs
         assert [t["state"] for t in store.tasks(2)] == ["succeeded", "succeeded"]

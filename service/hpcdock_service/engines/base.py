@@ -84,19 +84,6 @@ class ContainerRequest:
     labels: dict[str, str]
     gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
-    gpu: Optional[Any] = None  # the local engine's GPU Attachment, until it plans attachments itself
-
-
-@dataclass
-class ContainerStatus:
-    """The local engine's view of a container (until the scheduler reads :class:`RunStatus`)."""
-
-    id: str
-    name: str
-    status: str  # the engine's word: created, running, exited, ...
-    running: bool
-    exit_code: Optional[int]
-    labels: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -113,6 +100,12 @@ class RunStatus:
     exit_code: Optional[int] = None
     oom_killed: bool = False  # the engine killed it for exceeding its memory limit
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Its state as a log line says it: queued, running, or exited with its code."""
+        if self.state is RunState.EXITED:
+            return f"exited {self.exit_code}"
+        return self.state.value
 
 
 class EngineError(Exception):
@@ -171,10 +164,17 @@ class Engine(Protocol):
     gpus: GpuPlacement
 
     def describe(self) -> dict[str, Any]:
-        """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows."""
+        """Name, version, socket, rootless, limit enforcement: what ``/v1/health`` shows.
+
+        The one engine-specific dict of the seam: besides ``/v1/health``, only the mount policy
+        reads it (the ``socket`` no container may mount)."""
 
     def ping(self) -> None:
-        """Return when the engine answers; raise EngineUnreachable when it does not."""
+        """Return when the engine answers; raise EngineUnreachable when it does not.
+
+        The service pings every few seconds, and twice a second while the engine is away: an
+        engine that can bring itself back (the local engine's embedded Podman service) does so
+        here, so the watch that pings needs to know nothing about how."""
 
     def image_exists(self, image: str) -> bool: ...
 

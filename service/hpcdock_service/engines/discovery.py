@@ -3,8 +3,9 @@
 Order: the configured socket, ``DOCKER_HOST``, the usual rootless sockets
 (``$XDG_RUNTIME_DIR/podman/podman.sock``, ``$XDG_RUNTIME_DIR/docker.sock``), and
 finally, when ``podman`` is installed, a ``podman system service`` the service starts
-itself as the user (the embedded default) and stops on exit. :class:`EngineWatch` notices
-when the engine stops answering and, for the embedded one, starts it again.
+itself as the user (the embedded default), which the engine owns: it stops it when closed
+and starts it again when it dies. :class:`EngineWatch` notices when any engine stops
+answering, and when it answers again.
 """
 
 from __future__ import annotations
@@ -85,9 +86,15 @@ class EmbeddedPodman:
 
 
 def connect(
-    configured: Optional[str], state_dir: Path, allow_rootful: bool = False, embedded: bool = True
-) -> tuple[LocalEngine, Optional[EmbeddedPodman]]:
-    """Return a connected engine (and the embedded podman if we started one)."""
+    configured: Optional[str],
+    state_dir: Path,
+    allow_rootful: bool = False,
+    embedded: bool = True,
+    **options: Any,
+) -> LocalEngine:
+    """Return a connected engine, owning the embedded podman if one had to be started.
+
+    ``options`` are :class:`LocalEngine`'s own (its slots and GPUs)."""
     tried = []
     own_socket = state_dir / "podman" / "podman.sock"
     for url in candidate_sockets(configured) + [f"unix://{own_socket}"]:
@@ -96,26 +103,26 @@ def connect(
             tried.append(f"{url} (absent)")
             continue
         try:
-            engine = LocalEngine(url)
+            engine = LocalEngine(url, **options)
         except EngineError as exc:
             if url == configured:
                 raise
             tried.append(f"{url} ({exc})")
             continue
         _check_rootless(engine, allow_rootful)
-        return engine, None
+        return engine
     if not embedded:
         raise EngineError("no container engine found; tried " + "; ".join(tried))
     pod = EmbeddedPodman(own_socket)
     pod.start()
     log.info("started embedded podman service at %s", pod.url)
     try:
-        engine = LocalEngine(pod.url)
+        engine = LocalEngine(pod.url, embedded=pod, **options)
         _check_rootless(engine, allow_rootful)
     except Exception:
         pod.stop()
         raise
-    return engine, pod
+    return engine
 
 
 def _check_rootless(engine: LocalEngine, allow_rootful: bool) -> None:
@@ -128,22 +135,19 @@ def _check_rootless(engine: LocalEngine, allow_rootful: bool) -> None:
 
 
 class EngineWatch:
-    """Whether the engine answers, and getting it back when it does not.
+    """Whether the engine answers.
 
     A runner that loses the engine mid-task reports it here and waits (its container runs on
     under conmon); one thread pings the engine, every few seconds while it answers (so a loss
-    nobody reported shows in ``/v1/health`` too) and twice a second while it does not, and
-    when the engine is the embedded Podman service whose process died, starts it again on the
-    same socket. The SDK's connections reconnect by themselves once the socket answers.
+    nobody reported shows in ``/v1/health`` too) and twice a second while it does not. An
+    engine that can bring itself back does so when pinged (see :meth:`.base.Engine.ping`).
     """
 
     UP_INTERVAL = 5.0
     DOWN_INTERVAL = 0.5
 
-    def __init__(self, engine: Engine, embedded: Optional[EmbeddedPodman] = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.embedded = embedded
-        self.restarts = 0  # times the embedded Podman service was started again
         self._up = threading.Event()
         self._up.set()
         self._down_since: Optional[float] = None
@@ -175,12 +179,11 @@ class EngineWatch:
 
     def to_json(self) -> dict[str, Any]:
         if self.up:
-            return {"state": "up", "restarts": self.restarts}
+            return {"state": "up"}
         return {
             "state": "down",
             "down_for": round(time.time() - (self._down_since or time.time()), 1),
             "error": self._error,
-            "restarts": self.restarts,
         }
 
     def _mark_down(self, exc: Exception) -> None:
@@ -200,7 +203,6 @@ class EngineWatch:
                 self.engine.ping()
             except EngineUnreachable as exc:
                 self._mark_down(exc)
-                self._restart_embedded()
                 continue
             except Exception:  # a bug must not end the watch: waiting tasks depend on it
                 log.exception("pinging the engine failed")
@@ -211,18 +213,3 @@ class EngineWatch:
                 )
                 self._error = None
                 self._up.set()
-
-    def _restart_embedded(self) -> None:
-        if self.embedded is None or self.embedded.alive():
-            return  # not ours to start, or still starting up / hung: keep pinging
-        log.warning(
-            "the embedded podman service exited (%s); starting it again",
-            self.embedded.proc.returncode if self.embedded.proc else "?",
-        )
-        try:
-            self.embedded.start()
-        except EngineError as exc:
-            self._error = str(exc)
-            log.warning("%s", exc)
-            return
-        self.restarts += 1

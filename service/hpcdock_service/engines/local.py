@@ -24,13 +24,21 @@ engine sees it, then the engine's bind is proven:
   exited when its mounts are looked at is judged by the walks alone.
 
 A refused mount raises :class:`MountRefused`, which fails the task naming the path.
+
+GPUs are this engine's too: it places them on this machine's GPUs (:mod:`..gpu_broker`),
+attaches them by the engine's own mechanism and verifies from the container's inspect, before
+any of the task's code runs, that the engine did not drop them.
+
+The engine's words for a container's state stay here: the scheduler and the runner read
+:class:`RunStatus` (created but never started is no run at all: :meth:`LocalEngine.find`
+removes such a container and answers None).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import docker
 import requests
@@ -40,21 +48,32 @@ from docker.types import Ulimit
 
 from .. import mounts
 from ..bundle import Mount
+from ..gpu.attach import AttachError, Attachment, EngineCaps, verify_attachment
+from ..gpu.inventory import NVIDIA_CDI_KIND
+from ..gpu_broker import GpuBroker
 from .base import (
+    LABEL_STORE,
     ContainerLimits,
     ContainerRequest,
-    ContainerStatus,
     EngineError,
     EngineUnreachable,
+    GpuGrant,
     LimitEnforcement,
     MountRefused,
+    RunState,
+    RunStatus,
 )
+
+if TYPE_CHECKING:
+    from .discovery import EmbeddedPodman
 
 log = logging.getLogger(__name__)
 
 WAIT_INTERVAL = "20ms"  # how often Podman looks whether a waited-for container has exited
 PING_TIMEOUT = 10.0  # seconds an engine may take to answer a ping before it counts as down
 EXIT_GRACE = 10.0  # seconds a Docker container whose mounts cannot be read gets to show it has exited
+# Podman's and Docker's words for a container that was made but never started.
+NEVER_STARTED = frozenset({"created", "configured", "initialized"})
 
 
 class _APIClient(docker.APIClient):
@@ -81,8 +100,27 @@ class _APIClient(docker.APIClient):
 
 
 class LocalEngine:
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+    """One rootless Podman or Docker on this machine: ``slots`` tasks at once, this machine's GPUs.
+
+    ``declared_gpus`` and ``cdi_kind`` are the config's ``gpus`` and ``gpu_cdi_kind``;
+    ``embedded`` is the Podman service hpcdock started itself (:mod:`.discovery`), which this
+    engine starts again when it dies and stops when it is closed.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        *,
+        slots: int = 1,
+        declared_gpus: Optional[list[dict[str, Any]]] = None,
+        cdi_kind: str = NVIDIA_CDI_KIND,
+        embedded: Optional[EmbeddedPodman] = None,
+    ) -> None:
         self.base_url = base_url
+        self.slots = slots
+        self.embedded = embedded
+        self.restarts = 0  # times the embedded Podman service was started again
         self.mount_policy = mounts.MountPolicy.build([])  # no mounts at all until the service sets its policy
         self._unproven: dict[str, list[mounts.Bound]] = {}  # Docker: created, mounts not yet proven
         try:
@@ -103,6 +141,11 @@ class LocalEngine:
             (host.get("security") or {}).get("rootless")
         )
         self.enforcement = self._detect_enforcement(info, host)
+        self.gpus = GpuBroker.detect(
+            EngineCaps.from_engine(version, info, libpod_create=self.kind == "podman"),
+            declared_gpus,
+            cdi_kind,
+        )
 
     def _podman_host(self) -> dict[str, Any]:
         """The ``host`` part of Podman's own /info (its compat /info says neither rootless nor cgroups)."""
@@ -148,6 +191,8 @@ class LocalEngine:
             "socket": self.base_url,
             "rootless": self.rootless,
             "limits": self.enforcement.to_json(),
+            "embedded": self.embedded is not None,
+            "restarts": self.restarts,
         }
 
     def _split_limits(self, limits: ContainerLimits) -> tuple[dict[str, float], dict[str, int]]:
@@ -169,6 +214,8 @@ class LocalEngine:
         return cgroup, rlimits
 
     def ping(self) -> None:
+        if self.embedded is not None and not self.embedded.alive():
+            self._restart_embedded()
         api = self.client.api
         try:
             api._raise_for_status(api._get(api._url("/_ping"), timeout=PING_TIMEOUT))
@@ -176,6 +223,20 @@ class LocalEngine:
             raise EngineUnreachable(f"the engine at {self.base_url} does not answer: {exc}") from exc
         except APIError:
             pass  # it answered
+
+    def _restart_embedded(self) -> None:
+        """Start the embedded Podman service again on its socket (the SDK reconnects by itself)."""
+        assert self.embedded is not None
+        proc = self.embedded.proc
+        log.warning(
+            "the embedded podman service exited (%s); starting it again",
+            proc.returncode if proc is not None else "?",
+        )
+        try:
+            self.embedded.start()
+        except EngineError as exc:
+            raise EngineUnreachable(str(exc)) from exc
+        self.restarts += 1
 
     def image_exists(self, image: str) -> bool:
         try:
@@ -190,25 +251,41 @@ class LocalEngine:
 
     def create(self, request: ContainerRequest) -> str:
         bound = self._check_mounts(request.mounts)
-        gpu = request.gpu
+        gpu = self._plan_gpus(request.gpus)
         # Podman's own create call for every container it can take: its Docker-compatible create
         # drops ulimits (Podman 4.3 measured), which on cgroup v1 are the only limits it applies.
         if (gpu is None and self.kind == "podman") or (gpu is not None and gpu.via == "libpod"):
-            container_id = self._create_libpod(request)
+            container_id = self._create_libpod(request, gpu)
         else:
-            container_id = self._create_compat(request)
-        if self.kind != "podman":
-            self._unproven[container_id] = bound
-            return container_id
+            container_id = self._create_compat(request, gpu)
         try:
-            # The runtime binds the mounts now, before any of the task's code runs (and Podman
-            # shows CDI devices in inspect only once the container is initialised).
-            self._libpod("post", f"/containers/{container_id}/init", what="initialise container")
-            self._prove_mounts(container_id, bound)
+            if self.kind == "podman":
+                # The runtime binds the mounts now, before any of the task's code runs (and Podman
+                # shows CDI devices in inspect only once the container is initialised).
+                self._libpod("post", f"/containers/{container_id}/init", what="initialise container")
+                self._prove_mounts(container_id, bound)
+            else:
+                self._unproven[container_id] = bound
+            if gpu is not None:
+                self._verify_gpus(container_id, gpu)
         except EngineError:
             self.remove(container_id)
             raise
         return container_id
+
+    def _plan_gpus(self, grant: Optional[GpuGrant]) -> Optional[Attachment]:
+        if grant is None or grant.count == 0:
+            return None
+        try:
+            return self.gpus.attachment(grant)
+        except AttachError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _verify_gpus(self, container_id: str, gpu: Attachment) -> None:
+        """Engines drop GPU requests they do not understand without a word: check, never trust."""
+        problem = verify_attachment(gpu, self._inspect(container_id))
+        if problem:
+            raise EngineError(f"GPU not attached: {problem}")
 
     def _check_mounts(self, request_mounts: list[Mount]) -> list[mounts.Bound]:
         return [(m.source, m.target, self._verify(m.source, not m.readonly)) for m in request_mounts]
@@ -241,8 +318,11 @@ class LocalEngine:
             raise MountRefused("mount refused: " + "; ".join(problems))
 
     def _state(self, container_id: str) -> dict[str, Any]:
+        return self._inspect(container_id).get("State") or {}
+
+    def _inspect(self, container_id: str) -> dict[str, Any]:
         try:
-            return self.inspect(container_id).get("State") or {}
+            return self.inspect(container_id)
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot inspect container {container_id[:12]}: {_explain(exc)}") from exc
 
@@ -254,7 +334,7 @@ class LocalEngine:
         except TimeoutError:
             return False
 
-    def _create_compat(self, request: ContainerRequest) -> str:
+    def _create_compat(self, request: ContainerRequest, gpu: Optional[Attachment]) -> str:
         # The low-level calls: the high-level containers.create() inspects every new container
         # once more, a round trip per task that dispatch does not need.
         host: dict[str, Any] = {
@@ -291,8 +371,8 @@ class LocalEngine:
             "working_dir": request.workdir,
             "labels": request.labels,
         }
-        if request.gpu is not None:
-            merged = request.gpu.apply({**host, "environment": create["environment"]})
+        if gpu is not None:
+            merged = gpu.apply({**host, "environment": create["environment"]})
             create["environment"] = merged.pop("environment")
             host = merged
         api = self.client.api
@@ -303,7 +383,7 @@ class LocalEngine:
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot create container for {request.image}: {_explain(exc)}") from exc
 
-    def _create_libpod(self, request: ContainerRequest) -> str:
+    def _create_libpod(self, request: ContainerRequest, gpu: Optional[Attachment]) -> str:
         """Podman's own create call: the only way Podman before 5.4 applies CDI devices, and ulimits."""
         body: dict[str, Any] = {
             "name": request.name,
@@ -340,8 +420,8 @@ class LocalEngine:
             body["r_limits"] = [
                 {"type": name, "soft": value, "hard": value} for name, value in rlimits.items()
             ]
-        if request.gpu is not None:
-            fields = request.gpu.libpod_fields()
+        if gpu is not None:
+            fields = gpu.libpod_fields()
             body["env"].update(fields.get("env", {}))
             body["devices"] = fields.get("devices", [])
             body["mounts"] += fields.get("mounts", [])
@@ -376,17 +456,37 @@ class LocalEngine:
             raise
 
     def inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's own inspect JSON: this engine's business (and its tests'), not the seam's."""
         return self.client.api.inspect_container(container_id)
 
-    def find(self, name: str) -> Optional[ContainerStatus]:
+    def status(self, handle: str) -> RunStatus:
         try:
-            return _status(self.client.containers.get(name))
+            attrs = self.inspect(handle)
+        except NotFound:
+            raise EngineError(f"container {handle[:12]} is gone") from None
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot inspect container {handle[:12]}: {_explain(exc)}") from exc
+        return _run_status(attrs)
+
+    def find(self, name: str) -> Optional[RunStatus]:
+        try:
+            attrs = self.inspect(name)
         except NotFound:
             return None
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot look up container {name}: {_explain(exc)}") from exc
+        state = attrs.get("State") or {}
+        if not state.get("Running") and str(state.get("Status", "")).lower() in NEVER_STARTED:
+            self.remove(attrs["Id"])  # none of the task's code ran: the attempt runs again
+            return None
+        return _run_status(attrs)
 
-    def list_labeled(self, labels: dict[str, str]) -> list[ContainerStatus]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        return [_status(c) for c in self.client.containers.list(all=True, filters=filters)]
+    def leftovers(self, store_id: str) -> list[RunStatus]:
+        try:
+            listed = self.client.api.containers(all=True, filters={"label": [f"{LABEL_STORE}={store_id}"]})
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot list containers: {_explain(exc)}") from exc
+        return [_listed_status(c) for c in listed]
 
     def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
         try:
@@ -439,16 +539,42 @@ class LocalEngine:
                 raise EngineError(f"cannot remove container {container_id[:12]}: {exc.explanation}") from exc
 
     def close(self) -> None:
+        """Let go of the engine; the embedded Podman service stops (its containers run on under conmon)."""
         self.client.close()
+        if self.embedded is not None:
+            self.embedded.stop()
 
 
-def _status(container: Any) -> ContainerStatus:
-    state = container.attrs.get("State") or {}
-    running = bool(state.get("Running")) if isinstance(state, dict) else container.status == "running"
-    exit_code = None if running else (state.get("ExitCode") if isinstance(state, dict) else None)
-    status = str(state.get("Status") or container.status) if isinstance(state, dict) else container.status
-    return ContainerStatus(
-        container.id, container.name, status, running, exit_code, dict(container.labels or {})
+def _state_of(word: str, running: bool) -> RunState:
+    """hpcdock's state for the engine's word (a never-started container counts as queued)."""
+    if running:
+        return RunState.RUNNING
+    return RunState.QUEUED if word.lower() in NEVER_STARTED else RunState.EXITED
+
+
+def _listed_status(listed: dict[str, Any]) -> RunStatus:
+    """A container as the engine lists it (its state word, no exit code) as a :class:`RunStatus`."""
+    word = str(listed.get("State", ""))
+    return RunStatus(
+        handle=listed["Id"],
+        name=str((listed.get("Names") or [""])[0]).lstrip("/"),
+        state=_state_of(word, running=word.lower() == "running"),
+        labels=dict(listed.get("Labels") or {}),
+    )
+
+
+def _run_status(attrs: dict[str, Any]) -> RunStatus:
+    """A container's inspect JSON as hpcdock's :class:`RunStatus`."""
+    state = attrs.get("State") or {}
+    run_state = _state_of(str(state.get("Status", "")), bool(state.get("Running")))
+    exited = run_state is RunState.EXITED
+    return RunStatus(
+        handle=attrs["Id"],
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        state=run_state,
+        exit_code=int(state.get("ExitCode", -1)) if exited else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
     )
 
 

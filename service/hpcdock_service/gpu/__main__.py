@@ -13,8 +13,7 @@ from hpcdock.paths import state_dir
 
 from ..engines.base import ContainerRequest, EngineError
 from ..engines.discovery import connect
-from ..gpu_broker import GpuBroker
-from .attach import AttachError, verify_attachment
+from .attach import AttachError
 
 
 def main(argv=None) -> int:
@@ -31,16 +30,18 @@ def main(argv=None) -> int:
 
         print(json.dumps(detect_gpus().to_json(), indent=2))
         return 0
-    engine, embedded = connect(None, state_dir(), allow_rootful=args.allow_rootful)
-    broker = GpuBroker.detect(engine)
+    engine = connect(None, state_dir(), allow_rootful=args.allow_rootful)
+    broker = engine.gpus
     print(json.dumps(broker.inventory_json(), indent=2))
-    refusal = broker.check_request(1)
+    refusal = broker.check(1)
     if refusal:
         print(refusal, file=sys.stderr)
+        engine.close()
         return 1
-    indices = broker.acquire(0, 1) or []
+    grant = broker.acquire(0, 1)
+    assert grant is not None  # nothing else holds a GPU here
     try:
-        att = broker.attachment(indices)
+        att = broker.attachment(grant)
         print(json.dumps({"engine": engine.describe(), "attachment": att.to_json()}, indent=2))
         request = ContainerRequest(
             name=f"hpcdock-gpu-check-{uuid.uuid4().hex[:8]}",
@@ -51,14 +52,10 @@ def main(argv=None) -> int:
             mounts=[],
             network=False,
             labels={"hpcdock.task": "gpu-check"},
-            gpu=att,
+            gpus=grant,
         )
-        cid = engine.create(request)
+        cid = engine.create(request)  # attaches and verifies the GPU, or raises EngineError saying why
         try:
-            problem = verify_attachment(att, engine.inspect(cid))
-            if problem:
-                print("verify: " + problem, file=sys.stderr)
-                return 1
             print("verify: ok")
             engine.start(cid)
             code = engine.wait(cid, timeout=300)
@@ -73,8 +70,6 @@ def main(argv=None) -> int:
     finally:
         broker.release(0)
         engine.close()
-        if embedded is not None:
-            embedded.stop()
 
 
 if __name__ == "__main__":
