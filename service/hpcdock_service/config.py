@@ -186,7 +186,24 @@ class ServiceConfig:
             protected.append(os.path.dirname(engine_socket[len("unix://") :]))
         if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
             protected.append(os.path.dirname(str(self.endpoint.path)))
+        if self.engine == "swarm" and self.swarm.shared_roots is not None:
+            # Only what every Swarm node sees: the parts of the allowed roots under shared roots.
+            return MountPolicy.build(
+                _common_trees(self.allowed_roots, self.swarm.shared_roots),
+                protected,
+                roots_are="the allowed roots every Swarm node shares (allowed_roots within swarm.shared_roots)",
+            )
         return MountPolicy.build(self.allowed_roots, protected)
+
+
+def _common_trees(a: list[str], b: tuple[str, ...]) -> list[str]:
+    """The directories lying under a root of ``a`` and a root of ``b`` alike, as roots."""
+
+    def inside(path: str, parent: str) -> bool:
+        return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+    a = [os.path.realpath(r) for r in a]
+    return sorted({x for x in a for y in b if inside(x, y)} | {y for x in a for y in b if inside(y, x)})
 
 
 def config_path() -> Path:

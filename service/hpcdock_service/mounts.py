@@ -59,9 +59,12 @@ class MountPolicy:
     protected: tuple[str, ...]
     hidden_in: tuple[str, ...]  # directories whose hidden entries are protected too
     home: str
+    roots_are: str = "the allowed roots"  # what the roots are, as a refusal names them
 
     @classmethod
-    def build(cls, allowed_roots: Iterable[str], protected: Iterable[str] = ()) -> MountPolicy:
+    def build(
+        cls, allowed_roots: Iterable[str], protected: Iterable[str] = (), roots_are: str = "the allowed roots"
+    ) -> MountPolicy:
         home = os.path.realpath(os.path.expanduser("~"))
         hidden = {home, *(os.path.realpath(d) for d in TEMP_DIRS)}
         return cls(
@@ -69,6 +72,7 @@ class MountPolicy:
             protected=tuple(sorted({os.path.realpath(p) for p in protected})),
             hidden_in=tuple(sorted(hidden)),
             home=home,
+            roots_are=roots_are,
         )
 
     def describe_roots(self) -> str:
@@ -99,7 +103,7 @@ class MountPolicy:
         if not os.path.isabs(path) or os.path.normpath(path) != path:
             raise PathRefused(path, f"{path!r} is not an absolute, normalised path")
         if not any(_inside(path, root) for root in self.roots):
-            raise PathRefused(path, f"{path} is outside the allowed roots ({self.describe_roots()})")
+            raise PathRefused(path, f"{path} is outside {self.roots_are} ({self.describe_roots()})")
         for p in self.protected:
             if _inside(path, p):
                 raise PathRefused(

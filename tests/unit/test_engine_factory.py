@@ -34,7 +34,7 @@ def test_a_bad_engine_is_refused_naming_the_key_and_the_allowed_values(tmp_path:
     assert all(name in err.value.message for name in ENGINES) and repr(value) in err.value.message
 
 
-@pytest.mark.parametrize("name", ["slurm", "swarm"])
+@pytest.mark.parametrize("name", ["slurm"])
 def test_an_engine_this_build_lacks_is_refused_saying_so(tmp_path: Path, name: str) -> None:
     with pytest.raises(EngineError, match=f"engine '{name}' is not available in this build"):
         open_engine(load_config(write(tmp_path, {"engine": name})), tmp_path / "state")

@@ -22,6 +22,7 @@ from hpcdock_service.engines.swarm import (
     service_spec,
 )
 from hpcdock_service.errors import BadInput
+from hpcdock_service.mounts import PathRefused
 
 LABELS = {"hpcdock.store": "s1", "hpcdock.job": "3", "hpcdock.task": "9", "hpcdock.attempt": "2"}
 ROOTLESS_V1 = enforcement(memory=False, pids=False, cpu=False)  # rootless Docker on cgroup v1
@@ -202,3 +203,27 @@ def test_bad_swarm_settings_are_refused_by_name(tmp_path: Path, swarm: Any, fiel
     with pytest.raises(BadInput) as err:
         load_config(write(tmp_path, {"swarm": swarm}))
     assert err.value.field.endswith(field) and words in err.value.message
+
+
+def test_with_engine_swarm_only_shared_parts_of_the_allowed_roots_may_be_mounted(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            {
+                "engine": "swarm",
+                "allowed_roots": ["/home/artist", "/proj"],
+                "swarm": {"shared_roots": ["/proj/shows", "/mnt/cache"]},
+            },
+        )
+    )
+    policy = config.mount_policy()
+    assert policy.roots == ("/proj/shows",)
+    policy.check_place("/proj/shows/ep1/out")
+    with pytest.raises(
+        PathRefused, match=r"/home/artist/ep1 is outside .*swarm.shared_roots.* \(/proj/shows\)"
+    ):
+        policy.check_place("/home/artist/ep1")
+    local = load_config(
+        write(tmp_path, {"allowed_roots": ["/home/artist"], "swarm": {"shared_roots": ["/proj"]}})
+    )
+    assert local.mount_policy().roots == ("/home/artist",)  # the local engine ignores swarm:

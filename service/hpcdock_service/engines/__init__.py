@@ -30,4 +30,10 @@ def open_engine(config: ServiceConfig, state_dir: Path) -> Engine:
             declared_gpus=config.gpus,
             cdi_kind=config.gpu_cdi_kind,
         )
+    if config.engine == "swarm":
+        from .swarm import connect_swarm
+
+        return connect_swarm(
+            config.engine_socket, config.swarm, slots=config.slots, allow_rootful=config.allow_rootful
+        )
     raise EngineError(f"service.yaml: engine: engine {config.engine!r} is not available in this build")
