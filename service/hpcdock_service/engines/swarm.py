@@ -53,11 +53,13 @@ from typing import Any, Callable, Optional
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types.daemon import CancellableStream
+from hpcdock.protocol import Backoff
 
 from .. import mounts
 from ..config import SwarmSettings
 from .base import (
     LABEL_STORE,
+    LABEL_TASK,
     ContainerRequest,
     EngineError,
     EngineUnreachable,
@@ -76,8 +78,7 @@ ISOLATED_NETWORK = "hpcdock-isolated"
 API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, Ulimits, Pids
 NO_NEW_PRIVILEGES_API = (1, 46)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
 PING_TIMEOUT = 10.0
-POLL_FIRST = 0.02  # seconds between looks at a starting task; grows to POLL_MAX
-POLL_MAX = 0.25
+POLL_MAX = 0.25  # seconds between looks at a Swarm task no event of this node speaks of
 NODES_TTL = 30.0  # seconds the node count (for the shared-roots rule) is taken as still true
 KILLED = 137  # what a run stopped before it exited reports, as a killed container does
 
@@ -268,6 +269,79 @@ class SwarmGpus:
         return {"kind": self.kind, "nodes": self._counts(), "placed_by": "docker swarm generic resources"}
 
 
+class NodeEvents:
+    """Starts and exits of this node's task containers, as dockerd announces them.
+
+    Swarm reports a task's progress through its manager a few hundred milliseconds late; this
+    node's own event stream says at once which container a run got and how it exited. Waiters
+    block on :meth:`changed` instead of polling; runs on other nodes (and anything missed while
+    the stream reconnects) are still found by looking at the Swarm task every POLL_MAX.
+    """
+
+    FILTERS = {"type": ["container"], "event": ["start", "die"], "label": [LABEL_TASK]}
+
+    def __init__(self, base_url: str, version: str) -> None:
+        self._api = _APIClient(base_url, timeout=None, version=version)
+        self._cond = threading.Condition()
+        self._started: dict[str, str] = {}  # service name -> container id
+        self._exited: dict[str, int] = {}  # service name -> exit code
+        self._stream: Any = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="swarm-events", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while not self._closed:
+            try:
+                self._stream = self._api.events(filters=self.FILTERS, decode=True)
+                for event in self._stream:
+                    backoff.reset()
+                    self._take(event)
+            except Exception as exc:  # the daemon restarting, say: waiters poll meanwhile
+                if not self._closed:
+                    log.debug("swarm: node event stream ended (%s); reconnecting", exc)
+            if not self._closed:
+                time.sleep(backoff.next())
+
+    def _take(self, event: dict[str, Any]) -> None:
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attrs.get("com.docker.swarm.service.name")
+        if not name:
+            return
+        with self._cond:
+            if event.get("Action") == "start":
+                self._started[name] = str((event.get("Actor") or {}).get("ID") or event.get("id"))
+            elif event.get("Action") == "die":
+                self._exited[name] = int(attrs.get("exitCode", -1))
+            self._cond.notify_all()
+
+    def container(self, name: str) -> Optional[str]:
+        with self._cond:
+            return self._started.get(name)
+
+    def exit_code(self, name: str) -> Optional[int]:
+        with self._cond:
+            return self._exited.get(name)
+
+    def changed(self, timeout: float) -> None:
+        """Return at the next start or exit on this node, or after ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def forget(self, name: str) -> None:
+        with self._cond:
+            self._started.pop(name, None)
+            self._exited.pop(name, None)
+
+    def close(self) -> None:
+        self._closed = True
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        self._api.close()
+
+
 class _FollowLog:
     """A run's log followed from its start: opened once the task has a container (its own log
     on this node, else the service's); ``close()`` ends it from another thread, also while it
@@ -289,24 +363,32 @@ class _FollowLog:
         return next(self._stream)
 
     def _open(self) -> Iterator[bytes]:
-        engine, delay = self._engine, POLL_FIRST
+        engine = self._engine
+        polled = 0.0
         while not self._closed.is_set():
-            task = _latest(engine._tasks(self._handle))
-            status = (task or {}).get("Status") or {}
-            has_container = bool((status.get("ContainerStatus") or {}).get("ContainerID"))
-            if has_container or str(status.get("State")) in _EXITED:
-                stream = engine._log_stream(self._handle, engine._local_container(task), True)
-                with self._lock:
-                    if self._closed.is_set():
-                        getattr(stream, "close", lambda: None)()
-                        break
-                    self._stream = stream
-                return stream
-            if task is None and engine._service(self._handle) is None:
-                break
-            self._closed.wait(delay)
-            delay = min(delay * 1.5, POLL_MAX)
+            container = engine.events.container(self._handle)
+            if container is not None:  # on this node: its own log, which ends when it exits
+                return self._opened(engine._log_stream(self._handle, container, True))
+            if time.monotonic() - polled >= POLL_MAX:
+                polled = time.monotonic()
+                task = _latest(engine._tasks(self._handle))
+                status = (task or {}).get("Status") or {}
+                if (status.get("ContainerStatus") or {}).get("ContainerID") or str(
+                    status.get("State")
+                ) in _EXITED:
+                    return self._opened(engine._log_stream(self._handle, engine._local_container(task), True))
+                if task is None and engine._service(self._handle) is None:
+                    break
+            engine.events.changed(POLL_MAX)
         return iter([])
+
+    def _opened(self, stream: Iterator[bytes]) -> Iterator[bytes]:
+        with self._lock:
+            if self._closed.is_set():
+                getattr(stream, "close", lambda: None)()
+                return iter([])
+            self._stream = stream
+        return stream
 
     def close(self) -> None:
         with self._lock:
@@ -357,6 +439,7 @@ class SwarmEngine:
         self.rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
         self.enforcement = docker_enforcement(info)
         self.gpus = SwarmGpus(self.nodes, settings.gpu_kind)
+        self.events = NodeEvents(base_url, self.api_version)
 
     # -- the swarm ------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -583,17 +666,27 @@ class SwarmEngine:
         return iter([])
 
     def wait(self, handle: str, timeout: Optional[float] = None) -> int:
-        """The task's exit code: from its container's own wait when it runs on this node (the
-        moment it exits), else from the Swarm task's state, looked at every POLL_MAX at most."""
+        """The task's exit code: the moment its container exits when it runs on this node (this
+        node's events, or the container's own wait), else from the Swarm task's state, looked at
+        every POLL_MAX."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = POLL_FIRST
+        gone: Optional[str] = None  # a container of this node that vanished before it was waited on
         while True:
+            code = self.events.exit_code(handle)
+            if code is not None:
+                return code
+            container = self.events.container(handle)
+            if container is not None and container != gone:  # runs here: its wait ends as it exits
+                code = self._wait_container(container, deadline, timeout)
+                if code is not None:
+                    return code
+                gone = container
             task = _latest(self._tasks(handle))
             if task is not None:
                 status = task.get("Status") or {}
                 state = str(status.get("State") or "")
-                container = (status.get("ContainerStatus") or {}).get("ContainerID")
-                if state in _RUNNING and container and task.get("NodeID") == self.node_id:
+                container = self._local_container(task)
+                if state in _RUNNING and container:
                     code = self._wait_container(container, deadline, timeout)
                     if code is not None:
                         return code
@@ -614,8 +707,10 @@ class SwarmEngine:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"service {handle} still running after {timeout}s")
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 1.5, POLL_MAX)
+            pause = POLL_MAX if deadline is None else min(POLL_MAX, max(0.0, deadline - now))
+            started = time.monotonic()
+            while time.monotonic() - started < pause and self.events.container(handle) in (None, gone):
+                self.events.changed(pause - (time.monotonic() - started))
 
     def _wait_container(
         self, container: str, deadline: Optional[float], timeout: Optional[float]
@@ -673,6 +768,7 @@ class SwarmEngine:
             raise EngineError(f"cannot remove the container of service {handle}: {_explain(exc)}") from exc
         with self._lock:
             self._stopped.discard(handle)
+        self.events.forget(handle)
 
     def _remove_service(self, handle: str) -> None:
         try:
@@ -684,6 +780,7 @@ class SwarmEngine:
                 raise EngineError(f"cannot remove Swarm service {handle}: {_explain(exc)}") from exc
 
     def close(self) -> None:
+        self.events.close()
         self.api.close()
 
 
