@@ -637,7 +637,8 @@ class SwarmEngine:
         it stays idle past the exit, and compares its end with the log's)."""
         if follow:
             return _FollowLog(self, handle)
-        return self._log_stream(handle, self._local_container(_latest(self._tasks(handle))), False, tail)
+        container = self.events.container(handle) or self._local_container(_latest(self._tasks(handle)))
+        return self._log_stream(handle, container, False, tail)
 
     def _local_container(self, task: Optional[dict[str, Any]]) -> Optional[str]:
         """The task's container when this node runs it, else None."""
@@ -759,9 +760,15 @@ class SwarmEngine:
             self._prepared.pop(handle, None)
         self._remove_service(handle)
         try:
-            left = self.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={handle}"})
+            known = self.events.container(handle)  # else ask: started before this process, say
+            label = f"com.docker.swarm.service.name={handle}"
+            left = (
+                [known]
+                if known
+                else [c["Id"] for c in self.api.containers(all=True, filters={"label": label})]
+            )
             for container in left:
-                self.api.remove_container(container["Id"], force=True)
+                self.api.remove_container(container, force=True)
         except NotFound:
             pass
         except (APIError, DockerException) as exc:
