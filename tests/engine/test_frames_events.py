@@ -12,7 +12,6 @@ once it has nothing left to send.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -114,73 +113,7 @@ def assert_frames_never_go_back(events: list[tuple[int, str, dict]]) -> None:
         seen[key] = (eid, f["state"], f["attempt"])
 
 
-# -- 1. a real job: frames, thumbnails, progress, what events carry ---------------------------
-
-
-def test_every_frame_done_with_thumbnail_and_progress_visible(
-    service: ServiceProcess, tmp_path: Path
-) -> None:
-    from PIL import Image
-
-    bundle = make_bundle(tmp_path / "thumbs", frames="1-6", chunk=3, png=True, env={"FRAME_SLEEP": "0.5"})
-    client = service.client()
-    job = client.submit(str(bundle))
-    jid = job["id"]
-
-    partial: list[float] = []
-
-    def mid_task_progress() -> bool:
-        for t in client.tasks(jid):
-            if t["state"] == "running" and 0 < t["progress"] < 100:
-                partial.append(t["progress"])
-        return bool(partial) or client.job(jid)["state"] in JOB_FINAL
-
-    wait_for(mid_task_progress, 60, interval=0.1, what="a running task with partial progress")
-    assert partial, "no running task ever showed 0 < progress < 100 through GET /v1/jobs/{id}/tasks"
-
-    job = wait_job(client, jid)
-    assert job["state"] == "succeeded", job
-    assert job["frames_done"] == job["frames_total"] == 6
-    frames = client.frames(jid)
-    assert [(f["frame"], f["state"]) for f in frames] == [(n, "done") for n in range(1, 7)]
-    for f in frames:
-        assert f["output"] == str(bundle / "out" / f"f.{f['frame']:04d}.png")
-        assert f["thumbnail_url"] == f"/v1/jobs/{jid}/frames/{f['frame']}/thumbnail?step=render"
-        assert f["render_time"] is not None and f["render_time"] >= 0
-        data = client.thumbnail(jid, f["frame"])
-        assert data.startswith(b"\x89PNG\r\n\x1a\n")
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes the whole file: a truncated PNG fails here
-            assert img.format == "PNG" and img.size == (256, 144)
-        # the URL the events carry serves the same picture
-        resp = service.raw("GET", f["thumbnail_url"])
-        assert resp.status == 200 and resp.headers["content-type"] == "image/png"
-        assert resp.body == data
-
-    events = drain(service, job=jid)
-    ids = [e[0] for e in events]
-    assert ids == sorted(set(ids))
-    done = {}
-    for _, kind, data in events:
-        if kind == "frame" and data["frame"]["state"] == "done":
-            done[data["frame"]["frame"]] = data["frame"]
-    assert sorted(done) == list(range(1, 7))
-    for n, f in done.items():
-        assert f["job_id"] == jid and f["attempt"] == 1 and f["task_id"]
-        assert f["output"] == str(bundle / "out" / f"f.{n:04d}.png")
-        assert f["thumbnail_url"] == f"/v1/jobs/{jid}/frames/{n}/thumbnail?step=render"
-    running = [
-        d["frame"]
-        for k, d in ((e[1], e[2]) for e in events)
-        if k == "frame" and d["frame"]["state"] == "running"
-    ]
-    assert {f["frame"] for f in running} == set(range(1, 7))
-    task_events = [d["task"] for _, k, d in events if k == "task"]
-    assert all("progress" in t and "attempt" in t for t in task_events)
-    assert any(t["state"] == "running" and 0 < t["progress"] < 100 for t in task_events)
-    assert {t["progress"] for t in task_events if t["state"] == "succeeded"} == {100.0}
-    assert_frames_never_go_back(events)
-    assert events[-1][1] == "job" and events[-1][2]["job"]["state"] == "succeeded"
+# -- 1. a real job's frames, thumbnails, progress and events: test_conformance.py, on every engine
 
 
 # -- 2. dropped connections resume with Last-Event-ID ----------------------------------------

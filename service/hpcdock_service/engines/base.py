@@ -131,7 +131,9 @@ class GpuPlacement(Protocol):
     def check(self, count: int) -> Optional[str]:
         """Why a step needing ``count`` GPUs could never run on this engine (None: it could).
 
-        Asked at submit, so such a job is refused naming GPUs instead of waiting forever."""
+        Asked at submit, so such a job is refused instead of waiting forever: the answer is the
+        refusal's message (under the step's ``hostRequirements.amounts``), naming
+        ``amount.worker.gpu`` and the GPUs this engine has."""
 
     def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
         """Reserve ``count`` GPUs for the task; None when they are not free now (it waits)."""
