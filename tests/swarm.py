@@ -1,9 +1,9 @@
 """The test user's rootless Docker with a single-node Swarm, started on demand.
 
 ``scripts/setup-docker-rootless.sh`` (run once as root with ``--system`` by ``make test``)
-starts it as the engine user; here the tests ask for it. When ``HPCDOCK_EXPECT_ENGINES`` names
-``swarm`` (``make test`` sets it), a Swarm that cannot be started fails the tests instead of
-skipping them, so a broken setup never passes as "nothing to test".
+starts it as the engine user; here the tests ask for it (the conformance suite through
+:mod:`tests.engine.engine_kinds`, which fails rather than skips a Swarm that ``make test``
+expects and that cannot be started).
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import subprocess
 from typing import Optional
 
 from tests.helpers import REPO
-
-
-def expected(kind: str) -> bool:
-    return kind in os.environ.get("HPCDOCK_EXPECT_ENGINES", "").replace(",", " ").split()
 
 
 @functools.cache

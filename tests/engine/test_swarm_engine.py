@@ -19,8 +19,9 @@ from hpcdock_service.engines.base import ContainerRequest, MountRefused, RunStat
 from hpcdock_service.engines.swarm import ISOLATED_NETWORK, SwarmEngine, connect_swarm
 from hpcdock_service.mounts import MountPolicy
 
+from tests.engine.engine_kinds import expected
 from tests.helpers import TEST_IMAGE, wait_for
-from tests.swarm import expected, swarm_url
+from tests.swarm import swarm_url
 
 pytestmark = pytest.mark.engine
 
@@ -31,7 +32,7 @@ STORE = "swarmtest"
 def url() -> str:
     found, why = swarm_url()
     if found is None:
-        if expected("swarm"):
+        if "swarm" in expected():
             pytest.fail(why)
         pytest.skip(why)
     return found

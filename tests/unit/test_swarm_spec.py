@@ -149,7 +149,7 @@ def test_a_swarm_without_gpu_resources_refuses_gpu_steps_naming_gpus_and_the_nod
     gpus = SwarmGpus(lambda: [node("a", [])], "NVIDIA-GPU")
     assert gpus.check(0) is None
     why = gpus.check(1)
-    assert why is not None and "GPU" in why and "node-generic-resources" in why
+    assert why is not None and "GPU" in why and "amount.worker.gpu" in why and "node-generic-resources" in why
     assert "NVIDIA-GPU" in why and "swarm-resource" in why
 
 

@@ -227,7 +227,7 @@ class SwarmGpus:
         counts = self._counts()
         if not counts:
             return (
-                f"this step needs {count} GPU(s), but no node of the Docker Swarm advertises GPUs "
+                f"amount.worker.gpu: this step needs {count} GPU(s), but no node of the Docker Swarm advertises GPUs "
                 f"(generic resource {self.kind!r}); configure each GPU node's dockerd with "
                 f'node-generic-resources ["{self.kind}=<GPU UUID>", ...] (or '
                 f"--node-generic-resource {self.kind}=<UUID>) and the NVIDIA container runtime as "
@@ -237,7 +237,7 @@ class SwarmGpus:
         most = max(counts.values())
         if count > most:
             return (
-                f"this step needs {count} GPU(s) on one node, but the Docker Swarm's nodes have at "
+                f"amount.worker.gpu: this step needs {count} GPU(s) on one node, but the Docker Swarm's nodes have at "
                 f"most {most} ({', '.join(f'{h}: {n}' for h, n in sorted(counts.items()))})"
             )
         return None
