@@ -72,7 +72,8 @@ def test_security_defaults_are_in_the_spec() -> None:
         {"Type": "bind", "Source": "/proj/shot/out", "Target": "/proj/shot/out", "ReadOnly": False},
     ]
     assert "Privileges" not in container  # API 1.41 has no NoNewPrivileges: each dockerd sets it
-    newer = spec(request(), api="1.47")["TaskTemplate"]["ContainerSpec"]
+    assert "Privileges" not in spec(request(), api="1.43")["TaskTemplate"]["ContainerSpec"]
+    newer = spec(request(), api="1.44")["TaskTemplate"]["ContainerSpec"]  # Docker 25
     assert newer["Privileges"] == {"NoNewPrivileges": True}
 
 

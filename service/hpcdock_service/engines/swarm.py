@@ -15,7 +15,7 @@ Security defaults, as the service spec carries them (API 1.41, Docker 20.10, the
 engine speaks):
 
 - ``CapabilityDrop: [ALL]`` (API 1.41) and ulimits/PIDs limits as the local engine sets them;
-- ``no-new-privileges``: the API has ``Privileges.NoNewPrivileges`` only from 1.46 on; this
+- ``no-new-privileges``: the API has ``Privileges.NoNewPrivileges`` only from 1.44 (Docker 25) on; this
   engine sets it there, and below it relies on each node's dockerd running with
   ``--no-new-privileges`` (``scripts/setup-docker-rootless.sh`` starts it so; the engine tests
   read the flag back from a running task);
@@ -76,14 +76,13 @@ log = logging.getLogger(__name__)
 
 ISOLATED_NETWORK = "hpcdock-isolated"
 API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, Ulimits, Pids
-NO_NEW_PRIVILEGES_API = (1, 46)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
+NO_NEW_PRIVILEGES_API = (1, 44)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
 PING_TIMEOUT = 10.0
 POLL_MAX = 0.25  # seconds between looks at a Swarm task no event of this node speaks of
 NODES_TTL = 30.0  # seconds the node count (for the shared-roots rule) is taken as still true
 KILLED = 137  # what a run stopped before it exited reports, as a killed container does
 
-# Swarm task states (swarmkit's TaskState), in hpcdock's words.
-_QUEUED = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
+# Swarm task states (swarmkit's TaskState) that are not queued ones (new ... starting), in hpcdock's words.
 _RUNNING = {"running"}
 _EXITED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
@@ -498,7 +497,7 @@ class SwarmEngine:
             "no_new_privileges": (
                 "service spec"
                 if _api_tuple(self.api_version) >= NO_NEW_PRIVILEGES_API
-                else "each node's dockerd --no-new-privileges (API below 1.46 has no service option)"
+                else "each node's dockerd --no-new-privileges (API below 1.44 has no service option)"
             ),
             "network_none": f"internal network {ISOLATED_NETWORK} (no route off the node, no task-to-task)",
         }
