@@ -420,12 +420,18 @@ class SwarmEngine:
         except (DockerException, requests.RequestException) as exc:
             raise EngineError(f"no Docker engine answers at {base_url}: {exc}") from exc
         self.version = str(version.get("Version", "?"))
-        # The newest API both speak: 1.41 on Docker 20.10, more (NoNewPrivileges) on newer ones.
-        server_api = str(version.get("ApiVersion") or API_VERSION)
-        if _api_tuple(server_api) > _api_tuple(API_VERSION):
+        server_api = _api_tuple(str(version.get("ApiVersion") or "0.0"))
+        if server_api < _api_tuple(API_VERSION):
             self.api.close()
-            self.api = _APIClient(base_url, timeout=timeout, version=server_api)
-        self.api_version = server_api if _api_tuple(server_api) > _api_tuple(API_VERSION) else API_VERSION
+            raise EngineError(
+                f"the Docker engine at {base_url} speaks API {version.get('ApiVersion')}; Swarm jobs "
+                f"(replicated-job services) need API {API_VERSION}, Docker 20.10 or later"
+            )
+        self.api_version = API_VERSION
+        if server_api >= NO_NEW_PRIVILEGES_API:  # the API that carries no-new-privileges in the spec
+            self.api_version = ".".join(map(str, NO_NEW_PRIVILEGES_API))
+            self.api.close()
+            self.api = _APIClient(base_url, timeout=timeout, version=self.api_version)
         swarm = info.get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             self.api.close()
