@@ -56,23 +56,31 @@ def expected() -> set[str]:
 NO_GPUS = {"gpus": []}
 
 
-def _docker_socket() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return Path(runtime) / "docker.sock"
+def _docker_sockets() -> list[Path]:
+    """Where a user's rootless Docker listens: its usual socket, and the one
+    scripts/setup-docker-rootless.sh starts."""
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}")
+    return [runtime / "docker.sock", runtime / "hpcdock-docker" / "docker.sock"]
+
+
+def _docker_socket() -> Optional[Path]:
+    return next((sock for sock in _docker_sockets() if socket_answers(sock)), None)
 
 
 def _docker_unavailable() -> Optional[str]:
     if shutil.which("docker") is None:
         return "docker is not installed"
-    if not socket_answers(_docker_socket()):
-        return f"no rootless Docker answers at {_docker_socket()}"
+    if _docker_socket() is None:
+        return "no rootless Docker answers at " + " or ".join(str(sock) for sock in _docker_sockets())
     return None
 
 
 @functools.cache
 def _docker_url() -> str:
     """The user's running rootless Docker, with the test image imported into it (once a session)."""
-    url = f"unix://{_docker_socket()}"
+    sock = _docker_socket()
+    assert sock is not None, _docker_unavailable()
+    url = f"unix://{sock}"
     subprocess.run(
         [str(REPO / "scripts" / "build-test-image.sh"), TEST_IMAGE],
         env={**os.environ, "ENGINE": "docker", "DOCKER_HOST": url},

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from hpcdock.client import ServiceError
 from hpcdock.protocol import JOB_FINAL
+from hpcdock_service.engines.base import LABEL_STORE, ContainerRequest, RunState
 
 from tests.engine.engine_kinds import EXPECT_ENGINES, KINDS, EngineKind, by_name, expected
 from tests.engine.test_bad_input import CASES as BAD_BUNDLES
 from tests.engine.test_frames_events import assert_frames_never_go_back, drain
 from tests.helpers import (
+    TEST_IMAGE,
     ServiceProcess,
     engine_of,
     make_bundle,
@@ -77,6 +79,63 @@ def no_runs_left(svc: ServiceProcess) -> None:
 def test_every_expected_engine_has_an_entry() -> None:
     """A name in HPCDOCK_EXPECT_ENGINES that no entry answers to would expect nothing."""
     assert expected() <= {kind.name for kind in KINDS}, (expected(), [kind.name for kind in KINDS])
+
+
+# -- the seam itself: what a restarted service relies on --------------------------------------
+
+
+def _request(store_id: str, name: str, command: list[str]) -> ContainerRequest:
+    return ContainerRequest(
+        name=name,
+        image=TEST_IMAGE,
+        command=command,
+        env={},
+        workdir="/",
+        mounts=[],
+        network=False,
+        labels={LABEL_STORE: store_id},
+    )
+
+
+def test_a_run_prepared_but_never_started_is_not_found_and_is_gone(service: ServiceProcess) -> None:
+    """Recovery puts such a task back to pending without spending an attempt: find must say None."""
+    store_id = store_id_of(service)
+    assert store_id is not None
+    name = f"hpcdock-{store_id}-t999-a1"
+    engine = engine_of(service)
+    try:
+        engine.create(_request(store_id, name, ["true"]))
+        assert [run.name for run in engine.leftovers(store_id)] == [name]  # it exists, as a leftover
+        assert engine.find(name) is None
+        assert engine.leftovers(store_id) == []
+    finally:
+        for run in engine.leftovers(store_id):
+            engine.remove(run.handle)
+        engine.close()
+
+
+def test_a_started_run_is_found_by_name_with_its_state_and_exit_code(service: ServiceProcess) -> None:
+    store_id = store_id_of(service)
+    assert store_id is not None
+    name = f"hpcdock-{store_id}-t998-a1"
+    engine = engine_of(service)
+    try:
+        handle = engine.create(_request(store_id, name, ["sh", "-c", "echo started; sleep 2; exit 3"]))
+        engine.start(handle)
+        running = engine.find(name)
+        assert running is not None and running.handle == handle and running.name == name, running
+        assert running.state in (RunState.QUEUED, RunState.RUNNING) and running.exit_code is None, running
+        assert engine.wait(handle, timeout=120) == 3
+        exited = engine.find(name)
+        assert exited is not None and exited.state is RunState.EXITED and exited.exit_code == 3, exited
+        assert engine.status(handle) == exited and not exited.oom_killed
+        assert b"started" in b"".join(engine.logs(handle, follow=False))
+        engine.remove(handle)
+        assert engine.find(name) is None and engine.leftovers(store_id) == []
+    finally:
+        for run in engine.leftovers(store_id):
+            engine.remove(run.handle)
+        engine.close()
 
 
 # -- a job's life -------------------------------------------------------------------------------
