@@ -79,6 +79,7 @@ API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, U
 NO_NEW_PRIVILEGES_API = (1, 44)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
 PING_TIMEOUT = 10.0
 POLL_MAX = 0.25  # seconds between looks at a Swarm task no event of this node speaks of
+SAFETY_POLL = 2.0  # ... and at one whose container this node's events follow (in case one is lost)
 NODES_TTL = 30.0  # seconds the node count (for the shared-roots rule) is taken as still true
 KILLED = 137  # what a run stopped before it exited reports, as a killed container does
 
@@ -617,8 +618,11 @@ class SwarmEngine:
         )
 
     def find(self, name: str) -> Optional[RunStatus]:
-        # A run prepared but never started exists only in this process: after a restart there is
-        # nothing to find, and the attempt runs again without spending an attempt.
+        # A run prepared but never started exists only in this process (after a restart there is
+        # nothing of it to find); here it is dropped, and the attempt runs again without spending one.
+        with self._lock:
+            if self._prepared.pop(name, None) is not None:
+                return None
         if self._service(name) is None:
             return None
         return self.status(name)
@@ -628,7 +632,12 @@ class SwarmEngine:
             services = self.api.services(filters={"label": f"{LABEL_STORE}={store_id}"})
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot list Swarm services: {_explain(exc)}") from exc
-        out = []
+        with self._lock:
+            out = [
+                RunStatus(handle=name, name=name, state=RunState.QUEUED, labels=spec["Labels"])
+                for name, (spec, _, _) in self._prepared.items()
+                if spec["Labels"].get(LABEL_STORE) == store_id
+            ]
         for service in services:
             name = str(service["Spec"]["Name"])
             labels = dict(service["Spec"].get("Labels") or {})
@@ -672,67 +681,37 @@ class SwarmEngine:
         return iter([])
 
     def wait(self, handle: str, timeout: Optional[float] = None) -> int:
-        """The task's exit code: the moment its container exits when it runs on this node (this
-        node's events, or the container's own wait), else from the Swarm task's state, looked at
-        every POLL_MAX."""
+        """The task's exit code: the moment this node announces its container's exit when it runs
+        here, else (and as a safety net) from the Swarm task's state, looked at every POLL_MAX
+        (every SAFETY_POLL while this node's events follow the container)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        gone: Optional[str] = None  # a container of this node that vanished before it was waited on
         while True:
             code = self.events.exit_code(handle)
             if code is not None:
                 return code
-            container = self.events.container(handle)
-            if container is not None and container != gone:  # runs here: its wait ends as it exits
-                code = self._wait_container(container, deadline, timeout)
-                if code is not None:
-                    return code
-                gone = container
             task = _latest(self._tasks(handle))
-            if task is not None:
-                status = task.get("Status") or {}
-                state = str(status.get("State") or "")
-                container = self._local_container(task)
-                if state in _RUNNING and container:
-                    code = self._wait_container(container, deadline, timeout)
-                    if code is not None:
-                        return code
-                elif state in _EXITED:
-                    run = _task_run(handle, {}, task)
-                    if run.exit_code is not None:
-                        return run.exit_code
-                    if handle in self._stopped:
-                        return KILLED
-                    raise EngineError(
-                        f"Swarm task of {handle} ended {state} without an exit code: "
-                        f"{status.get('Err') or status.get('Message') or 'no reason given'}"
-                    )
-            elif self._service(handle) is None:
+            if task is None and self._service(handle) is None:
                 if handle in self._stopped:
                     return KILLED
                 raise EngineError(f"Swarm service {handle} is gone (removed outside hpcdock?)")
+            run = self._run(handle, {}, task)
+            if run.state is RunState.EXITED:
+                if run.exit_code is not None:
+                    return run.exit_code
+                if handle in self._stopped:
+                    return KILLED
+                status = (task or {}).get("Status") or {}
+                raise EngineError(
+                    f"Swarm task of {handle} ended {status.get('State')} without an exit code: "
+                    f"{status.get('Err') or status.get('Message') or 'no reason given'}"
+                )
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"service {handle} still running after {timeout}s")
-            pause = POLL_MAX if deadline is None else min(POLL_MAX, max(0.0, deadline - now))
-            started = time.monotonic()
-            while time.monotonic() - started < pause and self.events.container(handle) in (None, gone):
-                self.events.changed(pause - (time.monotonic() - started))
-
-    def _wait_container(
-        self, container: str, deadline: Optional[float], timeout: Optional[float]
-    ) -> Optional[int]:
-        """The exit code of the task's container on this node; None when it is gone (ask Swarm)."""
-        left = None if deadline is None else max(0.01, deadline - time.monotonic())
-        try:
-            return int(self.api.wait(container, timeout=left).get("StatusCode", -1))
-        except requests.exceptions.ReadTimeout as exc:
-            raise TimeoutError(f"container {container[:12]} still running after {timeout}s") from exc
-        except requests.exceptions.ConnectionError as exc:
-            if left is not None and "timed out" in str(exc).lower():
-                raise TimeoutError(str(exc)) from exc
-            raise
-        except (NotFound, APIError):
-            return None
+            pause = SAFETY_POLL if self.events.container(handle) else POLL_MAX
+            until = now + (pause if deadline is None else min(pause, deadline - now))
+            while self.events.exit_code(handle) is None and time.monotonic() < until:
+                self.events.changed(until - time.monotonic())
 
     def stop(self, handle: str, grace: float = 0) -> None:
         """Stop the run: its container directly when it runs on this node (with ``grace``), else
