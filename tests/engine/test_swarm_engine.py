@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hpcdock_service.bundle import Mount
@@ -124,6 +125,35 @@ def test_security_defaults_hold_inside_the_task(engine: SwarmEngine, tmp_path: P
     code, log = run(engine, request(tmp_path, "net", script, network=True))
     assert "reached-outside" in log, f"the comparison needs a networked task to get out: {log}"
     assert engine.describe()["network_none"].startswith(f"internal network {ISOLATED_NETWORK}")
+
+
+def address_in_log(engine: SwarmEngine, handle: str) -> Optional[str]:
+    text = b"".join(engine.logs(handle, follow=False)).decode()
+    return text.split("ADDR ")[1].split()[0] if "ADDR " in text else None
+
+
+def test_isolated_tasks_cannot_reach_each_other(engine: SwarmEngine, tmp_path: Path) -> None:
+    """The isolated network has no inter-container traffic; the default bridge (network: true) has."""
+    for network, reached in ((True, True), (False, False)):
+        listen = request(
+            tmp_path,
+            f"listen{int(network)}",
+            "ip -4 -o addr show eth0 | sed 's/.*inet \\([0-9.]*\\).*/ADDR \\1/'; nc -l -p 7000",
+            network=network,
+        )
+        handle = engine.create(listen)
+        engine.start(handle)
+        address = wait_for(
+            lambda h=handle: address_in_log(engine, h), 60, what="the listening task's address"
+        )
+        code, out = run(
+            engine,
+            request(tmp_path, f"dial{int(network)}", f"echo hi | nc -w 2 {address} 7000", network=network),
+        )
+        assert (code == 0) is reached, f"network={network}: exit {code}, {out}"
+        engine.stop(handle)
+        engine.wait(handle, timeout=30)
+        engine.remove(handle)
 
 
 def test_cancel_leaves_no_service_and_no_container(engine: SwarmEngine, tmp_path: Path) -> None:

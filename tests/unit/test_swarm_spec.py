@@ -147,7 +147,7 @@ def test_gpus_are_counted_per_ready_node_from_named_and_discrete_resources() -> 
 
 
 def test_a_swarm_without_gpu_resources_refuses_gpu_steps_naming_gpus_and_the_node_setting() -> None:
-    gpus = SwarmGpus(lambda: [node("a", [])], "NVIDIA-GPU")
+    gpus = SwarmGpus(lambda **_: [node("a", [])], "NVIDIA-GPU")
     assert gpus.check(0) is None
     why = gpus.check(1)
     assert why is not None and "GPU" in why and "amount.worker.gpu" in why and "node-generic-resources" in why
@@ -155,7 +155,7 @@ def test_a_swarm_without_gpu_resources_refuses_gpu_steps_naming_gpus_and_the_nod
 
 
 def test_gpu_steps_fit_the_largest_node_and_wait_for_held_gpus() -> None:
-    gpus = SwarmGpus(lambda: [node("a", [GPU, GPU]), node("b", [GPU])], "NVIDIA-GPU")
+    gpus = SwarmGpus(lambda **_: [node("a", [GPU, GPU]), node("b", [GPU])], "NVIDIA-GPU")
     assert gpus.check(2) is None
     assert "at most 2" in (gpus.check(3) or "")
     assert gpus.acquire(1, 2) == GpuGrant(2)

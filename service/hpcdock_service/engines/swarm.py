@@ -212,14 +212,14 @@ class SwarmGpus:
     nodes advertise; Swarm itself then places it on a node with enough free ones.
     """
 
-    def __init__(self, nodes: Callable[[], list[dict[str, Any]]], kind: str) -> None:
-        self.nodes = nodes  # GET /nodes, as the engine caches it
+    def __init__(self, nodes: Callable[..., list[dict[str, Any]]], kind: str) -> None:
+        self.nodes = nodes  # GET /nodes as the engine caches it (``cached=True``: without asking)
         self.kind = kind
         self._held: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def _counts(self) -> dict[str, int]:
-        return gpu_counts(self.nodes(), self.kind)
+    def _counts(self, cached: bool = False) -> dict[str, int]:
+        return gpu_counts(self.nodes(cached=cached), self.kind)
 
     def check(self, count: int) -> Optional[str]:
         if count <= 0:
@@ -262,7 +262,8 @@ class SwarmGpus:
         with self._lock:
             held = dict(self._held)
         return [
-            {"node": host, "kind": self.kind, "count": n} for host, n in sorted(self._counts().items())
+            {"node": host, "kind": self.kind, "count": n}
+            for host, n in sorted(self._counts(cached=True).items())  # /v1/health: never waits
         ] + [{"task": t, "held": n} for t, n in sorted(held.items())]
 
     def inventory_json(self) -> dict[str, Any]:
@@ -473,9 +474,11 @@ class SwarmEngine:
                 if exc.status_code != 409:  # another service made it in the meantime
                     raise EngineError(f"cannot create network {ISOLATED_NETWORK}: {_explain(exc)}") from exc
 
-    def nodes(self, fresh: bool = False) -> list[dict[str, Any]]:
+    def nodes(self, fresh: bool = False, cached: bool = False) -> list[dict[str, Any]]:
+        """The swarm's nodes, asked again after NODES_TTL (or now, ``fresh``); ``cached``: the last
+        answer without asking (for ``/v1/health``, which never waits for the engine)."""
         at, nodes = self._nodes
-        if fresh or time.monotonic() - at > NODES_TTL:
+        if not cached and (fresh or time.monotonic() - at > NODES_TTL):
             try:
                 nodes = self.api.nodes()
             except (APIError, DockerException) as exc:
@@ -483,11 +486,11 @@ class SwarmEngine:
             self._nodes = (time.monotonic(), nodes)
         return nodes
 
-    def shared_roots(self) -> tuple[str, ...]:
+    def shared_roots(self, cached: bool = False) -> tuple[str, ...]:
         """Where every node sees the same files: configured, or on a one-node swarm the allowed roots."""
         if self.settings.shared_roots is not None:
             return self.settings.shared_roots
-        if len(self.nodes()) > 1:
+        if len(self.nodes(cached=cached)) > 1:
             return ()
         return self.mount_policy.roots
 
@@ -498,8 +501,8 @@ class SwarmEngine:
             "api_version": self.api_version,
             "socket": self.base_url,
             "rootless": self.rootless,
-            "nodes": len(self.nodes()),
-            "shared_roots": list(self.shared_roots()),
+            "nodes": len(self.nodes(cached=True)),
+            "shared_roots": list(self.shared_roots(cached=True)),
             "limits": self.enforcement.to_json(),
             "no_new_privileges": (
                 "service spec"
