@@ -47,6 +47,7 @@ from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
 from .. import mounts
+from ..bundle import Mount
 from ..gpu.attach import AttachError, Attachment, EngineCaps, verify_attachment
 from ..gpu.inventory import NVIDIA_CDI_KIND
 from ..gpu_broker import GpuBroker
@@ -211,7 +212,7 @@ class LocalEngine:
             raise EngineError(f"cannot look up image {image}: {exc.explanation}") from exc
 
     def create(self, request: ContainerRequest) -> str:
-        bound = check_binds(self.mount_policy, request.mounts)
+        bound = self._check_mounts(request.mounts)
         gpu = self._plan_gpus(request.gpus)
         # Podman's own create call for every container it can take: its Docker-compatible create
         # drops ulimits (Podman 4.3 measured), which on cgroup v1 are the only limits it applies.
@@ -248,6 +249,9 @@ class LocalEngine:
         if problem:
             raise EngineError(f"GPU not attached: {problem}")
 
+    def _check_mounts(self, request_mounts: list[Mount]) -> list[mounts.Bound]:
+        return check_binds(self.mount_policy, request_mounts)
+
     def _prove_mounts(self, container_id: str, bound: list[mounts.Bound]) -> None:
         """Refuse unless the container's mountinfo shows every target bound to its checked directory."""
         if not bound:
@@ -257,9 +261,8 @@ class LocalEngine:
                 problems = mounts.bound_mismatches(fh.read(), bound)
         except OSError as exc:
             if self.kind == "docker" and self._has_exited(container_id):
-                recheck_binds(
-                    self.mount_policy, bound
-                )  # already gone: the paths are all there is left to look at
+                # already gone: the paths are all there is left to look at
+                recheck_binds(self.mount_policy, bound)
                 return
             problems = [f"cannot read the container's mounts ({exc.strerror})"]
         if problems:
