@@ -22,8 +22,9 @@ engine speaks):
 - no network: Swarm cannot attach a service to ``none`` (only ``host`` and ``bridge`` are
   predefined swarm networks, moby#42204), so a task without ``network: true`` joins
   :data:`ISOLATED_NETWORK`, an ``--internal`` swarm-scoped bridge without inter-container traffic
-  (``enable_icc=false``), created by this engine: no route off the node and no reach to other
-  tasks, as each node's iptables enforce (dockerd must run with iptables, the default).
+  (``enable_icc=false``, from the config-only network :data:`ISOLATED_CONFIG` each node needs),
+  created by this engine: no route off the node and no reach to other tasks, as each node's
+  iptables enforce (dockerd must run with iptables, the default).
   ``network: true`` uses the node's default bridge: outbound through the node's NAT (licence
   servers), never an overlay network (rootless Docker cannot create one);
 - the bundle read-only, outputs read-write, bind mounts only under the allowed roots: walked by
@@ -75,6 +76,7 @@ from .local import _APIClient, _explain
 log = logging.getLogger(__name__)
 
 ISOLATED_NETWORK = "hpcdock-isolated"
+ISOLATED_CONFIG = "hpcdock-isolated-config"  # its bridge options, on each node (config-only network)
 API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, Ulimits, Pids
 NO_NEW_PRIVILEGES_API = (1, 44)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
 PING_TIMEOUT = 10.0
@@ -458,21 +460,53 @@ class SwarmEngine:
                 "service.yaml to the directories every node mounts at the same path (bundles and "
                 "outputs must be under them)"
             )
+        self._isolated_network()
+
+    def _isolated_network(self) -> None:
+        """The swarm network tasks without ``network: true`` join, made once.
+
+        A swarm-scoped bridge network drops driver options given to it directly, so its
+        ``enable_icc=false`` comes from a node-local config-only network of the same settings
+        (:data:`ISOLATED_CONFIG`), made here on this node and needed on every other node too.
+        A network of that name made otherwise is refused: its tasks could reach each other."""
         try:
-            self.api.inspect_network(ISOLATED_NETWORK)
+            made = self.api.inspect_network(ISOLATED_NETWORK)
         except NotFound:
-            try:
-                self.api.create_network(
-                    ISOLATED_NETWORK,
-                    driver="bridge",
-                    scope="swarm",
-                    internal=True,
-                    options={"com.docker.network.bridge.enable_icc": "false"},
-                    labels={"hpcdock.network": "isolated"},
+            made = None
+        if made is not None:
+            if (made.get("ConfigFrom") or {}).get("Network") != ISOLATED_CONFIG or not made.get("Internal"):
+                raise EngineError(
+                    f"network {ISOLATED_NETWORK} exists but is not hpcdock's isolated network (internal, "
+                    f"its options from {ISOLATED_CONFIG}): remove it (docker network rm "
+                    f"{ISOLATED_NETWORK}) and start again"
                 )
-            except APIError as exc:
-                if exc.status_code != 409:  # another service made it in the meantime
-                    raise EngineError(f"cannot create network {ISOLATED_NETWORK}: {_explain(exc)}") from exc
+            return
+        try:
+            self.api.inspect_network(ISOLATED_CONFIG)
+        except NotFound:
+            self._create_network(
+                {
+                    "Name": ISOLATED_CONFIG,
+                    "ConfigOnly": True,
+                    "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                }
+            )
+        self._create_network(
+            {
+                "Name": ISOLATED_NETWORK,
+                "Driver": "bridge",
+                "Scope": "swarm",
+                "Internal": True,
+                "ConfigFrom": {"Network": ISOLATED_CONFIG},  # (takes no labels of its own)
+            }
+        )
+
+    def _create_network(self, body: dict[str, Any]) -> None:
+        try:
+            self.api._raise_for_status(self.api._post_json(self.api._url("/networks/create"), data=body))
+        except APIError as exc:
+            if exc.status_code != 409:  # another service made it in the meantime
+                raise EngineError(f"cannot create network {body['Name']}: {_explain(exc)}") from exc
 
     def nodes(self, fresh: bool = False, cached: bool = False) -> list[dict[str, Any]]:
         """The swarm's nodes, asked again after NODES_TTL (or now, ``fresh``); ``cached``: the last
