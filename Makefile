@@ -38,7 +38,7 @@ demo-here: venv engine
 # Both lanes run even when the first fails; the exit status is that of the worse one.
 # HPCDOCK_EXPECT_ENGINES: the engines whose conformance scenarios must run here (they fail when missing).
 test-here: venv venv-pyside2 engine
-	@rc=0; HPCDOCK_EXPECT_QT=PySide6 HPCDOCK_EXPECT_ENGINES=podman,slurm $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=1; \
+	@rc=0; HPCDOCK_EXPECT_QT=PySide6 HPCDOCK_EXPECT_ENGINES=podman,slurm,swarm $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=1; \
 	  [ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-pyside2 || rc=1; exit $$rc
 
 unit: venv venv-pyside2

@@ -36,7 +36,14 @@ from hpcdock.protocol import JOB_FINAL  # noqa: E402
 
 from tests.helpers import TEST_IMAGE, ServiceProcess, make_bundle, remove_leftovers, wait_job  # noqa: E402
 
-TARGETS = {"baseline": 0.9, "swarm": 2.0, "accept_s": 1.0, "rss_mb": 300.0, "p95_ms": 200.0}
+TARGETS = {
+    "baseline": 0.9,
+    "swarm": 2.0,
+    "swarm_engine": 0.9,
+    "accept_s": 1.0,
+    "rss_mb": 300.0,
+    "p95_ms": 200.0,
+}
 
 
 def log(msg: str) -> None:
@@ -193,8 +200,8 @@ def baseline(url: str, n: int, conc: int, workdir: Path) -> float:
 class Service:
     """A real hpcdock-service process for the duration of a ``with``."""
 
-    def __init__(self, root: Path, url: str, slots: int = 2) -> None:
-        self.proc = ServiceProcess(root / "svc", url, slots=slots)
+    def __init__(self, root: Path, url: str, slots: int = 2, config: Optional[dict[str, Any]] = None) -> None:
+        self.proc = ServiceProcess(root / "svc", url, slots=slots, config=config)
 
     def __enter__(self) -> ServiceProcess:
         return self.proc.start()
@@ -248,19 +255,38 @@ def hpcdock_dispatch(svc: ServiceProcess, bundle: Path, n: int) -> float:
 STUCK: list[str] = []
 
 
-def swarm(url: str, n: int, conc: int) -> float:
-    """A replicated-job service of N tasks, at most CONC at once: tasks per second to the last completion."""
+def swarm(url: str, n: int, conc: int, like: Optional[Path] = None) -> float:
+    """A replicated-job service of N tasks, at most CONC at once: tasks per second to the last completion.
+
+    ``like``: the tasks get what hpcdock's Swarm engine asks for (that directory bound read-only,
+    all capabilities dropped, its isolated network without a virtual IP), so the ratio is
+    hpcdock's own cost; without it, a plain ``docker service create --mode replicated-job``.
+    """
     import docker
-    from docker.types import ServiceMode
+    from docker.types import EndpointSpec, Mount, ServiceMode
 
     client = docker.DockerClient(base_url=url, version="1.41", timeout=120)
     name = f"hpcdock-bench-{os.getpid()}-{int(time.time())}"
+    options: dict[str, Any] = {}
+    if like is not None:
+        from hpcdock_service.config import SwarmSettings
+        from hpcdock_service.engines.swarm import ISOLATED_NETWORK, connect_swarm
+
+        connect_swarm(url, SwarmSettings(), conc).close()  # creates the isolated network once
+        options = {
+            "mounts": [Mount(target=str(like), source=str(like), type="bind", read_only=True)],
+            "workdir": str(like),
+            "cap_drop": ["ALL"],
+            "networks": [ISOLATED_NETWORK],
+            "endpoint_spec": EndpointSpec(mode="dnsrr"),
+        }
     t0 = time.time()
     service = client.services.create(
         TEST_IMAGE,
         command=["true"],
         name=name,
         mode=ServiceMode("replicated-job", replicas=n, concurrency=conc),
+        **options,
     )
     try:
         deadline = time.monotonic() + 600
@@ -320,8 +346,11 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
             with Service(tmp / f"dispatch-{kind}-{r}", url, slots=conc) as svc:
                 add(f"hpcdock_{kind}", lambda s=svc: hpcdock_dispatch(s, bundle, n))
     if durl:
-        for _ in range(args.repeat):
+        for r in range(args.repeat):  # plain Swarm and hpcdock on Swarm interleaved, the same tasks
             add("swarm", lambda: swarm(durl, n, conc))
+            add("swarm_like", lambda: swarm(durl, n, conc, like=bundle))
+            with Service(tmp / f"dispatch-swarm-{r}", durl, slots=conc, config={"engine": "swarm"}) as svc:
+                add("hpcdock_swarm", lambda s=svc: hpcdock_dispatch(s, bundle, n))
     results["dispatch"] = {
         "tasks": n,
         "concurrency": conc,
@@ -379,7 +408,7 @@ def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
     def add(key: str, fn: Callable[[], float]) -> None:
         try:
             value = fn()
-        except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others
+        except Exception as exc:  # one failing figure must not lose the others
             log(f"slurm {key}: FAILED: {exc}")
             results.setdefault("errors", []).append(f"slurm {key}: {exc}")
             return
@@ -737,6 +766,19 @@ def report(results: dict[str, Any]) -> str:
         s = med.get("swarm")
         if s:
             lines.append(f"| Docker Swarm replicated-job, rootless Docker | {s:.2f} | {runs('swarm')} | | |")
+            like, h = med.get("swarm_like"), med.get("hpcdock_swarm")
+            if like:
+                lines.append(
+                    f"| the same job with hpcdock's spec (read-only bind, no capabilities, isolated "
+                    f"network) | {like:.2f} | {runs('swarm_like')} | | |"
+                )
+            if h:
+                versus = f"{h / like:.2f}x the same job; " if like else ""
+                target = f"0.9x: {ok(h / like >= TARGETS['swarm_engine'])}" if like else ""
+                lines.append(
+                    f"| hpcdock job, engine: swarm (a replicated-job service per task) | {h:.2f} | "
+                    f"{runs('hpcdock_swarm')} | {versus}{h / s:.2f}x plain Swarm | {target} |"
+                )
             for kind in ("podman", "docker"):
                 h = med.get(f"hpcdock_{kind}")
                 if h:

@@ -19,10 +19,12 @@ fi
 
 t0=$(date +%s)
 "$here/scripts/setup-system.sh"
-# The Slurm engine's tests and benchmark run on a single-node Slurm cluster started here.
-case "$target" in test|bench) "$here/scripts/setup-slurm.sh" ;; esac
-# The benchmark compares against Docker Swarm jobs, which need rootless Docker's packages.
-[ "$target" = bench ] && "$here/scripts/setup-docker-rootless.sh" --system
+# The Slurm engine's tests and benchmark run on a single-node Slurm cluster started here; the Swarm
+# engine's tests and the benchmark's Swarm rows need rootless Docker's packages.
+case "$target" in test | bench)
+  "$here/scripts/setup-slurm.sh"
+  "$here/scripts/setup-docker-rootless.sh" --system ;;
+esac
 home=$(getent passwd "$user" | cut -d: -f6)
 uid=$(id -u "$user")
 dest="$home/hpcdock"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Rootless Docker (with a single-node Swarm) for the benchmarks' Swarm comparison; `make test`
-# never needs it. Two parts:
+# Rootless Docker with a single-node Swarm: the Swarm engine's tests (`make test`) and the
+# benchmarks' Swarm rows. Two parts:
 #   as root:  scripts/setup-docker-rootless.sh --system   installs docker.io and rootlesskit
 #   as user:  scripts/setup-docker-rootless.sh            starts the user's dockerd (detached, its
 #             own data-root under ~/.local/share/hpcdock-docker), `docker swarm init`, imports the
 #             busybox test image. Prints the socket URL (unix://...) on its last line.
-# Idempotent: a daemon that already answers is reused. Stop it with `--stop`.
+# Idempotent: a daemon that already answers with the flags below is reused (one started without
+# them is restarted). Stop it with `--stop`.
+# The daemon runs with --no-new-privileges (API 1.41 has no per-service option for it) and with
+# iptables (the default), which is what makes the Swarm engine's --internal network isolate tasks;
+# the swarm listens on loopback only, so a task cannot reach the manager's ports either.
 set -euo pipefail
 image=${HPCDOCK_TEST_IMAGE:-localhost/hpcdock-test:latest}
 
@@ -33,15 +37,30 @@ export DOCKER_HOST=unix://$sock
 pidfile=$run_dir/rootlesskit.pid
 mkdir -p "$run_dir" "$data_root"
 
-if [ "${1:-}" = --stop ]; then
+docker_cli() { command docker "$@"; }
+flags=(--no-new-privileges)
+
+stop_daemon() {
   pid=$(cat "$pidfile" 2>/dev/null || true)
   # only the rootlesskit this script started (a stale pid file may name another process by now)
-  if [ -n "$pid" ] && grep -q rootlesskit "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; then echo "stopped"; fi
+  if [ -n "$pid" ] && grep -q rootlesskit "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; then
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    echo "stopped"
+  fi
   rm -f "$pidfile"
+}
+
+if [ "${1:-}" = --stop ]; then
+  stop_daemon
   exit 0
 fi
 
-docker_cli() { command docker "$@"; }
+dockerd_pid=$(cat "$run_dir/dockerd.pid" 2>/dev/null || true)
+if docker_cli info >/dev/null 2>&1 && [ -n "$dockerd_pid" ] &&
+   ! tr '\0' ' ' <"/proc/$dockerd_pid/cmdline" 2>/dev/null | grep -q -- "${flags[*]}"; then
+  echo "setup-docker-rootless: restarting dockerd with ${flags[*]}" >&2
+  stop_daemon >/dev/null
+fi
 
 if ! docker_cli info >/dev/null 2>&1; then
   command -v dockerd >/dev/null && command -v rootlesskit >/dev/null || {
@@ -49,7 +68,7 @@ if ! docker_cli info >/dev/null 2>&1; then
   # dockerd-rootless.sh re-execs itself inside rootlesskit; the daemon's own state goes under
   # run_dir (exec-root, pid file) and data_root, so it never touches a system Docker.
   setsid nohup /usr/share/docker.io/contrib/dockerd-rootless.sh \
-      --iptables=false --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$run_dir/exec" \
+      "${flags[@]}" --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$run_dir/exec" \
       --pidfile "$run_dir/dockerd.pid" >"$run_dir/dockerd.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   for _ in $(seq 1 120); do
@@ -61,7 +80,7 @@ if ! docker_cli info >/dev/null 2>&1; then
 fi
 
 if [ "$(docker_cli info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
-  docker_cli swarm init --advertise-addr 127.0.0.1 >/dev/null
+  docker_cli swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null
 fi
 
 ENGINE=docker "$(dirname "$0")/build-test-image.sh" "$image" >/dev/null

@@ -175,6 +175,20 @@ class LicenceRetry:
 DEFAULT_LICENCE_RETRY = LicenceRetry(backoff_s=30.0, backoff_max_s=600.0, retries=10)
 
 
+@dataclass(frozen=True)
+class SwarmSettings:
+    """``swarm:`` in service.yaml, for ``engine: swarm`` (see :mod:`.engines.swarm`)."""
+
+    # Directories every Swarm node mounts at the same path; bundles and outputs must lie under
+    # them. None: the allowed roots, accepted only while the swarm has a single node.
+    shared_roots: Optional[tuple[str, ...]] = None
+    max_concurrent: Optional[int] = None  # task services at once; default: slots
+    gpu_kind: str = "NVIDIA-GPU"  # the generic resource GPU nodes advertise
+
+
+_SWARM_KEYS = ("shared_roots", "max_concurrent", "gpu_kind")
+
+
 def _default_resources() -> dict[str, int]:
     """The licence kinds the Houdini submitter asks for (a Karma ROP's export and husk steps), known
     before an admin counts them: as many as the machine has cores, which the slots bound anyway.
@@ -222,6 +236,7 @@ class ServiceConfig:
     log_cap_mib: int = 64  # per attempt; the end of a longer log is kept
     limits: SubmitLimits = field(default_factory=SubmitLimits)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # with engine: slurm
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)  # with engine: swarm
     # Counted resources (licences): {name: count}; a step holds `amount.<name>` of them while it runs.
     resources: dict[str, int] = field(default_factory=lambda: _default_resources())
     # {vcpus:, memory_mib:} tasks are packed into by their amount.worker.vcpu/memory; default: this machine.
@@ -268,10 +283,14 @@ class ServiceConfig:
             protected.append(os.path.dirname(engine_socket[len("unix://") :]))
         if self.endpoint.is_unix:  # the service's own socket, wherever its directory is
             protected.append(os.path.dirname(str(self.endpoint.path)))
+        # Bundles and outputs a cluster's nodes cannot see are refused at submit, naming the path.
         if self.engine == "slurm" and self.slurm.shared_roots is not None:
-            # Bundles and outputs a node cannot see are refused at submit, naming the path.
             return MountPolicy.build(
                 self.allowed_roots, protected, self.slurm.shared_roots, "slurm.shared_roots in service.yaml"
+            )
+        if self.engine == "swarm" and self.swarm.shared_roots is not None:
+            return MountPolicy.build(
+                self.allowed_roots, protected, self.swarm.shared_roots, "swarm.shared_roots in service.yaml"
             )
         return MountPolicy.build(self.allowed_roots, protected)
 
@@ -299,6 +318,7 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
             raise BadInput(f"{path}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
     data["limits"] = _load_limits(data.get("limits"), path)
     data["slurm"] = _load_slurm(data.get("slurm"), path)
+    data["swarm"] = _load_swarm(data.get("swarm"), path)
     config = ServiceConfig(**data)
     if config.port is not None and (not isinstance(config.port, int) or not 0 < config.port < 65536):
         raise BadInput(f"{path}: port", f"must be a TCP port number, got {config.port!r}")
@@ -388,3 +408,33 @@ def _load_limits(raw: Any, path: Path) -> SubmitLimits:
             raise BadInput(f"{path}: limits.{key}", f"unknown limit (known: {', '.join(sorted(known))})")
         _check_number(value, f"{path}: limits.{key}", whole=True)
     return SubmitLimits(**raw)
+
+
+def _load_swarm(raw: Any, path: Path) -> SwarmSettings:
+    if raw is None or isinstance(raw, SwarmSettings):
+        return raw or SwarmSettings()
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: swarm", f"must be a mapping of {', '.join(_SWARM_KEYS)}")
+    for key in raw:
+        if key not in _SWARM_KEYS:
+            raise BadInput(f"{path}: swarm.{key}", f"unknown setting (known: {', '.join(_SWARM_KEYS)})")
+    roots = raw.get("shared_roots")
+    if roots is not None and (
+        not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots)
+    ):
+        raise BadInput(
+            f"{path}: swarm.shared_roots",
+            "must be a list of absolute paths every Swarm node mounts at the same path",
+        )
+    _check_number(raw.get("max_concurrent"), f"{path}: swarm.max_concurrent", whole=True, optional=True)
+    kind = raw.get("gpu_kind", SwarmSettings.gpu_kind)
+    if not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", kind):
+        raise BadInput(
+            f"{path}: swarm.gpu_kind",
+            f"must be the generic resource name GPU nodes advertise (e.g. NVIDIA-GPU), got {kind!r}",
+        )
+    return SwarmSettings(
+        shared_roots=None if roots is None else tuple(sorted({os.path.realpath(r) for r in roots})),
+        max_concurrent=raw.get("max_concurrent"),
+        gpu_kind=kind,
+    )

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from tests.helpers import REPO, TEST_IMAGE, rootless_podman_unusable, socket_answers
+from tests.swarm import swarm_url
 
 EXPECT_ENGINES = "HPCDOCK_EXPECT_ENGINES"
 
@@ -121,6 +122,13 @@ KINDS = [
         select=lambda request: Selection(NO_GPUS, engine_url=_docker_url()),
     ),
     EngineKind(name="slurm", unavailable=slurm_unavailable, select=_select_slurm),
+    # The test user's rootless Docker in swarm mode (scripts/setup-docker-rootless.sh), started
+    # once a session when it does not answer yet, the test image imported into it.
+    EngineKind(
+        name="swarm",
+        unavailable=lambda: swarm_url()[1] or None,
+        select=lambda request: Selection({"engine": "swarm"}, engine_url=swarm_url()[0]),
+    ),
 ]
 
 

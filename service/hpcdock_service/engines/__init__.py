@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import Engine, EngineError
+from .base import Engine
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 def open_engine(config: ServiceConfig, state_dir: Path) -> Engine:
     """The engine ``config.engine`` names, connected and ready (its slots and GPUs from the config).
 
-    Raises EngineError saying why when it cannot be had (no engine answers, or this build does
-    not carry the engine the config asks for)."""
+    Raises EngineError saying why when it cannot be had (no engine answers)."""
     if config.engine == "local":
         from .discovery import connect
 
@@ -34,4 +33,8 @@ def open_engine(config: ServiceConfig, state_dir: Path) -> Engine:
         from .slurm import SlurmEngine
 
         return SlurmEngine(config.slurm, state_dir)
-    raise EngineError(f"service.yaml: engine: engine {config.engine!r} is not available in this build")
+    from .swarm import connect_swarm  # config.ENGINES has no fourth
+
+    return connect_swarm(
+        config.engine_socket, config.swarm, slots=config.slots, allow_rootful=config.allow_rootful
+    )

@@ -124,6 +124,15 @@ class MountRefused(EngineError):
     the path; the engine itself is fine."""
 
 
+class LogStream(Protocol):
+    """A run's output in chunks; ``close()`` ends a following one from another thread (the
+    runner ends a stream that idles after its run exited: some engines end theirs late)."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 class GpuPlacement(Protocol):
     """Which tasks hold which GPUs, for one engine; the scheduler asks, the engine decides."""
 
@@ -202,13 +211,10 @@ class Engine(Protocol):
     def leftovers(self, store_id: str) -> list[RunStatus]:
         """Every run of that store the engine still has (those no task claims are removed)."""
 
-    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
         """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
         engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
-        until the run exits.
-
-        A following iterator has ``close()``, which ends it from another thread.
-        """
+        until the run exits."""
 
     def wait(self, handle: str, timeout: Optional[float] = None) -> int:
         """The task's exit code; raises TimeoutError when ``timeout`` passes first, EngineError

@@ -37,7 +37,6 @@ removes such a container and answers None).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
 import docker
@@ -52,16 +51,17 @@ from ..gpu.inventory import NVIDIA_CDI_KIND
 from ..gpu_broker import GpuBroker
 from .base import (
     LABEL_STORE,
-    ContainerLimits,
     ContainerRequest,
     EngineError,
     EngineUnreachable,
     GpuGrant,
     LimitEnforcement,
+    LogStream,
     MountRefused,
     RunState,
     RunStatus,
 )
+from .common import check_binds, docker_enforcement, enforcement, no_output, recheck_binds, split_limits
 
 if TYPE_CHECKING:
     from .discovery import EmbeddedPodman
@@ -163,28 +163,8 @@ class LocalEngine:
             # to the user on cgroup v2, none for rootless on cgroup v1.
             controllers = set(host.get("cgroupControllers") or [])
             memory, pids, cpu = "memory" in controllers, "pids" in controllers, "cpu" in controllers
-        else:
-            memory, pids, cpu = (
-                bool(info.get("MemoryLimit")),
-                bool(info.get("PidsLimit")),
-                bool(info.get("CpuCfsQuota")),
-            )
-        notes = []
-        if not memory:
-            notes.append("memory: a per-process data limit (ulimit -d), not a limit on the container's total")
-        if not pids:
-            notes.append(
-                "pids: ulimit nproc, which counts the processes and threads of all this user's "
-                "containers together (rootless engines run them in one user namespace)"
-            )
-        if not cpu:
-            notes.append("cpu: not enforced (no cgroup CPU controller for this engine)")
-        return LimitEnforcement(
-            memory="cgroup" if memory else "ulimit",
-            pids="cgroup" if pids else "ulimit",
-            cpu="cgroup" if cpu else "none",
-            notes=tuple(notes),
-        )
+            return enforcement(memory, pids, cpu)
+        return docker_enforcement(info)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -196,24 +176,6 @@ class LocalEngine:
             "embedded": self.embedded is not None,
             "restarts": self.restarts,
         }
-
-    def _split_limits(self, limits: ContainerLimits) -> tuple[dict[str, float], dict[str, int]]:
-        """The limits the engine's cgroups enforce, and the rest as ulimits (name: value)."""
-        cgroup: dict[str, float] = {}
-        rlimits: dict[str, int] = {}
-        if limits.memory:
-            if self.enforcement.memory == "cgroup":
-                cgroup["memory"] = limits.memory
-            else:
-                rlimits["data"] = limits.memory
-        if limits.pids:
-            if self.enforcement.pids == "cgroup":
-                cgroup["pids"] = limits.pids
-            else:
-                rlimits["nproc"] = limits.pids
-        if limits.vcpus and self.enforcement.cpu == "cgroup":
-            cgroup["vcpus"] = limits.vcpus
-        return cgroup, rlimits
 
     def ping(self) -> None:
         if self.embedded is not None and not self.embedded.alive():
@@ -291,19 +253,7 @@ class LocalEngine:
             raise EngineError(f"GPU not attached: {problem}")
 
     def _check_mounts(self, request_mounts: list[mounts.Mount]) -> list[mounts.Bound]:
-        return [(m.source, m.target, self._verify(m.source, not m.readonly)) for m in request_mounts]
-
-    def _verify(self, source: str, writable: bool) -> mounts.Identity:
-        try:
-            return mounts.verify(self.mount_policy, source, writable=writable)
-        except mounts.PathRefused as exc:
-            raise MountRefused(f"mount of {source} refused: {exc}") from None
-
-    def _recheck_mounts(self, bound: list[mounts.Bound]) -> None:
-        """Walk the checked paths again: each must still be the very directory checked before."""
-        for source, _, identity in bound:
-            if self._verify(source, writable=False) != identity:
-                raise MountRefused(f"mount of {source} refused: it changed since it was checked")
+        return check_binds(self.mount_policy, request_mounts)
 
     def _prove_mounts(self, container_id: str, bound: list[mounts.Bound]) -> None:
         """Refuse unless the container's mountinfo shows every target bound to its checked directory."""
@@ -314,7 +264,8 @@ class LocalEngine:
                 problems = mounts.bound_mismatches(fh.read(), bound)
         except OSError as exc:
             if self.kind == "docker" and self._has_exited(container_id):
-                self._recheck_mounts(bound)  # already gone: the paths are all there is left to look at
+                # already gone: the paths are all there is left to look at
+                recheck_binds(self.mount_policy, bound)
                 return
             problems = [f"cannot read the container's mounts ({exc.strerror})"]
         if problems:
@@ -350,7 +301,7 @@ class LocalEngine:
         }
         if not request.network:
             host["network_mode"] = "none"
-        cgroup, rlimits = self._split_limits(request.limits)
+        cgroup, rlimits = split_limits(request.limits, self.enforcement)
         if "memory" in cgroup:
             host["mem_limit"] = host["memswap_limit"] = int(cgroup["memory"])
         if "pids" in cgroup:
@@ -409,7 +360,7 @@ class LocalEngine:
             "no_new_privileges": True,
             "netns": {"nsmode": "private" if request.network else "none"},
         }
-        cgroup, rlimits = self._split_limits(request.limits)
+        cgroup, rlimits = split_limits(request.limits, self.enforcement)
         resources: dict[str, Any] = {}
         if "memory" in cgroup:
             resources["memory"] = {"limit": int(cgroup["memory"]), "swap": int(cgroup["memory"])}
@@ -447,7 +398,7 @@ class LocalEngine:
         unproven = self._unproven.pop(container_id, None)
         try:
             if unproven:  # Docker: no init, so check once more as close to the bind as it gets
-                self._recheck_mounts(unproven)
+                recheck_binds(self.mount_policy, unproven)
             self.client.api.start(container_id)
             if unproven:
                 self._prove_mounts(container_id, unproven)
@@ -491,13 +442,13 @@ class LocalEngine:
             raise EngineError(f"cannot list containers: {_explain(exc)}") from exc
         return [_listed_status(c) for c in listed]
 
-    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+    def logs(self, container_id: str, follow: bool, tail: Optional[int] = None) -> LogStream:
         try:
             # Streamed either way (a CancellableStream when following: close() ends it from another
             # thread); without stream=True the SDK reads the whole log into one bytes object.
             return self.client.api.logs(container_id, stream=True, follow=follow, tail=tail or "all")
         except NotFound:
-            return iter([])
+            return no_output()
 
     def wait(self, container_id: str, timeout: Optional[float] = None) -> int:
         try:

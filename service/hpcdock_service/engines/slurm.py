@@ -73,6 +73,7 @@ from .base import (
     EngineError,
     EngineUnreachable,
     GpuGrant,
+    LogStream,
     MountRefused,
     RunState,
     RunStatus,
@@ -282,7 +283,7 @@ class Spool:
 
     def names(self, prefix: str) -> set[str]:
         """Attempts of that name prefix with any file here."""
-        found = set()
+        found: set[str] = set()
         try:
             entries = os.listdir(self.root)
         except FileNotFoundError:
@@ -805,7 +806,7 @@ class SlurmEngine:
             raise EngineError(record.error or f"Slurm job {name} ended without an exit code")
         return record.code
 
-    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> Iterator[bytes]:
+    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
         return OutputFile(self, handle, follow=follow, tail=tail)
 
     def over(self, name: str) -> bool:
@@ -933,7 +934,7 @@ class OutputFile:
     def _open(self) -> Any:
         while True:
             try:
-                return open(self.path, "rb")  # noqa: SIM115 - closed by the generator
+                return open(self.path, "rb")  # closed by the generator
             except FileNotFoundError:
                 if not self.follow or self._closed.is_set() or self.engine.over(self.name):
                     return None
