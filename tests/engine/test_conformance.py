@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,8 +211,13 @@ def test_cancel_mid_run_leaves_no_run_and_no_container(service: ServiceProcess, 
     assert job["state"] == "canceled"
     assert {t["state"] for t in client.tasks(job["id"])} == {"canceled"}
     assert runs_left(service) == []
-    time.sleep(1)
-    assert client.job(job["id"])["tasks_running"] == 0 and runs_left(service) == []
+    # a canceled job is finished once its last running task has ended
+    job = wait_for(
+        lambda: (lambda j: j if j["finished_at"] is not None else None)(client.job(job["id"])),
+        30,
+        what="the canceled job to be finished",
+    )
+    assert job["state"] == "canceled" and job["tasks_running"] == 0 and runs_left(service) == []
 
 
 def test_kill_minus_nine_mid_job_loses_nothing_and_runs_nothing_twice(
@@ -228,15 +232,23 @@ def test_kill_minus_nine_mid_job_loses_nothing_and_runs_nothing_twice(
         return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
 
     wait_for(rendering, 60, what="two tasks rendering")
+    done_before = {f["frame"] for f in client.frames(job["id"]) if f["state"] == "done"}
     service.kill()
-    time.sleep(2)  # the runs go on without the service; some frames finish meanwhile
+
+    def written_while_away() -> set[int]:
+        return {int(p.name.split(".")[1]) for p in (bundle / "out").glob("f.*.txt")} - done_before
+
+    # the runs go on without the service: frames they finish meanwhile are collected on restart
+    finished_away = wait_for(written_while_away, 60, what="a frame finished while the service is down")
     service.start()
     client = service.client()
     job = wait_job(client, job["id"])
     assert job["state"] == "succeeded", job
     tasks = client.tasks(job["id"])
     assert all(t["attempt"] == 1 for t in tasks), [(t["id"], t["attempt"]) for t in tasks]
-    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 8
+    states = {f["frame"]: f["state"] for f in client.frames(job["id"])}
+    assert states == dict.fromkeys(range(1, 9), "done")
+    assert {states[f] for f in finished_away} == {"done"}  # collected, not rendered again (attempt 1)
     for t in tasks:
         log, _ = client.log(t["id"])
         for frame in t["frames"]:
