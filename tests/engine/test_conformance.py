@@ -227,11 +227,12 @@ def test_kill_minus_nine_mid_job_loses_nothing_and_runs_nothing_twice(
     client = service.client()
     job = client.submit(str(bundle))
 
+    # Two at a time locally (--slots 2); a cluster engine may have more queued or running.
     def rendering() -> bool:
         running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
-        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
+        return sum("frame-start" in client.log(t["id"])[0] for t in running) >= 2
 
-    wait_for(rendering, 60, what="two tasks rendering")
+    wait_for(rendering, 120, what="two tasks rendering")
     done_before = {f["frame"] for f in client.frames(job["id"]) if f["state"] == "done"}
     service.kill()
 

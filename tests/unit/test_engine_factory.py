@@ -36,6 +36,9 @@ def test_the_service_stops_at_an_engine_that_does_not_answer_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HPCDOCK_ALLOW_ROOT", "1")  # the unit lane may run as root; nothing is served here
+    # no other manager to fall back to (the engine user's own rootless Docker, say)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     missing = tmp_path / "no-such-docker.sock"
     config = write(
         tmp_path,
