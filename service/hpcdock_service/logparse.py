@@ -191,9 +191,21 @@ class OpenJDUnsetEnv:
 
 @dataclass(frozen=True)
 class OpenJDMalformed:
-    """A malformed ``openjd_env``/``openjd_unset_env`` line; the reference runtime fails the action."""
+    """An OpenJD env message the reference runtime cannot read, and what it does about it.
+
+    ``kind`` is ``"env"`` or ``"unset_env"`` for a well-formed prefix with a bad name or value:
+    that fails an environment's action, and is ignored in a task's (env messages mean nothing
+    there). ``kind`` is ``"fail"`` for a line that is almost an env message (wrong case, no
+    colon): that fails whatever action printed it.
+    """
 
     reason: str
+    kind: str
+
+    @property
+    def fails_task(self) -> bool:
+        """Whether a task's action that printed it fails, as under ``openjd run``."""
+        return self.kind == "fail"
 
 
 OpenJDUpdate = Union[OpenJDStatus, OpenJDFail, OpenJDEnv, OpenJDUnsetEnv, OpenJDMalformed]
@@ -231,7 +243,7 @@ class _OpenJDMessages:
 
     def _take(self, kind: ActionMessageKind, value: Any, cancel_and_fail: bool) -> None:
         if cancel_and_fail:
-            self._found.append(OpenJDMalformed(str(value)))
+            self._found.append(OpenJDMalformed(str(value), kind.value))
         elif kind is ActionMessageKind.PROGRESS:
             self._found.append(Progress(_clamp_percent(float(value))))
         elif kind is ActionMessageKind.STATUS:
