@@ -187,6 +187,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("tasks", "retry_at", "REAL"),
     ),
     _add_references,
+    # a task's status line (the last ``openjd_status`` it printed)
+    _adding(("tasks", "status", "TEXT")),
 )
 LATEST = len(MIGRATIONS)
 

@@ -131,6 +131,7 @@ class Task(NamedTuple):
     container: Optional[str]  # the current (or last) attempt's run name
     exit_code: Optional[int]
     progress: float  # 0 to 100
+    status: Optional[str]  # the last ``openjd_status`` line of its current or last attempt
     error: Optional[str]
     started_at: Optional[float]
     finished_at: Optional[float]
@@ -154,6 +155,7 @@ class Task(NamedTuple):
             "container": self.container,
             "exit_code": self.exit_code,
             "progress": self.progress,
+            "status": self.status,
             "error": self.error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

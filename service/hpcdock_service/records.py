@@ -106,6 +106,7 @@ def task_from_row(r: sqlite3.Row) -> Task:
         r["container"],
         r["exit_code"],
         r["progress"],
+        r["status"],
         r["error"],
         r["started_at"],
         r["finished_at"],

@@ -62,6 +62,9 @@ from .logparse import (
     FrameStarted,
     LicenceUnavailable,
     LogParser,
+    OpenJDFail,
+    OpenJDMalformed,
+    OpenJDStatus,
     Progress,
     task_progress,
 )
@@ -197,6 +200,8 @@ class TaskRunner:
         self.timed_out = False
         self.licence = licence  # None: licence failures are ordinary failures
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
+        self.fail_message: Optional[str] = None  # the last openjd_fail: the reason shown if the task fails
+        self.malformed: Optional[str] = None  # an OpenJD message the reference runtime fails the action for
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._frames = {f.frame: f for f in store.frames_of_task(task.id)}
@@ -433,12 +438,16 @@ class TaskRunner:
         exit_code = outcome["code"]
         if self.licence_failure:
             return exit_code, f"licence unavailable: {self.licence_failure}"
-        if self.timed_out:
+        if self.malformed:
+            reason = f"stopped: {self.malformed}"
+        elif self.timed_out:
             reason = f"timed out after {self.step.timeout:g}s (onRun.timeout) and was stopped"
         elif exit_code == 0:
             return exit_code, None
         else:
             reason = self._exit_reason(exit_code)
+        if self.fail_message:  # the task's own words first (openjd_fail), then how it ended
+            reason = f"{self.fail_message} ({reason})"
         return exit_code, reason + self._limit_hints(parser)
 
     def _exit_reason(self, exit_code: int) -> str:
@@ -582,6 +591,14 @@ class TaskRunner:
             self._settle(update.frame, "failed", update.reason or "the render script reported a failure")
         elif isinstance(update, LicenceUnavailable) and self.licence is not None:
             self._licence_unavailable(update.line)
+        elif isinstance(update, OpenJDStatus):
+            self.store.set_status(task_id, update.text)
+        elif isinstance(update, OpenJDFail):
+            self.fail_message = update.text
+        elif isinstance(update, OpenJDMalformed) and update.fails_task and self.malformed is None:
+            self.malformed = update.reason  # as openjd-sessions does: the action is canceled as failed
+            log.info("task %s: %s; stopping the attempt", task_id, update.reason)
+            self._stop_quietly()
         elif isinstance(update, (FrameStarted, FrameDone, FrameFailed)):
             log.warning("task %s reported frame %s, which is not one of its frames", task_id, update.frame)
 
@@ -589,6 +606,9 @@ class TaskRunner:
         """Stop the attempt now: a renderer without a licence only fails later, or waits for one."""
         self.licence_failure = line
         log.info("task %s: licence unavailable (%r); stopping the attempt", self.task.id, line)
+        self._stop_quietly()
+
+    def _stop_quietly(self) -> None:
         try:
             self.stop()
         except EngineError as exc:  # it exited already
