@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
+from .bundle import EmbeddedFile
 from .framecheck import Flag, FrameCheckSettings
 
 JSON = dict[str, Any]
@@ -56,6 +57,9 @@ class StepRun(NamedTuple):
     memory_mib: Optional[int]  # its tasks' memory limit; None: the service's default
     vcpus: Optional[float]  # its tasks' vCPU limit; None: the service's default
     amounts: Mapping[str, float]
+    files: tuple[
+        EmbeddedFile, ...
+    ] = ()  # the step script's embeddedFiles, written into each task's container
 
 
 class ReadyStep(NamedTuple):

@@ -30,15 +30,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hpcdock.protocol import Backoff, FrameState
-from openjd.model import SymbolTable
-from openjd.model.v2023_09 import ArgString
 
-from . import framecheck, tasklog, thumbnails
+from . import framecheck, taskfiles, tasklog, thumbnails
 from .bundle import ContainerSpec
 from .config import LicenceRetry
 from .engines.base import (
@@ -141,21 +138,6 @@ class Tail:
 
 def mib(n: int) -> str:
     return f"{n / tasklog.MIB:g} MiB"
-
-
-def resolve_command(
-    command: Sequence[str], job_params: Mapping[str, str], task_params: Mapping[str, str], workdir: str
-) -> list[str]:
-    """Resolve the step's OpenJD format strings for one task, as an OpenJD session would."""
-    source: dict[str, Any] = {"Session.WorkingDirectory": workdir, "Session.HasPathMappingRules": "false"}
-    for name, value in job_params.items():
-        source[f"Param.{name}"] = value
-        source[f"RawParam.{name}"] = value
-    for name, value in task_params.items():
-        source[f"Task.Param.{name}"] = value
-        source[f"Task.RawParam.{name}"] = value
-    symtab = SymbolTable(source=source)
-    return [ArgString(part).resolve(symtab=symtab) for part in command]
 
 
 class TaskRunner:
@@ -351,7 +333,9 @@ class TaskRunner:
     def _create(self) -> str:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task.job_id)
-        command = resolve_command(step.command, self.store.job_params(task.job_id), task.params, spec.workdir)
+        command, files = taskfiles.resolve(
+            step.command, step.files, self.store.job_params(task.job_id), task.params, spec.workdir
+        )
         request = ContainerRequest(
             name=self.run_name,
             image=spec.image,
@@ -373,6 +357,7 @@ class TaskRunner:
             },
             gpus=self.gpus,
             limits=self.limits,
+            files=files,
         )
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread
