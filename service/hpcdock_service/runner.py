@@ -197,6 +197,7 @@ class TaskRunner:
         self._checks = store.frame_check_settings(task.job_id)
         self._current_percent = 0.0
         self._last_progress = 0.0
+        self._progress_unsent = False  # a report held back by PROGRESS_INTERVAL, sent when the log ends
         self._log_bytes = 0  # read from the follow stream so far
         self._log_tail = Tail()  # the end of what the follow stream delivered
         self.thread = threading.Thread(target=self._run, name=f"task-{task.id}", daemon=True)
@@ -413,6 +414,8 @@ class TaskRunner:
                     self._take_missing(out, parser)
                 for update in parser.close():
                     self._apply(update)
+                if self._progress_unsent:  # the last report stands, as the task left it
+                    self._report_progress(force=True)
         finally:
             drained.set()
             exited.set()
@@ -602,8 +605,9 @@ class TaskRunner:
     def _report_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            self._progress_unsent = True
             return
-        self._last_progress = now
+        self._last_progress, self._progress_unsent = now, False
         frames = self.task.frames
         percent = (
             task_progress(frames, self._done, self._current_percent) if frames else self._current_percent
