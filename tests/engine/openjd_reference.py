@@ -6,7 +6,10 @@ than the service's, hence a Python of their own). Each task runs in a Session of
 way ``openjd run --task-param`` runs one, and its ActionStatus (openjd-sessions' own reading of
 the ``openjd_*`` messages) and command output are printed as one JSON list on stdout::
 
-    python openjd_reference.py TEMPLATE '{"Param": "value"}'
+    python openjd_reference.py TEMPLATE '{"Param": "value"}' SESSIONS_DIR
+
+SESSIONS_DIR holds the sessions' working directories (openjd-sessions' default, /tmp/OpenJD, is
+shared by every user of the machine).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class _Output(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def run_task(job: Any, params: Any, step: Any, task: dict[str, Any], index: int) -> dict[str, Any]:
+def run_task(params: Any, step: Any, task: dict[str, Any], index: int, sessions: Path) -> dict[str, Any]:
     final: dict[str, Optional[ActionStatus]] = {"status": None}
 
     def callback(_session_id: str, status: ActionStatus) -> None:
@@ -50,7 +53,12 @@ def run_task(job: Any, params: Any, step: Any, task: dict[str, Any], index: int)
     output = _Output()
     LOG.addHandler(output)
     try:
-        with Session(session_id=f"oracle-{index}", job_parameter_values=params, callback=callback) as session:
+        with Session(
+            session_id=f"oracle-{index}",
+            job_parameter_values=params,
+            callback=callback,
+            session_root_directory=sessions,
+        ) as session:
             session.run_task(step_script=step.script, task_parameter_values=task)
             while session.state == SessionState.RUNNING:
                 time.sleep(0.01)
@@ -70,7 +78,7 @@ def run_task(job: Any, params: Any, step: Any, task: dict[str, Any], index: int)
     }
 
 
-def main(template_path: str, values_json: str) -> None:
+def main(template_path: str, values_json: str, sessions_dir: str) -> None:
     path = Path(template_path)
     template = decode_job_template(template=yaml.safe_load(path.read_text()))
     params = preprocess_job_parameters(
@@ -85,7 +93,7 @@ def main(template_path: str, values_json: str) -> None:
     for step in job.steps:
         tasks = list(StepParameterSpaceIterator(space=step.parameterSpace)) if step.parameterSpace else [{}]
         for task in tasks:
-            results.append(run_task(job, params, step, task, len(results)))
+            results.append(run_task(params, step, task, len(results), Path(sessions_dir)))
     print(json.dumps(results))
 
 

@@ -65,10 +65,11 @@ def reference_python() -> Path:
 
 
 def run_reference(
-    python: Path, template: Path, values: dict[str, str]
+    python: Path, template: Path, values: dict[str, str], sessions: Path
 ) -> dict[str, tuple[dict[str, Any], Outcome]]:
+    sessions.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [str(python), str(DRIVER), str(template), json.dumps(values)],
+        [str(python), str(DRIVER), str(template), json.dumps(values), str(sessions)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -110,6 +111,16 @@ def run_hpcdock(
     return found, job
 
 
+def report(service: ServiceProcess, job: dict[str, Any]) -> str:
+    """The job, and each task's error and log: what a failed assertion needs to be understood."""
+    client = service.client()
+    tasks = [
+        f"--- task {t['params']} {t['state']}: {t['error']}\n{client.log(t['id'])[0][-1500:]}"
+        for t in client.tasks(job["id"])
+    ]
+    return "\n".join([dump(job), *tasks])
+
+
 def compare(reference: dict[str, tuple[dict[str, Any], Outcome]], ours: dict[str, Outcome]) -> None:
     assert set(ours) == set(reference), dump({"hpcdock": list(ours), "reference": list(reference)})
     for key, (raw, ref) in reference.items():
@@ -139,7 +150,7 @@ def test_stdout_messages_agree_with_the_reference(
     service: ServiceProcess, openjd_image: str, reference_python: Path, tmp_path: Path
 ) -> None:
     template = LANE / "messages.yaml"
-    reference = run_reference(reference_python, template, {})
+    reference = run_reference(reference_python, template, {}, tmp_path / "sessions")
     ours, job = run_hpcdock(service, openjd_image, template, tmp_path / "bundle", {})
     assert job["state"] == "failed", dump(job)
     compare(reference, ours)
@@ -153,11 +164,13 @@ def test_embedded_files_agree_with_the_reference(
     service: ServiceProcess, openjd_image: str, reference_python: Path, tmp_path: Path
 ) -> None:
     template = LANE / "embedded.yaml"
-    reference = run_reference(reference_python, template, {"Out": str(tmp_path / "ref" / "out")})
+    reference = run_reference(
+        reference_python, template, {"Out": str(tmp_path / "ref" / "out")}, tmp_path / "sessions"
+    )
     ours, job = run_hpcdock(
         service, openjd_image, template, tmp_path / "bundle", {"Out": str(tmp_path / "bundle" / "out")}
     )
-    assert job["state"] == "succeeded", dump(job)
+    assert job["state"] == "succeeded", report(service, job)
     compare(reference, ours)
     assert ours['{"Frame": "2"}'].values[0] == "VALUE data=hello from frame 2"
     same_tree(tmp_path / "ref" / "out", tmp_path / "bundle" / "out")
@@ -183,11 +196,13 @@ def test_path_parameters_agree_with_the_reference(
     service: ServiceProcess, openjd_image: str, reference_python: Path, tmp_path: Path
 ) -> None:
     template = LANE / "paths.yaml"
-    reference = run_reference(reference_python, template, _path_inputs(tmp_path / "ref"))
+    reference = run_reference(
+        reference_python, template, _path_inputs(tmp_path / "ref"), tmp_path / "sessions"
+    )
     ours, job = run_hpcdock(
         service, openjd_image, template, tmp_path / "bundle", _path_inputs(tmp_path / "bundle" / "data")
     )
-    assert job["state"] == "succeeded", dump(job)
+    assert job["state"] == "succeeded", report(service, job)
     compare(reference, ours)
     (outcome,) = ours.values()
     assert "VALUE raw_equals_mapped=yes" in outcome.values and "VALUE count_before=41" in outcome.values
@@ -198,9 +213,9 @@ def test_host_requirements_linux_meets_agree_with_the_reference(
     service: ServiceProcess, openjd_image: str, reference_python: Path, tmp_path: Path
 ) -> None:
     template = LANE / "host.yaml"
-    reference = run_reference(reference_python, template, {})
+    reference = run_reference(reference_python, template, {}, tmp_path / "sessions")
     ours, job = run_hpcdock(service, openjd_image, template, tmp_path / "bundle", {})
-    assert job["state"] == "succeeded", dump(job)
+    assert job["state"] == "succeeded", report(service, job)
     compare(reference, ours)
 
 
@@ -244,11 +259,12 @@ def test_an_input_path_is_read_only_in_the_container(
     client = service.client()
     values = {"Scene": str(tmp_path / "in" / "scene.txt"), "Out": str(bundle / "out")}
     job = wait_job(client, client.submit(str(bundle), values)["id"])
-    assert job["state"] == "succeeded", dump(job)
+    assert job["state"] == "succeeded", report(service, job)
     assert (tmp_path / "in" / "scene.txt").read_text() == "keep me"
     assert (bundle / "out" / "result").read_text() == "ok\n"
     (task,) = client.tasks(job["id"])
-    assert "VALUE wrote the input" not in client.log(task["id"])[0]
+    log = client.log(task["id"])[0]
+    assert values_of(log.splitlines()) == () and "Read-only file system" in log, log
 
 
 def test_a_requirement_no_worker_meets_is_refused_at_submit(service: ServiceProcess, tmp_path: Path) -> None:
