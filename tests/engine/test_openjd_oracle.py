@@ -91,7 +91,7 @@ def run_reference(
 def run_hpcdock(
     service: ServiceProcess, image: str, template: Path, bundle: Path, values: dict[str, str]
 ) -> tuple[dict[str, Outcome], dict[str, Any]]:
-    bundle.mkdir(parents=True)
+    bundle.mkdir(parents=True, exist_ok=True)
     shutil.copy(template, bundle / "template.yaml")
     (bundle / "hpcdock.yaml").write_text(yaml.safe_dump({"image": image, "max_attempts": 1}))
     client = service.client()

@@ -264,6 +264,8 @@ class LocalEngine:
         else:
             container_id = self._create_compat(request, gpu)
         try:
+            if request.files:  # before the runtime is initialised: it checks the command exists
+                self._put_files(container_id, request.files)
             if self.kind == "podman":
                 # The runtime binds the mounts now, before any of the task's code runs (and Podman
                 # shows CDI devices in inspect only once the container is initialised).
@@ -273,8 +275,6 @@ class LocalEngine:
                 self._unproven[container_id] = bound
             if gpu is not None:
                 self._verify_gpus(container_id, gpu)
-            if request.files:
-                self._put_files(container_id, request.files)
         except EngineError:
             self.remove(container_id)
             raise
