@@ -998,7 +998,9 @@ def _check_output_dir(path: str, root: Path, policy: MountPolicy, where: str) ->
     return real
 
 
-def _with_path_mounts(container: ContainerSpec, jt: Any, params: Mapping[str, Any], policy: MountPolicy):
+def _with_path_mounts(
+    container: ContainerSpec, jt: Any, params: Mapping[str, Any], policy: MountPolicy
+) -> ContainerSpec:
     """The container with the mounts its PATH parameters ask for, by ``objectType`` and ``dataFlow``.
 
     ``IN`` is mounted read-only, ``OUT`` and ``INOUT`` read-write (a FILE's parent directory, since
@@ -1033,7 +1035,7 @@ def _with_path_mounts(container: ContainerSpec, jt: Any, params: Mapping[str, An
             source, readonly = (os.path.dirname(real) if is_file else real), False
             if flow == DataFlow.INOUT and not os.path.exists(real):
                 raise BadInput(where, f"{path} does not exist (dataFlow INOUT: the task reads it first)")
-        if not readonly and source == str(Path(container.workdir)):
+        if not readonly and source == container.workdir:
             raise BadInput(where, "an output needs a directory of its own inside the bundle (e.g. out/)")
         _check_mountable(policy, source, where, must_exist=readonly)
         if not readonly:
