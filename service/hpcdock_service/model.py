@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
+from .bundle import EmbeddedFile
 from .framecheck import Flag, FrameCheckSettings
 
 JSON = dict[str, Any]
@@ -56,6 +57,9 @@ class StepRun(NamedTuple):
     memory_mib: Optional[int]  # its tasks' memory limit; None: the service's default
     vcpus: Optional[float]  # its tasks' vCPU limit; None: the service's default
     amounts: Mapping[str, float]
+    files: tuple[
+        EmbeddedFile, ...
+    ] = ()  # the step script's embeddedFiles, written into each task's container
 
 
 class ReadyStep(NamedTuple):
@@ -131,6 +135,7 @@ class Task(NamedTuple):
     container: Optional[str]  # the current (or last) attempt's run name
     exit_code: Optional[int]
     progress: float  # 0 to 100
+    status: Optional[str]  # the last ``openjd_status`` line of its current or last attempt
     error: Optional[str]
     started_at: Optional[float]
     finished_at: Optional[float]
@@ -154,6 +159,7 @@ class Task(NamedTuple):
             "container": self.container,
             "exit_code": self.exit_code,
             "progress": self.progress,
+            "status": self.status,
             "error": self.error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

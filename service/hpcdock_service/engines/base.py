@@ -65,6 +65,18 @@ class GpuGrant:
     indices: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ContainerFile:
+    """A file the engine writes into the container before the task starts (an OpenJD embedded file).
+
+    ``path`` is absolute inside the container; missing directories on the way are created.
+    """
+
+    path: str
+    data: bytes
+    mode: int = 0o644
+
+
 @dataclass
 class ContainerRequest:
     """One task attempt's container, fully decided by the service (security defaults included).
@@ -83,6 +95,7 @@ class ContainerRequest:
     labels: dict[str, str]
     gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
+    files: list[ContainerFile] = field(default_factory=list)  # written in before it starts
 
 
 @dataclass(frozen=True)
@@ -194,8 +207,9 @@ class Engine(Protocol):
     def create(self, request: ContainerRequest) -> str:
         """Prepare the run without starting the task's code; return its handle.
 
-        Mounts are checked here again, and the request's GPUs attached and verified (an engine
-        that cannot prove a GPU is attached raises EngineError naming it)."""
+        Mounts are checked here again, the request's GPUs attached and verified (an engine
+        that cannot prove a GPU is attached raises EngineError naming it), and its files written
+        into the container."""
 
     def start(self, handle: str) -> None:
         """Let the run go (a cancel between create and start means the task never ran)."""
