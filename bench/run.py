@@ -661,7 +661,7 @@ def bench_checks(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -
 
 def store_check_cost(tmp: Path) -> dict[str, float]:
     from hpcdock_service import framecheck
-    from hpcdock_service.bundle import load_bundle
+    from hpcdock_service.bundle_loader import load_bundle
     from hpcdock_service.mounts import MountPolicy
     from hpcdock_service.store import Store
 

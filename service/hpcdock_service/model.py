@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
-from .bundle import EmbeddedFile
+from .bundle_loader import EmbeddedFile
 from .framecheck import Flag, FrameCheckSettings
 
 JSON = dict[str, Any]

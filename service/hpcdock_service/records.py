@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState, decode_frames
 
-from .bundle import EmbeddedFile
+from .bundle_loader import EmbeddedFile
 from .framecheck import Flag, FrameCheckSettings
 from .model import Event, Frame, Job, ReadyStep, Step, StepRun, Task
 

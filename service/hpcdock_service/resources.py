@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Optional
 
-from .bundle import CUSTOM_AMOUNT_PREFIX, MEMORY_AMOUNT, VCPU_AMOUNT
+from .bundle_loader import CUSTOM_AMOUNT_PREFIX, MEMORY_AMOUNT, VCPU_AMOUNT
 from .config import Machine
 
 GPU_WAIT = "GPU"

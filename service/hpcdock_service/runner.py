@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 from hpcdock.protocol import Backoff, FrameState
 
 from . import framecheck, taskfiles, tasklog, thumbnails
-from .bundle import ContainerSpec
+from .bundle_loader import ContainerSpec
 from .config import LicenceRetry
 from .engines.base import (
     LABEL_ATTEMPT,

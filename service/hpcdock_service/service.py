@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from hpcdock.protocol import FrameState
 
 from . import __version__, tasklog, thumbnails
-from .bundle import load_bundle, prepare_output_dirs
+from .bundle_loader import load_bundle, prepare_output_dirs
 from .config import ServiceConfig, WorkerCapabilities
 from .engines import open_engine
 from .engines.base import ContainerLimits, Engine, EngineUnreachable

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from hpcdock.protocol import JOB_ACTIVE, EventKind, TaskState, decode_frames, encode_frames, event_data
 from openjd.model import IntRangeExpr
 
-from .bundle import ContainerSpec, JobPlan
+from .bundle_loader import ContainerSpec, JobPlan
 from .config import LicenceRetry
 from .errors import BadInput, NotFound
 from .framecheck import FLICKER_RADIUS, Flag, FrameCheck, FrameCheckSettings, compare_shape, flicker

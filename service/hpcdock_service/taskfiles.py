@@ -20,7 +20,7 @@ from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString, DataString
 from openjd.sessions._embedded_files import _convert_line_endings
 
-from .bundle import EmbeddedFile
+from .bundle_loader import EmbeddedFile
 from .engines.base import ContainerFile
 
 #: Where a task's embedded files are written inside its container: a directory of the task's own

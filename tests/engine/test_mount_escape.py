@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hpcdock_service.bundle import Mount
+from hpcdock_service.bundle_loader import Mount
 from hpcdock_service.engines.base import ContainerRequest, MountRefused
 from hpcdock_service.mounts import MountPolicy
 

@@ -159,7 +159,7 @@ def test_image_is_loaded_on_a_node_that_lacks_it(slurm, tmp_path: Path) -> None:
 
 
 def test_mounts_outside_the_shared_roots_are_refused_naming_the_path(slurm, tmp_path: Path) -> None:
-    from hpcdock_service.bundle import Mount
+    from hpcdock_service.bundle_loader import Mount
     from hpcdock_service.engines.base import MountRefused
 
     private = tmp_path / "private"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from hpcdock_service.bundle import Mount
+from hpcdock_service.bundle_loader import Mount
 from hpcdock_service.config import SwarmSettings
 from hpcdock_service.engines.base import ContainerRequest, MountRefused, RunState
 from hpcdock_service.engines.swarm import ISOLATED_NETWORK, SwarmEngine, connect_swarm

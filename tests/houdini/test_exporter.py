@@ -360,7 +360,7 @@ def test_a_simulation_renders_in_one_task(hou, houdini, project, client, tmp_pat
 
 def test_the_service_runs_a_simulation_as_one_task(hou, houdini, project, client, tmp_path):
     # The service's own loader (absent from the Houdini-like PySide2 lane) makes the same single task.
-    load_bundle = pytest.importorskip("hpcdock_service.bundle").load_bundle
+    load_bundle = pytest.importorskip("hpcdock_service.bundle_loader").load_bundle
     policy = pytest.importorskip("hpcdock_service.mounts").MountPolicy.build([str(tmp_path)])
     bundle, _, _ = _simulation_bundle(hou, houdini, tmp_path)
     plan = load_bundle(bundle, mount_policy=policy)
@@ -456,7 +456,7 @@ def test_the_python_and_husk_commands_come_from_the_node(hou, houdini, project, 
 
 def test_a_default_service_loads_the_export_and_render_steps(hou, houdini, project, client, tmp_path):
     service_bundle = pytest.importorskip(
-        "hpcdock_service.bundle"
+        "hpcdock_service.bundle_loader"
     )  # absent from the Houdini-like PySide2 lane
     from hpcdock_service.config import ServiceConfig
     from hpcdock_service.mounts import MountPolicy

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hpcdock import bundle as B
+from hpcdock import bundle_writer as B
 from hpcdock import jobplan as P
 from hpcdock.farm.render import hscript_quote, output_parm_name
 

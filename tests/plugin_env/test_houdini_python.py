@@ -124,7 +124,7 @@ def test_the_check_sees_modules_that_need_more_than_houdini_has(houdini_python, 
 
 
 def test_farm_script_starts_in_a_bare_python(tmp_path):
-    from hpcdock import bundle as B
+    from hpcdock import bundle_writer as B
 
     job = B.JobSpec(
         name="shot",

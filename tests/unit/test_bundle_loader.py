@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hpcdock_service.bundle import load_bundle, prepare_output_dirs
+from hpcdock_service.bundle_loader import load_bundle, prepare_output_dirs
 from hpcdock_service.errors import BadInput
 from hpcdock_service.mounts import MountPolicy
 

@@ -1,4 +1,4 @@
-"""hpcdock.bundle: the pure-Python bundle writer (no hou)."""
+"""hpcdock.bundle_writer: the pure-Python bundle writer (no hou)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hpcdock import bundle as B
-from hpcdock_service.bundle import load_bundle
+from hpcdock import bundle_writer as B
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.mounts import MountPolicy
 from openjd.model import (
     StepParameterSpaceIterator,

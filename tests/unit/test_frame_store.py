@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.errors import BadInput
 from hpcdock_service.framecheck import FrameCheck, FrameCheckSettings, inspect
 from hpcdock_service.mounts import MountPolicy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hpcdock_service.bundle import load_bundle, prepare_output_dirs
+from hpcdock_service.bundle_loader import load_bundle, prepare_output_dirs
 from hpcdock_service.config import ServiceConfig
 from hpcdock_service.errors import BadInput
 from hpcdock_service.mounts import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hpcdock_service.bundle import EmbeddedFile, load_bundle
+from hpcdock_service.bundle_loader import EmbeddedFile, load_bundle
 from hpcdock_service.config import WorkerCapabilities, cpu_arch, load_config
 from hpcdock_service.engines.local import _archive
 from hpcdock_service.errors import BadInput

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.config import WorkerCapabilities
 from hpcdock_service.errors import BadInput
 from hpcdock_service.logparse import LogParser, OpenJDFail, OpenJDStatus, Progress

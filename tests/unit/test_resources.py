@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.config import LicenceRetry, Machine, load_config
 from hpcdock_service.errors import BadInput
 from hpcdock_service.logparse import LicenceUnavailable, LogParser

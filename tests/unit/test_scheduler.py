@@ -17,7 +17,7 @@ import pytest
 import yaml
 from hpcdock.protocol import JOB_FINAL
 from hpcdock_service import tasklog
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.engines.base import (
     ContainerLimits,
     ContainerRequest,

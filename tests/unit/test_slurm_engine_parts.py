@@ -145,7 +145,7 @@ def test_tail_offset(tmp_path: Path, text: bytes, lines: int, expected: bytes) -
 
 def test_spec_round_trips_the_request_and_takes_the_gpus_slurm_allocated() -> None:
     from hpcdock_service import mounts
-    from hpcdock_service.bundle import Mount
+    from hpcdock_service.bundle_loader import Mount
     from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, GpuGrant
 
     request = ContainerRequest(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.records import printf_format
 from hpcdock_service.store import Store

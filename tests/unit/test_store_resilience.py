@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from hpcdock_service import store as store_mod
-from hpcdock_service.bundle import load_bundle
+from hpcdock_service.bundle_loader import load_bundle
 from hpcdock_service.mounts import MountPolicy
 from hpcdock_service.store import Store, StoreBusy, StoreCorrupt
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hpcdock_service.bundle import Mount
+from hpcdock_service.bundle_loader import Mount
 from hpcdock_service.config import SwarmSettings, load_config
 from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, GpuGrant, RunState
 from hpcdock_service.engines.common import enforcement

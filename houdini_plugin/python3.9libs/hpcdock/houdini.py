@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import hou
 
-from hpcdock import bundle as B
+from hpcdock import bundle_writer as B
 from hpcdock import jobplan as P
 from hpcdock.farm.render import base_type_name, hscript_quote, output_parm_name
 

@@ -1,7 +1,7 @@
 """Decide a job's steps, frames and outputs from values read out of Houdini. Pure: no ``hou``.
 
 The Houdini adapter (:mod:`hpcdock.houdini`) reads the live scene into the frozen values
-defined here and this module turns them into a :class:`hpcdock.bundle.JobSpec`, so that the
+defined here and this module turns them into a :class:`hpcdock.bundle_writer.JobSpec`, so that the
 decisions can be tested without Houdini or a stand-in for it.
 
 Render order and frames are Houdini's own: for every ROP to submit the adapter runs the
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from hpcdock import bundle as B
+from hpcdock import bundle_writer as B
 from hpcdock.farm.render import base_type_name, output_parm_name
 
 SUBMIT_TYPE = "hpcdock_submit"

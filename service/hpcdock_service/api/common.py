@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..bundle import MAX_FRAME
+from ..bundle_loader import MAX_FRAME
 from ..errors import BadInput
 from ..model import JSON
 from ..service import Service

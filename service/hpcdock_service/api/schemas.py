@@ -23,7 +23,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from ..bundle import MAX_FRAME
+from ..bundle_loader import MAX_FRAME
 from ..errors import text_problem
 
 MAX_ID = 2**63 - 1  # ids and event ids are SQLite integers
