@@ -40,6 +40,7 @@ from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
 from .config import SubmitLimits
 from .errors import BadInput, text_problem
 from .framecheck import FrameCheckSettings, parse_settings
+from .model import Environment
 from .mounts import MountPolicy, PathRefused, make_dirs
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
@@ -169,6 +170,8 @@ class StepPlan:
     # What one running task holds, by amount name: counted resources ("amount.houdini_engine": 1)
     # and what it is packed by ("amount.worker.vcpu": 2, "amount.worker.memory": MiB).
     amounts: dict[str, float] = field(default_factory=dict)
+    # The job's environments, then the step's: what its sessions enter, in this order.
+    environments: list[Environment] = field(default_factory=list)
 
 
 @dataclass
@@ -267,6 +270,7 @@ def load_bundle(
         steps.append(
             _plan_step(index, step, frames_param, outputs, step_names, gpu_check, capacity or {}, tname)
         )
+        steps[-1].environments = _environments(job.jobEnvironments) + _environments(step.stepEnvironments)
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
         raise BadInput(
             "hpcdock.yaml: frames.parameter", f"no step has a task parameter named {frames_param!r}"
@@ -529,12 +533,10 @@ def _clean_openjd_message(exc: Exception) -> str:
 
 def _refuse_unsupported(jt: Any, tname: str) -> None:
     """Name every OpenJD feature in the template that hpcdock does not run yet."""
-    if jt.jobEnvironments:
-        raise BadInput(f"{tname}: jobEnvironments", "job environments are not supported by hpcdock yet")
+    _refuse_unsupported_environments(jt.jobEnvironments, f"{tname}: jobEnvironments")
     for i, step in enumerate(jt.steps):
         where = f"{tname}: steps[{i}]"
-        if step.stepEnvironments:
-            raise BadInput(f"{where}.stepEnvironments", "step environments are not supported by hpcdock yet")
+        _refuse_unsupported_environments(step.stepEnvironments, f"{where}.stepEnvironments")
         if step.script.embeddedFiles:
             raise BadInput(
                 f"{where}.script.embeddedFiles",
@@ -567,6 +569,50 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
                     f"{where}.parameterSpace.{param.name}.chunks.targetRuntimeSeconds",
                     "adaptive chunking is not supported by hpcdock yet; use defaultTaskCount",
                 )
+
+
+def _refuse_unsupported_environments(environments: Any, where: str) -> None:
+    """Environments run in sessions (:mod:`.sessions`); what of them hpcdock does not run yet is named."""
+    for i, env in enumerate(environments or []):
+        script = env.script
+        if script is None:
+            continue
+        if script.embeddedFiles:
+            raise BadInput(
+                f"{where}[{i}].script.embeddedFiles",
+                "embedded files are not supported by hpcdock yet; ship the file in the bundle",
+            )
+        for wrap in ("onWrapEnvEnter", "onWrapTaskRun", "onWrapEnvExit"):
+            if getattr(script.actions, wrap, None) is not None:
+                raise BadInput(f"{where}[{i}].script.actions.{wrap}", f"{wrap} is not supported by hpcdock")
+
+
+def _environments(environments: Any) -> list[Environment]:
+    """The template's environments as sessions enter them (format strings kept, resolved per session)."""
+    planned = []
+    for env in environments or []:
+        actions = env.script.actions if env.script is not None else None
+        timeouts = [
+            float(a.timeout)
+            for a in (getattr(actions, "onEnter", None), getattr(actions, "onExit", None))
+            if a is not None and a.timeout is not None
+        ]
+        planned.append(
+            Environment(
+                name=env.name,
+                enter=_action_command(getattr(actions, "onEnter", None)),
+                exit=_action_command(getattr(actions, "onExit", None)),
+                variables={k: str(v) for k, v in (env.variables or {}).items()},
+                timeout=max(timeouts) if timeouts else None,
+            )
+        )
+    return planned
+
+
+def _action_command(action: Any) -> tuple[str, ...]:
+    if action is None:
+        return ()
+    return (str(action.command), *(str(a) for a in (action.args or [])))
 
 
 def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits, tname: str) -> None:

@@ -187,6 +187,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("tasks", "retry_at", "REAL"),
     ),
     _add_references,
+    # the OpenJD environments a step's tasks run in (empty: none)
+    _adding(("steps", "environments", "TEXT")),
 )
 LATEST = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState, decode_frames
 
 from .framecheck import Flag, FrameCheckSettings
-from .model import Event, Frame, Job, ReadyStep, Step, StepRun, Task
+from .model import Environment, Event, Frame, Job, ReadyStep, Step, StepRun, Task
 
 _JOB_STATES = {s.value: s for s in JobState}
 _TASK_STATES = {s.value: s for s in TaskState}
@@ -54,6 +54,7 @@ def step_run_from_row(r: sqlite3.Row) -> StepRun:
         r["memory_mib"],
         r["vcpus"],
         amounts(r["amounts"]),
+        tuple(Environment.from_json(e) for e in json.loads(r["environments"] or "[]")),
     )
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -49,10 +50,10 @@ from .engines.base import (
     NO_LIMITS,
     ContainerLimits,
     ContainerRequest,
-    Engine,
     EngineError,
     EngineUnreachable,
     GpuGrant,
+    Runs,
     RunStatus,
 )
 from .engines.discovery import EngineWatch
@@ -66,6 +67,7 @@ from .logparse import (
     task_progress,
 )
 from .model import StepRun, Task
+from .sessions import COLD_WORKING_DIRECTORY, cold_command
 from .store import FrameResult, Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -155,12 +157,17 @@ def resolve_command(
     return [ArgString(part).resolve(symtab=symtab) for part in command]
 
 
+def _resolve_env(params: Mapping[str, str], parts: Sequence[str]) -> list[str]:
+    """An environment's format strings in a cold task's container."""
+    return resolve_command(parts, params, {}, COLD_WORKING_DIRECTORY)
+
+
 class TaskRunner:
     def __init__(
         self,
         *,
         store: Store,
-        engine: Engine,
+        engine: Runs,
         task: Task,
         step: StepRun,
         log_path: Path,
@@ -173,6 +180,7 @@ class TaskRunner:
         limits: ContainerLimits = NO_LIMITS,
         log_cap: int = 64 * tasklog.MIB,
         licence: Optional[LicenceRetry] = None,
+        session_workdir: Optional[str] = None,
     ) -> None:
         assert task.container is not None, "start_task names the task's run"
         self.store = store
@@ -196,6 +204,8 @@ class TaskRunner:
         self._started = adopt is not None
         self.timed_out = False
         self.licence = licence  # None: licence failures are ordinary failures
+        # {{Session.WorkingDirectory}}: the session's scratch directory when the task runs in one
+        self.session_workdir = session_workdir
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
         self._stop_lock = threading.Lock()
         self._stop_requested = False
@@ -346,7 +356,15 @@ class TaskRunner:
     def _create(self) -> str:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task.job_id)
-        command = resolve_command(step.command, self.store.job_params(task.job_id), task.params, spec.workdir)
+        params = self.store.job_params(task.job_id)
+        if step.environments and self.session_workdir is None:  # environments, but no session
+            command = cold_command(
+                [(env, partial(_resolve_env, params)) for env in step.environments],
+                resolve_command(step.command, params, task.params, COLD_WORKING_DIRECTORY),
+                spec.workdir,
+            )
+        else:
+            command = resolve_command(step.command, params, task.params, self.session_workdir or spec.workdir)
         request = ContainerRequest(
             name=self.run_name,
             image=spec.image,

@@ -364,8 +364,8 @@ class Store:
             for s_idx, step in enumerate(plan.steps):
                 db.execute(
                     "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                    "cancel_grace, output, memory_mib, vcpus, amounts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cancel_grace, output, memory_mib, vcpus, amounts, environments) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         s_idx,
@@ -379,6 +379,7 @@ class Store:
                         step.memory_mib,
                         step.vcpus,
                         json.dumps(step.amounts),
+                        json.dumps([e.to_json() for e in step.environments]),
                     ),
                 )
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
