@@ -79,7 +79,7 @@ class Scheduler:
             self.sessions = SessionPool(engine, state_dir / "sessions")
             self.sessions.on_ended = self.wake  # type: ignore[method-assign]
         self._session_of: dict[int, Session] = {}  # running task -> the session it runs in
-        self._steps: dict[tuple[int, int], StepRun] = {}  # a step's run never changes: asked once
+        self._steps: dict[tuple[int, int], StepRun] = {}  # asked once a dispatch round (they never change)
         self._running: dict[int, TaskRunner] = {}
         self._unstarted: list[TaskRunner] = []  # runners whose thread the system refused
         self._lock = threading.Lock()
@@ -162,6 +162,7 @@ class Scheduler:
         if not self.watch.up:
             return started  # a task started now would only wait for the engine, holding its slot
         waiting: dict[tuple[int, int], Optional[str]] = {}
+        self._steps = {}
         # Sessions idle as this round begins: those it gives no task end (no ready task of their
         # step). One whose task ends during the round is left to the next round.
         idle = self.sessions.idle_names() if self.sessions is not None else set()

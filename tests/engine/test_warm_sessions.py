@@ -10,7 +10,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.engine.test_conformance import no_runs_left
-from tests.helpers import ServiceProcess, make_bundle, wait_for, wait_job
+from tests.helpers import ServiceProcess, engine_of, make_bundle, store_id_of, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -161,5 +161,44 @@ def test_kill_minus_nine_mid_session_runs_no_task_twice(service: ServiceProcess,
         lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log"),
         30,
         what="onExit as often as onEnter",
+    )
+    no_runs_left(service)
+
+
+def test_a_session_lost_while_the_service_was_down_ends_and_its_task_runs_again(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    root = tmp_path / "lost"
+    bundle = session_bundle(root, frames="1-4", env={"FRAME_SLEEP": "3"})
+    client = service.client()
+    job = client.submit(str(bundle))
+
+    def rendering() -> bool:
+        running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
+        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
+
+    wait_for(rendering, 60, what="two tasks rendering in sessions")
+    service.kill()
+    engine = engine_of(service)
+    try:
+        lost = engine.leftovers(store_id_of(service) or "")
+        assert len(lost) == 2, lost  # the two sessions' containers, nothing else
+        for run in lost:
+            engine.remove(run.handle)  # gone with their tasks, before those could finish
+    finally:
+        engine.close()
+    service.start()
+    client = service.client()
+    job = wait_job(client, job["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 4
+    logs = "".join(client.log(t["id"])[0] for t in client.tasks(job["id"]))
+    for frame in range(1, 5):
+        assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
+    # The lost sessions could not exit; every session opened since did.
+    wait_for(
+        lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log") - 2,
+        30,
+        what="onExit for every session but the two lost",
     )
     no_runs_left(service)
