@@ -5,10 +5,14 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYSIDE2_VENV ?= .venv-pyside2
+# The reference OpenJD runtime the OpenJD lane compares with (tests/engine/test_openjd_oracle.py):
+# openjd-cli pins older openjd-model and openjd-sessions than the service's, so it has a Python of its own.
+OPENJD_VENV ?= .venv-openjd
+OPENJD_CLI ?= openjd-cli>=0.8,<0.9
 # What runs again in the PySide2 lane: the plugin's own tests (tests/qt/test_panel_engine.py needs the service).
 PLUGIN_TESTS := tests/qt tests/houdini tests/plugin_env --ignore=tests/qt/test_panel_engine.py
 
-.PHONY: demo test bench lint demo-here test-here bench-here lint-here venv venv-pyside2 engine unit test-pyside2
+.PHONY: demo test bench lint demo-here test-here bench-here lint-here venv venv-pyside2 venv-openjd engine unit test-pyside2
 
 demo test bench:
 	@scripts/as-engine-user.sh $@
@@ -28,6 +32,13 @@ $(PYSIDE2_VENV)/.installed: scripts/venv-pyside2.sh tests/plugin_env/requirement
 	@PYTHON=$(PYTHON) scripts/venv-pyside2.sh $(PYSIDE2_VENV)
 	@touch $@
 
+venv-openjd: $(OPENJD_VENV)/.installed
+$(OPENJD_VENV)/.installed: Makefile
+	@echo "hpcdock: preparing the reference OpenJD runtime in $(OPENJD_VENV)"
+	@$(PYTHON) -m venv $(OPENJD_VENV)
+	@$(OPENJD_VENV)/bin/pip install -q '$(OPENJD_CLI)'
+	@touch $@
+
 engine:
 	@scripts/setup-engine.sh
 	@scripts/build-test-image.sh
@@ -37,7 +48,7 @@ demo-here: venv engine
 
 # Both lanes run even when the first fails; the exit status is that of the worse one.
 # HPCDOCK_EXPECT_ENGINES: the engines whose conformance scenarios must run here (they fail when missing).
-test-here: venv venv-pyside2 engine
+test-here: venv venv-pyside2 venv-openjd engine
 	@rc=0; HPCDOCK_EXPECT_QT=PySide6 HPCDOCK_EXPECT_ENGINES=podman $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=1; \
 	  [ -n "$(PYTEST_ARGS)" ] || $(MAKE) --no-print-directory test-pyside2 || rc=1; exit $$rc
 

@@ -31,10 +31,10 @@ install -d -o "$user" -g "$user" "$dest"
 fresh="$dest.fresh"
 rm -rf "$fresh"
 install -d -o "$user" -g "$user" "$fresh"
-tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./.venv-pyside2 --exclude='./examples/*/out' --exclude=./.state \
+tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./.venv-pyside2 --exclude=./.venv-openjd --exclude='./examples/*/out' --exclude=./.state \
     --exclude='./examples/*/preview.*' --exclude='*/__pycache__' --exclude='*.egg-info' -cf - . \
   | tar -C "$fresh" --no-same-owner -xf -
-(cd "$dest" && find . -maxdepth 1 \( -name .venv -o -name .venv-pyside2 -o -name .state \) -print
+(cd "$dest" && find . -maxdepth 1 \( -name .venv -o -name .venv-pyside2 -o -name .venv-openjd -o -name .state \) -print
  if [ -d examples ]; then find ./examples -mindepth 2 -maxdepth 2 \( -name out -o -name 'preview.*' \) -print; fi) \
   | while read -r kept; do
       if [ -d "$fresh/$(dirname "$kept")" ]; then mv "$dest/$kept" "$fresh/$kept"; fi

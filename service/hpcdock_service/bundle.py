@@ -19,7 +19,7 @@ import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import yaml
 from openjd.model import (
@@ -35,12 +35,18 @@ from openjd.model._internal._combination_expr import (  # the parser openjd itse
 )
 from openjd.model._internal._combination_expr import Parser as CombinationExpressionParser
 from openjd.model._internal._combination_expr import ProductNode as CombinationProduct
-from openjd.model.v2023_09 import TaskChunksRangeConstraint, TaskParameterType
+from openjd.model.v2023_09 import (
+    JobParameterType,
+    JobPathParameterDefinition,
+    TaskChunksRangeConstraint,
+    TaskParameterType,
+)
+from openjd.model.v2023_09._model import JobPathParameterDefinitionDataFlow as DataFlow
+from openjd.model.v2023_09._model import JobPathParameterDefinitionObjectType as PathObjectType
 
-from .config import SubmitLimits
+from .config import SubmitLimits, WorkerCapabilities
 from .errors import BadInput, text_problem
 from .framecheck import FrameCheckSettings, parse_settings
-from .model import Environment
 from .mounts import MountPolicy, PathRefused, make_dirs
 
 SUPPORTED_EXTENSIONS = ["TASK_CHUNKING"]
@@ -49,6 +55,9 @@ GPU_AMOUNT = "amount.worker.gpu"
 MEMORY_AMOUNT = "amount.worker.memory"  # MiB: the task container's memory limit
 VCPU_AMOUNT = "amount.worker.vcpu"  # the task container's CPU limit
 AMOUNTS = (GPU_AMOUNT, MEMORY_AMOUNT, VCPU_AMOUNT)
+# Other amounts OpenJD names for a worker: what the worker has, not what a task holds. A step's
+# min (and max) must hold for some worker, as WorkerCapabilities declares them.
+WORKER_AMOUNT_PREFIX = "amount.worker."
 # Custom amounts name a counted resource of service.yaml's `resources:`: `amount.houdini_engine`
 # asks for the resource `houdini_engine`. OpenJD reserves amount.worker.* (and job, step, task).
 CUSTOM_AMOUNT_PREFIX = "amount."
@@ -120,6 +129,40 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class EmbeddedFile:
+    """One of a step script's ``embeddedFiles``, as the template gives it.
+
+    ``data`` is an OpenJD format string, resolved for each task like the command; the file is
+    written into the task's container before it starts (see :mod:`.taskfiles`).
+    """
+
+    name: str
+    data: str
+    filename: Optional[str] = None  # None: a name of the runtime's choosing
+    runnable: bool = False
+    end_of_line: Optional[str] = None  # AUTO, LF or CRLF; None: AUTO
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "data": self.data,
+            "filename": self.filename,
+            "runnable": self.runnable,
+            "end_of_line": self.end_of_line,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmbeddedFile:
+        return cls(
+            name=str(data["name"]),
+            data=str(data["data"]),
+            filename=data.get("filename"),
+            runnable=bool(data.get("runnable")),
+            end_of_line=data.get("end_of_line"),
+        )
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything about *how* a job's containers run, from ``hpcdock.yaml`` plus the bundle path."""
 
@@ -149,6 +192,39 @@ class ContainerSpec:
         )
 
 
+class Environment(NamedTuple):
+    """One OpenJD environment a step's tasks run in (the job's first, then the step's own).
+
+    Its actions are OpenJD format strings, resolved when a session enters or exits it; an empty
+    action means the environment has none (it only sets ``variables``).
+    """
+
+    name: str
+    enter: tuple[str, ...]  # onEnter's command and args
+    exit: tuple[str, ...]  # onExit's command and args
+    variables: Mapping[str, str]
+    timeout: Optional[float] = None  # seconds each action may take; None: no limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "enter": list(self.enter),
+            "exit": list(self.exit),
+            "variables": dict(self.variables),
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Environment:
+        return cls(
+            data["name"],
+            tuple(data["enter"]),
+            tuple(data["exit"]),
+            dict(data["variables"]),
+            data.get("timeout"),
+        )
+
+
 @dataclass
 class TaskPlan:
     params: dict[str, str]  # task parameter values as strings (a chunk is a range like "1-5")
@@ -170,6 +246,7 @@ class StepPlan:
     # What one running task holds, by amount name: counted resources ("amount.houdini_engine": 1)
     # and what it is packed by ("amount.worker.vcpu": 2, "amount.worker.memory": MiB).
     amounts: dict[str, float] = field(default_factory=dict)
+    files: list[EmbeddedFile] = field(default_factory=list)  # the step script's embeddedFiles
     # The job's environments, then the step's: what its sessions enter, in this order.
     environments: list[Environment] = field(default_factory=list)
 
@@ -200,6 +277,7 @@ def load_bundle(
     gpu_check: Optional[Callable[[int], Optional[str]]] = None,
     limits: Optional[SubmitLimits] = None,
     capacity: Optional[Mapping[str, float]] = None,
+    capabilities: Optional[WorkerCapabilities] = None,
 ) -> JobPlan:
     """Validate the bundle at ``bundle_dir`` and expand it into a :class:`JobPlan`.
 
@@ -209,7 +287,10 @@ def load_bundle(
     the live engine and GPU inventory. Every size in ``limits`` is checked before the thing
     it bounds is read or expanded. ``capacity`` is what the service can ever give one task, by
     amount name (its counted resources, and the machine's vCPUs and memory): a step asking for
-    an amount not in it, or for more than it, is refused by name.
+    an amount not in it, or for more than it, is refused by name. ``capabilities`` is what the
+    workers have besides (attributes such as ``attr.worker.os.family``, amounts such as
+    ``amount.worker.gpu.memory``): a step whose requirements no worker meets is refused naming
+    the requirement and what the workers have.
     """
     limits = limits or SubmitLimits()
     root = _bundle_root(bundle_dir, mount_policy)
@@ -264,11 +345,22 @@ def load_bundle(
         ) from None
 
     _check_job_size(job, frames_param, limits, tname)
+    container = _with_path_mounts(container, jt, params, mount_policy)
     steps = []
     step_names = {s.name for s in job.steps}
     for index, step in enumerate(job.steps):
         steps.append(
-            _plan_step(index, step, frames_param, outputs, step_names, gpu_check, capacity or {}, tname)
+            _plan_step(
+                index,
+                step,
+                frames_param,
+                outputs,
+                step_names,
+                gpu_check,
+                capacity or {},
+                capabilities or WorkerCapabilities(),
+                tname,
+            )
         )
         steps[-1].environments = _environments(job.jobEnvironments) + _environments(step.stepEnvironments)
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
@@ -537,30 +629,16 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
     for i, step in enumerate(jt.steps):
         where = f"{tname}: steps[{i}]"
         _refuse_unsupported_environments(step.stepEnvironments, f"{where}.stepEnvironments")
-        if step.script.embeddedFiles:
-            raise BadInput(
-                f"{where}.script.embeddedFiles",
-                "embedded files are not supported by hpcdock yet; ship the file in the bundle",
-            )
         if getattr(step, "let", None):
             raise BadInput(f"{where}.let", "let bindings are not supported by hpcdock yet")
         req = step.hostRequirements
-        if req is not None:
-            if req.attributes:
+        for amount in req.amounts or [] if req is not None else []:
+            if ":" in str(amount.name):
                 raise BadInput(
-                    f"{where}.hostRequirements.attributes",
-                    "attribute requirements are not supported by hpcdock yet",
+                    f"{where}.hostRequirements.amounts",
+                    f"{amount.name}: vendor-prefixed amounts are not supported by hpcdock "
+                    f"(only amount.worker.* and {CUSTOM_AMOUNT_PREFIX}<resource> for the service's resources)",
                 )
-            for amount in req.amounts or []:
-                name = str(amount.name).lower()  # openjd compares capability names lowercased
-                if name in AMOUNTS:
-                    continue
-                if ":" in name or name.startswith(f"{CUSTOM_AMOUNT_PREFIX}worker."):
-                    raise BadInput(
-                        f"{where}.hostRequirements.amounts",
-                        f"{amount.name} is not supported by hpcdock yet (only {', '.join(AMOUNTS)} "
-                        f"and {CUSTOM_AMOUNT_PREFIX}<resource> for the service's resources)",
-                    )
         space = step.parameterSpace
         for param in space.taskParameterDefinitions if space else []:
             chunks = getattr(param, "chunks", None)
@@ -582,9 +660,6 @@ def _refuse_unsupported_environments(environments: Any, where: str) -> None:
                 f"{where}[{i}].script.embeddedFiles",
                 "embedded files are not supported by hpcdock yet; ship the file in the bundle",
             )
-        for wrap in ("onWrapEnvEnter", "onWrapTaskRun", "onWrapEnvExit"):
-            if getattr(script.actions, wrap, None) is not None:
-                raise BadInput(f"{where}[{i}].script.actions.{wrap}", f"{wrap} is not supported by hpcdock")
 
 
 def _environments(environments: Any) -> list[Environment]:
@@ -700,9 +775,17 @@ def _plan_step(
     step_names: set[str],
     gpu_check: Optional[Callable[[int], Optional[str]]],
     capacity: Mapping[str, float],
+    capabilities: WorkerCapabilities,
     tname: str,
 ) -> StepPlan:
     where = f"{tname}: steps[{index}]"
+    if step.hostRequirements is not None:
+        for attribute in step.hostRequirements.attributes or []:
+            refusal = capabilities.attribute_refusal(
+                str(attribute.name), attribute.anyOf or None, attribute.allOf or None
+            )
+            if refusal:
+                raise BadInput(f"{where}.hostRequirements.attributes", refusal)
     gpus = 0
     memory_mib: Optional[int] = None
     vcpus: Optional[float] = None
@@ -721,6 +804,10 @@ def _plan_step(
             elif name == VCPU_AMOUNT:
                 vcpus = float(amount.max if amount.max is not None else amount.min)
                 amounts[name] = float(need or 0)
+            elif name.startswith(WORKER_AMOUNT_PREFIX):
+                refusal = capabilities.amount_refusal(name, amount.min, amount.max)
+                if refusal:
+                    raise BadInput(f"{where}.hostRequirements.amounts", refusal)
             else:
                 amounts[name] = _resource_need(name, need, capacity, f"{where}.hostRequirements.amounts")
         for name in (VCPU_AMOUNT, MEMORY_AMOUNT):
@@ -775,6 +862,16 @@ def _plan_step(
         memory_mib=memory_mib or None,
         vcpus=vcpus or None,
         amounts={k: v for k, v in amounts.items() if v},
+        files=[
+            EmbeddedFile(
+                name=str(f.name),
+                data=str(f.data),
+                filename=f.filename,
+                runnable=bool(f.runnable),
+                end_of_line=f.endOfLine.value if getattr(f, "endOfLine", None) else None,
+            )
+            for f in step.script.embeddedFiles or []
+        ],
     )
 
 
@@ -974,6 +1071,62 @@ def _check_output_dir(path: str, root: Path, policy: MountPolicy, where: str) ->
     real = os.path.realpath(full)
     _check_mountable(policy, real, where, must_exist=False)
     return real
+
+
+def _with_path_mounts(
+    container: ContainerSpec, jt: Any, params: Mapping[str, Any], policy: MountPolicy
+) -> ContainerSpec:
+    """The container with the mounts its PATH parameters ask for, by ``objectType`` and ``dataFlow``.
+
+    ``IN`` is mounted read-only, ``OUT`` and ``INOUT`` read-write (a FILE's parent directory, since
+    programs write a file by replacing it), ``NONE`` (the default) not at all: the path is then
+    only a string to the task. Every path goes through the same policy as any other mount, at the
+    same path inside the container (no path mapping, so ``Param`` and ``RawParam`` are equal).
+    """
+    by_place = {(m.source, m.target): m for m in container.mounts}
+    for definition in jt.parameterDefinitions or []:
+        if not isinstance(definition, JobPathParameterDefinition) or definition.type != JobParameterType.PATH:
+            continue
+        flow = definition.dataFlow or DataFlow.NONE
+        value = params.get(definition.name)
+        path = str(value.value) if value is not None else ""
+        if flow == DataFlow.NONE or not path:
+            continue
+        where = f"parameter_values: {definition.name}"
+        if not os.path.isabs(path):
+            raise BadInput(where, f"a PATH parameter with dataFlow {flow.value} must be an absolute path")
+        bad = text_problem(path)
+        if bad:
+            raise BadInput(where, bad)
+        real = os.path.realpath(path)
+        is_file = definition.objectType == PathObjectType.FILE or (
+            definition.objectType is None and os.path.isfile(real)
+        )
+        if flow == DataFlow.IN:
+            if not os.path.exists(real):
+                raise BadInput(where, f"{path} does not exist (dataFlow IN: the task reads it)")
+            source, readonly = real, True
+        else:
+            source, readonly = (os.path.dirname(real) if is_file else real), False
+            if flow == DataFlow.INOUT and not os.path.exists(real):
+                raise BadInput(where, f"{path} does not exist (dataFlow INOUT: the task reads it first)")
+        if not readonly and source == container.workdir:
+            raise BadInput(where, "an output needs a directory of its own inside the bundle (e.g. out/)")
+        _check_mountable(policy, source, where, must_exist=readonly)
+        if not readonly:
+            shadowed = _system_dir(source)
+            if shadowed:
+                raise BadInput(where, f"{source} would hide the container's own {shadowed}")
+        known = by_place.get((source, source))
+        if known is None or (known.readonly and not readonly):
+            by_place[(source, source)] = Mount(source, source, readonly)
+    return ContainerSpec(
+        image=container.image,
+        env=container.env,
+        network=container.network,
+        mounts=list(by_place.values()),
+        workdir=container.workdir,
+    )
 
 
 def prepare_output_dirs(plan: JobPlan, mount_policy: MountPolicy) -> None:

@@ -17,10 +17,12 @@ or ``/tmp/render-test``, never ``~`` or ``~/.config/hpcdock``.
 from __future__ import annotations
 
 import os
+import platform
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from hpcdock import endpoint, paths
@@ -78,6 +80,90 @@ class LicenceRetry:
 
 DEFAULT_LICENCE_RETRY = LicenceRetry(backoff_s=30.0, backoff_max_s=600.0, retries=10)
 
+OS_FAMILY = "attr.worker.os.family"
+CPU_ARCH = "attr.worker.cpu.arch"
+GPU_MEMORY = "amount.worker.gpu.memory"
+# What the service measures or packs by itself: service.yaml's capabilities may not say otherwise.
+_MEASURED = (
+    OS_FAMILY,
+    CPU_ARCH,
+    GPU_MEMORY,
+    "amount.worker.vcpu",
+    "amount.worker.memory",
+    "amount.worker.gpu",
+)
+# OpenJD's names for the machine architectures (attr.worker.cpu.arch), by what Python reports.
+_CPU_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def cpu_arch() -> str:
+    """This machine's architecture as OpenJD spells it (x86_64, arm64)."""
+    machine = platform.machine().lower()
+    return _CPU_ARCHES.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class WorkerCapabilities:
+    """What the workers have that a step's ``hostRequirements`` can ask for, besides what tasks are
+    packed by (vCPUs, memory, GPUs, counted resources: see :mod:`.resources`).
+
+    Attributes are sets of values (``attr.worker.os.family``: ``linux``, since tasks run in Linux
+    containers; ``attr.worker.cpu.arch``: this machine's; ``attr.*`` from ``capabilities:`` in
+    service.yaml); amounts are quantities a worker has (``amount.worker.gpu.memory``: the smallest
+    GPU's memory in MiB; ``amount.worker.*`` from ``capabilities:``). Names are lowercase, as
+    OpenJD compares them. Every worker of this service is alike, so a requirement either always
+    holds or never does.
+    """
+
+    attributes: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {OS_FAMILY: ("linux",), CPU_ARCH: (cpu_arch(),)}
+    )
+    amounts: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, declared: Mapping[str, Any], gpu_memory_mib: Sequence[int]) -> WorkerCapabilities:
+        """The workers' capabilities: the measured ones, then ``declared`` (checked by load_config)."""
+        attributes: dict[str, tuple[str, ...]] = dict(cls().attributes)
+        amounts: dict[str, float] = {GPU_MEMORY: float(min(gpu_memory_mib))} if gpu_memory_mib else {}
+        for name, value in declared.items():
+            if name.startswith("attr."):
+                attributes[name] = (value,) if isinstance(value, str) else tuple(value)
+            else:
+                amounts[name] = float(value)
+        return cls(attributes, amounts)
+
+    def attribute_refusal(
+        self, name: str, any_of: Optional[Sequence[str]], all_of: Optional[Sequence[str]]
+    ) -> Optional[str]:
+        """Why no worker meets the attribute requirement (None: every worker does)."""
+        have = self.attributes.get(name.lower())
+        wanted = f"anyOf {list(any_of)}" if any_of else f"allOf {list(all_of or [])}"
+        if have is None:
+            known = ", ".join(f"{k} {list(v)}" for k, v in sorted(self.attributes.items()))
+            return (
+                f"{name} ({wanted}): no worker of this service has the attribute {name} "
+                f"(the workers have: {known}; declare more under capabilities in service.yaml)"
+            )
+        met = any(v in have for v in any_of) if any_of else all(v in have for v in all_of or [])
+        if met:
+            return None
+        return f"{name} ({wanted}): no worker of this service meets it (the workers have {name} {list(have)})"
+
+    def amount_refusal(self, name: str, low: Optional[float], high: Optional[float]) -> Optional[str]:
+        """Why no worker has the amount within [low, high] (None: every worker has)."""
+        have = self.amounts.get(name.lower())
+        bounds = " ".join(f"{k} {v:g}" for k, v in (("min", low), ("max", high)) if v is not None)
+        if have is None:
+            known = ", ".join(f"{k} {v:g}" for k, v in sorted(self.amounts.items())) or "none"
+            what = "no NVIDIA GPU" if name.lower() == GPU_MEMORY else f"no {name}"
+            return (
+                f"{name} ({bounds}): the workers of this service have {what} "
+                f"(their amounts: {known}; declare more under capabilities in service.yaml)"
+            )
+        if (low is not None and have < low) or (high is not None and have > high):
+            return f"{name} ({bounds}): no worker of this service meets it (the workers have {have:g})"
+        return None
+
 
 def _default_resources() -> dict[str, int]:
     """The licence kinds the Houdini submitter asks for (a Karma ROP's export and husk steps), known
@@ -134,6 +220,9 @@ class ServiceConfig:
     licence_retries: int = (
         DEFAULT_LICENCE_RETRY.retries
     )  # licence failures of one task before it fails for good
+    # What the workers have for hostRequirements beyond what is measured: {attr.NAME: value or
+    # [values], amount.worker.NAME: number}; see WorkerCapabilities.
+    capabilities: dict[str, Union[str, list[str], float]] = field(default_factory=dict)
 
     @property
     def packing_machine(self) -> Machine:
@@ -229,6 +318,7 @@ def load_config(path: Optional[Path] = None, overrides: Optional[dict[str, Any]]
         )
     _check_resources(config.resources, path)
     _check_machine(config.machine, path)
+    config.capabilities = _check_capabilities(config.capabilities, path)
     if not isinstance(config.allowed_roots, list) or not all(
         isinstance(r, str) and os.path.isabs(r) for r in config.allowed_roots
     ):
@@ -263,6 +353,41 @@ def _check_resources(raw: Any, path: Path) -> None:
                 "amount.<name>, which OpenJD must accept)",
             )
         _check_number(count, f"{path}: resources.{name}", whole=True)
+
+
+def _check_capabilities(raw: Any, path: Path) -> dict[str, Union[str, list[str], float]]:
+    """The declared capabilities with lowercase names, or BadInput naming the bad entry."""
+    if not isinstance(raw, dict):
+        raise BadInput(
+            f"{path}: capabilities",
+            "must be a mapping such as {attr.custom.host_config: [HostConfigA], amount.worker.disk.scratch: 500}",
+        )
+    checked: dict[str, Union[str, list[str], float]] = {}
+    for name, value in raw.items():
+        where = f"{path}: capabilities.{name}"
+        lower = str(name).lower()
+        if lower in _MEASURED:
+            raise BadInput(where, "measured by the service itself; it cannot be declared")
+        if not RESOURCE_NAME.fullmatch(lower.partition(".")[2]):
+            raise BadInput(
+                where, "not a capability name (lowercase letters, digits and _, dots between parts)"
+            )
+        if lower.startswith("attr."):
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+                raise BadInput(where, f"an attribute's value is a string or a list of strings, got {value!r}")
+            checked[lower] = list(values)
+        elif lower.startswith("amount.worker."):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise BadInput(where, f"an amount is a number >= 0, got {value!r}")
+            checked[lower] = float(value)
+        else:
+            raise BadInput(
+                where,
+                "a capability is attr.<name> or amount.worker.<name> "
+                "(amounts a task holds, such as licences, go under resources)",
+            )
+    return checked
 
 
 def _check_machine(raw: Any, path: Path) -> None:

@@ -14,6 +14,12 @@ state:
 
 - A line saying no licence was available (:data:`LICENCE_FAILURES`) -> :class:`LicenceUnavailable`,
   once per log: the service stops the attempt at once and tries the task again later.
+- OpenJD's stdout messages, recognised by ``openjd-sessions``' own action filter so that a
+  line means here exactly what it means to the reference runtime: ``openjd_progress: N`` ->
+  :class:`Progress`, ``openjd_status: TEXT`` -> :class:`OpenJDStatus`, ``openjd_fail: TEXT``
+  -> :class:`OpenJDFail`, ``openjd_env: NAME=VALUE`` -> :class:`OpenJDEnv`,
+  ``openjd_unset_env: NAME`` -> :class:`OpenJDUnsetEnv`, and a malformed env message (which
+  the reference runtime fails the action for) -> :class:`OpenJDMalformed`.
 
 Everything else is ordinary log output and produces nothing, except that the first line
 saying the task ran out of memory or could not fork is remembered
@@ -34,13 +40,15 @@ what to persist (see :func:`task_progress` for task-level progress of a chunk of
 from __future__ import annotations
 
 import codecs
+import logging
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from hpcdock.markers import FRAME_DONE, FRAME_FAILED, FRAME_START, PREFIX, parse_marker
+from openjd.sessions._action_filter import ActionMessageKind, ActionMonitoringFilter
 
 __all__ = [
     "FrameDone",
@@ -51,6 +59,11 @@ __all__ = [
     "LogParser",
     "MAX_LINE_CHARS",
     "NO_REASON",
+    "OpenJDEnv",
+    "OpenJDFail",
+    "OpenJDMalformed",
+    "OpenJDStatus",
+    "OpenJDUnsetEnv",
     "Progress",
     "Update",
     "parse_progress",
@@ -143,7 +156,118 @@ class LicenceUnavailable:
     line: str
 
 
-Update = Union[Progress, FrameStarted, FrameDone, FrameFailed, LicenceUnavailable]
+@dataclass(frozen=True)
+class OpenJDStatus:
+    """``openjd_status: TEXT``: the task's current status line, replacing the previous one."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class OpenJDFail:
+    """``openjd_fail: TEXT``: the reason to show if the task fails (it does not end the task)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class OpenJDEnv:
+    """``openjd_env: NAME=VALUE``: set ``name`` for the actions that follow in the session.
+
+    ``redacted`` is True for ``openjd_redacted_env``, whose value must not be shown.
+    """
+
+    name: str
+    value: str
+    redacted: bool = False
+
+
+@dataclass(frozen=True)
+class OpenJDUnsetEnv:
+    """``openjd_unset_env: NAME``: unset ``name`` for the actions that follow in the session."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class OpenJDMalformed:
+    """An OpenJD env message the reference runtime cannot read, and what it does about it.
+
+    ``kind`` is ``"env"`` or ``"unset_env"`` for a well-formed prefix with a bad name or value:
+    that fails an environment's action, and is ignored in a task's (env messages mean nothing
+    there). ``kind`` is ``"fail"`` for a line that is almost an env message (wrong case, no
+    colon): that fails whatever action printed it.
+    """
+
+    reason: str
+    kind: str
+
+    @property
+    def fails_task(self) -> bool:
+        """Whether a task's action that printed it fails, as under ``openjd run``."""
+        return self.kind == "fail"
+
+
+OpenJDUpdate = Union[OpenJDStatus, OpenJDFail, OpenJDEnv, OpenJDUnsetEnv, OpenJDMalformed]
+
+Update = Union[
+    Progress,
+    FrameStarted,
+    FrameDone,
+    FrameFailed,
+    LicenceUnavailable,
+    OpenJDStatus,
+    OpenJDFail,
+    OpenJDEnv,
+    OpenJDUnsetEnv,
+    OpenJDMalformed,
+]
+
+_SESSION = "hpcdock-task"
+
+
+class _OpenJDMessages:
+    """Runs one line through ``openjd-sessions``' ActionMonitoringFilter and types what it finds.
+
+    The filter is the reference runtime's own grammar (anchored ``openjd_KIND: VALUE`` lines,
+    progress 0..100, env names, quoted values, the "almost an env command" check), so it is
+    reused rather than re-implemented; it speaks through a callback on logging records, which
+    this adapter turns into the typed updates above. Only the filter is reused: its logger,
+    redaction and log-level handling belong to a runtime that owns the log, which here the
+    engine and :mod:`.tasklog` do.
+    """
+
+    def __init__(self) -> None:
+        self._found: list[Update] = []
+        self._filter = ActionMonitoringFilter(session_id=_SESSION, callback=self._take)
+
+    def _take(self, kind: ActionMessageKind, value: Any, cancel_and_fail: bool) -> None:
+        if cancel_and_fail:
+            self._found.append(OpenJDMalformed(str(value), kind.value))
+        elif kind is ActionMessageKind.PROGRESS:
+            self._found.append(Progress(_clamp_percent(float(value))))
+        elif kind is ActionMessageKind.STATUS:
+            self._found.append(OpenJDStatus(str(value)))
+        elif kind is ActionMessageKind.FAIL:
+            self._found.append(OpenJDFail(str(value)))
+        elif kind in (ActionMessageKind.ENV, ActionMessageKind.REDACTED_ENV):
+            redacted = kind is ActionMessageKind.REDACTED_ENV
+            self._found.append(OpenJDEnv(str(value["name"]), str(value["value"]), redacted))
+        elif kind is ActionMessageKind.UNSET_ENV:
+            self._found.append(OpenJDUnsetEnv(str(value)))
+
+    def parse(self, line: str) -> list[Update]:
+        """The updates ``line`` carries (usually none, at most one)."""
+        record = logging.LogRecord(_SESSION, logging.INFO, "", 0, line, None, None)
+        record.session_id = _SESSION
+        self._found = []
+        self._filter.filter(record)
+        return self._found
+
+
+def is_openjd_message(line: str) -> bool:
+    """Cheap pre-test: could ``line`` be (or almost be) an OpenJD stdout message?"""
+    return line[:64].lstrip()[:7].lower() == "openjd_"
 
 
 def _clamp_percent(value: float) -> float:
@@ -231,6 +355,7 @@ class LogParser:
         self.out_of_memory: str | None = None  # the first line saying an allocation failed
         self.fork_failed: str | None = None  # the first line saying a fork failed
         self.licence_failure: str | None = None  # the first line saying no licence was available
+        self._openjd: _OpenJDMessages | None = None  # made on the first OpenJD message
 
     # -- feeding -------------------------------------------------------------------
 
@@ -298,6 +423,9 @@ class LogParser:
             self.licence_failure = line.strip()[:_HINT_CHARS]
             updates.append(LicenceUnavailable(self.licence_failure))
             return
+        if is_openjd_message(line):
+            self._parse_openjd(line, updates)
+            return
         if PREFIX in line:
             marker = parse_marker(line)
             if marker is not None:
@@ -312,6 +440,18 @@ class LogParser:
         self._last_progress = progress
         self.current_percent = percent
         updates.append(progress)
+
+    def _parse_openjd(self, line: str, updates: list[Update]) -> None:
+        if self._openjd is None:
+            self._openjd = _OpenJDMessages()
+        for update in self._openjd.parse(line):
+            if isinstance(update, Progress):
+                update = Progress(update.percent, self.current_frame)
+                if self._dedupe and update == self._last_progress:
+                    continue
+                self._last_progress = update
+                self.current_percent = update.percent
+            updates.append(update)
 
     def _apply_marker(self, kind: str, frame: int, detail: str) -> Update:
         self._last_progress = None  # a new frame's first report is news even if it repeats

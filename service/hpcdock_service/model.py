@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
+from .bundle import EmbeddedFile, Environment
 from .framecheck import Flag, FrameCheckSettings
 
 JSON = dict[str, Any]
@@ -42,39 +43,6 @@ class Step(NamedTuple):
         }
 
 
-class Environment(NamedTuple):
-    """One OpenJD environment a step's tasks run in (the job's first, then the step's own).
-
-    Its actions are OpenJD format strings, resolved when a session enters or exits it; an empty
-    action means the environment has none (it only sets ``variables``).
-    """
-
-    name: str
-    enter: tuple[str, ...]  # onEnter's command and args
-    exit: tuple[str, ...]  # onExit's command and args
-    variables: Mapping[str, str]
-    timeout: Optional[float] = None  # seconds each action may take; None: no limit
-
-    def to_json(self) -> JSON:
-        return {
-            "name": self.name,
-            "enter": list(self.enter),
-            "exit": list(self.exit),
-            "variables": dict(self.variables),
-            "timeout": self.timeout,
-        }
-
-    @classmethod
-    def from_json(cls, data: JSON) -> Environment:
-        return cls(
-            data["name"],
-            tuple(data["enter"]),
-            tuple(data["exit"]),
-            dict(data["variables"]),
-            data.get("timeout"),
-        )
-
-
 class StepRun(NamedTuple):
     """What each task of a step runs with: its command, timeout and limits. A :class:`Step` is the
     step as a job shows it; this is the part only the scheduler and a task's runner read."""
@@ -89,6 +57,9 @@ class StepRun(NamedTuple):
     memory_mib: Optional[int]  # its tasks' memory limit; None: the service's default
     vcpus: Optional[float]  # its tasks' vCPU limit; None: the service's default
     amounts: Mapping[str, float]
+    files: tuple[
+        EmbeddedFile, ...
+    ] = ()  # the step script's embeddedFiles, written into each task's container
     # The environments its tasks run in, entered in this order (none: each task runs cold).
     environments: tuple[Environment, ...] = ()
 
@@ -166,6 +137,7 @@ class Task(NamedTuple):
     container: Optional[str]  # the current (or last) attempt's run name
     exit_code: Optional[int]
     progress: float  # 0 to 100
+    status: Optional[str]  # the last ``openjd_status`` line of its current or last attempt
     error: Optional[str]
     started_at: Optional[float]
     finished_at: Optional[float]
@@ -189,6 +161,7 @@ class Task(NamedTuple):
             "container": self.container,
             "exit_code": self.exit_code,
             "progress": self.progress,
+            "status": self.status,
             "error": self.error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

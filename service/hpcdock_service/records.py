@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState, decode_frames
 
+from .bundle import EmbeddedFile, Environment
 from .framecheck import Flag, FrameCheckSettings
-from .model import Environment, Event, Frame, Job, ReadyStep, Step, StepRun, Task
+from .model import Event, Frame, Job, ReadyStep, Step, StepRun, Task
 
 _JOB_STATES = {s.value: s for s in JobState}
 _TASK_STATES = {s.value: s for s in TaskState}
@@ -54,6 +55,7 @@ def step_run_from_row(r: sqlite3.Row) -> StepRun:
         r["memory_mib"],
         r["vcpus"],
         amounts(r["amounts"]),
+        tuple(EmbeddedFile.from_json(f) for f in json.loads(r["files"] or "[]")),
         tuple(Environment.from_json(e) for e in json.loads(r["environments"] or "[]")),
     )
 
@@ -107,6 +109,7 @@ def task_from_row(r: sqlite3.Row) -> Task:
         r["container"],
         r["exit_code"],
         r["progress"],
+        r["status"],
         r["error"],
         r["started_at"],
         r["finished_at"],

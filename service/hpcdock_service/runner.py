@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hpcdock.protocol import Backoff, FrameState
-from openjd.model import SymbolTable
 from openjd.model.v2023_09 import ArgString
 
-from . import framecheck, tasklog, thumbnails
+from . import framecheck, taskfiles, tasklog, thumbnails
 from .bundle import ContainerSpec
 from .config import LicenceRetry
 from .engines.base import (
@@ -63,6 +62,9 @@ from .logparse import (
     FrameStarted,
     LicenceUnavailable,
     LogParser,
+    OpenJDFail,
+    OpenJDMalformed,
+    OpenJDStatus,
     Progress,
     task_progress,
 )
@@ -142,24 +144,10 @@ def mib(n: int) -> str:
     return f"{n / tasklog.MIB:g} MiB"
 
 
-def resolve_command(
-    command: Sequence[str], job_params: Mapping[str, str], task_params: Mapping[str, str], workdir: str
-) -> list[str]:
-    """Resolve the step's OpenJD format strings for one task, as an OpenJD session would."""
-    source: dict[str, Any] = {"Session.WorkingDirectory": workdir, "Session.HasPathMappingRules": "false"}
-    for name, value in job_params.items():
-        source[f"Param.{name}"] = value
-        source[f"RawParam.{name}"] = value
-    for name, value in task_params.items():
-        source[f"Task.Param.{name}"] = value
-        source[f"Task.RawParam.{name}"] = value
-    symtab = SymbolTable(source=source)
-    return [ArgString(part).resolve(symtab=symtab) for part in command]
-
-
-def _resolve_env(params: Mapping[str, str], parts: Sequence[str]) -> list[str]:
-    """An environment's format strings in a cold task's container."""
-    return resolve_command(parts, params, {}, COLD_WORKING_DIRECTORY)
+def resolve_strings(parts: Sequence[str], job_params: Mapping[str, str], workdir: str) -> list[str]:
+    """An environment's format strings (no task parameters, no task files), as a session resolves them."""
+    symtab = taskfiles.symbols(job_params, {}, workdir)
+    return [ArgString(part).resolve(symtab=symtab) for part in parts]
 
 
 class TaskRunner:
@@ -207,6 +195,8 @@ class TaskRunner:
         # {{Session.WorkingDirectory}}: the session's scratch directory when the task runs in one
         self.session_workdir = session_workdir
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
+        self.fail_message: Optional[str] = None  # the last openjd_fail: the reason shown if the task fails
+        self.malformed: Optional[str] = None  # an OpenJD message the reference runtime fails the action for
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._frames = {f.frame: f for f in store.frames_of_task(task.id)}
@@ -220,6 +210,7 @@ class TaskRunner:
         self._checks = store.frame_check_settings(task.job_id)
         self._current_percent = 0.0
         self._last_progress = 0.0
+        self._progress_unsent = False  # a report held back by PROGRESS_INTERVAL, sent when the log ends
         self._log_bytes = 0  # read from the follow stream so far
         self._log_tail = Tail()  # the end of what the follow stream delivered
         self.thread = threading.Thread(target=self._run, name=f"task-{task.id}", daemon=True)
@@ -357,14 +348,21 @@ class TaskRunner:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task.job_id)
         params = self.store.job_params(task.job_id)
-        if step.environments and self.session_workdir is None:  # environments, but no session
+        cold_environments = bool(step.environments) and self.session_workdir is None
+        if cold_environments:  # environments, but no session: the container enters them itself
+            workdir = COLD_WORKING_DIRECTORY
+        else:
+            workdir = self.session_workdir or spec.workdir
+        command, files = taskfiles.resolve(step.command, step.files, params, task.params, workdir)
+        if cold_environments:
             command = cold_command(
-                [(env, partial(_resolve_env, params)) for env in step.environments],
-                resolve_command(step.command, params, task.params, COLD_WORKING_DIRECTORY),
+                [
+                    (env, partial(resolve_strings, job_params=params, workdir=workdir))
+                    for env in step.environments
+                ],
+                command,
                 spec.workdir,
             )
-        else:
-            command = resolve_command(step.command, params, task.params, self.session_workdir or spec.workdir)
         request = ContainerRequest(
             name=self.run_name,
             image=spec.image,
@@ -386,6 +384,7 @@ class TaskRunner:
             },
             gpus=self.gpus,
             limits=self.limits,
+            files=files,
         )
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread
@@ -441,6 +440,8 @@ class TaskRunner:
                     self._take_missing(out, parser)
                 for update in parser.close():
                     self._apply(update)
+                if self._progress_unsent:  # the last report stands, as the task left it
+                    self._report_progress(force=True)
         finally:
             drained.set()
             exited.set()
@@ -451,12 +452,16 @@ class TaskRunner:
         exit_code = outcome["code"]
         if self.licence_failure:
             return exit_code, f"licence unavailable: {self.licence_failure}"
-        if self.timed_out:
+        if self.malformed:
+            reason = f"stopped: {self.malformed}"
+        elif self.timed_out:
             reason = f"timed out after {self.step.timeout:g}s (onRun.timeout) and was stopped"
         elif exit_code == 0:
             return exit_code, None
         else:
             reason = self._exit_reason(exit_code)
+        if self.fail_message:  # the task's own words first (openjd_fail), then how it ended
+            reason = f"{self.fail_message} ({reason})"
         return exit_code, reason + self._limit_hints(parser)
 
     def _exit_reason(self, exit_code: int) -> str:
@@ -600,6 +605,14 @@ class TaskRunner:
             self._settle(update.frame, "failed", update.reason or "the render script reported a failure")
         elif isinstance(update, LicenceUnavailable) and self.licence is not None:
             self._licence_unavailable(update.line)
+        elif isinstance(update, OpenJDStatus):
+            self.store.set_status(task_id, update.text)
+        elif isinstance(update, OpenJDFail):
+            self.fail_message = update.text
+        elif isinstance(update, OpenJDMalformed) and update.fails_task and self.malformed is None:
+            self.malformed = update.reason  # as openjd-sessions does: the action is canceled as failed
+            log.info("task %s: %s; stopping the attempt", task_id, update.reason)
+            self._stop_quietly()
         elif isinstance(update, (FrameStarted, FrameDone, FrameFailed)):
             log.warning("task %s reported frame %s, which is not one of its frames", task_id, update.frame)
 
@@ -607,6 +620,9 @@ class TaskRunner:
         """Stop the attempt now: a renderer without a licence only fails later, or waits for one."""
         self.licence_failure = line
         log.info("task %s: licence unavailable (%r); stopping the attempt", self.task.id, line)
+        self._stop_quietly()
+
+    def _stop_quietly(self) -> None:
         try:
             self.stop()
         except EngineError as exc:  # it exited already
@@ -615,8 +631,9 @@ class TaskRunner:
     def _report_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            self._progress_unsent = True
             return
-        self._last_progress = now
+        self._last_progress, self._progress_unsent = now, False
         frames = self.task.frames
         percent = (
             task_progress(frames, self._done, self._current_percent) if frames else self._current_percent

@@ -41,7 +41,7 @@ from .engines.base import (
 from .engines.discovery import EngineWatch
 from .model import Job, StepRun, Task
 from .resources import GPU_WAIT, Pool, waiting_label
-from .runner import TaskRunner, container_name, resolve_command, thread_refused
+from .runner import TaskRunner, container_name, resolve_strings, thread_refused
 from .sessions import WORKING_DIRECTORY, Session, SessionPlan, SessionPool
 from .store import Store, StoreBusy
 
@@ -138,8 +138,9 @@ class Scheduler:
 
     def _in_session(self, step: StepRun) -> bool:
         """Whether the step's tasks run in sessions: it has environments, the engine runs sessions,
-        and it needs no GPUs (a session's GPUs would be held between tasks: those run cold)."""
-        return bool(step.environments) and self.sessions is not None and not step.gpus
+        and it needs no GPUs (a session's GPUs would be held between tasks) and has no embedded
+        files (written into a task's own container): those run cold."""
+        return bool(step.environments) and self.sessions is not None and not step.gpus and not step.files
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
@@ -236,7 +237,7 @@ class Scheduler:
         )
 
         def resolve(parts: Sequence[str]) -> list[str]:
-            return resolve_command(parts, params, {}, WORKING_DIRECTORY)
+            return resolve_strings(parts, params, WORKING_DIRECTORY)
 
         return SessionPlan(request, [(env, resolve) for env in step.environments], dict(spec.env))
 

@@ -17,9 +17,9 @@ the variables as they stood once its environment was entered. A failing ``onEnte
 session's tasks, naming the environment and showing the end of its output, and its
 environments entered so far are exited; a failing task does not end the session.
 
-The ``openjd-sessions`` package is not used: it runs actions as local subprocesses (optionally
-as another user), while here every action runs inside the session's container; its rules for
-``openjd_env`` lines (a variable name, ``=``, the rest of the line as the value) are followed.
+The ``openjd-sessions`` package does not run the actions: it runs them as local subprocesses
+(optionally as another user), while here every action runs inside the session's container. Its
+grammar of ``openjd_env`` lines is used (through :class:`.logparse.LogParser`).
 
 :class:`Session` is a :class:`~.engines.base.Runs`: a task's runner drives a task in a session
 exactly as it drives a container of its own, so logs, progress, frames, retries, timeouts and
@@ -43,6 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
 
+from .bundle import Environment
 from .engines.base import (
     LABEL_SESSION,
     SESSION_ROOT,
@@ -52,7 +53,7 @@ from .engines.base import (
     RunState,
     RunStatus,
 )
-from .model import Environment
+from .logparse import LogParser, OpenJDEnv, OpenJDMalformed, OpenJDUnsetEnv
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +99,21 @@ done
 """
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ENV_SET = re.compile(r"^openjd_env: ?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_ENV_UNSET = re.compile(r"^openjd_unset_env: ?([A-Za-z_][A-Za-z0-9_]*)\s*$")
 
 
-def apply_env_messages(output: str, env: dict[str, str]) -> None:
-    """Apply an environment action's ``openjd_env``/``openjd_unset_env`` lines to ``env``, in order."""
-    for line in output.splitlines():
-        line = line.rstrip("\r")
-        match = _ENV_SET.match(line)
-        if match:
-            env[match.group(1)] = match.group(2)
-            continue
-        match = _ENV_UNSET.match(line)
-        if match:
-            env.pop(match.group(1), None)
+def apply_env_messages(output: str, env: dict[str, str]) -> Optional[str]:
+    """Apply an environment action's ``openjd_env``/``openjd_unset_env`` lines to ``env``, in order
+    (read by :class:`.logparse.LogParser`, with openjd-sessions' own grammar); returns why the
+    action fails when a line is one the reference runtime fails an environment's action for."""
+    parser = LogParser()
+    for update in [*parser.feed(output), *parser.close()]:
+        if isinstance(update, OpenJDEnv):
+            env[update.name] = update.value
+        elif isinstance(update, OpenJDUnsetEnv):
+            env.pop(update.name, None)
+        elif isinstance(update, OpenJDMalformed):
+            return update.reason
+    return None
 
 
 def _quote(value: str) -> str:
@@ -329,7 +330,12 @@ class Session:
                     log.info("session %s: %s", self.name, self.failure)
                     self._save({"state": "failed"})
                     return
-                apply_env_messages(output, self.env)
+                malformed = apply_env_messages(output, self.env)
+                if malformed:
+                    self.failure = f"environment {environment.name!r}: onEnter: {malformed}"
+                    self.state = SessionState.FAILED
+                    self._save({"state": "failed"})
+                    return
             self.entered.append(
                 EnteredEnvironment(
                     environment.name,

@@ -76,6 +76,8 @@ _WRITER_BUSY_SECONDS = 0.2
 # Readers are not blocked by writers in WAL mode; this only covers checkpoints and recovery.
 _READER_BUSY_SECONDS = 10.0
 _OPEN_BUSY_SECONDS = 60.0
+#: Longest status line kept: a status line is one line of a panel, not a log.
+STATUS_CHARS = 500
 
 
 class StoreBusy(BadInput):
@@ -364,8 +366,8 @@ class Store:
             for s_idx, step in enumerate(plan.steps):
                 db.execute(
                     "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                    "cancel_grace, output, memory_mib, vcpus, amounts, environments) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cancel_grace, output, memory_mib, vcpus, amounts, files, environments) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         s_idx,
@@ -379,7 +381,8 @@ class Store:
                         step.memory_mib,
                         step.vcpus,
                         json.dumps(step.amounts),
-                        json.dumps([e.to_json() for e in step.environments]),
+                        json.dumps([f.to_json() for f in step.files]) if step.files else None,
+                        json.dumps([e.to_json() for e in step.environments]) if step.environments else None,
                     ),
                 )
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1
@@ -617,7 +620,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE tasks SET state='running', attempt=attempt+1, container=?, exit_code=NULL, "
-                "progress=0, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=?, retry_at=NULL "
+                "progress=0, status=NULL, error=NULL, started_at=?, finished_at=NULL, gpus=?, log_offset=?, retry_at=NULL "
                 "WHERE id=? AND state='pending'",
                 (container, now, json.dumps(gpus), log_offset, task_id),
             )
@@ -649,6 +652,15 @@ class Store:
         with self._tx(patient=True) as db:  # from a task's runner: waits out any lock, as below
             db.execute("UPDATE tasks SET progress=? WHERE id=? AND state='running'", (progress, task_id))
             self._task_event(db, task_id)
+
+    def set_status(self, task_id: int, status: str) -> None:
+        """Record a running task's status line (the last ``openjd_status`` it printed)."""
+        with self._tx(patient=True) as db:  # from a task's runner, like set_progress
+            if db.execute(
+                "UPDATE tasks SET status=? WHERE id=? AND state='running' AND status IS NOT ?",
+                (status[:STATUS_CHARS], task_id, status[:STATUS_CHARS]),
+            ).rowcount:
+                self._task_event(db, task_id)
 
     def finish_task(
         self,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hpcdock.client import ServiceError
 from hpcdock.protocol import JOB_FINAL
-from hpcdock_service.engines.base import LABEL_STORE, ContainerRequest, RunState
+from hpcdock_service.engines.base import LABEL_STORE, ContainerFile, ContainerRequest, RunState
 
 from tests.engine.engine_kinds import EXPECT_ENGINES, KINDS, EngineKind, by_name, expected
 from tests.engine.test_bad_input import CASES as BAD_BUNDLES
@@ -132,6 +132,30 @@ def test_a_started_run_is_found_by_name_with_its_state_and_exit_code(service: Se
         assert b"started" in b"".join(engine.logs(handle, follow=False))
         engine.remove(handle)
         assert engine.find(name) is None and engine.leftovers(store_id) == []
+    finally:
+        for run in engine.leftovers(store_id):
+            engine.remove(run.handle)
+        engine.close()
+
+
+def test_a_requests_files_are_in_the_container_before_its_command_runs(service: ServiceProcess) -> None:
+    """OpenJD embedded files: the command may itself be one of them (runnable), the others readable."""
+    store_id = store_id_of(service)
+    assert store_id is not None
+    engine = engine_of(service)
+    request = _request(store_id, f"hpcdock-{store_id}-t997-a1", ["/openjd/files/run.sh"])
+    request.files = [
+        ContainerFile(
+            "/openjd/files/run.sh", b'#!/bin/sh\necho "data: $(cat /openjd/files/data.txt)"\n', 0o755
+        ),
+        ContainerFile("/openjd/files/data.txt", "grüße\n".encode(), 0o644),
+    ]
+    try:
+        handle = engine.create(request)
+        engine.start(handle)
+        assert engine.wait(handle, timeout=120) == 0
+        assert b"".join(engine.logs(handle, follow=False)) == "data: grüße\n".encode()
+        engine.remove(handle)
     finally:
         for run in engine.leftovers(store_id):
             engine.remove(run.handle)

@@ -416,7 +416,7 @@ def _step_argv(bundle: Path, step: str, frames: str, project: Path):
     template = json.loads((bundle / "template.json").read_text())
     on_run = next(s for s in template["steps"] if s["name"] == step)["script"]["actions"]["onRun"]
     values = {
-        "{{Param.HipFile}}": "hip/shot.hip",
+        "{{Param.HipFile}}": str(bundle / "hip" / "shot.hip"),  # a PATH parameter: absolute
         "{{Param.ProjectDir}}": str(project),
         "{{Task.Param.Frame}}": frames,
     }

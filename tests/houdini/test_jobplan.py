@@ -7,6 +7,8 @@ deadline-cloud-for-houdini parses them) and the frozen facts the adapter reads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hpcdock import bundle as B
 from hpcdock import jobplan as P
@@ -293,9 +295,17 @@ def test_a_sequential_step_is_one_task_with_every_frame_in_order():
     job = P.make_job(P.Settings(image="img", frames_per_task=3), steps, "/p/shot.hip")
     template = B.build_template(job)
     decoded = openjd.decode_job_template(template=template, supported_extensions=["TASK_CHUNKING"])
+    values = openjd.preprocess_job_parameters(
+        job_template=decoded,
+        job_parameter_values={
+            v["name"]: v["value"] for v in B.build_parameter_values(job)["parameterValues"]
+        },
+        job_template_dir=Path("/p/bundle"),
+        current_working_dir=Path("/p/bundle"),
+    )
     tasks = {
         s.name: [t[B.FRAME_PARAM].value for t in openjd.StepParameterSpaceIterator(space=s.parameterSpace)]
-        for s in openjd.create_job(job_template=decoded, job_parameter_values={}).steps
+        for s in openjd.create_job(job_template=decoded, job_parameter_values=values).steps
     }
     assert tasks["geo1"] == ["1-10"]
     assert len(tasks["mantra1"]) == 4  # 3 frames per task

@@ -110,6 +110,7 @@ def make_task(
         "frames": list(frames),
         "params": {},
         "progress": 0.0,
+        "status": None,
         "exit_code": None,
         "error": None,
         "started_at": None,

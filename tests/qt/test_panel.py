@@ -37,7 +37,9 @@ def fake():
     service.put_job(
         make_job(1, "ball", frames_total=6, frames_done=2, tasks_total=2, tasks_running=1), emit=False
     )
-    service.put_task(make_task(1, frames=(1, 2, 3), state="running", progress=50.0), emit=False)
+    service.put_task(
+        make_task(1, frames=(1, 2, 3), state="running", progress=50.0, status="tiling 3/8"), emit=False
+    )
     service.put_task(make_task(2, frames=(4, 5, 6), state="pending"), emit=False)
     for f in range(1, 7):
         state = "done" if f <= 2 else ("running" if f == 3 else "waiting")
@@ -73,7 +75,8 @@ def test_panel_shows_jobs_frames_and_thumbnails(qtbot, panel, fake):
     wait(qtbot, lambda: len(panel.cache) == 2)
     thumbs = sorted(c[1] for c in fake.calls if c[0] == "thumbnail")
     assert thumbs == [(1, "render", 1), (1, "render", 2)]
-    assert "task 1, attempt 1 (running, 50%)" in panel.frames_model.tooltip(panel.frames_model.frame(2))
+    tooltip = panel.frames_model.tooltip(panel.frames_model.frame(2))
+    assert "task 1, attempt 1 (running, 50%)" in tooltip and "status: tiling 3/8" in tooltip
     assert "6 frames" not in panel.frames_label.text() and "2 done" in panel.frames_label.text()
     # live events: frame 3 finishes, the job moves on
     fake.put_frame(make_frame(3, state="done", task_id=1))
@@ -102,6 +105,7 @@ def test_log_tails_the_selected_frames_task(qtbot, panel, fake):
     panel.frames_view.setCurrentIndex(panel.frames_model.index(2))  # frame 3, task 1
     wait(qtbot, lambda: "frame 2" in panel.log_view.toPlainText())
     assert "task 1" in panel.log_label.text() and "running" in panel.log_label.text()
+    assert "tiling 3/8" in panel.log_label.text()  # the task's openjd_status line
     fake.append_log(1, "ALF_PROGRESS 75%\n")
     wait(qtbot, lambda: "ALF_PROGRESS 75%" in panel.log_view.toPlainText())
     tailer = panel.tailer

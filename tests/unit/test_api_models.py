@@ -18,7 +18,7 @@ JOB = Job(
     *(8, 3, 0, 2, 48, 17, 0), (STEP,),
 )  # fmt: skip
 TASK = Task(
-    31, 7, 0, {"Frame": "13-18"}, (13, 14), TaskState.RUNNING, 1, 2, "hpcdock-x", None, 40.0, None,
+    31, 7, 0, {"Frame": "13-18"}, (13, 14), TaskState.RUNNING, 1, 2, "hpcdock-x", None, 40.0, "tiling", None,
     *(3.0, None, (0,), 0, None, "render", None, 2),
 )  # fmt: skip
 FRAME = Frame(

@@ -109,7 +109,18 @@ def test_write_bundle_is_valid_openjd(tmp_path):
         "parameterValues": [
             {"name": "HipFile", "value": "hip/shot.hip"},
             {"name": "ProjectDir", "value": "/p"},
+            {"name": "OutputDir0", "value": "/p"},  # each step's output directory, dataFlow OUT
+            {"name": "OutputDir1", "value": "/p/render"},
         ]
+    }
+    flows = {
+        p["name"]: (p["type"], p.get("objectType"), p["dataFlow"]) for p in template["parameterDefinitions"]
+    }
+    assert flows == {
+        "HipFile": ("PATH", "FILE", "IN"),
+        "ProjectDir": ("PATH", "DIRECTORY", "NONE"),
+        "OutputDir0": ("PATH", "DIRECTORY", "OUT"),
+        "OutputDir1": ("PATH", "DIRECTORY", "OUT"),
     }
     assert settings["frames"] == {
         "parameter": "Frame",
@@ -140,7 +151,7 @@ def test_bundle_is_json_that_yaml_readers_and_the_service_read_alike(tmp_path):
         project_dir=str(tmp_path / "proj"),
         steps=[B.StepSpec("beauty", "/out/mantra1", [1, 2, 3, 4])],
     )
-    root = Path(B.write_bundle(job, str(tmp_path / "b")))
+    root = Path(B.write_bundle(job, str(tmp_path / "b"), lambda p: Path(p).write_text("hip")))
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == [
         "hpcdock.yaml",
         "parameter_values.json",
@@ -153,5 +164,7 @@ def test_bundle_is_json_that_yaml_readers_and_the_service_read_alike(tmp_path):
     assert settings["env"] == {"GREETING": "grüße 🎬", "QUOTE": 'say "hi": \\ \t'}
     plan = load_bundle(str(root), mount_policy=MountPolicy.build([str(tmp_path)]))
     assert plan.name == "plan é ✓" and plan.container.env["GREETING"] == "grüße 🎬"
-    assert plan.params["HipFile"] == "hip/shot.hip" and plan.params["ProjectDir"] == str(tmp_path / "proj")
+    # PATH parameters: a relative value is the bundle's, as OpenJD resolves it
+    assert plan.params["HipFile"] == str(root / "hip" / "shot.hip")
+    assert plan.params["ProjectDir"] == str(tmp_path / "proj")
     assert [t.params["Frame"] for t in plan.steps[0].tasks] == ["1-2", "3-4"]

@@ -11,6 +11,11 @@ from hpcdock_service.logparse import (
     FrameFailed,
     FrameStarted,
     LogParser,
+    OpenJDEnv,
+    OpenJDFail,
+    OpenJDMalformed,
+    OpenJDStatus,
+    OpenJDUnsetEnv,
     Progress,
     parse_progress,
     task_progress,
@@ -293,3 +298,79 @@ def test_the_first_out_of_memory_and_fork_failure_lines_are_remembered():
     later.close()
     assert later.out_of_memory == "terminate called after throwing an instance of 'std::bad_alloc'"
     assert later.fork_failed == "RuntimeError: can't start new thread"
+
+
+# -- OpenJD stdout messages -------------------------------------------------------------
+
+OPENJD_LOG = (
+    "starting\n"
+    "openjd_status: loading the scene\n"
+    "openjd_progress: 25\n"
+    "openjd_progress: 25\n"
+    "openjd_progress: 62.5\n"
+    "openjd_env: SCENE=/proj/a b=c.hip\n"
+    "openjd_unset_env: OLD_VAR\n"
+    "openjd_fail: the sky is missing\n"
+    "openjd_status: done\n"
+)
+
+
+def test_openjd_messages_become_typed_updates():
+    _, updates = feed_all([OPENJD_LOG])
+    assert updates == [
+        OpenJDStatus("loading the scene"),
+        Progress(25.0),
+        Progress(62.5),
+        OpenJDEnv("SCENE", "/proj/a b=c.hip"),
+        OpenJDUnsetEnv("OLD_VAR"),
+        OpenJDFail("the sky is missing"),
+        OpenJDStatus("done"),
+    ]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_openjd_messages_survive_any_chunking(size):
+    assert feed_all(split_every(OPENJD_LOG.encode(), size))[1] == feed_all([OPENJD_LOG])[1]
+
+
+def test_openjd_progress_is_the_current_frames_progress():
+    log = f"{format_marker('frame-start', 4)}\nopenjd_progress: 50\n"
+    parser, updates = feed_all([log])
+    assert updates == [FrameStarted(4), Progress(50.0, 4)]
+    assert parser.task_progress([4, 5]) == 25.0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "  openjd_status: indented is not a message",  # the grammar is anchored at the line start
+        "openjd_progress: 101",  # outside 0..100: the reference runtime ignores it
+        "openjd_progress: lots",
+        "openjd_status:no space after the colon",
+        "echo openjd_fail: quoted in a command",
+        "openjd_unknown: something",
+    ],
+)
+def test_lines_that_are_not_openjd_messages_produce_nothing(line):
+    assert feed_all([line + "\n"])[1] == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "openjd_env: 1BAD=x",
+        "openjd_env: NO_EQUALS",
+        "openjd_unset_env: A B",
+        "OPENJD_ENV: X=1",
+        "openjd_env X=1",
+    ],
+)
+def test_malformed_env_messages_fail_the_action_like_the_reference_runtime(line):
+    updates = feed_all([line + "\n"])[1]
+    assert len(updates) == 1 and isinstance(updates[0], OpenJDMalformed), updates
+    assert updates[0].reason
+
+
+def test_quoted_env_value_is_json_decoded_like_the_reference_runtime():
+    updates = feed_all(['openjd_env: "GREETING=hello\\nworld"\n'])[1]
+    assert updates == [OpenJDEnv("GREETING", "hello\nworld")]

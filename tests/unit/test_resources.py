@@ -116,8 +116,11 @@ def test_tasks_held_back_by_a_resource_say_what_they_wait_for(tmp_path: Path) ->
         ({"name": "amount.lic", "min": 1.5}, "whole units"),
         ({"name": "amount.worker.vcpu", "min": 3}, "amount.worker.vcpu 3 can never fit"),
         ({"name": "amount.worker.memory", "min": 8192}, "amount.worker.memory 8192 MiB can never fit"),
-        ({"name": "amount.worker.disk.scratch", "min": 1}, "not supported by hpcdock yet"),
-        ({"name": "acme:amount.lic", "min": 1}, "not supported by hpcdock yet"),
+        (
+            {"name": "amount.worker.disk.scratch", "min": 1},
+            "amount.worker.disk.scratch (min 1): the workers of this service have no amount.worker.disk.scratch",
+        ),
+        ({"name": "acme:amount.lic", "min": 1}, "vendor-prefixed amounts are not supported by hpcdock"),
         ({"name": "amount.houdini-engine", "min": 1}, "not a valid Capability name"),  # openjd's own rule
     ],
 )

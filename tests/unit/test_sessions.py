@@ -7,10 +7,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 import yaml
-from hpcdock_service.errors import BadInput
-from hpcdock_service.model import Environment
+from hpcdock_service.bundle import Environment
 from hpcdock_service.sessions import action_script, apply_env_messages, cold_command
 
 from tests.unit.test_bundle_loader import bundle, load
@@ -18,12 +16,17 @@ from tests.unit.test_bundle_loader import bundle, load
 
 def test_env_messages_set_and_unset_in_order() -> None:
     env = {"KEEP": "1", "DROP": "x"}
-    apply_env_messages(
-        "noise\nopenjd_env: A=b=c d\r\nopenjd_unset_env: DROP\nopenjd_env: 1BAD=no\n"
-        "openjd_env: A=again\nopenjd_envX: B=1\n",
-        env,
+    why = apply_env_messages(
+        "noise\nopenjd_env: A=b=c d\nopenjd_unset_env: DROP\nopenjd_env: A=again\nopenjd_envX: B=1\n", env
     )
+    assert why is None
     assert env == {"KEEP": "1", "A": "again"}
+
+
+def test_a_malformed_env_message_fails_the_environment() -> None:
+    env: dict[str, str] = {}
+    assert apply_env_messages("openjd_env: 1BAD=no\n", env)
+    assert env == {}
 
 
 def sh(script: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -116,13 +119,3 @@ def test_environments_are_planned_job_first_then_step(tmp_path: Path) -> None:
     assert [e.name for e in step.environments] == ["job", "step"]
     assert step.environments[0].variables == {"A": "1"} and step.environments[0].enter == ()
     assert step.environments[1].enter == ("sh", "-c", "echo {{Param.Frames}} {{Session.WorkingDirectory}}")
-
-
-def test_wrap_actions_are_refused_by_name(tmp_path: Path) -> None:
-    actions = {"onEnter": {"command": "x"}, "onWrapTaskRun": {"command": "x"}}
-    path = bundle(
-        tmp_path / "b", template={"jobEnvironments": [{"name": "e", "script": {"actions": actions}}]}
-    )
-    with pytest.raises(BadInput) as err:
-        load(path)
-    assert "onWrapTaskRun" in err.value.field or "onWrapTaskRun" in str(err.value)

@@ -221,9 +221,8 @@ def test_a_migration_that_cannot_keep_a_row_leaves_the_store_as_it_was(tmp_path:
         Store(path)
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS.index(
-            _add_references
-        )  # those before it held
+        # the migrations before the one that failed held
+        assert db.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS.index(_add_references)
         assert v1_rows(db) == before
         assert references(db) == set()
     finally:

@@ -31,11 +31,12 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .protocol import format_frame_list
 
 FRAME_PARAM = "Frame"
+OUTPUT_PARAM = "OutputDir"  # + the step's index: a PATH parameter, dataFlow OUT, per output directory
 FARM_DIR = "hpcdock_farm"
 SNAPSHOT_DIR = "hip"
 TEMPLATE_FILE = "template.json"
@@ -309,6 +310,60 @@ def _amounts(s: StepSpec) -> List[dict]:
     return amounts
 
 
+def _output_dir(step: StepSpec) -> Optional[str]:
+    """The directory step ``step`` writes its frames into: the part of its pattern before the frame."""
+    if not step.output_pattern:
+        return None
+    return os.path.dirname(step.output_pattern.split("{", 1)[0]) or None
+
+
+def _path_parameters(job: JobSpec) -> List[Tuple[dict, str]]:
+    """The scene and the outputs as OpenJD PATH parameters, with their values.
+
+    So any OpenJD runtime knows what the job reads (the snapshot: ``dataFlow: IN``) and writes
+    (each step's output directory: ``OUT``), and the service mounts them so. ``ProjectDir`` is only
+    the value ``$HIP`` gets (``NONE``): it is mounted, or not, as the submit node says, through
+    ``hpcdock.yaml``. OpenJD takes only relative defaults for paths, so the values go to
+    ``parameter_values.json`` (a relative one is the bundle's).
+    """
+    params = [
+        (
+            {
+                "name": "HipFile",
+                "type": "PATH",
+                "objectType": "FILE",
+                "dataFlow": "IN",
+                "description": "Scene snapshot, relative to the bundle directory",
+            },
+            snapshot_relpath(job),
+        ),
+        (
+            {
+                "name": "ProjectDir",
+                "type": "PATH",
+                "objectType": "DIRECTORY",
+                "dataFlow": "NONE",
+                "description": "The artist's $HIP, restored after loading the snapshot",
+            },
+            job.project_dir,
+        ),
+    ]
+    seen = set()
+    for index, s in enumerate(job.steps):
+        directory = _output_dir(s)
+        if directory and directory not in seen:
+            seen.add(directory)
+            definition = {
+                "name": f"{OUTPUT_PARAM}{index}",
+                "type": "PATH",
+                "objectType": "DIRECTORY",
+                "dataFlow": "OUT",
+                "description": f"Where step {s.name} writes its frames",
+            }
+            params.append((definition, directory))
+    return params
+
+
 def build_template(job: JobSpec) -> dict:
     steps = []
     for s in job.steps:
@@ -342,31 +397,13 @@ def build_template(job: JobSpec) -> dict:
         "specificationVersion": SPEC_VERSION,
         "extensions": ["TASK_CHUNKING"],
         "name": job.name[:128] or "houdini",
-        "parameterDefinitions": [
-            {
-                "name": "HipFile",
-                "type": "STRING",
-                "description": "Scene snapshot, relative to the bundle directory",
-                "default": snapshot_relpath(job),
-            },
-            {
-                "name": "ProjectDir",
-                "type": "STRING",
-                "description": "The artist's $HIP, restored after loading the snapshot",
-                "default": job.project_dir,
-            },
-        ],
+        "parameterDefinitions": [definition for definition, _ in _path_parameters(job)],
         "steps": steps,
     }
 
 
 def build_parameter_values(job: JobSpec) -> dict:
-    return {
-        "parameterValues": [
-            {"name": "HipFile", "value": snapshot_relpath(job)},
-            {"name": "ProjectDir", "value": job.project_dir},
-        ]
-    }
+    return {"parameterValues": [{"name": d["name"], "value": v} for d, v in _path_parameters(job)]}
 
 
 def build_hpcdock(job: JobSpec, bundle_dir: str) -> dict:

@@ -134,9 +134,10 @@ def _tasks(client: Client, args: argparse.Namespace) -> int:
     for t in tasks:
         frames = f"{t['frames'][0]}-{t['frames'][-1]}" if t["frames"] else "-"
         waiting = f"waiting for {t['waiting_for']}  " if t.get("waiting_for") else ""
+        status = f"[{t['status']}]  " if t.get("status") else ""
         print(
             f"{t['id']:>6}  {t['step']:<14} {t['state']:<10} attempt {t['attempt']}/{t['max_attempts']} "
-            f"frames {frames:<12} {t['progress']:5.1f}%  {waiting}{t['error'] or ''}"
+            f"frames {frames:<12} {t['progress']:5.1f}%  {waiting}{status}{t['error'] or ''}"
         )
     return 0
 
@@ -240,6 +241,7 @@ class _ProgressPrinter:
         self.tty = out.isatty()
         self.started = time.monotonic()
         self.last: Dict[str, Any] = {}
+        self.statuses: Dict[int, str] = {}  # each task's status line, as last shown
 
     def handle(self, event: Event) -> bool:
         """Show one event; True when the job has ended."""
@@ -249,6 +251,10 @@ class _ProgressPrinter:
             return obj["state"] in JOB_FINAL
         if event.kind == EventKind.TASK and not self.quiet:
             t = obj
+            status = t.get("status")
+            if status and self.statuses.get(t["id"]) != status:
+                self.statuses[t["id"]] = status
+                self._line(f"task {t['id']}: {status}")
             if t["state"] == "failed" or (t["state"] == "pending" and t.get("error")):
                 self._line(f"task {t['id']} attempt {t['attempt']} failed: {t.get('error')}")
         if event.kind == EventKind.FRAME and not self.quiet:

@@ -159,6 +159,9 @@ class TaskOut(_Answer):
     container: Optional[str]
     exit_code: Optional[int]
     progress: float = Field(description="0 to 100")
+    status: Optional[str] = Field(
+        description="The task's status line: the last `openjd_status:` message its current or last attempt printed"
+    )
     error: Optional[str]
     started_at: Optional[float]
     finished_at: Optional[float]

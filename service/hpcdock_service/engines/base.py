@@ -69,6 +69,18 @@ class GpuGrant:
     indices: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ContainerFile:
+    """A file the engine writes into the container before the task starts (an OpenJD embedded file).
+
+    ``path`` is absolute inside the container; missing directories on the way are created.
+    """
+
+    path: str
+    data: bytes
+    mode: int = 0o644
+
+
 @dataclass
 class ContainerRequest:
     """One task attempt's container, fully decided by the service (security defaults included).
@@ -87,6 +99,7 @@ class ContainerRequest:
     labels: dict[str, str]
     gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
+    files: list[ContainerFile] = field(default_factory=list)  # written in before it starts
     # Sessions only: a directory the service made under its own state directory, bound read-write
     # at SESSION_ROOT. Not under the mount policy: no task chose the path, and the policy keeps
     # every task's own mounts out of the state directory.

@@ -36,8 +36,11 @@ removes such a container and answers None).
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterator
+import posixpath
+import tarfile
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import docker
@@ -54,6 +57,7 @@ from ..gpu_broker import GpuBroker
 from .base import (
     LABEL_STORE,
     SESSION_ROOT,
+    ContainerFile,
     ContainerLimits,
     ContainerRequest,
     EngineError,
@@ -263,6 +267,8 @@ class LocalEngine:
         else:
             container_id = self._create_compat(request, gpu)
         try:
+            if request.files:  # before the runtime is initialised: it checks the command exists
+                self._put_files(container_id, request.files)
             if self.kind == "podman":
                 # The runtime binds the mounts now, before any of the task's code runs (and Podman
                 # shows CDI devices in inspect only once the container is initialised).
@@ -276,6 +282,13 @@ class LocalEngine:
             self.remove(container_id)
             raise
         return container_id
+
+    def _put_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        """Write ``files`` into the container's own filesystem (one archive upload), not through a mount."""
+        try:
+            self.client.api.put_archive(container_id, "/", _archive(files))
+        except (APIError, requests.RequestException) as exc:
+            raise EngineError(f"could not write the task's files into its container: {exc}") from None
 
     def _plan_gpus(self, grant: Optional[GpuGrant]) -> Optional[Attachment]:
         if grant is None or grant.count == 0:
@@ -599,3 +612,23 @@ def _cause(exc: BaseException) -> str:
     while exc.args and isinstance(exc.args[-1], BaseException):
         exc = exc.args[-1]
     return f"{exc.__class__.__name__}: {exc}"
+
+
+def _archive(files: Sequence[ContainerFile]) -> bytes:
+    """A tar of ``files`` relative to ``/``, with each directory on their way (root-owned, 0755)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        made: set[str] = set()
+        for file in files:
+            parts = posixpath.normpath(file.path).strip("/").split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            info = tarfile.TarInfo("/".join(parts))
+            info.size, info.mode = len(file.data), file.mode
+            tar.addfile(info, io.BytesIO(file.data))
+    return buffer.getvalue()

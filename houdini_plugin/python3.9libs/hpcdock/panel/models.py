@@ -386,6 +386,8 @@ class FramesModel(QtCore.QAbstractListModel):
                 task_line += f", waiting for {task['waiting_for']}"
             task_line += ")"
         lines.append(task_line)
+        if task is not None and task.get("status"):
+            lines.append(f"status: {task['status']}")
         if frame.get("render_time") is not None:
             lines.append(f"render time: {frame['render_time']:.2f} s")
         if frame.get("output"):

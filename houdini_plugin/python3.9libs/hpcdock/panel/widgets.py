@@ -854,6 +854,8 @@ class MonitorPanel(QtWidgets.QWidget):
             if state == "running" and task.get("progress") is not None:
                 state += f" {task['progress']:.0f}%"
             parts.append(state)
+            if task.get("status"):
+                parts.append(str(task["status"]))
         self.log_label.setText(" · ".join(parts))
 
     def _append_log(self, text: str) -> None:
