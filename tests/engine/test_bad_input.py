@@ -58,14 +58,17 @@ CASES = {
         "hpcdock.yaml: image",
         "does not exist",
     ),
-    "embedded files": (
+    "unmet host requirement": (
         lambda b: (b / "template.yaml").write_text(
             (b / "template.yaml")
             .read_text()
-            .replace("  script:\n", "  script:\n    embeddedFiles:\n    - {name: f, type: TEXT, data: hi}\n")
+            .replace(
+                "  script:\n",
+                "  hostRequirements:\n    attributes:\n    - {name: attr.custom.farm, anyOf: [nope]}\n  script:\n",
+            )
         ),
-        "embeddedFiles",
-        "not supported",
+        "hostRequirements.attributes",
+        "no worker of this service has the attribute attr.custom.farm",
     ),
 }
 
