@@ -65,7 +65,7 @@ test-pyside2: venv-pyside2
 	  $(PYSIDE2_VENV)/bin/python -m pytest --confcutdir=tests/plugin_env $(PLUGIN_TESTS)
 
 bench-here: venv engine
-	@$(BIN)/python bench/run.py
+	@$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: venv
 	@$(BIN)/ruff check houdini_plugin service tests bench scripts

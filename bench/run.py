@@ -4,7 +4,7 @@ One process, one run, one table (``make bench``; as a user with a rootless engin
 ``.venv/bin/python bench/run.py``). Every ratio is against a baseline measured in the same
 run, interleaved with the figure it is compared to, because a shared 2-core machine is noisy.
 
-    python bench/run.py [--only dispatch,scale,latency,panel,checks,slurm] [--repeat 2] [--tasks 100]
+    python bench/run.py [--only dispatch,scale,latency,panel,checks,slurm,sessions] [--repeat 2] [--tasks 100]
                         [--sizes 1000,10000,100000] [--json out.json]
 
 Traffic goes only to 127.0.0.1 and to the engines' unix sockets.
@@ -105,9 +105,13 @@ def engine_version(url: str) -> str:
 # -- bundles ------------------------------------------------------------------------------------
 
 
-def trivial_bundle(root: Path, n: int) -> Path:
-    """N tasks, one frame number each (an INT task parameter), each running ``echo FRAME``."""
+def trivial_bundle(
+    root: Path, n: int, *, environment: Optional[dict[str, Any]] = None, run: Optional[list[str]] = None
+) -> Path:
+    """N tasks, one frame number each (an INT task parameter), each running ``echo FRAME`` (or
+    ``run``); with ``environment``, as a step environment (the tasks then run in sessions)."""
     root.mkdir(parents=True, exist_ok=True)
+    run = run or ["echo", "{{Task.Param.Frame}}"]
     template = {
         "specificationVersion": "jobtemplate-2023-09",
         "name": "dispatch",
@@ -120,7 +124,8 @@ def trivial_bundle(root: Path, n: int) -> Path:
                         {"name": "Frame", "type": "INT", "range": "{{Param.Frames}}"}
                     ]
                 },
-                "script": {"actions": {"onRun": {"command": "echo", "args": ["{{Task.Param.Frame}}"]}}},
+                "script": {"actions": {"onRun": {"command": run[0], "args": run[1:]}}},
+                **({"stepEnvironments": [environment]} if environment else {}),
             }
         ],
     }
@@ -452,6 +457,96 @@ def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
     }
 
 
+# -- warm sessions ------------------------------------------------------------------------------
+
+WARM_ENV = {
+    "name": "warm",
+    "script": {"actions": {"onEnter": {"command": "true"}, "onExit": {"command": "true"}}},
+}
+RENDERER_START, RENDERER_FRAME, RENDERER_FRAMES = 3.0, 0.2, 48
+
+
+def job_wall(svc: ServiceProcess, bundle: Path) -> tuple[float, list[float]]:
+    """Seconds from submit to the job's end, and each task's own seconds (started -> finished)."""
+    client = svc.client()
+    t0 = time.time()
+    job = wait_job(client, client.submit(str(bundle))["id"], timeout=900)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"job ended {job['state']}: {job.get('error')}")
+    return job["finished_at"] - t0, [t["finished_at"] - t["started_at"] for t in client.tasks(job["id"])]
+
+
+def exec_overhead(url: str, calls: int = 30) -> float:
+    """Median seconds of one engine ``exec`` of ``true`` in a running container (create + start + inspect)."""
+    import docker
+
+    client = docker.DockerClient(base_url=url, version="1.41", timeout=120)
+    c = client.containers.run(TEST_IMAGE, ["sleep", "600"], detach=True, network_mode="none")
+    try:
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            ex = client.api.exec_create(c.id, ["true"])
+            client.api.exec_start(ex["Id"])
+            client.api.exec_inspect(ex["Id"])
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        c.remove(force=True)
+        client.close()
+
+
+def bench_sessions(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Warm sessions against cold containers, same run, interleaved: trivial tasks' rate, each warm
+    task's own time (the session's per-task overhead) against an engine exec, and a renderer that
+    takes RENDERER_START seconds to start (paid once per session warm, once per task cold)."""
+    url = podman_url()
+    if url is None:
+        raise RuntimeError("no rootless Podman")
+    n, conc = args.tasks, 2
+    cold = trivial_bundle(tmp / "cold", n)
+    warm = trivial_bundle(tmp / "warm", n, environment=WARM_ENV)
+    runs: dict[str, list[float]] = {}
+    per_task: list[float] = []
+    for r in range(args.repeat):
+        with Service(tmp / f"sessions-{r}", url, slots=conc) as svc:
+            runs.setdefault("cold", []).append(hpcdock_dispatch(svc, cold, n))
+            wall, own = job_wall(svc, warm)
+            runs.setdefault("warm", []).append(n / wall)
+            per_task += own
+            log(f"sessions run {r}: cold {runs['cold'][-1]:.2f}, warm {runs['warm'][-1]:.2f} tasks/s")
+    exec_s = exec_overhead(url)
+    frames = RENDERER_FRAMES
+    start_then = f"sleep {RENDERER_START:g} && sleep {RENDERER_FRAME:g}"
+    renderer_cold = trivial_bundle(tmp / "rcold", frames, run=["sh", "-c", start_then])
+    renderer_env = {
+        "name": "renderer",
+        "script": {"actions": {"onEnter": {"command": "sleep", "args": [f"{RENDERER_START:g}"]}}},
+    }
+    renderer_warm = trivial_bundle(
+        tmp / "rwarm", frames, environment=renderer_env, run=["sleep", f"{RENDERER_FRAME:g}"]
+    )
+    with Service(tmp / "renderer", url, slots=conc) as svc:
+        warm_wall, _ = job_wall(svc, renderer_warm)
+        cold_wall, _ = job_wall(svc, renderer_cold)
+    results["sessions"] = {
+        "tasks": n,
+        "concurrency": conc,
+        "runs": runs,
+        "median": {k: statistics.median(v) for k, v in runs.items()},
+        "warm_task_p50_s": statistics.median(per_task),
+        "exec_p50_s": exec_s,
+        "renderer": {
+            "frames": frames,
+            "start_s": RENDERER_START,
+            "frame_s": RENDERER_FRAME,
+            "warm_wall_s": warm_wall,
+            "cold_wall_s": cold_wall,
+            "ideal_s": conc * RENDERER_START + frames * RENDERER_FRAME / conc,
+        },
+    }
+
+
 # -- submission scale ---------------------------------------------------------------------------
 
 
@@ -728,6 +823,31 @@ def ok(flag: bool) -> str:
     return "met" if flag else "**missed**"
 
 
+def report_sessions(w: dict[str, Any]) -> list[str]:
+    med, rend = w["median"], w["renderer"]
+    rate = med["warm"] / med["cold"]
+
+    def runs(key: str) -> str:
+        return ", ".join(f"{v:.2f}" for v in w["runs"][key])
+
+    within = rend["warm_wall_s"] / rend["ideal_s"]
+    return [
+        f"### Warm sessions: {w['tasks']} trivial tasks, {w['concurrency']} at a time (rootless Podman)",
+        "",
+        "| what | figure | runs | target |",
+        "| --- | ---: | --- | --- |",
+        f"| cold containers | {med['cold']:.2f} tasks/s | {runs('cold')} | |",
+        f"| warm sessions | {med['warm']:.2f} tasks/s ({rate:.1f}x cold) | {runs('warm')} | >= 4x: {ok(rate >= 4)} |",
+        f"| a warm task's own time, p50 (start to recorded end) | {w['warm_task_p50_s'] * 1000:.0f} ms | |"
+        f" <= 50 ms: {ok(w['warm_task_p50_s'] <= 0.05)} |",
+        f"| engine `exec` of `true` in a running container, p50 | {w['exec_p50_s'] * 1000:.0f} ms | | |",
+        f"| {rend['frames']} one-frame tasks, renderer start {rend['start_s']:g} s + {rend['frame_s']:g} s/frame: warm |"
+        f" {rend['warm_wall_s']:.1f} s ({within:.2f}x ideal {rend['ideal_s']:.1f} s) | | <= 1.5x: {ok(within <= 1.5)} |",
+        f"| same, cold | {rend['cold_wall_s']:.1f} s | | |",
+        "",
+    ]
+
+
 def report(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
@@ -884,6 +1004,8 @@ def report(results: dict[str, Any]) -> str:
     p = results.get("panel")
     if p:
         lines += [p.get("text") or f"Panel benchmark: {p}", ""]
+    if results.get("sessions"):
+        lines += report_sessions(results["sessions"])
     if results.get("errors"):
         lines += ["Errors:", *[f"- {e}" for e in results["errors"]], ""]
     return "\n".join(lines)
@@ -891,7 +1013,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="dispatch,scale,latency,panel,checks,slurm")
+    parser.add_argument("--only", default="dispatch,scale,latency,panel,checks,slurm,sessions")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each dispatch figure (median shown)")
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -909,6 +1031,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "latency": bench_latency,
         "panel": bench_panel,
         "checks": bench_checks,
+        "sessions": bench_sessions,
         "slurm": bench_slurm,
     }
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}

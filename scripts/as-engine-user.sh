@@ -50,5 +50,5 @@ echo "hpcdock: system setup took $(( $(date +%s) - t0 ))s; running '$target' as 
 cd /
 exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" SHELL=/bin/bash \
   PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin XDG_RUNTIME_DIR="/run/user/$uid" \
-  LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" PYTEST_ARGS="${PYTEST_ARGS:-}" \
+  LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" PYTEST_ARGS="${PYTEST_ARGS:-}" BENCH_ARGS="${BENCH_ARGS:-}" \
   make -C "$dest" --no-print-directory "$target-here"

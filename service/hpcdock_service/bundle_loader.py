@@ -19,7 +19,7 @@ import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import yaml
 from openjd.model import (
@@ -182,6 +182,39 @@ class ContainerSpec:
         )
 
 
+class Environment(NamedTuple):
+    """One OpenJD environment a step's tasks run in (the job's first, then the step's own).
+
+    Its actions are OpenJD format strings, resolved when a session enters or exits it; an empty
+    action means the environment has none (it only sets ``variables``).
+    """
+
+    name: str
+    enter: tuple[str, ...]  # onEnter's command and args
+    exit: tuple[str, ...]  # onExit's command and args
+    variables: Mapping[str, str]
+    timeout: Optional[float] = None  # seconds each action may take; None: no limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "enter": list(self.enter),
+            "exit": list(self.exit),
+            "variables": dict(self.variables),
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Environment:
+        return cls(
+            data["name"],
+            tuple(data["enter"]),
+            tuple(data["exit"]),
+            dict(data["variables"]),
+            data.get("timeout"),
+        )
+
+
 @dataclass
 class TaskPlan:
     params: dict[str, str]  # task parameter values as strings (a chunk is a range like "1-5")
@@ -204,6 +237,8 @@ class StepPlan:
     # and what it is packed by ("amount.worker.vcpu": 2, "amount.worker.memory": MiB).
     amounts: dict[str, float] = field(default_factory=dict)
     files: list[EmbeddedFile] = field(default_factory=list)  # the step script's embeddedFiles
+    # The job's environments, then the step's: what its sessions enter, in this order.
+    environments: list[Environment] = field(default_factory=list)
 
 
 @dataclass
@@ -317,6 +352,7 @@ def load_bundle(
                 tname,
             )
         )
+        steps[-1].environments = _environments(job.jobEnvironments) + _environments(step.stepEnvironments)
     if frames_param is not None and not any(frames_param in s.tasks[0].params for s in steps if s.tasks):
         raise BadInput(
             "hpcdock.yaml: frames.parameter", f"no step has a task parameter named {frames_param!r}"
@@ -579,12 +615,10 @@ def _clean_openjd_message(exc: Exception) -> str:
 
 def _refuse_unsupported(jt: Any, tname: str) -> None:
     """Name every OpenJD feature in the template that hpcdock does not run yet."""
-    if jt.jobEnvironments:
-        raise BadInput(f"{tname}: jobEnvironments", "job environments are not supported by hpcdock yet")
+    _refuse_unsupported_environments(jt.jobEnvironments, f"{tname}: jobEnvironments")
     for i, step in enumerate(jt.steps):
         where = f"{tname}: steps[{i}]"
-        if step.stepEnvironments:
-            raise BadInput(f"{where}.stepEnvironments", "step environments are not supported by hpcdock yet")
+        _refuse_unsupported_environments(step.stepEnvironments, f"{where}.stepEnvironments")
         if getattr(step, "let", None):
             raise BadInput(f"{where}.let", "let bindings are not supported by hpcdock yet")
         req = step.hostRequirements
@@ -603,6 +637,47 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
                     f"{where}.parameterSpace.{param.name}.chunks.targetRuntimeSeconds",
                     "adaptive chunking is not supported by hpcdock yet; use defaultTaskCount",
                 )
+
+
+def _refuse_unsupported_environments(environments: Any, where: str) -> None:
+    """Environments run in sessions (:mod:`.sessions`); what of them hpcdock does not run yet is named."""
+    for i, env in enumerate(environments or []):
+        script = env.script
+        if script is None:
+            continue
+        if script.embeddedFiles:
+            raise BadInput(
+                f"{where}[{i}].script.embeddedFiles",
+                "embedded files are not supported by hpcdock yet; ship the file in the bundle",
+            )
+
+
+def _environments(environments: Any) -> list[Environment]:
+    """The template's environments as sessions enter them (format strings kept, resolved per session)."""
+    planned = []
+    for env in environments or []:
+        actions = env.script.actions if env.script is not None else None
+        timeouts = [
+            float(a.timeout)
+            for a in (getattr(actions, "onEnter", None), getattr(actions, "onExit", None))
+            if a is not None and a.timeout is not None
+        ]
+        planned.append(
+            Environment(
+                name=env.name,
+                enter=_action_command(getattr(actions, "onEnter", None)),
+                exit=_action_command(getattr(actions, "onExit", None)),
+                variables={k: str(v) for k, v in (env.variables or {}).items()},
+                timeout=max(timeouts) if timeouts else None,
+            )
+        )
+    return planned
+
+
+def _action_command(action: Any) -> tuple[str, ...]:
+    if action is None:
+        return ()
+    return (str(action.command), *(str(a) for a in (action.args or [])))
 
 
 def _check_job_size(job: Any, frames_param: Optional[str], limits: SubmitLimits, tname: str) -> None:

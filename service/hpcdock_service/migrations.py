@@ -189,6 +189,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     _add_references,
     # a task's status line (the last ``openjd_status`` it printed), a step script's embeddedFiles
     _adding(("tasks", "status", "TEXT"), ("steps", "files", "TEXT")),
+    # the OpenJD environments a step's tasks run in (empty: none)
+    _adding(("steps", "environments", "TEXT")),
 )
 LATEST = len(MIGRATIONS)
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
-from .bundle_loader import EmbeddedFile
+from .bundle_loader import EmbeddedFile, Environment
 from .framecheck import Flag, FrameCheckSettings
 
 JSON = dict[str, Any]
@@ -60,6 +60,8 @@ class StepRun(NamedTuple):
     files: tuple[
         EmbeddedFile, ...
     ] = ()  # the step script's embeddedFiles, written into each task's container
+    # The environments its tasks run in, entered in this order (none: each task runs cold).
+    environments: tuple[Environment, ...] = ()
 
 
 class ReadyStep(NamedTuple):

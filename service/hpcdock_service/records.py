@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState, decode_frames
 
-from .bundle_loader import EmbeddedFile
+from .bundle_loader import EmbeddedFile, Environment
 from .framecheck import Flag, FrameCheckSettings
 from .model import Event, Frame, Job, ReadyStep, Step, StepRun, Task
 
@@ -56,6 +56,7 @@ def step_run_from_row(r: sqlite3.Row) -> StepRun:
         r["vcpus"],
         amounts(r["amounts"]),
         tuple(EmbeddedFile.from_json(f) for f in json.loads(r["files"] or "[]")),
+        tuple(Environment.from_json(e) for e in json.loads(r["environments"] or "[]")),
     )
 
 

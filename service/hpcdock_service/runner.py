@@ -30,10 +30,13 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hpcdock.protocol import Backoff, FrameState
+from openjd.model.v2023_09 import ArgString
 
 from . import framecheck, taskfiles, tasklog, thumbnails
 from .bundle_loader import ContainerSpec
@@ -46,10 +49,10 @@ from .engines.base import (
     NO_LIMITS,
     ContainerLimits,
     ContainerRequest,
-    Engine,
     EngineError,
     EngineUnreachable,
     GpuGrant,
+    Runs,
     RunStatus,
 )
 from .engines.discovery import EngineWatch
@@ -66,6 +69,7 @@ from .logparse import (
     task_progress,
 )
 from .model import StepRun, Task
+from .sessions import COLD_WORKING_DIRECTORY, cold_command
 from .store import FrameResult, Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -140,12 +144,18 @@ def mib(n: int) -> str:
     return f"{n / tasklog.MIB:g} MiB"
 
 
+def resolve_strings(parts: Sequence[str], job_params: Mapping[str, str], workdir: str) -> list[str]:
+    """An environment's format strings (no task parameters, no task files), as a session resolves them."""
+    symtab = taskfiles.symbols(job_params, {}, workdir)
+    return [ArgString(part).resolve(symtab=symtab) for part in parts]
+
+
 class TaskRunner:
     def __init__(
         self,
         *,
         store: Store,
-        engine: Engine,
+        engine: Runs,
         task: Task,
         step: StepRun,
         log_path: Path,
@@ -158,6 +168,7 @@ class TaskRunner:
         limits: ContainerLimits = NO_LIMITS,
         log_cap: int = 64 * tasklog.MIB,
         licence: Optional[LicenceRetry] = None,
+        session_workdir: Optional[str] = None,
     ) -> None:
         assert task.container is not None, "start_task names the task's run"
         self.store = store
@@ -181,6 +192,8 @@ class TaskRunner:
         self._started = adopt is not None
         self.timed_out = False
         self.licence = licence  # None: licence failures are ordinary failures
+        # {{Session.WorkingDirectory}}: the session's scratch directory when the task runs in one
+        self.session_workdir = session_workdir
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
         self.fail_message: Optional[str] = None  # the last openjd_fail: the reason shown if the task fails
         self.malformed: Optional[str] = None  # an OpenJD message the reference runtime fails the action for
@@ -334,9 +347,22 @@ class TaskRunner:
     def _create(self) -> str:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task.job_id)
-        command, files = taskfiles.resolve(
-            step.command, step.files, self.store.job_params(task.job_id), task.params, spec.workdir
-        )
+        params = self.store.job_params(task.job_id)
+        cold_environments = bool(step.environments) and self.session_workdir is None
+        if cold_environments:  # environments, but no session: the container enters them itself
+            workdir = COLD_WORKING_DIRECTORY
+        else:
+            workdir = self.session_workdir or spec.workdir
+        command, files = taskfiles.resolve(step.command, step.files, params, task.params, workdir)
+        if cold_environments:
+            command = cold_command(
+                [
+                    (env, partial(resolve_strings, job_params=params, workdir=workdir))
+                    for env in step.environments
+                ],
+                command,
+                spec.workdir,
+            )
         request = ContainerRequest(
             name=self.run_name,
             image=spec.image,

@@ -15,7 +15,9 @@ starts; running tasks wait for it (see :class:`~.engines.discovery.EngineWatch`)
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -25,11 +27,22 @@ from hpcdock.protocol import TaskState
 
 from . import tasklog
 from .config import DEFAULT_LICENCE_RETRY, LicenceRetry
-from .engines.base import NO_LIMITS, ContainerLimits, Engine, GpuGrant, RunStatus
+from .engines.base import (
+    LABEL_JOB,
+    LABEL_STORE,
+    NO_LIMITS,
+    ContainerLimits,
+    ContainerRequest,
+    Engine,
+    GpuGrant,
+    Runs,
+    RunStatus,
+)
 from .engines.discovery import EngineWatch
 from .model import Job, StepRun, Task
 from .resources import GPU_WAIT, Pool, waiting_label
-from .runner import TaskRunner, container_name, thread_refused
+from .runner import TaskRunner, container_name, resolve_strings, thread_refused
+from .sessions import WORKING_DIRECTORY, Session, SessionPlan, SessionPool
 from .store import Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -60,6 +73,13 @@ class Scheduler:
         self.thumbs_dir = state_dir / "thumbnails"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        # Steps with environments run in sessions where the engine can (else cold, see .sessions).
+        self.sessions: Optional[SessionPool] = None
+        if getattr(engine, "runs_sessions", False):
+            self.sessions = SessionPool(engine, state_dir / "sessions")
+            self.sessions.on_ended = self.wake  # type: ignore[method-assign]
+        self._session_of: dict[int, Session] = {}  # running task -> the session it runs in
+        self._steps: dict[tuple[int, int], StepRun] = {}  # asked once a dispatch round (they never change)
         self._running: dict[int, TaskRunner] = {}
         self._unstarted: list[TaskRunner] = []  # runners whose thread the system refused
         self._lock = threading.Lock()
@@ -67,6 +87,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._session_count = 0
 
     def log_path(self, task_id: int) -> Path:
         return self.log_dir / f"task-{task_id}.log"
@@ -82,11 +103,16 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop dispatching. Running containers keep running; the next start re-adopts them."""
+        """Stop dispatching. Running containers keep running; the next start re-adopts them.
+
+        Idle sessions end here (their environments exit); a session running a task runs on, and
+        the next start re-adopts it with its task."""
         self._stopped.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self.sessions is not None and self.watch.up:
+            self.sessions.end_idle(self.sessions.idle_names(), wait=True)
         self.watch.stop()
 
     def wake(self) -> None:
@@ -98,8 +124,23 @@ class Scheduler:
         return max(1, self.engine.slots)
 
     def running_count(self) -> int:
+        """Slots in use: each cold task's, and each session's (busy or not, until it has ended)."""
         with self._lock:
-            return len(self._running)
+            cold = len(self._running) - len(self._session_of)
+        return cold + (self.sessions.count() if self.sessions is not None else 0)
+
+    def step_run(self, job_id: int, step_idx: int) -> StepRun:
+        key = (job_id, step_idx)
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = self.store.step_run(job_id, step_idx)
+        return step
+
+    def _in_session(self, step: StepRun) -> bool:
+        """Whether the step's tasks run in sessions: it has environments, the engine runs sessions,
+        and it needs no GPUs (a session's GPUs would be held between tasks) and has no embedded
+        files (written into a task's own container): those run cold."""
+        return bool(step.environments) and self.sessions is not None and not step.gpus and not step.files
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
@@ -122,14 +163,24 @@ class Scheduler:
         if not self.watch.up:
             return started  # a task started now would only wait for the engine, holding its slot
         waiting: dict[tuple[int, int], Optional[str]] = {}
+        self._steps = {}
+        # Sessions idle as this round begins: those it gives no task end (no ready task of their
+        # step). One whose task ends during the round is left to the next round.
+        idle = self.sessions.idle_names() if self.sessions is not None else set()
+        given: set[str] = set()
         for step in self.store.ready_steps():
             key = (step.job_id, step.step_idx)
-            if self.running_count() >= self.slots or self._stopped.is_set():
+            run = self.step_run(step.job_id, step.step_idx)
+            full = self.running_count() >= self.slots and self._idle_session(run) is None
+            if full or self._stopped.is_set():
                 short = self.pool.short(step.amounts)  # no slot now; say whether an amount holds it back too
                 waiting[key] = waiting_label(short) if short else None
                 continue
             waiting[key] = None
-            while self.running_count() < self.slots and not self._stopped.is_set():
+            while not self._stopped.is_set():
+                session = self._idle_session(run)
+                if session is None and self.running_count() >= self.slots:
+                    break
                 task_id = self.store.next_pending(step.job_id, step.step_idx)
                 if task_id is None:
                     break
@@ -144,10 +195,51 @@ class Scheduler:
                         self.pool.release(task_id)
                         waiting[key] = GPU_WAIT
                         break  # this step waits for GPUs; lower-priority CPU steps may still run
-                self._launch(task_id, grant)
+                if self._in_session(run) and session is None:
+                    session = self._new_session(run)
+                if session is not None:
+                    session.task = task_id
+                    given.add(session.name)
+                self._launch(task_id, grant, session)
                 started += 1
         self._record_waiting(waiting)
+        if self.sessions is not None:
+            self.sessions.end_idle(idle - given)
         return started
+
+    def _idle_session(self, step: StepRun) -> Optional[Session]:
+        if not self._in_session(step):
+            return None
+        assert self.sessions is not None
+        return self.sessions.idle(step.job_id, step.idx)
+
+    def _new_session(self, step: StepRun) -> Session:
+        assert self.sessions is not None
+        self._session_count += 1
+        name = f"hpcdock-{self.store.store_id}-j{step.job_id}-s{step.idx}-{self._session_count}-{os.getpid()}"
+        return self.sessions.new(name, step.job_id, step.idx, lambda: self._session_plan(step, name))
+
+    def _session_plan(self, step: StepRun, name: str) -> SessionPlan:
+        """The session's container (the job's image, mounts, env and the step's limits) and its
+        environments with what their format strings resolve against."""
+        spec = self.store.job_container(step.job_id)
+        params = self.store.job_params(step.job_id)
+        request = ContainerRequest(
+            name=name,
+            image=spec.image,
+            command=[],
+            env=dict(spec.env),
+            workdir=spec.workdir,
+            mounts=spec.mounts,
+            network=spec.network,
+            labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(step.job_id)},
+            limits=self.limits_for(step),
+        )
+
+        def resolve(parts: Sequence[str]) -> list[str]:
+            return resolve_strings(parts, params, WORKING_DIRECTORY)
+
+        return SessionPlan(request, [(env, resolve) for env in step.environments], dict(spec.env))
 
     def _record_waiting(self, waiting: dict[tuple[int, int], Optional[str]]) -> None:
         """Store what changed in what steps wait for (a step no longer ready waits for nothing)."""
@@ -160,7 +252,7 @@ class Scheduler:
             self.store.set_waiting(changes)
         self._waiting = {key: what for key, what in waiting.items() if what is not None}
 
-    def _launch(self, task_id: int, grant: Optional[GpuGrant]) -> None:
+    def _launch(self, task_id: int, grant: Optional[GpuGrant], session: Optional[Session] = None) -> None:
         started = False
         try:
             pending = self.store.read_task(task_id)
@@ -175,11 +267,13 @@ class Scheduler:
                 task = self.store.start_task(task_id, name, list(grant.indices) if grant else [], offset)
                 if task.state != TaskState.RUNNING:  # canceled after it was chosen
                     return
-                self._run(task, grant, adopt=None, log_offset=offset)
+                self._run(task, grant, adopt=None, log_offset=offset, session=session)
                 started = True
         finally:
             if not started:  # canceled, or the store was locked (StoreBusy): dispatch tries again
                 self._release(task_id)
+                if session is not None:
+                    session.task = None
 
     def limits_for(self, step: StepRun) -> ContainerLimits:
         """The step's own memory and vCPU amounts where it gives them, else the service's defaults."""
@@ -191,13 +285,20 @@ class Scheduler:
         )
 
     def _run(
-        self, task: Task, grant: Optional[GpuGrant], adopt: Optional[RunStatus], log_offset: int
+        self,
+        task: Task,
+        grant: Optional[GpuGrant],
+        adopt: Optional[RunStatus],
+        log_offset: int,
+        session: Optional[Session] = None,
     ) -> None:
-        """Follow ``task`` in a runner of its own; its attempt's log starts at ``log_offset``."""
-        step = self.store.step_run(task.job_id, task.step_idx)
+        """Follow ``task`` in a runner of its own (inside ``session`` when it runs in one); its
+        attempt's log starts at ``log_offset``."""
+        step = self.step_run(task.job_id, task.step_idx)
+        runs: Runs = session if session is not None else self.engine
         runner = TaskRunner(
             store=self.store,
-            engine=self.engine,
+            engine=runs,
             task=task,
             step=step,
             log_path=self.log_path(task.id),
@@ -210,9 +311,12 @@ class Scheduler:
             limits=self.limits_for(step),
             log_cap=self.log_cap,
             licence=self.licence,
+            session_workdir=WORKING_DIRECTORY if session is not None else None,
         )
         with self._lock:
             self._running[task.id] = runner
+            if session is not None:
+                self._session_of[task.id] = session
         self._start_runner(runner)
 
     def _start_runner(self, runner: TaskRunner) -> None:
@@ -236,6 +340,9 @@ class Scheduler:
     def _on_exit(self, task_id: int) -> None:
         with self._lock:
             self._running.pop(task_id, None)
+            session = self._session_of.pop(task_id, None)
+        if session is not None:
+            session.task = None  # free for its step's next task, or to end (see dispatch)
         self._release(task_id)
         self._wake.set()
 
@@ -279,7 +386,26 @@ class Scheduler:
         """
         claimed = set()
         self.store.clear_waiting()
+        if self.sessions is not None:
+            self.sessions.recover()
+            claimed |= self.sessions.handles()
         for task in self.store.tasks_in_state(TaskState.RUNNING):
+            found = self.sessions.find_task(task.container) if self.sessions and task.container else None
+            if found is not None:
+                session, in_session = found
+                session.task = task.id
+                self.pool.restore(task.id, self.step_run(task.job_id, task.step_idx).amounts)
+                log.info(
+                    "task %s: re-adopting %s in session %s (%s)",
+                    task.id,
+                    in_session.name,
+                    session.name,
+                    in_session.summary(),
+                )
+                self._run(
+                    task, None, adopt=in_session, log_offset=self.store.log_offset(task.id), session=session
+                )
+                continue
             status = self.engine.find(task.container) if task.container else None
             if status is None:
                 self._truncate_log(task.id, self.store.log_offset(task.id))

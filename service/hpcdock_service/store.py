@@ -366,8 +366,8 @@ class Store:
             for s_idx, step in enumerate(plan.steps):
                 db.execute(
                     "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                    "cancel_grace, output, memory_mib, vcpus, amounts, files) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cancel_grace, output, memory_mib, vcpus, amounts, files, environments) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         s_idx,
@@ -382,6 +382,7 @@ class Store:
                         step.vcpus,
                         json.dumps(step.amounts),
                         json.dumps([f.to_json() for f in step.files]) if step.files else None,
+                        json.dumps([e.to_json() for e in step.environments]) if step.environments else None,
                     ),
                 )
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1

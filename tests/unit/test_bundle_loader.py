@@ -89,10 +89,20 @@ def test_parameter_values_file_and_overrides(tmp_path: Path) -> None:
     [
         ({"extensions": ["FANCY"]}, None, None, "template.yaml", "FANCY"),
         (
-            {"jobEnvironments": [{"name": "e", "variables": {"A": "1"}}]},
+            {
+                "jobEnvironments": [
+                    {
+                        "name": "e",
+                        "script": {
+                            "actions": {"onEnter": {"command": "x"}},
+                            "embeddedFiles": [{"name": "f", "type": "TEXT", "data": "x"}],
+                        },
+                    }
+                ]
+            },
             None,
             None,
-            "jobEnvironments",
+            "jobEnvironments[0].script.embeddedFiles",
             "not supported",
         ),
         (None, {"image": ""}, None, "hpcdock.yaml: image", "required"),

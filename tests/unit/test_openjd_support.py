@@ -18,6 +18,7 @@ from hpcdock_service.config import WorkerCapabilities
 from hpcdock_service.errors import BadInput
 from hpcdock_service.logparse import LogParser, OpenJDFail, OpenJDStatus, Progress
 from hpcdock_service.mounts import MountPolicy
+from hpcdock_service.sessions import apply_env_messages
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(r"^\| (?P<feature>[^|]+?) \| (?P<claim>[^|]+?) \|")
@@ -161,8 +162,24 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "`amount.<resource>`": {"steps": [step(**amounts({"name": "amount.houdini_engine", "min": 1}))]},
     "`vendor:amount.*`": {"steps": [step(**amounts({"name": "acme:amount.lic", "min": 1}))]},
-    "`jobEnvironments`": {"jobEnvironments": [{"name": "e", "variables": {"A": "1"}}], "steps": [step()]},
-    "`stepEnvironments`": {"steps": [step(stepEnvironments=[{"name": "e", "variables": {"A": "1"}}])]},
+    "`jobEnvironments`, `stepEnvironments`": {
+        "jobEnvironments": [{"name": "e", "variables": {"A": "1"}}],
+        "steps": [
+            step(stepEnvironments=[{"name": "f", "script": {"actions": {"onEnter": {"command": "true"}}}}])
+        ],
+    },
+    "environments' `embeddedFiles`": {
+        "jobEnvironments": [
+            {
+                "name": "e",
+                "script": {
+                    "actions": {"onEnter": {"command": "{{Env.File.F}}"}},
+                    "embeddedFiles": [{"name": "F", "type": "TEXT", "runnable": True, "data": "echo hi"}],
+                },
+            }
+        ],
+        "steps": [step()],
+    },
     "other extensions": {"extensions": ["EXPR"], "steps": [step()]},
 }
 
@@ -173,8 +190,17 @@ def _messages() -> None:
     assert updates == [OpenJDStatus("half way"), Progress(50.0), OpenJDFail("no sky")]
 
 
+def _env_messages() -> None:
+    env = {"B": "2"}
+    assert apply_env_messages("openjd_env: A=1\nopenjd_unset_env: B\n", env) is None
+    assert env == {"A": "1"}
+
+
 # features that are not template content: tried by what they do
-BEHAVIOURS: dict[str, Callable[[], None]] = {"`openjd_status`, `openjd_progress`, `openjd_fail`": _messages}
+BEHAVIOURS: dict[str, Callable[[], None]] = {
+    "`openjd_status`, `openjd_progress`, `openjd_fail`": _messages,
+    "`openjd_env`, `openjd_unset_env`": _env_messages,
+}
 
 
 def _load(tmp_path: Path, extra: dict[str, Any]) -> None:

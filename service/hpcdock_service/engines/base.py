@@ -13,6 +13,9 @@ LABEL_STORE = "hpcdock.store"
 LABEL_JOB = "hpcdock.job"
 LABEL_TASK = "hpcdock.task"
 LABEL_ATTEMPT = "hpcdock.attempt"
+LABEL_SESSION = "hpcdock.session"  # a session container's name (see :mod:`..sessions`)
+# Where a session container sees its service-owned directory (ContainerRequest.session_dir).
+SESSION_ROOT = "/hpcdock-session"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class ContainerRequest:
     gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     files: list[ContainerFile] = field(default_factory=list)  # written in before it starts
+    # Sessions only: a directory the service made under its own state directory, bound read-write
+    # at SESSION_ROOT. Not under the mount policy: no task chose the path, and the policy keeps
+    # every task's own mounts out of the state directory.
+    session_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -172,11 +179,52 @@ class GpuPlacement(Protocol):
         """Everything detected: what ``--check`` shows."""
 
 
-class Engine(Protocol):
+class Runs(Protocol):
+    """One run's lifecycle: what a task's runner drives, whether the run is a container of its own
+    (an :class:`Engine`) or a task inside a session's container (:class:`..sessions.Session`)."""
+
+    def create(self, request: ContainerRequest) -> str:
+        """Prepare the run without starting the task's code; return its handle.
+
+        Mounts are checked here again, and the request's GPUs attached and verified (an engine
+        that cannot prove a GPU is attached raises EngineError naming it)."""
+
+    def start(self, handle: str) -> None:
+        """Let the run go (a cancel between create and start means the task never ran)."""
+
+    def status(self, handle: str) -> RunStatus: ...
+
+    def find(self, name: str) -> Optional[RunStatus]:
+        """The run of that name, for re-adoption after a restart or an outage.
+
+        None when there is none, or when one was prepared but never started (the engine removes
+        it): the attempt then runs again without spending an attempt."""
+
+    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
+        """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
+        engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
+        until the run exits."""
+
+    def wait(self, handle: str, timeout: Optional[float] = None) -> int:
+        """The task's exit code; raises TimeoutError when ``timeout`` passes first, EngineError
+        naming the reason when the run ended without one (a node failure, say)."""
+
+    def stop(self, handle: str, grace: float = 0) -> None: ...
+
+    def remove(self, handle: str) -> None:
+        """Forget the run: no container (and no cluster job) of it is left."""
+
+
+class Engine(Runs, Protocol):
     """Runs task attempts: owns capacity, GPUs, each run's lifecycle and recovery after a restart.
 
     The scheduler and the runner speak only this protocol and hpcdock's own states; they never
     know whether a run is a local container, a Slurm job or a Swarm service.
+
+    Sessions (OpenJD environments, :mod:`..sessions`) are an optional capability: an engine with
+    ``runs_sessions = True`` binds :attr:`ContainerRequest.session_dir` into the container, on the
+    host the service runs on. Any other engine runs a step with environments cold: each task's
+    container enters the environments, runs the task and exits them.
     """
 
     # What containers may mount, checked again at every creation; the service sets it.
@@ -204,39 +252,7 @@ class Engine(Protocol):
 
     def image_exists(self, image: str) -> bool: ...
 
-    def create(self, request: ContainerRequest) -> str:
-        """Prepare the run without starting the task's code; return its handle.
-
-        Mounts are checked here again, the request's GPUs attached and verified (an engine
-        that cannot prove a GPU is attached raises EngineError naming it), and its files written
-        into the container."""
-
-    def start(self, handle: str) -> None:
-        """Let the run go (a cancel between create and start means the task never ran)."""
-
-    def status(self, handle: str) -> RunStatus: ...
-
-    def find(self, name: str) -> Optional[RunStatus]:
-        """The run of that name, for re-adoption after a restart or an outage.
-
-        None when there is none, or when one was prepared but never started (the engine removes
-        it): the attempt then runs again without spending an attempt."""
-
     def leftovers(self, store_id: str) -> list[RunStatus]:
         """Every run of that store the engine still has (those no task claims are removed)."""
-
-    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
-        """Combined stdout and stderr from the start (or its last ``tail`` lines), in chunks as the
-        engine sends them (never the whole log at once: a task may print gigabytes); with ``follow``
-        until the run exits."""
-
-    def wait(self, handle: str, timeout: Optional[float] = None) -> int:
-        """The task's exit code; raises TimeoutError when ``timeout`` passes first, EngineError
-        naming the reason when the run ended without one (a node failure, say)."""
-
-    def stop(self, handle: str, grace: float = 0) -> None: ...
-
-    def remove(self, handle: str) -> None:
-        """Forget the run: no container (and no cluster job) of it is left."""
 
     def close(self) -> None: ...

@@ -55,6 +55,7 @@ from ..gpu.inventory import NVIDIA_CDI_KIND
 from ..gpu_broker import GpuBroker
 from .base import (
     LABEL_STORE,
+    SESSION_ROOT,
     ContainerFile,
     ContainerRequest,
     EngineError,
@@ -110,6 +111,8 @@ class LocalEngine:
     ``embedded`` is the Podman service hpcdock started itself (:mod:`.discovery`), which this
     engine starts again when it dies and stops when it is closed.
     """
+
+    runs_sessions = True  # binds a session's directory (ContainerRequest.session_dir)
 
     def __init__(
         self,
@@ -308,7 +311,7 @@ class LocalEngine:
         host: dict[str, Any] = {
             "mounts": [
                 DockerMount(target=m.target, source=m.source, type="bind", read_only=m.readonly)
-                for m in request.mounts
+                for m in _all_mounts(request)
             ],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
@@ -368,7 +371,7 @@ class LocalEngine:
                     "type": "bind",
                     "options": ["rbind", "ro" if m.readonly else "rw"],
                 }
-                for m in request.mounts
+                for m in _all_mounts(request)
             ],
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
@@ -512,6 +515,13 @@ class LocalEngine:
         self.client.close()
         if self.embedded is not None:
             self.embedded.stop()
+
+
+def _all_mounts(request: ContainerRequest) -> list[mounts.Mount]:
+    """The task's mounts (checked by the policy) and a session's own directory (the service's)."""
+    if request.session_dir is None:
+        return list(request.mounts)
+    return [*request.mounts, mounts.Mount(source=request.session_dir, target=SESSION_ROOT, readonly=False)]
 
 
 def _state_of(word: str, running: bool) -> RunState:

@@ -1,0 +1,708 @@
+"""Sessions: a step's OpenJD environments entered once, its tasks run one after another inside.
+
+A session is one long-lived container on one of the engine's slots. It runs a small agent
+(:data:`AGENT`, nothing but ``/bin/sh``) that reads one line per action from a FIFO in the
+session's own directory, which the service made under its state directory and the engine binds
+at :data:`~.engines.base.SESSION_ROOT`. An action's output and exit code are files beside the
+FIFO, so a task starts in a few milliseconds (a line written, a shell forked) instead of an
+engine round trip per container or per ``exec`` (see docs/benchmarks.md), and the files outlive
+the service: a restarted service finds each running task's output and, once it ended, its exit
+code, so a task is followed to its end and never run twice to completion.
+
+The environments (the job's, then the step's) are entered in order when the session opens:
+each one's ``variables`` first, then its ``onEnter``, whose ``openjd_env``/``openjd_unset_env``
+lines change what later environments and every task see (OpenJD's rule: only an environment's
+actions set variables). They exit in reverse order when the session ends, each ``onExit`` with
+the variables as they stood once its environment was entered. A failing ``onEnter`` fails the
+session's tasks, naming the environment and showing the end of its output, and its
+environments entered so far are exited; a failing task does not end the session.
+
+The ``openjd-sessions`` package does not run the actions: it runs them as local subprocesses
+(optionally as another user), while here every action runs inside the session's container. Its
+grammar of ``openjd_env`` lines is used (through :class:`.logparse.LogParser`).
+
+:class:`Session` is a :class:`~.engines.base.Runs`: a task's runner drives a task in a session
+exactly as it drives a container of its own, so logs, progress, frames, retries, timeouts and
+cancel work the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional
+
+from .bundle_loader import Environment
+from .engines.base import (
+    LABEL_SESSION,
+    SESSION_ROOT,
+    ContainerRequest,
+    Engine,
+    EngineError,
+    LogStream,
+    RunState,
+    RunStatus,
+)
+from .logparse import LogParser, OpenJDEnv, OpenJDMalformed, OpenJDUnsetEnv
+
+log = logging.getLogger(__name__)
+
+WORKING_DIRECTORY = f"{SESSION_ROOT}/work"  # {{Session.WorkingDirectory}} inside the container
+POLL = 0.005  # seconds between looks at an action's exit code
+FOLLOW_POLL = 0.02  # seconds between reads of a running action's output
+AGENT_START_TIMEOUT = 60.0  # seconds a new session's agent may take to say it is ready
+TAIL_BYTES = 64 * 1024  # how far back a log's last lines are looked for
+FAILURE_TAIL = 2000  # characters of a failed onEnter's output quoted in its tasks' error
+
+# The agent: one line per action from the FIFO ``ctl`` ("run NAME SCRIPT", "kill NAME GRACE",
+# "exit"). A run's output goes to NAME.out and its exit code, once known, to NAME.rc; the action
+# runs in a session (process group) of its own where ``setsid`` exists, so a kill reaches all it
+# started. The FIFO is opened read-write: it never sees an end of file, and the service's
+# non-blocking open finds a reader as long as the agent lives.
+AGENT = r"""
+cd /hpcdock-session || exit 70
+mkdir -p work
+HPCDOCK_NL='
+'
+export HPCDOCK_NL
+SETSID=
+command -v setsid >/dev/null 2>&1 && SETSID=setsid
+exec 3<>ctl
+: > ready
+while IFS= read -r line <&3; do
+  op=${line%% *}; rest=${line#* }; name=${rest%% *}; arg=${rest#* }
+  case $op in
+    run)
+      ( cd work && $SETSID sh -c "$arg" > "../$name.out" 2>&1 < /dev/null &
+        echo $! > "$name.pid"; wait $!; echo $? > "$name.rc" ) &
+      ;;
+    kill)
+      ( i=0; while [ ! -s "$name.pid" ] && [ $i -lt 100 ]; do sleep 0.01; i=$((i+1)); done
+        p=$(cat "$name.pid" 2>/dev/null) || exit 0
+        kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+        sleep "$arg"
+        [ -e "$name.rc" ] || kill -KILL -"$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null ) &
+      ;;
+    exit) exit 0 ;;
+  esac
+done
+"""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def apply_env_messages(output: str, env: dict[str, str]) -> Optional[str]:
+    """Apply an environment action's ``openjd_env``/``openjd_unset_env`` lines to ``env``, in order
+    (read by :class:`.logparse.LogParser`, with openjd-sessions' own grammar); returns why the
+    action fails when a line is one the reference runtime fails an environment's action for."""
+    parser = LogParser()
+    for update in [*parser.feed(output), *parser.close()]:
+        if isinstance(update, OpenJDEnv):
+            env[update.name] = update.value
+        elif isinstance(update, OpenJDUnsetEnv):
+            env.pop(update.name, None)
+        elif isinstance(update, OpenJDMalformed):
+            return update.reason
+    return None
+
+
+def _quote(value: str) -> str:
+    """Shell-quote ``value`` on one line (the agent reads one line per action): a newline in a
+    value becomes the agent's ``$HPCDOCK_NL``."""
+    return shlex.quote(value).replace("\n", "'\"$HPCDOCK_NL\"'")
+
+
+def action_script(command: Sequence[str], env: Mapping[str, str], workdir: Optional[str] = None) -> str:
+    """One action as one line of shell: its variables exported, then the command exec'd."""
+    parts = []
+    if workdir:
+        parts.append(f"cd {_quote(workdir)}")
+    names = [name for name in env if _ENV_NAME.match(name)]
+    if names:
+        parts.append("export " + " ".join(f"{name}={_quote(env[name])}" for name in names))
+    parts.append("exec " + " ".join(_quote(part) for part in command))
+    return " && ".join(parts)
+
+
+COLD_WORKING_DIRECTORY = "/tmp/hpcdock-session"  # {{Session.WorkingDirectory}} of a cold task
+
+# What a cold task's container runs first: its own copy of the session's rules, in shell.
+_COLD_PRELUDE = r"""HPCDOCK_NL='
+'
+hpcdock_env() {
+  while IFS= read -r l; do
+    case $l in
+      "openjd_env: "*) kv=${l#openjd_env: }; export "${kv%%=*}=${kv#*=}" ;;
+      "openjd_unset_env: "*) unset "${l#openjd_unset_env: }" ;;
+    esac
+  done < "$1"
+}
+"""
+
+
+def cold_command(
+    environments: Sequence[tuple[Environment, Callable[[Sequence[str]], list[str]]]],
+    command: Sequence[str],
+    workdir: str,
+    scratch: str = COLD_WORKING_DIRECTORY,
+) -> list[str]:
+    """A task of a step with environments, in a container of its own (an engine without sessions,
+    or a step with GPUs): the container enters the environments, runs the task and exits them in
+    reverse order; a failing onEnter ends it with its code, after exiting what it entered."""
+    lines = [_COLD_PRELUDE, f"mkdir -p {_quote(scratch)} || exit 70"]
+    exits: list[str] = []
+    for i, (env, resolve) in enumerate(environments):
+        for key, value in env.variables.items():
+            if _ENV_NAME.match(key):
+                lines.append(f"export {key}={_quote(resolve([value])[0])}")
+        if env.enter:
+            out = _quote(f"{scratch}/.enter{i}")
+            run = action_script(resolve(env.enter), {}, scratch)
+            failed = f"environment {env.name!r}: onEnter exited with code"
+            lines += [
+                f"( {run} ) > {out} 2>&1; rc=$?; cat {out}",
+                f'if [ $rc -ne 0 ]; then echo {_quote(failed)} "$rc"; {"; ".join(reversed(exits)) or ":"}; exit $rc; fi',
+                f"hpcdock_env {out}",
+            ]
+        if env.exit:
+            exits.append(f"( {action_script(resolve(env.exit), {}, scratch)} )")
+    lines.append(f"( {action_script(command, {}, workdir)} ); rc=$?")
+    lines += list(reversed(exits))
+    lines.append("exit $rc")
+    return ["/bin/sh", "-c", "\n".join(lines)]
+
+
+class SessionState(str, Enum):
+    NEW = "new"  # its container not made yet
+    OPEN = "open"  # environments entered: tasks may run
+    FAILED = "failed"  # an environment's onEnter failed: its tasks fail with why
+    ENDED = "ended"  # environments exited, container gone
+
+
+@dataclass
+class EnteredEnvironment:
+    """An environment the session entered, and the variables its onExit runs with."""
+
+    name: str
+    exit: list[str]  # resolved onExit command (empty: none)
+    env: dict[str, str]
+    timeout: Optional[float]
+
+
+@dataclass
+class SessionPlan:
+    """What a session needs to open: its container and its environments, resolved."""
+
+    request: ContainerRequest  # the session container (its command is replaced by the agent)
+    environments: list[tuple[Environment, Callable[[Sequence[str]], list[str]]]]  # with their resolver
+    base_env: dict[str, str] = field(default_factory=dict)  # what every action starts from
+
+
+class Session:
+    """One session's container and the actions run in it; a :class:`~.engines.base.Runs` for tasks."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        root: Path,
+        name: str,
+        job_id: int,
+        step_idx: int,
+        plan: Optional[Callable[[], SessionPlan]] = None,
+    ) -> None:
+        self.engine = engine
+        self.plan = plan  # how to open it, asked by its first task (None: adopted after a restart)
+        self.root = root
+        self.name = name
+        self.job_id = job_id
+        self.step_idx = step_idx
+        self.state = SessionState.NEW
+        self.failure: Optional[str] = None
+        self.handle: Optional[str] = None  # the container's
+        self.env: dict[str, str] = {}  # what tasks run with: base, variables, openjd_env
+        self.entered: list[EnteredEnvironment] = []
+        self.task: Optional[int] = None  # the task running in it now
+        self.idle_since = time.monotonic()
+        self.enters = 0  # onEnter actions run (for tests and the log)
+        self._lock = threading.Lock()
+        self._scripts: dict[str, str] = {}  # created, not yet started
+        self._root_fd: Optional[int] = None
+
+    # -- files ------------------------------------------------------------------------
+    def _open(self, name: str, flags: int) -> int:
+        """A file directly in the session's directory, never through a symlink the container made."""
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd())
+
+    def _dir_fd(self) -> int:
+        if self._root_fd is None:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return self._root_fd
+
+    def _read(self, name: str, limit: int = 1 << 20) -> Optional[bytes]:
+        try:
+            fd = self._open(name, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
+    def _exit_code(self, name: str) -> Optional[int]:
+        text = self._read(f"{name}.rc", 64)
+        if not text or not text.endswith(b"\n"):
+            return None  # not yet (or still being written)
+        try:
+            return int(text)
+        except ValueError:
+            return -1
+
+    def _send(self, line: str) -> None:
+        """Hand the agent one line; EngineError when it is not there to read it."""
+        try:
+            fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader (the container is gone)
+            raise EngineError(f"session {self.name}: its agent is gone ({exc.strerror})") from None
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise EngineError(f"session {self.name}: its control FIFO was replaced")
+            data = (line + "\n").encode()
+            written = 0
+            while written < len(data):
+                try:
+                    written += os.write(fd, data[written:])
+                except BlockingIOError:
+                    time.sleep(POLL)
+        finally:
+            os.close(fd)
+
+    # -- opening and ending -----------------------------------------------------------
+    def open(self, plan: SessionPlan) -> None:
+        """Make the container, start the agent and enter the environments in order.
+
+        A failing onEnter leaves the session FAILED (its tasks fail with :attr:`failure`) after
+        exiting what it entered; an engine failure raises EngineError."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkfifo("ctl", 0o600, dir_fd=self._dir_fd())
+        request = plan.request
+        request.command = ["/bin/sh", "-c", AGENT]
+        request.session_dir = str(self.root)
+        request.labels = {**request.labels, LABEL_SESSION: self.name}
+        self._save({"state": "opening"})
+        self.handle = self.engine.create(request)
+        self.engine.start(self.handle)
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while self._read("ready") is None:
+            if time.monotonic() > deadline:
+                raise EngineError(f"session {self.name}: its agent did not start")
+            if self.engine.status(self.handle).state is RunState.EXITED:
+                logs = b"".join(self.engine.logs(self.handle, follow=False, tail=20)).decode(errors="replace")
+                raise EngineError(f"session {self.name}: its container exited at start: {logs.strip()}")
+            time.sleep(POLL)
+        self.env = dict(plan.base_env)
+        for environment, resolve in plan.environments:
+            for key, value in environment.variables.items():
+                self.env[key] = resolve([value])[0]
+            if environment.enter:
+                self.enters += 1
+                code, output = self._run_action(
+                    f"enter{len(self.entered)}", resolve(environment.enter), environment.timeout
+                )
+                if code != 0:
+                    why = "timed out" if code is None else f"exited with code {code}"
+                    self.failure = (
+                        f"environment {environment.name!r}: onEnter {why}: "
+                        f"{output[-FAILURE_TAIL:].strip() or '(no output)'}"
+                    )
+                    self.state = SessionState.FAILED
+                    log.info("session %s: %s", self.name, self.failure)
+                    self._save({"state": "failed"})
+                    return
+                malformed = apply_env_messages(output, self.env)
+                if malformed:
+                    self.failure = f"environment {environment.name!r}: onEnter: {malformed}"
+                    self.state = SessionState.FAILED
+                    self._save({"state": "failed"})
+                    return
+            self.entered.append(
+                EnteredEnvironment(
+                    environment.name,
+                    resolve(environment.exit) if environment.exit else [],
+                    dict(self.env),
+                    environment.timeout,
+                )
+            )
+        self.state = SessionState.OPEN
+        self._save({"state": "open"})
+        log.info("session %s: open, %d environment(s) entered", self.name, len(self.entered))
+
+    def _save(self, extra: dict[str, object]) -> None:
+        """What a restarted service needs to take the session over, written next to its files."""
+        data = {
+            "name": self.name,
+            "job_id": self.job_id,
+            "step_idx": self.step_idx,
+            "env": self.env,
+            "entered": [vars(e) for e in self.entered],
+            **extra,
+        }
+        tmp = self.root.parent / f".{self.name}.json"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.root.parent / f"{self.name}.json")
+
+    def _run_action(
+        self, name: str, command: list[str], timeout: Optional[float]
+    ) -> tuple[Optional[int], str]:
+        """Run an environment action to its end; its exit code (None: timed out) and output."""
+        self._send(f"run {name} {action_script(command, self.env)}")
+        try:
+            code: Optional[int] = self.wait(name, timeout)
+        except TimeoutError:
+            self.stop(name, grace=0)
+            code = None
+            try:
+                self.wait(name, 10.0)
+            except TimeoutError:
+                pass
+        output = (self._read(f"{name}.out", 1 << 20) or b"").decode(errors="replace")
+        self.remove(name)
+        return code, output
+
+    def end(self, grace: float = 10.0) -> None:
+        """Exit the environments in reverse order, then remove the container and the directory."""
+        with self._lock:
+            if self.state is SessionState.ENDED:
+                return
+            alive = self.handle is not None and self._agent_alive()
+            for entered in reversed(self.entered if alive else []):
+                if not entered.exit:
+                    continue
+                self.env = entered.env
+                code, output = self._run_action(f"exit{len(self.entered)}", entered.exit, entered.timeout)
+                if code != 0:
+                    log.warning(
+                        "session %s: environment %r: onExit %s: %s",
+                        self.name,
+                        entered.name,
+                        "timed out" if code is None else f"exited with code {code}",
+                        output[-FAILURE_TAIL:].strip(),
+                    )
+            self.state = SessionState.ENDED
+            log.info("session %s: ended", self.name)
+            if alive:
+                try:
+                    self._send("exit")
+                except EngineError:
+                    pass
+            if self.handle is not None:
+                try:
+                    self.engine.stop(self.handle, grace=grace)
+                    self.engine.remove(self.handle)
+                except EngineError as exc:
+                    log.warning("session %s: %s", self.name, exc)
+            self.forget()
+
+    def forget(self) -> None:
+        """Remove the session's files (its container is gone)."""
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+        shutil.rmtree(self.root, ignore_errors=True)
+        (self.root.parent / f"{self.name}.json").unlink(missing_ok=True)
+
+    def _agent_alive(self) -> bool:
+        try:
+            fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
+
+    # -- a task's run (engines.base.Runs) ---------------------------------------------
+    def create(self, request: ContainerRequest) -> str:
+        """Open the session if this is its first task (in the task's runner, so its slot's thread
+        waits for the environments, not dispatch), then prepare the task's action."""
+        if self.state is SessionState.NEW and self.plan is not None:
+            try:
+                self.open(self.plan())
+            except Exception as exc:
+                self.state = SessionState.FAILED
+                self.failure = f"session {self.name} could not open: {exc}"
+                raise
+        if self.state is SessionState.FAILED:
+            raise EngineError(self.failure or f"session {self.name} failed")
+        if self.state is not SessionState.OPEN:
+            raise EngineError(f"session {self.name} is {self.state.value}")
+        env = {**self.env, **request.env}
+        self._scripts[request.name] = action_script(request.command, env, request.workdir)
+        return request.name
+
+    def start(self, handle: str) -> None:
+        self._send(f"run {handle} {self._scripts.pop(handle)}")
+
+    def status(self, handle: str) -> RunStatus:
+        code = self._exit_code(handle)
+        if code is None:
+            if self._read(f"{handle}.pid", 64) is not None or self._agent_alive():
+                return RunStatus(handle, handle, RunState.RUNNING)
+            raise EngineError(f"the session {self.name} ended while the task ran")
+        return RunStatus(handle, handle, RunState.EXITED, exit_code=code)
+
+    def find(self, name: str) -> Optional[RunStatus]:
+        """A task of this session: running while its agent lives, exited once its code is written;
+        None when it never started, or when the container died under it (it runs again)."""
+        code = self._exit_code(name)
+        if code is not None:
+            return RunStatus(name, name, RunState.EXITED, exit_code=code)
+        if self._read(f"{name}.out", 0) is not None and self._agent_alive():
+            return RunStatus(name, name, RunState.RUNNING)
+        return None
+
+    def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
+        if follow:
+            return _Follow(self, handle)
+        return self._stored_log(handle, tail)
+
+    def _stored_log(self, handle: str, tail: Optional[int]) -> Generator[bytes, None, None]:
+        """The output so far in chunks, or its last ``tail`` lines (from at most its last 64 KiB)."""
+        try:
+            fd = self._open(f"{handle}.out", os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            if tail is not None:
+                size = os.fstat(fd).st_size
+                os.lseek(fd, max(0, size - TAIL_BYTES), os.SEEK_SET)
+                end = os.read(fd, TAIL_BYTES)
+                yield b"".join(end.splitlines(keepends=True)[-tail:])
+                return
+            while chunk := os.read(fd, 1 << 16):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def wait(self, handle: str, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        checked = time.monotonic()
+        while True:
+            code = self._exit_code(handle)
+            if code is not None:
+                return code
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"{handle} still running after {timeout}s")
+            if now - checked > 1.0:  # a container that died leaves no exit code: do not wait forever
+                checked = now
+                if not self._agent_alive():
+                    code = self._exit_code(handle)
+                    if code is not None:
+                        return code
+                    raise EngineError(f"the session {self.name}'s container ended while the task ran")
+            time.sleep(POLL)
+
+    def stop(self, handle: str, grace: float = 0) -> None:
+        try:
+            self._send(f"kill {handle} {grace:g}")
+        except EngineError:
+            pass  # no agent: nothing of the task runs
+
+    def remove(self, handle: str) -> None:
+        self._scripts.pop(handle, None)
+        for suffix in (".out", ".rc", ".pid"):
+            try:
+                os.unlink(f"{handle}{suffix}", dir_fd=self._dir_fd())
+            except FileNotFoundError:
+                pass
+
+
+class _Follow:
+    """A task's output as it grows, until its exit code is written; ``close()`` ends it early."""
+
+    def __init__(self, session: Session, handle: str) -> None:
+        self.session = session
+        self.handle = handle
+        self._closed = threading.Event()
+        self._fd: Optional[int] = None
+        self._chunks_left = self._chunks()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks_left)
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _chunks(self) -> Iterator[bytes]:
+        try:
+            while not self._closed.is_set():
+                if self._fd is None:
+                    try:
+                        self._fd = self.session._open(f"{self.handle}.out", os.O_RDONLY | os.O_NONBLOCK)
+                    except FileNotFoundError:
+                        if self.session._exit_code(self.handle) is not None:
+                            return
+                        self._closed.wait(FOLLOW_POLL)
+                        continue
+                chunk = os.read(self._fd, 1 << 16)
+                if chunk:
+                    yield chunk
+                    continue
+                if self.session._exit_code(self.handle) is not None:
+                    while True:  # what was written before the exit code
+                        chunk = os.read(self._fd, 1 << 16)
+                        if not chunk:
+                            return
+                        yield chunk
+                self._closed.wait(FOLLOW_POLL)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+
+
+class SessionPool:
+    """The service's sessions, by name; their files live under ``root`` (the state directory)."""
+
+    def __init__(self, engine: Engine, root: Path) -> None:
+        self.engine = engine
+        self.root = root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._ending: set[str] = set()
+
+    def new(self, name: str, job_id: int, step_idx: int, plan: Callable[[], SessionPlan]) -> Session:
+        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan)
+        with self._lock:
+            self.sessions[name] = session
+        return session
+
+    def count(self) -> int:
+        """Sessions holding a slot: every one not yet ended (an ending one still has its container)."""
+        with self._lock:
+            return len(self.sessions)
+
+    def idle(self, job_id: int, step_idx: int) -> Optional[Session]:
+        """A session of the step that may take its next task now."""
+        with self._lock:
+            for session in self.sessions.values():
+                if (
+                    session.job_id == job_id
+                    and session.step_idx == step_idx
+                    and session.task is None
+                    and session.name not in self._ending
+                    and session.state in (SessionState.NEW, SessionState.OPEN)
+                ):
+                    return session
+        return None
+
+    def idle_names(self) -> set[str]:
+        """The sessions without a task now."""
+        with self._lock:
+            return {s.name for s in self.sessions.values() if s.task is None}
+
+    def end_idle(self, names: set[str], wait: bool = False) -> list[threading.Thread]:
+        """End the sessions of ``names`` that are still without a task, each in a thread of its
+        own (onExit may take a while); their slots free once they are gone."""
+        with self._lock:
+            ending = [
+                s
+                for s in self.sessions.values()
+                if s.task is None and s.name in names and s.name not in self._ending
+            ]
+            self._ending.update(s.name for s in ending)
+        threads = []
+        for session in ending:
+            thread = threading.Thread(
+                target=self._end, args=(session,), name=f"end-{session.name}", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        if wait:
+            for thread in threads:
+                thread.join()
+        return threads
+
+    def _end(self, session: Session) -> None:
+        try:
+            session.end()
+        except Exception:
+            log.exception("session %s: could not end it cleanly", session.name)
+        finally:
+            with self._lock:
+                self.sessions.pop(session.name, None)
+                self._ending.discard(session.name)
+            self.on_ended()
+
+    def on_ended(self) -> None:
+        """Called once a session is gone (the scheduler sets it to dispatch again)."""
+
+    def find_task(self, name: str) -> Optional[tuple[Session, RunStatus]]:
+        """The session that ran the task's run ``name``, and where it stands (for re-adoption)."""
+        with self._lock:
+            sessions = list(self.sessions.values())
+        for session in sessions:
+            status = session.find(name)
+            if status is not None:
+                return session, status
+        return None
+
+    def handles(self) -> set[str]:
+        with self._lock:
+            return {s.handle for s in self.sessions.values() if s.handle}
+
+    def recover(self) -> None:
+        """Take over the sessions a previous service process left: one whose container and agent
+        live, with its environments entered, runs on (its running task is followed, it takes
+        more); any other is kept only for its tasks' files and ends at the next dispatch."""
+        for meta in sorted(self.root.glob("*.json")):
+            if meta.name.startswith("."):
+                continue
+            try:
+                data = json.loads(meta.read_text())
+                name = str(data["name"])
+                session = Session(
+                    self.engine, self.root / name, name, int(data["job_id"]), int(data["step_idx"])
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("session state %s unreadable (%s); removed", meta, exc)
+                meta.unlink(missing_ok=True)
+                continue
+            if not session.root.is_dir():
+                meta.unlink(missing_ok=True)
+                continue
+            status = self.engine.find(name)
+            session.handle = status.handle if status is not None else None
+            if (
+                data.get("state") == "open"
+                and status is not None
+                and status.state is RunState.RUNNING
+                and session._agent_alive()
+            ):
+                session.state = SessionState.OPEN
+                session.env = dict(data.get("env") or {})
+                session.entered = [EnteredEnvironment(**e) for e in data.get("entered") or []]
+                log.info("session %s: re-adopted", name)
+            else:
+                session.state = SessionState.FAILED
+                session.failure = f"session {name} was lost while the service was down"
+                session.entered = [EnteredEnvironment(**e) for e in data.get("entered") or []]
+                log.info("session %s: lost while the service was down; it ends", name)
+            with self._lock:
+                self.sessions[name] = session

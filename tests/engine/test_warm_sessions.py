@@ -1,0 +1,204 @@
+"""Warm sessions on a real rootless engine: OpenJD environments entered once per session, a step's
+tasks run one after another inside its container, environments exited as often as entered."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from tests.engine.test_conformance import no_runs_left
+from tests.helpers import ServiceProcess, engine_of, make_bundle, store_id_of, wait_for, wait_job
+
+pytestmark = pytest.mark.engine
+
+TASK = (
+    'cat "{{Session.WorkingDirectory}}/marker" && echo "greeting=$GREETING colour=$COLOUR gone=${GONE:-unset}" '
+    '&& sh render.sh "{{Task.Param.Frame}}"'
+)
+
+
+def session_bundle(
+    root: Path,
+    *,
+    frames: str = "1-12",
+    enter: Optional[str] = None,
+    task: str = TASK,
+    env: Optional[dict[str, str]] = None,
+    attempts: int = 3,
+) -> Path:
+    """12 one-frame tasks whose step environment counts its enters and exits in the bundle dir,
+    leaves a file in the session's working directory and sets variables both ways."""
+    enter = enter or (
+        f'echo enter >> {root}/out/enters.log && echo from-enter > "{{{{Session.WorkingDirectory}}}}/marker" '
+        "&& echo openjd_env: GREETING=hello world && echo openjd_env: GONE=1 && echo openjd_unset_env: GONE"
+    )
+    step: dict[str, Any] = {
+        "name": "render",
+        "parameterSpace": {
+            "taskParameterDefinitions": [{"name": "Frame", "type": "INT", "range": "{{Param.Frames}}"}]
+        },
+        "stepEnvironments": [
+            {
+                "name": "warm",
+                "variables": {"COLOUR": "blue"},
+                "script": {
+                    "actions": {
+                        "onEnter": {"command": "sh", "args": ["-c", enter]},
+                        "onExit": {"command": "sh", "args": ["-c", f"echo exit >> {root}/out/exits.log"]},
+                    }
+                },
+            }
+        ],
+        "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", task]}}},
+    }
+    return make_bundle(root, frames=frames, steps=[step], env=env, settings={"max_attempts": attempts})
+
+
+def failures(client: Any, job_id: int) -> list[tuple[Optional[str], str]]:
+    """Each failed task's error and log, for an assertion's message."""
+    return [(t["error"], client.log(t["id"])[0]) for t in client.tasks(job_id) if t["state"] == "failed"]
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_step_environment_entered_once_per_slot_and_seen_by_every_task(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    root = tmp_path / "warm"
+    bundle = session_bundle(root)
+    client = service.client()
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    enters = lines(root / "out" / "enters.log")
+    assert 1 <= enters <= service.slots, enters  # once per session, never once per task
+    wait_for(lambda: lines(root / "out" / "exits.log") == enters, 30, what="onExit as often as onEnter")
+    tasks = client.tasks(job["id"])
+    assert len(tasks) == 12
+    for task in tasks:
+        log, _ = client.log(task["id"])
+        assert "from-enter" in log and "greeting=hello world colour=blue gone=unset" in log, log
+        assert log.count("::hpcdock::frame-start") == 1, log
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 12
+    time.sleep(0.5)
+    assert lines(root / "out" / "exits.log") == enters  # and not once more
+    no_runs_left(service)
+
+
+def test_failing_on_enter_fails_the_tasks_with_its_output(service: ServiceProcess, tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    bundle = session_bundle(
+        root, frames="1-2", enter="echo the licence file is missing >&2; exit 3", attempts=1
+    )
+    client = service.client()
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "failed", job
+    for task in client.tasks(job["id"]):
+        assert task["state"] == "failed"
+        assert "environment 'warm': onEnter exited with code 3" in task["error"], task
+        assert "the licence file is missing" in task["error"], task
+    assert lines(root / "out" / "exits.log") == 0  # an environment whose onEnter failed was never entered
+    no_runs_left(service)
+
+
+def test_a_failing_task_does_not_end_the_session(service: ServiceProcess, tmp_path: Path) -> None:
+    root = tmp_path / "onefails"
+    task = '[ "{{Task.Param.Frame}}" != 2 ] && ' + TASK
+    bundle = session_bundle(root, frames="1-6", task=task, attempts=1)
+    client = service.client()
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "failed", job
+    states = sorted(t["state"] for t in client.tasks(job["id"]))
+    assert states == ["failed"] + ["succeeded"] * 5, states
+    assert lines(root / "out" / "enters.log") <= service.slots
+    no_runs_left(service)
+
+
+def test_cancel_stops_the_task_and_exits_the_environment(service: ServiceProcess, tmp_path: Path) -> None:
+    root = tmp_path / "cancel"
+    bundle = session_bundle(root, frames="1-4", task="sleep 300")
+    client = service.client()
+    job = client.submit(str(bundle))
+    wait_for(lambda: client.job(job["id"])["tasks_running"] == 2, 60, what="two running tasks")
+    job = client.cancel(job["id"])
+    assert job["state"] == "canceled"
+    assert {t["state"] for t in client.tasks(job["id"])} == {"canceled"}
+    enters = lines(root / "out" / "enters.log")
+    assert enters == 2
+    wait_for(lambda: lines(root / "out" / "exits.log") == enters, 30, what="onExit after cancel")
+    no_runs_left(service)
+
+
+def test_kill_minus_nine_mid_session_runs_no_task_twice(service: ServiceProcess, tmp_path: Path) -> None:
+    root = tmp_path / "restart"
+    bundle = session_bundle(root, frames="1-8", env={"FRAME_SLEEP": "1.5"})
+    client = service.client()
+    job = client.submit(str(bundle))
+
+    def rendering() -> bool:
+        running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
+        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
+
+    wait_for(rendering, 60, what="two tasks rendering in sessions")
+    service.kill()
+    time.sleep(2)  # the tasks go on without the service and end meanwhile
+    service.start()
+    client = service.client()
+    job = wait_job(client, job["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    tasks = client.tasks(job["id"])
+    assert all(t["attempt"] == 1 for t in tasks), [(t["id"], t["attempt"]) for t in tasks]
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 8
+    logs = "".join(client.log(t["id"])[0] for t in tasks)
+    for frame in range(1, 9):
+        assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
+    assert "re-adopted" in logs
+    wait_for(
+        lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log"),
+        30,
+        what="onExit as often as onEnter",
+    )
+    no_runs_left(service)
+
+
+def test_a_session_lost_while_the_service_was_down_ends_and_its_task_runs_again(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    root = tmp_path / "lost"
+    bundle = session_bundle(root, frames="1-4", env={"FRAME_SLEEP": "3"})
+    client = service.client()
+    job = client.submit(str(bundle))
+
+    def rendering() -> bool:
+        running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
+        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
+
+    wait_for(rendering, 60, what="two tasks rendering in sessions")
+    service.kill()
+    engine = engine_of(service)
+    try:
+        lost = engine.leftovers(store_id_of(service) or "")
+        assert len(lost) == 2, lost  # the two sessions' containers, nothing else
+        for run in lost:
+            engine.remove(run.handle)  # gone with their tasks, before those could finish
+    finally:
+        engine.close()
+    service.start()
+    client = service.client()
+    job = wait_job(client, job["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 4
+    logs = "".join(client.log(t["id"])[0] for t in client.tasks(job["id"]))
+    for frame in range(1, 5):
+        assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
+    # The lost sessions could not exit; every session opened since did.
+    wait_for(
+        lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log") - 2,
+        30,
+        what="onExit for every session but the two lost",
+    )
+    no_runs_left(service)
