@@ -146,7 +146,7 @@ def test_tail_offset(tmp_path: Path, text: bytes, lines: int, expected: bytes) -
 def test_spec_round_trips_the_request_and_takes_the_gpus_slurm_allocated() -> None:
     from hpcdock_service import mounts
     from hpcdock_service.bundle_loader import Mount
-    from hpcdock_service.engines.base import ContainerLimits, ContainerRequest, GpuGrant
+    from hpcdock_service.engines.base import ContainerFile, ContainerLimits, ContainerRequest, GpuGrant
 
     request = ContainerRequest(
         name="hpcdock-s-t1-a1",
@@ -159,6 +159,7 @@ def test_spec_round_trips_the_request_and_takes_the_gpus_slurm_allocated() -> No
         labels={"hpcdock.task": "1"},
         gpus=GpuGrant(2),
         limits=ContainerLimits(pids=100, memory=1 << 30, vcpus=1.5),
+        files=[ContainerFile("/openjd/files/run.sh", b"#!/bin/sh\n\xff", 0o755)],
     )
     spec = request_to_spec(request, mounts.MountPolicy.build(["/data"]), "abc", "/store/abc.tar")
     back = request_from_spec(spec, allocated_gpus({"SLURM_JOB_GPUS": "3,5"}))
@@ -171,7 +172,7 @@ def test_spec_round_trips_the_request_and_takes_the_gpus_slurm_allocated() -> No
         request.workdir,
     )
     assert back.mounts == request.mounts and back.network and back.labels == request.labels
-    assert back.limits == request.limits
+    assert back.limits == request.limits and back.files == request.files
     assert spec["policy"]["roots"] == ["/data"]
 
 

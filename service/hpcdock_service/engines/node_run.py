@@ -20,6 +20,7 @@ SIGTERM (``scancel``) stops the container within the grace the service wrote to
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import mounts
-from .base import ContainerLimits, ContainerRequest, EngineError, GpuGrant
+from .base import ContainerFile, ContainerLimits, ContainerRequest, EngineError, GpuGrant
 from .discovery import candidate_sockets
 from .local import LocalEngine
 from .slurm import ExitRecord, Spool, write_atomically
@@ -68,6 +69,10 @@ def request_from_spec(spec: dict[str, Any], gpus: tuple[int, ...]) -> ContainerR
         labels=dict(req["labels"]),
         gpus=GpuGrant(count, gpus[:count] if gpus else ()) if count else None,
         limits=ContainerLimits(**req["limits"]),
+        files=[
+            ContainerFile(f["path"], base64.b64decode(f["data"]), int(f["mode"]))
+            for f in req.get("files", [])
+        ],
     )
 
 

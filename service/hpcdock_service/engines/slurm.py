@@ -52,6 +52,7 @@ image id; the node runner ``podman load``\\ s the archive when the node's Podman
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -319,6 +320,10 @@ def request_to_spec(
             "labels": dict(request.labels),
             "gpus": request.gpus.count if request.gpus else 0,
             "limits": asdict(request.limits),
+            "files": [
+                {"path": f.path, "data": base64.b64encode(f.data).decode(), "mode": f.mode}
+                for f in request.files
+            ],
         },
         "policy": {"roots": list(policy.roots), "protected": list(policy.protected)},
         "image_id": image_id,

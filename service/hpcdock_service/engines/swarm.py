@@ -61,6 +61,7 @@ from ..config import SwarmSettings
 from .base import (
     LABEL_STORE,
     LABEL_TASK,
+    ContainerFile,
     ContainerRequest,
     EngineError,
     EngineUnreachable,
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 
 ISOLATED_NETWORK = "hpcdock-isolated"
 ISOLATED_CONFIG = "hpcdock-isolated-config"  # its bridge options, on each node (config-only network)
+LABEL_FILES_OF = "hpcdock.files-of"  # on the Swarm configs that carry a run's files (OpenJD embedded files)
 API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, Ulimits, Pids
 NO_NEW_PRIVILEGES_API = (1, 44)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
 PING_TIMEOUT = 10.0
@@ -414,6 +416,7 @@ class SwarmEngine:
         self.slots = settings.max_concurrent or slots
         self.mount_policy = mounts.MountPolicy.build([])  # none until the service sets its policy
         self._prepared: dict[str, tuple[dict[str, Any], list[mounts.Bound], str]] = {}
+        self._files: dict[str, list[ContainerFile]] = {}  # a prepared run's files, made configs at start
         self._stopped: set[str] = set()
         self._lock = threading.Lock()
         self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -593,6 +596,7 @@ class SwarmEngine:
         )
         with self._lock:
             self._prepared[request.name] = (spec, bound, request.image)
+            self._files[request.name] = list(request.files)
             self._stopped.discard(request.name)
         return request.name
 
@@ -602,12 +606,40 @@ class SwarmEngine:
         if prepared is None:
             raise EngineError(f"run {handle} was not prepared (or was stopped before it started)")
         spec, bound, image = prepared
+        with self._lock:
+            files = self._files.pop(handle, [])
+        if files:
+            spec["TaskTemplate"]["ContainerSpec"]["Configs"] = self._file_configs(handle, files)
         recheck_binds(self.mount_policy, bound)  # as close to the service's creation as it gets
         try:
             resp = self.api._post_json(self.api._url("/services/create"), data=spec)
             self.api._raise_for_status(resp)
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot create the Swarm service for {image}: {_explain(exc)}") from exc
+
+    def _file_configs(self, handle: str, files: list[ContainerFile]) -> list[dict[str, Any]]:
+        """The run's files as Swarm configs, which Swarm puts in place (on whichever node runs the
+        task) before the command starts; labelled with the run, so :meth:`remove` finds them."""
+        self._remove_configs(handle)  # a crash between making them and the service leaves them
+        refs = []
+        for i, f in enumerate(files):
+            name = f"{handle}.f{i}"
+            try:
+                made = self.api.create_config(name, f.data, labels={LABEL_FILES_OF: handle})
+            except (APIError, DockerException) as exc:
+                raise EngineError(f"cannot hand {f.path} to Swarm: {_explain(exc)}") from exc
+            file = {"Name": f.path, "UID": "0", "GID": "0", "Mode": f.mode}
+            refs.append({"File": file, "ConfigID": made["ID"], "ConfigName": name})
+        return refs
+
+    def _remove_configs(self, handle: str) -> None:
+        try:
+            for config in self.api.configs(filters={"label": f"{LABEL_FILES_OF}={handle}"}):
+                self.api.remove_config(config["ID"])
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot remove the files of service {handle}: {_explain(exc)}") from exc
 
     def _tasks(self, handle: str) -> list[dict[str, Any]]:
         try:
@@ -783,7 +815,9 @@ class SwarmEngine:
         container is removed here when it is on this node (elsewhere it stays, exited)."""
         with self._lock:
             self._prepared.pop(handle, None)
+            self._files.pop(handle, None)
         self._remove_service(handle)
+        self._remove_configs(handle)
         try:
             known = self.events.container(handle)  # else ask: started before this process, say
             label = f"com.docker.swarm.service.name={handle}"
