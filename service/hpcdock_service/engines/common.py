@@ -9,12 +9,13 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator
-from typing import Any
+from typing import Any, Optional
 
 from .. import mounts
 from ..mounts import Mount
-from .base import ContainerLimits, LimitEnforcement, MountRefused
+from .base import ContainerLimits, GpuGrant, LimitEnforcement, MountRefused
 
 
 def check_binds(policy: mounts.MountPolicy, request_mounts: list[Mount]) -> list[mounts.Bound]:
@@ -89,3 +90,32 @@ def split_limits(
 def no_output() -> Generator[bytes, None, None]:
     """The log of a run that is gone: nothing (a generator, which has the streams' close())."""
     yield from ()
+
+
+class ClusterGpus:
+    """How many GPUs each task holds where the cluster's own scheduler picks which ones (Slurm's
+    gres, Swarm's generic resources): the bookkeeping both engines' GPU placements share."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _grant(self, task_id: int, count: int, limit: Optional[int] = None) -> Optional[GpuGrant]:
+        """Hold ``count`` GPUs for the task, unless the tasks' GPUs together would pass ``limit``."""
+        with self._lock:
+            if limit is not None and sum(self._held.values()) + count > limit:
+                return None
+            self._held[task_id] = count
+        return GpuGrant(count)
+
+    def restore(self, task_id: int, grant: GpuGrant) -> None:
+        with self._lock:
+            self._held[task_id] = grant.count
+
+    def release(self, task_id: int) -> None:
+        with self._lock:
+            self._held.pop(task_id, None)
+
+    def held(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._held)

@@ -79,6 +79,7 @@ from .base import (
     RunState,
     RunStatus,
 )
+from .common import ClusterGpus
 
 if TYPE_CHECKING:
     from ..config import SlurmConfig
@@ -385,7 +386,7 @@ def _slurm(args: Sequence[str], what: str, timeout: float = CLI_TIMEOUT) -> str:
     return done.stdout
 
 
-class SlurmGpus:
+class SlurmGpus(ClusterGpus):
     """GPU placement on a Slurm cluster: Slurm picks the GPUs; hpcdock only checks they exist.
 
     ``check`` reads the ``gpu`` gres of the partition's nodes once; a grant carries a count and
@@ -393,10 +394,9 @@ class SlurmGpus:
     """
 
     def __init__(self, partition: Optional[str]) -> None:
+        super().__init__()
         self.partition = partition
         self._per_node: Optional[int] = None  # most GPUs on one node, read on first use
-        self._held: dict[int, int] = {}
-        self._lock = threading.Lock()
 
     def _gpus_per_node(self) -> int:
         if self._per_node is None:
@@ -426,24 +426,13 @@ class SlurmGpus:
         return None
 
     def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
-        with self._lock:
-            self._held[task_id] = count
-        return GpuGrant(count)
-
-    def restore(self, task_id: int, grant: GpuGrant) -> None:
-        with self._lock:
-            self._held[task_id] = grant.count
-
-    def release(self, task_id: int) -> None:
-        with self._lock:
-            self._held.pop(task_id, None)
+        return self._grant(task_id, count)  # Slurm queues the job until a node has them free
 
     def to_json(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                {"task": task, "count": count, "placed_by": "slurm"}
-                for task, count in sorted(self._held.items())
-            ]
+        return [
+            {"task": task, "count": count, "placed_by": "slurm"}
+            for task, count in sorted(self.held().items())
+        ]
 
     def inventory_json(self) -> dict[str, Any]:
         try:

@@ -72,7 +72,7 @@ from .base import (
     RunState,
     RunStatus,
 )
-from .common import check_binds, docker_enforcement, no_output, recheck_binds, split_limits
+from .common import ClusterGpus, check_binds, docker_enforcement, no_output, recheck_binds, split_limits
 from .local import _APIClient, _explain
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _latest(tasks: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return max(tasks, key=lambda t: (t.get("Version") or {}).get("Index", 0)) if tasks else None
 
 
-class SwarmGpus:
+class SwarmGpus(ClusterGpus):
     """GPUs as Swarm generic resources: Swarm picks nodes and devices; this counts what is held.
 
     A task may start when the GPUs held by running tasks plus its own fit what the swarm's
@@ -218,10 +218,9 @@ class SwarmGpus:
     """
 
     def __init__(self, nodes: Callable[..., list[dict[str, Any]]], kind: str) -> None:
+        super().__init__()
         self.nodes = nodes  # GET /nodes as the engine caches it (``cached=True``: without asking)
         self.kind = kind
-        self._held: dict[int, int] = {}
-        self._lock = threading.Lock()
 
     def _counts(self, cached: bool = False) -> dict[str, int]:
         return gpu_counts(self.nodes(cached=cached), self.kind)
@@ -248,24 +247,10 @@ class SwarmGpus:
         return None
 
     def acquire(self, task_id: int, count: int) -> Optional[GpuGrant]:
-        total = sum(self._counts().values())
-        with self._lock:
-            if sum(self._held.values()) + count > total:
-                return None
-            self._held[task_id] = count
-        return GpuGrant(count)
-
-    def restore(self, task_id: int, grant: GpuGrant) -> None:
-        with self._lock:
-            self._held[task_id] = grant.count
-
-    def release(self, task_id: int) -> None:
-        with self._lock:
-            self._held.pop(task_id, None)
+        return self._grant(task_id, count, limit=sum(self._counts().values()))
 
     def to_json(self) -> list[dict[str, Any]]:
-        with self._lock:
-            held = dict(self._held)
+        held = self.held()
         return [
             {"node": host, "kind": self.kind, "count": n}
             for host, n in sorted(self._counts(cached=True).items())  # /v1/health: never waits
