@@ -319,6 +319,27 @@ def _docker_time(text: str) -> float:
     return base + (float("0." + frac) if frac else 0.0)
 
 
+def measure(
+    results: dict[str, Any],
+    runs: dict[str, list[float]],
+    key: str,
+    fn: Callable[[], float],
+    *,
+    label: str,
+    unit: str,
+) -> None:
+    """Add one run of a figure to ``runs[key]``; one that fails is logged and listed under
+    ``errors`` instead, so a failing figure never loses the others."""
+    try:
+        value = fn()
+    except Exception as exc:
+        log(f"{label}: FAILED: {exc}")
+        results.setdefault("errors", []).append(f"{label}: {exc}")
+        return
+    runs.setdefault(key, []).append(value)
+    log(f"{label}: {value:.2f}{unit}")
+
+
 def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
     n, conc = args.tasks, 2
     purl = podman_url()
@@ -332,14 +353,7 @@ def bench_dispatch(tmp: Path, args: argparse.Namespace, results: dict[str, Any])
     runs: dict[str, list[float]] = {}
 
     def add(key: str, fn: Callable[[], float]) -> None:
-        try:
-            value = fn()
-        except Exception as exc:  # one failing figure must not lose the others
-            log(f"{key}: FAILED: {exc}")
-            results.setdefault("errors", []).append(f"{key}: {exc}")
-            return
-        runs.setdefault(key, []).append(value)
-        log(f"{key}: {value:.2f} tasks/s")
+        measure(results, runs, key, fn, label=key, unit=" tasks/s")
 
     engines = [("podman", purl)] + ([("docker", durl)] if durl else [])
     for kind, url in engines:
@@ -411,14 +425,7 @@ def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
     runs: dict[str, list[float]] = {}
 
     def add(key: str, fn: Callable[[], float]) -> None:
-        try:
-            value = fn()
-        except Exception as exc:  # one failing figure must not lose the others
-            log(f"slurm {key}: FAILED: {exc}")
-            results.setdefault("errors", []).append(f"slurm {key}: {exc}")
-            return
-        runs.setdefault(key, []).append(value)
-        log(f"slurm {key}: {value:.2f}/s")
+        measure(results, runs, key, fn, label=f"slurm {key}", unit="/s")
 
     for r in range(args.repeat):
         add("sbatch_loop", lambda: slurm_plain(bundle, n, array=False))
