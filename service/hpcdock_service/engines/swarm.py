@@ -400,8 +400,8 @@ class SwarmEngine:
         self.settings = settings
         self.slots = settings.max_concurrent or slots
         self.mount_policy = mounts.MountPolicy.build([])  # none until the service sets its policy
-        self._prepared: dict[str, tuple[dict[str, Any], list[mounts.Bound], str]] = {}
-        self._files: dict[str, list[ContainerFile]] = {}  # a prepared run's files, made configs at start
+        # A prepared run: its service spec, checked mounts, image and files (made configs at start).
+        self._prepared: dict[str, tuple[dict[str, Any], list[mounts.Bound], str, list[ContainerFile]]] = {}
         self._stopped: set[str] = set()
         self._lock = threading.Lock()
         self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -580,8 +580,7 @@ class SwarmEngine:
             gpu_kind=self.settings.gpu_kind,
         )
         with self._lock:
-            self._prepared[request.name] = (spec, bound, request.image)
-            self._files[request.name] = list(request.files)
+            self._prepared[request.name] = (spec, bound, request.image, list(request.files))
             self._stopped.discard(request.name)
         return request.name
 
@@ -590,9 +589,7 @@ class SwarmEngine:
             prepared = self._prepared.pop(handle, None)
         if prepared is None:
             raise EngineError(f"run {handle} was not prepared (or was stopped before it started)")
-        spec, bound, image = prepared
-        with self._lock:
-            files = self._files.pop(handle, [])
+        spec, bound, image, files = prepared
         if files:
             spec["TaskTemplate"]["ContainerSpec"]["Configs"] = self._file_configs(handle, files)
         recheck_binds(self.mount_policy, bound)  # as close to the service's creation as it gets
@@ -693,7 +690,7 @@ class SwarmEngine:
         with self._lock:
             out = [
                 RunStatus(handle=name, name=name, state=RunState.QUEUED, labels=spec["Labels"])
-                for name, (spec, _, _) in self._prepared.items()
+                for name, (spec, _, _, _) in self._prepared.items()
                 if spec["Labels"].get(LABEL_STORE) == store_id
             ]
         for service in services:
@@ -800,7 +797,6 @@ class SwarmEngine:
         container is removed here when it is on this node (elsewhere it stays, exited)."""
         with self._lock:
             self._prepared.pop(handle, None)
-            self._files.pop(handle, None)
         self._remove_service(handle)
         self._remove_configs(handle)
         try:
