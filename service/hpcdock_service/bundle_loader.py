@@ -120,10 +120,10 @@ _KNOWN_KEYS = {
 
 @dataclass(frozen=True)
 class EmbeddedFile:
-    """One of a step script's ``embeddedFiles``, as the template gives it.
+    """One of a script's ``embeddedFiles`` (a step's or an environment's), as the template gives it.
 
-    ``data`` is an OpenJD format string, resolved for each task like the command; the file is
-    written into the task's container before it starts (see :mod:`.taskfiles`).
+    ``data`` is an OpenJD format string, resolved like the script's actions; the file is written
+    where the action that uses it runs before that action starts (see :mod:`.taskfiles`).
     """
 
     name: str
@@ -194,6 +194,7 @@ class Environment(NamedTuple):
     exit: tuple[str, ...]  # onExit's command and args
     variables: Mapping[str, str]
     timeout: Optional[float] = None  # seconds each action may take; None: no limit
+    files: tuple[EmbeddedFile, ...] = ()  # its script's embeddedFiles ({{Env.File.NAME}})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -202,6 +203,7 @@ class Environment(NamedTuple):
             "exit": list(self.exit),
             "variables": dict(self.variables),
             "timeout": self.timeout,
+            "files": [f.to_json() for f in self.files],
         }
 
     @classmethod
@@ -212,6 +214,7 @@ class Environment(NamedTuple):
             tuple(data["exit"]),
             dict(data["variables"]),
             data.get("timeout"),
+            tuple(EmbeddedFile.from_json(f) for f in data.get("files") or []),  # none in older jobs
         )
 
 
@@ -615,10 +618,8 @@ def _clean_openjd_message(exc: Exception) -> str:
 
 def _refuse_unsupported(jt: Any, tname: str) -> None:
     """Name every OpenJD feature in the template that hpcdock does not run yet."""
-    _refuse_unsupported_environments(jt.jobEnvironments, f"{tname}: jobEnvironments")
     for i, step in enumerate(jt.steps):
         where = f"{tname}: steps[{i}]"
-        _refuse_unsupported_environments(step.stepEnvironments, f"{where}.stepEnvironments")
         if getattr(step, "let", None):
             raise BadInput(f"{where}.let", "let bindings are not supported by hpcdock yet")
         req = step.hostRequirements
@@ -639,19 +640,6 @@ def _refuse_unsupported(jt: Any, tname: str) -> None:
                 )
 
 
-def _refuse_unsupported_environments(environments: Any, where: str) -> None:
-    """Environments run in sessions (:mod:`.sessions`); what of them hpcdock does not run yet is named."""
-    for i, env in enumerate(environments or []):
-        script = env.script
-        if script is None:
-            continue
-        if script.embeddedFiles:
-            raise BadInput(
-                f"{where}[{i}].script.embeddedFiles",
-                "embedded files are not supported by hpcdock yet; ship the file in the bundle",
-            )
-
-
 def _environments(environments: Any) -> list[Environment]:
     """The template's environments as sessions enter them (format strings kept, resolved per session)."""
     planned = []
@@ -669,9 +657,24 @@ def _environments(environments: Any) -> list[Environment]:
                 exit=_action_command(getattr(actions, "onExit", None)),
                 variables={k: str(v) for k, v in (env.variables or {}).items()},
                 timeout=max(timeouts) if timeouts else None,
+                files=tuple(_embedded_files(env.script)),
             )
         )
     return planned
+
+
+def _embedded_files(script: Any) -> list[EmbeddedFile]:
+    """A step's or an environment's script's ``embeddedFiles`` (none without a script)."""
+    return [
+        EmbeddedFile(
+            name=str(f.name),
+            data=str(f.data),
+            filename=f.filename,
+            runnable=bool(f.runnable),
+            end_of_line=f.endOfLine.value if getattr(f, "endOfLine", None) else None,
+        )
+        for f in (script.embeddedFiles if script is not None else None) or []
+    ]
 
 
 def _action_command(action: Any) -> tuple[str, ...]:
@@ -852,16 +855,7 @@ def _plan_step(
         memory_mib=memory_mib or None,
         vcpus=vcpus or None,
         amounts={k: v for k, v in amounts.items() if v},
-        files=[
-            EmbeddedFile(
-                name=str(f.name),
-                data=str(f.data),
-                filename=f.filename,
-                runnable=bool(f.runnable),
-                end_of_line=f.endOfLine.value if getattr(f, "endOfLine", None) else None,
-            )
-            for f in step.script.embeddedFiles or []
-        ],
+        files=_embedded_files(step.script),
     )
 
 

@@ -30,13 +30,10 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hpcdock.protocol import Backoff, FrameState
-from openjd.model.v2023_09 import ArgString
 
 from . import framecheck, taskfiles, tasklog, thumbnails
 from .bundle_loader import ContainerSpec
@@ -69,7 +66,7 @@ from .logparse import (
     task_progress,
 )
 from .model import StepRun, Task
-from .sessions import COLD_WORKING_DIRECTORY, cold_command
+from .sessions import COLD_WORKING_DIRECTORY, FILES_DIRECTORY, WORKING_DIRECTORY, Session, cold_command
 from .store import FrameResult, Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -144,12 +141,6 @@ def mib(n: int) -> str:
     return f"{n / tasklog.MIB:g} MiB"
 
 
-def resolve_strings(parts: Sequence[str], job_params: Mapping[str, str], workdir: str) -> list[str]:
-    """An environment's format strings (no task parameters, no task files), as a session resolves them."""
-    symtab = taskfiles.symbols(job_params, {}, workdir)
-    return [ArgString(part).resolve(symtab=symtab) for part in parts]
-
-
 class TaskRunner:
     def __init__(
         self,
@@ -168,7 +159,7 @@ class TaskRunner:
         limits: ContainerLimits = NO_LIMITS,
         log_cap: int = 64 * tasklog.MIB,
         licence: Optional[LicenceRetry] = None,
-        session_workdir: Optional[str] = None,
+        session: Optional[Session] = None,
     ) -> None:
         assert task.container is not None, "start_task names the task's run"
         self.store = store
@@ -192,8 +183,7 @@ class TaskRunner:
         self._started = adopt is not None
         self.timed_out = False
         self.licence = licence  # None: licence failures are ordinary failures
-        # {{Session.WorkingDirectory}}: the session's scratch directory when the task runs in one
-        self.session_workdir = session_workdir
+        self.session = session  # the session the task runs in (then also its ``engine``), if any
         self.licence_failure: Optional[str] = None  # the log line saying no licence was available
         self.fail_message: Optional[str] = None  # the last openjd_fail: the reason shown if the task fails
         self.malformed: Optional[str] = None  # an OpenJD message the reference runtime fails the action for
@@ -348,21 +338,22 @@ class TaskRunner:
         task, step = self.task, self.step
         spec: ContainerSpec = self.store.job_container(task.job_id)
         params = self.store.job_params(task.job_id)
-        cold_environments = bool(step.environments) and self.session_workdir is None
-        if cold_environments:  # environments, but no session: the container enters them itself
-            workdir = COLD_WORKING_DIRECTORY
+        cold_environments = bool(step.environments) and self.session is None
+        # {{Session.WorkingDirectory}}: the session's scratch directory when the task runs in one,
+        # the one its container makes when it enters the environments itself, else its own
+        if self.session is not None:
+            workdir, files_dir = WORKING_DIRECTORY, FILES_DIRECTORY
         else:
-            workdir = self.session_workdir or spec.workdir
-        command, files = taskfiles.resolve(step.command, step.files, params, task.params, workdir)
-        if cold_environments:
-            command = cold_command(
-                [
-                    (env, partial(resolve_strings, job_params=params, workdir=workdir))
-                    for env in step.environments
-                ],
-                command,
-                spec.workdir,
-            )
+            workdir = COLD_WORKING_DIRECTORY if cold_environments else spec.workdir
+            files_dir = taskfiles.FILES_DIR
+        command, files = taskfiles.resolve(step.command, step.files, params, task.params, workdir, files_dir)
+        if cold_environments:  # environments, but no session: the container enters them itself
+            environments = [
+                taskfiles.resolve_environment(env, params, workdir, taskfiles.cold_env_files_dir(i))
+                for i, env in enumerate(step.environments)
+            ]
+            command = cold_command(environments, command, spec.workdir)
+            files += [file for env in environments for file in env.files]
         request = ContainerRequest(
             name=self.run_name,
             image=spec.image,
@@ -390,7 +381,10 @@ class TaskRunner:
             if self._stop_requested:  # canceled while this runner waited for its thread
                 raise EngineError("canceled before the container was created")
         tasklog.append_line(self.log_path, f"--- attempt {task.attempt}: {' '.join(command)}")
-        container_id = self.engine.create(request)  # GPUs attached and verified, or EngineError
+        try:
+            container_id = self.engine.create(request)  # GPUs attached and verified, or EngineError
+        finally:
+            self._log_environments()  # whether they were entered or one failed
         with self._stop_lock:
             self.container_id = container_id
             if self._stop_requested:  # canceled while the container was being created
@@ -398,6 +392,13 @@ class TaskRunner:
             self.engine.start(container_id)
             self._started = True
         return container_id
+
+    def _log_environments(self) -> None:
+        """Put what the session's environments printed entering it at the head of the log of the
+        task that opened it (the service writes it: no openjd_* line of theirs is the task's)."""
+        text = self.session.environment_log_of(self.run_name) if self.session is not None else None
+        if text:
+            tasklog.append_line(self.log_path, text)
 
     def _follow(self) -> tuple[Optional[int], Optional[str]]:
         """Stream the log into the task log until the container exits; return its exit code.
@@ -413,6 +414,7 @@ class TaskRunner:
             tasklog.append_line(
                 self.log_path, f"--- attempt {self.task.attempt} (re-adopted after {self.adopted_after})"
             )
+            self._log_environments()
         stream = self.engine.logs(self._handle, follow=True)
         exited = threading.Event()
         drained = threading.Event()

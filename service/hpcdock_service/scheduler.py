@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -25,7 +24,7 @@ from urllib.parse import quote
 
 from hpcdock.protocol import TaskState
 
-from . import tasklog
+from . import taskfiles, tasklog
 from .config import DEFAULT_LICENCE_RETRY, LicenceRetry
 from .engines.base import (
     LABEL_JOB,
@@ -41,8 +40,8 @@ from .engines.base import (
 from .engines.discovery import EngineWatch
 from .model import Job, StepRun, Task
 from .resources import GPU_WAIT, Pool, waiting_label
-from .runner import TaskRunner, container_name, resolve_strings, thread_refused
-from .sessions import WORKING_DIRECTORY, Session, SessionPlan, SessionPool
+from .runner import TaskRunner, container_name, thread_refused
+from .sessions import FILES_DIRECTORY, WORKING_DIRECTORY, Session, SessionPlan, SessionPool
 from .store import Store, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class Scheduler:
         self.sessions: Optional[SessionPool] = None
         if getattr(engine, "runs_sessions", False):
             self.sessions = SessionPool(engine, state_dir / "sessions")
-            self.sessions.on_ended = self.wake  # type: ignore[method-assign]
+            self.sessions.on_ended = self._session_ended  # type: ignore[method-assign]
         self._session_of: dict[int, Session] = {}  # running task -> the session it runs in
         self._steps: dict[tuple[int, int], StepRun] = {}  # asked once a dispatch round (they never change)
         self._running: dict[int, TaskRunner] = {}
@@ -137,10 +136,9 @@ class Scheduler:
         return step
 
     def _in_session(self, step: StepRun) -> bool:
-        """Whether the step's tasks run in sessions: it has environments, the engine runs sessions,
-        and it needs no GPUs (a session's GPUs would be held between tasks) and has no embedded
-        files (written into a task's own container): those run cold."""
-        return bool(step.environments) and self.sessions is not None and not step.gpus and not step.files
+        """Whether the step's tasks run in sessions: it has environments and the engine runs them
+        (a step needing GPUs holds them for the whole session; see :mod:`.sessions`)."""
+        return bool(step.environments) and self.sessions is not None
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
@@ -188,18 +186,23 @@ class Scheduler:
                 if short is not None:
                     waiting[key] = waiting_label(short)
                     break  # this step waits for the amount; lower-priority steps may still run
+                new_session = session is None and self._in_session(run)
                 grant: Optional[GpuGrant] = None
-                if step.gpus:
-                    grant = self.engine.gpus.acquire(task_id, step.gpus)
+                gpu_key = task_id
+                if step.gpus and session is None:  # a cold task's GPUs, or a new session's
+                    if new_session and self.sessions is not None:
+                        gpu_key = self.sessions.gpu_key()  # held by the session, not its first task
+                    grant = self.engine.gpus.acquire(gpu_key, step.gpus)
                     if grant is None:
                         self.pool.release(task_id)
                         waiting[key] = GPU_WAIT
                         break  # this step waits for GPUs; lower-priority CPU steps may still run
-                if self._in_session(run) and session is None:
-                    session = self._new_session(run)
+                if new_session:
+                    session = self._new_session(run, grant, gpu_key if grant else None)
                 if session is not None:
                     session.task = task_id
                     given.add(session.name)
+                    grant = session.gpus  # the task runs on them: the store records which
                 self._launch(task_id, grant, session)
                 started += 1
         self._record_waiting(waiting)
@@ -213,11 +216,22 @@ class Scheduler:
         assert self.sessions is not None
         return self.sessions.idle(step.job_id, step.idx)
 
-    def _new_session(self, step: StepRun) -> Session:
+    def _new_session(self, step: StepRun, grant: Optional[GpuGrant], gpu_key: Optional[int]) -> Session:
         assert self.sessions is not None
         self._session_count += 1
         name = f"hpcdock-{self.store.store_id}-j{step.job_id}-s{step.idx}-{self._session_count}-{os.getpid()}"
-        return self.sessions.new(name, step.job_id, step.idx, lambda: self._session_plan(step, name))
+        return self.sessions.new(
+            name, step.job_id, step.idx, lambda: self._session_plan(step, name), grant, gpu_key
+        )
+
+    def _session_ended(self, session: Session) -> None:
+        """A session is gone: its slot is free; a failing onExit is told in its last task's log."""
+        if session.exit_failures and session.last_task is not None:
+            for failure in session.exit_failures:
+                tasklog.append_line(
+                    self.log_path(session.last_task), f"--- session {session.name} ended: {failure}"
+                )
+        self.wake()
 
     def _session_plan(self, step: StepRun, name: str) -> SessionPlan:
         """The session's container (the job's image, mounts, env and the step's limits) and its
@@ -236,10 +250,11 @@ class Scheduler:
             limits=self.limits_for(step),
         )
 
-        def resolve(parts: Sequence[str]) -> list[str]:
-            return resolve_strings(parts, params, WORKING_DIRECTORY)
-
-        return SessionPlan(request, [(env, resolve) for env in step.environments], dict(spec.env))
+        environments = [
+            taskfiles.resolve_environment(env, params, WORKING_DIRECTORY, FILES_DIRECTORY)
+            for env in step.environments
+        ]
+        return SessionPlan(request, environments, dict(spec.env))
 
     def _record_waiting(self, waiting: dict[tuple[int, int], Optional[str]]) -> None:
         """Store what changed in what steps wait for (a step no longer ready waits for nothing)."""
@@ -311,7 +326,7 @@ class Scheduler:
             limits=self.limits_for(step),
             log_cap=self.log_cap,
             licence=self.licence,
-            session_workdir=WORKING_DIRECTORY if session is not None else None,
+            session=session,
         )
         with self._lock:
             self._running[task.id] = runner
@@ -342,6 +357,7 @@ class Scheduler:
             self._running.pop(task_id, None)
             session = self._session_of.pop(task_id, None)
         if session is not None:
+            session.last_task = task_id
             session.task = None  # free for its step's next task, or to end (see dispatch)
         self._release(task_id)
         self._wake.set()

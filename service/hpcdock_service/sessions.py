@@ -17,9 +17,27 @@ the variables as they stood once its environment was entered. A failing ``onEnte
 session's tasks, naming the environment and showing the end of its output, and its
 environments entered so far are exited; a failing task does not end the session.
 
+An environment's embedded files (``{{Env.File.NAME}}``) and a task's (``{{Task.File.NAME}}``)
+are written by the service before each action that uses them, where openjd-sessions writes them:
+``embedded_files`` under the session's working directory (:data:`FILES_DIRECTORY`). That
+directory is the container's to change, so every write goes through directory file descriptors
+that follow no link, into a new file renamed into place (:meth:`Session.put_files`).
+
+What the environments print entering the session goes at the head of the log of the task that
+opened it, marked as theirs; a failing ``onExit`` is logged by the service and appended to the
+log of the session's last task.
+
+A step that needs GPUs holds them for the whole session: they are granted when the session is
+made for its first task (under a key of the session's own, never a task's), the container is
+created with them exactly as a cold task's is (attached and verified by the engine), and they go
+back when the session has ended, whether it ended after its last task, a failed ``onEnter``, a
+cancel, or as a session a restarted service found lost; a restarted service holds a living
+session's GPUs again before it grants any.
+
 The ``openjd-sessions`` package does not run the actions: it runs them as local subprocesses
 (optionally as another user), while here every action runs inside the session's container. Its
-grammar of ``openjd_env`` lines is used (through :class:`.logparse.LogParser`).
+grammar of ``openjd_env`` lines is used (through :class:`.logparse.LogParser`), and its rules
+for embedded files (through :mod:`.taskfiles`).
 
 :class:`Session` is a :class:`~.engines.base.Runs`: a task's runner drives a task in a session
 exactly as it drives a container of its own, so logs, progress, frames, retries, timeouts and
@@ -31,7 +49,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
+import secrets
 import shlex
 import shutil
 import stat
@@ -41,29 +61,33 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from .bundle_loader import Environment
 from .engines.base import (
     LABEL_SESSION,
     SESSION_ROOT,
+    ContainerFile,
     ContainerRequest,
     Engine,
     EngineError,
+    GpuGrant,
     LogStream,
     RunState,
     RunStatus,
 )
 from .logparse import LogParser, OpenJDEnv, OpenJDMalformed, OpenJDUnsetEnv
+from .taskfiles import ResolvedEnvironment
 
 log = logging.getLogger(__name__)
 
 WORKING_DIRECTORY = f"{SESSION_ROOT}/work"  # {{Session.WorkingDirectory}} inside the container
+FILES_DIRECTORY = f"{WORKING_DIRECTORY}/embedded_files"  # where its embedded files are written
 POLL = 0.005  # seconds between looks at an action's exit code
 FOLLOW_POLL = 0.02  # seconds between reads of a running action's output
 AGENT_START_TIMEOUT = 60.0  # seconds a new session's agent may take to say it is ready
 TAIL_BYTES = 64 * 1024  # how far back a log's last lines are looked for
 FAILURE_TAIL = 2000  # characters of a failed onEnter's output quoted in its tasks' error
+ENVIRONMENT_LOG = 64 * 1024  # characters of each onEnter's output kept for its task's log
 
 # The agent: one line per action from the FIFO ``ctl`` ("run NAME SCRIPT", "kill NAME GRACE",
 # "exit"). A run's output goes to NAME.out and its exit code, once known, to NAME.rc; the action
@@ -151,32 +175,43 @@ hpcdock_env() {
 """
 
 
+def _say(text: str) -> str:
+    """A line of shell printing ``text`` (one of the service's own lines in a cold task's log)."""
+    return f"printf '%s\\n' {_quote(text)}"
+
+
 def cold_command(
-    environments: Sequence[tuple[Environment, Callable[[Sequence[str]], list[str]]]],
+    environments: Sequence[ResolvedEnvironment],
     command: Sequence[str],
     workdir: str,
     scratch: str = COLD_WORKING_DIRECTORY,
 ) -> list[str]:
-    """A task of a step with environments, in a container of its own (an engine without sessions,
-    or a step with GPUs): the container enters the environments, runs the task and exits them in
-    reverse order; a failing onEnter ends it with its code, after exiting what it entered."""
+    """A task of a step with environments, in a container of its own (an engine without sessions):
+    the container enters the environments, runs the task and exits them in reverse order, each
+    action's output marked as its environment's; a failing onEnter ends it with its code, after
+    exiting what it entered. The environments' files are the container's (see :mod:`.taskfiles`)."""
     lines = [_COLD_PRELUDE, f"mkdir -p {_quote(scratch)} || exit 70"]
     exits: list[str] = []
-    for i, (env, resolve) in enumerate(environments):
+    for i, env in enumerate(environments):
         for key, value in env.variables.items():
             if _ENV_NAME.match(key):
-                lines.append(f"export {key}={_quote(resolve([value])[0])}")
+                lines.append(f"export {key}={_quote(value)}")
         if env.enter:
             out = _quote(f"{scratch}/.enter{i}")
-            run = action_script(resolve(env.enter), {}, scratch)
+            run = action_script(env.enter, {}, scratch)
             failed = f"environment {env.name!r}: onEnter exited with code"
             lines += [
+                _say(f"--- environment {env.name!r}: onEnter"),
                 f"( {run} ) > {out} 2>&1; rc=$?; cat {out}",
                 f'if [ $rc -ne 0 ]; then echo {_quote(failed)} "$rc"; {"; ".join(reversed(exits)) or ":"}; exit $rc; fi',
                 f"hpcdock_env {out}",
             ]
         if env.exit:
-            exits.append(f"( {action_script(resolve(env.exit), {}, scratch)} )")
+            failed = f"--- environment {env.name!r}: onExit exited with code"
+            exits.append(
+                f"{_say(f'--- environment {env.name!r}: onExit')}; "
+                f'( {action_script(env.exit, {}, scratch)} ) || echo {_quote(failed)} "$?"'
+            )
     lines.append(f"( {action_script(command, {}, workdir)} ); rc=$?")
     lines += list(reversed(exits))
     lines.append("exit $rc")
@@ -192,12 +227,37 @@ class SessionState(str, Enum):
 
 @dataclass
 class EnteredEnvironment:
-    """An environment the session entered, and the variables its onExit runs with."""
+    """An environment the session entered, the variables its onExit runs with, and the files
+    written again before it (as openjd-sessions writes an environment's files before each action)."""
 
     name: str
     exit: list[str]  # resolved onExit command (empty: none)
     env: dict[str, str]
     timeout: Optional[float]
+    files: list[ContainerFile] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "exit": self.exit,
+            "env": self.env,
+            "timeout": self.timeout,
+            # resolved from OpenJD format strings: text, as their data always is
+            "files": [{"path": f.path, "data": f.data.decode(), "mode": f.mode} for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EnteredEnvironment:
+        return cls(
+            str(data["name"]),
+            [str(part) for part in data["exit"]],
+            {str(k): str(v) for k, v in data["env"].items()},
+            data.get("timeout"),
+            [
+                ContainerFile(str(f["path"]), str(f["data"]).encode(), int(f["mode"]))
+                for f in data.get("files") or []
+            ],
+        )
 
 
 @dataclass
@@ -205,7 +265,7 @@ class SessionPlan:
     """What a session needs to open: its container and its environments, resolved."""
 
     request: ContainerRequest  # the session container (its command is replaced by the agent)
-    environments: list[tuple[Environment, Callable[[Sequence[str]], list[str]]]]  # with their resolver
+    environments: list[ResolvedEnvironment]  # the job's, then the step's
     base_env: dict[str, str] = field(default_factory=dict)  # what every action starts from
 
 
@@ -220,6 +280,8 @@ class Session:
         job_id: int,
         step_idx: int,
         plan: Optional[Callable[[], SessionPlan]] = None,
+        gpus: Optional[GpuGrant] = None,
+        gpu_key: Optional[int] = None,
     ) -> None:
         self.engine = engine
         self.plan = plan  # how to open it, asked by its first task (None: adopted after a restart)
@@ -233,6 +295,12 @@ class Session:
         self.env: dict[str, str] = {}  # what tasks run with: base, variables, openjd_env
         self.entered: list[EnteredEnvironment] = []
         self.task: Optional[int] = None  # the task running in it now
+        self.last_task: Optional[int] = None  # the task that ran in it last (its log hears of onExit)
+        self.gpus = gpus  # what its container holds for the whole session (None: no GPUs)
+        self.gpu_key = gpu_key  # what the engine's GPU placement knows the grant by
+        self.opened_by: Optional[str] = None  # the run of the task that opened it
+        self.environment_log = ""  # what the environments printed entering it (for that task's log)
+        self.exit_failures: list[str] = []  # each onExit that failed, and why
         self.idle_since = time.monotonic()
         self.enters = 0  # onEnter actions run (for tests and the log)
         self._lock = threading.Lock()
@@ -270,6 +338,44 @@ class Session:
         except ValueError:
             return -1
 
+    def put_files(self, files: Sequence[ContainerFile]) -> None:
+        """Write embedded files into :data:`FILES_DIRECTORY` (EngineError naming the file when one
+        cannot be). The container may have put links or anything else on the way: each directory
+        is opened by the one before without following a link, and each file is made new (never
+        opened where it stands: that could be a hard link) and renamed over whatever has its name."""
+        for file in files:
+            folder, name = posixpath.split(file.path)
+            if folder != FILES_DIRECTORY or name in ("", ".", ".."):
+                raise EngineError(f"session {self.name}: {file.path} is not a file of {FILES_DIRECTORY}")
+            try:
+                fd = self._files_dir()
+                try:
+                    _write_new(fd, name, file.data, file.mode)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise EngineError(
+                    f"session {self.name}: cannot write the embedded file {file.path}: {exc}"
+                ) from None
+
+    def _files_dir(self) -> int:
+        """A descriptor of the files directory, made where missing (the service makes it before
+        the container starts; a task may remove it)."""
+        fd = os.dup(self._dir_fd())
+        try:
+            for part in posixpath.relpath(FILES_DIRECTORY, SESSION_ROOT).split("/"):
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _send(self, line: str) -> None:
         """Hand the agent one line; EngineError when it is not there to read it."""
         try:
@@ -297,10 +403,12 @@ class Session:
         exiting what it entered; an engine failure raises EngineError."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.mkfifo("ctl", 0o600, dir_fd=self._dir_fd())
+        os.close(self._files_dir())  # made before the container can put anything in its way
         request = plan.request
         request.command = ["/bin/sh", "-c", AGENT]
         request.session_dir = str(self.root)
         request.labels = {**request.labels, LABEL_SESSION: self.name}
+        request.gpus = self.gpus  # attached and verified by the engine, as a cold task's
         self._save({"state": "opening"})
         self.handle = self.engine.create(request)
         self.engine.start(self.handle)
@@ -313,41 +421,58 @@ class Session:
                 raise EngineError(f"session {self.name}: its container exited at start: {logs.strip()}")
             time.sleep(POLL)
         self.env = dict(plan.base_env)
-        for environment, resolve in plan.environments:
-            for key, value in environment.variables.items():
-                self.env[key] = resolve([value])[0]
+        for environment in plan.environments:
+            self.env.update(environment.variables)
             if environment.enter:
-                self.enters += 1
-                code, output = self._run_action(
-                    f"enter{len(self.entered)}", resolve(environment.enter), environment.timeout
-                )
-                if code != 0:
-                    why = "timed out" if code is None else f"exited with code {code}"
-                    self.failure = (
-                        f"environment {environment.name!r}: onEnter {why}: "
-                        f"{output[-FAILURE_TAIL:].strip() or '(no output)'}"
-                    )
+                self.failure = self._enter(environment)
+                if self.failure:
                     self.state = SessionState.FAILED
                     log.info("session %s: %s", self.name, self.failure)
                     self._save({"state": "failed"})
                     return
-                malformed = apply_env_messages(output, self.env)
-                if malformed:
-                    self.failure = f"environment {environment.name!r}: onEnter: {malformed}"
-                    self.state = SessionState.FAILED
-                    self._save({"state": "failed"})
-                    return
             self.entered.append(
                 EnteredEnvironment(
-                    environment.name,
-                    resolve(environment.exit) if environment.exit else [],
-                    dict(self.env),
-                    environment.timeout,
+                    environment.name, environment.exit, dict(self.env), environment.timeout, environment.files
                 )
             )
         self.state = SessionState.OPEN
         self._save({"state": "open"})
         log.info("session %s: open, %d environment(s) entered", self.name, len(self.entered))
+
+    def _enter(self, environment: ResolvedEnvironment) -> Optional[str]:
+        """Write the environment's files and run its onEnter, its output kept for the log; why it
+        failed, or None (its openjd_env lines applied)."""
+        self.enters += 1
+        head = f"--- environment {environment.name!r}: onEnter"
+        try:
+            self.put_files(environment.files)
+        except EngineError as exc:
+            self._log_environment(head, "", f"{head}: its embedded files could not be written")
+            return f"environment {environment.name!r}: {exc}"
+        code, output = self._run_action(f"enter{len(self.entered)}", environment.enter, environment.timeout)
+        why = "timed out" if code is None else f"exited with code {code}"
+        self._log_environment(head, output, f"{head} {why}")
+        if code != 0:
+            return (
+                f"environment {environment.name!r}: onEnter {why}: "
+                f"{output[-FAILURE_TAIL:].strip() or '(no output)'}"
+            )
+        malformed = apply_env_messages(output, self.env)
+        return f"environment {environment.name!r}: onEnter: {malformed}" if malformed else None
+
+    def _log_environment(self, head: str, output: str, tail: str) -> None:
+        if len(output) > ENVIRONMENT_LOG:
+            output = f"({len(output) - ENVIRONMENT_LOG} characters cut)\n" + output[-ENVIRONMENT_LOG:]
+        if output and not output.endswith("\n"):
+            output += "\n"
+        self.environment_log += f"{head}\n{output}{tail}\n"
+
+    def environment_log_of(self, handle: str) -> Optional[str]:
+        """What the environments printed entering the session, marked as theirs, for the log of
+        the run ``handle`` when that run's task opened it (None for every other run)."""
+        return (
+            self.environment_log.rstrip("\n") if handle == self.opened_by and self.environment_log else None
+        )
 
     def _save(self, extra: dict[str, object]) -> None:
         """What a restarted service needs to take the session over, written next to its files."""
@@ -356,7 +481,12 @@ class Session:
             "job_id": self.job_id,
             "step_idx": self.step_idx,
             "env": self.env,
-            "entered": [vars(e) for e in self.entered],
+            "entered": [e.to_json() for e in self.entered],
+            "opened_by": self.opened_by,
+            "environment_log": self.environment_log,
+            "gpus": None
+            if self.gpus is None
+            else {"key": self.gpu_key, "count": self.gpus.count, "indices": list(self.gpus.indices)},
             **extra,
         }
         tmp = self.root.parent / f".{self.name}.json"
@@ -382,38 +512,51 @@ class Session:
         return code, output
 
     def end(self, grace: float = 10.0) -> None:
-        """Exit the environments in reverse order, then remove the container and the directory."""
+        """Exit the environments in reverse order, then remove the container and the directory,
+        and give the session's GPUs back (whatever failed on the way: its container is gone or
+        was asked to go). Each failing onExit is logged and kept in :attr:`exit_failures`."""
         with self._lock:
             if self.state is SessionState.ENDED:
                 return
-            alive = self.handle is not None and self._agent_alive()
-            for entered in reversed(self.entered if alive else []):
-                if not entered.exit:
-                    continue
-                self.env = entered.env
-                code, output = self._run_action(f"exit{len(self.entered)}", entered.exit, entered.timeout)
-                if code != 0:
-                    log.warning(
-                        "session %s: environment %r: onExit %s: %s",
-                        self.name,
-                        entered.name,
-                        "timed out" if code is None else f"exited with code {code}",
-                        output[-FAILURE_TAIL:].strip(),
-                    )
-            self.state = SessionState.ENDED
-            log.info("session %s: ended", self.name)
-            if alive:
-                try:
-                    self._send("exit")
-                except EngineError:
-                    pass
-            if self.handle is not None:
-                try:
-                    self.engine.stop(self.handle, grace=grace)
-                    self.engine.remove(self.handle)
-                except EngineError as exc:
-                    log.warning("session %s: %s", self.name, exc)
-            self.forget()
+            try:
+                alive = self.handle is not None and self._agent_alive()
+                for entered in reversed(self.entered if alive else []):
+                    if entered.exit:
+                        self._exit(entered)
+                log.info("session %s: ended", self.name)
+                if alive:
+                    try:
+                        self._send("exit")
+                    except EngineError:
+                        pass
+                if self.handle is not None:
+                    try:
+                        self.engine.stop(self.handle, grace=grace)
+                        self.engine.remove(self.handle)
+                    except EngineError as exc:
+                        log.warning("session %s: %s", self.name, exc)
+                self.forget()
+            finally:
+                self.state = SessionState.ENDED
+                if self.gpu_key is not None:
+                    self.engine.gpus.release(self.gpu_key)
+                    self.gpu_key = None
+
+    def _exit(self, entered: EnteredEnvironment) -> None:
+        """Write the environment's files again and run its onExit with its variables."""
+        self.env = entered.env
+        try:
+            self.put_files(entered.files)
+        except EngineError as exc:
+            code: Optional[int] = -1
+            output = str(exc)
+        else:
+            code, output = self._run_action(f"exit{len(self.entered)}", entered.exit, entered.timeout)
+        if code != 0:
+            why = "timed out" if code is None else f"exited with code {code}"
+            failure = f"environment {entered.name!r}: onExit {why}: {output[-FAILURE_TAIL:].strip() or '(no output)'}"
+            log.warning("session %s: %s", self.name, failure)
+            self.exit_failures.append(failure)
 
     def forget(self) -> None:
         """Remove the session's files (its container is gone)."""
@@ -436,6 +579,7 @@ class Session:
         """Open the session if this is its first task (in the task's runner, so its slot's thread
         waits for the environments, not dispatch), then prepare the task's action."""
         if self.state is SessionState.NEW and self.plan is not None:
+            self.opened_by = request.name
             try:
                 self.open(self.plan())
             except Exception as exc:
@@ -446,6 +590,7 @@ class Session:
             raise EngineError(self.failure or f"session {self.name} failed")
         if self.state is not SessionState.OPEN:
             raise EngineError(f"session {self.name} is {self.state.value}")
+        self.put_files(request.files)
         env = {**self.env, **request.env}
         self._scripts[request.name] = action_script(request.command, env, request.workdir)
         return request.name
@@ -586,12 +731,30 @@ class SessionPool:
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._ending: set[str] = set()
+        self._gpu_key = 0  # the last key a session's GPUs were granted under
 
-    def new(self, name: str, job_id: int, step_idx: int, plan: Callable[[], SessionPlan]) -> Session:
-        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan)
+    def new(
+        self,
+        name: str,
+        job_id: int,
+        step_idx: int,
+        plan: Callable[[], SessionPlan],
+        gpus: Optional[GpuGrant] = None,
+        gpu_key: Optional[int] = None,
+    ) -> Session:
+        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key)
         with self._lock:
             self.sessions[name] = session
+            if gpu_key is not None:
+                self._gpu_key = min(self._gpu_key, gpu_key)
         return session
+
+    def gpu_key(self) -> int:
+        """The key the next new session's GPU grant is held under, one no task and no other session
+        holds GPUs under: tasks hold theirs under their ids, sessions under negative numbers (what
+        ``/v1/health`` shows as the holder), never one a session of a previous service process holds."""
+        with self._lock:
+            return self._gpu_key - 1
 
     def count(self) -> int:
         """Sessions holding a slot: every one not yet ended (an ending one still has its container)."""
@@ -648,10 +811,11 @@ class SessionPool:
             with self._lock:
                 self.sessions.pop(session.name, None)
                 self._ending.discard(session.name)
-            self.on_ended()
+            self.on_ended(session)
 
-    def on_ended(self) -> None:
-        """Called once a session is gone (the scheduler sets it to dispatch again)."""
+    def on_ended(self, session: Session) -> None:
+        """Called once a session is gone (the scheduler sets it to dispatch again, and to tell the
+        session's last task of a failing onExit)."""
 
     def find_task(self, name: str) -> Optional[tuple[Session, RunStatus]]:
         """The session that ran the task's run ``name``, and where it stands (for re-adoption)."""
@@ -689,6 +853,15 @@ class SessionPool:
                 continue
             status = self.engine.find(name)
             session.handle = status.handle if status is not None else None
+            session.opened_by = data.get("opened_by")
+            session.environment_log = str(data.get("environment_log") or "")
+            grant = data.get("gpus")
+            if grant and status is not None and status.state is not RunState.EXITED:
+                # its container holds them until the session ends (one that died holds nothing)
+                session.gpus = GpuGrant(int(grant["count"]), tuple(int(i) for i in grant["indices"]))
+                session.gpu_key = int(grant["key"])
+                self.engine.gpus.restore(session.gpu_key, session.gpus)
+                self._gpu_key = min(self._gpu_key, session.gpu_key)
             if (
                 data.get("state") == "open"
                 and status is not None
@@ -697,12 +870,35 @@ class SessionPool:
             ):
                 session.state = SessionState.OPEN
                 session.env = dict(data.get("env") or {})
-                session.entered = [EnteredEnvironment(**e) for e in data.get("entered") or []]
+                session.entered = [EnteredEnvironment.from_json(e) for e in data.get("entered") or []]
                 log.info("session %s: re-adopted", name)
             else:
                 session.state = SessionState.FAILED
                 session.failure = f"session {name} was lost while the service was down"
-                session.entered = [EnteredEnvironment(**e) for e in data.get("entered") or []]
+                session.entered = [EnteredEnvironment.from_json(e) for e in data.get("entered") or []]
                 log.info("session %s: lost while the service was down; it ends", name)
             with self._lock:
                 self.sessions[name] = session
+
+
+def _write_new(folder: int, name: str, data: bytes, mode: int) -> None:
+    """Write ``data`` as a new file in the directory ``folder`` and rename it to ``name``."""
+    temp = f".hpcdock-{secrets.token_hex(8)}"
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder
+    )
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly: os.open's mode passes through the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=folder)
+        except OSError:
+            pass
+        raise

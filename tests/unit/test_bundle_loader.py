@@ -88,23 +88,6 @@ def test_parameter_values_file_and_overrides(tmp_path: Path) -> None:
     "template,settings,values,field,reason",
     [
         ({"extensions": ["FANCY"]}, None, None, "template.yaml", "FANCY"),
-        (
-            {
-                "jobEnvironments": [
-                    {
-                        "name": "e",
-                        "script": {
-                            "actions": {"onEnter": {"command": "x"}},
-                            "embeddedFiles": [{"name": "f", "type": "TEXT", "data": "x"}],
-                        },
-                    }
-                ]
-            },
-            None,
-            None,
-            "jobEnvironments[0].script.embeddedFiles",
-            "not supported",
-        ),
         (None, {"image": ""}, None, "hpcdock.yaml: image", "required"),
         (None, {"priority": 101}, None, "hpcdock.yaml: priority", "0 to 100"),
         (None, {"max_attempts": 0}, None, "hpcdock.yaml: max_attempts", "1 to 100"),
