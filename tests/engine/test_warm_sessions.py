@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import yaml
 
 from tests.engine.test_conformance import no_runs_left
 from tests.helpers import ServiceProcess, engine_of, make_bundle, store_id_of, wait_for, wait_job
@@ -201,4 +202,96 @@ def test_a_session_lost_while_the_service_was_down_ends_and_its_task_runs_again(
         30,
         what="onExit for every session but the two lost",
     )
+    no_runs_left(service)
+
+
+def test_embedded_files_of_the_environment_and_the_tasks_reach_them_warm(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    """{{Env.File.*}} written before onEnter, {{Task.File.*}} before each task, in the session's
+    working directory, runnable ones executable; such a step runs warm, and the environment's
+    output heads the log of each session's opening task. A link the container put where a file
+    goes is replaced, never written through (its target is a host path the container cannot see)."""
+    root = tmp_path / "files"
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "victim").write_text("keep\n")
+    enter = (
+        f'echo enter >> {root}/out/enters.log && "{{{{Env.File.Setup}}}}" && '
+        f'ln -s {trap}/victim "{{{{Session.WorkingDirectory}}}}/embedded_files/run.sh"'
+    )
+    bundle = session_bundle(root, frames="1-6", enter=enter)
+    template = yaml.safe_load((bundle / "template.yaml").read_text())
+    step = template["steps"][0]
+    step["stepEnvironments"][0]["script"]["embeddedFiles"] = [
+        {
+            "name": "Setup",
+            "type": "TEXT",
+            "runnable": True,
+            "filename": "setup.sh",
+            "data": '#!/bin/sh\necho "made by {{Env.File.Setup}}" > "{{Session.WorkingDirectory}}/marker"\n'
+            "echo openjd_env: GREETING=hello world\necho VALUE entered\n",
+        }
+    ]
+    step["script"] = {
+        "embeddedFiles": [
+            {
+                "name": "Run",
+                "type": "TEXT",
+                "runnable": True,
+                "filename": "run.sh",
+                "data": '#!/bin/sh\necho "VALUE frame={{Task.Param.Frame}} data=$(cat "{{Task.File.Data}}") '
+                'greeting=$GREETING self=$0 x=$([ -x "$0" ] && echo yes)"\n'
+                'cat "{{Session.WorkingDirectory}}/marker"\nsh render.sh "{{Task.Param.Frame}}"\n',
+            },
+            {"name": "Data", "type": "TEXT", "data": "data of {{Task.Param.Frame}}"},
+        ],
+        "actions": {"onRun": {"command": "{{Task.File.Run}}"}},
+    }
+    (bundle / "template.yaml").write_text(yaml.safe_dump(template))
+    client = service.client()
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    enters = lines(root / "out" / "enters.log")
+    assert 1 <= enters <= service.slots, enters  # warm: embedded files no longer mean cold
+    opened = 0
+    for task in client.tasks(job["id"]):
+        log, _ = client.log(task["id"])
+        frame = task["params"]["Frame"]
+        run = "/hpcdock-session/work/embedded_files/run.sh"
+        assert f"VALUE frame={frame} data=data of {frame} greeting=hello world self={run} x=yes" in log, log
+        assert "made by /hpcdock-session/work/embedded_files/setup.sh" in log, log
+        if "VALUE entered" in log:  # the environment's output, in the log of the task that opened it
+            opened += 1
+            head = log.splitlines()[1:5]
+            assert head == [
+                "--- environment 'warm': onEnter",
+                "openjd_env: GREETING=hello world",
+                "VALUE entered",
+                "--- environment 'warm': onEnter exited with code 0",
+            ], log
+    assert opened == enters
+    assert (trap / "victim").read_text() == "keep\n"
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 6
+    wait_for(lambda: lines(root / "out" / "exits.log") == enters, 30, what="onExit as often as onEnter")
+    no_runs_left(service)
+
+
+def test_a_failing_on_exit_is_told_in_the_last_tasks_log(service: ServiceProcess, tmp_path: Path) -> None:
+    root = tmp_path / "badexit"
+    bundle = session_bundle(root, frames="1")
+    template = yaml.safe_load((bundle / "template.yaml").read_text())
+    actions = template["steps"][0]["stepEnvironments"][0]["script"]["actions"]
+    actions["onExit"]["args"] = ["-c", "echo the licence server went away; exit 3"]
+    (bundle / "template.yaml").write_text(yaml.safe_dump(template))
+    client = service.client()
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    (task,) = client.tasks(job["id"])
+    wait_for(
+        lambda: "onExit exited with code 3: the licence server went away" in client.log(task["id"])[0],
+        30,
+        what="the failing onExit in the task's log",
+    )
+    assert "onExit exited with code 3" in service.log_path.read_text()
     no_runs_left(service)
