@@ -3,8 +3,10 @@
 Run by the OpenJD lane (tests/engine/test_openjd_oracle.py) with the Python of ``.venv-openjd``
 (``make venv-openjd``: ``openjd-cli`` from PyPI, whose openjd-model and openjd-sessions are older
 than the service's, hence a Python of their own). Each task runs in a Session of its own, the
-way ``openjd run --task-param`` runs one, and its ActionStatus (openjd-sessions' own reading of
-the ``openjd_*`` messages) and command output are printed as one JSON list on stdout::
+way ``openjd run --task-param`` runs one: the job's and the step's environments entered in order
+before it and exited in reverse order after it. Its ActionStatus (openjd-sessions' own reading
+of the ``openjd_*`` messages; an environment's, when one failed to enter) and its command's
+output are printed as one JSON list on stdout::
 
     python openjd_reference.py TEMPLATE '{"Param": "value"}' SESSIONS_DIR
 
@@ -44,27 +46,44 @@ class _Output(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def run_task(params: Any, step: Any, task: dict[str, Any], index: int, sessions: Path) -> dict[str, Any]:
+def _wait(session: Session) -> None:
+    while session.state == SessionState.RUNNING:
+        time.sleep(0.01)
+
+
+def run_task(
+    params: Any, environments: list[Any], step: Any, task: dict[str, Any], index: int, sessions: Path
+) -> dict[str, Any]:
     final: dict[str, Optional[ActionStatus]] = {"status": None}
 
     def callback(_session_id: str, status: ActionStatus) -> None:
         final["status"] = status
 
     output = _Output()
-    LOG.addHandler(output)
-    try:
-        with Session(
-            session_id=f"oracle-{index}",
-            job_parameter_values=params,
-            callback=callback,
-            session_root_directory=sessions,
-        ) as session:
-            session.run_task(step_script=step.script, task_parameter_values=task)
-            while session.state == SessionState.RUNNING:
-                time.sleep(0.01)
-    finally:
-        LOG.removeHandler(output)
-    status = final["status"]
+    with Session(
+        session_id=f"oracle-{index}",
+        job_parameter_values=params,
+        callback=callback,
+        session_root_directory=sessions,
+    ) as session:
+        entered = []
+        for environment in environments:
+            final["status"] = None  # (an environment without actions may report nothing)
+            entered.append(session.enter_environment(environment=environment))
+            _wait(session)
+            if final["status"] is not None and final["status"].state != ActionState.SUCCESS:
+                break  # the task fails with the environment's status
+        else:
+            LOG.addHandler(output)  # the task's own output only
+            try:
+                session.run_task(step_script=step.script, task_parameter_values=task)
+                _wait(session)
+            finally:
+                LOG.removeHandler(output)
+        status = final["status"]
+        for identifier in reversed(entered):
+            session.exit_environment(identifier=identifier)
+            _wait(session)
     assert status is not None, "the session reported nothing"
     return {
         "step": step.name,
@@ -93,7 +112,8 @@ def main(template_path: str, values_json: str, sessions_dir: str) -> None:
     for step in job.steps:
         tasks = list(StepParameterSpaceIterator(space=step.parameterSpace)) if step.parameterSpace else [{}]
         for task in tasks:
-            results.append(run_task(params, step, task, len(results), Path(sessions_dir)))
+            environments = [*(job.jobEnvironments or []), *(step.stepEnvironments or [])]
+            results.append(run_task(params, environments, step, task, len(results), Path(sessions_dir)))
     print(json.dumps(results))
 
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from tests.helpers import REPO, ServiceProcess, dump, wait_job
+from tests.helpers import REPO, ServiceProcess, dump, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -174,6 +174,29 @@ def test_embedded_files_agree_with_the_reference(
     compare(reference, ours)
     assert ours['{"Frame": "2"}'].values[0] == "VALUE data=hello from frame 2"
     same_tree(tmp_path / "ref" / "out", tmp_path / "bundle" / "out")
+
+
+def test_environments_and_their_embedded_files_agree_with_the_reference(
+    service: ServiceProcess, openjd_image: str, reference_python: Path, tmp_path: Path
+) -> None:
+    """The reference enters the environments around each task; hpcdock once per session. What the
+    tasks see and produce, and what onExit leaves, must be the same."""
+    template = LANE / "environments.yaml"
+    reference = run_reference(
+        reference_python, template, {"Out": str(tmp_path / "ref" / "out")}, tmp_path / "sessions"
+    )
+    out = tmp_path / "bundle" / "out"
+    ours, job = run_hpcdock(service, openjd_image, template, tmp_path / "bundle", {"Out": str(out)})
+    assert job["state"] == "succeeded", report(service, job)
+    compare(reference, ours)
+    assert ours['{"Frame": "2"}'].values == (
+        "VALUE tool=tool says hello (tmp)",  # a nameless file's name is the runtime's: tmp...
+        "VALUE var=hello from the job",
+        "VALUE enter_runnable=yes enter.sh",
+        "VALUE scene=teapot for hello in tmp",
+    )
+    wait_for(lambda: (out / "exited.txt").exists(), 30, what="the job environment's onExit")
+    same_tree(tmp_path / "ref" / "out", out)
 
 
 def _path_inputs(root: Path) -> dict[str, str]:
