@@ -9,9 +9,13 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hpcdock_service.bundle_loader import EmbeddedFile, Environment
+from hpcdock_service.engines.base import LABEL_STORE, ContainerRequest
+from hpcdock_service.sessions import COLD_WORKING_DIRECTORY, cold_command
+from hpcdock_service.taskfiles import cold_env_files_dir, resolve, resolve_environment
 
 from tests.engine.test_conformance import no_runs_left
-from tests.helpers import ServiceProcess, engine_of, make_bundle, store_id_of, wait_for, wait_job
+from tests.helpers import TEST_IMAGE, ServiceProcess, engine_of, make_bundle, store_id_of, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -295,3 +299,67 @@ def test_a_failing_on_exit_is_told_in_the_last_tasks_log(service: ServiceProcess
     )
     assert "onExit exited with code 3" in service.log_path.read_text()
     no_runs_left(service)
+
+
+def test_a_cold_task_enters_its_environments_with_their_files(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    """Where sessions do not apply (an engine without them): the task's container gets the task's
+    and each environment's files before it starts, built as the runner builds it, and enters,
+    runs and exits in order."""
+    setup = EmbeddedFile(
+        "Setup", '#!/bin/sh\necho "openjd_env: FROM_ENV=$(cat {{Env.File.Data}})"\n', "setup.sh", True
+    )
+    environments = [
+        Environment(
+            "tools",
+            ("{{Env.File.Setup}}",),
+            ("sh", "-c", "echo bye from {{Env.File.Setup}}"),
+            {},
+            files=(setup, EmbeddedFile("Data", "{{Param.Shot}} data")),
+        )
+    ]
+    task = EmbeddedFile(
+        "Run", '#!/bin/sh\necho "task sees $FROM_ENV and $(cat {{Task.File.Data}})"\n', "run.sh", True
+    )
+    command, files = resolve(
+        ["{{Task.File.Run}}"],
+        [task, EmbeddedFile("Data", "task data")],
+        {"Shot": "sh010"},
+        {},
+        COLD_WORKING_DIRECTORY,
+    )
+    resolved = [
+        resolve_environment(env, {"Shot": "sh010"}, COLD_WORKING_DIRECTORY, cold_env_files_dir(i))
+        for i, env in enumerate(environments)
+    ]
+    store_id = store_id_of(service) or "cold"
+    request = ContainerRequest(
+        name="hpcdock-cold-environments",
+        image=TEST_IMAGE,
+        command=cold_command(resolved, command, "/"),
+        env={},
+        workdir="/",
+        mounts=[],
+        network=False,
+        labels={LABEL_STORE: store_id},
+        files=files + [f for env in resolved for f in env.files],
+    )
+    engine = engine_of(service)
+    try:
+        handle = engine.create(request)
+        engine.start(handle)
+        assert engine.wait(handle, timeout=120) == 0
+        output = b"".join(engine.logs(handle, follow=False)).decode()
+        engine.remove(handle)
+    finally:
+        for run in engine.leftovers(store_id):
+            engine.remove(run.handle)
+        engine.close()
+    assert output.splitlines() == [
+        "--- environment 'tools': onEnter",
+        "openjd_env: FROM_ENV=sh010 data",
+        "task sees sh010 data and task data",
+        "--- environment 'tools': onExit",
+        "bye from /openjd/environment_files/0/setup.sh",
+    ], output
