@@ -225,12 +225,17 @@ class Scheduler:
         )
 
     def _session_ended(self, session: Session) -> None:
-        """A session is gone: its slot is free; a failing onExit is told in its last task's log."""
+        """A session is gone: its slot is free; a failing onExit is told in its last task's log,
+        unless that task runs again by now (its new attempt's log is its runner's alone; the
+        service log has it). Launching takes the same lock, so no attempt starts meanwhile."""
         if session.exit_failures and session.last_task is not None:
-            for failure in session.exit_failures:
-                tasklog.append_line(
-                    self.log_path(session.last_task), f"--- session {session.name} ended: {failure}"
-                )
+            with self._launch_lock:
+                with self._lock:
+                    busy = session.last_task in self._running
+                for failure in [] if busy else session.exit_failures:
+                    tasklog.append_line(
+                        self.log_path(session.last_task), f"--- session {session.name} ended: {failure}"
+                    )
         self.wake()
 
     def _session_plan(self, step: StepRun, name: str) -> SessionPlan:
