@@ -299,7 +299,7 @@ class AgentEngine:
                     with self.lock:
                         action = self.actions.get(f"{root}/{name}")
                     if action is not None:
-                        os.killpg(action.pid, signal.SIGKILL)
+                        _kill(action)
                 elif op == "exit":
                     return
 
@@ -325,15 +325,17 @@ class AgentEngine:
         """The container dies, its agent and every action with it (what a lost session is)."""
         root = Path(self.requests[handle].session_dir or "")
         self.dead.add(root)
-        fd = os.open(root / "ctl", os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b"exit\n")
-        os.close(fd)
+        try:
+            fd = os.open(root / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"exit\n")
+            os.close(fd)
+        except OSError:  # (its agent exited already)
+            pass
         self.agents[handle].join(5)
         with self.lock:
             actions = [a for key, a in self.actions.items() if key.startswith(f"{root}/")]
         for action in actions:
-            if action.poll() is None:
-                os.killpg(action.pid, signal.SIGKILL)
+            _kill(action)
 
     def status(self, handle: str) -> RunStatus:
         alive = self.agents[handle].is_alive()
@@ -360,6 +362,14 @@ class AgentEngine:
         return [self.status(h) for h in self.agents]
 
     def close(self) -> None:
+        pass
+
+
+def _kill(action: subprocess.Popen) -> None:
+    """Kill an action's process group, as the agent does (one that ended already is fine)."""
+    try:
+        os.killpg(action.pid, signal.SIGKILL)
+    except ProcessLookupError:
         pass
 
 
@@ -628,6 +638,7 @@ def test_a_restarted_service_holds_a_living_sessions_gpu_again(tmp_path: Path, l
             )
         )
     )
+    wait_until(lambda: session.find(run) is not None, "the task running in its session")
     if lost:
         engine.kill(name)
     second = submit(store, old, write_bundle(tmp_path / "b", [gpu_step(out, "echo second")], frames="1"))
