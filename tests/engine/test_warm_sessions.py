@@ -162,6 +162,8 @@ def test_kill_minus_nine_mid_session_runs_no_task_twice(service: ServiceProcess,
     for frame in range(1, 9):
         assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
     assert "re-adopted" in logs
+    # each session's environment output heads its opening task's log once, re-adopted or not
+    assert logs.count("--- environment 'warm': onEnter\n") == lines(root / "out" / "enters.log"), logs
     wait_for(
         lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log"),
         30,
