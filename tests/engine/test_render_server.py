@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from hpcdock import bundle_writer as B
+from hpcdock.protocol import parse_frame_list
 
 from tests.engine import test_openjd_oracle
 from tests.engine.test_conformance import no_runs_left
@@ -101,7 +102,7 @@ def test_the_scene_loads_once_per_slot_and_every_frame_renders_once(
     tasks = client.tasks(job["id"])
     assert len(tasks) == frames
     for task in tasks:
-        frame = int(task["params"]["Frame"])
+        (frame,) = parse_frame_list(task["params"]["Frame"])  # a chunk of one frame: "7-7"
         log, _ = client.log(task["id"])
         assert log.count("::hpcdock::frame-start") == 1 and f"::hpcdock::frame-start {frame}\n" in log, log
         assert f"::hpcdock::frame-done {frame} {tmp_path}/proj/geo/shot.{frame:04d}.bgeo" in log, log
