@@ -189,7 +189,7 @@ def _answer(d: ServerDir, name: str, render_chunk: RenderChunk, parse: Callable[
     os.dup2(out, 2)
     try:
         try:
-            frames = parse(_read(d.request(name, ".taken")) or "")
+            frames = parse((_read(d.request(name, ".taken")) or "").strip())
         except ValueError as exc:
             print(f"hpcdock: {exc}", file=sys.stderr)
             rc = 2
@@ -397,7 +397,9 @@ def request(directory: str, frames: Sequence[int], text: str, poll: float = POLL
             return 2
     name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     alive = _hold(d.request(name, ".lock"))  # released when this task ends, however it ends
-    assert alive is not None  # a fresh name: no one else holds it
+    if alive is None:  # a fresh name: only a foreign process in the directory holds it
+        print(f"hpcdock: {d.request(name, '.lock')} is held by another process", file=sys.stderr)
+        return 2
     _write_atomic(d.request(name, ".req"), text + "\n")
     echo = _Echo(d.request(name, ".out"))
     try:
