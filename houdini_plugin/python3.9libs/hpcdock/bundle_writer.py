@@ -375,8 +375,10 @@ def _path_parameters(job: JobSpec) -> List[Tuple[dict, str]]:
     So any OpenJD runtime knows what the job reads (the snapshot: ``dataFlow: IN``) and writes
     (each step's output directory: ``OUT``), and the service mounts them so. ``ProjectDir`` is only
     the value ``$HIP`` gets (``NONE``): it is mounted, or not, as the submit node says, through
-    ``hpcdock.yaml``. OpenJD takes only relative defaults for paths, so the values go to
-    ``parameter_values.json`` (a relative one is the bundle's).
+    ``hpcdock.yaml``. ``BundleDir`` (``NONE``, only with a served step) names the bundle for the
+    render server's environment actions, which run in the session's working directory. OpenJD
+    takes only relative defaults for paths, so the values go to ``parameter_values.json`` (a
+    relative one is the bundle's).
     """
     params: List[Tuple[dict, str]] = []
     if any(served(job, s) for s in job.steps):
