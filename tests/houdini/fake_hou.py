@@ -119,6 +119,7 @@ class _State:
         self.renders: List[dict] = []  # render() calls
         self.rendered: List[tuple] = []  # (path, frame) of every frame any ROP rendered
         self.hscripts: List[str] = []
+        self.loads: List[str] = []  # hipFile.load() calls: the files asked for
         self.backup_count = 0
         self.scenes: Dict[str, list] = {}  # saved "hip files": token -> node specs
         self.pane_tabs: List[Any] = []
@@ -721,6 +722,7 @@ class hipFile:
 
     @staticmethod
     def load(file_name: str, suppress_save_prompt: bool = False, ignore_load_warnings: bool = False) -> None:
+        _state.loads.append(file_name)
         try:
             with open(file_name) as fh:
                 data = json.load(fh)

@@ -10,6 +10,7 @@ against it through :func:`adapter`.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import runpy
 import sys
@@ -200,3 +201,61 @@ def karma_scene(rop_range=(1, 4, 1), **submit: Any):
     values: Dict[str, Any] = {"image": "hpcdock/houdini:20.5", "frames_per_task": 2}
     values.update(submit)
     return geo, karma, make_submit_node(rops=[karma], **values)
+
+
+# A ``hou`` module for another process: the fake, reporting at exit (one JSON line appended to
+# $FAKE_HOU_REPORT) the scenes it loaded, the frames it rendered and the $HIP it ended with.
+_HOU_SHIM = """import atexit, json, os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_hou import *  # noqa: F403
+from fake_hou import fake_state
+
+
+@atexit.register
+def _report():
+    state = fake_state()
+    report = {"pid": os.getpid(), "loads": state.loads, "rendered": state.rendered, "HIP": state.vars["HIP"]}
+    with open(os.environ["FAKE_HOU_REPORT"], "a") as f:
+        f.write(json.dumps(report) + "\\n")
+"""
+
+# hython for the render server's tests: counts its start in $FAKE_HOU_REPORT.starts, takes
+# $FAKE_HYTHON_START seconds to start (a scene load), then runs Python with the fake as ``hou``.
+_HYTHON = """#!/bin/sh
+echo "start $$" >> "$FAKE_HOU_REPORT.starts"
+sleep "${{FAKE_HYTHON_START:-0}}"
+PYTHONPATH="$(dirname "$0")" exec {python} "$@"
+"""
+
+
+def write_stand_in_hython(directory: str, python: str) -> str:
+    """A stand-in ``hython`` in ``directory`` (with the fake ``hou`` beside it, so it also runs in a
+    container that mounts the directory); returns its path. ``python`` runs the scripts."""
+    os.makedirs(directory, exist_ok=True)
+    with (
+        open(os.path.join(HERE, "fake_hou.py")) as src,
+        open(os.path.join(directory, "fake_hou.py"), "w") as dst,
+    ):
+        dst.write(src.read())
+    with open(os.path.join(directory, "hou.py"), "w") as f:
+        f.write(_HOU_SHIM)
+    hython = os.path.join(directory, "hython")
+    with open(hython, "w") as f:
+        f.write(_HYTHON.format(python=python))
+    os.chmod(hython, 0o755)
+    return hython
+
+
+def hou_reports(report: str) -> List[Dict[str, Any]]:
+    """What each stand-in hython that exited cleanly reported (see :func:`write_stand_in_hython`)."""
+    if not os.path.exists(report):
+        return []
+    with open(report) as f:
+        return [json.loads(line) for line in f]
+
+
+def hython_starts(report: str) -> int:
+    if not os.path.exists(report + ".starts"):
+        return 0
+    with open(report + ".starts") as f:
+        return len(f.read().splitlines())

@@ -63,6 +63,17 @@ def _openjd(bundle: Path):
     return job, tasks
 
 
+def _hython_args(step: dict) -> list:
+    """What hython runs for a step of the template: the render server its environment starts
+    (the command after ``--`` of its onEnter), or its task's command."""
+    (environment,) = step.get("stepEnvironments") or [None]
+    if environment is None:
+        on_run = step["script"]["actions"]["onRun"]
+        return [on_run["command"], *on_run["args"]]
+    enter = environment["script"]["actions"]["onEnter"]["args"]
+    return enter[enter.index("--") + 1 :]
+
+
 def _frames(expr: str):
     from hpcdock.farm.render import parse_frames
 
@@ -94,9 +105,10 @@ def test_geometry_into_mantra_exports_a_valid_two_step_bundle(hou, houdini, proj
         (param,) = step["parameterSpace"]["taskParameterDefinitions"]
         assert param["type"] == "CHUNK[INT]"
         assert param["chunks"] == {"defaultTaskCount": 4, "rangeConstraint": "CONTIGUOUS"}
-        args = step["script"]["actions"]["onRun"]["args"]
-        assert args[:2] == ["hpcdock_farm/render.py", "--hip"]
+        args = _hython_args(step)
+        assert args[:4] == ["hython", "hpcdock_farm/render.py", "serve", "--dir"]
         assert "--rop" in args and args[args.index("--rop") + 1] == f"/out/{step['name']}"
+        assert step["script"]["actions"]["onRun"]["args"][1:2] == ["request"]
 
     # Chunks: contiguous, at most 4 frames, together exactly frames 1-10, per step.
     for name in ("geo1", "mantra1"):
@@ -398,20 +410,33 @@ def test_a_karma_rop_exports_with_hython_then_renders_with_husk(hou, houdini, pr
     assert export["hostRequirements"] == {"amounts": [{"name": "amount.houdini_engine", "min": 1}]}
     assert render["hostRequirements"] == {"amounts": [{"name": "amount.karma_render", "min": 1}]}
     assert "hostRequirements" not in steps["geo1"]
-    assert export["script"]["actions"]["onRun"]["command"] == "hython"
-    assert export["script"]["actions"]["onRun"]["args"] == [
+    assert _hython_args(export) == [
+        "hython",
         "hpcdock_farm/render.py",
+        "serve",
+        "--dir",
+        "{{Session.WorkingDirectory}}/hpcdock_render",
         "--hip",
         "{{Param.HipFile}}",
         "--hip-dir",
         "{{Param.ProjectDir}}",
         "--rop",
         "/out/karma1",
-        "--frames",
-        "{{Task.Param.Frame}}",
         "--export-usd",
         usd,
     ]
+    assert export["script"]["actions"]["onRun"] == {
+        "command": "python3",
+        "args": [
+            "{{Param.BundleDir}}/hpcdock_farm/render.py",
+            "request",
+            "--dir",
+            "{{Session.WorkingDirectory}}/hpcdock_render",
+            "--frames",
+            "{{Task.Param.Frame}}",
+        ],
+    }
+    assert "stepEnvironments" not in render  # husk starts once per frame: nothing to keep loaded
     image = f"{project}/render/k.{{frame:04d}}.exr"
     assert render["script"]["actions"]["onRun"] == {
         "command": "python3",
@@ -474,7 +499,7 @@ def test_a_default_service_loads_the_export_and_render_steps(hou, houdini, proje
     )
     assert [s.name for s in plan.steps] == ["geo1", "karma1_usd", "karma1"]
     assert [s.amounts for s in plan.steps] == [{}, {"amount.houdini_engine": 1}, {"amount.karma_render": 1}]
-    assert "--export-usd" in plan.steps[1].command and "--husk" in plan.steps[2].command
+    assert "--export-usd" in plan.steps[1].environments[0].enter and "--husk" in plan.steps[2].command
     # The export step writes into the bundle's usd/ directory, which the service mounts writable.
     usd_dir = os.path.join(os.path.realpath(bundle), "usd", "karma1_usd")
     assert any(m.source == usd_dir and not m.readonly for m in plan.container.mounts)
@@ -494,7 +519,7 @@ def test_single_step_mode_renders_inputs_in_the_task(hou, houdini, project, clie
     )
     assert [s.name for s in job.steps] == ["mantra1"]
     template, _, _ = _load(Path(bundle))
-    assert template["steps"][0]["script"]["actions"]["onRun"]["args"][-1] == "--with-inputs"
+    assert _hython_args(template["steps"][0])[-1] == "--with-inputs"
     _openjd(Path(bundle))
 
 

@@ -426,7 +426,7 @@ def _step_argv(bundle: Path, step: str, frames: str, project: Path):
 def test_a_karma_chunk_exports_usd_with_hython_then_renders_it_with_husk(
     hou, project, tmp_path, capsys, stand_in_husk
 ):
-    _, karma, node = karma_scene()
+    _, karma, node = karma_scene(render_server=0)  # each task its own hython: test_serve_mode.py serves
     houdini = adapter()
     bundle, _, _ = houdini.export(
         houdini.listed_rops(node), houdini.read_settings(node), bundle_dir=str(tmp_path / "bundle")

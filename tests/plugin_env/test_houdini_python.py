@@ -159,6 +159,7 @@ def test_farm_script_starts_in_a_bare_python(tmp_path):
         "husk.py",
         "markers.py",
         "protocol.py",
+        "server.py",
     ]  # render.py ran as __main__
     assert all(os.path.dirname(f) == str(script.parent) for f in outside)
 

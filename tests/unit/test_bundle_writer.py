@@ -107,6 +107,7 @@ def test_write_bundle_is_valid_openjd(tmp_path):
     settings = json.loads((root / "hpcdock.yaml").read_text())
     assert values == {
         "parameterValues": [
+            {"name": "BundleDir", "value": "."},  # the render server's actions run outside it
             {"name": "HipFile", "value": "hip/shot.hip"},
             {"name": "ProjectDir", "value": "/p"},
             {"name": "OutputDir0", "value": "/p"},  # each step's output directory, dataFlow OUT
@@ -117,6 +118,7 @@ def test_write_bundle_is_valid_openjd(tmp_path):
         p["name"]: (p["type"], p.get("objectType"), p["dataFlow"]) for p in template["parameterDefinitions"]
     }
     assert flows == {
+        "BundleDir": ("PATH", "DIRECTORY", "NONE"),
         "HipFile": ("PATH", "FILE", "IN"),
         "ProjectDir": ("PATH", "DIRECTORY", "NONE"),
         "OutputDir0": ("PATH", "DIRECTORY", "OUT"),
@@ -167,4 +169,5 @@ def test_bundle_is_json_that_yaml_readers_and_the_service_read_alike(tmp_path):
     # PATH parameters: a relative value is the bundle's, as OpenJD resolves it
     assert plan.params["HipFile"] == str(root / "hip" / "shot.hip")
     assert plan.params["ProjectDir"] == str(tmp_path / "proj")
+    assert plan.params["BundleDir"] == str(root)
     assert [t.params["Frame"] for t in plan.steps[0].tasks] == ["1-2", "3-4"]

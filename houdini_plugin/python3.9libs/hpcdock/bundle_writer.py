@@ -5,14 +5,17 @@ A bundle is a directory holding
 * ``template.json``         OpenJD ``jobtemplate-2023-09`` with the ``TASK_CHUNKING``
                             extension; one step per ROP (two for a Karma or USD Render
                             ROP rendered with husk: export, then render), frames as a
-                            ``CHUNK[INT]`` task parameter named ``Frame``;
+                            ``CHUNK[INT]`` task parameter named ``Frame``; a step hython
+                            renders has a step environment that keeps its scene loaded
+                            between tasks (the render server, see :func:`_server_environment`);
 * ``parameter_values.json`` ``parameterValues: [{name, value}]`` (the layout
                             deadline-cloud job bundles use);
 * ``hpcdock.yaml``          what OpenJD does not describe: image, env, network,
                             mounts, priority, attempts and where each frame's
                             output lands;
-* ``hpcdock_farm/``         the farm-side render script, ``markers.py`` and ``protocol.py``, so the
-                            container needs Houdini but not this plugin;
+* ``hpcdock_farm/``         the farm-side render script, its render server's ``server.py``,
+                            ``markers.py`` and ``protocol.py``, so the container needs Houdini
+                            but not this plugin;
 * ``hip/<name>.hip``        the scene snapshot (written by the caller, see
                             :func:`write_bundle`'s ``write_snapshot``).
 
@@ -37,6 +40,7 @@ from .protocol import format_frame_list
 
 FRAME_PARAM = "Frame"
 OUTPUT_PARAM = "OutputDir"  # + the step's index: a PATH parameter, dataFlow OUT, per output directory
+BUNDLE_PARAM = "BundleDir"  # the bundle directory, for the render server's actions (run elsewhere)
 FARM_DIR = "hpcdock_farm"
 SNAPSHOT_DIR = "hip"
 TEMPLATE_FILE = "template.json"
@@ -54,6 +58,10 @@ HOUDINI_ENGINE_AMOUNT = "amount.houdini_engine"
 KARMA_RENDER_AMOUNT = "amount.karma_render"
 GPU_AMOUNT = "amount.worker.gpu"
 
+# The render server: the step environment that runs it, and its directory in the session's scratch.
+SERVER_ENVIRONMENT = "HoudiniRenderServer"
+SERVER_DIR = "{{Session.WorkingDirectory}}/hpcdock_render"
+
 # What a step runs (StepSpec.mode).
 MODE_HYTHON = "hython"  # hython renders the ROP
 MODE_EXPORT_USD = "export_usd"  # hython writes the ROP's USD, one file per frame, and renders nothing
@@ -64,6 +72,7 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 FARM_FILES = (
     (os.path.join(_PKG_DIR, "farm", "render.py"), "render.py"),
     (os.path.join(_PKG_DIR, "farm", "husk.py"), "husk.py"),
+    (os.path.join(_PKG_DIR, "farm", "server.py"), "server.py"),
     (os.path.join(_PKG_DIR, "markers.py"), "markers.py"),
     (os.path.join(_PKG_DIR, "protocol.py"), "protocol.py"),
 )
@@ -117,6 +126,8 @@ class JobSpec:
     hython: str = "hython"
     python: str = "python3"  # runs the farm script in husk steps: a bare Python, so no Engine licence
     husk: str = "husk"
+    # hython steps keep their scene loaded between tasks (the render server); False: one hython per task
+    render_server: bool = True
 
 
 # --------------------------------------------------------------------------- frames
@@ -274,6 +285,16 @@ def _chunks(step: StepSpec, frames_per_task: int) -> dict:
     return {"defaultTaskCount": int(frames_per_task), "rangeConstraint": "CONTIGUOUS"}
 
 
+def _scene_args(s: StepSpec) -> List[str]:
+    """What hython loads and renders for step ``s`` (see ``farm/render.py``)."""
+    args = ["--hip", "{{Param.HipFile}}", "--hip-dir", "{{Param.ProjectDir}}", "--rop", s.rop]
+    if s.mode == MODE_EXPORT_USD:
+        args += ["--export-usd", str(s.usd_pattern)]
+    if s.with_inputs:
+        args.append("--with-inputs")
+    return args
+
+
 def _frame_args(job: JobSpec, s: StepSpec) -> List[str]:
     """The farm script's arguments for what step ``s`` runs (see ``farm/render.py``)."""
     frames = ["--frames", "{{Task.Param." + FRAME_PARAM + "}}"]
@@ -284,23 +305,54 @@ def _frame_args(job: JobSpec, s: StepSpec) -> List[str]:
         if s.renderer:
             args += ["--renderer", s.renderer]
         return args
-    args = [
-        f"{FARM_DIR}/render.py",
-        "--hip",
-        "{{Param.HipFile}}",
-        "--hip-dir",
-        "{{Param.ProjectDir}}",
-        "--rop",
-        s.rop,
-        *frames,
-    ]
-    if s.mode == MODE_EXPORT_USD:
-        args += ["--export-usd", str(s.usd_pattern)]
-    if s.with_inputs:
-        args.append("--with-inputs")
+    args = [f"{FARM_DIR}/render.py", *_scene_args(s), *frames]
     if s.sequential:
         args.append("--sequential")
     return args
+
+
+def served(job: JobSpec, s: StepSpec) -> bool:
+    """Whether step ``s`` renders through the render server: hython renders it, chunk by chunk.
+
+    A simulation is one task already, and husk starts once per frame whatever runs it.
+    """
+    return job.render_server and s.mode in (MODE_HYTHON, MODE_EXPORT_USD) and not s.sequential
+
+
+def _server_script(job: JobSpec, mode: str, *args: str) -> dict:
+    """An action running the farm script's render server ``mode`` in a plain Python (no licence).
+
+    Environment actions run in the session's working directory, not the bundle's: the script is
+    named by its full path.
+    """
+    script = "{{Param." + BUNDLE_PARAM + "}}/" + FARM_DIR + "/render.py"
+    return {"command": job.python, "args": [script, mode, "--dir", SERVER_DIR, *args]}
+
+
+def _server_environment(job: JobSpec, s: StepSpec) -> dict:
+    """The step environment of a served step: ``onEnter`` starts ``hython render.py serve`` in the
+    background and returns once it has loaded the scene (failing with its log if it cannot),
+    ``onExit`` stops it. Its tasks hand their frames to it (:func:`_on_run`)."""
+    serve = [job.hython, f"{FARM_DIR}/render.py", "serve", "--dir", SERVER_DIR, *_scene_args(s)]
+    on_enter = _server_script(job, "start", "--workdir", "{{Param." + BUNDLE_PARAM + "}}", "--", *serve)
+    if job.timeout > 0:  # loading the scene was part of each task's time: bounded the same
+        on_enter["timeout"] = int(job.timeout)
+    return {
+        "name": SERVER_ENVIRONMENT,
+        "description": "Houdini with the scene loaded, rendering each task's frames",
+        "script": {"actions": {"onEnter": on_enter, "onExit": _server_script(job, "stop")}},
+    }
+
+
+def _on_run(job: JobSpec, s: StepSpec) -> dict:
+    if served(job, s):
+        on_run = _server_script(job, "request", "--frames", "{{Task.Param." + FRAME_PARAM + "}}")
+    else:
+        command = job.python if s.mode == MODE_HUSK else job.hython
+        on_run = {"command": command, "args": _frame_args(job, s)}
+    if job.timeout > 0:
+        on_run["timeout"] = int(job.timeout)
+    return on_run
 
 
 def _amounts(s: StepSpec) -> List[dict]:
@@ -323,10 +375,22 @@ def _path_parameters(job: JobSpec) -> List[Tuple[dict, str]]:
     So any OpenJD runtime knows what the job reads (the snapshot: ``dataFlow: IN``) and writes
     (each step's output directory: ``OUT``), and the service mounts them so. ``ProjectDir`` is only
     the value ``$HIP`` gets (``NONE``): it is mounted, or not, as the submit node says, through
-    ``hpcdock.yaml``. OpenJD takes only relative defaults for paths, so the values go to
-    ``parameter_values.json`` (a relative one is the bundle's).
+    ``hpcdock.yaml``. ``BundleDir`` (``NONE``, only with a served step) names the bundle for the
+    render server's environment actions, which run in the session's working directory. OpenJD
+    takes only relative defaults for paths, so the values go to ``parameter_values.json`` (a
+    relative one is the bundle's).
     """
-    params = [
+    params: List[Tuple[dict, str]] = []
+    if any(served(job, s) for s in job.steps):
+        definition = {
+            "name": BUNDLE_PARAM,
+            "type": "PATH",
+            "objectType": "DIRECTORY",
+            "dataFlow": "NONE",
+            "description": "The bundle directory, where the render server runs",
+        }
+        params.append((definition, "."))  # a relative value is the bundle's: "." is the bundle itself
+    params += [
         (
             {
                 "name": "HipFile",
@@ -367,10 +431,6 @@ def _path_parameters(job: JobSpec) -> List[Tuple[dict, str]]:
 def build_template(job: JobSpec) -> dict:
     steps = []
     for s in job.steps:
-        command = job.python if s.mode == MODE_HUSK else job.hython
-        on_run: dict = {"command": command, "args": _frame_args(job, s)}
-        if job.timeout > 0:
-            on_run["timeout"] = int(job.timeout)
         step: dict = {
             "name": s.name,
             "parameterSpace": {
@@ -383,8 +443,10 @@ def build_template(job: JobSpec) -> dict:
                     }
                 ]
             },
-            "script": {"actions": {"onRun": on_run}},
+            "script": {"actions": {"onRun": _on_run(job, s)}},
         }
+        if served(job, s):
+            step["stepEnvironments"] = [_server_environment(job, s)]
         if s.dependencies:
             # OpenJD 2023-09 dependencies are whole steps: a husk step starts once its export
             # step has finished every chunk, not chunk by chunk.

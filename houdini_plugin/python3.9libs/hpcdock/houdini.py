@@ -104,6 +104,7 @@ def read_settings(node) -> P.Settings:
         network=bool(_sp_int(node, "network")),
         separate_steps=bool(_sp_int(node, "separate_steps")),
         husk_step=bool(_sp_int(node, "husk_step")),
+        render_server=bool(_sp_int(node, "render_server")),
         mount_project=bool(_sp_int(node, "mount_project")),
         jobs_dir=_sp_str(node, "bundle_dir").strip(),
         hython=_sp_str(node, "hython").strip() or "hython",

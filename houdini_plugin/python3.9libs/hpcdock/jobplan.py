@@ -61,6 +61,7 @@ class Settings:
     network: bool = False
     separate_steps: bool = True
     husk_step: bool = True
+    render_server: bool = True
     mount_project: bool = True
     jobs_dir: str = ""
     hython: str = "hython"
@@ -447,6 +448,7 @@ def make_job(settings: Settings, steps: List[B.StepSpec], hip_path: str) -> B.Jo
         hython=settings.hython,
         python=settings.python,
         husk=settings.husk,
+        render_server=settings.render_server,
     )
     try:
         B.validate(job)

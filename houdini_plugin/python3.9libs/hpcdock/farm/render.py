@@ -23,6 +23,15 @@ frame's marker names its USD file. With ``--husk PATTERN --output PATTERN`` it r
 files with ``husk`` instead, one husk per frame, and needs no ``hou``: a plain Python runs it,
 so no Houdini Engine licence is held while rendering. Python 3.9, stdlib only; ``hou`` is
 imported only in hython mode.
+
+Render server (a step rendered with it loads its scene once per session, see ``server.py``)::
+
+    python3 render.py start --dir D --workdir BUNDLE -- hython render.py serve --dir D --hip H --rop R ...
+    python3 render.py request --dir D --frames 1-10       (a task: prints the markers as above)
+    python3 render.py stop --dir D
+
+``serve`` takes the hython-mode arguments but ``--frames`` and ``--sequential`` and renders each
+request's frames as a chunk is rendered here; ``start``, ``request`` and ``stop`` need no ``hou``.
 """
 
 from __future__ import annotations
@@ -36,11 +45,13 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 try:  # inside the plugin package
+    from hpcdock.farm import server
     from hpcdock.farm.husk import husk_argv
     from hpcdock.markers import FRAME_DONE, FRAME_FAILED, FRAME_START, format_marker
     from hpcdock.protocol import parse_frame_list
 except ImportError:  # copied into <bundle>/hpcdock_farm/ next to markers.py and protocol.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import server  # type: ignore[no-redef,import-not-found]
     from husk import husk_argv  # type: ignore[no-redef]
     from markers import (  # type: ignore[no-redef,import-not-found]
         FRAME_DONE,
@@ -127,14 +138,22 @@ def _fail_all(frames: List[int], reason: str) -> int:
 
 
 def _render_frames(
-    frames: List[int], render_one: Callable[[int], Optional[str]], started: Optional[int] = None
+    frames: List[int],
+    render_one: Callable[[int], Optional[str]],
+    started: Optional[int] = None,
+    abandon: Callable[[], Optional[str]] = lambda: None,
 ) -> int:
     """Run ``render_one(frame) -> output path or None`` per frame with markers.
 
-    ``started``: a frame whose start marker was already printed.
+    ``started``: a frame whose start marker was already printed. ``abandon()``, asked before
+    each frame, says why to stop there (the render server's task is gone, or it is stopping).
     """
     total = len(frames)
     for i, frame in enumerate(frames):
+        reason = abandon()
+        if reason:
+            _emit(format_marker(FRAME_FAILED, frame, reason))
+            return 1
         if frame != started:
             _emit(format_marker(FRAME_START, frame))
         try:
@@ -191,30 +210,22 @@ def export_usd(node, pattern: str) -> Callable[[int], str]:
     return writer.parm("lopoutput").evalAsStringAtFrame
 
 
-def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
-    """Render ``args.rop`` over ``frames`` in the loaded snapshot."""
+def prepare(args: argparse.Namespace, hou) -> server.RenderChunk:
+    """Load the snapshot, point ``$HIP`` back at the project and find the ROP; returns what renders
+    a chunk of frames. ValueError with the reason when the scene cannot render."""
     try:
         hou.hipFile.load(args.hip, suppress_save_prompt=True, ignore_load_warnings=True)
     except hou.OperationFailed as exc:
-        print(f"hpcdock: could not load {args.hip}: {exc}", file=sys.stderr)
-        return _fail_all(frames, f"could not load scene {args.hip}: {exc}")
+        raise ValueError(f"could not load scene {args.hip}: {exc}") from None
     if args.hip_dir:
         # Loading sets $HIP to the bundle's hip/ directory; point it back at the project.
-        try:
-            hou.hscript(f"set -g HIP = {hscript_quote(args.hip_dir)}")
-        except ValueError as exc:
-            return _fail_all(frames, str(exc))
+        hou.hscript(f"set -g HIP = {hscript_quote(args.hip_dir)}")
         hou.hscript("varchange")
     node = hou.node(args.rop)
     if node is None or not hasattr(node, "render"):
-        print(f"hpcdock: no ROP at {args.rop}", file=sys.stderr)
-        return _fail_all(frames, f"no ROP at {args.rop}")
+        raise ValueError(f"no ROP at {args.rop}")
     if args.export_usd:
-        try:
-            output_at: Callable[[int], Optional[str]] = export_usd(node, args.export_usd)
-        except ValueError as exc:
-            print(f"hpcdock: {exc}", file=sys.stderr)
-            return _fail_all(frames, str(exc))
+        output_at: Callable[[int], Optional[str]] = export_usd(node, args.export_usd)
     else:
         parm_name = output_parm_name(node.type().nameWithCategory())
         parm = node.parm(parm_name) if parm_name else None
@@ -235,14 +246,26 @@ def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
         if errors:
             raise RuntimeError("; ".join(errors))
 
-    if args.sequential:
-        return _render_sequence(frames, render, output_at)
-
     def render_one(frame: int) -> Optional[str]:
         render((frame, frame))
         return output_at(frame)
 
-    return _render_frames(frames, render_one)
+    def render_chunk(frames: List[int], abandon: Callable[[], Optional[str]]) -> int:
+        if args.sequential:
+            return _render_sequence(frames, render, output_at)
+        return _render_frames(frames, render_one, abandon=abandon)
+
+    return render_chunk
+
+
+def run_hython(args: argparse.Namespace, frames: List[int], hou) -> int:
+    """Render ``args.rop`` over ``frames`` in the loaded snapshot."""
+    try:
+        render_chunk = prepare(args, hou)
+    except ValueError as exc:
+        print(f"hpcdock: {exc}", file=sys.stderr)
+        return _fail_all(frames, str(exc))
+    return render_chunk(frames, lambda: None)
 
 
 def _render_sequence(
@@ -284,18 +307,23 @@ def run_husk(args: argparse.Namespace, frames: List[int]) -> int:
     return _render_frames(frames, render_one)
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="render.py", description=__doc__.split("\n")[0])
-    p.add_argument("--frames", required=True, help="OpenJD range: 1-10, 1-9:2, 3,5,7")
+def _scene_args(p: argparse.ArgumentParser) -> None:
+    """What hython mode and the render server share: the scene, the ROP and how to render it."""
     p.add_argument("--hip", help="scene snapshot to load (hython mode)")
     p.add_argument("--hip-dir", default="", help="set $HIP to this after loading")
     p.add_argument("--rop", help="ROP node path to render (hython mode)")
     p.add_argument("--with-inputs", action="store_true", help="also render the ROP's inputs")
-    p.add_argument("--sequential", action="store_true", help="render all frames in one go (a simulation)")
     p.add_argument(
         "--export-usd",
         help="hython mode: write the ROP's USD to this pattern with {frame:04d}, render no image",
     )
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="render.py", description=__doc__.split("\n")[0])
+    p.add_argument("--frames", required=True, help="OpenJD range: 1-10, 1-9:2, 3,5,7")
+    _scene_args(p)
+    p.add_argument("--sequential", action="store_true", help="render all frames in one go (a simulation)")
     p.add_argument("--husk", help="USD file (pattern with {frame}) to render with husk instead of hython")
     p.add_argument("--output", help="husk mode: output path pattern with {frame}")
     p.add_argument("--renderer", help="husk mode: Hydra render delegate")
@@ -309,7 +337,60 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+SERVER_MODES = ("serve", "start", "request", "stop")
+
+
+def parse_server_args(mode: str, argv: List[str]) -> argparse.Namespace:
+    """The render server's modes (see the module's docstring)."""
+    p = argparse.ArgumentParser(prog=f"render.py {mode}")
+    p.add_argument("--dir", required=True, help="the server's directory (in the session's working directory)")
+    if mode == "serve":
+        _scene_args(p)
+        p.set_defaults(sequential=False)
+    elif mode == "start":
+        p.add_argument("--workdir", required=True, help="where the server runs (the bundle directory)")
+        p.add_argument(
+            "--timeout", type=float, default=0, help="seconds the scene may take to load (0: no limit)"
+        )
+        p.add_argument("command", nargs=argparse.REMAINDER, help="-- the server's command line")
+    elif mode == "request":
+        p.add_argument("--frames", required=True, help="OpenJD range: 1-10, 1-9:2, 3,5,7")
+    else:
+        p.add_argument("--grace", type=float, default=server.STOP_GRACE, help="seconds before it is killed")
+    args = p.parse_args(argv)
+    if mode == "serve" and not (args.hip and args.rop):
+        p.error("serve needs --hip and --rop")
+    if mode == "start":
+        args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not args.command:
+            p.error("give the server's command line after --")
+    return args
+
+
+def run_server_mode(mode: str, argv: List[str], hou_module=None) -> int:
+    try:
+        args = parse_server_args(mode, argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) and 2
+    if mode == "start":
+        return server.launch(args.dir, args.workdir, args.command, timeout=args.timeout)
+    if mode == "stop":
+        return server.stop(args.dir, grace=args.grace)
+    if mode == "request":
+        try:
+            frames = parse_frames(args.frames)
+        except ValueError as exc:
+            print(f"hpcdock: {exc}", file=sys.stderr)
+            return 2
+        return server.request(args.dir, frames, args.frames)
+    hou = hou_module if hou_module is not None else importlib.import_module("hou")  # hython provides it
+    return server.serve(args.dir, lambda: prepare(args, hou), parse_frames)
+
+
 def main(argv: Optional[List[str]] = None, hou_module=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in SERVER_MODES:
+        return run_server_mode(argv[0], argv[1:], hou_module)
     try:
         args = parse_args(argv)
     except SystemExit as exc:
