@@ -318,11 +318,13 @@ class Session:
     def _send(self, line: str) -> None:
         """Hand the agent one line; EngineError when it is certainly not there to read it."""
         fifo = self.channel is Channel.FIFO
+        if not fifo and not self._agent_alive():  # a line appended now would never be read
+            raise self._lost(f"session {self.name}: its agent is gone (its run ended)")
         try:
             # A FIFO without a reader refuses a non-blocking open (ENXIO: the container is gone).
             fd = self._open("ctl", os.O_WRONLY | (os.O_NONBLOCK if fifo else os.O_APPEND))
         except OSError as exc:
-            raise EngineError(f"session {self.name}: its agent is gone ({exc.strerror})") from None
+            raise self._lost(f"session {self.name}: its agent is gone ({exc.strerror})") from None
         try:
             mode = os.fstat(fd).st_mode
             if not (stat.S_ISFIFO(mode) if fifo else stat.S_ISREG(mode)):
@@ -490,6 +492,14 @@ class Session:
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root.parent / f"{self.name}.json").unlink(missing_ok=True)
 
+    def _lost(self, why: str) -> EngineError:
+        """The error for a session whose agent is gone, which takes no more tasks: it ends at
+        the next dispatch (not every task of its step failing in it, one after another)."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.FAILED
+            self.failure = why
+        return EngineError(why)
+
     def _agent_alive(self) -> bool:
         """Whether the agent is there to read a line: a reader on the FIFO, or (remote) the
         engine's word that the session's run is running."""
@@ -541,7 +551,7 @@ class Session:
         if code is None:
             if self._read(f"{handle}.pid", 64) is not None or self._agent_alive():
                 return RunStatus(handle, handle, RunState.RUNNING)
-            raise EngineError(f"the session {self.name} ended while the task ran")
+            raise self._lost(f"the session {self.name} ended while the task ran")
         return RunStatus(handle, handle, RunState.EXITED, exit_code=code)
 
     def find(self, name: str) -> Optional[RunStatus]:
@@ -595,7 +605,7 @@ class Session:
                     code = self._exit_code(handle)
                     if code is not None:
                         return code
-                    raise EngineError(f"the session {self.name}'s container ended while the task ran")
+                    raise self._lost(f"the session {self.name}'s container ended while the task ran")
             time.sleep(POLL)
 
     def stop(self, handle: str, grace: float = 0) -> None:

@@ -174,6 +174,8 @@ def test_a_remote_agent_that_died_fails_its_task_instead_of_hanging(tmp_path: Pa
         with pytest.raises(EngineError, match="ended while the task ran"):
             session.wait(handle, timeout=10)
         assert session.find("t1") is None  # after a restart it runs again, it did not finish here
+        # It takes no more tasks (each would fail in it in turn): the next dispatch ends it.
+        assert session.state is SessionState.FAILED and pool.idle(1, 0) is None
     finally:
         session.end(grace=1)
 
@@ -193,14 +195,17 @@ def test_a_session_queued_by_its_cluster_waits_past_the_start_timeout(
         session.end(grace=1)
 
 
-def test_a_fifo_without_its_agent_refuses_the_line(tmp_path: Path) -> None:
-    engine = ProcessEngine(None)
+@pytest.mark.parametrize("remote", [False, True])
+def test_an_agent_that_is_gone_refuses_the_line(tmp_path: Path, remote: bool) -> None:
+    engine = ProcessEngine(tmp_path / "shared" if remote else None)
     pool = SessionPool(engine, tmp_path / "state")  # type: ignore[arg-type]
     session = pool.new("s1", 1, 0, lambda: plan(tmp_path))
     try:
         session.open(plan(tmp_path))
         engine.stop(session.handle or "")
+        time.sleep(sessions.LIVENESS_TTL if remote else 0)  # the engine's word is asked again
         with pytest.raises(EngineError, match="agent is gone"):
             session._send("run t1 true")
+        assert session.state is SessionState.FAILED and pool.idle(1, 0) is None
     finally:
         session.end(grace=1)
