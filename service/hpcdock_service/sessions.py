@@ -18,8 +18,8 @@ How a line reaches the agent depends on where the container runs (:class:`Channe
   shared filesystem, :attr:`~.engines.base.Engine.session_root`), a FIFO carries nothing between
   hosts, so ``ctl`` is a regular file the service only appends whole lines to, and the agent
   follows it, looking for more every :data:`FOLLOW_CONTROL` seconds; whether the agent lives is
-  what the engine says of the session's run (a Slurm job, a Swarm service), asked at most every
-  :data:`LIVENESS_TTL` seconds.
+  whether the engine says the session's run (a Slurm job, a Swarm service) has not ended, asked
+  at most every :data:`LIVENESS_TTL` seconds.
 
 The environments (the job's, then the step's) are entered in order when the session opens:
 each one's ``variables`` first, then its ``onEnter``, whose ``openjd_env``/``openjd_unset_env``
@@ -502,7 +502,8 @@ class Session:
 
     def _agent_alive(self) -> bool:
         """Whether the agent is there to read a line: a reader on the FIFO, or (remote) the
-        engine's word that the session's run is running."""
+        engine's word that the session's run has not ended (a cluster may still call it queued
+        for a moment after its agent said it was ready)."""
         if self.channel is Channel.FIFO:
             try:
                 fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
@@ -515,14 +516,14 @@ class Session:
         if time.monotonic() - self._alive_at < LIVENESS_TTL:
             return True
         try:
-            running = self.engine.status(self.handle).state is RunState.RUNNING
+            alive = self.engine.status(self.handle).state is not RunState.EXITED
         except EngineUnreachable:
             return True  # a cluster's runs go on while its controller is away
         except EngineError:
             return False
-        if running:
+        if alive:
             self._alive_at = time.monotonic()
-        return running
+        return alive
 
     # -- a task's run (engines.base.Runs) ---------------------------------------------
     def create(self, request: ContainerRequest) -> str:

@@ -25,13 +25,16 @@ from hpcdock_service.sessions import Channel, Session, SessionPlan, SessionPool,
 
 class ProcessEngine:
     """Runs a session's command as a host process (its session directory where SESSION_ROOT is
-    named); ``queued_for`` seconds pass first, as a run waits in a cluster's queue."""
+    named); ``queued_for`` seconds pass first, as a run waits in a cluster's queue, and the run
+    is still called queued for ``lag`` seconds once it runs, as a cluster's listing lags."""
 
     runs_sessions = True
 
-    def __init__(self, session_root: Optional[Path], queued_for: float = 0.0) -> None:
+    def __init__(self, session_root: Optional[Path], queued_for: float = 0.0, lag: float = 0.0) -> None:
         self.session_root = session_root
         self.queued_for = queued_for
+        self.lag = lag
+        self.ran_at = 0.0  # when the last run's process started
         self.procs: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
         self.stopped: list[str] = []  # runs that had to be stopped (not ended by their agent)
@@ -47,11 +50,12 @@ class ProcessEngine:
     def _proc(self, handle: str) -> Optional[subprocess.Popen]:
         if handle not in self.procs and time.monotonic() - self.started_at[handle] >= self.queued_for:
             self.procs[handle] = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+            self.ran_at = time.monotonic()
         return self.procs.get(handle)
 
     def status(self, handle: str) -> RunStatus:
         proc = self._proc(handle)
-        if proc is None:
+        if proc is None or time.monotonic() - self.ran_at < self.lag:
             return RunStatus(handle, handle, RunState.QUEUED)
         code = proc.poll()
         state = RunState.RUNNING if code is None else RunState.EXITED
@@ -183,8 +187,9 @@ def test_a_remote_agent_that_died_fails_its_task_instead_of_hanging(tmp_path: Pa
 def test_a_session_queued_by_its_cluster_waits_past_the_start_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and takes tasks while the engine's listing still calls its run queued."""
     monkeypatch.setattr(sessions, "AGENT_START_TIMEOUT", 0.5)
-    engine = ProcessEngine(tmp_path / "shared", queued_for=1.5)
+    engine = ProcessEngine(tmp_path / "shared", queued_for=1.5, lag=5.0)
     pool = SessionPool(engine, tmp_path / "state")  # type: ignore[arg-type]
     session = pool.new("s1", 1, 0, lambda: plan(tmp_path))
     try:
