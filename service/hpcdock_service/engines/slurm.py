@@ -591,6 +591,7 @@ class SlurmEngine:
             "rootless": True,  # jobs run as the service's user, containers under each node's rootless Podman
             "spool": str(self.spool.root),
             "image_store": str(self.images.root),
+            "sessions": str(self.session_root),
             "shared_roots": list(self.mount_policy.shared) or "the allowed roots",
             "max_jobs": self.slots,
         }

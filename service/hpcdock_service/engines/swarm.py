@@ -555,6 +555,7 @@ class SwarmEngine:
             "rootless": self.rootless,
             "nodes": len(self.nodes(cached=True)),
             "shared_roots": list(self.shared_roots(cached=True)),
+            "sessions": str(self.session_root),
             "limits": self.enforcement.to_json(),
             "no_new_privileges": (
                 "service spec"
