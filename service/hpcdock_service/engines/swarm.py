@@ -470,13 +470,24 @@ class SwarmEngine:
 
     # -- the swarm ------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Refuse a swarm hpcdock cannot use safely, and create the isolated network once."""
+        """Refuse a swarm hpcdock cannot use safely, and create the isolated network once.
+
+        Sessions need a session directory every node sees: without one, steps with
+        environments run cold (each task's container enters them), said once here."""
         count = len(self.nodes(fresh=True))
-        if self.settings.shared_roots is None and count > 1:
+        shared = self.settings.shared_roots
+        if shared is None and count > 1:
             raise EngineError(
                 f"the Docker Swarm at {self.base_url} has {count} nodes: set swarm.shared_roots in "
                 "service.yaml to the directories every node mounts at the same path (bundles and "
                 "outputs must be under them)"
+            )
+        if shared is not None and outside_shared(os.path.realpath(self.session_root), shared):
+            self.runs_sessions = False
+            log.warning(
+                "swarm: the session directory %s is outside swarm.shared_roots, so steps with "
+                "environments run cold; set swarm.spool_dir to a directory under them for sessions",
+                self.session_root,
             )
         self._isolated_network()
 
