@@ -270,8 +270,8 @@ class SwarmSettings:
     shared_roots: Optional[tuple[str, ...]] = None
     max_concurrent: Optional[int] = None  # task services at once; default: slots
     gpu_kind: str = "NVIDIA-GPU"  # the generic resource GPU nodes advertise
-    # Session directories (sessions' control files and task outputs), under a shared root on a
-    # swarm of several nodes. None: <state_dir>/swarm, accepted only while the swarm has one node.
+    # Session directories (sessions' control files and task outputs): under shared_roots when
+    # they are set, else steps with environments run cold. None: <state_dir>/swarm.
     spool_dir: Optional[str] = None
 
 
