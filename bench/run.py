@@ -410,19 +410,28 @@ def slurm_plain(bundle: Path, n: int, array: bool) -> float:
 
 
 def slurm_service(root: Path, n: int) -> ServiceProcess:
-    """A real hpcdock-service with ``engine: slurm``, up to N jobs in Slurm's queue."""
+    """A real hpcdock-service with ``engine: slurm``, up to N jobs in Slurm's queue (and N sessions)."""
     config = {"engine": "slurm", "slurm": {"max_jobs": n, "spool_dir": str(root / "spool")}}
     return ServiceProcess(root / "svc", None, slots=n, config=config).start()
 
 
 def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """hpcdock with ``engine: slurm`` against plain sbatch (loop and array) on the same N tasks,
-    interleaved, plus frames per task (the same frames as tasks of 1, 10 and 25 frames)."""
+    interleaved; the same tasks in warm sessions (two jobs, as many as the node's CPUs, the tasks
+    handed over through each session's control file); frames per task (the same frames as tasks
+    of 1, 10 and 25 frames)."""
     if shutil.which("sbatch") is None:
         raise RuntimeError("Slurm is not installed (make bench runs scripts/setup-slurm.sh as root)")
     n = args.tasks
     bundle = trivial_bundle(tmp / "slurm-dispatch", n)
+    warm = trivial_bundle(tmp / "slurm-warm", n, environment=WARM_ENV)
     runs: dict[str, list[float]] = {}
+    warm_own: list[float] = []
+
+    def in_sessions(svc: ServiceProcess) -> float:
+        wall, own = job_wall(svc, warm)
+        warm_own.extend(own)
+        return n / wall
 
     def add(key: str, fn: Callable[[], float]) -> None:
         measure(results, runs, key, fn, label=f"slurm {key}", unit="/s")
@@ -433,6 +442,11 @@ def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
         svc = slurm_service(tmp / f"slurm-{r}", n)
         try:
             add("hpcdock", lambda s=svc: hpcdock_dispatch(s, bundle, n))
+        finally:
+            svc.stop()
+        svc = slurm_service(tmp / f"slurm-warm-{r}", 2)
+        try:
+            add("hpcdock_sessions", lambda s=svc: in_sessions(s))
         finally:
             svc.stop()
     frames = {}
@@ -460,6 +474,7 @@ def bench_slurm(tmp: Path, args: argparse.Namespace, results: dict[str, Any]) ->
         ).stdout.strip(),
         "runs": runs,
         "median": {k: statistics.median(v) for k, v in runs.items()},
+        "warm_task_p50_s": statistics.median(warm_own) if warm_own else None,
         "frames": frames,
     }
 
@@ -1002,6 +1017,16 @@ def report(results: dict[str, Any]) -> str:
             lines.append(
                 f"| hpcdock job, `engine: slurm` | {h:.2f} | {', '.join(f'{v:.2f}' for v in sl['runs']['hpcdock'])} "
                 f"| {ratio} | {target} |"
+            )
+        warm = med.get("hpcdock_sessions")
+        if warm:
+            ratio = f"{warm / h:.1f}x the cold job" if h else ""
+            lines.append(
+                f"| same tasks in warm sessions, two session jobs | {warm:.2f} | "
+                f"{', '.join(f'{v:.2f}' for v in sl['runs']['hpcdock_sessions'])} | {ratio} | |"
+            )
+            lines.append(
+                f"| a warm task's own time, p50 (start to recorded end) | {sl['warm_task_p50_s'] * 1000:.0f} ms | | | |"
             )
         if sl.get("frames"):
             lines += ["", "| frames per task | tasks | frames/s |", "| ---: | ---: | ---: |"]

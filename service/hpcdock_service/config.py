@@ -270,9 +270,12 @@ class SwarmSettings:
     shared_roots: Optional[tuple[str, ...]] = None
     max_concurrent: Optional[int] = None  # task services at once; default: slots
     gpu_kind: str = "NVIDIA-GPU"  # the generic resource GPU nodes advertise
+    # Session directories (sessions' control files and task outputs): under shared_roots when
+    # they are set, else steps with environments run cold. None: <state_dir>/swarm.
+    spool_dir: Optional[str] = None
 
 
-_SWARM_KEYS = ("shared_roots", "max_concurrent", "gpu_kind")
+_SWARM_KEYS = ("shared_roots", "max_concurrent", "gpu_kind", "spool_dir")
 
 
 def _default_resources() -> dict[str, int]:
@@ -366,6 +369,8 @@ class ServiceConfig:
     def mount_policy(self, engine_socket: Optional[str] = None) -> MountPolicy:
         """What task containers may mount; ``engine_socket`` is the engine's ``unix://`` URL."""
         protected = [str(paths.config_dir()), self.state_dir, self.token_file]
+        # A cluster engine's spool holds its sessions' control files: no task mounts it.
+        protected += [d for d in (self.slurm.spool_dir, self.swarm.spool_dir) if d]
         if os.environ.get("XDG_RUNTIME_DIR"):
             protected.append(os.environ["XDG_RUNTIME_DIR"])
         if engine_socket and engine_socket.startswith("unix://"):
@@ -558,8 +563,12 @@ def _load_swarm(raw: Any, path: Path) -> SwarmSettings:
             f"{path}: swarm.gpu_kind",
             f"must be the generic resource name GPU nodes advertise (e.g. NVIDIA-GPU), got {kind!r}",
         )
+    spool = raw.get("spool_dir")
+    if spool is not None and (not isinstance(spool, str) or not os.path.isabs(spool)):
+        raise BadInput(f"{path}: swarm.spool_dir", f"must be an absolute path, got {spool!r}")
     return SwarmSettings(
         shared_roots=None if roots is None else tuple(sorted({os.path.realpath(r) for r in roots})),
         max_concurrent=raw.get("max_concurrent"),
         gpu_kind=kind,
+        spool_dir=spool,
     )

@@ -1,13 +1,25 @@
 """Sessions: a step's OpenJD environments entered once, its tasks run one after another inside.
 
-A session is one long-lived container on one of the engine's slots. It runs a small agent
-(:data:`AGENT`, nothing but ``/bin/sh``) that reads one line per action from a FIFO in the
-session's own directory, which the service made under its state directory and the engine binds
-at :data:`~.engines.base.SESSION_ROOT`. An action's output and exit code are files beside the
-FIFO, so a task starts in a few milliseconds (a line written, a shell forked) instead of an
-engine round trip per container or per ``exec`` (see docs/benchmarks.md), and the files outlive
-the service: a restarted service finds each running task's output and, once it ended, its exit
-code, so a task is followed to its end and never run twice to completion.
+A session is one long-lived container on one of the engine's slots (a local container, a
+Slurm job, a Swarm service). It runs a small agent (:data:`AGENT`, nothing but ``/bin/sh``) that
+reads one line per action from ``ctl`` in the session's own directory, which the engine binds at
+:data:`~.engines.base.SESSION_ROOT`. An action's output and exit code are files beside it, so a
+task starts in milliseconds (a line written, a shell forked) instead of an engine round trip per
+container or per ``exec`` (see docs/benchmarks.md), and the files outlive the service: a
+restarted service finds each running task's output and, once it ended, its exit code, so a task
+is followed to its end and never run twice to completion.
+
+How a line reaches the agent depends on where the container runs (:class:`Channel`):
+
+- **on the service's host** (the local engine: session directories under the state directory),
+  ``ctl`` is a FIFO: the agent blocks on it, a line wakes it at once, and opening it for writing
+  finds a reader exactly while the agent lives;
+- **on another host** (the cluster engines: session directories in the engine's spool on the
+  shared filesystem, :attr:`~.engines.base.Engine.session_root`), a FIFO carries nothing between
+  hosts, so ``ctl`` is a regular file the service only appends whole lines to, and the agent
+  follows it, looking for more every :data:`FOLLOW_CONTROL` seconds; whether the agent lives is
+  whether the engine says the session's run (a Slurm job, a Swarm service) has not ended, asked
+  at most every :data:`LIVENESS_TTL` seconds.
 
 The environments (the job's, then the step's) are entered in order when the session opens:
 each one's ``variables`` first, then its ``onEnter``, whose ``openjd_env``/``openjd_unset_env``
@@ -71,6 +83,7 @@ from .engines.base import (
     Engine,
     EngineError,
     GpuGrant,
+    EngineUnreachable,
     LogStream,
     RunState,
     RunStatus,
@@ -84,27 +97,43 @@ WORKING_DIRECTORY = f"{SESSION_ROOT}/work"  # {{Session.WorkingDirectory}} insid
 FILES_DIRECTORY = f"{WORKING_DIRECTORY}/embedded_files"  # where its embedded files are written
 POLL = 0.005  # seconds between looks at an action's exit code
 FOLLOW_POLL = 0.02  # seconds between reads of a running action's output
-AGENT_START_TIMEOUT = 60.0  # seconds a new session's agent may take to say it is ready
+AGENT_START_TIMEOUT = 60.0  # seconds a new session's agent may take to say it is ready, once it runs
+AGENT_STATUS_POLL = 0.25  # seconds between asking the engine how a starting session's run stands
 TAIL_BYTES = 64 * 1024  # how far back a log's last lines are looked for
 FAILURE_TAIL = 2000  # characters of a failed onEnter's output quoted in its tasks' error
 ENVIRONMENT_LOG = 64 * 1024  # characters of each onEnter's output kept for its task's log
 
-# The agent: one line per action from the FIFO ``ctl`` ("run NAME SCRIPT", "kill NAME GRACE",
-# "exit"). A run's output goes to NAME.out and its exit code, once known, to NAME.rc; the action
-# runs in a session (process group) of its own where ``setsid`` exists, so a kill reaches all it
-# started. The FIFO is opened read-write: it never sees an end of file, and the service's
-# non-blocking open finds a reader as long as the agent lives.
+FOLLOW_CONTROL = 0.05  # seconds a remote agent waits before it looks at its control file again
+LIVENESS_TTL = 1.0  # seconds an engine's word that a remote session's run lives is taken as true
+
+# The agent, given the session's directory as $1: one line per action from ``ctl`` ("run NAME
+# SCRIPT", "kill NAME GRACE", "exit"). A run's output goes to NAME.out and its exit code, once
+# known, to NAME.rc; the action runs in a session (process group) of its own where ``setsid``
+# exists, so a kill reaches all it started. A FIFO is opened read-write: it never sees an end of
+# file, and the service's non-blocking open finds a reader as long as the agent lives. A regular
+# file is followed: at its end the agent keeps what it read of a line the service is still
+# writing and looks again after $2 seconds.
 AGENT = r"""
-cd /hpcdock-session || exit 70
+cd "$1" || exit 70
 mkdir -p work
 HPCDOCK_NL='
 '
 export HPCDOCK_NL
 SETSID=
 command -v setsid >/dev/null 2>&1 && SETSID=setsid
-exec 3<>ctl
+if [ -p ctl ]; then
+  exec 3<>ctl
+  next() { IFS= read -r line <&3; }
+else
+  exec 3<ctl || exit 70
+  next() {
+    part=
+    while ! IFS= read -r line <&3; do part=$part$line; sleep "$2"; done
+    line=$part$line
+  }
+fi
 : > ready
-while IFS= read -r line <&3; do
+while next "$@"; do
   op=${line%% *}; rest=${line#* }; name=${rest%% *}; arg=${rest#* }
   case $op in
     run)
@@ -122,6 +151,19 @@ while IFS= read -r line <&3; do
   esac
 done
 """
+
+
+def agent_command() -> list[str]:
+    """The session container's command: the agent, in the directory the engine binds."""
+    return ["/bin/sh", "-c", AGENT, "hpcdock-agent", SESSION_ROOT, f"{FOLLOW_CONTROL:g}"]
+
+
+class Channel(str, Enum):
+    """How lines reach a session's agent (see the module's docstring)."""
+
+    FIFO = "fifo"  # the container runs on the service's host
+    FILE = "file"  # it may run on another host that shares only the session's directory
+
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -282,8 +324,10 @@ class Session:
         plan: Optional[Callable[[], SessionPlan]] = None,
         gpus: Optional[GpuGrant] = None,
         gpu_key: Optional[int] = None,
+        channel: Channel = Channel.FIFO,
     ) -> None:
         self.engine = engine
+        self.channel = channel
         self.plan = plan  # how to open it, asked by its first task (None: adopted after a restart)
         self.root = root
         self.name = name
@@ -306,6 +350,7 @@ class Session:
         self._lock = threading.Lock()
         self._scripts: dict[str, str] = {}  # created, not yet started
         self._root_fd: Optional[int] = None
+        self._alive_at = -LIVENESS_TTL  # when the engine last said a remote session's run lives
 
     # -- files ------------------------------------------------------------------------
     def _open(self, name: str, flags: int) -> int:
@@ -377,14 +422,19 @@ class Session:
         return fd
 
     def _send(self, line: str) -> None:
-        """Hand the agent one line; EngineError when it is not there to read it."""
+        """Hand the agent one line; EngineError when it is certainly not there to read it."""
+        fifo = self.channel is Channel.FIFO
+        if not fifo and not self._agent_alive():  # a line appended now would never be read
+            raise self._lost(f"session {self.name}: its agent is gone (its run ended)")
         try:
-            fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:  # ENXIO: no reader (the container is gone)
-            raise EngineError(f"session {self.name}: its agent is gone ({exc.strerror})") from None
+            # A FIFO without a reader refuses a non-blocking open (ENXIO: the container is gone).
+            fd = self._open("ctl", os.O_WRONLY | (os.O_NONBLOCK if fifo else os.O_APPEND))
+        except OSError as exc:
+            raise self._lost(f"session {self.name}: its agent is gone ({exc.strerror})") from None
         try:
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                raise EngineError(f"session {self.name}: its control FIFO was replaced")
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISFIFO(mode) if fifo else stat.S_ISREG(mode)):
+                raise EngineError(f"session {self.name}: its control {self.channel.value} was replaced")
             data = (line + "\n").encode()
             written = 0
             while written < len(data):
@@ -402,24 +452,20 @@ class Session:
         A failing onEnter leaves the session FAILED (its tasks fail with :attr:`failure`) after
         exiting what it entered; an engine failure raises EngineError."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.mkfifo("ctl", 0o600, dir_fd=self._dir_fd())
+        if self.channel is Channel.FIFO:
+            os.mkfifo("ctl", 0o600, dir_fd=self._dir_fd())
+        else:  # appended to, never rewritten: the agent follows it from where it is
+            os.close(self._open("ctl", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         os.close(self._files_dir())  # made before the container can put anything in its way
         request = plan.request
-        request.command = ["/bin/sh", "-c", AGENT]
+        request.command = agent_command()
         request.session_dir = str(self.root)
         request.labels = {**request.labels, LABEL_SESSION: self.name}
         request.gpus = self.gpus  # attached and verified by the engine, as a cold task's
         self._save({"state": "opening"})
         self.handle = self.engine.create(request)
         self.engine.start(self.handle)
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while self._read("ready") is None:
-            if time.monotonic() > deadline:
-                raise EngineError(f"session {self.name}: its agent did not start")
-            if self.engine.status(self.handle).state is RunState.EXITED:
-                logs = b"".join(self.engine.logs(self.handle, follow=False, tail=20)).decode(errors="replace")
-                raise EngineError(f"session {self.name}: its container exited at start: {logs.strip()}")
-            time.sleep(POLL)
+        self._await_agent(self.handle)
         self.env = dict(plan.base_env)
         for environment in plan.environments:
             self.env.update(environment.variables)
@@ -474,6 +520,27 @@ class Session:
             self.environment_log.rstrip("\n") if handle == self.opened_by and self.environment_log else None
         )
 
+    def _await_agent(self, handle: str) -> None:
+        """Wait for the agent to say it reads its control channel.
+
+        A cluster's queue may hold the session's run for as long as it likes: the start timeout
+        counts only while the engine says it runs."""
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        asked = -AGENT_STATUS_POLL
+        while self._read("ready") is None:
+            now = time.monotonic()
+            if now > deadline:
+                raise EngineError(f"session {self.name}: its agent did not start")
+            if now - asked >= AGENT_STATUS_POLL:
+                asked = now
+                state = self.engine.status(handle).state
+                if state is RunState.EXITED:
+                    logs = b"".join(self.engine.logs(handle, follow=False, tail=20)).decode(errors="replace")
+                    raise EngineError(f"session {self.name}: its container exited at start: {logs.strip()}")
+                if state is RunState.QUEUED:
+                    deadline = now + AGENT_START_TIMEOUT
+            time.sleep(POLL)
+
     def _save(self, extra: dict[str, object]) -> None:
         """What a restarted service needs to take the session over, written next to its files."""
         data = {
@@ -524,10 +591,12 @@ class Session:
                     if entered.exit:
                         self._exit(entered)
                 log.info("session %s: ended", self.name)
-                if alive:
+                if alive and self.handle is not None:
                     try:
                         self._send("exit")
-                    except EngineError:
+                        # Its agent ends the run by itself; stopping it is the fallback.
+                        self.engine.wait(self.handle, timeout=grace)
+                    except (EngineError, TimeoutError):
                         pass
                 if self.handle is not None:
                     try:
@@ -566,13 +635,38 @@ class Session:
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root.parent / f"{self.name}.json").unlink(missing_ok=True)
 
+    def _lost(self, why: str) -> EngineError:
+        """The error for a session whose agent is gone, which takes no more tasks: it ends at
+        the next dispatch (not every task of its step failing in it, one after another)."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.FAILED
+            self.failure = why
+        return EngineError(why)
+
     def _agent_alive(self) -> bool:
-        try:
-            fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
+        """Whether the agent is there to read a line: a reader on the FIFO, or (remote) the
+        engine's word that the session's run has not ended (a cluster may still call it queued
+        for a moment after its agent said it was ready)."""
+        if self.channel is Channel.FIFO:
+            try:
+                fd = self._open("ctl", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                return False
+            os.close(fd)
+            return True
+        if self.handle is None:
             return False
-        os.close(fd)
-        return True
+        if time.monotonic() - self._alive_at < LIVENESS_TTL:
+            return True
+        try:
+            alive = self.engine.status(self.handle).state is not RunState.EXITED
+        except EngineUnreachable:
+            return True  # a cluster's runs go on while its controller is away
+        except EngineError:
+            return False
+        if alive:
+            self._alive_at = time.monotonic()
+        return alive
 
     # -- a task's run (engines.base.Runs) ---------------------------------------------
     def create(self, request: ContainerRequest) -> str:
@@ -603,7 +697,7 @@ class Session:
         if code is None:
             if self._read(f"{handle}.pid", 64) is not None or self._agent_alive():
                 return RunStatus(handle, handle, RunState.RUNNING)
-            raise EngineError(f"the session {self.name} ended while the task ran")
+            raise self._lost(f"the session {self.name} ended while the task ran")
         return RunStatus(handle, handle, RunState.EXITED, exit_code=code)
 
     def find(self, name: str) -> Optional[RunStatus]:
@@ -657,7 +751,7 @@ class Session:
                     code = self._exit_code(handle)
                     if code is not None:
                         return code
-                    raise EngineError(f"the session {self.name}'s container ended while the task ran")
+                    raise self._lost(f"the session {self.name}'s container ended while the task ran")
             time.sleep(POLL)
 
     def stop(self, handle: str, grace: float = 0) -> None:
@@ -722,12 +816,18 @@ class _Follow:
 
 
 class SessionPool:
-    """The service's sessions, by name; their files live under ``root`` (the state directory)."""
+    """The service's sessions, by name.
+
+    Their files live under ``root`` (the state directory), or under the engine's
+    :attr:`~.engines.base.Engine.session_root` when its containers may run on another host;
+    the channel to their agents follows from that (see the module's docstring)."""
 
     def __init__(self, engine: Engine, root: Path) -> None:
         self.engine = engine
-        self.root = root
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shared: Optional[Path] = getattr(engine, "session_root", None)
+        self.root = shared or root
+        self.channel = Channel.FIFO if shared is None else Channel.FILE
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._ending: set[str] = set()
@@ -742,7 +842,7 @@ class SessionPool:
         gpus: Optional[GpuGrant] = None,
         gpu_key: Optional[int] = None,
     ) -> Session:
-        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key)
+        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key, self.channel)
         with self._lock:
             self.sessions[name] = session
             if gpu_key is not None:
@@ -842,7 +942,12 @@ class SessionPool:
                 data = json.loads(meta.read_text())
                 name = str(data["name"])
                 session = Session(
-                    self.engine, self.root / name, name, int(data["job_id"]), int(data["step_idx"])
+                    self.engine,
+                    self.root / name,
+                    name,
+                    int(data["job_id"]),
+                    int(data["step_idx"]),
+                    channel=self.channel,
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("session state %s unreadable (%s); removed", meta, exc)

@@ -106,7 +106,9 @@ def _select_slurm(request: pytest.FixtureRequest) -> Selection:
     # The session's Podman service with the test image: DOCKER_HOST, which the service's jobs
     # inherit (sbatch exports the environment), points the node runner at it.
     request.getfixturevalue("engine_url")
-    return Selection({"engine": "slurm"})
+    # Two jobs at once, as every other engine here has two slots: the session scenarios count
+    # sessions against them.
+    return Selection({"engine": "slurm", "slurm": {"max_jobs": 2}})
 
 
 KINDS = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -430,3 +431,66 @@ def test_logs_are_readable_while_the_task_runs(service: ServiceProcess, tmp_path
     assert "last line" in rest.splitlines(), rest
     job = wait_job(client, job["id"])
     assert job["state"] == "succeeded", job
+
+
+# -- sessions: a step's environments entered once, its tasks run inside ------------------------
+
+
+def test_a_step_environment_is_entered_once_per_session_and_every_task_sees_its_file(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    """12 one-frame tasks in sessions on the service's two slots: onEnter at most once a slot (a
+    cold task would enter it once a task), onExit as often, every task reading the file onEnter
+    left in {{Session.WorkingDirectory}}, every frame rendered exactly once."""
+    from tests.engine.test_warm_sessions import failures, lines, session_bundle  # (it imports this module)
+
+    root = tmp_path / "warm"
+    client = service.client()
+    job = wait_job(client, client.submit(str(session_bundle(root)))["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    enters = lines(root / "out" / "enters.log")
+    assert 1 <= enters <= service.slots, enters
+    wait_for(lambda: lines(root / "out" / "exits.log") == enters, 60, what="onExit as often as onEnter")
+    tasks = client.tasks(job["id"])
+    assert len(tasks) == 12 and all(t["attempt"] == 1 for t in tasks), tasks
+    for task in tasks:
+        log, _ = client.log(task["id"])
+        assert "from-enter" in log and "greeting=hello world colour=blue gone=unset" in log, log
+        assert log.count("::hpcdock::frame-start") == 1, log
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 12
+    no_runs_left(service)  # the sessions' runs too
+    assert lines(root / "out" / "exits.log") == enters  # and not once more
+
+
+def test_kill_minus_nine_mid_session_then_restart_runs_nothing_twice(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    from tests.engine.test_warm_sessions import failures, lines, session_bundle  # (it imports this module)
+
+    root = tmp_path / "restart"
+    client = service.client()
+    job = client.submit(str(session_bundle(root, frames="1-8", env={"FRAME_SLEEP": "1.5"})))
+
+    def rendering() -> bool:
+        running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
+        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
+
+    wait_for(rendering, 120, what="two tasks rendering in sessions")
+    service.kill()
+    time.sleep(2)  # the tasks go on without the service, and end meanwhile
+    service.start()
+    client = service.client()
+    job = wait_job(client, job["id"])
+    assert job["state"] == "succeeded", failures(client, job["id"])
+    tasks = client.tasks(job["id"])
+    assert all(t["attempt"] == 1 for t in tasks), [(t["id"], t["attempt"]) for t in tasks]
+    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 8
+    logs = "".join(client.log(t["id"])[0] for t in tasks)
+    for frame in range(1, 9):
+        assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
+        assert logs.count(f"::hpcdock::frame-done {frame} ") == 1, logs
+    assert "re-adopted" in logs
+    enters = lines(root / "out" / "enters.log")
+    assert 1 <= enters <= 2 * service.slots, enters  # the sessions before the kill, and after it
+    wait_for(lambda: lines(root / "out" / "exits.log") == enters, 60, what="onExit as often as onEnter")
+    no_runs_left(service)

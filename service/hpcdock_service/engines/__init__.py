@@ -36,5 +36,9 @@ def open_engine(config: ServiceConfig, state_dir: Path) -> Engine:
     from .swarm import connect_swarm  # config.ENGINES has no fourth
 
     return connect_swarm(
-        config.engine_socket, config.swarm, slots=config.slots, allow_rootful=config.allow_rootful
+        config.engine_socket,
+        config.swarm,
+        slots=config.slots,
+        allow_rootful=config.allow_rootful,
+        state_dir=state_dir,
     )

@@ -99,9 +99,9 @@ class ContainerRequest:
     gpus: Optional[GpuGrant] = None  # attached and verified by the engine before the task runs
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     files: list[ContainerFile] = field(default_factory=list)  # written in before it starts
-    # Sessions only: a directory the service made under its own state directory, bound read-write
-    # at SESSION_ROOT. Not under the mount policy: no task chose the path, and the policy keeps
-    # every task's own mounts out of the state directory.
+    # Sessions only: a directory the service made (under its state directory, or the engine's
+    # session_root), bound read-write at SESSION_ROOT. Not under the mount policy: no task chose
+    # the path, and the policy keeps every task's own mounts out of both places.
     session_dir: Optional[str] = None
 
 
@@ -222,9 +222,12 @@ class Engine(Runs, Protocol):
     know whether a run is a local container, a Slurm job or a Swarm service.
 
     Sessions (OpenJD environments, :mod:`..sessions`) are an optional capability: an engine with
-    ``runs_sessions = True`` binds :attr:`ContainerRequest.session_dir` into the container, on the
-    host the service runs on. Any other engine runs a step with environments cold: each task's
-    container enters the environments, runs the task and exits them.
+    ``runs_sessions = True`` binds :attr:`ContainerRequest.session_dir` into the container, and
+    says where session directories must live in ``session_root``: None when its containers run
+    on the service's own host (the service keeps them in its state directory), else a directory
+    that every host it may place a container on sees at the same path (a cluster's shared
+    filesystem). Any other engine runs a step with environments cold: each task's container
+    enters the environments, runs the task and exits them.
     """
 
     # What containers may mount, checked again at every creation; the service sets it.

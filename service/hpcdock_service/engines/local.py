@@ -41,6 +41,7 @@ import logging
 import posixpath
 import tarfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import docker
@@ -113,6 +114,7 @@ class LocalEngine:
     """
 
     runs_sessions = True  # binds a session's directory (ContainerRequest.session_dir)
+    session_root: Optional[Path] = None  # its containers run here: the service's state directory
 
     def __init__(
         self,

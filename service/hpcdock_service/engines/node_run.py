@@ -11,6 +11,8 @@
 3. creates, proves and starts the container with :class:`~.local.LocalEngine`, the code local
    tasks run with (security defaults, labels, limits, mount walk and proof, and the GPUs Slurm
    allocated, attached and verified);
+   A session's job (:mod:`..sessions`) is the same with the session's agent as its command
+   and the session's directory (in this spool) bound into the container;
 4. copies the container's output to its own stdout (the job's output file), writes the exit
    status next to it (``<name>.exit``), removes the container and exits with its exit code.
 
@@ -73,6 +75,7 @@ def request_from_spec(spec: dict[str, Any], gpus: tuple[int, ...]) -> ContainerR
             ContainerFile(f["path"], base64.b64decode(f["data"]), int(f["mode"]))
             for f in req.get("files", [])
         ],
+        session_dir=req.get("session_dir"),
     )
 
 
@@ -202,6 +205,16 @@ class NodeRun:
         sys.stdout.buffer.flush()
         write_atomically(self.spool.exit(self.name), record.to_json())
 
+    def check_session_dir(self, session_dir: Optional[str]) -> None:
+        """A session's directory is bound outside the mount policy: only one the service made
+        in this spool's ``sessions`` (no symlink on the way) is."""
+        if session_dir is None:
+            return
+        sessions = os.path.realpath(self.spool.root / "sessions")
+        parent = os.path.realpath(os.path.dirname(session_dir))
+        if parent != sessions or os.path.islink(session_dir) or not os.path.isdir(session_dir):
+            raise EngineError(f"session directory {session_dir} refused: not a directory of {sessions}")
+
     def on_term(self, signum: int, frame: Any) -> None:
         self.stopped.set()
         threading.Thread(target=self._stop, daemon=True).start()
@@ -220,6 +233,7 @@ class NodeRun:
         try:
             spec = json.loads(self.spec_path.read_text())
             request = request_from_spec(spec, allocated_gpus(dict(os.environ)))
+            self.check_session_dir(request.session_dir)
             engine = connect_podman()
             engine.mount_policy = mounts.MountPolicy.build(
                 spec["policy"]["roots"],

@@ -46,6 +46,14 @@ GPUs: a step's ``amount.worker.gpu: N`` becomes ``--gres=gpu:N``; Slurm picks th
 node runner attaches and verifies exactly those (``CUDA_VISIBLE_DEVICES``). A cluster whose nodes
 have no ``gpu`` gres refuses such a step at submit, naming GPUs.
 
+Sessions (OpenJD environments, :mod:`..sessions`): a session is one job like a task's, whose
+container runs the session's agent with the same node runner (security defaults, labels, mount
+walk and proof); its directory is ``<spool>/sessions/<session>`` (:attr:`SlurmEngine.session_root`),
+which the node runner binds into the container and through which the service hands it tasks
+(a control file the agent follows: a FIFO carries nothing between hosts). The job's name is the
+session's, so a restarted service finds it again like a task's job; the session ends when its
+agent reads ``exit``, and is canceled like any job when it does not.
+
 Images: :class:`ImageStore` keeps ``podman save`` archives on the shared filesystem, keyed by
 image id; the node runner ``podman load``\\ s the archive when the node's Podman lacks the image.
 """
@@ -325,6 +333,7 @@ def request_to_spec(
                 {"path": f.path, "data": base64.b64encode(f.data).decode(), "mode": f.mode}
                 for f in request.files
             ],
+            "session_dir": request.session_dir,
         },
         "policy": {"roots": list(policy.roots), "protected": list(policy.protected)},
         "image_id": image_id,
@@ -541,6 +550,8 @@ class ImageStore:
 class SlurmEngine:
     """Task attempts as Slurm batch jobs (see the module's docstring)."""
 
+    runs_sessions = True  # a session is a job; see session_root
+
     def __init__(
         self,
         settings: SlurmConfig,
@@ -553,6 +564,8 @@ class SlurmEngine:
         self.mount_policy = mounts.MountPolicy.build([])  # the service sets its own
         self.spool = Spool(Path(settings.spool_dir or state_dir / "slurm"))
         self.spool.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Session directories: on the shared filesystem, where the node runner binds them from.
+        self.session_root = self.spool.root / "sessions"
         self.watch = SpoolWatch(self.spool.root)
         self.images = ImageStore(
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
@@ -578,6 +591,7 @@ class SlurmEngine:
             "rootless": True,  # jobs run as the service's user, containers under each node's rootless Podman
             "spool": str(self.spool.root),
             "image_store": str(self.images.root),
+            "sessions": str(self.session_root),
             "shared_roots": list(self.mount_policy.shared) or "the allowed roots",
             "max_jobs": self.slots,
         }
@@ -626,6 +640,8 @@ class SlurmEngine:
             refusal = self.gpus.check(request.gpus.count)
             if refusal:
                 raise EngineError(refusal)
+        if request.session_dir is not None and Path(request.session_dir).parent != self.session_root:
+            raise EngineError(f"session directory {request.session_dir} is not in {self.session_root}")
         image_id, archive = self.images.archive(request.image)
         spec = request_to_spec(request, self.mount_policy, image_id, str(archive))
         for path in self.spool.all(request.name):  # an earlier try of this very attempt
@@ -812,8 +828,8 @@ class SlurmEngine:
 
     def stop(self, handle: str, grace: float = 0) -> None:
         job_id = self._job_id(handle)
-        if job_id is None:
-            return
+        if job_id is None or self.spool.exit(handle).exists():
+            return  # never submitted, or its run is over and its job ends by itself
         write_atomically(self.spool.stop(handle), f"{grace}\n")
         info = self._listing(fresh=True).get(handle)
         if info is None or map_state(info.state) is RunState.EXITED:

@@ -32,6 +32,13 @@ engine speaks):
   only under the configured shared roots (``swarm.shared_roots``: every node must see a task's
   files at the same path).
 
+Sessions (OpenJD environments, :mod:`..sessions`): a session is one ``replicated-job`` service
+like a task's, running the session's agent, with the session's directory bound from
+:attr:`SwarmEngine.session_root` (``swarm.spool_dir``, which must lie under a shared root on a
+swarm of several nodes: the service hands the agent its tasks through a control file there, a
+FIFO carrying nothing between hosts). Its service's name is the session's, so a restarted
+service finds it by name; it ends when its agent reads ``exit``, and is removed like any run.
+
 The image is pinned by its ID on the manager, so a node never asks a registry for it (none may
 be reachable) and every node runs the very same image: each node must hold that image (``docker
 load`` of one archive keeps the ID).
@@ -49,11 +56,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types.daemon import CancellableStream
+from hpcdock import paths
 from hpcdock.protocol import Backoff
 
 from .. import mounts
@@ -61,6 +70,7 @@ from ..config import SwarmSettings
 from .base import (
     LABEL_STORE,
     LABEL_TASK,
+    SESSION_ROOT,
     ContainerFile,
     ContainerRequest,
     EngineError,
@@ -119,6 +129,10 @@ def service_spec(
         "CapabilityDrop": ["ALL"],
         "StopGracePeriod": 0,  # a removed run is killed at once (stop() gives grace on this node)
     }
+    if request.session_dir is not None:
+        container["Mounts"].append(
+            {"Type": "bind", "Source": request.session_dir, "Target": SESSION_ROOT, "ReadOnly": False}
+        )
     if _api_tuple(api_version) >= NO_NEW_PRIVILEGES_API:
         container["Privileges"] = {"NoNewPrivileges": True}
     cgroup, rlimits = split_limits(request.limits, enforced)
@@ -394,10 +408,22 @@ class SwarmEngine:
     """Runs task attempts as Swarm ``replicated-job`` services on the manager at ``base_url``."""
 
     kind = "docker-swarm"
+    runs_sessions = True  # a session is a service; see session_root
 
-    def __init__(self, base_url: str, settings: SwarmSettings, slots: int, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        settings: SwarmSettings,
+        slots: int,
+        timeout: float = 60.0,
+        state_dir: Optional[Path] = None,
+    ) -> None:
         self.base_url = base_url
         self.settings = settings
+        # Session directories, bound into session containers on whichever node runs them.
+        self.session_root = (
+            Path(settings.spool_dir) if settings.spool_dir else (state_dir or paths.state_dir()) / "swarm"
+        ) / "sessions"
         self.slots = settings.max_concurrent or slots
         self.mount_policy = mounts.MountPolicy.build([])  # none until the service sets its policy
         # A prepared run: its service spec, checked mounts, image and files (made configs at start).
@@ -444,13 +470,24 @@ class SwarmEngine:
 
     # -- the swarm ------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Refuse a swarm hpcdock cannot use safely, and create the isolated network once."""
+        """Refuse a swarm hpcdock cannot use safely, and create the isolated network once.
+
+        Sessions need a session directory every node sees: without one, steps with
+        environments run cold (each task's container enters them), said once here."""
         count = len(self.nodes(fresh=True))
-        if self.settings.shared_roots is None and count > 1:
+        shared = self.settings.shared_roots
+        if shared is None and count > 1:
             raise EngineError(
                 f"the Docker Swarm at {self.base_url} has {count} nodes: set swarm.shared_roots in "
                 "service.yaml to the directories every node mounts at the same path (bundles and "
                 "outputs must be under them)"
+            )
+        if shared is not None and outside_shared(os.path.realpath(self.session_root), shared):
+            self.runs_sessions = False
+            log.warning(
+                "swarm: the session directory %s is outside swarm.shared_roots, so steps with "
+                "environments run cold; set swarm.spool_dir to a directory under them for sessions",
+                self.session_root,
             )
         self._isolated_network()
 
@@ -529,6 +566,7 @@ class SwarmEngine:
             "rootless": self.rootless,
             "nodes": len(self.nodes(cached=True)),
             "shared_roots": list(self.shared_roots(cached=True)),
+            "sessions": str(self.session_root),
             "limits": self.enforcement.to_json(),
             "no_new_privileges": (
                 "service spec"
@@ -567,6 +605,8 @@ class SwarmEngine:
                     f"mount of {m.source} refused: it is outside the shared roots every Swarm node "
                     f"sees ({', '.join(shared) or 'none configured: set swarm.shared_roots'})"
                 )
+        if request.session_dir is not None:
+            self._check_session_dir(request.session_dir)
         bound = check_binds(self.mount_policy, request.mounts)
         try:
             image = str(self.api.inspect_image(request.image)["Id"])
@@ -639,6 +679,21 @@ class SwarmEngine:
         except (APIError, DockerException) as exc:
             raise EngineError(f"cannot inspect service {handle}: {_explain(exc)}") from exc
         return service if (service.get("Spec") or {}).get("Name") == handle else None
+
+    def _check_session_dir(self, session_dir: str) -> None:
+        """A session's directory must be one of :attr:`session_root`'s, and every node must see it
+        (under a shared root, or the swarm has this one node)."""
+        if Path(session_dir).parent != self.session_root:
+            raise EngineError(f"session directory {session_dir} is not in {self.session_root}")
+        shared = self.settings.shared_roots
+        if shared is None and len(self.nodes()) > 1:
+            shared = ()
+        if shared is not None and outside_shared(os.path.realpath(session_dir), shared):
+            raise EngineError(
+                f"session directory {session_dir} is outside the shared roots every Swarm node sees "
+                f"({', '.join(shared) or 'none configured'}): set swarm.spool_dir in service.yaml to a "
+                "directory under swarm.shared_roots"
+            )
 
     def status(self, handle: str) -> RunStatus:
         service = self._service(handle)
@@ -839,7 +894,11 @@ def swarm_sockets(configured: Optional[str]) -> list[str]:
 
 
 def connect_swarm(
-    configured: Optional[str], settings: SwarmSettings, slots: int, allow_rootful: bool = False
+    configured: Optional[str],
+    settings: SwarmSettings,
+    slots: int,
+    allow_rootful: bool = False,
+    state_dir: Optional[Path] = None,
 ) -> SwarmEngine:
     """The first Swarm manager that answers; a rootful one only with ``allow_rootful``."""
     tried = []
@@ -849,7 +908,7 @@ def connect_swarm(
             tried.append(f"{url} (absent)")
             continue
         try:
-            engine = SwarmEngine(url, settings, slots)
+            engine = SwarmEngine(url, settings, slots, state_dir=state_dir)
         except EngineError as exc:
             if url == configured:
                 raise
