@@ -82,8 +82,8 @@ from .engines.base import (
     ContainerRequest,
     Engine,
     EngineError,
-    GpuGrant,
     EngineUnreachable,
+    GpuGrant,
     LogStream,
     RunState,
     RunStatus,
@@ -842,7 +842,9 @@ class SessionPool:
         gpus: Optional[GpuGrant] = None,
         gpu_key: Optional[int] = None,
     ) -> Session:
-        session = Session(self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key, self.channel)
+        session = Session(
+            self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key, self.channel
+        )
         with self._lock:
             self.sessions[name] = session
             if gpu_key is not None:

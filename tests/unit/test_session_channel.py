@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 import pytest
 from hpcdock_service import sessions
-from hpcdock_service.bundle_loader import Environment
 from hpcdock_service.engines.base import SESSION_ROOT, ContainerRequest, EngineError, RunState, RunStatus
 from hpcdock_service.sessions import Channel, Session, SessionPlan, SessionPool, SessionState
+from hpcdock_service.taskfiles import ResolvedEnvironment
 
 
 class ProcessEngine:
@@ -90,13 +89,11 @@ class ProcessEngine:
 
 def plan(tmp_path: Path) -> SessionPlan:
     enter = 'echo from-enter > marker && echo "openjd_env: GREETING=hello there"'
-    environment = Environment("warm", ("sh", "-c", enter), ("sh", "-c", f"echo bye >> {tmp_path}/exits"), {})
-
-    def resolve(parts: Sequence[str]) -> list[str]:
-        return list(parts)
-
+    environment = ResolvedEnvironment(
+        "warm", ["sh", "-c", enter], ["sh", "-c", f"echo bye >> {tmp_path}/exits"], {}, None, []
+    )
     request = ContainerRequest("s1", "img", [], {}, "/", [], False, {})
-    return SessionPlan(request, [(environment, resolve)])
+    return SessionPlan(request, [environment])
 
 
 def task(session: Session, name: str, script: str) -> str:
