@@ -22,6 +22,7 @@ from hpcdock.protocol import JOB_FINAL
 from hpcdock_service.engines.base import LABEL_STORE, ContainerFile, ContainerRequest, RunState
 
 from tests.engine.engine_kinds import EXPECT_ENGINES, KINDS, EngineKind, by_name, expected
+from tests.engine.session_bundles import failures, lines, session_bundle
 from tests.engine.test_bad_input import CASES as BAD_BUNDLES
 from tests.engine.test_frames_events import assert_frames_never_go_back, drain
 from tests.helpers import (
@@ -442,8 +443,6 @@ def test_a_step_environment_is_entered_once_per_session_and_every_task_sees_its_
     """12 one-frame tasks in sessions on the service's two slots: onEnter at most once a slot (a
     cold task would enter it once a task), onExit as often, every task reading the file onEnter
     left in {{Session.WorkingDirectory}}, every frame rendered exactly once."""
-    from tests.engine.test_warm_sessions import failures, lines, session_bundle  # (it imports this module)
-
     root = tmp_path / "warm"
     client = service.client()
     job = wait_job(client, client.submit(str(session_bundle(root)))["id"])
@@ -465,8 +464,6 @@ def test_a_step_environment_is_entered_once_per_session_and_every_task_sees_its_
 def test_kill_minus_nine_mid_session_then_restart_runs_nothing_twice(
     service: ServiceProcess, tmp_path: Path
 ) -> None:
-    from tests.engine.test_warm_sessions import failures, lines, session_bundle  # (it imports this module)
-
     root = tmp_path / "restart"
     client = service.client()
     job = client.submit(str(session_bundle(root, frames="1-8", env={"FRAME_SLEEP": "1.5"})))
