@@ -2,10 +2,11 @@
 # A single-node Slurm cluster on this machine, for the Slurm engine's tests and benchmarks
 # (`make test` / `make bench` run it as root). Installs Debian's slurm-wlm and munge when missing,
 # writes a minimal configuration (this machine's cores and memory as the one node's CPUs and
-# memory, no GPU gres), and starts munged, slurmctld and slurmd by hand: these machines have no
-# systemd. Jobs run as whoever submits them (the engine user). Idempotent: daemons that answer
-# are reused, and a configuration that did not change is not rewritten. Ends when `sinfo` shows
-# the node idle, or fails saying why, with the end of each daemon's log.
+# memory, no GPU gres; partitions main, the default, and spare on that node), and starts munged,
+# slurmctld and slurmd by hand: these machines have no systemd. Jobs run as whoever submits them
+# (the engine user). Idempotent: daemons that answer are reused, and a configuration that did not
+# change is not rewritten. Ends when `sinfo` shows the node idle, or fails saying why, with the
+# end of each daemon's log.
 #
 #   scripts/setup-slurm.sh           set up and start (or reuse)
 #   scripts/setup-slurm.sh --stop    stop the three daemons this script started
@@ -116,6 +117,9 @@ SlurmdTimeout=30
 SlurmdParameters=config_overrides
 NodeName=$node CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
 PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# A second partition on the same node, never the default: the engine tests declare different
+# capabilities for the two and check a step lands on the one that has what it asks for.
+PartitionName=spare Nodes=$node Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 
 changed=0

@@ -1,7 +1,7 @@
 """The Slurm engine on a real Slurm cluster (``scripts/setup-slurm.sh``'s single node), what the
 conformance suite does not cover: node-runner cleanup on ``scancel``, Slurm's refusal to requeue
-an attempt, image distribution through the shared store, and the shared
-roots.
+an attempt, image distribution through the shared store, the shared roots, and where a step's
+host requirements place its tasks (per-partition capabilities).
 
 Real parts throughout: real ``sbatch``/``squeue``/``scancel``, real jobs running the node runner,
 real rootless Podman containers on the node.
@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from hpcdock.client import ServiceError
 
-from tests.engine.engine_kinds import EXPECT_ENGINES, expected, slurm_unavailable
-from tests.helpers import TEST_IMAGE, wait_for
+from tests.engine.engine_kinds import EXPECT_ENGINES, by_name, expected, slurm_unavailable
+from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -194,3 +196,101 @@ def test_leftovers_are_found_by_name_and_removed(slurm) -> None:
     )
     assert not set(names) & {s.name for s in slurm.leftovers("slurmtest")}
     wait_for(lambda: not set(names) & _podman_names(), 30, what="their containers to be removed")
+
+
+# -- placement by host requirements ---------------------------------------------------------
+
+TIER = "attr.custom.tier"
+# What service.yaml declares for setup-slurm.sh's two partitions on the one node.
+PARTITIONS = {
+    "main": {"capabilities": {TIER: "standard"}},
+    "spare": {"capabilities": {TIER: ["standard", "premium"]}},
+}
+
+
+def tier_bundle(root: Path, steps: dict[str, list[str]], script: str = "echo ran") -> Path:
+    """A bundle of one task per step running ``script``; each step asks for one of its tiers (none: nothing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    template_steps = []
+    for name, tiers in steps.items():
+        step: dict = {
+            "name": name,
+            "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", script]}}},
+        }
+        if tiers:
+            step["hostRequirements"] = {"attributes": [{"name": TIER, "anyOf": tiers}]}
+        template_steps.append(step)
+    template = {"specificationVersion": "jobtemplate-2023-09", "name": root.name, "steps": template_steps}
+    (root / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    (root / "hpcdock.yaml").write_text(yaml.safe_dump({"image": TEST_IMAGE}))
+    return root
+
+
+@pytest.fixture
+def tiered_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A service on the Slurm engine whose two partitions have different tiers."""
+    kind = by_name("slurm")
+    reason = kind.unavailable()
+    if reason:
+        if "slurm" in expected():
+            pytest.fail(f"{EXPECT_ENGINES}={os.environ[EXPECT_ENGINES]} expects slurm, but {reason}")
+        pytest.skip(reason)
+    listed = subprocess.run(
+        ["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True
+    ).stdout.split()
+    assert {"main*", "spare"} <= set(listed), (
+        f"setup-slurm.sh makes partitions main and spare; sinfo has {listed}"
+    )
+    selection = kind.select(request)
+    svc = ServiceProcess(
+        tmp_path / "svc",
+        selection.engine_url,
+        config={**selection.config, "slurm": {"partitions": PARTITIONS}},
+    ).start()
+    yield svc
+    svc.stop()
+    remove_leftovers(svc)
+
+
+def _partition_of(job_name: str) -> str:
+    """The partition Slurm ran the job of that name in (it lists ended jobs for MinJobAge)."""
+    out = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--name={job_name}", "--format=%P"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_a_step_runs_in_the_partition_that_has_what_it_asks_for(
+    tiered_service: ServiceProcess, tmp_path: Path
+) -> None:
+    client = tiered_service.client()
+    bundle = tier_bundle(tmp_path / "tiers", {"premium": ["premium"], "standard": ["standard"], "plain": []})
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "succeeded", job
+    ran = {t["step"]: t["container"] for t in client.tasks(job["id"])}
+    assert {step: _partition_of(name) for step, name in ran.items()} == {
+        "premium": "spare",  # only spare has it
+        "standard": "main",  # the default partition has it: it stays there
+        "plain": "main",  # asks for nothing: the default partition
+    }
+
+
+def test_a_step_no_partition_can_run_is_refused_at_submit_naming_what_each_has(
+    tiered_service: ServiceProcess, tmp_path: Path
+) -> None:
+    client = tiered_service.client()
+    bundle = tier_bundle(tmp_path / "gold", {"gold": ["gold"]})
+    with pytest.raises(ServiceError) as refused:
+        client.submit(str(bundle))
+    assert 400 <= refused.value.status < 500, refused.value
+    assert refused.value.field.endswith("steps[0].hostRequirements"), refused.value
+    message = refused.value.message
+    assert f"{TIER} (anyOf ['gold'])" in message, message
+    assert f"partition main lacks {TIER} (anyOf ['gold']) (it has {TIER} ['standard'])" in message, message
+    assert f"partition spare lacks {TIER} (anyOf ['gold']) (it has {TIER} ['standard', 'premium'])" in message
+    result = tiered_service.cli("submit", str(bundle))
+    assert result.returncode == 1 and "hostRequirements" in result.stderr and "Traceback" not in result.stderr
+    assert client.jobs() == []
