@@ -415,6 +415,20 @@ class Workers:
             default,
         )
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``--check`` shows: each group's attributes and amounts, as host requirements see them."""
+        return {
+            "kind": self.kind or "alike",
+            "default": self.default,
+            "groups": {
+                g.name: {
+                    "attributes": {k: list(v) for k, v in sorted(g.capabilities.attributes.items())},
+                    "amounts": dict(sorted(g.capabilities.amounts.items())),
+                }
+                for g in self.groups
+            },
+        }
+
     def place(self, needs: Sequence[Need]) -> Optional[tuple[str, ...]]:
         """The groups that meet every need, or None where the engine's own placement serves (no
         needs, workers all alike, or the default group meets them); Unmet when no group does."""

@@ -118,7 +118,13 @@ class Service:
         # are this machine.
         cluster_workers = getattr(engine, "workers", None)
         if cluster_workers is not None:
-            self.workers = cluster_workers(config.capabilities)
+            try:  # a configured partition the cluster lacks stops the start, naming it
+                self.workers = cluster_workers(config.capabilities)
+            except BaseException:
+                engine.close()
+                self.store.close()
+                self.lock.release()
+                raise
         else:
             gpus = engine.gpus.inventory_json().get("gpus") or []
             self.workers = Workers.alike(

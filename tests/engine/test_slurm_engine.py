@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,9 +227,9 @@ def tier_bundle(root: Path, steps: dict[str, list[str]], script: str = "echo ran
     return root
 
 
-@pytest.fixture
-def tiered_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
-    """A service on the Slurm engine whose two partitions have different tiers."""
+def _tiered_config(request: pytest.FixtureRequest, partitions: dict) -> dict:
+    """service.yaml for the Slurm engine with those ``slurm.partitions`` (the test skips or fails
+    without Slurm, as the conformance suite does)."""
     kind = by_name("slurm")
     reason = kind.unavailable()
     if reason:
@@ -241,12 +242,13 @@ def tiered_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     assert {"main*", "spare"} <= set(listed), (
         f"setup-slurm.sh makes partitions main and spare; sinfo has {listed}"
     )
-    selection = kind.select(request)
-    svc = ServiceProcess(
-        tmp_path / "svc",
-        selection.engine_url,
-        config={**selection.config, "slurm": {"partitions": PARTITIONS}},
-    ).start()
+    return {**kind.select(request).config, "slurm": {"partitions": partitions}}
+
+
+@pytest.fixture
+def tiered_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A service on the Slurm engine whose two partitions have different tiers."""
+    svc = ServiceProcess(tmp_path / "svc", None, config=_tiered_config(request, PARTITIONS)).start()
     yield svc
     svc.stop()
     remove_leftovers(svc)
@@ -294,3 +296,38 @@ def test_a_step_no_partition_can_run_is_refused_at_submit_naming_what_each_has(
     result = tiered_service.cli("submit", str(bundle))
     assert result.returncode == 1 and "hostRequirements" in result.stderr and "Traceback" not in result.stderr
     assert client.jobs() == []
+
+
+def _check(svc: ServiceProcess) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcdock_service.main",
+            "--check",
+            "--state-dir",
+            str(svc.root / "check-state"),
+        ],
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_shows_what_each_partition_has_and_a_partition_slurm_lacks_stops_the_start(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    good = _check(ServiceProcess(tmp_path / "good", None, config=_tiered_config(request, PARTITIONS)))
+    assert good.returncode == 0, good.stderr
+    workers = json.loads(good.stdout)["workers"]
+    assert workers["kind"] == "partition" and workers["default"] == "main"
+    spare = workers["groups"]["spare"]
+    assert spare["attributes"][TIER] == ["standard", "premium"]
+    # measured from scontrol: setup-slurm.sh gives its node this machine's cores
+    assert spare["amounts"]["amount.worker.vcpu"] == os.cpu_count()
+    assert workers["groups"]["main"]["attributes"]["attr.worker.os.family"] == ["linux"]
+    bad = _check(ServiceProcess(tmp_path / "bad", None, config=_tiered_config(request, {"nosuch": {}})))
+    assert bad.returncode == 1
+    assert "slurm.partitions.nosuch in service.yaml: this Slurm cluster has no partition nosuch" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -278,3 +278,15 @@ def test_node_capabilities_come_from_what_the_swarm_reports() -> None:
         "attr.worker.os.family": ["linux"],
         "attr.worker.cpu.arch": ["arm64"],
     }
+
+
+def test_check_shows_each_groups_capabilities() -> None:
+    shown = WORKERS.to_json()
+    assert shown["kind"] == "partition" and shown["default"] == "main"
+    assert shown["groups"]["gpu"]["attributes"]["attr.custom.host_config"] == ["HostConfigA"]
+    assert shown["groups"]["big"]["amounts"] == {
+        "amount.worker.memory": 4096.0,
+        "amount.worker.scratch": 500.0,
+        "amount.worker.vcpu": 64.0,
+    }
+    assert Workers.alike(WorkerCapabilities()).to_json()["kind"] == "alike"
