@@ -245,8 +245,7 @@ def test_a_step_is_constrained_to_the_node_that_has_what_it_asks_for(
 
     spec = wait_for(running_service, 120, what="the task's Swarm service")["Spec"]
     assert spec["TaskTemplate"]["Placement"]["Constraints"] == [f"node.hostname=={hostname}"]
-    job = wait_job(client, job_id)
-    assert job["state"] == "succeeded", job
+    assert wait_job(client, job_id)["state"] == "succeeded", client.tasks(job_id)
     assert client.log(client.tasks(job_id)[0]["id"])[0].startswith("ran")
 
 
