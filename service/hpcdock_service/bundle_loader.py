@@ -794,6 +794,7 @@ def _plan_step(
             need = amount.min if amount.min is not None else amount.max
             if name == GPU_AMOUNT:
                 gpus = int(amount.min)
+                needs.append(AmountNeed(name, amount.min, where_measured=True))
             elif name == MEMORY_AMOUNT:
                 memory_mib = int(amount.max if amount.max is not None else amount.min)
                 amounts[name] = int(need or 0)
@@ -814,14 +815,14 @@ def _plan_step(
                     f"{name} {amounts[name]:g}{unit} can never fit: tasks are packed into "
                     f"{capacity[name]:g}{unit} (machine in service.yaml, default this machine)",
                 )
+    if gpus and gpu_check is not None:  # no GPU anywhere: the engine says how to give it some
+        refusal = gpu_check(gpus)
+        if refusal:
+            raise BadInput(f"{where}.hostRequirements.amounts", refusal)
     try:
         placement = workers.place(needs)
     except Unmet as exc:
         raise BadInput(f"{where}.hostRequirements{'.' + exc.field if exc.field else ''}", str(exc)) from None
-    if gpus and gpu_check is not None:
-        refusal = gpu_check(gpus)
-        if refusal:
-            raise BadInput(f"{where}.hostRequirements.amounts", refusal)
     action = step.script.actions.onRun
     timeout = float(action.timeout) if action.timeout is not None else None
     cancel_grace = 0.0

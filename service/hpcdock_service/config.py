@@ -243,6 +243,7 @@ def cpu_arch() -> str:
 
 VCPUS = "amount.worker.vcpu"
 MEMORY = "amount.worker.memory"
+GPUS = "amount.worker.gpu"
 
 
 @dataclass(frozen=True)
@@ -263,8 +264,9 @@ class AttributeNeed:
 class AmountNeed:
     """A step's ``amount.worker.*`` host requirement: a worker has at least ``low``, at most ``high``.
 
-    ``where_measured``: judged only by workers whose amount is known (``amount.worker.vcpu`` and
-    ``memory`` on a cluster's nodes); the local engine packs tasks by them instead (:mod:`.resources`).
+    ``where_measured``: judged only by workers whose amount is known (``amount.worker.vcpu``,
+    ``memory`` and ``gpu`` on a cluster's nodes); the local engine packs tasks by them instead
+    (:mod:`.resources`, :mod:`.gpu`).
     """
 
     name: str

@@ -138,6 +138,25 @@ def test_a_step_no_group_meets_whole_is_refused_naming_what_each_has() -> None:
     assert err.value.field == ""
 
 
+def test_a_gpu_step_goes_to_the_partitions_whose_nodes_have_enough_gpus(tmp_path: Path) -> None:
+    measured = partition_capabilities(SCONTROL_NODES)
+    workers = Workers.build("partition", {}, {}, measured, default="main")
+    wants = {"amounts": [{"name": "amount.worker.gpu", "min": 2}]}
+    plan = load(
+        write(tmp_path / "g", [step(hostRequirements=wants)]), capabilities=workers, gpu_check=lambda n: None
+    )
+    assert plan.steps[0].placement == ("big",) and plan.steps[0].gpus == 2
+    too_many = {"amounts": [{"name": "amount.worker.gpu", "min": 8}]}
+    with pytest.raises(
+        BadInput, match=r"partition big lacks amount.worker.gpu \(min 8\) \(it has amount.worker.gpu 4\)"
+    ):
+        load(
+            write(tmp_path / "h", [step(hostRequirements=too_many)]),
+            capabilities=workers,
+            gpu_check=lambda n: None,
+        )
+
+
 def test_amounts_a_group_has_no_measure_of_hold_only_where_measured() -> None:
     bare = Workers.build("node", {}, {}, {"n1": {}})
     assert bare.place([AmountNeed("amount.worker.vcpu", 64, where_measured=True)]) == ("n1",)
@@ -189,7 +208,7 @@ def test_the_store_keeps_a_steps_placement(tmp_path: Path) -> None:
 
 SCONTROL_NODES = """\
 NodeName=n1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=8 CPULoad=0.10 AvailableFeatures=avx2 ActiveFeatures=avx2 Gres=(null) NodeAddr=n1 NodeHostName=n1 OS=Linux 6.1.0-18-amd64 #1 SMP RealMemory=32000 AllocMem=0 FreeMem=1 Sockets=8 Boards=1 State=IDLE Partitions=main,big
-NodeName=n2 Arch=x86_64 CPUTot=64 OS=Linux 6.1.0 RealMemory=512000 State=IDLE Partitions=big
+NodeName=n2 Arch=x86_64 CPUTot=64 Gres=gpu:a100:4(S:0-1) OS=Linux 6.1.0 RealMemory=512000 State=IDLE Partitions=big
 NodeName=n3 Arch=aarch64 CPUTot=4 OS=Linux 6.1.0 RealMemory=8000 State=IDLE Partitions=arm
 """
 
@@ -199,10 +218,12 @@ def test_partition_capabilities_come_from_each_partitions_biggest_node() -> None
     assert parts["main"] == {
         "amount.worker.vcpu": 8.0,
         "amount.worker.memory": 32000.0,
+        "amount.worker.gpu": 0.0,  # measured: a GPU step is not placed here
         "attr.worker.cpu.arch": ["x86_64"],
         "attr.worker.os.family": ["linux"],
     }
     assert parts["big"]["amount.worker.vcpu"] == 64.0 and parts["big"]["amount.worker.memory"] == 512000.0
+    assert parts["big"]["amount.worker.gpu"] == 4.0
     assert parts["arm"]["attr.worker.cpu.arch"] == ["arm64"]
 
 
@@ -269,10 +290,18 @@ def test_node_capabilities_come_from_what_the_swarm_reports() -> None:
         "Description": {
             "Hostname": "n1",
             "Platform": {"Architecture": "aarch64", "OS": "linux"},
-            "Resources": {"NanoCPUs": 16_000_000_000, "MemoryBytes": 64 * 1024**3},
+            "Resources": {
+                "NanoCPUs": 16_000_000_000,
+                "MemoryBytes": 64 * 1024**3,
+                "GenericResources": [
+                    {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}},
+                    {"DiscreteResourceSpec": {"Kind": "FPGA", "Value": 1}},
+                ],
+            },
         }
     }
-    assert node_capabilities(node) == {
+    assert node_capabilities(node, "NVIDIA-GPU") == {
+        "amount.worker.gpu": 2.0,
         "amount.worker.vcpu": 16.0,
         "amount.worker.memory": 65536.0,
         "attr.worker.os.family": ["linux"],

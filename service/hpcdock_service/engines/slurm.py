@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import mounts
-from ..config import CPU_ARCH, MEMORY, OS_FAMILY, VCPUS, Capability, SlurmConfig, Workers, arch_name
+from ..config import CPU_ARCH, GPUS, MEMORY, OS_FAMILY, VCPUS, Capability, SlurmConfig, Workers, arch_name
 from .base import (
     ContainerRequest,
     EngineError,
@@ -397,20 +397,22 @@ def _slurm(args: Sequence[str], what: str, timeout: float = CLI_TIMEOUT) -> str:
 class SlurmGpus(ClusterGpus):
     """GPU placement on a Slurm cluster: Slurm picks the GPUs; hpcdock only checks they exist.
 
-    ``check`` reads the ``gpu`` gres of the partition's nodes once; a grant carries a count and
-    no indices (the node runner attaches the ones Slurm allocated).
+    ``check`` reads the ``gpu`` gres of the nodes of the service's partitions once (``slurm.partition``
+    and ``slurm.partitions``; none named: every partition); a grant carries a count and no indices
+    (the node runner attaches the ones Slurm allocated). Which of the partitions a GPU step goes to
+    is its placement (:meth:`SlurmEngine.workers` measures each partition's GPUs).
     """
 
-    def __init__(self, partition: Optional[str]) -> None:
+    def __init__(self, partitions: Sequence[str]) -> None:
         super().__init__()
-        self.partition = partition
+        self.partitions = tuple(partitions)
         self._per_node: Optional[int] = None  # most GPUs on one node, read on first use
 
     def _gpus_per_node(self) -> int:
         if self._per_node is None:
             args = ["sinfo", "--noheader", "--format=%G"]
-            if self.partition:
-                args.append(f"--partition={self.partition}")
+            if self.partitions:
+                args.append(f"--partition={','.join(self.partitions)}")
             self._per_node = max(
                 (gres_gpus(line) for line in _slurm(args, "list the nodes' gres").splitlines()), default=0
             )
@@ -420,7 +422,7 @@ class SlurmGpus(ClusterGpus):
         if count <= 0:
             return None
         have = self._gpus_per_node()
-        where = f"partition {self.partition}" if self.partition else "the default partition"
+        where = f"partition {', '.join(self.partitions)}" if self.partitions else "any partition"
         if have == 0:
             return (
                 f"amount.worker.gpu asks for {count} GPU(s) per task, but no node of {where} of this Slurm "
@@ -447,13 +449,14 @@ class SlurmGpus(ClusterGpus):
             per_node: Any = self._gpus_per_node()
         except EngineError as exc:
             per_node = str(exc)
-        return {"placed_by": "slurm", "partition": self.partition, "most_gpus_on_one_node": per_node}
+        return {"placed_by": "slurm", "partitions": list(self.partitions), "most_gpus_on_one_node": per_node}
 
 
 def partition_capabilities(nodes_text: str) -> dict[str, dict[str, Capability]]:
     """What each partition's nodes have, from ``scontrol show node --oneliner``: the most CPUs
-    (``amount.worker.vcpu``) and memory in MiB (``amount.worker.memory``) of one of its nodes, the
-    architectures and OS families of its nodes (``attr.worker.cpu.arch``, ``attr.worker.os.family``).
+    (``amount.worker.vcpu``), memory in MiB (``amount.worker.memory``) and ``gpu`` gres
+    (``amount.worker.gpu``) of one of its nodes, the architectures and OS families of its nodes
+    (``attr.worker.cpu.arch``, ``attr.worker.os.family``).
 
     The biggest node stands for the partition: a step is accepted when some node of it could run
     the task, and ``--cpus-per-task`` makes Slurm pick such a node."""
@@ -461,7 +464,10 @@ def partition_capabilities(nodes_text: str) -> dict[str, dict[str, Capability]]:
     for line in nodes_text.splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         for partition in filter(None, fields.get("Partitions", "").split(",")):
-            have = parts.setdefault(partition, {VCPUS: 0.0, MEMORY: 0.0, CPU_ARCH: set(), OS_FAMILY: set()})
+            have = parts.setdefault(
+                partition, {VCPUS: 0.0, MEMORY: 0.0, GPUS: 0.0, CPU_ARCH: set(), OS_FAMILY: set()}
+            )
+            have[GPUS] = max(have[GPUS], float(gres_gpus(fields.get("Gres", ""))))
             if fields.get("CPUTot", "").isdigit():
                 have[VCPUS] = max(have[VCPUS], float(fields["CPUTot"]))
             if fields.get("RealMemory", "").isdigit():
@@ -471,7 +477,7 @@ def partition_capabilities(nodes_text: str) -> dict[str, dict[str, Capability]]:
             if fields.get("OS") not in (None, "(null)"):
                 have[OS_FAMILY].add(fields["OS"].lower())
     return {
-        name: {k: sorted(v) if isinstance(v, set) else v for k, v in have.items() if v}
+        name: {k: sorted(v) if isinstance(v, set) else v for k, v in have.items() if v or k == GPUS}
         for name, have in parts.items()
     }
 
@@ -592,7 +598,10 @@ class SlurmEngine:
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
         )
         self.python = python or sys.executable
-        self.gpus = SlurmGpus(settings.partition)
+        self.gpus = SlurmGpus(
+            ([settings.partition] if settings.partition else [])
+            + [p for p in settings.partitions if p != settings.partition]
+        )
         self.user = os.environ.get("USER") or str(os.getuid())
         self.version = _slurm(["sbatch", "--version"], "run sbatch").strip()
         self._jobs: dict[str, JobInfo] = {}

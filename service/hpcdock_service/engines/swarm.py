@@ -65,7 +65,7 @@ from docker.types.daemon import CancellableStream
 from hpcdock.protocol import Backoff
 
 from .. import mounts
-from ..config import CPU_ARCH, MEMORY, OS_FAMILY, VCPUS, Capability, SwarmSettings, Workers, arch_name
+from ..config import CPU_ARCH, GPUS, MEMORY, OS_FAMILY, VCPUS, Capability, SwarmSettings, Workers, arch_name
 from .base import (
     LABEL_STORE,
     LABEL_TASK,
@@ -189,13 +189,13 @@ def placement_constraints(placement: Optional[Sequence[str]], hostnames: Sequenc
     return [f"node.hostname!={h}" for h in sorted(set(hostnames)) if h not in placement]
 
 
-def node_capabilities(node: dict[str, Any]) -> dict[str, Capability]:
+def node_capabilities(node: dict[str, Any], gpu_kind: str) -> dict[str, Capability]:
     """What ``GET /nodes`` says one node has: its CPUs (``amount.worker.vcpu``), memory in MiB
-    (``amount.worker.memory``), OS family and architecture."""
+    (``amount.worker.memory``), GPUs of ``gpu_kind`` (``amount.worker.gpu``), OS family and architecture."""
     desc = node.get("Description") or {}
     resources = desc.get("Resources") or {}
     platform = desc.get("Platform") or {}
-    have: dict[str, Capability] = {}
+    have: dict[str, Capability] = {GPUS: float(_gpus_of(node, gpu_kind))}
     if resources.get("NanoCPUs"):
         have[VCPUS] = resources["NanoCPUs"] / 1e9
     if resources.get("MemoryBytes"):
@@ -211,6 +211,19 @@ def _hostname(node: dict[str, Any]) -> str:
     return str((node.get("Description") or {}).get("Hostname") or node.get("ID", "?"))
 
 
+def _gpus_of(node: dict[str, Any], kind: str) -> int:
+    """GPUs of ``kind`` the node advertises as generic resources."""
+    count = 0
+    for res in ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources") or []:
+        named = res.get("NamedResourceSpec")
+        discrete = res.get("DiscreteResourceSpec")
+        if named and named.get("Kind") == kind:
+            count += 1
+        elif discrete and discrete.get("Kind") == kind:
+            count += int(discrete.get("Value") or 0)
+    return count
+
+
 def gpu_counts(nodes: list[dict[str, Any]], kind: str) -> dict[str, int]:
     """GPUs of ``kind`` each ready, active node advertises (by hostname), from ``GET /nodes``."""
     out: dict[str, int] = {}
@@ -219,15 +232,7 @@ def gpu_counts(nodes: list[dict[str, Any]], kind: str) -> dict[str, int]:
             continue
         if (node.get("Spec") or {}).get("Availability", "active") != "active":
             continue
-        desc = node.get("Description") or {}
-        count = 0
-        for res in (desc.get("Resources") or {}).get("GenericResources") or []:
-            named = res.get("NamedResourceSpec")
-            discrete = res.get("DiscreteResourceSpec")
-            if named and named.get("Kind") == kind:
-                count += 1
-            elif discrete and discrete.get("Kind") == kind:
-                count += int(discrete.get("Value") or 0)
+        count = _gpus_of(node, kind)
         if count:
             out[_hostname(node)] = count
     return out
@@ -573,7 +578,7 @@ class SwarmEngine:
         """The swarm's nodes now, each with what the swarm reports of it, then the service-wide
         ``common`` capabilities, then those ``swarm.nodes`` declares for it. A node declared there
         that is not in the swarm is named in the log (a typo, or a node away): it is no worker."""
-        nodes = {_hostname(n): node_capabilities(n) for n in self.nodes(fresh=True)}
+        nodes = {_hostname(n): node_capabilities(n, self.settings.gpu_kind) for n in self.nodes(fresh=True)}
         for name in self.settings.nodes:
             if name not in nodes:
                 log.warning(
