@@ -105,7 +105,7 @@ class SlurmConfig:
     # Image archives (podman save, by image id) nodes load from; None: <spool_dir>/images.
     image_store: Optional[str] = None
     max_jobs: int = 100  # task jobs queued or running at once (Slurm queues beyond its free CPUs)
-    # What each partition's nodes have for hostRequirements, besides what sinfo measures and the
+    # What each partition's nodes have for hostRequirements, besides what Slurm reports and the
     # service-wide capabilities: {NAME: {capability: value}} (``partitions: {NAME: {capabilities: ...}}``).
     partitions: Mapping[str, Mapping[str, Capability]] = field(default_factory=dict)
 
@@ -218,14 +218,17 @@ DEFAULT_LICENCE_RETRY = LicenceRetry(backoff_s=30.0, backoff_max_s=600.0, retrie
 OS_FAMILY = "attr.worker.os.family"
 CPU_ARCH = "attr.worker.cpu.arch"
 GPU_MEMORY = "amount.worker.gpu.memory"
+VCPUS = "amount.worker.vcpu"
+MEMORY = "amount.worker.memory"
+GPUS = "amount.worker.gpu"
 # What the service measures or packs by itself: service.yaml's capabilities may not say otherwise.
 _MEASURED = (
     OS_FAMILY,
     CPU_ARCH,
     GPU_MEMORY,
-    "amount.worker.vcpu",
-    "amount.worker.memory",
-    "amount.worker.gpu",
+    VCPUS,
+    MEMORY,
+    GPUS,
 )
 # OpenJD's names for the machine architectures (attr.worker.cpu.arch), by what Python reports.
 _CPU_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -239,11 +242,6 @@ def arch_name(machine: str) -> str:
 def cpu_arch() -> str:
     """This machine's architecture as OpenJD spells it (x86_64, arm64)."""
     return arch_name(platform.machine())
-
-
-VCPUS = "amount.worker.vcpu"
-MEMORY = "amount.worker.memory"
-GPUS = "amount.worker.gpu"
 
 
 @dataclass(frozen=True)
