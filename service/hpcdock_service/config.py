@@ -187,7 +187,10 @@ def _check_groups(
         for setting in settings:
             if setting != "capabilities":
                 raise BadInput(f"{path}: {where}.{setting}", "unknown setting (known: capabilities)")
-        groups[name] = _check_capabilities(settings.get("capabilities", {}), path, f"{where}.capabilities")
+        # A cluster's GPU memory is not measured (NVML runs on the nodes): the admin declares it.
+        groups[name] = _check_capabilities(
+            settings.get("capabilities", {}), path, f"{where}.capabilities", declarable=(GPU_MEMORY,)
+        )
     return groups
 
 
@@ -440,12 +443,29 @@ class Workers:
         return matching
 
     def _unmet(self, needs: Sequence[Need]) -> Unmet:
-        if not self.kind:
-            caps = self.groups[0].capabilities
-            need = next(n for n in needs if not caps.meets(n))
-            refusal = caps.refusal(need)
-            assert refusal is not None
-            return Unmet("attributes" if isinstance(need, AttributeNeed) else "amounts", refusal)
+        """Why no group meets ``needs``: a requirement no group meets on its own is named first,
+        under its part of hostRequirements, with what each group has of it; otherwise what each
+        group lacks (each requirement holds somewhere, all of them nowhere)."""
+        hopeless = next((n for n in needs if not any(g.capabilities.meets(n) for g in self.groups)), None)
+        if hopeless is not None:
+            part = "attributes" if isinstance(hopeless, AttributeNeed) else "amounts"
+            if not self.kind:
+                refusal = self.groups[0].capabilities.refusal(hopeless)
+                assert refusal is not None
+                return Unmet(part, refusal)
+            nobody = all(g.capabilities.has(hopeless) == f"no {hopeless.name}" for g in self.groups)
+            verdict = f"has the attribute {hopeless.name}" if nobody and part == "attributes" else "meets it"
+            return Unmet(
+                part,
+                f"{hopeless}: no worker of this service {verdict} ("
+                + "; ".join(f"{self.kind} {g.name} has {g.capabilities.has(hopeless)}" for g in self.groups)
+                + (
+                    ""
+                    if hopeless.name in _MEASURED
+                    else f"; declare capabilities per {self.kind} in service.yaml"
+                )
+                + ")",
+            )
         lacking = []
         for group in self.groups:
             need = next(n for n in needs if not group.capabilities.meets(n))
@@ -678,8 +698,11 @@ def _check_resources(raw: Any, path: Path) -> None:
         _check_number(count, f"{path}: resources.{name}", whole=True)
 
 
-def _check_capabilities(raw: Any, path: Path, key: str = "capabilities") -> dict[str, Capability]:
-    """The declared capabilities with lowercase names, or BadInput naming the bad entry."""
+def _check_capabilities(
+    raw: Any, path: Path, key: str = "capabilities", declarable: Sequence[str] = ()
+) -> dict[str, Capability]:
+    """The declared capabilities with lowercase names, or BadInput naming the bad entry; of the
+    measured names, only ``declarable`` ones may be given."""
     if not isinstance(raw, dict):
         raise BadInput(
             f"{path}: {key}",
@@ -689,7 +712,7 @@ def _check_capabilities(raw: Any, path: Path, key: str = "capabilities") -> dict
     for name, value in raw.items():
         where = f"{path}: {key}.{name}"
         lower = str(name).lower()
-        if lower in _MEASURED:
+        if lower in _MEASURED and lower not in declarable:
             raise BadInput(where, "measured by the service itself; it cannot be declared")
         if not RESOURCE_NAME.fullmatch(lower.partition(".")[2]):
             raise BadInput(

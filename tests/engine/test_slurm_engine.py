@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -203,14 +204,18 @@ def test_leftovers_are_found_by_name_and_removed(slurm) -> None:
 
 TIER = "attr.custom.tier"
 # What service.yaml declares for setup-slurm.sh's two partitions on the one node.
+SITE = "attr.custom.site"
 PARTITIONS = {
-    "main": {"capabilities": {TIER: "standard"}},
-    "spare": {"capabilities": {TIER: ["standard", "premium"]}},
+    "main": {"capabilities": {TIER: "standard", SITE: "paris"}},
+    "spare": {"capabilities": {TIER: ["standard", "premium"], SITE: "oslo"}},
 }
 
 
-def tier_bundle(root: Path, steps: dict[str, list[str]], script: str = "echo ran") -> Path:
-    """A bundle of one task per step running ``script``; each step asks for one of its tiers (none: nothing)."""
+def tier_bundle(
+    root: Path, steps: dict[str, list[str]], script: str = "echo ran", site: Optional[str] = None
+) -> Path:
+    """A bundle of one task per step running ``script``; each step asks for one of its tiers (none:
+    nothing), and for ``site`` when given."""
     root.mkdir(parents=True, exist_ok=True)
     template_steps = []
     for name, tiers in steps.items():
@@ -218,8 +223,10 @@ def tier_bundle(root: Path, steps: dict[str, list[str]], script: str = "echo ran
             "name": name,
             "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", script]}}},
         }
-        if tiers:
-            step["hostRequirements"] = {"attributes": [{"name": TIER, "anyOf": tiers}]}
+        wants = [{"name": TIER, "anyOf": tiers}] if tiers else []
+        wants += [{"name": SITE, "anyOf": [site]}] if site else []
+        if wants:
+            step["hostRequirements"] = {"attributes": wants}
         template_steps.append(step)
     template = {"specificationVersion": "jobtemplate-2023-09", "name": root.name, "steps": template_steps}
     (root / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
@@ -288,13 +295,21 @@ def test_a_step_no_partition_can_run_is_refused_at_submit_naming_what_each_has(
     with pytest.raises(ServiceError) as refused:
         client.submit(str(bundle))
     assert 400 <= refused.value.status < 500, refused.value
-    assert refused.value.field.endswith("steps[0].hostRequirements"), refused.value
-    message = refused.value.message
-    assert f"{TIER} (anyOf ['gold'])" in message, message
-    assert f"partition main lacks {TIER} (anyOf ['gold']) (it has {TIER} ['standard'])" in message, message
-    assert f"partition spare lacks {TIER} (anyOf ['gold']) (it has {TIER} ['standard', 'premium'])" in message
+    assert refused.value.field.endswith("steps[0].hostRequirements.attributes"), refused.value
+    assert refused.value.message.startswith(
+        f"{TIER} (anyOf ['gold']): no worker of this service meets it (partition main has {TIER} "
+        f"['standard']; partition spare has {TIER} ['standard', 'premium']"
+    ), refused.value
     result = tiered_service.cli("submit", str(bundle))
     assert result.returncode == 1 and "hostRequirements" in result.stderr and "Traceback" not in result.stderr
+    # Premium is in spare and Paris in main: each holds somewhere, both nowhere.
+    with pytest.raises(ServiceError) as apart:
+        client.submit(str(tier_bundle(tmp_path / "apart", {"premium": ["premium"]}, site="paris")))
+    assert apart.value.field.endswith("steps[0].hostRequirements"), apart.value
+    assert (
+        f"partition main lacks {TIER} (anyOf ['premium']) (it has {TIER} ['standard']); "
+        f"partition spare lacks {SITE} (anyOf ['paris']) (it has {SITE} ['oslo'])"
+    ) in apart.value.message, apart.value
     assert client.jobs() == []
 
 

@@ -257,9 +257,9 @@ def test_a_step_no_node_can_run_is_refused_at_submit_naming_what_it_has(
     with pytest.raises(ServiceError) as refused:
         client.submit(str(tier_bundle(tmp_path / "gold", {"gold": ["gold"]})))
     assert 400 <= refused.value.status < 500, refused.value
-    assert refused.value.field.endswith("steps[0].hostRequirements"), refused.value
-    assert (
-        f"node {hostname} lacks {TIER} (anyOf ['gold']) (it has {TIER} ['standard', 'premium'])"
-        in refused.value.message
+    assert refused.value.field.endswith("steps[0].hostRequirements.attributes"), refused.value
+    assert refused.value.message.startswith(
+        f"{TIER} (anyOf ['gold']): no worker of this service meets it (node {hostname} has {TIER} "
+        "['standard', 'premium']"
     ), refused.value
     assert client.jobs() == []

@@ -44,7 +44,11 @@ def test_partition_and_node_capabilities_are_read_lowercased(tmp_path: Path) -> 
                 "partition": "cpu",
                 "partitions": {
                     "gpu": {
-                        "capabilities": {"attr.Custom.Renderer": ["karma_xpu"], "amount.worker.scratch": 900}
+                        "capabilities": {
+                            "attr.Custom.Renderer": ["karma_xpu"],
+                            "amount.worker.scratch": 900,
+                            "amount.worker.gpu.memory": 40960,  # not measured on a cluster
+                        }
                     },
                     "cpu": {},
                 },
@@ -53,7 +57,11 @@ def test_partition_and_node_capabilities_are_read_lowercased(tmp_path: Path) -> 
         },
     )
     assert cfg.slurm.partitions == {
-        "gpu": {"attr.custom.renderer": ["karma_xpu"], "amount.worker.scratch": 900.0},
+        "gpu": {
+            "attr.custom.renderer": ["karma_xpu"],
+            "amount.worker.scratch": 900.0,
+            "amount.worker.gpu.memory": 40960.0,
+        },
         "cpu": {},
     }
     assert cfg.swarm.nodes == {"render-01": {"attr.custom.site": ["paris"]}}
@@ -148,7 +156,9 @@ def test_a_gpu_step_goes_to_the_partitions_whose_nodes_have_enough_gpus(tmp_path
     assert plan.steps[0].placement == ("big",) and plan.steps[0].gpus == 2
     too_many = {"amounts": [{"name": "amount.worker.gpu", "min": 8}]}
     with pytest.raises(
-        BadInput, match=r"partition big lacks amount.worker.gpu \(min 8\) \(it has amount.worker.gpu 4\)"
+        BadInput,
+        match=r"amount.worker.gpu \(min 8\): no worker of this service meets it \(partition main has "
+        r"amount.worker.gpu 0; partition big has amount.worker.gpu 4; partition arm has amount.worker.gpu 0\)$",
     ):
         load(
             write(tmp_path / "h", [step(hostRequirements=too_many)]),
@@ -161,7 +171,9 @@ def test_amounts_a_group_has_no_measure_of_hold_only_where_measured() -> None:
     bare = Workers.build("node", {}, {}, {"n1": {}})
     assert bare.place([AmountNeed("amount.worker.vcpu", 64, where_measured=True)]) == ("n1",)
     with pytest.raises(
-        Unmet, match=r"node n1 lacks amount.worker.scratch \(min 1\) \(it has no amount.worker.scratch\)"
+        Unmet,
+        match=r"amount.worker.scratch \(min 1\): no worker of this service meets it \(node n1 has no "
+        r"amount.worker.scratch; declare capabilities per node in service.yaml\)",
     ):
         bare.place([AmountNeed("amount.worker.scratch", 1)])
 
@@ -184,12 +196,18 @@ def test_submit_records_the_placement_and_refuses_by_group(tmp_path: Path) -> No
     wants_b = {"attributes": [{"name": "attr.custom.host_config", "anyOf": ["HostConfigB"]}]}
     with pytest.raises(BadInput) as err:
         load(write(tmp_path / "b", [step(hostRequirements=wants_b)]), capabilities=WORKERS)
-    assert err.value.field.endswith("steps[0].hostRequirements")
-    assert (
-        "partition gpu lacks attr.custom.host_config (anyOf ['HostConfigB']) (it has attr.custom.host_config ['HostConfigA'])"
-        in err.value.message
+    # No partition has it: the requirement is named first, with what each partition has of it.
+    assert err.value.field.endswith("steps[0].hostRequirements.attributes")
+    assert err.value.message == (
+        "attr.custom.host_config (anyOf ['HostConfigB']): no worker of this service meets it "
+        "(partition main has no attr.custom.host_config; partition gpu has attr.custom.host_config "
+        "['HostConfigA']; partition big has no attr.custom.host_config; declare capabilities per "
+        "partition in service.yaml)"
     )
     assert err.value.status == 400
+    nowhere = {"attributes": [{"name": "attr.custom.farm", "anyOf": ["a"]}]}
+    with pytest.raises(BadInput, match="no worker of this service has the attribute attr.custom.farm"):
+        load(write(tmp_path / "c", [step(hostRequirements=nowhere)]), capabilities=WORKERS)
 
 
 def test_the_store_keeps_a_steps_placement(tmp_path: Path) -> None:
