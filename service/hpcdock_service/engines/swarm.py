@@ -37,12 +37,13 @@ be reachable) and every node runs the very same image: each node must hold that 
 load`` of one archive keeps the ID).
 
 Placement: a step whose host requirements only some nodes meet runs only there. Swarm ANDs a
-service's placement constraints and has no "one of", so the task is kept off every other node
-(``node.hostname!=X`` for each node of the swarm, read when the run is prepared, that its
-requirements were not met by), or pinned (``node.hostname==X``) where one node meets them: a node
-that joined after the job was accepted, never judged, is kept off too. Hostnames rather than node
-labels: the service needs no right to change the nodes, and what a node has is declared in
-service.yaml (``swarm.nodes``) next to what the swarm reports of it (:meth:`SwarmEngine.workers`).
+service's placement constraints and has no "one of", so the task is pinned (``node.hostname==X``)
+where one node meets them, else kept off every other node the swarm lists when the run is
+prepared (``node.hostname!=Y`` each): a node that joined after the job was accepted, never
+judged, is kept off too. Hostnames rather than node labels: the service needs no right to change
+the nodes, and what a node has is declared in service.yaml (``swarm.nodes``) next to what the
+swarm reports of it (:meth:`SwarmEngine.workers`). Nodes are told apart by hostname, so two
+nodes of one hostname count as one.
 
 GPUs come only as Swarm generic resources (``node-generic-resources`` on each GPU node's dockerd,
 the NVIDIA runtime with ``swarm-resource``): a GPU task reserves ``N`` of :attr:`SwarmSettings.gpu_kind`
