@@ -2,8 +2,8 @@
 # A single-node Slurm cluster on this machine, for the Slurm engine's tests and benchmarks
 # (`make test` / `make bench` run it as root). Installs Debian's slurm-wlm and munge when missing,
 # writes a minimal configuration (this machine's cores and memory as the one node's CPUs and
-# memory, no GPU gres), and starts munged, slurmctld and slurmd by hand: these machines have no
-# systemd. Jobs run as whoever submits them (the engine user). Idempotent: daemons that answer
+# memory, no GPU gres; partitions main, the default, and spare), and starts munged, slurmctld
+# and slurmd by hand: these machines have no systemd. Jobs run as whoever submits them (the engine user). Idempotent: daemons that answer
 # are reused, and a configuration that did not change is not rewritten. Ends when `sinfo` shows
 # the node idle, or fails saying why, with the end of each daemon's log.
 #
@@ -186,4 +186,14 @@ case "$st" in
   idle|mixed|allocated|completing) ;;
   *) fail "node $node is '${st:-not listed}' after 30 s, not idle (sinfo: $(sinfo 2>&1 | tr '\n' ' '))" ;;
 esac
+# A second partition on the same node, never the default, for the engine tests of per-partition
+# capabilities. Made at run time rather than in slurm.conf: a configuration without it (an older
+# checkout of this script) neither loses it nor restarts the daemons under other users' jobs, and
+# an extra partition changes nothing for jobs that do not name it. A restarted slurmctld may have
+# dropped it; each run makes it again when it is missing.
+if ! scontrol show partition spare >/dev/null 2>&1; then
+  scontrol create PartitionName=spare Nodes="$node" Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO \
+    || fail "cannot create the partition spare"
+  echo "setup-slurm: made partition spare on $node"
+fi
 echo "setup-slurm: ok (node $node: $cpus CPUs, ${real_mem} MiB, state $st; slurm $(sinfo --version | awk '{print $2}'))"

@@ -19,7 +19,7 @@ import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import yaml
 from openjd.model import (
@@ -44,7 +44,7 @@ from openjd.model.v2023_09 import (
 from openjd.model.v2023_09._model import JobPathParameterDefinitionDataFlow as DataFlow
 from openjd.model.v2023_09._model import JobPathParameterDefinitionObjectType as PathObjectType
 
-from .config import SubmitLimits, WorkerCapabilities
+from .config import AmountNeed, AttributeNeed, Need, SubmitLimits, Unmet, WorkerCapabilities, Workers
 from .errors import BadInput, text_problem
 from .framecheck import FrameCheckSettings, parse_settings
 from .mounts import Mount, MountPolicy, PathRefused, make_dirs
@@ -242,6 +242,9 @@ class StepPlan:
     files: list[EmbeddedFile] = field(default_factory=list)  # the step script's embeddedFiles
     # The job's environments, then the step's: what its sessions enter, in this order.
     environments: list[Environment] = field(default_factory=list)
+    # The worker groups (Slurm partitions, Swarm nodes) that meet its host requirements, where
+    # only some do; None: wherever the engine places tasks by itself.
+    placement: Optional[tuple[str, ...]] = None
 
 
 @dataclass
@@ -270,7 +273,7 @@ def load_bundle(
     gpu_check: Optional[Callable[[int], Optional[str]]] = None,
     limits: Optional[SubmitLimits] = None,
     capacity: Optional[Mapping[str, float]] = None,
-    capabilities: Optional[WorkerCapabilities] = None,
+    capabilities: Union[WorkerCapabilities, Workers, None] = None,
 ) -> JobPlan:
     """Validate the bundle at ``bundle_dir`` and expand it into a :class:`JobPlan`.
 
@@ -282,9 +285,15 @@ def load_bundle(
     amount name (its counted resources, and the machine's vCPUs and memory): a step asking for
     an amount not in it, or for more than it, is refused by name. ``capabilities`` is what the
     workers have besides (attributes such as ``attr.worker.os.family``, amounts such as
-    ``amount.worker.gpu.memory``): a step whose requirements no worker meets is refused naming
-    the requirement and what the workers have.
+    ``amount.worker.gpu.memory``), alike or per group (a cluster's partitions or nodes): a step
+    whose requirements no worker meets is refused naming the requirement and what the workers
+    have, and a step only some groups meet is placed on those (:attr:`StepPlan.placement`).
     """
+    workers = (
+        capabilities
+        if isinstance(capabilities, Workers)
+        else Workers.alike(capabilities or WorkerCapabilities())
+    )
     limits = limits or SubmitLimits()
     root = _bundle_root(bundle_dir, mount_policy)
     tname, template = _read_document(
@@ -351,7 +360,7 @@ def load_bundle(
                 step_names,
                 gpu_check,
                 capacity or {},
-                capabilities or WorkerCapabilities(),
+                workers,
                 tname,
             )
         )
@@ -768,17 +777,14 @@ def _plan_step(
     step_names: set[str],
     gpu_check: Optional[Callable[[int], Optional[str]]],
     capacity: Mapping[str, float],
-    capabilities: WorkerCapabilities,
+    workers: Workers,
     tname: str,
 ) -> StepPlan:
     where = f"{tname}: steps[{index}]"
-    if step.hostRequirements is not None:
-        for attribute in step.hostRequirements.attributes or []:
-            refusal = capabilities.attribute_refusal(
-                str(attribute.name), attribute.anyOf or None, attribute.allOf or None
-            )
-            if refusal:
-                raise BadInput(f"{where}.hostRequirements.attributes", refusal)
+    needs: list[Need] = [
+        AttributeNeed(str(a.name).lower(), tuple(a.anyOf or ()), tuple(a.allOf or ()))
+        for a in (step.hostRequirements.attributes or [] if step.hostRequirements is not None else [])
+    ]
     gpus = 0
     memory_mib: Optional[int] = None
     vcpus: Optional[float] = None
@@ -791,16 +797,17 @@ def _plan_step(
             need = amount.min if amount.min is not None else amount.max
             if name == GPU_AMOUNT:
                 gpus = int(amount.min)
+                needs.append(AmountNeed(name, amount.min, where_measured=True))
             elif name == MEMORY_AMOUNT:
                 memory_mib = int(amount.max if amount.max is not None else amount.min)
                 amounts[name] = int(need or 0)
+                needs.append(AmountNeed(name, need, where_measured=True))  # max is the task's limit
             elif name == VCPU_AMOUNT:
                 vcpus = float(amount.max if amount.max is not None else amount.min)
                 amounts[name] = float(need or 0)
+                needs.append(AmountNeed(name, need, where_measured=True))
             elif name.startswith(WORKER_AMOUNT_PREFIX):
-                refusal = capabilities.amount_refusal(name, amount.min, amount.max)
-                if refusal:
-                    raise BadInput(f"{where}.hostRequirements.amounts", refusal)
+                needs.append(AmountNeed(name, amount.min, amount.max))
             else:
                 amounts[name] = _resource_need(name, need, capacity, f"{where}.hostRequirements.amounts")
         for name in (VCPU_AMOUNT, MEMORY_AMOUNT):
@@ -811,10 +818,14 @@ def _plan_step(
                     f"{name} {amounts[name]:g}{unit} can never fit: tasks are packed into "
                     f"{capacity[name]:g}{unit} (machine in service.yaml, default this machine)",
                 )
-    if gpus and gpu_check is not None:
+    if gpus and gpu_check is not None:  # no GPU anywhere: the engine says how to give it some
         refusal = gpu_check(gpus)
         if refusal:
             raise BadInput(f"{where}.hostRequirements.amounts", refusal)
+    try:
+        placement = workers.place(needs)
+    except Unmet as exc:
+        raise BadInput(f"{where}.hostRequirements{'.' + exc.field if exc.field else ''}", str(exc)) from None
     action = step.script.actions.onRun
     timeout = float(action.timeout) if action.timeout is not None else None
     cancel_grace = 0.0
@@ -856,6 +867,7 @@ def _plan_step(
         vcpus=vcpus or None,
         amounts={k: v for k, v in amounts.items() if v},
         files=_embedded_files(step.script),
+        placement=placement,
     )
 
 

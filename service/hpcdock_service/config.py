@@ -47,6 +47,9 @@ class SubmitLimits:
     max_concurrent_submits: int = 4  # submissions read and expanded at once; more get a 429
 
 
+# A declared capability's value: an attribute's values, or an amount.
+Capability = Union[str, list[str], float]
+
 # The values of ``engine:`` (engines.open_engine says which of them this build carries).
 ENGINES = ("local", "slurm", "swarm")
 
@@ -102,6 +105,9 @@ class SlurmConfig:
     # Image archives (podman save, by image id) nodes load from; None: <spool_dir>/images.
     image_store: Optional[str] = None
     max_jobs: int = 100  # task jobs queued or running at once (Slurm queues beyond its free CPUs)
+    # What each partition's nodes have for hostRequirements, besides what Slurm reports and the
+    # service-wide capabilities: {NAME: {capability: value}} (``partitions: {NAME: {capabilities: ...}}``).
+    partitions: Mapping[str, Mapping[str, Capability]] = field(default_factory=dict)
 
 
 _SLURM_TEXT_KEYS = ("partition", "account", "qos", "spool_dir", "image_store")
@@ -149,7 +155,43 @@ def _load_slurm(raw: Any, path: Path) -> SlurmConfig:
         sbatch_args=tuple(args),
         shared_roots=tuple(roots) if roots is not None else None,
         max_jobs=max_jobs,
+        partitions=_check_groups(
+            raw.get("partitions"), path, "slurm.partitions", "partition", _PARTITION_NAME
+        ),
     )
+
+
+# A Slurm partition's name as sbatch --partition takes it in a comma-separated list; a Swarm
+# node's hostname as a placement constraint (node.hostname==NAME) compares it.
+_PARTITION_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _check_groups(
+    raw: Any, path: Path, key: str, what: str, name_rule: re.Pattern[str]
+) -> dict[str, dict[str, Capability]]:
+    """``{NAME: {capabilities: {...}}}`` of ``slurm.partitions`` or ``swarm.nodes``, each checked as
+    ``capabilities:`` is; BadInput names the bad key."""
+    if raw is None:
+        return {}
+    example = "{NAME: {capabilities: {attr.custom.site: paris}}}"
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: {key}", f"must be a mapping of {what} name to its settings, e.g. {example}")
+    groups: dict[str, dict[str, Capability]] = {}
+    for name, settings in raw.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str) or not name_rule.fullmatch(name):
+            raise BadInput(f"{path}: {where}", f"not a {what} name (letters, digits, '.', '-', '_')")
+        if not isinstance(settings, dict):
+            raise BadInput(f"{path}: {where}", f"must be a mapping with capabilities, e.g. {example}")
+        for setting in settings:
+            if setting != "capabilities":
+                raise BadInput(f"{path}: {where}.{setting}", "unknown setting (known: capabilities)")
+        # A cluster's GPU memory is not measured (NVML runs on the nodes): the admin declares it.
+        groups[name] = _check_capabilities(
+            settings.get("capabilities", {}), path, f"{where}.capabilities", declarable=(GPU_MEMORY,)
+        )
+    return groups
 
 
 @dataclass(frozen=True)
@@ -179,23 +221,66 @@ DEFAULT_LICENCE_RETRY = LicenceRetry(backoff_s=30.0, backoff_max_s=600.0, retrie
 OS_FAMILY = "attr.worker.os.family"
 CPU_ARCH = "attr.worker.cpu.arch"
 GPU_MEMORY = "amount.worker.gpu.memory"
+VCPUS = "amount.worker.vcpu"
+MEMORY = "amount.worker.memory"
+GPUS = "amount.worker.gpu"
 # What the service measures or packs by itself: service.yaml's capabilities may not say otherwise.
 _MEASURED = (
     OS_FAMILY,
     CPU_ARCH,
     GPU_MEMORY,
-    "amount.worker.vcpu",
-    "amount.worker.memory",
-    "amount.worker.gpu",
+    VCPUS,
+    MEMORY,
+    GPUS,
 )
 # OpenJD's names for the machine architectures (attr.worker.cpu.arch), by what Python reports.
 _CPU_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 
 
+def arch_name(machine: str) -> str:
+    """A machine architecture as OpenJD spells it (x86_64, arm64), from uname's or Go's name."""
+    return _CPU_ARCHES.get(machine.lower(), machine.lower())
+
+
 def cpu_arch() -> str:
     """This machine's architecture as OpenJD spells it (x86_64, arm64)."""
-    machine = platform.machine().lower()
-    return _CPU_ARCHES.get(machine, machine)
+    return arch_name(platform.machine())
+
+
+@dataclass(frozen=True)
+class AttributeNeed:
+    """A step's ``attr.*`` host requirement: one of ``any_of``, or every value of ``all_of``."""
+
+    name: str  # lowercase, as OpenJD compares names
+    any_of: tuple[str, ...] = ()
+    all_of: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} ({f'anyOf {list(self.any_of)}' if self.any_of else f'allOf {list(self.all_of)}'})"
+        )
+
+
+@dataclass(frozen=True)
+class AmountNeed:
+    """A step's ``amount.worker.*`` host requirement: a worker has at least ``low``, at most ``high``.
+
+    ``where_measured``: judged only by workers whose amount is known (``amount.worker.vcpu``,
+    ``memory`` and ``gpu`` on a cluster's nodes); the local engine packs tasks by them instead
+    (:mod:`.resources`, :mod:`.gpu`).
+    """
+
+    name: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    where_measured: bool = False
+
+    def __str__(self) -> str:
+        bounds = " ".join(f"{k} {v:g}" for k, v in (("min", self.low), ("max", self.high)) if v is not None)
+        return f"{self.name} ({bounds})"
+
+
+Need = Union[AttributeNeed, AmountNeed]
 
 
 @dataclass(frozen=True)
@@ -207,8 +292,8 @@ class WorkerCapabilities:
     containers; ``attr.worker.cpu.arch``: this machine's; ``attr.*`` from ``capabilities:`` in
     service.yaml); amounts are quantities a worker has (``amount.worker.gpu.memory``: the smallest
     GPU's memory in MiB; ``amount.worker.*`` from ``capabilities:``). Names are lowercase, as
-    OpenJD compares them. Every worker of this service is alike, so a requirement either always
-    holds or never does.
+    OpenJD compares them. On the local engine every worker is alike; a cluster's partitions or
+    nodes each have their own (:class:`Workers`).
     """
 
     attributes: Mapping[str, tuple[str, ...]] = field(
@@ -217,48 +302,180 @@ class WorkerCapabilities:
     amounts: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, declared: Mapping[str, Any], gpu_memory_mib: Sequence[int]) -> WorkerCapabilities:
-        """The workers' capabilities: the measured ones, then ``declared`` (checked by load_config)."""
+    def build(
+        cls,
+        declared: Mapping[str, Any],
+        gpu_memory_mib: Sequence[int],
+        measured: Optional[Mapping[str, Any]] = None,
+    ) -> WorkerCapabilities:
+        """The workers' capabilities: this machine's (or ``measured``, a cluster node's), then
+        ``declared`` (checked by load_config), in that shape: an attribute's value or values, an amount."""
         attributes: dict[str, tuple[str, ...]] = dict(cls().attributes)
         amounts: dict[str, float] = {GPU_MEMORY: float(min(gpu_memory_mib))} if gpu_memory_mib else {}
-        for name, value in declared.items():
+        for name, value in {**(measured or {}), **declared}.items():
             if name.startswith("attr."):
                 attributes[name] = (value,) if isinstance(value, str) else tuple(value)
             else:
                 amounts[name] = float(value)
         return cls(attributes, amounts)
 
-    def attribute_refusal(
-        self, name: str, any_of: Optional[Sequence[str]], all_of: Optional[Sequence[str]]
-    ) -> Optional[str]:
-        """Why no worker meets the attribute requirement (None: every worker does)."""
-        have = self.attributes.get(name.lower())
-        wanted = f"anyOf {list(any_of)}" if any_of else f"allOf {list(all_of or [])}"
-        if have is None:
-            known = ", ".join(f"{k} {list(v)}" for k, v in sorted(self.attributes.items()))
-            return (
-                f"{name} ({wanted}): no worker of this service has the attribute {name} "
-                f"(the workers have: {known}; declare more under capabilities in service.yaml)"
-            )
-        met = any(v in have for v in any_of) if any_of else all(v in have for v in all_of or [])
-        if met:
-            return None
-        return f"{name} ({wanted}): no worker of this service meets it (the workers have {name} {list(have)})"
+    def meets(self, need: Need) -> bool:
+        """Whether this worker meets ``need``; an amount it has no measure of meets a ``where_measured`` need."""
+        if isinstance(need, AttributeNeed):
+            have = self.attributes.get(need.name, ())
+            if need.any_of:
+                return any(v in have for v in need.any_of)
+            return bool(have) and all(v in have for v in need.all_of)
+        amount = self.amounts.get(need.name)
+        if amount is None:
+            return need.where_measured
+        return (need.low is None or amount >= need.low) and (need.high is None or amount <= need.high)
 
-    def amount_refusal(self, name: str, low: Optional[float], high: Optional[float]) -> Optional[str]:
-        """Why no worker has the amount within [low, high] (None: every worker has)."""
-        have = self.amounts.get(name.lower())
-        bounds = " ".join(f"{k} {v:g}" for k, v in (("min", low), ("max", high)) if v is not None)
-        if have is None:
+    def has(self, need: Need) -> str:
+        """What this worker has of what ``need`` names, for a refusal: ``attr.x ['a']`` or ``no attr.x``."""
+        if isinstance(need, AttributeNeed):
+            have = self.attributes.get(need.name)
+            return f"{need.name} {list(have)}" if have is not None else f"no {need.name}"
+        amount = self.amounts.get(need.name)
+        return f"{need.name} {amount:g}" if amount is not None else f"no {need.name}"
+
+    def refusal(self, need: Need) -> Optional[str]:
+        """Why no worker of a service whose workers are all alike meets ``need`` (None: they do)."""
+        if self.meets(need):
+            return None
+        if isinstance(need, AttributeNeed):
+            have = self.attributes.get(need.name)
+            if have is None:
+                known = ", ".join(f"{k} {list(v)}" for k, v in sorted(self.attributes.items()))
+                return (
+                    f"{need}: no worker of this service has the attribute {need.name} "
+                    f"(the workers have: {known}; declare more under capabilities in service.yaml)"
+                )
+            return f"{need}: no worker of this service meets it (the workers have {need.name} {list(have)})"
+        amount = self.amounts.get(need.name)
+        if amount is None:
             known = ", ".join(f"{k} {v:g}" for k, v in sorted(self.amounts.items())) or "none"
-            what = "no NVIDIA GPU" if name.lower() == GPU_MEMORY else f"no {name}"
+            what = "no NVIDIA GPU" if need.name == GPU_MEMORY else f"no {need.name}"
             return (
-                f"{name} ({bounds}): the workers of this service have {what} "
+                f"{need}: the workers of this service have {what} "
                 f"(their amounts: {known}; declare more under capabilities in service.yaml)"
             )
-        if (low is not None and have < low) or (high is not None and have > high):
-            return f"{name} ({bounds}): no worker of this service meets it (the workers have {have:g})"
-        return None
+        return f"{need}: no worker of this service meets it (the workers have {amount:g})"
+
+
+class Unmet(Exception):
+    """No worker of the service meets a step's host requirements: ``field`` is where in
+    ``hostRequirements`` (``attributes``, ``amounts`` or empty for the step's whole set), the
+    message names the requirement and what the workers have."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """Workers alike for hostRequirements: a Slurm partition, a Swarm node."""
+
+    name: str
+    capabilities: WorkerCapabilities
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where a step's tasks can run, judged by its host requirements.
+
+    ``kind`` names what the groups are ("partition", "node"); empty for a service whose workers are
+    all alike (the local engine: one unnamed group). ``default`` is the group a step goes to when
+    it meets the step's requirements (``slurm.partition``): the engine's own placement then holds.
+    """
+
+    groups: tuple[WorkerGroup, ...]
+    kind: str = ""
+    default: Optional[str] = None
+
+    @classmethod
+    def alike(cls, capabilities: WorkerCapabilities) -> Workers:
+        return cls((WorkerGroup("", capabilities),))
+
+    @classmethod
+    def build(
+        cls,
+        kind: str,
+        common: Mapping[str, Any],
+        declared: Mapping[str, Mapping[str, Any]],
+        measured: Mapping[str, Mapping[str, Any]],
+        default: Optional[str] = None,
+    ) -> Workers:
+        """One group per name of ``measured`` (what the cluster reports of each), with the
+        service-wide ``common`` capabilities and then the group's ``declared`` own."""
+        return cls(
+            tuple(
+                WorkerGroup(name, WorkerCapabilities.build({**common, **declared.get(name, {})}, [], have))
+                for name, have in measured.items()
+            ),
+            kind,
+            default,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``--check`` shows: each group's attributes and amounts, as host requirements see them."""
+        return {
+            "kind": self.kind or "alike",
+            "default": self.default,
+            "groups": {
+                g.name: {
+                    "attributes": {k: list(v) for k, v in sorted(g.capabilities.attributes.items())},
+                    "amounts": dict(sorted(g.capabilities.amounts.items())),
+                }
+                for g in self.groups
+            },
+        }
+
+    def place(self, needs: Sequence[Need]) -> Optional[tuple[str, ...]]:
+        """The groups that meet every need, or None where the engine's own placement serves (no
+        needs, workers all alike, or the default group meets them); Unmet when no group does."""
+        matching = tuple(g.name for g in self.groups if all(g.capabilities.meets(n) for n in needs))
+        if not matching:
+            raise self._unmet(needs)
+        if not needs or not self.kind or self.default in matching:
+            return None
+        return matching
+
+    def _unmet(self, needs: Sequence[Need]) -> Unmet:
+        """Why no group meets ``needs``: a requirement no group meets on its own is named first,
+        under its part of hostRequirements, with what each group has of it; otherwise what each
+        group lacks (each requirement holds somewhere, all of them nowhere)."""
+        hopeless = next((n for n in needs if not any(g.capabilities.meets(n) for g in self.groups)), None)
+        if hopeless is not None:
+            part = "attributes" if isinstance(hopeless, AttributeNeed) else "amounts"
+            if not self.kind:
+                refusal = self.groups[0].capabilities.refusal(hopeless)
+                assert refusal is not None
+                return Unmet(part, refusal)
+            nobody = all(g.capabilities.has(hopeless) == f"no {hopeless.name}" for g in self.groups)
+            verdict = f"has the attribute {hopeless.name}" if nobody and part == "attributes" else "meets it"
+            return Unmet(
+                part,
+                f"{hopeless}: no worker of this service {verdict} ("
+                + "; ".join(f"{self.kind} {g.name} has {g.capabilities.has(hopeless)}" for g in self.groups)
+                + (
+                    ""
+                    if hopeless.name in _MEASURED
+                    else f"; declare capabilities per {self.kind} in service.yaml"
+                )
+                + ")",
+            )
+        lacking = []
+        for group in self.groups:
+            need = next(n for n in needs if not group.capabilities.meets(n))
+            lacking.append(f"{self.kind} {group.name} lacks {need} (it has {group.capabilities.has(need)})")
+        return Unmet(
+            "",
+            f"no {self.kind} of this service meets every host requirement of the step: "
+            + "; ".join(lacking)
+            + f" (declare capabilities per {self.kind} in service.yaml)",
+        )
 
 
 @dataclass(frozen=True)
@@ -273,9 +490,12 @@ class SwarmSettings:
     # Session directories (sessions' control files and task outputs): under shared_roots when
     # they are set, else steps with environments run cold. None: <state_dir>/swarm.
     spool_dir: Optional[str] = None
+    # What each node has for hostRequirements, besides what the swarm reports of it and the
+    # service-wide capabilities: {HOSTNAME: {capability: value}} (``nodes: {HOSTNAME: {capabilities: ...}}``).
+    nodes: Mapping[str, Mapping[str, Capability]] = field(default_factory=dict)
 
 
-_SWARM_KEYS = ("shared_roots", "max_concurrent", "gpu_kind", "spool_dir")
+_SWARM_KEYS = ("shared_roots", "max_concurrent", "gpu_kind", "spool_dir", "nodes")
 
 
 def _default_resources() -> dict[str, int]:
@@ -337,7 +557,7 @@ class ServiceConfig:
     )  # licence failures of one task before it fails for good
     # What the workers have for hostRequirements beyond what is measured: {attr.NAME: value or
     # [values], amount.worker.NAME: number}; see WorkerCapabilities.
-    capabilities: dict[str, Union[str, list[str], float]] = field(default_factory=dict)
+    capabilities: dict[str, Capability] = field(default_factory=dict)
 
     @property
     def packing_machine(self) -> Machine:
@@ -483,18 +703,21 @@ def _check_resources(raw: Any, path: Path) -> None:
         _check_number(count, f"{path}: resources.{name}", whole=True)
 
 
-def _check_capabilities(raw: Any, path: Path) -> dict[str, Union[str, list[str], float]]:
-    """The declared capabilities with lowercase names, or BadInput naming the bad entry."""
+def _check_capabilities(
+    raw: Any, path: Path, key: str = "capabilities", declarable: Sequence[str] = ()
+) -> dict[str, Capability]:
+    """The declared capabilities with lowercase names, or BadInput naming the bad entry; of the
+    measured names, only ``declarable`` ones may be given."""
     if not isinstance(raw, dict):
         raise BadInput(
-            f"{path}: capabilities",
+            f"{path}: {key}",
             "must be a mapping such as {attr.custom.host_config: [HostConfigA], amount.worker.disk.scratch: 500}",
         )
-    checked: dict[str, Union[str, list[str], float]] = {}
+    checked: dict[str, Capability] = {}
     for name, value in raw.items():
-        where = f"{path}: capabilities.{name}"
+        where = f"{path}: {key}.{name}"
         lower = str(name).lower()
-        if lower in _MEASURED:
+        if lower in _MEASURED and lower not in declarable:
             raise BadInput(where, "measured by the service itself; it cannot be declared")
         if not RESOURCE_NAME.fullmatch(lower.partition(".")[2]):
             raise BadInput(
@@ -571,4 +794,5 @@ def _load_swarm(raw: Any, path: Path) -> SwarmSettings:
         max_concurrent=raw.get("max_concurrent"),
         gpu_kind=kind,
         spool_dir=spool,
+        nodes=_check_groups(raw.get("nodes"), path, "swarm.nodes", "node", _HOSTNAME),
     )

@@ -117,6 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "gpu_inventory": service.engine.gpus.inventory_json(),
             "task_limits": limits_report(service),
             "resources": resources_report(service),
+            "workers": service.workers.to_json(),  # what host requirements are judged against
             "mounts": service.mount_policy.to_json(),
             "config": vars(config),
         }

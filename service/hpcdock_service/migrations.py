@@ -191,6 +191,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     _adding(("tasks", "status", "TEXT"), ("steps", "files", "TEXT")),
     # the OpenJD environments a step's tasks run in (empty: none)
     _adding(("steps", "environments", "TEXT")),
+    # the worker groups (Slurm partitions, Swarm nodes) a step's host requirements place it on
+    _adding(("steps", "placement", "TEXT")),
 )
 LATEST = len(MIGRATIONS)
 

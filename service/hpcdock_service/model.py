@@ -62,6 +62,8 @@ class StepRun(NamedTuple):
     ] = ()  # the step script's embeddedFiles, written into each task's container
     # The environments its tasks run in, entered in this order (none: each task runs cold).
     environments: tuple[Environment, ...] = ()
+    # The worker groups its host requirements place it on (see bundle_loader.StepPlan.placement).
+    placement: Optional[tuple[str, ...]] = None
 
 
 class ReadyStep(NamedTuple):

@@ -57,6 +57,7 @@ def step_run_from_row(r: sqlite3.Row) -> StepRun:
         amounts(r["amounts"]),
         tuple(EmbeddedFile.from_json(f) for f in json.loads(r["files"] or "[]")),
         tuple(Environment.from_json(e) for e in json.loads(r["environments"] or "[]")),
+        tuple(json.loads(r["placement"])) if r["placement"] else None,
     )
 
 

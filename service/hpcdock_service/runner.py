@@ -376,6 +376,7 @@ class TaskRunner:
             gpus=self.gpus,
             limits=self.limits,
             files=files,
+            placement=step.placement,
         )
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread

@@ -253,6 +253,7 @@ class Scheduler:
             network=spec.network,
             labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(step.job_id)},
             limits=self.limits_for(step),
+            placement=step.placement,
         )
 
         environments = [

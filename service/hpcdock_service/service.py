@@ -19,7 +19,7 @@ from hpcdock.protocol import FrameState
 
 from . import __version__, tasklog, thumbnails
 from .bundle_loader import load_bundle, prepare_output_dirs
-from .config import ServiceConfig, WorkerCapabilities
+from .config import ServiceConfig, WorkerCapabilities, Workers
 from .engines import open_engine
 from .engines.base import ContainerLimits, Engine, EngineUnreachable
 from .engines.discovery import EngineWatch
@@ -114,10 +114,22 @@ class Service:
         engine.mount_policy = self.mount_policy
         self.watch = EngineWatch(engine)
         self.capacity = capacity(config.resources, config.packing_machine)
-        gpus = engine.gpus.inventory_json().get("gpus") or []
-        self.capabilities = WorkerCapabilities.build(
-            config.capabilities, [int(g.get("memory_mib") or 0) for g in gpus]
-        )
+        # A cluster engine's partitions or nodes each have their own; the local engine's workers
+        # are this machine.
+        cluster_workers = getattr(engine, "workers", None)
+        if cluster_workers is not None:
+            try:  # a configured partition the cluster lacks stops the start, naming it
+                self.workers = cluster_workers(config.capabilities)
+            except BaseException:
+                engine.close()
+                self.store.close()
+                self.lock.release()
+                raise
+        else:
+            gpus = engine.gpus.inventory_json().get("gpus") or []
+            self.workers = Workers.alike(
+                WorkerCapabilities.build(config.capabilities, [int(g.get("memory_mib") or 0) for g in gpus])
+            )
         self.scheduler = Scheduler(
             self.store,
             engine,
@@ -162,7 +174,7 @@ class Service:
                 gpu_check=self.engine.gpus.check,
                 limits=self.config.limits,
                 capacity=self.capacity,
-                capabilities=self.capabilities,
+                capabilities=self.workers,
             )
         except EngineUnreachable as exc:  # the image cannot be checked now; nothing was accepted
             self.watch.lost(exc)

@@ -366,8 +366,8 @@ class Store:
             for s_idx, step in enumerate(plan.steps):
                 db.execute(
                     "INSERT INTO steps (job_id, idx, name, depends_on, gpus, command, timeout, "
-                    "cancel_grace, output, memory_mib, vcpus, amounts, files, environments) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cancel_grace, output, memory_mib, vcpus, amounts, files, environments, placement) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         s_idx,
@@ -383,6 +383,7 @@ class Store:
                         json.dumps(step.amounts),
                         json.dumps([f.to_json() for f in step.files]) if step.files else None,
                         json.dumps([e.to_json() for e in step.environments]) if step.environments else None,
+                        json.dumps(step.placement) if step.placement is not None else None,
                     ),
                 )
                 first = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0] + 1

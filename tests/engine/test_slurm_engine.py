@@ -1,7 +1,7 @@
 """The Slurm engine on a real Slurm cluster (``scripts/setup-slurm.sh``'s single node), what the
 conformance suite does not cover: node-runner cleanup on ``scancel``, Slurm's refusal to requeue
-an attempt, image distribution through the shared store, and the shared
-roots.
+an attempt, image distribution through the shared store, the shared roots, and where a step's
+host requirements place its tasks (per-partition capabilities).
 
 Real parts throughout: real ``sbatch``/``squeue``/``scancel``, real jobs running the node runner,
 real rootless Podman containers on the node.
@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
+import yaml
+from hpcdock.client import ServiceError
 
-from tests.engine.engine_kinds import EXPECT_ENGINES, expected, slurm_unavailable
-from tests.helpers import TEST_IMAGE, wait_for
+from tests.engine.engine_kinds import EXPECT_ENGINES, by_name, expected, slurm_unavailable
+from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -194,3 +198,151 @@ def test_leftovers_are_found_by_name_and_removed(slurm) -> None:
     )
     assert not set(names) & {s.name for s in slurm.leftovers("slurmtest")}
     wait_for(lambda: not set(names) & _podman_names(), 30, what="their containers to be removed")
+
+
+# -- placement by host requirements ---------------------------------------------------------
+
+TIER = "attr.custom.tier"
+# What service.yaml declares for setup-slurm.sh's two partitions on the one node.
+SITE = "attr.custom.site"
+PARTITIONS = {
+    "main": {"capabilities": {TIER: "standard", SITE: "paris"}},
+    "spare": {"capabilities": {TIER: ["standard", "premium"], SITE: "oslo"}},
+}
+
+
+def tier_bundle(
+    root: Path, steps: dict[str, list[str]], script: str = "echo ran", site: Optional[str] = None
+) -> Path:
+    """A bundle of one task per step running ``script``; each step asks for one of its tiers (none:
+    nothing), and for ``site`` when given."""
+    root.mkdir(parents=True, exist_ok=True)
+    template_steps = []
+    for name, tiers in steps.items():
+        step: dict = {
+            "name": name,
+            "script": {"actions": {"onRun": {"command": "sh", "args": ["-c", script]}}},
+        }
+        wants = [{"name": TIER, "anyOf": tiers}] if tiers else []
+        wants += [{"name": SITE, "anyOf": [site]}] if site else []
+        if wants:
+            step["hostRequirements"] = {"attributes": wants}
+        template_steps.append(step)
+    template = {"specificationVersion": "jobtemplate-2023-09", "name": root.name, "steps": template_steps}
+    (root / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    (root / "hpcdock.yaml").write_text(yaml.safe_dump({"image": TEST_IMAGE}))
+    return root
+
+
+def _tiered_config(request: pytest.FixtureRequest, partitions: dict) -> dict:
+    """service.yaml for the Slurm engine with those ``slurm.partitions`` (the test skips or fails
+    without Slurm, as the conformance suite does)."""
+    kind = by_name("slurm")
+    reason = kind.unavailable()
+    if reason:
+        if "slurm" in expected():
+            pytest.fail(f"{EXPECT_ENGINES}={os.environ[EXPECT_ENGINES]} expects slurm, but {reason}")
+        pytest.skip(reason)
+    listed = subprocess.run(
+        ["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True
+    ).stdout.split()
+    assert {"main*", "spare"} <= set(listed), (
+        f"setup-slurm.sh makes partitions main and spare; sinfo has {listed}"
+    )
+    return {**kind.select(request).config, "slurm": {"partitions": partitions}}
+
+
+@pytest.fixture
+def tiered_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A service on the Slurm engine whose two partitions have different tiers."""
+    svc = ServiceProcess(tmp_path / "svc", None, config=_tiered_config(request, PARTITIONS)).start()
+    yield svc
+    svc.stop()
+    remove_leftovers(svc)
+
+
+def _partition_of(job_name: str) -> str:
+    """The partition Slurm ran the job of that name in (it lists ended jobs for MinJobAge)."""
+    out = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--name={job_name}", "--format=%P"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_a_step_runs_in_the_partition_that_has_what_it_asks_for(
+    tiered_service: ServiceProcess, tmp_path: Path
+) -> None:
+    client = tiered_service.client()
+    bundle = tier_bundle(tmp_path / "tiers", {"premium": ["premium"], "standard": ["standard"], "plain": []})
+    job = wait_job(client, client.submit(str(bundle))["id"])
+    assert job["state"] == "succeeded", job
+    ran = {t["step"]: t["container"] for t in client.tasks(job["id"])}
+    assert {step: _partition_of(name) for step, name in ran.items()} == {
+        "premium": "spare",  # only spare has it
+        "standard": "main",  # the default partition has it: it stays there
+        "plain": "main",  # asks for nothing: the default partition
+    }
+
+
+def test_a_step_no_partition_can_run_is_refused_at_submit_naming_what_each_has(
+    tiered_service: ServiceProcess, tmp_path: Path
+) -> None:
+    client = tiered_service.client()
+    bundle = tier_bundle(tmp_path / "gold", {"gold": ["gold"]})
+    with pytest.raises(ServiceError) as refused:
+        client.submit(str(bundle))
+    assert 400 <= refused.value.status < 500, refused.value
+    assert refused.value.field.endswith("steps[0].hostRequirements.attributes"), refused.value
+    assert refused.value.message.startswith(
+        f"{TIER} (anyOf ['gold']): no worker of this service meets it (partition main has {TIER} "
+        f"['standard']; partition spare has {TIER} ['standard', 'premium']"
+    ), refused.value
+    result = tiered_service.cli("submit", str(bundle))
+    assert result.returncode == 1 and "hostRequirements" in result.stderr and "Traceback" not in result.stderr
+    # Premium is in spare and Paris in main: each holds somewhere, both nowhere.
+    with pytest.raises(ServiceError) as apart:
+        client.submit(str(tier_bundle(tmp_path / "apart", {"premium": ["premium"]}, site="paris")))
+    assert apart.value.field.endswith("steps[0].hostRequirements"), apart.value
+    assert (
+        f"partition main lacks {TIER} (anyOf ['premium']) (it has {TIER} ['standard']); "
+        f"partition spare lacks {SITE} (anyOf ['paris']) (it has {SITE} ['oslo'])"
+    ) in apart.value.message, apart.value
+    assert client.jobs() == []
+
+
+def _check(svc: ServiceProcess) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcdock_service.main",
+            "--check",
+            "--state-dir",
+            str(svc.root / "check-state"),
+        ],
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_shows_what_each_partition_has_and_a_partition_slurm_lacks_stops_the_start(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    good = _check(ServiceProcess(tmp_path / "good", None, config=_tiered_config(request, PARTITIONS)))
+    assert good.returncode == 0, good.stderr
+    workers = json.loads(good.stdout)["workers"]
+    assert workers["kind"] == "partition" and workers["default"] == "main"
+    spare = workers["groups"]["spare"]
+    assert spare["attributes"][TIER] == ["standard", "premium"]
+    # measured from scontrol: setup-slurm.sh gives its node this machine's cores
+    assert spare["amounts"]["amount.worker.vcpu"] == os.cpu_count()
+    assert workers["groups"]["main"]["attributes"]["attr.worker.os.family"] == ["linux"]
+    bad = _check(ServiceProcess(tmp_path / "bad", None, config=_tiered_config(request, {"nosuch": {}})))
+    assert bad.returncode == 1
+    assert "slurm.partitions.nosuch in service.yaml: this Slurm cluster has no partition nosuch" in bad.stderr
+    assert "Traceback" not in bad.stderr

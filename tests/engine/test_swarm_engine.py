@@ -3,7 +3,8 @@
 Each task attempt is a ``replicated-job`` service carrying hpcdock's labels, with Swarm's own
 restart off; the security defaults hold inside the task; a stopped and removed run leaves no
 service and no container; a run is found again by name and by label from a fresh engine (a
-restarted service); mounts outside the shared roots are refused naming the path.
+restarted service); mounts outside the shared roots are refused naming the path; a step's host
+requirements decide the node it is constrained to, or refuse it at submit.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from hpcdock.client import ServiceError
 from hpcdock_service.bundle_loader import Mount
 from hpcdock_service.config import SwarmSettings
 from hpcdock_service.engines.base import ContainerRequest, MountRefused, RunState
@@ -21,7 +23,8 @@ from hpcdock_service.engines.swarm import ISOLATED_NETWORK, SwarmEngine, connect
 from hpcdock_service.mounts import MountPolicy
 
 from tests.engine.engine_kinds import expected
-from tests.helpers import TEST_IMAGE, wait_for
+from tests.engine.test_slurm_engine import TIER, tier_bundle
+from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, wait_for, wait_job
 from tests.swarm import swarm_url
 
 pytestmark = pytest.mark.engine
@@ -206,3 +209,57 @@ def test_mounts_outside_the_shared_roots_are_refused_naming_the_path(url: str, t
         assert eng.find(req.name) is None
     finally:
         eng.close()
+
+
+# -- placement by host requirements ---------------------------------------------------------
+
+
+@pytest.fixture
+def tiered_service(url: str, engine: SwarmEngine, tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
+    """A service on the swarm whose one node is declared premium; and that node's hostname."""
+    [node] = engine.nodes(fresh=True)
+    hostname = node["Description"]["Hostname"]
+    config = {
+        "engine": "swarm",
+        "swarm": {"nodes": {hostname: {"capabilities": {TIER: ["standard", "premium"]}}}},
+    }
+    svc = ServiceProcess(tmp_path / "svc", url, config=config).start()
+    yield svc, hostname
+    svc.stop()
+    remove_leftovers(svc)
+
+
+def test_a_step_is_constrained_to_the_node_that_has_what_it_asks_for(
+    tiered_service: tuple[ServiceProcess, str], engine: SwarmEngine, tmp_path: Path
+) -> None:
+    svc, hostname = tiered_service
+    client = svc.client()
+    bundle = tier_bundle(tmp_path / "tiers", {"premium": ["premium"]}, "echo ran; sleep 6")
+    job_id = client.submit(str(bundle))["id"]
+
+    def running_service() -> Optional[dict]:
+        [task] = client.tasks(job_id)
+        return (
+            engine._service(task["container"]) if task["state"] == "running" and task["container"] else None
+        )
+
+    spec = wait_for(running_service, 120, what="the task's Swarm service")["Spec"]
+    assert spec["TaskTemplate"]["Placement"]["Constraints"] == [f"node.hostname=={hostname}"]
+    assert wait_job(client, job_id)["state"] == "succeeded", client.tasks(job_id)
+    assert "\nran\n" in client.log(client.tasks(job_id)[0]["id"])[0]
+
+
+def test_a_step_no_node_can_run_is_refused_at_submit_naming_what_it_has(
+    tiered_service: tuple[ServiceProcess, str], tmp_path: Path
+) -> None:
+    svc, hostname = tiered_service
+    client = svc.client()
+    with pytest.raises(ServiceError) as refused:
+        client.submit(str(tier_bundle(tmp_path / "gold", {"gold": ["gold"]})))
+    assert 400 <= refused.value.status < 500, refused.value
+    assert refused.value.field.endswith("steps[0].hostRequirements.attributes"), refused.value
+    assert refused.value.message.startswith(
+        f"{TIER} (anyOf ['gold']): no worker of this service meets it (node {hostname} has {TIER} "
+        "['standard', 'premium']"
+    ), refused.value
+    assert client.jobs() == []

@@ -214,7 +214,7 @@ def test_slurm_section_defaults_and_values(tmp_path: Path) -> None:
     ("text", "field", "says"),
     [
         ("slurm: [a]", "slurm", "mapping"),
-        ("slurm: {partitions: x}", "slurm.partitions", "unknown setting"),
+        ("slurm: {partiton: x}", "slurm.partiton", "unknown setting"),
         ("slurm: {partition: ''}", "slurm.partition", "non-empty"),
         ("slurm: {qos: 3}", "slurm.qos", "non-empty"),
         ("slurm: {sbatch_args: --time=5}", "slurm.sbatch_args", "list of sbatch options"),

@@ -103,6 +103,9 @@ class ContainerRequest:
     # session_root), bound read-write at SESSION_ROOT. Not under the mount policy: no task chose
     # the path, and the policy keeps every task's own mounts out of both places.
     session_dir: Optional[str] = None
+    # The worker groups the task may run on (Slurm partitions, Swarm node hostnames), chosen by
+    # the step's host requirements; None: wherever the engine places it by itself.
+    placement: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,11 @@ class Engine(Runs, Protocol):
     that every host it may place a container on sees at the same path (a cluster's shared
     filesystem). Any other engine runs a step with environments cold: each task's container
     enters the environments, runs the task and exits them.
+
+    So are worker groups: a cluster engine whose partitions or nodes differ has
+    ``workers(common) -> config.Workers``, what each has for host requirements, read when the
+    service starts; it then honours :attr:`ContainerRequest.placement`. Without it every worker
+    is this machine.
     """
 
     # What containers may mount, checked again at every creation; the service sets it.

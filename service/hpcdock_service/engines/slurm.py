@@ -42,6 +42,13 @@ again by name after a restart. The CLI is the interface Slurm keeps stable acros
 one call however many tasks run, and one thread (:class:`SpoolWatch`) looks for every waiting
 task's output and exit-status files.
 
+Placement: a step goes to ``slurm.partition`` (or the cluster's default partition) when that
+partition meets its host requirements; otherwise to every partition of ``slurm.partitions`` that
+meets them (``--partition=a,b``: Slurm starts the job in the first that can). What a partition
+has is what its nodes report (``scontrol show node``: the most CPUs and memory of one of its
+nodes, their architectures) plus the capabilities service.yaml declares for it
+(:meth:`SlurmEngine.workers`).
+
 GPUs: a step's ``amount.worker.gpu: N`` becomes ``--gres=gpu:N``; Slurm picks the GPUs and the
 node runner attaches and verifies exactly those (``CUDA_VISIBLE_DEVICES``). A cluster whose nodes
 have no ``gpu`` gres refuses such a step at submit, naming GPUs.
@@ -71,12 +78,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from .. import mounts
+from ..config import CPU_ARCH, GPUS, MEMORY, OS_FAMILY, VCPUS, Capability, SlurmConfig, Workers, arch_name
 from .base import (
     ContainerRequest,
     EngineError,
@@ -88,9 +96,6 @@ from .base import (
     RunStatus,
 )
 from .common import ClusterGpus
-
-if TYPE_CHECKING:
-    from ..config import SlurmConfig
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +334,7 @@ def request_to_spec(
             "labels": dict(request.labels),
             "gpus": request.gpus.count if request.gpus else 0,
             "limits": asdict(request.limits),
+            "placement": list(request.placement) if request.placement is not None else None,
             "files": [
                 {"path": f.path, "data": base64.b64encode(f.data).decode(), "mode": f.mode}
                 for f in request.files
@@ -349,8 +355,10 @@ def sbatch_command(
     comment: str,
     gpus: int = 0,
     cpus: int = 0,
+    partitions: Optional[Sequence[str]] = None,
 ) -> list[str]:
-    """The ``sbatch`` call that queues one attempt (its job name is the attempt's name)."""
+    """The ``sbatch`` call that queues one attempt (its job name is the attempt's name);
+    ``partitions``: those its step's host requirements place it on, else ``slurm.partition``."""
     cmd = [
         "sbatch",
         "--parsable",
@@ -361,7 +369,7 @@ def sbatch_command(
         f"--comment={comment}",
     ]
     for option, value in (
-        ("partition", settings.partition),
+        ("partition", ",".join(partitions) if partitions else settings.partition),
         ("account", settings.account),
         ("qos", settings.qos),
     ):
@@ -398,20 +406,22 @@ def _slurm(args: Sequence[str], what: str, timeout: float = CLI_TIMEOUT) -> str:
 class SlurmGpus(ClusterGpus):
     """GPU placement on a Slurm cluster: Slurm picks the GPUs; hpcdock only checks they exist.
 
-    ``check`` reads the ``gpu`` gres of the partition's nodes once; a grant carries a count and
-    no indices (the node runner attaches the ones Slurm allocated).
+    ``check`` reads the ``gpu`` gres of the nodes of the service's partitions once (``slurm.partition``
+    and ``slurm.partitions``; none named: every partition); a grant carries a count and no indices
+    (the node runner attaches the ones Slurm allocated). Which of the partitions a GPU step goes to
+    is its placement (:meth:`SlurmEngine.workers` measures each partition's GPUs).
     """
 
-    def __init__(self, partition: Optional[str]) -> None:
+    def __init__(self, partitions: Sequence[str]) -> None:
         super().__init__()
-        self.partition = partition
+        self.partitions = tuple(partitions)
         self._per_node: Optional[int] = None  # most GPUs on one node, read on first use
 
     def _gpus_per_node(self) -> int:
         if self._per_node is None:
             args = ["sinfo", "--noheader", "--format=%G"]
-            if self.partition:
-                args.append(f"--partition={self.partition}")
+            if self.partitions:
+                args.append(f"--partition={','.join(self.partitions)}")
             self._per_node = max(
                 (gres_gpus(line) for line in _slurm(args, "list the nodes' gres").splitlines()), default=0
             )
@@ -421,7 +431,7 @@ class SlurmGpus(ClusterGpus):
         if count <= 0:
             return None
         have = self._gpus_per_node()
-        where = f"partition {self.partition}" if self.partition else "the default partition"
+        where = f"partition {', '.join(self.partitions)}" if self.partitions else "any partition"
         if have == 0:
             return (
                 f"amount.worker.gpu asks for {count} GPU(s) per task, but no node of {where} of this Slurm "
@@ -448,7 +458,37 @@ class SlurmGpus(ClusterGpus):
             per_node: Any = self._gpus_per_node()
         except EngineError as exc:
             per_node = str(exc)
-        return {"placed_by": "slurm", "partition": self.partition, "most_gpus_on_one_node": per_node}
+        return {"placed_by": "slurm", "partitions": list(self.partitions), "most_gpus_on_one_node": per_node}
+
+
+def partition_capabilities(nodes_text: str) -> dict[str, dict[str, Capability]]:
+    """What each partition's nodes have, from ``scontrol show node --oneliner``: the most CPUs
+    (``amount.worker.vcpu``), memory in MiB (``amount.worker.memory``) and ``gpu`` gres
+    (``amount.worker.gpu``) of one of its nodes, the architectures and OS families of its nodes
+    (``attr.worker.cpu.arch``, ``attr.worker.os.family``).
+
+    The biggest node stands for the partition: a step is accepted when some node of it could run
+    the task, and ``--cpus-per-task`` makes Slurm pick such a node."""
+    parts: dict[str, dict[str, Any]] = {}
+    for line in nodes_text.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        for partition in filter(None, fields.get("Partitions", "").split(",")):
+            have = parts.setdefault(
+                partition, {VCPUS: 0.0, MEMORY: 0.0, GPUS: 0.0, CPU_ARCH: set(), OS_FAMILY: set()}
+            )
+            have[GPUS] = max(have[GPUS], float(gres_gpus(fields.get("Gres", ""))))
+            if fields.get("CPUTot", "").isdigit():
+                have[VCPUS] = max(have[VCPUS], float(fields["CPUTot"]))
+            if fields.get("RealMemory", "").isdigit():
+                have[MEMORY] = max(have[MEMORY], float(fields["RealMemory"]))
+            if fields.get("Arch") not in (None, "(null)"):
+                have[CPU_ARCH].add(arch_name(fields["Arch"]))
+            if fields.get("OS") not in (None, "(null)"):
+                have[OS_FAMILY].add(fields["OS"].lower())
+    return {
+        name: {k: sorted(v) if isinstance(v, set) else v for k, v in have.items() if v or k == GPUS}
+        for name, have in parts.items()
+    }
 
 
 def gres_gpus(gres: str) -> int:
@@ -571,7 +611,10 @@ class SlurmEngine:
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
         )
         self.python = python or sys.executable
-        self.gpus = SlurmGpus(settings.partition)
+        self.gpus = SlurmGpus(
+            ([settings.partition] if settings.partition else [])
+            + [p for p in settings.partitions if p != settings.partition]
+        )
         self.user = os.environ.get("USER") or str(os.getuid())
         self.version = _slurm(["sbatch", "--version"], "run sbatch").strip()
         self._jobs: dict[str, JobInfo] = {}
@@ -595,6 +638,31 @@ class SlurmEngine:
             "shared_roots": list(self.mount_policy.shared) or "the allowed roots",
             "max_jobs": self.slots,
         }
+
+    def workers(self, common: Mapping[str, Capability]) -> Workers:
+        """The partitions tasks may go to, with what each has: ``slurm.partition`` (else the
+        cluster's default partition) and those of ``slurm.partitions``, each with what its nodes
+        report, then the service-wide ``common`` capabilities, then its own declared ones.
+
+        Raises EngineError naming a configured partition the cluster does not have."""
+        measured = partition_capabilities(
+            _slurm(["scontrol", "show", "node", "--oneliner"], "list the Slurm nodes")
+        )
+        listed = _slurm(["sinfo", "--noheader", "--format=%P"], "list the Slurm partitions").split()
+        cluster_default = next((p[:-1] for p in listed if p.endswith("*")), None)
+        known = {p.rstrip("*") for p in listed}
+        default = self.settings.partition or cluster_default
+        names = ([default] if default else []) + [p for p in self.settings.partitions if p != default]
+        for name in names:
+            if name not in known:
+                setting = "slurm.partition" if name == self.settings.partition else f"slurm.partitions.{name}"
+                raise EngineError(
+                    f"{setting} in service.yaml: this Slurm cluster has no partition {name} "
+                    f"(it has {', '.join(sorted(known)) or 'none'})"
+                )
+        return Workers.build(
+            "partition", common, self.settings.partitions, {n: measured.get(n, {}) for n in names}, default
+        )
 
     def ping(self) -> None:
         out = _slurm(["scontrol", "ping"], "reach the Slurm controller", timeout=10)
@@ -663,6 +731,7 @@ class SlurmEngine:
             comment,
             gpus=int(req["gpus"] or 0),
             cpus=int(-(-float(vcpus) // 1)) if vcpus else 0,
+            partitions=req.get("placement"),
         )
         job_id = _slurm(cmd, f"submit {handle} with sbatch").strip().split(";")[0]
         if not job_id.isdigit():

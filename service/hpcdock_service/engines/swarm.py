@@ -43,6 +43,15 @@ The image is pinned by its ID on the manager, so a node never asks a registry fo
 be reachable) and every node runs the very same image: each node must hold that image (``docker
 load`` of one archive keeps the ID).
 
+Placement: a step whose host requirements only some nodes meet runs only there. Swarm ANDs a
+service's placement constraints and has no "one of", so the task is pinned (``node.hostname==X``)
+where one node meets them, else kept off every other node the swarm lists when the run is
+prepared (``node.hostname!=Y`` each): a node that joined after the job was accepted, never
+judged, is kept off too. Hostnames rather than node labels: the service needs no right to change
+the nodes, and what a node has is declared in service.yaml (``swarm.nodes``) next to what the
+swarm reports of it (:meth:`SwarmEngine.workers`). Nodes are told apart by hostname, so two
+nodes of one hostname count as one.
+
 GPUs come only as Swarm generic resources (``node-generic-resources`` on each GPU node's dockerd,
 the NVIDIA runtime with ``swarm-resource``): a GPU task reserves ``N`` of :attr:`SwarmSettings.gpu_kind`
 and Swarm picks the node and the devices. Without nodes advertising that kind, a GPU job is
@@ -55,7 +64,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -66,7 +75,7 @@ from hpcdock import paths
 from hpcdock.protocol import Backoff
 
 from .. import mounts
-from ..config import SwarmSettings
+from ..config import CPU_ARCH, GPUS, MEMORY, OS_FAMILY, VCPUS, Capability, SwarmSettings, Workers, arch_name
 from .base import (
     LABEL_STORE,
     LABEL_TASK,
@@ -114,8 +123,10 @@ def service_spec(
     api_version: str,
     enforced: LimitEnforcement,
     gpu_kind: str,
+    constraints: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``POST /services/create`` body for one task attempt (see the module docstring)."""
+    """The ``POST /services/create`` body for one task attempt (see the module docstring);
+    ``constraints``: its placement (:func:`placement_constraints`)."""
     container: dict[str, Any] = {
         "Image": image,
         "Command": list(request.command),
@@ -158,6 +169,8 @@ def service_spec(
     }
     if resources:
         template["Resources"] = resources
+    if constraints:
+        template["Placement"] = {"Constraints": list(constraints)}
     body: dict[str, Any] = {
         "Name": request.name,
         "Labels": dict(request.labels),
@@ -176,6 +189,56 @@ def outside_shared(source: str, roots: tuple[str, ...]) -> bool:
     return not any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
 
 
+def placement_constraints(placement: Optional[Sequence[str]], hostnames: Sequence[str]) -> list[str]:
+    """Swarm constraints that keep a task on the nodes of ``placement`` (None: anywhere), given the
+    ``hostnames`` of the swarm's nodes now; EngineError when none of those nodes is left."""
+    if placement is None:
+        return []
+    if not set(placement) & set(hostnames):
+        raise EngineError(
+            f"none of the nodes that meet the step's host requirements ({', '.join(placement)}) is in "
+            f"the swarm now (it has {', '.join(sorted(hostnames)) or 'none'})"
+        )
+    if len(placement) == 1:
+        return [f"node.hostname=={placement[0]}"]
+    return [f"node.hostname!={h}" for h in sorted(set(hostnames)) if h not in placement]
+
+
+def node_capabilities(node: dict[str, Any], gpu_kind: str) -> dict[str, Capability]:
+    """What ``GET /nodes`` says one node has: its CPUs (``amount.worker.vcpu``), memory in MiB
+    (``amount.worker.memory``), GPUs of ``gpu_kind`` (``amount.worker.gpu``), OS family and architecture."""
+    desc = node.get("Description") or {}
+    resources = desc.get("Resources") or {}
+    platform = desc.get("Platform") or {}
+    have: dict[str, Capability] = {GPUS: float(_gpus_of(node, gpu_kind))}
+    if resources.get("NanoCPUs"):
+        have[VCPUS] = resources["NanoCPUs"] / 1e9
+    if resources.get("MemoryBytes"):
+        have[MEMORY] = float(resources["MemoryBytes"] // (1024 * 1024))
+    if platform.get("OS"):
+        have[OS_FAMILY] = [platform["OS"].lower()]
+    if platform.get("Architecture"):
+        have[CPU_ARCH] = [arch_name(platform["Architecture"])]
+    return have
+
+
+def _hostname(node: dict[str, Any]) -> str:
+    return str((node.get("Description") or {}).get("Hostname") or node.get("ID", "?"))
+
+
+def _gpus_of(node: dict[str, Any], kind: str) -> int:
+    """GPUs of ``kind`` the node advertises as generic resources."""
+    count = 0
+    for res in ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources") or []:
+        named = res.get("NamedResourceSpec")
+        discrete = res.get("DiscreteResourceSpec")
+        if named and named.get("Kind") == kind:
+            count += 1
+        elif discrete and discrete.get("Kind") == kind:
+            count += int(discrete.get("Value") or 0)
+    return count
+
+
 def gpu_counts(nodes: list[dict[str, Any]], kind: str) -> dict[str, int]:
     """GPUs of ``kind`` each ready, active node advertises (by hostname), from ``GET /nodes``."""
     out: dict[str, int] = {}
@@ -184,17 +247,9 @@ def gpu_counts(nodes: list[dict[str, Any]], kind: str) -> dict[str, int]:
             continue
         if (node.get("Spec") or {}).get("Availability", "active") != "active":
             continue
-        desc = node.get("Description") or {}
-        count = 0
-        for res in (desc.get("Resources") or {}).get("GenericResources") or []:
-            named = res.get("NamedResourceSpec")
-            discrete = res.get("DiscreteResourceSpec")
-            if named and named.get("Kind") == kind:
-                count += 1
-            elif discrete and discrete.get("Kind") == kind:
-                count += int(discrete.get("Value") or 0)
+        count = _gpus_of(node, kind)
         if count:
-            out[desc.get("Hostname") or node.get("ID", "?")] = count
+            out[_hostname(node)] = count
     return out
 
 
@@ -557,6 +612,20 @@ class SwarmEngine:
             return ()
         return self.mount_policy.roots
 
+    def workers(self, common: Mapping[str, Capability]) -> Workers:
+        """The swarm's nodes now, each with what the swarm reports of it, then the service-wide
+        ``common`` capabilities, then those ``swarm.nodes`` declares for it. A node declared there
+        that is not in the swarm is named in the log (a typo, or a node away): it is no worker."""
+        nodes = {_hostname(n): node_capabilities(n, self.settings.gpu_kind) for n in self.nodes(fresh=True)}
+        for name in self.settings.nodes:
+            if name not in nodes:
+                log.warning(
+                    "swarm.nodes.%s in service.yaml: the swarm has no node of that hostname (it has %s)",
+                    name,
+                    ", ".join(sorted(nodes)),
+                )
+        return Workers.build("node", common, self.settings.nodes, nodes)
+
     def describe(self) -> dict[str, Any]:
         return {
             "engine": self.kind,
@@ -618,6 +687,7 @@ class SwarmEngine:
             api_version=self.api_version,
             enforced=self.enforcement,
             gpu_kind=self.settings.gpu_kind,
+            constraints=placement_constraints(request.placement, [_hostname(n) for n in self.nodes()]),
         )
         with self._lock:
             self._prepared[request.name] = (spec, bound, request.image, list(request.files))
