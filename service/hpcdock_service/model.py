@@ -16,8 +16,10 @@ from typing import Any, NamedTuple, Optional
 
 from hpcdock.protocol import EventKind, FrameState, JobState, TaskState
 
-from .bundle_loader import EmbeddedFile, Environment
+from .bundle_loader import MEMORY_AMOUNT, VCPU_AMOUNT, EmbeddedFile, Environment
+from .engines.base import ContainerLimits
 from .framecheck import Flag, FrameCheckSettings
+from .tasklog import MIB
 
 JSON = dict[str, Any]
 
@@ -64,6 +66,15 @@ class StepRun(NamedTuple):
     environments: tuple[Environment, ...] = ()
     # The worker groups its host requirements place it on (see bundle_loader.StepPlan.placement).
     placement: Optional[tuple[str, ...]] = None
+
+    @property
+    def reserve(self) -> ContainerLimits:
+        """What each task declared it needs of a worker (the min of its vCPU and memory amounts),
+        for a cluster engine to pack its nodes by."""
+        memory = self.amounts.get(MEMORY_AMOUNT)
+        return ContainerLimits(
+            memory=int(memory) * MIB if memory else None, vcpus=self.amounts.get(VCPU_AMOUNT)
+        )
 
 
 class ReadyStep(NamedTuple):

@@ -19,13 +19,15 @@ from .config import Machine
 GPU_WAIT = "GPU"
 
 
-def capacity(resources: Mapping[str, int], machine: Machine) -> dict[str, float]:
-    """The pool's size by amount name: the service's resources and the machine tasks are packed into."""
-    return {
-        **{f"{CUSTOM_AMOUNT_PREFIX}{name}": float(count) for name, count in resources.items()},
-        VCPU_AMOUNT: float(machine.vcpus),
-        MEMORY_AMOUNT: float(machine.memory_mib),
-    }
+def capacity(resources: Mapping[str, int], machine: Optional[Machine]) -> dict[str, float]:
+    """The pool's size by amount name: the service's resources and the machine tasks are packed
+    into; without one (a cluster engine, whose scheduler packs each task's vCPUs and memory into
+    its own nodes) only the resources are counted here."""
+    sizes = {f"{CUSTOM_AMOUNT_PREFIX}{name}": float(count) for name, count in resources.items()}
+    if machine is not None:
+        sizes[VCPU_AMOUNT] = float(machine.vcpus)
+        sizes[MEMORY_AMOUNT] = float(machine.memory_mib)
+    return sizes
 
 
 def waiting_label(amount: str) -> str:

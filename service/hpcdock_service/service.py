@@ -113,10 +113,12 @@ class Service:
         self.mount_policy = config.mount_policy(engine.describe().get("socket"))
         engine.mount_policy = self.mount_policy
         self.watch = EngineWatch(engine)
-        self.capacity = capacity(config.resources, config.packing_machine)
         # A cluster engine's partitions or nodes each have their own; the local engine's workers
-        # are this machine.
+        # are this machine, which its tasks are packed into.
         cluster_workers = getattr(engine, "workers", None)
+        self.capacity = capacity(
+            config.resources, config.packing_machine if cluster_workers is None else None
+        )
         if cluster_workers is not None:
             try:  # a configured partition the cluster lacks stops the start, naming it
                 self.workers = cluster_workers(config.capabilities)

@@ -12,6 +12,7 @@ import yaml
 from hpcdock_service.config import (
     AmountNeed,
     AttributeNeed,
+    ServiceConfig,
     SlurmConfig,
     Unmet,
     WorkerCapabilities,
@@ -23,8 +24,10 @@ from hpcdock_service.engines.slurm import Spool, partition_capabilities, request
 from hpcdock_service.engines.swarm import node_capabilities, placement_constraints, service_spec
 from hpcdock_service.errors import BadInput
 from hpcdock_service.mounts import MountPolicy
+from hpcdock_service.service import Service
 from hpcdock_service.store import Store
 
+from tests.fake_engine import FakeEngine
 from tests.unit.test_openjd_features import load, step, write
 
 # -- service.yaml ---------------------------------------------------------------------------
@@ -337,3 +340,44 @@ def test_check_shows_each_groups_capabilities() -> None:
         "amount.worker.vcpu": 64.0,
     }
     assert Workers.alike(WorkerCapabilities()).to_json()["kind"] == "alike"
+
+
+# -- packing ----------------------------------------------------------------------------------
+
+
+class _ClusterEngine(FakeEngine):
+    """A fake cluster engine: its partitions are WORKERS (the biggest, ``big``, has 64 vCPUs)."""
+
+    def workers(self, common: Any) -> Workers:
+        return WORKERS
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+def test_a_cluster_packs_vcpus_into_its_nodes_not_into_the_service_host(
+    tmp_path: Path, cluster: bool
+) -> None:
+    """The service host (machine: 2 vCPUs here) packs a local engine's tasks; a cluster's own
+    scheduler packs its nodes, so a step asking for 32 vCPUs goes to the partition that has them."""
+    config = ServiceConfig(
+        state_dir=str(tmp_path / "state"),
+        token_file=str(tmp_path / "token"),
+        allowed_roots=[str(tmp_path)],
+        machine={"vcpus": 2, "memory_mib": 4096},
+    )
+    engine = _ClusterEngine(images=("img:1",)) if cluster else FakeEngine(images=("img:1",))
+    service = Service(config, engine=engine)
+    try:
+        wants = {"amounts": [{"name": "amount.worker.vcpu", "min": 32}]}
+        bundle = write(tmp_path / "bundle", [step(hostRequirements=wants)])
+        if cluster:
+            assert "amount.worker.vcpu" not in service.capacity
+            job = service.submit(bundle)
+            run = service.store.step_run(job.id, 0)
+            assert run.placement == ("big",) and run.reserve.vcpus == 32  # asked of the cluster
+        else:
+            with pytest.raises(
+                BadInput, match="amount.worker.vcpu 32 can never fit: tasks are packed into 2"
+            ):
+                service.submit(bundle)
+    finally:
+        service.close()

@@ -52,10 +52,10 @@ def test_sbatch_line_carries_the_config_gpus_and_cpus(tmp_path: Path) -> None:
     settings = SlurmConfig(
         partition="gpu", account="fx", qos="high", sbatch_args=("--time=60", "--constraint=avx2")
     )
-    cmd = sbatch_command(settings, "n", Spool(tmp_path), "/p y/python", "c", gpus=2, cpus=4)
+    cmd = sbatch_command(settings, "n", Spool(tmp_path), "/p y/python", "c", gpus=2, cpus=4, memory_mib=3072)
     opts = _options(cmd)
     assert (opts["partition"], opts["account"], opts["qos"]) == ("gpu", "fx", "high")
-    assert opts["gres"] == "gpu:2" and opts["cpus-per-task"] == "4"
+    assert opts["gres"] == "gpu:2" and opts["cpus-per-task"] == "4" and opts["mem"] == "3072M"
     assert cmd[-3:-1] == ["--time=60", "--constraint=avx2"]  # extra arguments as given, before the script
     assert shlex.split(opts["wrap"])[1] == "/p y/python"  # quoted: a path with a space stays one word
 

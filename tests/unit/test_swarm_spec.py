@@ -103,6 +103,16 @@ def test_gpus_are_a_generic_resource_reservation() -> None:
     }
 
 
+def test_what_a_step_declared_it_needs_is_reserved_so_the_swarm_packs_its_nodes() -> None:
+    """Not the limits (a default memory limit of most of a node would leave room for one task)."""
+    assert "Resources" not in spec(request())["TaskTemplate"]
+    body = spec(request(reserve=ContainerLimits(memory=3 << 30, vcpus=1.5)))
+    assert body["TaskTemplate"]["Resources"]["Reservations"] == {
+        "MemoryBytes": 3 << 30,
+        "NanoCPUs": 1_500_000_000,
+    }
+
+
 def task(state: str, exit_code: int = 0, container: str = "c1") -> dict[str, Any]:
     return {"Status": {"State": state, "ContainerStatus": {"ContainerID": container, "ExitCode": exit_code}}}
 

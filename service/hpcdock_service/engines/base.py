@@ -106,6 +106,9 @@ class ContainerRequest:
     # The worker groups the task may run on (Slurm partitions, Swarm node hostnames), chosen by
     # the step's host requirements; None: wherever the engine places it by itself.
     placement: Optional[tuple[str, ...]] = None
+    # What the step declared it needs (amount.worker.vcpu/memory, their min), for an engine whose
+    # cluster packs its own nodes (the service packs only a local engine's machine); not a limit.
+    reserve: ContainerLimits = field(default_factory=ContainerLimits)
 
 
 @dataclass(frozen=True)

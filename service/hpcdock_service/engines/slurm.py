@@ -334,6 +334,7 @@ def request_to_spec(
             "labels": dict(request.labels),
             "gpus": request.gpus.count if request.gpus else 0,
             "limits": asdict(request.limits),
+            "reserve": asdict(request.reserve),
             "placement": list(request.placement) if request.placement is not None else None,
             "files": [
                 {"path": f.path, "data": base64.b64encode(f.data).decode(), "mode": f.mode}
@@ -356,9 +357,12 @@ def sbatch_command(
     gpus: int = 0,
     cpus: int = 0,
     partitions: Optional[Sequence[str]] = None,
+    memory_mib: int = 0,
 ) -> list[str]:
     """The ``sbatch`` call that queues one attempt (its job name is the attempt's name);
-    ``partitions``: those its step's host requirements place it on, else ``slurm.partition``."""
+    ``partitions``: those its step's host requirements place it on, else ``slurm.partition``.
+    Its CPUs and memory are asked of Slurm, which packs them into its nodes (the service packs
+    only a local engine's machine)."""
     cmd = [
         "sbatch",
         "--parsable",
@@ -379,6 +383,8 @@ def sbatch_command(
         cmd.append(f"--gres=gpu:{gpus}")
     if cpus:
         cmd.append(f"--cpus-per-task={cpus}")
+    if memory_mib:
+        cmd.append(f"--mem={memory_mib}M")
     cmd += list(settings.sbatch_args)
     run = [python, "-m", "hpcdock_service.engines.node_run", str(spool.spec(name))]
     cmd.append("--wrap=exec " + " ".join(shlex.quote(part) for part in run))
@@ -723,6 +729,7 @@ class SlurmEngine:
         labels = req["labels"]
         comment = "hpcdock " + ",".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(labels.items()))
         vcpus = req["limits"].get("vcpus")
+        memory = (req.get("reserve") or {}).get("memory")
         cmd = sbatch_command(
             self.settings,
             handle,
@@ -732,6 +739,7 @@ class SlurmEngine:
             gpus=int(req["gpus"] or 0),
             cpus=int(-(-float(vcpus) // 1)) if vcpus else 0,
             partitions=req.get("placement"),
+            memory_mib=-(-int(memory) // (1024 * 1024)) if memory else 0,
         )
         job_id = _slurm(cmd, f"submit {handle} with sbatch").strip().split(";")[0]
         if not job_id.isdigit():

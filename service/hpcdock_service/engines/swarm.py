@@ -159,10 +159,18 @@ def service_spec(
         limits["NanoCPUs"] = int(cgroup["vcpus"] * 1e9)
     if limits:
         resources["Limits"] = limits
+    # The swarm packs its nodes by reservations (the service packs only a local engine's machine).
+    reservations: dict[str, Any] = {}
+    if request.reserve.memory:
+        reservations["MemoryBytes"] = int(request.reserve.memory)
+    if request.reserve.vcpus:
+        reservations["NanoCPUs"] = int(request.reserve.vcpus * 1e9)
     if request.gpus is not None and request.gpus.count:
-        resources["Reservations"] = {
-            "GenericResources": [{"DiscreteResourceSpec": {"Kind": gpu_kind, "Value": request.gpus.count}}]
-        }
+        reservations["GenericResources"] = [
+            {"DiscreteResourceSpec": {"Kind": gpu_kind, "Value": request.gpus.count}}
+        ]
+    if reservations:
+        resources["Reservations"] = reservations
     template: dict[str, Any] = {
         "ContainerSpec": container,
         "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
