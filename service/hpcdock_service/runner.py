@@ -257,10 +257,23 @@ class TaskRunner:
                 self._await_engine(exc)
                 resuming = True
             except EngineError as exc:
-                return None, str(exc)
+                return None, self._engine_failure(exc)
             except Exception as exc:  # a bug here must not leave the task 'running' forever
                 log.exception("task %s: runner failed", self.task.id)
                 return None, f"internal error while running the task: {exc}"
+
+    def _engine_failure(self, exc: EngineError) -> str:
+        """Why the attempt failed before its command ran. A session whose onEnter found no
+        licence (a render server starting) fails its task as the task's own licence line would:
+        back to pending after the back-off, no attempt spent."""
+        why = str(exc)
+        if self.session is not None and self.licence is not None:
+            parser = LogParser()
+            for update in [*parser.feed(why), *parser.close()]:
+                if isinstance(update, LicenceUnavailable):
+                    self.licence_failure = update.line
+                    return f"licence unavailable: {update.line}"
+        return why
 
     def _await_engine(self, exc: EngineUnreachable) -> None:
         log.warning("task %s: %s; waiting for the engine", self.task.id, exc)
@@ -377,6 +390,7 @@ class TaskRunner:
             limits=self.limits,
             files=files,
             placement=step.placement,
+            reserve=step.reserve,
         )
         with self._stop_lock:
             if self._stop_requested:  # canceled while this runner waited for its thread

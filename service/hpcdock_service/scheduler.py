@@ -182,23 +182,27 @@ class Scheduler:
                 task_id = self.store.next_pending(step.job_id, step.step_idx)
                 if task_id is None:
                     break
-                short = self.pool.acquire(task_id, step.amounts)
-                if short is not None:
-                    waiting[key] = waiting_label(short)
-                    break  # this step waits for the amount; lower-priority steps may still run
                 new_session = session is None and self._in_session(run)
+                # What a cold task holds under its id, a new session holds under its own key for
+                # its whole life (its container keeps them between tasks: a render server's
+                # licence, its memory, its GPUs); a task given an idle session takes nothing more.
+                holder = task_id
+                if new_session and self.sessions is not None:
+                    holder = self.sessions.new_key()
                 grant: Optional[GpuGrant] = None
-                gpu_key = task_id
-                if step.gpus and session is None:  # a cold task's GPUs, or a new session's
-                    if new_session and self.sessions is not None:
-                        gpu_key = self.sessions.gpu_key()  # held by the session, not its first task
-                    grant = self.engine.gpus.acquire(gpu_key, step.gpus)
-                    if grant is None:
-                        self.pool.release(task_id)
-                        waiting[key] = GPU_WAIT
-                        break  # this step waits for GPUs; lower-priority CPU steps may still run
+                if session is None:
+                    short = self.pool.acquire(holder, step.amounts)
+                    if short is not None:
+                        waiting[key] = waiting_label(short)
+                        break  # this step waits for the amount; lower-priority steps may still run
+                    if step.gpus:
+                        grant = self.engine.gpus.acquire(holder, step.gpus)
+                        if grant is None:
+                            self.pool.release(holder)
+                            waiting[key] = GPU_WAIT
+                            break  # this step waits for GPUs; lower-priority CPU steps may still run
                 if new_session:
-                    session = self._new_session(run, grant, gpu_key if grant else None)
+                    session = self._new_session(run, grant, holder)
                 if session is not None:
                     session.task = task_id
                     given.add(session.name)
@@ -216,16 +220,16 @@ class Scheduler:
         assert self.sessions is not None
         return self.sessions.idle(step.job_id, step.idx)
 
-    def _new_session(self, step: StepRun, grant: Optional[GpuGrant], gpu_key: Optional[int]) -> Session:
+    def _new_session(self, step: StepRun, grant: Optional[GpuGrant], key: int) -> Session:
         assert self.sessions is not None
         self._session_count += 1
         name = f"hpcdock-{self.store.store_id}-j{step.job_id}-s{step.idx}-{self._session_count}-{os.getpid()}"
         return self.sessions.new(
-            name, step.job_id, step.idx, lambda: self._session_plan(step, name), grant, gpu_key
+            name, step.job_id, step.idx, lambda: self._session_plan(step, name), grant, key
         )
 
     def _session_ended(self, session: Session) -> None:
-        """A session is gone: its slot is free; a failing onExit is told in its last task's log,
+        """A session is gone: its slot and what it held are free; a failing onExit is told in its last task's log,
         unless that task runs again by now (its new attempt's log is its runner's alone; the
         service log has it). Launching takes the same lock, so no attempt starts meanwhile."""
         if session.exit_failures and session.last_task is not None:
@@ -236,6 +240,8 @@ class Scheduler:
                     tasklog.append_line(
                         self.log_path(session.last_task), f"--- session {session.name} ended: {failure}"
                     )
+        if session.key is not None:
+            self.pool.release(session.key)
         self.wake()
 
     def _session_plan(self, step: StepRun, name: str) -> SessionPlan:
@@ -254,6 +260,7 @@ class Scheduler:
             labels={LABEL_STORE: self.store.store_id, LABEL_JOB: str(step.job_id)},
             limits=self.limits_for(step),
             placement=step.placement,
+            reserve=step.reserve,
         )
 
         environments = [
@@ -411,12 +418,14 @@ class Scheduler:
         if self.sessions is not None:
             self.sessions.recover()
             claimed |= self.sessions.handles()
+            for session in self.sessions.listed():  # each holds its step's amounts until it ends
+                if session.key is not None:
+                    self.pool.restore(session.key, self.step_run(session.job_id, session.step_idx).amounts)
         for task in self.store.tasks_in_state(TaskState.RUNNING):
             found = self.sessions.find_task(task.container) if self.sessions and task.container else None
             if found is not None:
                 session, in_session = found
                 session.task = task.id
-                self.pool.restore(task.id, self.step_run(task.job_id, task.step_idx).amounts)
                 log.info(
                     "task %s: re-adopting %s in session %s (%s)",
                     task.id,

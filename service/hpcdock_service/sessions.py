@@ -323,7 +323,7 @@ class Session:
         step_idx: int,
         plan: Optional[Callable[[], SessionPlan]] = None,
         gpus: Optional[GpuGrant] = None,
-        gpu_key: Optional[int] = None,
+        key: Optional[int] = None,
         channel: Channel = Channel.FIFO,
     ) -> None:
         self.engine = engine
@@ -341,7 +341,9 @@ class Session:
         self.task: Optional[int] = None  # the task running in it now
         self.last_task: Optional[int] = None  # the task that ran in it last (its log hears of onExit)
         self.gpus = gpus  # what its container holds for the whole session (None: no GPUs)
-        self.gpu_key = gpu_key  # what the engine's GPU placement knows the grant by
+        # What it holds its GPUs and its step's counted amounts under, for its whole life (the
+        # scheduler's pool and the engine's GPU placement know them by it; see SessionPool.new_key).
+        self.key = key
         self.opened_by: Optional[str] = None  # the run of the task that opened it
         self.environment_log = ""  # what the environments printed entering it (for that task's log)
         self.exit_failures: list[str] = []  # each onExit that failed, and why
@@ -551,9 +553,10 @@ class Session:
             "entered": [e.to_json() for e in self.entered],
             "opened_by": self.opened_by,
             "environment_log": self.environment_log,
+            "key": self.key,
             "gpus": None
             if self.gpus is None
-            else {"key": self.gpu_key, "count": self.gpus.count, "indices": list(self.gpus.indices)},
+            else {"count": self.gpus.count, "indices": list(self.gpus.indices)},
             **extra,
         }
         tmp = self.root.parent / f".{self.name}.json"
@@ -607,9 +610,8 @@ class Session:
                 self.forget()
             finally:
                 self.state = SessionState.ENDED
-                if self.gpu_key is not None:
-                    self.engine.gpus.release(self.gpu_key)
-                    self.gpu_key = None
+                if self.key is not None:
+                    self.engine.gpus.release(self.key)
 
     def _exit(self, entered: EnteredEnvironment) -> None:
         """Write the environment's files again and run its onExit with its variables."""
@@ -831,7 +833,7 @@ class SessionPool:
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._ending: set[str] = set()
-        self._gpu_key = 0  # the last key a session's GPUs were granted under
+        self._key = 0  # the last key a session holds what it holds under
 
     def new(
         self,
@@ -840,23 +842,28 @@ class SessionPool:
         step_idx: int,
         plan: Callable[[], SessionPlan],
         gpus: Optional[GpuGrant] = None,
-        gpu_key: Optional[int] = None,
+        key: Optional[int] = None,
     ) -> Session:
         session = Session(
-            self.engine, self.root / name, name, job_id, step_idx, plan, gpus, gpu_key, self.channel
+            self.engine, self.root / name, name, job_id, step_idx, plan, gpus, key, self.channel
         )
         with self._lock:
             self.sessions[name] = session
-            if gpu_key is not None:
-                self._gpu_key = min(self._gpu_key, gpu_key)
+            if key is not None:
+                self._key = min(self._key, key)
         return session
 
-    def gpu_key(self) -> int:
-        """The key the next new session's GPU grant is held under, one no task and no other session
-        holds GPUs under: tasks hold theirs under their ids, sessions under negative numbers (what
-        ``/v1/health`` shows as the holder), never one a session of a previous service process holds."""
+    def new_key(self) -> int:
+        """The key the next new session holds its GPUs and amounts under, one no task and no other
+        session holds anything under: tasks hold theirs under their ids, sessions under negative
+        numbers (what ``/v1/health`` shows as the holder), never one a session of a previous
+        service process holds."""
         with self._lock:
-            return self._gpu_key - 1
+            return self._key - 1
+
+    def listed(self) -> list[Session]:
+        with self._lock:
+            return list(self.sessions.values())
 
     def count(self) -> int:
         """Sessions holding a slot: every one not yet ended (an ending one still has its container)."""
@@ -962,13 +969,13 @@ class SessionPool:
             session.handle = status.handle if status is not None else None
             session.opened_by = data.get("opened_by")
             session.environment_log = str(data.get("environment_log") or "")
+            session.key = int(data["key"]) if data.get("key") is not None else self.new_key()
+            self._key = min(self._key, session.key)
             grant = data.get("gpus")
             if grant and status is not None and status.state is not RunState.EXITED:
                 # its container holds them until the session ends (one that died holds nothing)
                 session.gpus = GpuGrant(int(grant["count"]), tuple(int(i) for i in grant["indices"]))
-                session.gpu_key = int(grant["key"])
-                self.engine.gpus.restore(session.gpu_key, session.gpus)
-                self._gpu_key = min(self._gpu_key, session.gpu_key)
+                self.engine.gpus.restore(session.key, session.gpus)
             if (
                 data.get("state") == "open"
                 and status is not None

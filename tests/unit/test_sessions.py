@@ -24,7 +24,8 @@ from typing import Any, Optional
 import pytest
 import yaml
 from hpcdock.protocol import JOB_FINAL
-from hpcdock_service.bundle_loader import Environment
+from hpcdock_service.bundle_loader import Environment, load_bundle
+from hpcdock_service.config import LicenceRetry
 from hpcdock_service.engines.base import (
     SESSION_ROOT,
     ContainerFile,
@@ -36,6 +37,7 @@ from hpcdock_service.engines.base import (
 )
 from hpcdock_service.model import Job
 from hpcdock_service.mounts import MountPolicy
+from hpcdock_service.resources import Pool
 from hpcdock_service.scheduler import Scheduler
 from hpcdock_service.sessions import (
     FILES_DIRECTORY,
@@ -654,10 +656,83 @@ def test_a_restarted_service_holds_a_living_sessions_gpu_again(tmp_path: Path, l
     log = sched.log_path(task.id).read_text()
     assert store.read_task(task.id).attempt == 1 and log.count("ran-42") == 1, log
     if lost:
-        assert gpus.events == [("acquire", -1), ("acquire", -2)]  # the lost session held nothing
+        # the lost session held nothing, and its key stays its own until it has ended
+        assert gpus.events == [("acquire", -2), ("acquire", -3)]
         assert count(out / "enters") == 3 and count(out / "exits") == 2  # the lost one could not exit
     else:
         assert "re-adopted" in log
         assert gpus.events == [("restore", -1), ("acquire", -2)]  # held again first; a key of its own
         assert count(out / "enters") == 2 and count(out / "exits") == 2
     assert gpus.free == [0] and gpus.held == {}
+
+
+def test_a_session_holds_its_steps_licence_until_it_has_ended(tmp_path: Path) -> None:
+    """A session's container keeps what its environment started (a render server and its
+    licence) between tasks and through onExit, so the step's counted amounts are the session's
+    until it has ended: another job's task needing the same licence starts only after the
+    session's onExit has run, never while it runs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    sizes = {"amount.lic": 1.0}
+    licence = {"amounts": [{"name": "amount.lic", "min": 1}]}
+    warm = session_step(out, "echo task", exit="sleep 1; echo done >> " + str(out / "exited"))
+    warm["hostRequirements"] = licence
+    (tmp_path / "out2").mkdir()
+    other = session_step(tmp_path / "out2", f"test -s {out}/exited")
+    other["hostRequirements"] = licence
+    engine = AgentEngine(slots=2)
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(store, engine, state_dir=tmp_path / "state", pool=Pool(sizes))
+    policy = MountPolicy.build([str(tmp_path)])
+    first = store.create_job(
+        load_bundle(write_bundle(tmp_path / "a", [warm], frames="1-3"), mount_policy=policy, capacity=sizes)
+    )
+    second = store.create_job(
+        load_bundle(
+            write_bundle(tmp_path / "b", [other], frames="1", max_attempts=1),
+            mount_policy=policy,
+            capacity=sizes,
+        )
+    )
+    sched.start()
+    try:
+        wait_until(
+            lambda: sched.pool.to_json()["amount.lic"]["in_use"] == 1, "the session holding the licence"
+        )
+        wait_until(lambda: all(store.read_job(j.id).state in JOB_FINAL for j in (first, second)), "both jobs")
+        wait_sessions_ended(sched)
+    finally:
+        sched.stop()
+    assert [store.read_job(j.id).state for j in (first, second)] == ["succeeded", "succeeded"], logs(
+        sched, store, second
+    )
+    assert count(out / "enters") == 1 and count(out / "exited") == 1  # one session ran all three tasks
+    assert sched.pool.to_json()["amount.lic"]["in_use"] == 0
+
+
+def test_an_on_enter_without_a_licence_backs_off_without_spending_an_attempt(tmp_path: Path) -> None:
+    """A render server that finds no licence as its session opens is the task's licence failure:
+    the task goes back to pending and, after the back-off, runs in a new session on attempt 1."""
+    out = tmp_path / "out"
+    out.mkdir()
+    enter = (
+        f"if [ ! -e {out}/licensed ]; then touch {out}/licensed; "
+        "echo 'hython: No licenses could be found to run this application.'; exit 3; fi"
+    )
+    engine = AgentEngine(slots=1)
+    store = Store(tmp_path / "state" / "db.sqlite")
+    sched = Scheduler(
+        store,
+        engine,
+        state_dir=tmp_path / "state",
+        licence=LicenceRetry(backoff_s=0.05, backoff_max_s=1, retries=2),
+    )
+    job = run_job(
+        store, sched, write_bundle(tmp_path / "b", [session_step(out, "echo task", enter=enter)], frames="1")
+    )
+    (task,) = store.tasks(job.id)
+    assert job.state == "succeeded", task.error
+    assert task.attempt == 1 and task.licence_retries == 1
+    assert (
+        count(out / "enters") == 2 and count(out / "exits") == 1
+    )  # the failed session entered nothing to exit
