@@ -196,9 +196,9 @@ def socket_answers(path: Path) -> bool:
             return False
 
 
-def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
-    """What ``hpcdock-service --check`` prints for ``svc``'s settings, on a state directory of its own."""
-    proc = subprocess.run(
+def run_check(svc: ServiceProcess, *args: str) -> subprocess.CompletedProcess:
+    """``hpcdock-service --check`` on ``svc``'s settings and a state directory of its own."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -206,14 +206,18 @@ def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
             "--check",
             "--state-dir",
             str(svc.root / "check-state"),
-            "--engine-socket",
-            engine_url,
+            *args,
         ],
         env=svc.env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def check_report(svc: ServiceProcess, engine_url: str) -> dict[str, Any]:
+    """What ``hpcdock-service --check`` prints for ``svc``'s settings."""
+    proc = run_check(svc, "--engine-socket", engine_url)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -489,5 +489,7 @@ def test_kill_minus_nine_mid_session_then_restart_runs_nothing_twice(
     assert "re-adopted" in logs
     enters = lines(root / "out" / "enters.log")
     assert 1 <= enters <= 2 * service.slots, enters  # the sessions before the kill, and after it
+    # each session's environment output heads its opening task's log once, re-adopted or not
+    assert logs.count("--- environment 'warm': onEnter\n") == enters, logs
     wait_for(lambda: lines(root / "out" / "exits.log") == enters, 60, what="onExit as often as onEnter")
     no_runs_left(service)

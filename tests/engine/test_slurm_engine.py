@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from hpcdock.client import ServiceError
 
 from tests.engine.engine_kinds import EXPECT_ENGINES, by_name, expected, slurm_unavailable
-from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, wait_for, wait_job
+from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, run_check, wait_for, wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -313,27 +312,10 @@ def test_a_step_no_partition_can_run_is_refused_at_submit_naming_what_each_has(
     assert client.jobs() == []
 
 
-def _check(svc: ServiceProcess) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpcdock_service.main",
-            "--check",
-            "--state-dir",
-            str(svc.root / "check-state"),
-        ],
-        env=svc.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_check_shows_what_each_partition_has_and_a_partition_slurm_lacks_stops_the_start(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    good = _check(ServiceProcess(tmp_path / "good", None, config=_tiered_config(request, PARTITIONS)))
+    good = run_check(ServiceProcess(tmp_path / "good", None, config=_tiered_config(request, PARTITIONS)))
     assert good.returncode == 0, good.stderr
     workers = json.loads(good.stdout)["workers"]
     assert workers["kind"] == "partition" and workers["default"] == "main"
@@ -342,7 +324,7 @@ def test_check_shows_what_each_partition_has_and_a_partition_slurm_lacks_stops_t
     # measured from scontrol: setup-slurm.sh gives its node this machine's cores
     assert spare["amounts"]["amount.worker.vcpu"] == os.cpu_count()
     assert workers["groups"]["main"]["attributes"]["attr.worker.os.family"] == ["linux"]
-    bad = _check(ServiceProcess(tmp_path / "bad", None, config=_tiered_config(request, {"nosuch": {}})))
+    bad = run_check(ServiceProcess(tmp_path / "bad", None, config=_tiered_config(request, {"nosuch": {}})))
     assert bad.returncode == 1
     assert "slurm.partitions.nosuch in service.yaml: this Slurm cluster has no partition nosuch" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -87,40 +87,6 @@ def test_cancel_stops_the_task_and_exits_the_environment(service: ServiceProcess
     no_runs_left(service)
 
 
-def test_kill_minus_nine_mid_session_runs_no_task_twice(service: ServiceProcess, tmp_path: Path) -> None:
-    root = tmp_path / "restart"
-    bundle = session_bundle(root, frames="1-8", env={"FRAME_SLEEP": "1.5"})
-    client = service.client()
-    job = client.submit(str(bundle))
-
-    def rendering() -> bool:
-        running = [t for t in client.tasks(job["id"]) if t["state"] == "running"]
-        return len(running) == 2 and all("frame-start" in client.log(t["id"])[0] for t in running)
-
-    wait_for(rendering, 60, what="two tasks rendering in sessions")
-    service.kill()
-    time.sleep(2)  # the tasks go on without the service and end meanwhile
-    service.start()
-    client = service.client()
-    job = wait_job(client, job["id"])
-    assert job["state"] == "succeeded", failures(client, job["id"])
-    tasks = client.tasks(job["id"])
-    assert all(t["attempt"] == 1 for t in tasks), [(t["id"], t["attempt"]) for t in tasks]
-    assert [f["state"] for f in client.frames(job["id"])] == ["done"] * 8
-    logs = "".join(client.log(t["id"])[0] for t in tasks)
-    for frame in range(1, 9):
-        assert logs.count(f"::hpcdock::frame-start {frame}\n") == 1, logs
-    assert "re-adopted" in logs
-    # each session's environment output heads its opening task's log once, re-adopted or not
-    assert logs.count("--- environment 'warm': onEnter\n") == lines(root / "out" / "enters.log"), logs
-    wait_for(
-        lambda: lines(root / "out" / "exits.log") == lines(root / "out" / "enters.log"),
-        30,
-        what="onExit as often as onEnter",
-    )
-    no_runs_left(service)
-
-
 def test_a_session_lost_while_the_service_was_down_ends_and_its_task_runs_again(
     service: ServiceProcess, tmp_path: Path
 ) -> None:

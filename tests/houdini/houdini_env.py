@@ -259,3 +259,21 @@ def hython_starts(report: str) -> int:
         return 0
     with open(report + ".starts") as f:
         return len(f.read().splitlines())
+
+
+def mantra_scene(hou, initsim=0):
+    """A geometry ROP writing $HIP/geo and a Mantra ROP depending on it, both frames 1-4."""
+    geo = hou.fake_create(
+        "/out/geo1",
+        "geometry",
+        {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc", "initsim": initsim},
+        output_parm="sopoutput",
+    )
+    mantra = hou.fake_create(
+        "/out/mantra1",
+        "ifd",
+        {"trange": 1, "f": (1.0, 4.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
+        inputs=[geo],
+        output_parm="vm_picture",
+    )
+    return mantra

@@ -13,23 +13,11 @@ from hpcdock.farm import render
 from hpcdock.farm.husk import husk_argv
 from hpcdock.markers import parse_marker
 
-from tests.houdini.houdini_env import HERE, adapter, karma_scene, make_submit_node
+from tests.houdini.houdini_env import HERE, adapter, karma_scene, make_submit_node, mantra_scene
 
 
 def _export(hou, project, tmp_path, fail=None, error=None, initsim=0):
-    geo = hou.fake_create(
-        "/out/geo1",
-        "geometry",
-        {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc", "initsim": initsim},
-        output_parm="sopoutput",
-    )
-    mantra = hou.fake_create(
-        "/out/mantra1",
-        "ifd",
-        {"trange": 1, "f": (1.0, 4.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
-        inputs=[geo],
-        output_parm="vm_picture",
-    )
+    mantra = mantra_scene(hou, initsim)
     if fail:
         mantra.fake_fail_frames[fail[0]] = fail[1]
     if error:

@@ -22,6 +22,7 @@ from tests.houdini.houdini_env import (
     hou_reports,
     hython_starts,
     make_submit_node,
+    mantra_scene,
     write_stand_in_hython,
 )
 
@@ -85,19 +86,7 @@ class Served:
 
 
 def _scene(hou, fail_frame=None, **submit):
-    geo = hou.fake_create(
-        "/out/geo1",
-        "geometry",
-        {"trange": 1, "f": (1.0, 4.0, 1.0), "sopoutput": "$HIP/geo/$HIPNAME.$F4.bgeo.sc"},
-        output_parm="sopoutput",
-    )
-    mantra = hou.fake_create(
-        "/out/mantra1",
-        "ifd",
-        {"trange": 1, "f": (1.0, 4.0, 1.0), "vm_picture": "$HIP/render/ball.$F4.exr"},
-        inputs=[geo],
-        output_parm="vm_picture",
-    )
+    mantra = mantra_scene(hou)
     if fail_frame is not None:
         mantra.fake_fail_frames[fail_frame] = "mantra: out of memory"
     return make_submit_node(rops=[mantra], image="img", frames_per_task=2, **submit)
