@@ -101,6 +101,7 @@ AGENT_START_TIMEOUT = 60.0  # seconds a new session's agent may take to say it i
 AGENT_STATUS_POLL = 0.25  # seconds between asking the engine how a starting session's run stands
 TAIL_BYTES = 64 * 1024  # how far back a log's last lines are looked for
 FAILURE_TAIL = 2000  # characters of a failed onEnter's output quoted in its tasks' error
+CONTROL_READ_LIMIT = 16 << 20  # bytes of a control file looked through after a restart
 ENVIRONMENT_LOG = 64 * 1024  # characters of each onEnter's output kept for its task's log
 
 FOLLOW_CONTROL = 0.05  # seconds a remote agent waits before it looks at its control file again
@@ -708,9 +709,19 @@ class Session:
         code = self._exit_code(name)
         if code is not None:
             return RunStatus(name, name, RunState.EXITED, exit_code=code)
-        if self._read(f"{name}.out", 0) is not None and self._agent_alive():
+        if (self._read(f"{name}.out", 0) is not None or self._handed_over(name)) and self._agent_alive():
             return RunStatus(name, name, RunState.RUNNING)
         return None
+
+    def _handed_over(self, name: str) -> bool:
+        """Whether the control file holds a run line for ``name`` (the remote channel): its agent
+        runs it once it reads that far, which a shared filesystem may show it seconds later, so a
+        service restarted meanwhile follows the task instead of running it a second time."""
+        if self.channel is not Channel.FILE:
+            return False  # a FIFO's line is read within milliseconds of its write
+        control = self._read("ctl", CONTROL_READ_LIMIT) or b""
+        line = f"run {name} ".encode()
+        return control.startswith(line) or b"\n" + line in control
 
     def logs(self, handle: str, follow: bool, tail: Optional[int] = None) -> LogStream:
         if follow:

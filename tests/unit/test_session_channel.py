@@ -10,6 +10,7 @@ job or service does (tests/engine/test_conformance.py runs sessions on the real 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -209,5 +210,34 @@ def test_an_agent_that_is_gone_refuses_the_line(tmp_path: Path, remote: bool) ->
         with pytest.raises(EngineError, match="agent is gone"):
             session._send("run t1 true")
         assert session.state is SessionState.FAILED and pool.idle(1, 0) is None
+    finally:
+        session.end(grace=1)
+
+
+def test_a_task_handed_to_a_remote_agent_that_has_not_read_it_yet_is_followed_not_run_again(
+    tmp_path: Path,
+) -> None:
+    """A shared filesystem may show an appended line to the agent's host seconds later. A service
+    restarted in between finds the task by its line in the control file: running (followed to
+    its end), not never-started (which would run it a second time elsewhere)."""
+    engine = ProcessEngine(tmp_path / "shared")
+    pool = SessionPool(engine, tmp_path / "state")  # type: ignore[arg-type]
+    session = pool.new("s1", 1, 0, lambda: plan(tmp_path))
+    try:
+        session.open(plan(tmp_path))
+        agent = engine.procs[session.handle or ""]
+        os.kill(agent.pid, signal.SIGSTOP)  # it reads nothing more for now
+        try:
+            task(session, "t1", "echo once")
+            assert not (session.root / "t1.out").exists()
+            assert session.find("t9") is None  # a task never handed over is not claimed
+            adopted = SessionPool(engine, tmp_path / "state")  # type: ignore[arg-type]
+            adopted.recover()
+            found = adopted.find_task("t1")
+            assert found is not None and found[1].state is RunState.RUNNING
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        assert found[0].wait("t1", timeout=10) == 0
+        assert output(found[0], "t1") == "once\n"
     finally:
         session.end(grace=1)
