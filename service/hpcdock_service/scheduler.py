@@ -229,9 +229,10 @@ class Scheduler:
         )
 
     def _session_ended(self, session: Session) -> None:
-        """A session is gone: its slot and what it held are free; a failing onExit is told in its last task's log,
-        unless that task runs again by now (its new attempt's log is its runner's alone; the
-        service log has it). Launching takes the same lock, so no attempt starts meanwhile."""
+        """A session is gone: its slot, its amounts and its GPUs are free; a failing onExit is
+        told in its last task's log, unless that task runs again by now (its new attempt's log is
+        its runner's alone; the service log has it). Launching takes the same lock, so no attempt
+        starts meanwhile."""
         if session.exit_failures and session.last_task is not None:
             with self._launch_lock:
                 with self._lock:
@@ -241,7 +242,7 @@ class Scheduler:
                         self.log_path(session.last_task), f"--- session {session.name} ended: {failure}"
                     )
         if session.key is not None:
-            self.pool.release(session.key)
+            self._release(session.key)
         self.wake()
 
     def _session_plan(self, step: StepRun, name: str) -> SessionPlan:
@@ -375,10 +376,11 @@ class Scheduler:
         self._release(task_id)
         self._wake.set()
 
-    def _release(self, task_id: int) -> None:
-        """Give back what the task holds: its counted amounts and its GPUs (holding none is fine)."""
-        self.pool.release(task_id)
-        self.engine.gpus.release(task_id)
+    def _release(self, holder: int) -> None:
+        """Give back what a task (by its id) or a session (by its key) holds: its counted amounts
+        and its GPUs (holding none is fine)."""
+        self.pool.release(holder)
+        self.engine.gpus.release(holder)
 
     # -- cancel -------------------------------------------------------------------------
     def cancel(self, job_id: int, wait: float = 30.0) -> Job:
@@ -418,9 +420,11 @@ class Scheduler:
         if self.sessions is not None:
             self.sessions.recover()
             claimed |= self.sessions.handles()
-            for session in self.sessions.listed():  # each holds its step's amounts until it ends
+            for session in self.sessions.listed():  # each holds what it held until it ends
                 if session.key is not None:
                     self.pool.restore(session.key, self.step_run(session.job_id, session.step_idx).amounts)
+                    if session.gpus is not None:
+                        self.engine.gpus.restore(session.key, session.gpus)
         for task in self.store.tasks_in_state(TaskState.RUNNING):
             found = self.sessions.find_task(task.container) if self.sessions and task.container else None
             if found is not None:

@@ -39,12 +39,12 @@ What the environments print entering the session goes at the head of the log of 
 opened it, marked as theirs; a failing ``onExit`` is logged by the service and appended to the
 log of the session's last task.
 
-A step that needs GPUs holds them for the whole session: they are granted when the session is
-made for its first task (under a key of the session's own, never a task's), the container is
-created with them exactly as a cold task's is (attached and verified by the engine), and they go
-back when the session has ended, whether it ended after its last task, a failed ``onEnter``, a
-cancel, or as a session a restarted service found lost; a restarted service holds a living
-session's GPUs again before it grants any.
+A session holds its step's counted amounts and GPUs for its whole life: the scheduler grants
+them when the session is made for its first task (under :attr:`Session.key`, the session's own,
+never a task's), the container is created with the GPUs exactly as a cold task's is (attached and
+verified by the engine), and the scheduler gives them back once the session has ended, whether it
+ended after its last task, a failed ``onEnter``, a cancel, or as a session a restarted service
+found lost; a restarted service holds a living session's again before it grants any.
 
 The ``openjd-sessions`` package does not run the actions: it runs them as local subprocesses
 (optionally as another user), while here every action runs inside the session's container. Its
@@ -583,9 +583,10 @@ class Session:
         return code, output
 
     def end(self, grace: float = 10.0) -> None:
-        """Exit the environments in reverse order, then remove the container and the directory,
-        and give the session's GPUs back (whatever failed on the way: its container is gone or
-        was asked to go). Each failing onExit is logged and kept in :attr:`exit_failures`."""
+        """Exit the environments in reverse order, then remove the container and the directory
+        (whatever failed on the way, it is ENDED: its container is gone or was asked to go, and
+        the scheduler gives back what it held). Each failing onExit is logged and kept in
+        :attr:`exit_failures`."""
         with self._lock:
             if self.state is SessionState.ENDED:
                 return
@@ -611,8 +612,6 @@ class Session:
                 self.forget()
             finally:
                 self.state = SessionState.ENDED
-                if self.key is not None:
-                    self.engine.gpus.release(self.key)
 
     def _exit(self, entered: EnteredEnvironment) -> None:
         """Write the environment's files again and run its onExit with its variables."""
@@ -986,7 +985,6 @@ class SessionPool:
             if grant and status is not None and status.state is not RunState.EXITED:
                 # its container holds them until the session ends (one that died holds nothing)
                 session.gpus = GpuGrant(int(grant["count"]), tuple(int(i) for i in grant["indices"]))
-                self.engine.gpus.restore(session.key, session.gpus)
             if (
                 data.get("state") == "open"
                 and status is not None
