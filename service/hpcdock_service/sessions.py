@@ -499,13 +499,9 @@ class Session:
             self._log_environment(head, "", f"{head}: its embedded files could not be written")
             return f"environment {environment.name!r}: {exc}"
         code, output = self._run_action(f"enter{len(self.entered)}", environment.enter, environment.timeout)
-        why = "timed out" if code is None else f"exited with code {code}"
-        self._log_environment(head, output, f"{head} {why}")
+        self._log_environment(head, output, f"{head} {_ended(code)}")
         if code != 0:
-            return (
-                f"environment {environment.name!r}: onEnter {why}: "
-                f"{output[-FAILURE_TAIL:].strip() or '(no output)'}"
-            )
+            return _action_failure(environment.name, "onEnter", code, output)
         malformed = apply_env_messages(output, self.env)
         return f"environment {environment.name!r}: onEnter: {malformed}" if malformed else None
 
@@ -624,8 +620,7 @@ class Session:
         else:
             code, output = self._run_action(f"exit{len(self.entered)}", entered.exit, entered.timeout)
         if code != 0:
-            why = "timed out" if code is None else f"exited with code {code}"
-            failure = f"environment {entered.name!r}: onExit {why}: {output[-FAILURE_TAIL:].strip() or '(no output)'}"
+            failure = _action_failure(entered.name, "onExit", code, output)
             log.warning("session %s: %s", self.name, failure)
             self.exit_failures.append(failure)
 
@@ -1002,6 +997,19 @@ class SessionPool:
                 log.info("session %s: lost while the service was down; it ends", name)
             with self._lock:
                 self.sessions[name] = session
+
+
+def _ended(code: Optional[int]) -> str:
+    """How an environment action ended (None: its timeout stopped it)."""
+    return "timed out" if code is None else f"exited with code {code}"
+
+
+def _action_failure(environment: str, action: str, code: Optional[int], output: str) -> str:
+    """Why an environment's action failed, with the end of what it printed."""
+    return (
+        f"environment {environment!r}: {action} {_ended(code)}: "
+        f"{output[-FAILURE_TAIL:].strip() or '(no output)'}"
+    )
 
 
 def _write_new(folder: int, name: str, data: bytes, mode: int) -> None:
