@@ -56,15 +56,26 @@ if [ "${1:-}" = --stop ]; then
 fi
 
 dockerd_pid=$(cat "$run_dir/dockerd.pid" 2>/dev/null || true)
-if docker_cli info >/dev/null 2>&1 && [ -n "$dockerd_pid" ] &&
-   ! tr '\0' ' ' <"/proc/$dockerd_pid/cmdline" 2>/dev/null | grep -q -- "${flags[*]}"; then
-  echo "setup-docker-rootless: restarting dockerd with ${flags[*]}" >&2
-  stop_daemon >/dev/null
+fresh_store=$run_dir/started-without-local-networks  # see below, where the daemon starts
+if docker_cli info >/dev/null 2>&1 && [ -n "$dockerd_pid" ]; then
+  if ! tr '\0' ' ' <"/proc/$dockerd_pid/cmdline" 2>/dev/null | grep -q -- "${flags[*]}"; then
+    echo "setup-docker-rootless: restarting dockerd with ${flags[*]}" >&2
+    stop_daemon >/dev/null
+  elif [ ! -e "$fresh_store" ]; then
+    echo "setup-docker-rootless: restarting dockerd without its local network store" >&2
+    stop_daemon >/dev/null
+  fi
 fi
 
 if ! docker_cli info >/dev/null 2>&1; then
   command -v dockerd >/dev/null && command -v rootlesskit >/dev/null || {
     echo "setup-docker-rootless: docker.io/rootlesskit missing; run once as root: $0 --system" >&2; exit 1; }
+  # A dockerd stopped uncleanly (killed, the machine reset) while a task used a swarm-scoped
+  # bridge network keeps a stale copy of that network in its local network store and then rejects
+  # every task on it: "network <id> exists" (moby#37087). That store holds only node-local
+  # networks, which dockerd and the Swarm engine make again, so a daemon started here starts
+  # without it.
+  rm -f "$data_root/network/files/local-kv.db" && touch "$fresh_store"
   # dockerd-rootless.sh re-execs itself inside rootlesskit; the daemon's own state goes under
   # run_dir (exec-root, pid file) and data_root, so it never touches a system Docker.
   setsid nohup /usr/share/docker.io/contrib/dockerd-rootless.sh \

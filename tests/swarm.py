@@ -16,9 +16,9 @@ from typing import Optional
 from tests.helpers import REPO
 
 
-@functools.cache
-def swarm_url() -> tuple[Optional[str], str]:
-    """(the Swarm manager's ``unix://`` URL, why there is none)."""
+def start_swarm() -> tuple[Optional[str], str]:
+    """(the Swarm manager's ``unix://`` URL, why there is none), the daemon started when it is not
+    running."""
     if os.geteuid() == 0:
         return None, "the Swarm tests need the rootless engine user: run `make test`"
     try:
@@ -30,3 +30,6 @@ def swarm_url() -> tuple[Optional[str], str]:
     if out.returncode != 0:
         return None, "rootless Docker did not start: " + (out.stderr.strip() or out.stdout.strip())[-2000:]
     return out.stdout.strip().splitlines()[-1], ""
+
+
+swarm_url = functools.cache(start_swarm)

@@ -3,12 +3,15 @@
 Each task attempt is a ``replicated-job`` service carrying hpcdock's labels, with Swarm's own
 restart off; the security defaults hold inside the task; a stopped and removed run leaves no
 service and no container; a run is found again by name and by label from a fresh engine (a
-restarted service); mounts outside the shared roots are refused naming the path; a step's host
+restarted service); a dockerd killed mid-task and started again runs tasks on the isolated
+network again; mounts outside the shared roots are refused naming the path; a step's host
 requirements decide the node it is constrained to, or refuse it at submit.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +28,7 @@ from hpcdock_service.mounts import MountPolicy
 from tests.engine.engine_kinds import expected
 from tests.engine.test_slurm_engine import TIER, tier_bundle
 from tests.helpers import TEST_IMAGE, ServiceProcess, remove_leftovers, wait_for, wait_job
-from tests.swarm import swarm_url
+from tests.swarm import start_swarm, swarm_url
 
 pytestmark = pytest.mark.engine
 
@@ -193,6 +196,31 @@ def test_a_fresh_engine_finds_runs_by_name_and_label(engine: SwarmEngine, url: s
         restarted.remove(never.name)
     finally:
         restarted.close()
+
+
+def test_a_daemon_killed_mid_task_runs_isolated_tasks_again_once_started_again(
+    engine: SwarmEngine, url: str, tmp_path: Path
+) -> None:
+    """A dockerd killed while a task used the isolated network keeps a stale copy of it in its
+    local network store and, started as it was, would reject every later task on it ("network
+    <id> exists", moby#37087): the setup script starts it without that store, and the engine
+    (the same one, as a service that outlived the daemon) makes the node's config-only network
+    again before the next task."""
+    network_id = engine.api.inspect_network(ISOLATED_NETWORK)["Id"]
+    local_store = Path(engine.api.info()["DockerRootDir"]) / "network" / "files" / "local-kv.db"
+    handle = engine.create(request(tmp_path, "killed", "sleep 300"))
+    engine.start(handle)
+    wait_for(lambda: engine.status(handle).state == RunState.RUNNING, timeout=60, what="the task running")
+    run_dir = Path(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")) / "hpcdock-docker"
+    pids = [int((run_dir / name).read_text()) for name in ("dockerd.pid", "rootlesskit.pid")]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=30, what="dockerd gone")
+    assert network_id.encode() in local_store.read_bytes(), "the killed dockerd kept no copy of the network"
+    again, why = start_swarm()
+    assert again == url, why
+    code, log = run(engine, request(tmp_path, "after", "echo after the restart"))
+    assert (code, log) == (0, "after the restart\n")
 
 
 def test_mounts_outside_the_shared_roots_are_refused_naming_the_path(url: str, tmp_path: Path) -> None:

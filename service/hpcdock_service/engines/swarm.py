@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,6 +99,14 @@ log = logging.getLogger(__name__)
 
 ISOLATED_NETWORK = "hpcdock-isolated"
 ISOLATED_CONFIG = "hpcdock-isolated-config"  # its bridge options, on each node (config-only network)
+# How a node whose dockerd kept a stale copy of a swarm-scoped network rejects tasks on it
+# (moby#37087), and what its admin does about it.
+STALE_NETWORK = re.compile(r"network \w+ exists")
+STALE_NETWORK_ADVICE = (
+    " (that node's dockerd kept a stale copy of the network after an unclean stop, moby#37087: stop "
+    "it, remove network/files/local-kv.db under its data-root, start it again; "
+    "scripts/setup-docker-rootless.sh does so whenever it starts one)"
+)
 LABEL_FILES_OF = "hpcdock.files-of"  # on the Swarm configs that carry a run's files (OpenJD embedded files)
 API_VERSION = "1.41"  # Docker 20.10: replicated-job services, CapabilityDrop, Ulimits, Pids
 NO_NEW_PRIVILEGES_API = (1, 44)  # the first API whose ContainerSpec.Privileges takes NoNewPrivileges
@@ -559,20 +568,35 @@ class SwarmEngine:
 
         A swarm-scoped bridge network drops driver options given to it directly, so its
         ``enable_icc=false`` comes from a node-local config-only network of the same settings
-        (:data:`ISOLATED_CONFIG`), made here on this node and needed on every other node too.
+        (:data:`ISOLATED_CONFIG`, :meth:`_isolation_config`), needed on every node.
         A network of that name made otherwise is refused: its tasks could reach each other."""
+        self._isolation_config()
         try:
             made = self.api.inspect_network(ISOLATED_NETWORK)
         except NotFound:
             made = None
-        if made is not None:
-            if (made.get("ConfigFrom") or {}).get("Network") != ISOLATED_CONFIG or not made.get("Internal"):
-                raise EngineError(
-                    f"network {ISOLATED_NETWORK} exists but is not hpcdock's isolated network (internal, "
-                    f"its options from {ISOLATED_CONFIG}): remove it (docker network rm "
-                    f"{ISOLATED_NETWORK}) and start again"
-                )
-            return
+        if made is None:
+            self._create_network(
+                {
+                    "Name": ISOLATED_NETWORK,
+                    "Driver": "bridge",
+                    "Scope": "swarm",
+                    "Internal": True,
+                    "ConfigFrom": {"Network": ISOLATED_CONFIG},  # (takes no labels of its own)
+                }
+            )
+        elif (made.get("ConfigFrom") or {}).get("Network") != ISOLATED_CONFIG or not made.get("Internal"):
+            raise EngineError(
+                f"network {ISOLATED_NETWORK} exists but is not hpcdock's isolated network (internal, "
+                f"its options from {ISOLATED_CONFIG}): remove it (docker network rm "
+                f"{ISOLATED_NETWORK}) and start again"
+            )
+
+    def _isolation_config(self) -> None:
+        """The config-only network on this node, made when missing: looked at again before each
+        isolated task, since a dockerd started without its local network store (as
+        ``scripts/setup-docker-rootless.sh`` starts one, moby#37087) comes back without it, and
+        this node would reject every isolated task until it is made again."""
         try:
             self.api.inspect_network(ISOLATED_CONFIG)
         except NotFound:
@@ -583,15 +607,8 @@ class SwarmEngine:
                     "Options": {"com.docker.network.bridge.enable_icc": "false"},
                 }
             )
-        self._create_network(
-            {
-                "Name": ISOLATED_NETWORK,
-                "Driver": "bridge",
-                "Scope": "swarm",
-                "Internal": True,
-                "ConfigFrom": {"Network": ISOLATED_CONFIG},  # (takes no labels of its own)
-            }
-        )
+        except (APIError, DockerException) as exc:
+            raise EngineError(f"cannot look at network {ISOLATED_CONFIG}: {_explain(exc)}") from exc
 
     def _create_network(self, body: dict[str, Any]) -> None:
         try:
@@ -711,6 +728,8 @@ class SwarmEngine:
         if files:
             spec["TaskTemplate"]["ContainerSpec"]["Configs"] = self._file_configs(handle, files)
         recheck_binds(self.mount_policy, bound)  # as close to the service's creation as it gets
+        if spec["TaskTemplate"].get("Networks"):
+            self._isolation_config()
         try:
             resp = self.api._post_json(self.api._url("/services/create"), data=spec)
             self.api._raise_for_status(resp)
@@ -889,9 +908,10 @@ class SwarmEngine:
                 if handle in self._stopped:
                     return KILLED
                 status = (task or {}).get("Status") or {}
+                why = status.get("Err") or status.get("Message") or "no reason given"
                 raise EngineError(
-                    f"Swarm task of {handle} ended {status.get('State')} without an exit code: "
-                    f"{status.get('Err') or status.get('Message') or 'no reason given'}"
+                    f"Swarm task of {handle} ended {status.get('State')} without an exit code: {why}"
+                    + (STALE_NETWORK_ADVICE if STALE_NETWORK.search(why) else "")
                 )
             now = time.monotonic()
             if deadline is not None and now >= deadline:
