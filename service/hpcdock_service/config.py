@@ -109,6 +109,11 @@ class SlurmConfig:
     # service-wide capabilities: {NAME: {capability: value}} (``partitions: {NAME: {capabilities: ...}}``).
     partitions: Mapping[str, Mapping[str, Capability]] = field(default_factory=dict)
 
+    def partition_names(self, first: Optional[str]) -> list[str]:
+        """The partitions tasks may go to: ``first`` (where a step goes when it meets the step's
+        host requirements), then the other ones :attr:`partitions` names."""
+        return ([first] if first else []) + [p for p in self.partitions if p != first]
+
 
 _SLURM_TEXT_KEYS = ("partition", "account", "qos", "spool_dir", "image_store")
 

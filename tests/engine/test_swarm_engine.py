@@ -211,7 +211,7 @@ def test_a_daemon_killed_mid_task_runs_isolated_tasks_again_once_started_again(
     handle = engine.create(request(tmp_path, "killed", "sleep 300"))
     engine.start(handle)
     wait_for(lambda: engine.status(handle).state == RunState.RUNNING, timeout=60, what="the task running")
-    run_dir = Path(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")) / "hpcdock-docker"
+    run_dir = Path(url.removeprefix("unix://")).parent  # the script's, beside its socket
     pids = [int((run_dir / name).read_text()) for name in ("dockerd.pid", "rootlesskit.pid")]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

@@ -617,10 +617,7 @@ class SlurmEngine:
             Path(settings.image_store) if settings.image_store else self.spool.root / "images"
         )
         self.python = python or sys.executable
-        self.gpus = SlurmGpus(
-            ([settings.partition] if settings.partition else [])
-            + [p for p in settings.partitions if p != settings.partition]
-        )
+        self.gpus = SlurmGpus(settings.partition_names(settings.partition))
         self.user = os.environ.get("USER") or str(os.getuid())
         self.version = _slurm(["sbatch", "--version"], "run sbatch").strip()
         self._jobs: dict[str, JobInfo] = {}
@@ -658,7 +655,7 @@ class SlurmEngine:
         cluster_default = next((p[:-1] for p in listed if p.endswith("*")), None)
         known = {p.rstrip("*") for p in listed}
         default = self.settings.partition or cluster_default
-        names = ([default] if default else []) + [p for p in self.settings.partitions if p != default]
+        names = self.settings.partition_names(default)
         for name in names:
             if name not in known:
                 setting = "slurm.partition" if name == self.settings.partition else f"slurm.partitions.{name}"
